@@ -1,0 +1,90 @@
+"""``python -m zsar.info`` / ``zsar info``: how zsar was built and which op backends work here."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+import torch
+
+from . import __version__, _ext
+from .ops.masked_attention import AttentionInputs, dispatcher
+
+
+def _probe_devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return devices
+
+
+def backend_table() -> list[dict]:
+    """For each device and dtype: every ``masked_attention`` backend with its reasons (empty = usable)."""
+    rows = []
+    for device in _probe_devices():
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            q = torch.empty(1, 1, 4, 64, device=device, dtype=dtype)
+            n_text = torch.zeros(1, dtype=torch.int32, device=device)
+            inp = AttentionInputs(q, q, q, n_text, 2, False, 0.125)
+            rows.append({"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                         "backends": dispatcher.reasons(inp)})
+    return rows
+
+
+def collect() -> dict:
+    return {
+        "zsar": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+        "build": _ext.build_info(),
+        "masked_attention": backend_table(),
+    }
+
+
+def render(info: dict) -> str:
+    b = info["build"]
+    lines = [
+        f"zsar {info['zsar']}  (python {info['python']}, torch {info['torch']}, torch CUDA {info['torch_cuda']})",
+        f"platform: {info['platform']}",
+        f"GPUs: {', '.join(info['cuda_devices']) or 'none'}",
+        "",
+        "compiled core zsar._C:",
+    ]
+    if not b["available"]:
+        lines.append(f"  unavailable: {b['error']}")
+    else:
+        lines += [
+            f"  compiler: {b['compiler']}",
+            f"  OpenMP:   {'on (version %s, %s threads)' % (b['openmp_version'], b['openmp_max_threads']) if b['openmp'] else 'off'}",
+            f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
+        ]
+    lines += ["", "masked_attention backends (dispatch order; first usable one wins):"]
+    for row in info["masked_attention"]:
+        usable = [n for n, why in row["backends"].items() if not why]
+        lines.append(f"  {row['device']:<7} {row['dtype']:<9} usable: {', '.join(usable)}")
+        for name, why in row["backends"].items():
+            if why:
+                lines.append(f"      {name}: {'; '.join(why)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="zsar info", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    info = collect()
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Triton backend of ``masked_attention``: FlashAttention-2 style kernels tuned for short sequences.
+
+Every query row attends a prefix ``[0, key_end(i))`` of the keys (see ``common.key_end``), so the
+kernels compute ``key_end`` per row from ``n_visual`` / ``n_text`` / ``full`` and stop their key
+(or query) loops at the last tile any row of the current tile can reach.
+
+Padding data (query rows and keys at or beyond ``n_valid``) is never read: those loads are masked
+to zero, so even non-finite values in padding positions cannot leak into outputs or gradients.
+
+Runs on CUDA, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``), which has no
+bfloat16 arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from .common import MAX_HEAD_DIM, AttentionInputs, MaskedAttentionBackend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # the module must import (and report why) without triton
+    _TRITON_IMPORT_ERROR: str | None = f"triton is not importable ({exc})"
+else:
+    _TRITON_IMPORT_ERROR = None
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# triton.jit picks interpreter or compiled kernels when it decorates them, i.e. at import.
+_INTERPRETED_AT_IMPORT = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634  # scores are kept in the log2 domain so the kernels can use exp2
+
+
+if _TRITON_IMPORT_ERROR is None:
+    _LOG2E_TL = tl.constexpr(_LOG2E)
+
+    @triton.jit
+    def _row_key_end(offs_m, n_visual, n_valid, FULL: tl.constexpr):
+        """Per-row number of attended keys (0 for padding rows); twin of ``common.key_end``."""
+        if FULL:
+            end = tl.zeros_like(offs_m) + n_valid
+        else:
+            end = tl.where(offs_m < n_visual, n_visual, offs_m + 1)
+        return tl.where(offs_m < n_valid, end, 0)
+
+    @triton.jit
+    def _tile_key_end(start_m, n_visual, n_valid, BLOCK_M: tl.constexpr, FULL: tl.constexpr):
+        """Largest ``key_end`` over the query rows ``[start_m, start_m + BLOCK_M)`` (0: all padding)."""
+        if FULL:
+            end = n_valid
+        else:
+            # Visual rows reach n_visual, word rows i + 1: the last valid row of the tile decides.
+            end = tl.maximum(n_visual, tl.minimum(start_m + BLOCK_M, n_valid))
+        return tl.where(start_m < n_valid, end, 0)
+
+    @triton.jit
+    def _n_valid(n_text_ptr, b, n_visual, L):
+        # Clamped so that a bad n_text can never index out of bounds.
+        n_text = tl.load(n_text_ptr + b)
+        n_text = tl.minimum(tl.maximum(n_text, 0), L - n_visual)
+        return n_visual + n_text
+
+    @triton.jit
+    def _fwd_kernel(
+        Q, K, V, N_TEXT, OUT, LSE,
+        H, L, D, n_visual, qk_scale,
+        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_bh = tl.program_id(0)
+        start_m = tl.program_id(1) * BLOCK_M
+        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
+        base = pid_bh.to(tl.int64) * L * D
+
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        ke = _row_key_end(offs_m, n_visual, n_valid, FULL)
+        hi = _tile_key_end(start_m, n_visual, n_valid, BLOCK_M, FULL)
+
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :],
+                    mask=(offs_m[:, None] < n_valid) & d_mask, other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, hi, BLOCK_N):
+            cols = start_n + offs_n
+            kv_off = base + cols[:, None] * D + offs_d[None, :]
+            kv_mask = (cols[:, None] < hi) & d_mask
+            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            # Rows with no allowed key so far keep m = -inf; shift by 0 to avoid -inf - -inf = NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+            m_i = m_new
+
+        # Padding rows have l = 0 and acc = 0: they store out = 0 and lse = 0.
+        valid = l_i > 0.0
+        out = acc / tl.where(valid, l_i, 1.0)[:, None]
+        lse = tl.where(valid, (m_i + tl.log2(tl.where(valid, l_i, 1.0))) / _LOG2E_TL, 0.0)
+        row_mask = offs_m < L
+        tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_mask[:, None] & d_mask)
+        tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=row_mask)
+
+    @triton.jit
+    def _bwd_delta_kernel(
+        OUT, DOUT, DELTA, L, D,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """delta_i = sum_d dout_i * out_i (fp32). Padding rows are masked out by the consumers."""
+        pid_bh = tl.program_id(0)
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        base = pid_bh.to(tl.int64) * L * D
+        mask = (offs_m[:, None] < L) & (offs_d[None, :] < D)
+        off = base + offs_m[:, None] * D + offs_d[None, :]
+        o = tl.load(OUT + off, mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DOUT + off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, tl.sum(o * do, axis=1), mask=offs_m < L)
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, N_TEXT, LSE, DELTA, DOUT, DK, DV,
+        H, L, D, n_visual, scale, qk_scale,
+        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """One key tile; loops over the query tiles that can attend it (works in transposed form)."""
+        pid_bh = tl.program_id(0)
+        start_n = tl.program_id(1) * BLOCK_N
+        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
+        base = pid_bh.to(tl.int64) * L * D
+        row_base = pid_bh.to(tl.int64) * L
+
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        kv_off = base + offs_n[:, None] * D + offs_d[None, :]
+        # Padding keys (>= n_valid) are attended by no query: they stay 0 and are never read.
+        k = tl.load(K + kv_off, mask=(offs_n[:, None] < n_valid) & d_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=(offs_n[:, None] < n_valid) & d_mask, other=0.0)
+
+        # Queries able to attend this tile: in rest mode a word key j is only seen by rows i >= j,
+        # a visual key by every valid row; in full mode every valid row sees every valid key.
+        if FULL:
+            lo = 0
+        else:
+            lo = tl.where(start_n < n_visual, 0, (start_n // BLOCK_M) * BLOCK_M)
+        hi = tl.where(start_n < n_valid, n_valid, 0)
+
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for start_m in range(lo, hi, BLOCK_M):
+            rows = start_m + offs_m
+            row_ok = rows < n_valid
+            q_off = base + rows[:, None] * D + offs_d[None, :]
+            q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+            do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+            lse2 = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * _LOG2E_TL
+            delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+            ke = _row_key_end(rows, n_visual, n_valid, FULL)
+
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+            s_t = tl.where(offs_n[:, None] < ke[None, :], s_t, float("-inf"))
+            p_t = tl.exp2(s_t - lse2[None, :])
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+
+        st_mask = (offs_n[:, None] < L) & d_mask
+        tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=st_mask)
+        tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=st_mask)
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, N_TEXT, LSE, DELTA, DOUT, DQ,
+        H, L, D, n_visual, scale, qk_scale,
+        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """One query tile; loops over the key tiles its rows attend (same bound as the forward)."""
+        pid_bh = tl.program_id(0)
+        start_m = tl.program_id(1) * BLOCK_M
+        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
+        base = pid_bh.to(tl.int64) * L * D
+        row_base = pid_bh.to(tl.int64) * L
+
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        row_ok = offs_m < n_valid
+        q_off = base + offs_m[:, None] * D + offs_d[None, :]
+        q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+        do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+        lse2 = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * _LOG2E_TL
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        ke = _row_key_end(offs_m, n_visual, n_valid, FULL)
+        hi = _tile_key_end(start_m, n_visual, n_valid, BLOCK_M, FULL)
+
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, hi, BLOCK_N):
+            cols = start_n + offs_n
+            kv_off = base + cols[:, None] * D + offs_d[None, :]
+            kv_mask = (cols[:, None] < hi) & d_mask
+            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
+            p = tl.exp2(s - lse2[:, None])
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+
+        tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty),
+                 mask=(offs_m[:, None] < L) & d_mask)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _launch_config(seq_len: int, head_dim: int) -> tuple[int, int, int]:
+    """(rows per tile, padded head dim, warps). tl.dot needs every dimension >= 16 on the GPU.
+
+    16-row tiles keep ResT's L ~ 25 to two tiles; longer sequences use 32-row tiles, with 8 warps so
+    that head-dim-128 tiles fit in registers (with 4 warps they spill on sm_90).
+    """
+    block = 16 if seq_len <= 32 else 32
+    return block, max(16, triton.next_power_of_2(head_dim)), 4 if block == 16 else 8
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs would otherwise be rounded to tf32 in tl.dot; keep them exact like the other
+    # backends. The setting does not affect fp16 / bf16 operands.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _on_device(device: torch.device):
+    # Triton launches on the current CUDA device; make it the tensors' device.
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class TritonBackend(MaskedAttentionBackend):
+    name = "triton"
+
+    def not_supported_reasons(self, inp: AttentionInputs) -> list[str]:
+        reasons = []
+        if _TRITON_IMPORT_ERROR is not None:
+            reasons.append(_TRITON_IMPORT_ERROR)
+        elif _interpreting() and not _INTERPRETED_AT_IMPORT:
+            reasons.append(
+                "TRITON_INTERPRET=1 was set after zsar was imported; the kernels were built for the GPU"
+            )
+        device = inp.device
+        if device.type == "cpu":
+            if not _interpreting():
+                reasons.append("tensors are on cpu; Triton needs a CUDA device (or TRITON_INTERPRET=1)")
+        elif device.type == "cuda":
+            if not torch.cuda.is_available():
+                reasons.append("tensors are on cuda but no CUDA runtime is available")
+            elif (
+                inp.dtype == torch.bfloat16
+                and not _interpreting()
+                and torch.cuda.get_device_capability(device) < (8, 0)
+            ):
+                reasons.append("bfloat16 needs a CUDA device of compute capability >= 8.0")
+        else:
+            reasons.append(f"tensors are on {device.type}; Triton needs a CUDA device")
+        if inp.dtype == torch.bfloat16 and _interpreting():
+            reasons.append("bfloat16 is not supported by the Triton interpreter (TRITON_INTERPRET=1)")
+        if inp.dtype == torch.float64:
+            reasons.append("float64 is not supported (float32, float16 and bfloat16 are)")
+        elif inp.dtype not in _SUPPORTED_DTYPES:
+            reasons.append(f"dtype {inp.dtype} is not supported (float32, float16 and bfloat16 are)")
+        head_dim = inp.shape[3]
+        if head_dim > MAX_HEAD_DIM:
+            reasons.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
+        return reasons
+
+    def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, L, D = inp.shape
+        out = torch.empty_like(inp.q)
+        lse = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
+        if out.numel() == 0:  # a zero-sized grid cannot be launched
+            return out, lse
+        block, block_d, num_warps = _launch_config(L, D)
+        grid = (B * H, triton.cdiv(L, block))  # B*H first: grid dim 1 is limited to 65535
+        with _on_device(inp.device):
+            _fwd_kernel[grid](
+                inp.q, inp.k, inp.v, inp.n_text, out, lse,
+                H, L, D, inp.n_visual, inp.scale * _LOG2E,
+                FULL=inp.full, DOT_PREC=_dot_precision(inp.dtype),
+                BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
+            )
+        return out, lse
+
+    def backward(
+        self, inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, H, L, D = inp.shape
+        dq = torch.empty_like(inp.q)
+        dk = torch.empty_like(inp.k)
+        dv = torch.empty_like(inp.v)
+        if dq.numel() == 0:
+            return dq, dk, dv
+        delta = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
+        block, block_d, num_warps = _launch_config(L, D)
+        grid = (B * H, triton.cdiv(L, block))
+        common = dict(
+            FULL=inp.full, DOT_PREC=_dot_precision(inp.dtype),
+            BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
+        )
+        with _on_device(inp.device):
+            _bwd_delta_kernel[grid](
+                out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=block_d, num_warps=num_warps
+            )
+            _bwd_dkdv_kernel[grid](
+                inp.q, inp.k, inp.v, inp.n_text, lse, delta, dout, dk, dv,
+                H, L, D, inp.n_visual, inp.scale, inp.scale * _LOG2E, **common,
+            )
+            _bwd_dq_kernel[grid](
+                inp.q, inp.k, inp.v, inp.n_text, lse, delta, dout, dq,
+                H, L, D, inp.n_visual, inp.scale, inp.scale * _LOG2E, **common,
+            )
+        return dq, dk, dv
