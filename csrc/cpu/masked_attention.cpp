@@ -241,7 +241,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   {
     Scratch<T> w(L, D, /*backward=*/false);
     const int64_t ld = w.ld;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)  // dynamic: robust to a busy core; tasks are ~us each
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t n_text = masked_attention_clamp_text(a.n_text[bh / s.heads], s.n_visual, L);
       const int64_t n_valid = s.n_visual + n_text;
@@ -274,7 +274,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   {
     Scratch<T> w(L, D, /*backward=*/true);
     const int64_t ld = w.ld;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)  // dynamic: robust to a busy core; tasks are ~us each
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t n_text = masked_attention_clamp_text(a.n_text[bh / s.heads], s.n_visual, L);
       const int64_t n_valid = s.n_visual + n_text;

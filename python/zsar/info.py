@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -61,7 +60,7 @@ def render(info: dict) -> str:
         lines.append(f"  unavailable: {b['error']}")
     else:
         lines += [
-            f"  compiler: {b['compiler']}",
+            f"  compiler: {b['compiler']}  (CPU kernels: {b['cpu_isa']})",
             f"  OpenMP:   {'on (version %s, %s threads)' % (b['openmp_version'], b['openmp_max_threads']) if b['openmp'] else 'off'}",
             f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
         ]
@@ -75,16 +74,7 @@ def render(info: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="zsar info", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
-    info = collect()
-    print(json.dumps(info, indent=2) if args.json else render(info))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import main
+
+    sys.exit(main(["info", *sys.argv[1:]]))

@@ -1,0 +1,137 @@
+"""GPU check of masked_attention: correctness of the CUDA and Triton backends, then timings.
+
+Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CUDA kernels build):
+
+    python bench/gpu_check.py [--json results.json]
+
+1. Build: zsar._C must have been compiled with CUDA.
+2. Correctness: the cuda and triton backends against the float64 torch reference (forward output
+   and dq/dk/dv), fp32 and bf16, over ResT-like and edge-case shapes, rest and full modes.
+3. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
+   forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
+   FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from zsar import _ext
+from zsar.ops.masked_attention import key_end, masked_attention
+
+TOL = {torch.float32: (2e-4, 2e-4), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
+CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode
+    (4, 3, 25, 64, 17, "rest"),
+    (2, 2, 25, 64, 17, "full"),
+    (3, 2, 9, 32, 9, "rest"),  # no word slots
+    (1, 2, 7, 80, 2, "rest"),  # one frame, odd L, head dim 80
+    (2, 1, 70, 128, 17, "rest"),  # L over several tiles, head dim 128
+    (3, 2, 130, 17, 33, "full"),  # odd head dim, L > 128
+]
+
+
+def check_correctness(device) -> list[dict]:
+    rows = []
+    for backend in ("cuda", "triton"):
+        for dtype in (torch.float32, torch.bfloat16):
+            for B, H, L, D, nv, mode in CHECK_SHAPES:
+                gen = torch.Generator().manual_seed(B * 1000 + L)
+                q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
+                n_text = torch.randint(0, L - nv + 1, (B,), generator=gen, dtype=torch.int32)
+                n_text[0] = L - nv
+                leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+                out = masked_attention(*leaves, nv, n_text.to(device), mode=mode, backend=backend)
+                out.backward(dout.to(device))
+                ref_leaves = [t.double().to(device).requires_grad_() for t in (q, k, v)]
+                ref = masked_attention(*ref_leaves, nv, n_text.to(device), mode=mode, backend="reference")
+                ref.backward(dout.double().to(device))
+                atol, rtol = TOL[dtype]
+                errs = {}
+                ok = True
+                for name, got, want in [("out", out, ref)] + [
+                    (f"d{n}", a.grad, b.grad) for n, a, b in zip("qkv", leaves, ref_leaves)
+                ]:
+                    diff = (got.double() - want).abs()
+                    errs[name] = diff.max().item()
+                    ok &= bool((diff <= atol + rtol * want.abs()).all())
+                rows.append(dict(backend=backend, dtype=str(dtype)[6:], shape=(B, H, L, D, nv, mode), ok=ok, **errs))
+                print(f"{'ok ' if ok else 'BAD'} {backend:<6} {str(dtype)[6:]:<8} B={B} H={H} L={L} Dh={D} nv={nv} {mode:<4} "
+                      + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    return rows
+
+
+def _time_ms(fn, iters=50) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=iters * 2, return_mode="median")
+
+
+def time_peers(device, B=256, H=12, n_visual=17, max_words=8, D=64, dtype=torch.bfloat16) -> list[dict]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    L = n_visual + max_words
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(device, dtype) for _ in range(4))
+    n_text = torch.randint(1, max_words + 1, (B,), generator=gen, dtype=torch.int32).to(device)
+    end = key_end(L, n_visual, n_text, False)
+    dense = torch.arange(L, device=device)[None, None, :] < end[:, :, None]
+    dense = (dense | (end == 0)[:, :, None])[:, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        n_valid = n_visual + n_text[b]
+        visual_key = kv_idx < n_visual
+        allowed = torch.where(q_idx < n_visual, visual_key, visual_key | (kv_idx <= q_idx))
+        return allowed & (q_idx < n_valid) & (kv_idx < n_valid)
+
+    block_mask = create_block_mask(mask_mod, B, None, L, L, device=device)
+    flex = torch.compile(flex_attention)
+
+    contenders = {
+        "zsar cuda": lambda q, k, v: masked_attention(q, k, v, n_visual, n_text, backend="cuda"),
+        "zsar triton": lambda q, k, v: masked_attention(q, k, v, n_visual, n_text, backend="triton"),
+        "sdpa dense mask": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+        "flex_attention (compiled)": lambda q, k, v: flex(q, k, v, block_mask=block_mask),
+    }
+    rows = []
+    for name, fn in contenders.items():
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        with torch.no_grad():
+            fwd = _time_ms(lambda: fn(q, k, v))
+        fwd_bwd = _time_ms(lambda: fn(*leaves).backward(dout))
+        rows.append(dict(contender=name, forward_ms=fwd, forward_backward_ms=fwd_bwd))
+    ours = {r["contender"]: r for r in rows}["zsar cuda"]
+    print(f"\nmasked_attention timings, B={B} H={H} L={L} Dh={D} {str(dtype)[6:]} ({torch.cuda.get_device_name()})")
+    print(f"{'contender':<28}{'fwd ms':>10}{'fwd+bwd ms':>12}{'fwd+bwd / zsar cuda':>22}")
+    for r in rows:
+        r["fwd_bwd_ratio_vs_zsar_cuda"] = r["forward_backward_ms"] / ours["forward_backward_ms"]
+        print(f"{r['contender']:<28}{r['forward_ms']:>10.3f}{r['forward_backward_ms']:>12.3f}{r['fwd_bwd_ratio_vs_zsar_cuda']:>21.2f}x")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
+        return 2
+    build = _ext.build_info()
+    print("build:", build)
+    if not build.get("cuda"):
+        print("gpu_check: zsar._C was built without CUDA; reinstall on a machine with nvcc", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    correctness = check_correctness(device)
+    timings = time_peers(device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness, timings=timings), f, indent=2)
+    return 0 if all(r["ok"] for r in correctness) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

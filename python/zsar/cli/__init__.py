@@ -1,0 +1,48 @@
+"""The ``zsar`` command. Each subcommand lives in its own module and is imported only when run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
+    "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
+}
+
+
+class CLIError(Exception):
+    """An error to report as one line (bad path, bad option), without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zsar", description="Zero-shot action recognition in video.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"zsar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args._module).run(args)
+    except (CLIError, FileNotFoundError, ValueError) as exc:
+        print(f"zsar {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        print(f"zsar {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
