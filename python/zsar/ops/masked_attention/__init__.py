@@ -29,7 +29,7 @@ from .backend_reference import ReferenceBackend
 from .backend_triton import TritonBackend
 from .common import AttentionInputs, MaskedAttentionBackend, key_end, accum_dtype
 
-__all__ = ["masked_attention", "dispatcher", "AttentionInputs", "MaskedAttentionBackend", "key_end"]
+__all__ = ["masked_attention", "check_n_text_range", "dispatcher", "AttentionInputs", "MaskedAttentionBackend", "key_end"]
 
 MODES = ("rest", "full")
 
@@ -81,8 +81,8 @@ def _check_structure(q, k, v, n_visual, n_text) -> None:
         raise ValueError("masked_attention: n_text must be contiguous; call .contiguous() first")
 
 
-def _check_values(n_text: torch.Tensor, n_visual: int, seq_len: int) -> None:
-    """n_text range check; reads the values (a device sync on CUDA)."""
+def check_n_text_range(n_text: torch.Tensor, n_visual: int, seq_len: int) -> None:
+    """Raises ValueError unless ``0 <= n_text <= seq_len - n_visual``; reads the values (a sync on CUDA)."""
     lo, hi = int(n_text.min()), int(n_text.max())
     if lo < 0 or hi > seq_len - n_visual:
         raise ValueError(
@@ -183,6 +183,8 @@ def masked_attention(
     mode: str = "rest",
     scale: float | None = None,
     backend: str | None = None,
+    *,
+    check_n_text: bool = True,
 ) -> torch.Tensor:
     """Fused masked cross-modal attention of ResT.
 
@@ -195,6 +197,9 @@ def masked_attention(
         scale: softmax scale, default ``1 / sqrt(Dh)``.
         backend: ``None`` picks the fastest backend that supports the inputs; or one of
             ``"cuda"``, ``"cpu"``, ``"triton"``, ``"reference"``.
+        check_n_text: read ``n_text`` to check its range (a device sync on CUDA). A model that
+            validated ``n_text`` once per forward passes ``False`` for its layers; the kernels clamp
+            out-of-range values either way, so memory is never read out of bounds.
 
     Returns:
         ``(B, H, L, Dh)`` output in the dtype of ``q``; rows of padding tokens are 0.
@@ -215,7 +220,8 @@ def masked_attention(
         raise TypeError(f"masked_attention: backend must be a str or None, got {type(backend).__name__}")
     full = mode == "full"
     if not torch.compiler.is_compiling():
-        _check_values(n_text, n_visual, q.shape[2])
+        if check_n_text:
+            check_n_text_range(n_text, n_visual, q.shape[2])
         # Resolve the backend here, so a bad `backend=` fails with the full explanation before the
         # op runs, and the backward uses the same backend as the forward.
         backend = dispatcher.select(_inputs(q, k, v, n_text, n_visual, full, float(scale)), backend).name

@@ -1,0 +1,226 @@
+"""ResT: cross-modal ResNet-Transformer for zero-shot action recognition (DESIGN.md §3).
+
+Tokens ``z0 = [CLS, r_1..r_T, w_1..w_N, padding]`` + learned position + modality embeddings go
+through a transformer whose attention is :func:`zsar.ops.masked_attention` (visual tokens never see
+words; words see every visual token and the words on their left). Losses: cross-entropy of an MLP
+head on the CLS output over the seen classes, plus ``mtl_weight`` x the masked-token loss on label
+words (p = 0.15 per word, at least one per sample).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import check_n_text_range
+from ..text.vocab import WordVocab
+from .backbones import BACKBONES, FrameEncoder
+from .layers import MaskedTransformer
+
+OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
+
+
+@dataclass
+class ResTConfig:
+    """Everything needed to rebuild a ResT model; round-trips through JSON (``to_dict``/``from_dict``)."""
+
+    backbone: str = "resnet18"
+    frames: int = 16
+    image_size: int = 224
+    feature_dim: int | None = None  # p; None: the backbone's. Required with feature_input.
+    feature_input: bool = False  # take precomputed per-frame features instead of pixels (Table 6)
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    dropout: float = 0.1
+    num_classes: int = 400
+    max_words: int = 8
+    vocab: list[str] = field(default_factory=list)  # WordVocab.to_list(); empty: specials only
+    attention: str = "rest"  # or "full" (Table 3(c))
+    objective: str = "both"
+    mtl_weight: float = 0.5
+    mask_prob: float = 0.15
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if not self.feature_input and self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {sorted(BACKBONES)}")
+        if self.feature_input and not self.feature_dim:
+            raise ValueError("feature_input=True needs feature_dim (the size of the precomputed features)")
+        if self.attention not in ("rest", "full"):
+            raise ValueError(f"attention must be 'rest' or 'full', got {self.attention!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        for name in ("num_classes", "max_words", "depth", "heads", "dim", "mlp_dim", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ResT config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+class ResT(nn.Module):
+    """The ResT model. See the module docstring; inputs are clips ``(B, T, 3, H, W)`` (or features
+    ``(B, T, p)`` in feature-input mode), labels ``(B,)`` and label word ids ``(B, max_words)``."""
+
+    def __init__(self, config: ResTConfig):
+        super().__init__()
+        self.config = c = config
+        self.vocab = WordVocab.from_list(c.vocab) if c.vocab else WordVocab([])
+        if c.feature_input:
+            self.encoder = None
+            feature_dim, self.n_frame_tokens = c.feature_dim, c.frames
+        else:
+            self.encoder = FrameEncoder(c.backbone)
+            feature_dim = c.feature_dim or self.encoder.feature_dim
+            self.n_frame_tokens = self.encoder.num_tokens(c.frames)
+        self.n_visual = 1 + self.n_frame_tokens
+        self.seq_len = self.n_visual + c.max_words
+
+        self.proj = nn.Linear(feature_dim, c.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.word_embed = nn.Embedding(len(self.vocab), c.dim, padding_idx=WordVocab.pad_id)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.seq_len, c.dim))
+        self.modality_embed = nn.Embedding(2, c.dim)  # 0: CLS and visual, 1: text
+        self.transformer = MaskedTransformer(c.dim, c.depth, c.heads, c.mlp_dim, c.attention, c.dropout)
+        self.cls_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.num_classes))
+        self.mtl_head = nn.Sequential(
+            nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim), nn.Linear(c.dim, len(self.vocab))
+        )
+        # Stage 1 (warm-up): a classifier on temporally averaged frame features, F alone.
+        self.warmup_head = nn.Linear(feature_dim, c.num_classes)
+        self._init_weights()
+
+    def _init_weights(self):
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in [self.proj, self.word_embed, self.modality_embed, self.transformer, self.cls_head, self.mtl_head]:
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.Embedding):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+
+    # ---- encoding --------------------------------------------------------------------------------
+
+    def frame_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """r: ``(B, T_tokens, p)`` from clips (or the features themselves in feature-input mode)."""
+        if self.encoder is None:
+            if clips.dim() != 3 or clips.shape[1] != self.n_frame_tokens:
+                raise ValueError(
+                    f"feature input must have shape (B, {self.n_frame_tokens}, {self.config.feature_dim}), "
+                    f"got {tuple(clips.shape)}"
+                )
+            return clips
+        if clips.dim() != 5 or clips.shape[1] != self.config.frames:
+            raise ValueError(f"clips must have shape (B, {self.config.frames}, 3, H, W), got {tuple(clips.shape)}")
+        return self.encoder(clips)
+
+    def _tokens(self, features: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        B = features.shape[0]
+        visual = torch.cat([self.cls_token.expand(B, -1, -1), self.proj(features)], dim=1)
+        words = self.word_embed(word_ids)
+        modality = torch.cat(
+            [self.modality_embed.weight[0].expand(B, visual.shape[1], -1),
+             self.modality_embed.weight[1].expand(B, words.shape[1], -1)], dim=1)
+        L = visual.shape[1] + words.shape[1]
+        return torch.cat([visual, words], dim=1) + self.pos_embed[:, :L] + modality
+
+    def encode_tokens(self, features: torch.Tensor, word_ids: torch.Tensor, n_words: torch.Tensor) -> torch.Tensor:
+        """Transformer outputs ``(B, n_visual + W, D)`` for frame features and (masked) word ids."""
+        if word_ids.shape[1] > self.config.max_words:
+            raise ValueError(f"at most max_words={self.config.max_words} word slots, got {word_ids.shape[1]}")
+        n_words = n_words.to(device=features.device, dtype=torch.int32)
+        if not torch.compiler.is_compiling():
+            check_n_text_range(n_words, self.n_visual, self.n_visual + word_ids.shape[1])
+        return self.transformer(self._tokens(features, word_ids), self.n_visual, n_words)
+
+    @torch.no_grad()
+    def encode_video(self, clips: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Visual representation x (the CLS output) with text ``[MASK]`` (paper §3.3.2).
+
+        ``clips``: ``(B, T, 3, H, W)``, or ``(B, N, T, 3, H, W)`` for N clips per video, whose
+        representations are averaged. ``batch_size`` bounds how many clips go through at once.
+        """
+        n_clips = 1
+        if clips.dim() == (4 if self.encoder is None else 6):
+            n_clips = clips.shape[1]
+            clips = clips.flatten(0, 1)
+        chunks = clips.split(batch_size) if batch_size else (clips,)
+        outs = []
+        for chunk in chunks:
+            B = chunk.shape[0]
+            words = torch.full((B, 1), WordVocab.mask_id, dtype=torch.long, device=chunk.device)
+            n_words = torch.ones(B, dtype=torch.int32, device=chunk.device)
+            outs.append(self.encode_tokens(self.frame_features(chunk), words, n_words)[:, 0])
+        x = torch.cat(outs)
+        return x.view(-1, n_clips, x.shape[-1]).mean(1)
+
+    # ---- training --------------------------------------------------------------------------------
+
+    def mask_words(self, word_ids: torch.Tensor, n_words: torch.Tensor, generator: torch.Generator | None = None):
+        """BERT-style masking: each valid word with prob. ``mask_prob``, at least one per sample with words.
+
+        Returns ``(masked_ids, targets)`` with targets ``-100`` where nothing is predicted.
+        """
+        B, W = word_ids.shape
+        device = word_ids.device
+        valid = torch.arange(W, device=device)[None, :] < n_words.to(device)[:, None]
+        draw = torch.rand(B, W, generator=generator, device="cpu").to(device)
+        masked = (draw < self.config.mask_prob) & valid
+        # At least one: in samples with no draw below p, mask the word with the smallest draw.
+        forced = torch.where(valid, draw, torch.full_like(draw, 2.0)).argmin(1)
+        need = (~masked.any(1)) & (n_words.to(device) > 0)
+        masked[need, forced[need]] = True
+        masked_ids = torch.where(masked, torch.full_like(word_ids, WordVocab.mask_id), word_ids)
+        targets = torch.where(masked, word_ids, torch.full_like(word_ids, -100))
+        return masked_ids, targets
+
+    def forward(self, clips: torch.Tensor, labels: torch.Tensor, word_ids: torch.Tensor, n_words: torch.Tensor,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Training forward: ``{"loss", "loss_cls", "loss_mtl", "logits"}`` (unused losses are 0)."""
+        c = self.config
+        masked_ids, targets = self.mask_words(word_ids, n_words, generator)
+        out = self.encode_tokens(self.frame_features(clips), masked_ids, n_words)
+        logits = self.cls_head(out[:, 0])
+        zero = out.new_zeros(())
+        loss_cls = F.cross_entropy(logits, labels) if c.objective in ("both", "cls") else zero
+        loss_mtl = zero
+        if c.objective in ("both", "mlm"):
+            # Mean over the masked words; a sum over a count clamped at 1 keeps a batch without any
+            # words finite and needs no host sync.
+            word_logits = self.mtl_head(out[:, self.n_visual:]).flatten(0, 1)
+            total = F.cross_entropy(word_logits, targets.flatten(), ignore_index=-100, reduction="sum")
+            loss_mtl = total / (targets >= 0).sum().clamp(min=1)
+        weight = c.mtl_weight if c.objective == "both" else 1.0
+        return {"loss": loss_cls + weight * loss_mtl, "loss_cls": loss_cls, "loss_mtl": loss_mtl, "logits": logits}
+
+    def forward_warmup(self, clips: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 1: classify temporally averaged frame features with F alone."""
+        logits = self.warmup_head(self.frame_features(clips).mean(1))
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "loss_cls": loss, "logits": logits}

@@ -1,0 +1,74 @@
+"""Label words and the word-level vocabulary of ResT's masked-token task."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import torch
+
+PAD, MASK, UNK = "[PAD]", "[MASK]", "[UNK]"
+SPECIAL_TOKENS = (PAD, MASK, UNK)
+
+# CamelCase boundaries ("ApplyEyeMakeup" -> Apply Eye Makeup, "YoYo" -> Yo Yo, "PlayingTabla") and
+# runs of capitals followed by a word ("TVShow" -> TV Show).
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[\s_\-/,]+")
+
+
+def split_label(label: str) -> list[str]:
+    """Lower-cased words of a class label, splitting CamelCase, underscores, hyphens and spaces.
+
+    >>> split_label("ApplyEyeMakeup"), split_label("brush_hair"), split_label("playing cello")
+    (['apply', 'eye', 'makeup'], ['brush', 'hair'], ['playing', 'cello'])
+    """
+    words = []
+    for part in _SEPARATORS.split(label.strip()):
+        words += [w.lower() for w in _CAMEL.split(part) if w]
+    return [w for w in (re.sub(r"[^\w']", "", w) for w in words) if w]
+
+
+class WordVocab:
+    """Word-level vocabulary built from training labels, plus ``[PAD] [MASK] [UNK]``.
+
+    Ids 0, 1, 2 are the special tokens; words follow in first-seen order, so a vocabulary built
+    from the same labels is always the same (and round-trips through :meth:`to_list`).
+    """
+
+    def __init__(self, words: Iterable[str]):
+        self.itos: list[str] = list(SPECIAL_TOKENS)
+        for w in words:
+            if w not in SPECIAL_TOKENS and w not in self.itos:
+                self.itos.append(w)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[str]) -> "WordVocab":
+        return cls(w for label in labels for w in split_label(label))
+
+    @classmethod
+    def from_list(cls, itos: Sequence[str]) -> "WordVocab":
+        if list(itos[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
+            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}, got {list(itos[:3])}")
+        return cls(itos[len(SPECIAL_TOKENS):])
+
+    def to_list(self) -> list[str]:
+        return list(self.itos)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    pad_id, mask_id, unk_id = 0, 1, 2
+
+    def encode(self, label: str) -> list[int]:
+        return [self.stoi.get(w, self.unk_id) for w in split_label(label)]
+
+    def encode_batch(self, labels: Sequence[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids (B, max_words) int64 padded with [PAD], n_words (B,) int32)``; longer labels are cut."""
+        ids = torch.full((len(labels), max_words), self.pad_id, dtype=torch.int64)
+        lengths = torch.zeros(len(labels), dtype=torch.int32)
+        for b, label in enumerate(labels):
+            words = self.encode(label)[:max_words]
+            ids[b, : len(words)] = torch.tensor(words, dtype=torch.int64)
+            lengths[b] = len(words)
+        return ids, lengths

@@ -1,0 +1,70 @@
+"""The compiled core's build, `python -m zsar.info`, and the `zsar` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from zsar import _ext
+
+
+def _zsar(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "zsar.cli", *args], capture_output=True, text=True, check=check)
+
+
+def test_compiled_core_loads_without_libtorch():
+    info = _ext.build_info()
+    assert info["available"], info.get("error")
+    assert info["cpu_isa"] in ("avx2", "baseline")
+    import zsar._C as compiled
+
+    with open(compiled.__file__, "rb") as f:
+        binary = f.read()
+    for lib in (b"libtorch.so", b"libtorch_cpu.so", b"libc10.so", b"libtorch_python.so"):
+        assert lib not in binary, f"zsar._C must not link {lib.decode()}"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_cuda_kernels_compiled_when_nvcc_is_present():
+    if os.environ.get("ZSAR_CUDA", "").upper() == "OFF":
+        pytest.skip("this build was asked for without CUDA (ZSAR_CUDA=OFF)")
+    info = _ext.build_info()
+    assert info["cuda"], "nvcc is on PATH but zsar._C was built without the CUDA kernels"
+    assert info["cuda_archs"]
+
+
+def test_info_module_prints_build_and_backends():
+    out = subprocess.run([sys.executable, "-m", "zsar.info"], capture_output=True, text=True, check=True).stdout
+    assert "compiled core zsar._C" in out and "OpenMP" in out and "CUDA" in out
+    assert "masked_attention backends" in out
+    for name in ("cuda", "cpu", "triton", "reference"):
+        assert name in out
+
+
+def test_info_json():
+    data = json.loads(_zsar("info", "--json").stdout)
+    cpu_fp32 = next(r for r in data["masked_attention"] if r["device"] == "cpu" and r["dtype"] == "float32")
+    assert cpu_fp32["backends"]["cpu"] == [] and cpu_fp32["backends"]["reference"] == []
+    assert data["build"]["available"]
+
+
+def test_demo_runs_and_reports_errors_and_speed():
+    out = _zsar("demo", "--batch", "4", "--repeats", "1").stdout
+    assert "cpu" in out and "speed-up" in out
+
+
+def test_cli_errors_are_one_line():
+    result = _zsar("demo", "--batch", "0", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--batch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_for_each_command():
+    for cmd in ("info", "demo"):
+        assert "usage: zsar " + cmd in _zsar(cmd, "--help").stdout
