@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot protocols and metrics (DESIGN.md §6)."""

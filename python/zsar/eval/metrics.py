@@ -1,0 +1,133 @@
+"""Classification metrics of the zero-shot protocols (DESIGN.md §6).
+
+* ResT protocol: top-k accuracy over test videos (:func:`top_k_accuracy`).
+* MZST / AVCA protocol: mean class accuracy (:func:`mean_class_accuracy`) and, for generalized
+  zero-shot learning, the harmonic mean of seen and unseen accuracies (:func:`harmonic_mean`).
+
+Inputs may be lists, NumPy arrays or torch tensors (any device); results are Python floats in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+import numpy as np
+
+from .._utils import as_numpy
+
+__all__ = ["top_k_accuracy", "mean_class_accuracy", "harmonic_mean"]
+
+
+
+
+def _check_labels(name: str, y: np.ndarray) -> None:
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+
+
+def top_k_accuracy(y_true, scores, k: int = 1) -> float:
+    """Fraction of samples whose true class is among the ``k`` highest-scoring classes.
+
+    Ties are broken by a stable descending sort: among equal scores the lower class index ranks
+    first. A sample is a hit iff (classes scoring strictly higher) + (classes with the same score and
+    a lower index) ``< k``, so ties never inflate the accuracy beyond one ranking of the classes.
+
+    Parameters
+    ----------
+    y_true : array-like or torch.Tensor of int, shape (N,)
+        True class indices in ``[0, C)``.
+    scores : array-like or torch.Tensor, shape (N, C)
+        Higher is better (logits, similarities, negative distances).
+    k : int
+        ``1 <= k <= C``.
+
+    Returns
+    -------
+    float
+        Accuracy in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shape or length mismatch, empty input, non-integer or out-of-range labels, NaN scores,
+        ``k`` not an int or outside ``[1, C]``.
+    """
+    y = as_numpy(y_true)
+    s = as_numpy(scores)
+    _check_labels("y_true", y)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (N, C), got shape {s.shape}")
+    if s.shape[0] != y.size:
+        raise ValueError(f"y_true has {y.size} samples but scores has {s.shape[0]} rows")
+    n_classes = s.shape[1]
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"k must be in [1, {n_classes}] (number of classes), got {k}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"y_true must hold integer class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"y_true values must be in [0, {n_classes}), got range [{y.min()}, {y.max()}]")
+    if np.isnan(s).any():
+        raise ValueError("scores contains NaN")
+    true_score = s[np.arange(y.size), y][:, None]
+    lower_index = np.arange(n_classes)[None, :] < y[:, None]
+    rank = (s > true_score).sum(axis=1) + ((s == true_score) & lower_index).sum(axis=1)
+    return float(np.mean(rank < k))
+
+
+def mean_class_accuracy(y_true, y_pred) -> float:
+    """Mean over the classes present in ``y_true`` of the per-class recall (AVCA protocol).
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like or torch.Tensor, shape (N,)
+        True and predicted labels (any comparable labels, e.g. ints or strings). Classes that are only
+        predicted, never true, do not contribute a term.
+
+    Returns
+    -------
+    float
+        Mean class accuracy in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        Empty input, non-1-D input or length mismatch.
+    """
+    y = as_numpy(y_true)
+    p = as_numpy(y_pred)
+    _check_labels("y_true", y)
+    _check_labels("y_pred", p)
+    if y.size != p.size:
+        raise ValueError(f"y_true has {y.size} samples but y_pred has {p.size}")
+    _, cls, count = np.unique(y, return_inverse=True, return_counts=True)
+    hits = np.bincount(cls, weights=(y == p), minlength=count.size)
+    return float(np.mean(hits / count))
+
+
+def harmonic_mean(seen_acc: float, unseen_acc: float) -> float:
+    """GZSL harmonic mean ``HM = 2SU / (S + U)`` of seen and unseen accuracies (0 when both are 0).
+
+    Parameters
+    ----------
+    seen_acc, unseen_acc : float
+        Accuracies in ``[0, 1]`` (Python, NumPy or 0-d torch scalars).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        An accuracy that is not a finite number in ``[0, 1]``.
+    """
+    s, u = float(seen_acc), float(unseen_acc)
+    for name, v in (("seen_acc", s), ("unseen_acc", u)):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1], got {v}")
+    return 0.0 if s + u == 0 else 2.0 * s * u / (s + u)

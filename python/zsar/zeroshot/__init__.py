@@ -1,0 +1,17 @@
+"""Zero-shot inference: semantic relatedness transfer and prototype classification (ResT §3.3)."""
+
+from .transfer import (
+    composite_prototypes,
+    cosine_similarity_matrix,
+    nearest_prototype,
+    transfer_assignment,
+    transfer_assignment_closed_form,
+)
+
+__all__ = [
+    "composite_prototypes",
+    "cosine_similarity_matrix",
+    "nearest_prototype",
+    "transfer_assignment",
+    "transfer_assignment_closed_form",
+]
