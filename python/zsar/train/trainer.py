@@ -25,7 +25,7 @@ from ..models import create_model
 from ..text.vocab import WordVocab
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
-from .distributed import DistInfo, all_reduce_mean, barrier, init_from_env
+from .distributed import all_reduce_mean, barrier, init_from_env
 
 
 def _stage_parameter_filter(stage: str, objective: str):
