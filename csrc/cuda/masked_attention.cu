@@ -1,0 +1,772 @@
+// CUDA kernels of the fused masked cross-modal attention (DESIGN.md §2.1).
+//
+// Tuned for short sequences (ResT: L ~ 25). All arithmetic is float (fp16/bf16 converted on load,
+// rounded once on store), so the kernels are bound by FMA issue and shared-memory bandwidth, not by
+// DRAM; the layout below keeps the two in balance.
+//
+// Every kernel gives a warp R = 4 * RB consecutive rows (query rows for the forward and dq, key rows
+// for dk/dv); a block covers `warps` warps of rows of one (batch, head) and streams 32-row tiles of
+// the other operand through shared memory as float, only as far as the prefix mask lets any of its
+// rows reach (a single tile for ResT). Two lane layouts per warp:
+//  * dot products (scores, dout . v): lane (t, g) computes rows g + 4 b (b < RB) against tile rows
+//    t + 8 a (a < 4), so each float4 read of a tile row feeds 2 * RB rows and each read of a row feeds
+//    4 tile rows. t and g are taken from the lane bits so that lanes 2n and 2n + 1 share t and lanes
+//    n and n ^ 2 share g: every read has pairs of equal addresses, which shared memory serves at twice
+//    the rate (its return path, 128 bytes per clock, is the bottleneck of these kernels).
+//  * accumulations (out, dq, dk, dv): lane owns the columns lane + 32 c (c < NC = ceil(Dh / 32)) of
+//    all R rows; the per-(tile row, row) weights go through a per-warp shared scratch and are read
+//    back as float4 broadcasts.
+// Shared rows have a stride of `stride` floats: a multiple of 4 (float4 access) with stride / 4 odd,
+// so 8 float4 reads of 8 consecutive rows hit 8 different bank groups. Columns [Dh, stride) are
+// zeroed once so that dot products can run over whole float4.
+
+#include "zsar/masked_attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace zsar {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kTile = kWarpSize;  // rows per streamed tile
+constexpr int kTileLanes = 8;     // dot layout: lanes along the tile, each with kTile / 8 tile rows
+constexpr int kTileSlots = kTile / kTileLanes;
+constexpr int kGroups = kWarpSize / kTileLanes;  // dot layout: row groups; warp rows = kGroups * RB
+constexpr int kMaxHeadDim = 128;
+constexpr int kMaxBlockRows = 32;  // a whole ResT sequence in one block
+// Blocks are sized so that two 256-thread (or four 128-thread) blocks fit an SM: at most 128
+// registers, which the kernels fit without spilling.
+constexpr int kMinThreadsPerSm = 512;
+constexpr unsigned kFullMask = 0xffffffffu;
+// The default dynamic shared memory limit; staying under it needs no per-device opt-in.
+constexpr size_t kSmemLimit = 48 * 1024;
+
+// Rows per warp: 8 while the accumulators of 8 rows fit in registers, else 4.
+constexpr int quads_per_warp(int nc) { return nc <= 2 ? 2 : 1; }
+constexpr int max_threads(int rb) { return kMaxBlockRows / (kGroups * rb) * kWarpSize; }
+
+// Dot layout of a lane (bits b4..b0): tile lane t = b3 b2 b1, row group g = b4 b0.
+__device__ __forceinline__ int tile_lane(int lane) { return (lane >> 1) & (kTileLanes - 1); }
+__device__ __forceinline__ int row_group(int lane) { return (lane & 1) | ((lane >> 3) & 2); }
+
+// Launch geometry and mask parameters shared by the kernels.
+struct Problem {
+  const int32_t* n_text;
+  int64_t heads;
+  int seq_len;
+  int head_dim;
+  int stride;  // shared-memory row stride in floats
+  int n_visual;
+  int row_blocks;  // blocks per (batch, head)
+  bool full;
+  bool vec;  // rows may be read 4 elements at a time (head_dim % 4 == 0 and aligned base pointers)
+  float scale;
+};
+
+// The (batch, head) and first row of this block, and the clamped n_text of its sample.
+struct BlockRows {
+  int64_t bh;
+  int r0;
+  int64_t n_text;
+};
+
+__device__ __forceinline__ BlockRows block_rows(const Problem& p, int warp_rows) {
+  const int64_t bh = blockIdx.x / static_cast<unsigned>(p.row_blocks);
+  const int rb = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.row_blocks));
+  const int64_t nt = masked_attention_clamp_text(p.n_text[bh / p.heads], p.n_visual, p.seq_len);
+  return {bh, rb * static_cast<int>(blockDim.x / kWarpSize) * warp_rows, nt};
+}
+
+// key_end of query row i, 0 past the sequence.
+__device__ __forceinline__ int key_end(const Problem& p, int64_t nt, int i) {
+  return i < p.seq_len ? static_cast<int>(masked_attention_key_end(i, p.n_visual, nt, p.full)) : 0;
+}
+
+// How far the query rows [r0, r0 + rows) reach into the keys (key_end is not monotone: padding rows
+// have 0), i.e. how many keys they must stream.
+__device__ __forceinline__ int rows_key_end(const Problem& p, int64_t nt, int r0, int rows) {
+  int end = 0;
+  for (int r = r0; r < r0 + rows; ++r) end = max(end, key_end(p, nt, r));
+  return end;
+}
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float2 to_float2(__half2 x) { return __half22float2(x); }
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 x) { return __bfloat1622float2(x); }
+
+// Four consecutive elements as float, in one load; `p` is aligned to 4 elements.
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+template <typename T2>  // __half2 or __nv_bfloat162
+__device__ __forceinline__ float4 load4_16bit(const void* p) {
+  const uint2 raw = *static_cast<const uint2*>(p);
+  T2 lo, hi;
+  memcpy(&lo, &raw.x, sizeof lo);  // bit casts; the load stays one 8-byte access
+  memcpy(&hi, &raw.y, sizeof hi);
+  const float2 a = to_float2(lo);
+  const float2 b = to_float2(hi);
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 load4(const __half* p) { return load4_16bit<__half2>(p); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  return load4_16bit<__nv_bfloat162>(p);
+}
+
+__device__ __forceinline__ float* dynamic_smem() {
+  extern __shared__ float4 smem[];  // float4: 16-byte alignment for the float4 accesses
+  return reinterpret_cast<float*>(smem);
+}
+
+__device__ __forceinline__ const float4& as_float4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+__device__ __forceinline__ float dot4(const float4& a, const float4& b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+__device__ __forceinline__ float component(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// `rows` contiguous global rows of head_dim elements -> shared rows at `dst`.
+template <typename T>
+struct Segment {
+  float* dst;
+  const T* src;
+  int rows;
+};
+
+// Copies N segments to shared memory as float, by the whole block. Each iteration issues the loads
+// of every segment before storing any, so their latencies overlap.
+template <typename T, int N>
+__device__ __forceinline__ void load_segments(const Segment<T> (&seg)[N], const Problem& p) {
+  const int dh = p.head_dim;
+  const int step = p.vec ? 4 : 1;  // with vec, dh % 4 == 0: a float4 never straddles two rows
+  int n = 0;
+#pragma unroll
+  for (int s = 0; s < N; ++s) n = max(n, seg[s].rows * dh);
+  for (int e = threadIdx.x * step; e < n; e += blockDim.x * step) {
+    float4 f[N];
+#pragma unroll
+    for (int s = 0; s < N; ++s) {
+      if (e < seg[s].rows * dh) {
+        f[s] = p.vec ? load4(seg[s].src + e) : make_float4(to_float(seg[s].src[e]), 0.f, 0.f, 0.f);
+      }
+    }
+    const int r = e / dh;
+    const int offset = r * p.stride + (e - r * dh);
+#pragma unroll
+    for (int s = 0; s < N; ++s) {
+      if (e < seg[s].rows * dh) {
+        if (p.vec) {
+          *reinterpret_cast<float4*>(seg[s].dst + offset) = f[s];
+        } else {
+          seg[s].dst[offset] = f[s].x;
+        }
+      }
+    }
+  }
+}
+
+// Zeroes columns [head_dim, stride) of `rows` shared rows. Loads never write them, so once is enough.
+__device__ __forceinline__ void zero_padding(float* base, int rows, const Problem& p) {
+  const int pad = p.stride - p.head_dim;
+  for (int e = threadIdx.x; e < rows * pad; e += blockDim.x) {
+    base[(e / pad) * p.stride + p.head_dim + e % pad] = 0.f;
+  }
+}
+
+// Dot layout: acc[b][a] += rows[g + 4 b] . tile[t + 8 a] over n4 floats (a multiple of 4), with
+// `rows` the warp's 4 * RB shared rows and `tile` the 32 tile rows.
+template <int RB>
+__device__ __forceinline__ void dot_tile(const float* rows, const float* tile, int stride, int n4,
+                                         float (&acc)[RB][kTileSlots]) {
+  const int lane = threadIdx.x % kWarpSize;
+  const float* rp = rows + row_group(lane) * stride;
+  const float* tp = tile + tile_lane(lane) * stride;
+#pragma unroll 1  // unrolling holds more float4 in flight and spills the backward kernels
+  for (int d = 0; d < n4; d += 4) {
+    float4 x[RB];
+#pragma unroll
+    for (int b = 0; b < RB; ++b) x[b] = as_float4(rp + b * kGroups * stride + d);
+#pragma unroll
+    for (int a = 0; a < kTileSlots; ++a) {
+      const float4 y = as_float4(tp + a * kTileLanes * stride + d);
+#pragma unroll
+      for (int b = 0; b < RB; ++b) acc[b][a] += dot4(x[b], y);
+    }
+  }
+}
+
+// Reductions over the 8 lanes of a row group (lane bits b3 b2 b1).
+__device__ __forceinline__ float group_max(float x) {
+  for (int o = 2; o <= 8; o <<= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+__device__ __forceinline__ float group_sum(float x) {
+  for (int o = 2; o <= 8; o <<= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+// Accumulation layout: acc[r][c] += w[j][r] * tile[j][lane + 32 c] for the tile rows j in
+// [j_begin, j_end), with w the per-warp scratch of R weights per tile row.
+template <int R, int NC>
+__device__ __forceinline__ void accumulate(const float* w, const float* tile, int stride, int dh,
+                                           int j_begin, int j_end, float (&acc)[R][NC]) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (int j = j_begin; j < j_end; ++j) {
+    float4 wj[R / 4];
+#pragma unroll
+    for (int b = 0; b < R / 4; ++b) wj[b] = as_float4(w + j * R + 4 * b);
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int d = lane + c * kWarpSize;
+      if (d < dh) {
+        const float x = tile[j * stride + d];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][c] += component(wj[r / 4], r % 4) * x;
+      }
+    }
+  }
+}
+
+// Writes rows [row0, row0 + R) of a (B, H, L, Dh) output from the accumulation layout, scaled.
+template <typename T, int R, int NC>
+__device__ __forceinline__ void store_rows(T* dst, int row0, int L, int dh, float scale,
+                                           const float (&acc)[R][NC]) {
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (row0 + r < L) {
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const int d = lane + c * kWarpSize;
+        if (d < dh) dst[int64_t{row0 + r} * dh + d] = from_float<T>(acc[r][c] * scale);
+      }
+    }
+  }
+}
+
+// out_i = softmax(scale * q_i K^T) V over the keys [0, key_end(i)), with an online softmax over
+// the key tiles; lse_i = log-sum-exp of the scaled scores. Padding rows: out = 0, lse = 0.
+template <typename T, int NC, int RB = quads_per_warp(NC)>
+__global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
+    masked_attention_fwd_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+                                const T* __restrict__ v, T* __restrict__ out,
+                                float* __restrict__ lse) {
+  constexpr int R = kGroups * RB;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int g = row_group(lane);  // dot layout: rows g + 4 b
+  const int t = tile_lane(lane);  // dot layout: tile rows t + 8 a
+  const int warps = blockDim.x / kWarpSize;
+  const int L = p.seq_len;
+  const int dh = p.head_dim;
+  const int S = p.stride;
+  const int dh4 = (dh + 3) & ~3;
+  const BlockRows blk = block_rows(p, R);
+  const int64_t base = blk.bh * L * dh;
+  const int block_n = max(0, min(warps * R, L - blk.r0));  // query rows of the block
+  const int kend_blk = rows_key_end(p, blk.n_text, blk.r0, warps * R);
+  const int row0 = blk.r0 + warp * R;  // this warp's first query row
+  const int kend_warp = rows_key_end(p, blk.n_text, row0, R);
+  int kend[RB];
+#pragma unroll
+  for (int b = 0; b < RB; ++b) kend[b] = key_end(p, blk.n_text, row0 + g + kGroups * b);
+
+  float* ks = dynamic_smem();      // kTile x S
+  float* vs = ks + kTile * S;      // kTile x S
+  float* qs_blk = vs + kTile * S;  // warps * R x S: the block's query rows
+  float* qs = qs_blk + warp * R * S;
+  float* ps = qs_blk + warps * R * S + warp * (kTile + 1) * R;  // p[j][r], then R row factors
+  float* fs = ps + kTile * R;
+  zero_padding(ks, 2 * kTile + warps * R, p);
+
+  float m[RB];  // running max of the scores of rows g + 4 b
+  float l[RB];  // this lane's part of the running sum of exp(score - m)
+  float acc[R][NC] = {};
+#pragma unroll
+  for (int b = 0; b < RB; ++b) {
+    m[b] = -INFINITY;
+    l[b] = 0.f;
+  }
+  for (int t0 = 0; t0 < kend_blk; t0 += kTile) {
+    const int rows = min(kTile, kend_blk - t0);
+    __syncthreads();  // the previous tile is consumed
+    const Segment<T> seg[3] = {{ks, k + base + int64_t{t0} * dh, rows},
+                               {vs, v + base + int64_t{t0} * dh, rows},
+                               {qs_blk, q + base + int64_t{blk.r0} * dh, t0 == 0 ? block_n : 0}};
+    load_segments(seg, p);
+    __syncthreads();
+    const int nj = min(kTile, kend_warp - t0);  // keys of the tile that some row of the warp sees
+    if (nj > 0) {                               // warp-uniform
+      float s[RB][kTileSlots] = {};
+      dot_tile(qs, ks, S, dh4, s);
+#pragma unroll
+      for (int b = 0; b < RB; ++b) {
+        // Scores outside the mask are never used: tile rows >= nj and rows past L hold stale data.
+        bool valid[kTileSlots];
+        float sv[kTileSlots];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int a = 0; a < kTileSlots; ++a) {
+          valid[a] = t + kTileLanes * a < kend[b] - t0;
+          sv[a] = valid[a] ? p.scale * s[b][a] : -INFINITY;
+          tile_max = fmaxf(tile_max, sv[a]);
+        }
+        tile_max = group_max(tile_max);
+        // An active row sees key t0, so its max is finite and exp never sees -inf - -inf.
+        const bool active = t0 < kend[b];
+        const float m_new = active ? fmaxf(m[b], tile_max) : m[b];
+        const float factor = active ? expf(m[b] - m_new) : 1.f;  // 0 on a row's first tile
+        float sum = 0.f;
+#pragma unroll
+        for (int a = 0; a < kTileSlots; ++a) {
+          const float pr = valid[a] ? expf(sv[a] - m_new) : 0.f;
+          ps[(t + kTileLanes * a) * R + g + kGroups * b] = pr;
+          sum += pr;
+        }
+        l[b] = l[b] * factor + sum;
+        m[b] = m_new;
+        if (t == 0) fs[g + kGroups * b] = factor;
+      }
+      __syncwarp();
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float factor = fs[r];
+#pragma unroll
+        for (int c = 0; c < NC; ++c) acc[r][c] *= factor;
+      }
+      accumulate(ps, vs, S, dh, 0, nj, acc);
+    }
+  }
+
+  __syncwarp();  // fs is read by the accumulation above
+#pragma unroll
+  for (int b = 0; b < RB; ++b) {
+    const float sum = group_sum(l[b]);
+    const int i = row0 + g + kGroups * b;
+    if (t == 0) {
+      fs[g + kGroups * b] = kend[b] > 0 ? 1.f / sum : 0.f;  // acc = 0 on padding rows: exact zeros
+      if (i < L) lse[blk.bh * L + i] = kend[b] > 0 ? m[b] + logf(sum) : 0.f;
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float inv = fs[r];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[r][c] *= inv;
+  }
+  store_rows(out + base, row0, L, dh, 1.f, acc);
+}
+
+// Backward, per query row i: delta_i = dout_i . out_i (stored for the dk/dv kernel) and
+// dq_i = scale * sum_j p_ij (dout_i . v_j - delta_i) k_j. Padding rows: dq = 0, delta = 0.
+template <typename T, int NC, int RB = quads_per_warp(NC)>
+__global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
+    masked_attention_bwd_dq_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+                                   const T* __restrict__ v, const T* __restrict__ out,
+                                   const float* __restrict__ lse, const T* __restrict__ dout,
+                                   T* __restrict__ dq, float* __restrict__ delta) {
+  constexpr int R = kGroups * RB;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int g = row_group(lane);
+  const int t = tile_lane(lane);
+  const int warps = blockDim.x / kWarpSize;
+  const int L = p.seq_len;
+  const int dh = p.head_dim;
+  const int S = p.stride;
+  const int dh4 = (dh + 3) & ~3;
+  const BlockRows blk = block_rows(p, R);
+  const int64_t base = blk.bh * L * dh;
+  const int block_n = max(0, min(warps * R, L - blk.r0));
+  const int kend_blk = rows_key_end(p, blk.n_text, blk.r0, warps * R);
+  const int row0 = blk.r0 + warp * R;
+  const int kend_warp = rows_key_end(p, blk.n_text, row0, R);
+  int kend[RB];
+  float lse_b[RB];
+#pragma unroll
+  for (int b = 0; b < RB; ++b) {
+    kend[b] = key_end(p, blk.n_text, row0 + g + kGroups * b);
+    lse_b[b] = kend[b] > 0 ? lse[blk.bh * L + row0 + g + kGroups * b] : 0.f;
+  }
+  // Accumulation layout: this lane's columns of the out rows, for delta.
+  bool has_keys[R];  // warp-uniform: the row is not padding
+  float o_r[R][NC];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    has_keys[r] = key_end(p, blk.n_text, row0 + r) > 0;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int d = lane + c * kWarpSize;
+      o_r[r][c] = has_keys[r] && d < dh ? to_float(out[base + int64_t{row0 + r} * dh + d]) : 0.f;
+    }
+  }
+
+  float* ks = dynamic_smem();              // kTile x S
+  float* vs = ks + kTile * S;              // kTile x S
+  float* qs_blk = vs + kTile * S;          // warps * R x S: the block's query rows
+  float* gs_blk = qs_blk + warps * R * S;  // warps * R x S: the block's dout rows
+  float* qs = qs_blk + warp * R * S;
+  float* gs = gs_blk + warp * R * S;
+  float* dss = gs_blk + warps * R * S + warp * kTile * R;  // ds[j][r]
+  zero_padding(ks, 2 * kTile + 2 * warps * R, p);
+
+  float delta_b[RB] = {};  // delta of rows g + 4 b (dot layout)
+  float acc[R][NC] = {};
+  for (int t0 = 0; t0 < kend_blk; t0 += kTile) {
+    const int rows = min(kTile, kend_blk - t0);
+    const int first_n = t0 == 0 ? block_n : 0;
+    __syncthreads();  // the previous tile is consumed
+    const Segment<T> seg[4] = {{ks, k + base + int64_t{t0} * dh, rows},
+                               {vs, v + base + int64_t{t0} * dh, rows},
+                               {qs_blk, q + base + int64_t{blk.r0} * dh, first_n},
+                               {gs_blk, dout + base + int64_t{blk.r0} * dh, first_n}};
+    load_segments(seg, p);
+    __syncthreads();
+    if (t0 == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float part = 0.f;
+        if (has_keys[r]) {  // padding rows have delta 0 (and stale dout rows past L)
+#pragma unroll
+          for (int c = 0; c < NC; ++c) {
+            const int d = lane + c * kWarpSize;
+            if (d < dh) part += gs[r * S + d] * o_r[r][c];
+          }
+        }
+        const float delta_r = warp_sum(part);
+        if (lane == 0 && row0 + r < L) delta[blk.bh * L + row0 + r] = delta_r;
+#pragma unroll
+        for (int b = 0; b < RB; ++b) {
+          if (r == g + kGroups * b) delta_b[b] = delta_r;
+        }
+      }
+    }
+    const int nj = min(kTile, kend_warp - t0);
+    if (nj > 0) {  // warp-uniform
+      float s[RB][kTileSlots] = {};
+      float dp[RB][kTileSlots] = {};
+      dot_tile(qs, ks, S, dh4, s);
+      dot_tile(gs, vs, S, dh4, dp);
+#pragma unroll
+      for (int b = 0; b < RB; ++b) {
+#pragma unroll
+        for (int a = 0; a < kTileSlots; ++a) {
+          const int j = t + kTileLanes * a;
+          dss[j * R + g + kGroups * b] =
+              j < kend[b] - t0 ? expf(p.scale * s[b][a] - lse_b[b]) * (dp[b][a] - delta_b[b]) : 0.f;
+        }
+      }
+      __syncwarp();
+      accumulate(dss, ks, S, dh, 0, nj, acc);
+    }
+  }
+
+  if (kend_blk == 0 && lane == 0) {  // only padding rows: the loop above never wrote delta
+    for (int r = row0; r < min(row0 + R, L); ++r) delta[blk.bh * L + r] = 0.f;
+  }
+  store_rows(dq + base, row0, L, dh, p.scale, acc);
+}
+
+// Backward, per key row j: dv_j = sum_i p_ij dout_i and dk_j = scale * sum_i ds_ij q_i over the
+// queries i that attend j. Keys no query attends get dk = dv = 0.
+template <typename T, int NC, int RB = quads_per_warp(NC)>
+__global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
+    masked_attention_bwd_dkv_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+                                    const T* __restrict__ v, const float* __restrict__ lse,
+                                    const float* __restrict__ delta, const T* __restrict__ dout,
+                                    T* __restrict__ dk, T* __restrict__ dv) {
+  constexpr int R = kGroups * RB;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int g = row_group(lane);  // dot layout: key rows g + 4 b
+  const int t = tile_lane(lane);  // dot layout: tile (query) rows t + 8 a
+  const int warps = blockDim.x / kWarpSize;
+  const int L = p.seq_len;
+  const int dh = p.head_dim;
+  const int S = p.stride;
+  const int dh4 = (dh + 3) & ~3;
+  const BlockRows blk = block_rows(p, R);
+  const int64_t base = blk.bh * L * dh;
+  const int64_t row_base = blk.bh * L;  // (b, h) offset into lse and delta
+  const int block_n = max(0, min(warps * R, L - blk.r0));  // key rows of the block
+  const int row0 = blk.r0 + warp * R;                       // this warp's first key row
+  const int n_valid = p.n_visual + static_cast<int>(blk.n_text);
+
+  // Queries attending a key j0 form [lo, hi) and include those attending any later key (the masks
+  // are prefixes): in rest mode a key j0 >= n_visual is seen only by the words i >= j0, any other
+  // valid key by every valid query. Applied to the first key of the block and of the warp.
+  const int q_lo = (p.full || blk.r0 < p.n_visual) ? 0 : blk.r0;
+  const int q_hi = blk.r0 < n_valid ? n_valid : 0;
+  const int w_lo = (p.full || row0 < p.n_visual) ? 0 : row0;
+  const int w_hi = row0 < n_valid ? n_valid : 0;
+
+  float* qt = dynamic_smem();              // kTile x S, query tile
+  float* gt = qt + kTile * S;              // kTile x S, dout tile
+  float* ks_blk = gt + kTile * S;          // warps * R x S: the block's key rows
+  float* vs_blk = ks_blk + warps * R * S;  // warps * R x S: the block's value rows
+  float* ks = ks_blk + warp * R * S;
+  float* vs = vs_blk + warp * R * S;
+  float* ps = vs_blk + warps * R * S + warp * 2 * kTile * R;  // p[i][r]
+  float* dss = ps + kTile * R;                                // ds[i][r]
+  zero_padding(qt, 2 * kTile + 2 * warps * R, p);
+
+  float acc_k[R][NC] = {};
+  float acc_v[R][NC] = {};
+  for (int t0 = q_lo; t0 < q_hi; t0 += kTile) {
+    const int rows = min(kTile, q_hi - t0);
+    const int first_n = t0 == q_lo ? block_n : 0;
+    // Issued before the tile load so that their latency overlaps it.
+    float lse_a[kTileSlots];
+    float delta_a[kTileSlots];
+#pragma unroll
+    for (int a = 0; a < kTileSlots; ++a) {
+      const int i = t + kTileLanes * a;
+      lse_a[a] = i < rows ? lse[row_base + t0 + i] : 0.f;
+      delta_a[a] = i < rows ? delta[row_base + t0 + i] : 0.f;
+    }
+    __syncthreads();  // the previous tile is consumed
+    const Segment<T> seg[4] = {{qt, q + base + int64_t{t0} * dh, rows},
+                               {gt, dout + base + int64_t{t0} * dh, rows},
+                               {ks_blk, k + base + int64_t{blk.r0} * dh, first_n},
+                               {vs_blk, v + base + int64_t{blk.r0} * dh, first_n}};
+    load_segments(seg, p);
+    __syncthreads();
+    const int i_begin = max(0, w_lo - t0);  // tile rows that may attend a key of the warp
+    const int i_end = min(rows, w_hi - t0);
+    if (i_begin < i_end) {  // warp-uniform
+      float s[RB][kTileSlots] = {};
+      float dp[RB][kTileSlots] = {};
+      dot_tile(ks, qt, S, dh4, s);
+      dot_tile(vs, gt, S, dh4, dp);
+#pragma unroll
+      for (int b = 0; b < RB; ++b) {
+        const int j = row0 + g + kGroups * b;
+#pragma unroll
+        for (int a = 0; a < kTileSlots; ++a) {
+          const int i = t + kTileLanes * a;
+          // Rows past L and tile rows past `rows` hold stale data: keep it out of the arithmetic.
+          const bool attends = i < rows && j < L &&
+                               j < masked_attention_key_end(t0 + i, p.n_visual, blk.n_text, p.full);
+          const float pr = attends ? expf(p.scale * s[b][a] - lse_a[a]) : 0.f;
+          ps[i * R + g + kGroups * b] = pr;
+          dss[i * R + g + kGroups * b] = attends ? pr * (dp[b][a] - delta_a[a]) : 0.f;
+        }
+      }
+      __syncwarp();
+      accumulate(ps, gt, S, dh, i_begin, i_end, acc_v);
+      accumulate(dss, qt, S, dh, i_begin, i_end, acc_k);
+    }
+  }
+
+  store_rows(dk + base, row0, L, dh, p.scale, acc_k);
+  store_rows(dv + base, row0, L, dh, 1.f, acc_v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+struct Launch {
+  Problem problem;
+  unsigned blocks;
+  int threads;
+  size_t smem;
+};
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Shared row stride: head_dim rounded up to float4, then to an odd number of float4.
+int64_t row_stride(int64_t head_dim) {
+  const int64_t n4 = cdiv(head_dim, 4);
+  return 4 * (n4 % 2 == 1 ? n4 : n4 + 1);
+}
+
+// Shared floats of a kernel: two kTile-row tiles, then per warp `row_sets` sets of its R rows and
+// `scratch` floats.
+struct SmemLayout {
+  int row_sets;
+  int64_t scratch;
+  int64_t floats(int64_t stride, int64_t warps, int64_t rows_per_warp) const {
+    return 2 * kTile * stride + warps * (row_sets * rows_per_warp * stride + scratch);
+  }
+};
+
+// Warps per block: as many as shared memory allows (up to kMaxBlockRows rows), then balanced over
+// the blocks of a (batch, head), so a short sequence runs in one block and tiles are read few times.
+Launch plan(const MaskedAttentionShape& s, const int32_t* n_text, int rows_per_warp,
+            const SmemLayout& layout) {
+  const int64_t stride = row_stride(s.head_dim);
+  int64_t max_warps = kMaxBlockRows / rows_per_warp;
+  while (max_warps > 1 &&
+         layout.floats(stride, max_warps, rows_per_warp) * sizeof(float) > kSmemLimit) {
+    --max_warps;
+  }
+  const int64_t row_blocks = cdiv(s.seq_len, max_warps * rows_per_warp);
+  const int64_t warps = cdiv(cdiv(s.seq_len, row_blocks), rows_per_warp);
+  const int64_t blocks = s.batch * s.heads * row_blocks;
+  if (blocks > std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument("masked_attention (cuda): batch * heads * seq_len is too large for "
+                                "one launch");
+  }
+  Launch launch;
+  launch.problem.n_text = n_text;
+  launch.problem.heads = s.heads;
+  launch.problem.seq_len = static_cast<int>(s.seq_len);
+  launch.problem.head_dim = static_cast<int>(s.head_dim);
+  launch.problem.stride = static_cast<int>(stride);
+  launch.problem.n_visual = static_cast<int>(s.n_visual);
+  launch.problem.row_blocks = static_cast<int>(row_blocks);
+  launch.problem.full = s.full;
+  launch.problem.vec = false;
+  launch.problem.scale = static_cast<float>(s.scale);
+  launch.blocks = static_cast<unsigned>(blocks);
+  launch.threads = static_cast<int>(warps) * kWarpSize;
+  launch.smem = static_cast<size_t>(layout.floats(stride, warps, rows_per_warp)) * sizeof(float);
+  return launch;
+}
+
+// Whether rows of `p` can be read 4 elements at a time.
+template <typename T>
+bool vec_ok(const MaskedAttentionShape& s, const void* p) {
+  return s.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+}
+
+void check_launch(const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("masked_attention (cuda): ") + kernel +
+                             " failed: " + cudaGetErrorString(err));
+  }
+}
+
+// Validates the arguments; false when there is nothing to compute.
+bool check_args(const MaskedAttentionShape& s, ScalarType dtype) {
+  if (dtype != ScalarType::Float32 && dtype != ScalarType::Float16 &&
+      dtype != ScalarType::BFloat16) {
+    throw std::invalid_argument(
+        "masked_attention (cuda): unsupported dtype, expected float32, float16 or bfloat16");
+  }
+  if (s.head_dim < 1 || s.head_dim > kMaxHeadDim) {
+    throw std::invalid_argument("masked_attention (cuda): head_dim must be in [1, 128], got " +
+                                std::to_string(s.head_dim));
+  }
+  if (s.batch <= 0 || s.heads <= 0 || s.seq_len <= 0) return false;
+  if (s.seq_len > std::numeric_limits<int32_t>::max() / kMaxHeadDim) {
+    throw std::invalid_argument("masked_attention (cuda): seq_len too large, got " +
+                                std::to_string(s.seq_len));
+  }
+  // The kernels index keys below key_end <= n_visual + clamped n_text <= seq_len only if this holds.
+  if (s.n_visual < 0 || s.n_visual > s.seq_len) {
+    throw std::invalid_argument("masked_attention (cuda): n_visual must be in [0, seq_len], got " +
+                                std::to_string(s.n_visual));
+  }
+  return true;
+}
+
+template <typename T, int NC>
+struct Fwd {
+  static void run(const MaskedAttentionFwdArgs& a, cudaStream_t stream) {
+    constexpr int R = kGroups * quads_per_warp(NC);
+    Launch l = plan(a.shape, a.n_text, R, {1, (kTile + 1) * R});
+    l.problem.vec = vec_ok<T>(a.shape, a.q) && vec_ok<T>(a.shape, a.k) && vec_ok<T>(a.shape, a.v);
+    masked_attention_fwd_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+        l.problem, static_cast<const T*>(a.q), static_cast<const T*>(a.k),
+        static_cast<const T*>(a.v), static_cast<T*>(a.out), static_cast<float*>(a.lse));
+    check_launch("masked_attention_fwd_kernel");
+  }
+};
+
+template <typename T, int NC>
+struct Bwd {
+  static void run(const MaskedAttentionBwdArgs& a, cudaStream_t stream) {
+    constexpr int R = kGroups * quads_per_warp(NC);
+    const auto q = static_cast<const T*>(a.q);
+    const auto k = static_cast<const T*>(a.k);
+    const auto v = static_cast<const T*>(a.v);
+    const auto dout = static_cast<const T*>(a.dout);
+    const auto lse = static_cast<const float*>(a.lse);  // float for every dtype served here
+    const bool vec = vec_ok<T>(a.shape, q) && vec_ok<T>(a.shape, k) && vec_ok<T>(a.shape, v) &&
+                     vec_ok<T>(a.shape, dout);
+
+    Launch l = plan(a.shape, a.n_text, R, {2, kTile * R});
+    l.problem.vec = vec;
+    masked_attention_bwd_dq_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+        l.problem, q, k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq),
+        a.delta);
+    check_launch("masked_attention_bwd_dq_kernel");
+
+    // Same stream: runs after the dq kernel has written delta.
+    l = plan(a.shape, a.n_text, R, {2, 2 * kTile * R});
+    l.problem.vec = vec;
+    masked_attention_bwd_dkv_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+        l.problem, q, k, v, lse, a.delta, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
+    check_launch("masked_attention_bwd_dkv_kernel");
+  }
+};
+
+// Runs Fn<T, NC>, NC = the column slices per lane that head_dim needs.
+template <typename T, template <typename, int> class Fn, typename Args>
+void dispatch_head_dim(const Args& a, cudaStream_t stream) {
+  switch (cdiv(a.shape.head_dim, kWarpSize)) {
+    case 1: return Fn<T, 1>::run(a, stream);
+    case 2: return Fn<T, 2>::run(a, stream);
+    case 3: return Fn<T, 3>::run(a, stream);
+    default: return Fn<T, 4>::run(a, stream);  // head_dim <= 128, checked
+  }
+}
+
+}  // namespace
+
+void masked_attention_fwd_cuda(const MaskedAttentionFwdArgs& args, ScalarType dtype, void* stream) {
+  if (!check_args(args.shape, dtype)) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case ScalarType::Float32: return dispatch_head_dim<float, Fwd>(args, s);
+    case ScalarType::Float16: return dispatch_head_dim<__half, Fwd>(args, s);
+    case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Fwd>(args, s);
+    default: break;  // rejected by check_args
+  }
+}
+
+void masked_attention_bwd_cuda(const MaskedAttentionBwdArgs& args, ScalarType dtype, void* stream) {
+  if (!check_args(args.shape, dtype)) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case ScalarType::Float32: return dispatch_head_dim<float, Bwd>(args, s);
+    case ScalarType::Float16: return dispatch_head_dim<__half, Bwd>(args, s);
+    case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Bwd>(args, s);
+    default: break;  // rejected by check_args
+  }
+}
+
+}  // namespace zsar
