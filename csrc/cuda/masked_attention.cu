@@ -1,8 +1,8 @@
 // CUDA kernels of the fused masked cross-modal attention (DESIGN.md §2.1).
 //
 // Tuned for short sequences (ResT: L ~ 25). All arithmetic is float (fp16/bf16 converted on load,
-// rounded once on store), so the kernels are bound by FMA issue and shared-memory bandwidth, not by
-// DRAM; the layout below keeps the two in balance.
+// rounded once on store), so the kernels are bound by shared-memory bandwidth and FMA issue rather
+// than by DRAM; the layouts below maximise the FMAs per value read from shared memory.
 //
 // Every kernel gives a warp R = 4 * RB consecutive rows (query rows for the forward and dq, key rows
 // for dk/dv); a block covers `warps` warps of rows of one (batch, head) and streams 32-row tiles of
@@ -11,8 +11,8 @@
 //  * dot products (scores, dout . v): lane (t, g) computes rows g + 4 b (b < RB) against tile rows
 //    t + 8 a (a < 4), so each float4 read of a tile row feeds 2 * RB rows and each read of a row feeds
 //    4 tile rows. t and g are taken from the lane bits so that lanes 2n and 2n + 1 share t and lanes
-//    n and n ^ 2 share g: every read has pairs of equal addresses, which shared memory serves at twice
-//    the rate (its return path, 128 bytes per clock, is the bottleneck of these kernels).
+//    n and n ^ 2 share g: every read has pairs of equal addresses, which shared memory can serve at
+//    twice the rate (its return path, 128 bytes per clock, is what bounds these kernels).
 //  * accumulations (out, dq, dk, dv): lane owns the columns lane + 32 c (c < NC = ceil(Dh / 32)) of
 //    all R rows; the per-(tile row, row) weights go through a per-warp shared scratch and are read
 //    back as float4 broadcasts.
