@@ -157,11 +157,14 @@ template <typename T>
 inline void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds,
                       T* __restrict dst, int64_t ldd) {
   const int64_t padded = round_up(rows, kPad);
-  for (int64_t c = 0; c < cols; ++c) {
-    T* __restrict out = dst + c * ldd;
-    for (int64_t r = 0; r < rows; ++r) out[r] = src[r * lds + c];
-    for (int64_t r = rows; r < padded; ++r) out[r] = T(0);
+  // Row-major reads (contiguous, vector loads) and strided scalar stores: stores do not stall the
+  // loop the way a chain of strided loads does.
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict in = src + r * lds;
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = in[c];
   }
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = rows; r < padded; ++r) dst[c * ldd + r] = T(0);
 }
 
 int resolve_threads(int num_threads) {
@@ -208,26 +211,35 @@ void probabilities(const MaskedAttentionShape& s, int64_t n_text, int64_t n_vali
     const int64_t cols = round_up(block_key_end(i0, rows, s, n_text), kPad);
     gemm(rows, cols, D, q + i0 * D, D, w.kt.data(), ld, w.p.data() + i0 * ld, ld);
   }
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < n_valid; ++i) {
     const int64_t end = masked_attention_key_end(i, s.n_visual, n_text, s.full);
-    T* p = w.p.data() + i * ld;
-    T shift;
+    // Whole vectors up to `padded` (<= ld); lanes past `end` are set to -inf so that exp gives 0
+    // and every reduction can run vectorised without a remainder loop.
+    const int64_t padded = round_up(end, kPad);
+    T* __restrict p = w.p.data() + i * ld;
+    const T shift_in = lse == nullptr ? T(0) : lse[i];
+#pragma omp simd
+    for (int64_t j = 0; j < padded; ++j) p[j] = p[j] * scale - shift_in;
+    for (int64_t j = end; j < padded; ++j) p[j] = kNegInf;
+    T m = T(0);
     if (lse == nullptr) {
-      shift = -std::numeric_limits<T>::infinity();
-      for (int64_t j = 0; j < end; ++j) shift = std::max(shift, p[j] *= scale);
-    } else {
-      shift = lse[i];
-      for (int64_t j = 0; j < end; ++j) p[j] *= scale;
+      m = kNegInf;
+#pragma omp simd reduction(max : m)
+      for (int64_t j = 0; j < padded; ++j) m = std::max(m, p[j]);
+#pragma omp simd
+      for (int64_t j = 0; j < padded; ++j) p[j] -= m;
     }
-    for (int64_t j = 0; j < end; ++j) p[j] -= shift;
-    exp_inplace(p, end);
-    std::fill(p + end, p + ld, T(0));
+    exp_inplace(p, padded);
+    std::fill(p + padded, p + ld, T(0));
     if (lse == nullptr) {
       T l = 0;
-      for (int64_t j = 0; j < end; ++j) l += p[j];
+#pragma omp simd reduction(+ : l)
+      for (int64_t j = 0; j < padded; ++j) l += p[j];
       const T inv_l = T(1) / l;
-      for (int64_t j = 0; j < end; ++j) p[j] *= inv_l;
-      lse_out[i] = shift + std::log(l);
+#pragma omp simd
+      for (int64_t j = 0; j < padded; ++j) p[j] *= inv_l;
+      lse_out[i] = m + std::log(l);
     }
   }
 }
