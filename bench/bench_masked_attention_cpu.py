@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zsar.ops import masked_attention
-from zsar.ops.masked_attention import key_end
+from zsar.ops.rest_attention import key_end
 
 B, H, N_VISUAL, MAX_WORDS, D = 64, 12, 17, 8, 64
 L = N_VISUAL + MAX_WORDS

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from zsar import _ext
-from zsar.ops.masked_attention import key_end, masked_attention
+from zsar.ops.rest_attention import key_end, masked_attention
 
 TOL = {torch.float32: (2e-4, 2e-4), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
 CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode

@@ -9,7 +9,7 @@ import torch
 
 from dense_reference import dense_attention
 from zsar.ops import BackendUnavailableError, masked_attention
-from zsar.ops.masked_attention import AttentionInputs, dispatcher
+from zsar.ops.rest_attention import AttentionInputs, dispatcher
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from . import __version__, _ext
-from .ops.masked_attention import AttentionInputs, dispatcher
+from .ops.rest_attention import AttentionInputs, dispatcher
 
 
 def _probe_devices() -> list[torch.device]:

@@ -31,7 +31,7 @@ def _best_time(fn, repeats: int, sync) -> float:
 def run(args) -> int:
     import torch
 
-    from ..ops.masked_attention import AttentionInputs, dispatcher, key_end, masked_attention
+    from ..ops.rest_attention import AttentionInputs, dispatcher, key_end, masked_attention
     from . import CLIError
 
     if args.batch < 1 or args.repeats < 1:

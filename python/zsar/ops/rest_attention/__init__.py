@@ -1,4 +1,7 @@
-"""``masked_attention``: the fused masked cross-modal attention of ResT (DESIGN.md §2.1).
+"""The ResT attention op ``masked_attention`` (DESIGN.md §2.1) and its backends.
+
+The public entry point is :func:`zsar.ops.masked_attention` (this package is named differently so
+that the function does not shadow it).
 
 Tokens of each sample are ordered ``[CLS, frames..., words..., padding]``. With ``n_visual`` visual
 tokens (CLS + frames) and ``n_text[b]`` valid words, query ``i`` may attend key ``j`` iff
