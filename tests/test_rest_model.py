@@ -133,3 +133,19 @@ def test_split_label():
     assert split_label("ApplyEyeMakeup") == ["apply", "eye", "makeup"]
     assert split_label("brush_hair") == ["brush", "hair"]
     assert split_label("TVShow") == ["tv", "show"]
+
+
+def test_user_backbone_weights_load(seed):
+    """A torchvision-style state dict (with its classifier) loads into the frame encoder."""
+    import torchvision
+
+    from zsar.models.backbones import load_backbone_weights
+
+    torch.manual_seed(seed)
+    source = torchvision.models.resnet18(weights=None)
+    model = zsar.create_model("rest18", dim=64, depth=1, heads=4, mlp_dim=64, num_classes=3)
+    missing = load_backbone_weights(model.encoder, source.state_dict())
+    assert missing == []
+    torch.testing.assert_close(model.encoder.trunk.conv1.weight, source.conv1.weight)
+    with pytest.raises(ValueError, match="backbone weights do not match"):
+        load_backbone_weights(model.encoder, {"conv1.weight": torch.zeros(1)}, strict=True)

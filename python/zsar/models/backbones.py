@@ -128,10 +128,16 @@ def load_backbone_weights(encoder: FrameEncoder, state_dict: dict, strict: bool 
     """Loads user weights (e.g. a torchvision checkpoint) into the trunk; returns the missing keys.
 
     Classifier weights in ``state_dict`` (``fc.*``, ``classifier.*``) are ignored where the trunk
-    has none. With ``strict=True`` any other mismatch raises.
+    has none. A tensor whose shape differs from the trunk's is always an error; with
+    ``strict=True`` missing or unexpected keys are errors too.
     """
-    result = encoder.trunk.load_state_dict(state_dict, strict=False)
-    unexpected = [k for k in result.unexpected_keys if not k.split(".")[0] in ("fc", "classifier")]
-    if strict and (result.missing_keys or unexpected):
-        raise ValueError(f"backbone weights do not match: missing {result.missing_keys}, unexpected {unexpected}")
-    return list(result.missing_keys)
+    own = encoder.trunk.state_dict()
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(k for k in set(state_dict) - set(own) if k.split(".")[0] not in ("fc", "classifier"))
+    if shapes or (strict and (missing or unexpected)):
+        raise ValueError(f"backbone weights do not match the {encoder.spec.name} trunk: shape mismatches "
+                         f"{shapes[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}")
+    encoder.trunk.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return missing
