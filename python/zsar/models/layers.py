@@ -16,11 +16,11 @@ class MaskedSelfAttention(nn.Module):
     in every layer (a range check reads it, which would sync the GPU 12 times per forward).
     """
 
-    def __init__(self, dim: int, heads: int, mode: str = "rest", dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, mode: str = "rest", dropout: float = 0.0, backend: str | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.heads, self.mode = heads, mode
+        self.heads, self.mode, self.backend = heads, mode, backend
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
@@ -29,7 +29,7 @@ class MaskedSelfAttention(nn.Module):
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = (t.contiguous() for t in qkv)
-        out = masked_attention(q, k, v, n_visual, n_text, mode=self.mode, check_n_text=False)
+        out = masked_attention(q, k, v, n_visual, n_text, mode=self.mode, backend=self.backend, check_n_text=False)
         return self.drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))
 
 
@@ -46,9 +46,10 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, mode: str = "rest", dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, mode: str = "rest", dropout: float = 0.0,
+                 backend: str | None = None):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), MaskedSelfAttention(dim, heads, mode, dropout)
+        self.norm1, self.attn = nn.LayerNorm(dim), MaskedSelfAttention(dim, heads, mode, dropout, backend)
         self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, mlp_dim, dropout)
 
     def forward(self, x: torch.Tensor, n_visual: int, n_text: torch.Tensor) -> torch.Tensor:
@@ -59,9 +60,10 @@ class TransformerBlock(nn.Module):
 class MaskedTransformer(nn.Module):
     """A stack of :class:`TransformerBlock` with a final LayerNorm."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, mode: str = "rest", dropout: float = 0.0):
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, mode: str = "rest", dropout: float = 0.0,
+                 backend: str | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_dim, mode, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_dim, mode, dropout, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, n_visual: int, n_text: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class ResTConfig:
     max_words: int = 8
     vocab: list[str] = field(default_factory=list)  # WordVocab.to_list(); empty: specials only
     attention: str = "rest"  # or "full" (Table 3(c))
+    attention_backend: str | None = None  # force a masked_attention backend ("cpu", "cuda", ...); None: automatic
     objective: str = "both"
     mtl_weight: float = 0.5
     mask_prob: float = 0.15
@@ -105,7 +106,8 @@ class ResT(nn.Module):
         self.word_embed = nn.Embedding(len(self.vocab), c.dim, padding_idx=WordVocab.pad_id)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.seq_len, c.dim))
         self.modality_embed = nn.Embedding(2, c.dim)  # 0: CLS and visual, 1: text
-        self.transformer = MaskedTransformer(c.dim, c.depth, c.heads, c.mlp_dim, c.attention, c.dropout)
+        self.transformer = MaskedTransformer(c.dim, c.depth, c.heads, c.mlp_dim, c.attention, c.dropout,
+                                             c.attention_backend)
         self.cls_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.num_classes))
         self.mtl_head = nn.Sequential(
             nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim), nn.Linear(c.dim, len(self.vocab))
