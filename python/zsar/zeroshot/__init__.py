@@ -1,5 +1,6 @@
 """Zero-shot inference: semantic relatedness transfer and prototype classification (ResT §3.3)."""
 
+from .classifier import ZeroShotClassifier, seen_prototypes_from_loader
 from .transfer import (
     composite_prototypes,
     cosine_similarity_matrix,
@@ -9,6 +10,8 @@ from .transfer import (
 )
 
 __all__ = [
+    "ZeroShotClassifier",
+    "seen_prototypes_from_loader",
     "composite_prototypes",
     "cosine_similarity_matrix",
     "nearest_prototype",

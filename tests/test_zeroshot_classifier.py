@@ -1,0 +1,72 @@
+"""ZeroShotClassifier: prototypes from a loader, transfer to new labels, predictions, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gensim.models import KeyedVectors
+from torch.utils.data import DataLoader
+
+import zsar
+from training_data import SeparableClips
+from zsar.text import WordVectorEmbedder
+from zsar.zeroshot import ZeroShotClassifier
+
+SEEN = ["red light", "green light", "blue light", "dark room"]  # the casts of SeparableClips, in order
+
+
+@pytest.fixture
+def setup(seed):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    words = ["red", "green", "blue", "dark", "light", "room"]
+    base = rng.standard_normal((len(words), 16)).astype(np.float32)
+    # "crimson" and "glow" are noisy copies of "red" and "light": related, not identical.
+    near = base[[0, 4]] + 0.3 * rng.standard_normal((2, 16)).astype(np.float32)
+    kv = KeyedVectors(vector_size=16)
+    kv.add_vectors(words + ["crimson", "glow", "zebra"], np.concatenate([base, near, -base.sum(0, keepdims=True)]))
+    model = zsar.create_model("rest_tiny", frames=4, dim=32, depth=1, heads=4, mlp_dim=64, num_classes=4)
+    data = SeparableClips(32, seed=seed)
+    clf = ZeroShotClassifier.from_loader(model, DataLoader(data, batch_size=8), SEEN, WordVectorEmbedder(kv),
+                                         k=1, rho=1, progress=False)
+    return clf, data
+
+
+def test_transfer_to_known_compositions_classifies(setup):
+    clf, data = setup
+    clf.set_labels(["blue light", "red light"])  # each target's nearest seen label is itself (m = 1)
+    assert clf.assignment.sum(1).tolist() == [1, 1]
+    torch.testing.assert_close(clf.prototypes[0], clf.seen_prototypes[2])
+    keep = (data.labels == 0) | (data.labels == 2)
+    clips, truth = data.clips[keep], (data.labels[keep] == 0).long()  # red -> index 1, blue -> 0
+    pred = clf.predict(clips)
+    assert (pred == truth).float().mean() >= 0.9
+    probs = clf.predict_proba(clips)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(clips)))
+    assert clf.predict(clips, top_k=2).shape == (len(clips), 2)
+
+
+def test_composite_prototype_mixes_related_seen_classes(setup):
+    clf, _ = setup
+    clf.rho, clf.k = 2, 2
+    clf.set_labels(["crimson glow", "dark room"])
+    assert clf.prototypes.shape == (2, clf.seen_prototypes.shape[1])
+    assert clf.assignment[0, 0] and clf.assignment[0].sum() == 2  # "red light" and one more
+    with pytest.raises(ValueError, match="unrelated to every seen class"):
+        clf.set_labels(["zebra"])
+
+
+def test_errors_and_persistence(setup, tmp_path):
+    clf, data = setup
+    with pytest.raises(RuntimeError, match="call set_labels"):
+        clf.predict(data.clips[:2])
+    with pytest.raises(ValueError, match="distinct"):
+        clf.set_labels(["red light", "red light"])
+    clf.set_labels(["red light", "blue light"])
+    with pytest.raises(ValueError, match="top_k must be in"):
+        clf.predict(data.clips[:2], top_k=3)
+    clf.save_prototypes(tmp_path)
+    protos, labels = ZeroShotClassifier.load_prototypes(tmp_path)
+    torch.testing.assert_close(protos, clf.seen_prototypes)
+    assert labels == SEEN
