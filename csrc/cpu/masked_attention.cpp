@@ -244,20 +244,30 @@ void probabilities(const MaskedAttentionShape& s, int64_t n_text, int64_t n_vali
   }
 }
 
+// Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice in parallel; each thread
+// owns one Scratch. Dynamic scheduling: tasks are microseconds each and a core may be busy.
+template <typename T, typename Body>
+void for_each_slice(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
+                    Body body) {
+  const int64_t BH = s.batch * s.heads;
+#pragma omp parallel num_threads(resolve_threads(num_threads))
+  {
+    Scratch<T> w(s.seq_len, s.head_dim, backward);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
+      body(bh, nt, s.n_visual + nt, w);
+    }
+  }
+}
+
 template <typename T>
 void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   const auto& s = a.shape;
-  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
-
-#pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    Scratch<T> w(L, D, /*backward=*/false);
-    const int64_t ld = w.ld;
-#pragma omp for schedule(dynamic, 4)  // dynamic: robust to a busy core; tasks are ~us each
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const int64_t n_text = masked_attention_clamp_text(a.n_text[bh / s.heads], s.n_visual, L);
-      const int64_t n_valid = s.n_visual + n_text;
-      const int64_t off = bh * L * D;
+  const int64_t L = s.seq_len, D = s.head_dim;
+  for_each_slice<T>(s, a.n_text, /*backward=*/false, num_threads,
+                    [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch<T>& w) {
+      const int64_t off = bh * L * D, ld = w.ld;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
       const T* v = static_cast<const T*>(a.v) + off;
@@ -272,25 +282,17 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       }
       std::fill(o + n_valid * D, o + L * D, T(0));  // padding rows
       std::fill(lse + n_valid, lse + L, T(0));
-    }
-  }
+  });
 }
 
 template <typename T>
 void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   const auto& s = a.shape;
-  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
+  const int64_t L = s.seq_len, D = s.head_dim;
   const T scale = static_cast<T>(s.scale);
-
-#pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    Scratch<T> w(L, D, /*backward=*/true);
-    const int64_t ld = w.ld;
-#pragma omp for schedule(dynamic, 4)  // dynamic: robust to a busy core; tasks are ~us each
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const int64_t n_text = masked_attention_clamp_text(a.n_text[bh / s.heads], s.n_visual, L);
-      const int64_t n_valid = s.n_visual + n_text;
-      const int64_t off = bh * L * D;
+  for_each_slice<T>(s, a.n_text, /*backward=*/true, num_threads,
+                    [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch<T>& w) {
+      const int64_t off = bh * L * D, ld = w.ld;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
       const T* v = static_cast<const T*>(a.v) + off;
@@ -330,8 +332,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       std::fill(dq + n_valid * D, dq + L * D, T(0));
       std::fill(dk + n_valid * D, dk + L * D, T(0));
       std::fill(dv + n_valid * D, dv + L * D, T(0));
-    }
-  }
+  });
 }
 
 }  // namespace
