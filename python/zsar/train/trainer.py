@@ -163,12 +163,8 @@ class Trainer:
             with self._autocast():
                 if stage == "warmup":
                     logits = self.model.warmup_head(self.model.frame_features(clips).mean(1))
-                else:
-                    B = clips.shape[0]
-                    words = torch.full((B, 1), WordVocab.mask_id, dtype=torch.long, device=self.device)
-                    out = self.model.encode_tokens(self.model.frame_features(clips), words,
-                                                   torch.ones(B, dtype=torch.int32, device=self.device))
-                    logits = self.model.cls_head(out[:, 0])
+                else:  # the CLS representation with text [MASK], as at inference
+                    logits = self.model.cls_head(self.model.encode_video(clips))
             correct[0] += (logits.argmax(1) == labels).sum()
             correct[1] += labels.numel()
         correct = all_reduce_mean(correct, self.dist)  # the ratio of the means is the global ratio

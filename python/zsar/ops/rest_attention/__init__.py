@@ -94,17 +94,13 @@ def check_n_text_range(n_text: torch.Tensor, n_visual: int, seq_len: int) -> Non
         )
 
 
-def _inputs(q, k, v, n_text, n_visual, full, scale) -> AttentionInputs:
-    return AttentionInputs(q, k, v, n_text, n_visual, full, scale)
-
-
 @torch.library.custom_op("zsar::masked_attention", mutates_args=(), device_types=None)
 def _masked_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: torch.Tensor,
     n_visual: int, full: bool, scale: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_structure(q, k, v, n_visual, n_text)  # the op may be called directly via torch.ops
-    inp = _inputs(q, k, v, n_text, n_visual, full, scale)
+    inp = AttentionInputs(q, k, v, n_text, n_visual, full, scale)
     return dispatcher.select(inp, backend or None).forward(inp)
 
 
@@ -118,7 +114,7 @@ def _masked_attention_bwd(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, n_visual: int, full: bool, scale: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    inp = _inputs(q, k, v, n_text, n_visual, full, scale)
+    inp = AttentionInputs(q, k, v, n_text, n_visual, full, scale)
     return dispatcher.select(inp, backend or None).backward(inp, out, lse, dout.contiguous())
 
 
@@ -227,6 +223,6 @@ def masked_attention(
             check_n_text_range(n_text, n_visual, q.shape[2])
         # Resolve the backend here, so a bad `backend=` fails with the full explanation before the
         # op runs, and the backward uses the same backend as the forward.
-        backend = dispatcher.select(_inputs(q, k, v, n_text, n_visual, full, float(scale)), backend).name
+        backend = dispatcher.select(AttentionInputs(q, k, v, n_text, n_visual, full, float(scale)), backend).name
     out, _ = _masked_attention_fwd(q, k, v, n_text, n_visual, full, float(scale), backend or "")
     return out
