@@ -1,0 +1,180 @@
+"""Writing and probing video files with PyAV (FFmpeg).
+
+One place that knows how to put frames (and optionally an audio track) into a container: the
+synthetic benchmark, ``zsar prepare`` and the tests all write their videos through
+:func:`write_video`, and every decoder asks :func:`probe_video` what a file holds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .._utils import as_numpy
+
+#: Default video codec per container extension (FFmpeg encoder names).
+VIDEO_CODECS = {".webm": "libvpx-vp9", ".mkv": "libvpx-vp9", ".mp4": "libx264", ".avi": "mjpeg"}
+#: Default audio codec per container extension.
+AUDIO_CODECS = {".webm": "libopus", ".mkv": "libopus", ".mp4": "aac", ".avi": "pcm_s16le"}
+#: Short names users may give instead of FFmpeg encoder names.
+CODEC_ALIASES = {"vp9": "libvpx-vp9", "vp8": "libvpx", "h264": "libx264", "hevc": "libx265",
+                 "h265": "libx265"}
+
+
+class VideoError(ValueError):
+    """A video file cannot be read: missing, empty, truncated, not a video, or without frames.
+
+    The message always names the file. Subclasses ``ValueError`` so callers that validate
+    input generically catch it too.
+    """
+
+
+def _require_av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a dependency
+        raise ImportError("reading and writing video needs PyAV: pip install av") from e
+    return av
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` learns about a file without decoding every frame."""
+
+    path: str
+    codec: str  # FFmpeg decoder name of the first video stream: "vp9", "h264", "mjpeg", ...
+    num_frames: int  # decoded-frame count when the container does not state it
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    audio_sample_rate: int | None = None
+
+
+def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audio=None,
+                sample_rate: int = 16000, crf: int | None = None) -> Path:
+    """Encode ``frames`` (uint8, (T, H, W, 3) RGB; array or tensor) into the video file ``path``.
+
+    ``codec`` defaults by extension (``.webm``/``.mkv`` → VP9, ``.mp4`` → H.264, ``.avi`` →
+    MJPEG) and accepts short names (``"vp9"``, ``"h264"``, ...). Odd widths/heights are not
+    allowed by the 4:2:0 codecs, so ask for even sizes. ``audio``: optional float waveform
+    in [-1, 1], shape (samples,) or (channels, samples), at ``sample_rate`` Hz. The file is
+    written to a temporary name and renamed, so a crash never leaves a half-written video
+    under the final name.
+    """
+    av = _require_av()
+    path = Path(path)
+    frames = as_numpy(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_video: frames must be uint8 (T, H, W, 3); got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError(f"write_video: no frames to write to {path}")
+    ext = path.suffix.lower()
+    codec = CODEC_ALIASES.get(codec, codec) or VIDEO_CODECS.get(ext)
+    if codec is None:
+        raise ValueError(f"write_video: no default codec for extension {ext!r} of {path}; "
+                         f"pass codec= or use one of {sorted(VIDEO_CODECS)}")
+    h, w = frames.shape[1:3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    container = av.open(str(tmp), "w")
+    try:
+        fps_q = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream(codec, rate=fps_q)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if crf is not None:
+            stream.options = {"crf": str(crf)}
+        elif codec == "libvpx-vp9":  # constant quality; libvpx's default bitrate is very low
+            stream.options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        elif codec in ("libx264", "libx265"):
+            stream.options = {"preset": "veryfast"}
+        astream = None
+        if audio is not None:
+            audio = np.asarray(as_numpy(audio), dtype=np.float32)
+            if audio.ndim == 1:
+                audio = audio[None]
+            acodec = AUDIO_CODECS.get(ext, "aac")
+            rate = 48000 if acodec == "libopus" else sample_rate  # Opus only encodes at 48 kHz
+            if rate != sample_rate:
+                audio = _resample_linear(audio, sample_rate, rate)
+            astream = container.add_stream(acodec, rate=rate)
+            astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
+        for i in range(frames.shape[0]):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if astream is not None:
+            _encode_audio(av, container, astream, audio)
+    finally:
+        container.close()
+    os.replace(tmp, path)
+    return path
+
+
+def _resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    n = int(round(x.shape[-1] * dst / src))
+    t = np.arange(n) * (src / dst)
+    return np.stack([np.interp(t, np.arange(x.shape[-1]), c) for c in x]).astype(np.float32)
+
+
+def _encode_audio(av, container, stream, audio: np.ndarray) -> None:
+    ctx = stream.codec_context
+    fmt = ctx.format.name if ctx.format is not None else "fltp"
+    chunk = ctx.frame_size or 1024
+    layout = "mono" if audio.shape[0] == 1 else "stereo"
+    pts = 0
+    for start in range(0, audio.shape[1], chunk):
+        part = audio[:, start:start + chunk]
+        if fmt == "s16":  # interleaved 16-bit (pcm_s16le)
+            data = (np.clip(part.T, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        elif fmt == "flt":
+            data = np.ascontiguousarray(part.T.reshape(1, -1))
+        else:  # planar float
+            data = np.ascontiguousarray(part)
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+        frame.sample_rate = stream.rate
+        frame.pts = pts
+        pts += part.shape[1]
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def probe_video(path) -> VideoInfo:
+    """Codec, frame count, fps, size and audio presence of the video file ``path``.
+
+    Raises :class:`VideoError` naming the file when it is missing, empty, not a video or has
+    no decodable frames. When the container does not state the frame count (WebM), the
+    packets are counted without decoding.
+    """
+    av = _require_av()
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except Exception as e:  # FFmpeg raises several InvalidDataError flavours
+        raise VideoError(f"{path}: not a readable video container ({e})") from e
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: contains no video stream")
+        vs = container.streams.video[0]
+        n = vs.frames
+        if n <= 0:
+            n = sum(1 for p in container.demux(vs) if p.size > 0)
+        audio = container.streams.audio
+        fps = float(vs.average_rate or vs.guessed_rate or 0.0)
+        info = VideoInfo(path=path, codec=vs.codec_context.name, num_frames=int(n), fps=fps,
+                         width=vs.codec_context.width, height=vs.codec_context.height,
+                         has_audio=bool(audio),
+                         audio_sample_rate=audio[0].rate if audio else None)
+    if info.num_frames <= 0:
+        raise VideoError(f"{path}: the video stream has no frames")
+    return info
