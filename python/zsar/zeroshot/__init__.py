@@ -1,5 +1,6 @@
 """Zero-shot inference: semantic relatedness transfer and prototype classification (ResT §3.3)."""
 
+from .baselines import semantic_space_baseline
 from .classifier import ZeroShotClassifier, seen_prototypes_from_loader
 from .transfer import (
     composite_prototypes,
@@ -17,4 +18,5 @@ __all__ = [
     "nearest_prototype",
     "transfer_assignment",
     "transfer_assignment_closed_form",
+    "semantic_space_baseline",
 ]
