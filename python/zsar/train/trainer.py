@@ -60,6 +60,11 @@ def _step_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+def _collate_fn(dataset):
+    """The dataset's own collation when it has one (VideoClipDataset drops skipped bad files)."""
+    return getattr(dataset, "collate_fn", None)
+
+
 def _cosine(total_steps: int):
     total = max(total_steps, 1)
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
@@ -156,9 +161,12 @@ class Trainer:
         """Top-1 accuracy over the seen classes (warm-up head in stage 1, CLS head afterwards)."""
         self.model.eval()
         loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            sampler=self._sampler(dataset, shuffle=False))
+                            sampler=self._sampler(dataset, shuffle=False), collate_fn=_collate_fn(dataset))
         correct = torch.zeros(2, device=self.device)
-        for clips, labels in loader:
+        for batch in loader:
+            if batch is None:  # every video of the batch was a skipped bad file
+                continue
+            clips, labels = batch
             clips, labels = clips.to(self.device), labels.to(self.device)
             with self._autocast():
                 if stage == "warmup":
@@ -193,7 +201,8 @@ class Trainer:
         else:
             opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         loader = DataLoader(self.train_data, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            sampler=self._sampler(self.train_data, shuffle=True), drop_last=True)
+                            sampler=self._sampler(self.train_data, shuffle=True), drop_last=True,
+                            collate_fn=_collate_fn(self.train_data))
         if len(loader) == 0:
             raise ValueError(f"the training set ({len(self.train_data)} samples over {self.dist.world_size} "
                              f"process(es)) is smaller than one batch of {self.config.batch_size}")
@@ -212,12 +221,17 @@ class Trainer:
     def _train_epoch(self, epoch, stage, ddp, opt, sched, loader, writer) -> dict[str, float]:
         cfg = self.config
         loader.sampler.set_epoch(epoch)
+        if hasattr(self.train_data, "set_epoch"):  # e.g. VideoClipDataset: new random clips each epoch
+            self.train_data.set_epoch(epoch)
         self.model.train()
         sums = torch.zeros(3, device=self.device)
         start, n_batches = time.perf_counter(), len(loader)
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
-        for step, (clips, labels) in enumerate(progress):
+        for step, batch in enumerate(progress):
+            if batch is None:  # every video of the batch was a skipped bad file
+                continue
+            clips, labels = batch
             clips, labels = clips.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             # Word masks depend on (seed, epoch, step, rank) only, so resuming reproduces them.
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, step, self.dist.rank))

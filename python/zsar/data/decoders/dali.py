@@ -1,0 +1,139 @@
+"""NVIDIA DALI decoders: ``dali-gpu`` (NVDEC through DALI's ``mixed`` video decoder) and ``dali-cpu``
+(DALI's FFmpeg build, which only has VP8, VP9 and MJPEG).
+
+Two uses: :func:`read_frames` decodes one file through a small cached pipeline, and
+:func:`build_clip_pipeline` builds the loader's pipeline that decodes, resizes, crops and
+normalises whole batches inside DALI, fed by a Python callback that hands it encoded bytes and
+the :class:`~zsar.data.transforms.ClipPlan` of every sample.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..video import VideoError, VideoInfo
+
+# Codecs each DALI device decodes (DALI's FFmpeg build has no software H.264/HEVC/AAC).
+CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+GPU_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
+
+
+def import_error() -> str | None:
+    """Why DALI cannot be used here, or None."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as e:
+        return f"NVIDIA DALI is not installed ({e.name}); pip install 'zsar[dali]'"
+    return None
+
+
+def codecs(device: str) -> frozenset[str]:
+    return GPU_CODECS if device == "gpu" else CPU_CODECS
+
+
+_lock = threading.Lock()
+_readers: dict[tuple[str, int | None], object] = {}
+
+
+def _reader_pipeline(device: str, device_id: int | None):
+    """A batch-1 pipeline (encoded bytes, frame indices) → frames, built once per device."""
+    key = (device, device_id)
+    if key not in _readers:
+        from nvidia.dali import fn, pipeline_def, types
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1,
+                      exec_dynamic=True)
+        def reader():
+            enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            return fn.decoders.video(enc, frames=idx, device="mixed" if device == "gpu" else "cpu")
+
+        pipe = reader()
+        pipe.build()
+        _readers[key] = pipe
+    return _readers[key]
+
+
+def read_frames(info: VideoInfo, indices: np.ndarray, device: str = "cpu", device_id: int | None = None):
+    """Frames ``indices`` of ``info.path`` decoded by DALI on ``device`` ("cpu" or "gpu").
+
+    Returns uint8 (T, H, W, 3): a NumPy array for ``cpu``, a CUDA torch tensor for ``gpu``.
+    """
+    if device == "gpu" and device_id is None:
+        device_id = 0
+    encoded = np.fromfile(info.path, dtype=np.uint8)
+    with _lock:  # a pipeline runs one batch at a time
+        pipe = _reader_pipeline(device, device_id)
+        pipe.feed_input("encoded", [encoded])
+        pipe.feed_input("frames", [np.ascontiguousarray(indices, dtype=np.int32)])
+        try:
+            (out,) = pipe.run()
+        except RuntimeError as e:
+            # A failed run leaves the pipeline unusable: drop it so the next call builds afresh.
+            _readers.pop((device, device_id), None)
+            raise VideoError(f"{info.path}: DALI ({device}) could not decode {info.codec} video: "
+                             f"{str(e).splitlines()[0] if str(e) else e}") from e
+        if device == "gpu":
+            import torch
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            t = out[0]
+            dst = torch.empty(tuple(t.shape()), dtype=torch.uint8, device=f"cuda:{device_id}")
+            feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(device_id))
+            return dst
+        return np.array(out[0])
+
+
+def build_clip_pipeline(source, spec, batch_size: int, device: str, num_threads: int,
+                        device_id: int | None, seed: int):
+    """The loader's DALI pipeline: decode → short-side resize → crop(s) → normalise, in DALI.
+
+    ``source`` is a callable returning one batch as a tuple of lists: encoded bytes (uint8),
+    frame indices (int32, clips*T), resized size (int32 [H, W]), one crop anchor per view
+    (float32 [y, x] in [0, 1], DALI's ``crop_pos``), and the sample's position in the dataset
+    (int64). It raises ``StopIteration`` at the end of an epoch. Outputs ``clips`` (per sample
+    ``spec.output_shape()``) and ``position``.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    n_crops = 3 if spec.crop_mode == "three" else 1
+    mean = [255 * m for m in spec.mean] if spec.output_dtype == "float32" else [0.0, 0.0, 0.0]
+    std = [255 * s for s in spec.std] if spec.output_dtype == "float32" else [1.0, 1.0, 1.0]
+    dtype = types.FLOAT if spec.output_dtype == "float32" else types.UINT8
+    n_clips = 1 if spec.train else spec.num_clips
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  exec_dynamic=True)
+    def clip_pipeline():
+        enc, idx, size, *anchors, position = fn.external_source(
+            source=source, num_outputs=4 + n_crops, batch=True,
+            dtype=[types.UINT8, types.INT32, types.INT32] + [types.FLOAT] * n_crops + [types.INT64])
+        frames = fn.decoders.video(enc, frames=idx, device="mixed" if device == "gpu" else "cpu")
+        frames = fn.resize(frames, size=fn.cast(size, dtype=types.FLOAT), interp_type=types.INTERP_LINEAR,
+                           antialias=True)
+        views = [fn.crop_mirror_normalize(frames, crop=(spec.size, spec.size), crop_pos_y=a[0], crop_pos_x=a[1],
+                                          mean=mean, std=std, dtype=dtype, output_layout="FCHW")
+                 for a in anchors]
+        # (crops, clips*T, 3, S, S) → (clips*crops views, T, 3, S, S), clip-major like the torch path
+        clips = fn.stack(*views, axis=1) if n_crops > 1 else views[0]
+        shape = [n_clips * n_crops, spec.frames, 3, spec.size, spec.size] if spec.views > 1 else \
+            [spec.frames, 3, spec.size, spec.size]
+        if n_crops > 1:
+            clips = fn.reshape(fn.transpose(fn.reshape(clips, shape=[n_clips, spec.frames, n_crops, 3,
+                                                                      spec.size, spec.size]),
+                                            perm=[0, 2, 1, 3, 4, 5]), shape=shape, layout="")
+        else:
+            clips = fn.reshape(clips, shape=shape, layout="")
+        return clips, position
+
+    return clip_pipeline()
+
+
+def crop_anchor(box, resized: tuple[int, int], size: int) -> np.ndarray:
+    """DALI's normalised crop position (y, x) for a crop box inside a ``resized`` frame."""
+    h, w = resized
+    y = box.top / (h - size) if h > size else 0.5
+    x = box.left / (w - size) if w > size else 0.5
+    return np.array([y, x], dtype=np.float32)

@@ -1,0 +1,76 @@
+"""PyAV (FFmpeg) decoder: any codec FFmpeg knows, on the CPU, one video at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..video import VideoError, VideoInfo
+
+NAME = "pyav"
+# Decoding from the start costs about as much as a seek once the first wanted frame is this
+# far in; past it we seek to the nearest keyframe before it.
+_SEEK_AFTER = 96
+
+
+def read_frames(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
+    """Frames ``indices`` (sorted or not, repeats allowed, already clamped to the video) of the
+    video described by ``info`` as uint8 (T, H, W, 3) RGB."""
+    import av
+
+    wanted = np.unique(indices)
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with av.open(info.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+            first = int(wanted[0])
+            if first >= _SEEK_AFTER and info.fps > 0:
+                frames = _decode_after_seek(container, stream, info, wanted)
+            if not frames:
+                frames = _decode_from_start(container, stream, wanted)
+    except VideoError:
+        raise
+    except Exception as e:  # FFmpeg errors on truncated or corrupt data
+        raise VideoError(f"{info.path}: PyAV could not decode {info.codec} video: {e}") from e
+    missing = [int(i) for i in wanted if int(i) not in frames]
+    if missing:
+        if not frames:
+            raise VideoError(f"{info.path}: PyAV decoded no frames ({info.codec}); the file may be truncated")
+        # The container over-stated its frame count (truncated or odd timestamps): pad with the last frame.
+        last = frames[max(frames)]
+        for i in missing:
+            frames[i] = last
+    return np.stack([frames[int(i)] for i in indices])
+
+
+def _decode_from_start(container, stream, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    want, stop = set(int(i) for i in wanted), int(wanted[-1])
+    out = {}
+    for n, frame in enumerate(container.decode(stream)):
+        if n in want:
+            out[n] = frame.to_ndarray(format="rgb24")
+        if n >= stop:
+            break
+    return out
+
+
+def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    """Seek near the first wanted frame and number frames by timestamp. Returns {} when the
+    timestamps cannot be trusted (then the caller decodes from the start)."""
+    tb = float(stream.time_base)
+    t0 = stream.start_time or 0
+    first = int(wanted[0])
+    container.seek(int(t0 + (first / info.fps) / tb), stream=stream, backward=True, any_frame=False)
+    want, stop = set(int(i) for i in wanted), int(wanted[-1])
+    out = {}
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return {}
+        n = int(round((frame.pts - t0) * tb * info.fps))
+        if not out and n > first:  # landed after the first wanted frame: timestamps are off
+            return {}
+        if n in want:
+            out[n] = frame.to_ndarray(format="rgb24")
+        if n >= stop:
+            break
+    return out
