@@ -11,6 +11,7 @@ COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),
+    "prepare": ("zsar.cli.prepare", "transcode a dataset folder into H.264 or VP9 for fast decoding"),
 }
 
 

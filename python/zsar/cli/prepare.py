@@ -1,0 +1,60 @@
+"""``zsar prepare``: transcode a dataset folder into H.264 or VP9 for the fast decoding path.
+
+See :func:`zsar.data.prepare.prepare_dataset` for what is converted, skipped and refused.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Mirrors zsar.data.prepare.OUTPUT_EXTENSIONS (kept here so that building the parser stays light).
+CODECS = ("h264", "vp9")
+
+_DESCRIPTION = (
+    "Transcode every video under SRC (by extension: mp4, avi, mkv, webm, mov, ...) into DST with the "
+    "same folder tree, in a codec the fast decoding path reads: h264 (.mp4, decoded by DALI on the "
+    "GPU) or vp9 (.webm, decoded by DALI on the CPU). Every frame is kept at the source frame rate, "
+    "and so is the audio track. Runs in parallel with a progress bar and is resumable: outputs that "
+    "already hold every frame are skipped, so an interrupted run can simply be started again. SRC is "
+    "never written to: a DST equal to or inside SRC is refused."
+)
+
+_EPILOG = (
+    "exit status: 0 when every video was converted or already prepared; 1 when some videos failed "
+    "and --skip-errors let the run finish (they are listed on stderr); 2 on an error (bad folder or "
+    "option, or an unreadable video without --skip-errors)."
+)
+
+
+def add_arguments(parser) -> None:
+    parser.description = _DESCRIPTION
+    parser.epilog = _EPILOG
+    parser.add_argument("src", metavar="SRC", help="folder of source videos (searched recursively)")
+    parser.add_argument("dst", metavar="DST", help="output folder (created if needed; outside SRC)")
+    parser.add_argument("--codec", choices=CODECS, default="h264",
+                        help="target codec: h264 -> .mp4 for DALI on the GPU, vp9 -> .webm for DALI on the "
+                        "CPU (default: h264)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="parallel processes (default: all CPUs available to this process)")
+    parser.add_argument("--size", type=int, default=None, metavar="S",
+                        help="resize so that the short side is S pixels (even), keeping the aspect ratio "
+                        "(default: keep the size)")
+    parser.add_argument("--skip-errors", action="store_true",
+                        help="count and list unreadable videos instead of stopping at the first one")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def run(args) -> int:
+    from ..data.prepare import prepare_dataset
+    from . import CLIError
+
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.size is not None and (args.size < 2 or args.size % 2):
+        raise CLIError(f"--size must be an even number of pixels >= 2, got {args.size}")
+    summary = prepare_dataset(args.src, args.dst, codec=args.codec, workers=args.workers, size=args.size,
+                              progress=not args.no_progress, skip_errors=args.skip_errors)
+    for _, reason in summary.failed:  # each reason names its file
+        print(f"failed: {reason}", file=sys.stderr)
+    print(f"{args.src} -> {args.dst} ({args.codec}): {summary}")
+    return 1 if summary.failed else 0
