@@ -1,6 +1,7 @@
 """Zero-shot inference: semantic relatedness transfer and prototype classification (ResT §3.3)."""
 
 from .baselines import semantic_space_baseline
+from .selection import SelectionResult, select_transfer_params
 from .classifier import ZeroShotClassifier, seen_prototypes_from_loader
 from .transfer import (
     composite_prototypes,
@@ -19,4 +20,6 @@ __all__ = [
     "transfer_assignment",
     "transfer_assignment_closed_form",
     "semantic_space_baseline",
+    "SelectionResult",
+    "select_transfer_params",
 ]
