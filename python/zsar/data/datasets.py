@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .records import VideoList, VideoRecord
+from .video import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,6 @@ PathLike = str | os.PathLike
 #: ``classes`` arguments: a list of names, or a class-list file (one name per line).
 ClassesArg = Sequence[str] | PathLike | None
 
-#: Video extensions in order of preference when one stem exists with several extensions.
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg",
-                    ".ogv", ".3gp", ".wmv", ".ts")
 # Files that share a video's stem but are never the video: audio extracted next to it,
 # thumbnails, partial downloads, annotation sidecars.
 _NOT_VIDEO = frozenset({

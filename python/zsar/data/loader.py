@@ -191,6 +191,8 @@ class VideoLoader:
         self._next_epoch = 0
         self.dataset = VideoClipDataset(videos, spec, "pyav", seed, on_error)
         self._dali = None
+        self._pyav = None
+        self._batches = _EpochBatches()
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -250,10 +252,17 @@ class VideoLoader:
                    for i in range(0, len(positions), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        loader = DataLoader(_Indexed(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=_collate_indexed, multiprocessing_context="fork"
-                            if self.num_workers and os.name == "posix" else None)
-        for item in loader:
+        self._batches.current = batches
+        if self._pyav is None:
+            # Workers persist across epochs (indices travel from this process per batch). Forking
+            # a process in which DALI's threads run can deadlock the child, so then use forkserver.
+            context = None
+            if self.num_workers:
+                context = "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
+            self._pyav = DataLoader(_Indexed(self.dataset), batch_sampler=self._batches,
+                                    num_workers=self.num_workers, collate_fn=_collate_indexed,
+                                    persistent_workers=self.num_workers > 0, multiprocessing_context=context)
+        for item in self._pyav:
             bad, batch = item
             for path, reason in bad:  # skips seen in worker processes, counted here
                 self.dataset.skipped.add(path, reason)
@@ -289,6 +298,19 @@ class VideoLoader:
             if self.drop_last and clips.shape[0] < self.batch_size:
                 continue
             yield ClipBatch(clips, labels, [self.videos[int(p)].video_id for p in pos], pos)
+
+
+class _EpochBatches:
+    """A batch sampler whose batches the loader replaces every epoch (so workers can persist)."""
+
+    def __init__(self):
+        self.current: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.current)
+
+    def __len__(self):
+        return len(self.current)
 
 
 class _Indexed(Dataset):

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import VideoError, _require_av, probe_video, write_video
+from .video import VIDEO_EXTENSIONS, VideoError, _require_av, probe_video, write_video
 
-#: File extensions taken for videos when walking a source folder (case-insensitive).
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv",
-                              ".wmv", ".asf", ".3gp", ".ogv", ".ts", ".mts", ".m2ts", ".vob"})
 #: Target codec -> container extension of the outputs.
 OUTPUT_EXTENSIONS = {"h264": ".mp4", "vp9": ".webm"}
 

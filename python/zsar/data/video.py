@@ -16,6 +16,9 @@ import numpy as np
 
 from .._utils import as_numpy
 
+#: Video file extensions (lower case), in order of preference when one stem has several.
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv", ".3gp",
+                    ".wmv", ".asf", ".ts", ".mts", ".m2ts", ".vob")
 #: Default video codec per container extension (FFmpeg encoder names).
 VIDEO_CODECS = {".webm": "libvpx-vp9", ".mkv": "libvpx-vp9", ".mp4": "libx264", ".avi": "mjpeg"}
 #: Default audio codec per container extension.
@@ -92,6 +95,8 @@ def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audi
             stream.options = {"crf": str(crf)}
         elif codec == "libvpx-vp9":  # constant quality; libvpx's default bitrate is very low
             stream.options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        elif codec == "mjpeg":  # FFmpeg's default quantiser range leaves visible blocks
+            stream.codec_context.qmin, stream.codec_context.qmax = 1, 4
         elif codec in ("libx264", "libx265"):
             stream.options = {"preset": "veryfast"}
         astream = None

@@ -35,6 +35,17 @@ def codecs(device: str) -> frozenset[str]:
 
 _lock = threading.Lock()
 _readers: dict[tuple[str, int | None], object] = {}
+_threads_started = False
+
+
+def threads_started() -> bool:
+    """Whether this process has built a DALI pipeline (whose worker threads make fork unsafe)."""
+    return _threads_started
+
+
+def _started() -> None:
+    global _threads_started
+    _threads_started = True
 
 
 def _reader_pipeline(device: str, device_id: int | None):
@@ -51,6 +62,7 @@ def _reader_pipeline(device: str, device_id: int | None):
             return fn.decoders.video(enc, frames=idx, device="mixed" if device == "gpu" else "cpu")
 
         pipe = reader()
+        _started()
         pipe.build()
         _readers[key] = pipe
     return _readers[key]
@@ -128,6 +140,7 @@ def build_clip_pipeline(source, spec, batch_size: int, device: str, num_threads:
             clips = fn.reshape(clips, shape=shape, layout="")
         return clips, position
 
+    _started()
     return clip_pipeline()
 
 

@@ -1,0 +1,170 @@
+"""read_frames on every decoder backend that runs here, on real files the tests encode."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from zsar.data import VideoError, choose_backend, probe_video, read_frames, write_video
+from zsar.data.decoders import unavailable_reason
+
+from videos import make_video, nearest_frames
+
+HAS_DALI = unavailable_reason("dali-cpu") is None
+needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")
+CPU_BACKENDS = ["pyav", pytest.param("dali-cpu", marks=needs_dali)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoders")
+    out = {}
+    for ext in ("webm", "avi", "mp4"):
+        path = root / f"g.{ext}"
+        out[ext] = (path, make_video(path, t=30, seed=7))
+    return out
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("ext", ["webm", "avi"])
+def test_frames_match_the_source_at_the_indices(clips, backend, ext, seed):
+    path, source = clips[ext]
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, 30, size=9)
+    out = read_frames(path, indices, backend)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (9, 48, 64, 3)
+    np.testing.assert_array_equal(nearest_frames(out.numpy(), source), indices)
+    assert np.abs(out.numpy().astype(float) - source[indices]).mean() < 5  # lossy codecs
+
+
+def test_pyav_reads_h264(clips):
+    path, source = clips["mp4"]
+    out = read_frames(path, [0, 29, 3], "pyav").numpy()
+    np.testing.assert_array_equal(nearest_frames(out, source), [0, 29, 3])
+
+
+@needs_dali
+def test_dali_cpu_and_pyav_agree_on_vp9(clips, seed):
+    path, _ = clips["webm"]
+    indices = np.random.default_rng(seed).permutation(30)[:12]
+    a = read_frames(path, indices, "pyav").numpy().astype(float)
+    b = read_frames(path, indices, "dali-cpu").numpy().astype(float)
+    assert np.abs(a - b).mean() < 2.0  # colour conversion rounding only
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_indices_past_the_end_repeat_the_last_frame(clips, backend):
+    path, source = clips["webm"]
+    out = read_frames(path, [28, 29, 30, 45], backend).numpy()
+    np.testing.assert_array_equal(nearest_frames(out, source), [28, 29, 29, 29])
+
+
+def test_seeking_into_a_long_video(tmp_path):
+    path = tmp_path / "long.webm"
+    source = make_video(path, t=260, h=32, w=48, seed=3)
+    indices = np.array([250, 120, 200, 259, 130])
+    out = read_frames(path, indices, "pyav").numpy()  # first index past the seek threshold
+    np.testing.assert_array_equal(nearest_frames(out, source), indices)
+
+
+def test_one_frame_video(tmp_path):
+    path = tmp_path / "one.webm"
+    source = make_video(path, t=1)
+    assert probe_video(path).num_frames == 1
+    out = read_frames(path, [0, 0, 5], "pyav").numpy()
+    assert out.shape == (3, 48, 64, 3) and np.abs(out.astype(float) - source[0]).mean() < 4
+
+
+@pytest.mark.parametrize("bad", [[], [[0, 1]], [-1, 2], [0.5]])
+def test_bad_indices(clips, bad):
+    with pytest.raises(ValueError, match="indices"):
+        read_frames(clips["webm"][0], bad)
+
+
+@needs_dali
+def test_explicit_backend_that_cannot_decode_names_file_codec_and_backend(clips):
+    path, _ = clips["mp4"]
+    with pytest.raises(ValueError) as err:
+        read_frames(path, [0], "dali-cpu")
+    msg = str(err.value)
+    assert str(path) in msg and "h264" in msg and "dali-cpu" in msg
+
+
+def test_dali_gpu_without_a_gpu_is_refused_clearly(clips):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="dali-gpu"):
+        read_frames(clips["webm"][0], [0], "dali-gpu")
+
+
+def test_unknown_backend(clips):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        read_frames(clips["webm"][0], [0], "opencv")
+
+
+def test_auto_chooses_by_codec_and_logs_why(clips, caplog):
+    caplog.set_level(logging.DEBUG, logger="zsar.data.decoders")
+    h264 = probe_video(clips["mp4"][0])
+    assert choose_backend(h264, "cpu") == "pyav"
+    vp9 = probe_video(clips["webm"][0])
+    assert choose_backend(vp9, "cpu") == ("dali-cpu" if HAS_DALI else "pyav")
+    if HAS_DALI:
+        assert "dali-cpu: DALI on CPU does not decode h264" in caplog.text
+    out = read_frames(clips["mp4"][0], [1, 2], "auto", device="cpu")
+    assert out.shape == (2, 48, 64, 3)
+
+
+# ---- bad files ------------------------------------------------------------------------------------
+
+def _bad_files(root, good):
+    """Name → path of a corpus of broken inputs."""
+    root.mkdir(exist_ok=True)
+    files = {"missing": root / "missing.webm"}
+    (root / "empty.webm").write_bytes(b"")
+    files["empty"] = root / "empty.webm"
+    (root / "text.webm").write_text("this is not a video\n" * 50)
+    files["not-a-video"] = root / "text.webm"
+    data = good.read_bytes()
+    (root / "truncated.webm").write_bytes(data[: len(data) // 3])
+    files["truncated"] = root / "truncated.webm"
+    (root / "header.webm").write_bytes(data[:200])  # a container header and no frames
+    files["zero-frame"] = root / "header.webm"
+    return files
+
+
+def _zero_frame_video(path):
+    import av
+
+    with av.open(str(path), "w") as c:  # a video stream that never receives a frame
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuvj420p"
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "not-a-video", "zero-frame", "no-stream-frames"])
+def test_unreadable_files_raise_video_error_naming_the_file(tmp_path, clips, kind):
+    files = _bad_files(tmp_path / "bad", clips["webm"][0])
+    files["no-stream-frames"] = _zero_frame_video(tmp_path / "bad" / "zero.avi")
+    with pytest.raises(VideoError) as err:
+        read_frames(files[kind], [0, 1])
+    assert str(files[kind]) in str(err.value)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_truncated_file_never_crashes(tmp_path, clips, backend):
+    """A truncated file either decodes its surviving frames or raises VideoError naming it."""
+    path = _bad_files(tmp_path / "bad", clips["webm"][0])["truncated"]
+    try:
+        out = read_frames(path, [0, 1, 2], backend)
+    except VideoError as e:
+        assert str(path) in str(e)
+    else:
+        assert out.shape[0] == 3
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "x.webm", np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="no default codec"):
+        write_video(tmp_path / "x.xyz", np.zeros((2, 8, 8, 3), np.uint8))
