@@ -26,13 +26,14 @@ _BASELINE: dict[str, str] = {}
 
 @pytest.fixture
 def record(benchmark):
-    """``record(group, contender, fn, ours=False)``: benchmark ``fn`` and remember its median."""
+    """``record(group, contender, fn, ours=False, rounds=20, warmup=3)``: benchmark ``fn`` and
+    remember its median."""
 
-    def _record(group: str, contender: str, fn, ours: bool = False):
+    def _record(group: str, contender: str, fn, ours: bool = False, rounds: int = 20, warmup: int = 3):
         benchmark.group = group
         benchmark.name = contender
         benchmark.extra_info["contender"] = contender
-        benchmark.pedantic(fn, rounds=20, warmup_rounds=3, iterations=1)
+        benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
         _MEDIANS[group][contender] = benchmark.stats.stats.median
         if ours:
             _BASELINE[group] = contender
