@@ -70,3 +70,38 @@ def test_errors_and_persistence(setup, tmp_path):
     protos, labels = ZeroShotClassifier.load_prototypes(tmp_path)
     torch.testing.assert_close(protos, clf.seen_prototypes)
     assert labels == SEEN
+
+
+def test_save_load_and_video_files(setup, tmp_path):
+    """A saved checkpoint reloads into the same classifier, which also reads video files."""
+    from zsar.data import ClipSpec, load_clip
+    from zsar.train.checkpoint import save_checkpoint
+    from videos import make_video
+
+    clf, _ = setup
+    kv_path = tmp_path / "vectors.txt"
+    clf.embedder.vectors.save_word2vec_format(str(kv_path))
+    clf.embedder = WordVectorEmbedder(kv_path)  # recordable: built from a file
+    clf.clip_spec = ClipSpec(frames=4, size=32, short_side=36, num_clips=2)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, clf.model)
+    clf.save(ckpt)
+    paths = [tmp_path / "a.webm", tmp_path / "b.mp4"]
+    for i, p in enumerate(paths):
+        make_video(p, t=10, h=40, w=48, seed=i)
+
+    loaded = ZeroShotClassifier.load(ckpt, device="cpu")
+    assert loaded.seen_labels == SEEN and loaded.clip_spec == clf.clip_spec and (loaded.k, loaded.rho) == (1, 1)
+    for c in (clf, loaded):
+        c.set_labels(["blue light", "red light", "dark room"])
+    clips = torch.stack([load_clip(p, clf.clip_spec) for p in paths])
+    assert clips.shape == (2, 2, 4, 3, 32, 32)
+    torch.testing.assert_close(loaded.encode([str(p) for p in paths]), clf.encode(clips))
+    torch.testing.assert_close(loaded.predict_proba(paths[0]), clf.predict_proba(clips[:1]))
+    with pytest.raises(TypeError, match="video file path"):
+        loaded.encode([1, 2])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ZeroShotClassifier.load(tmp_path / "nowhere")
+    save_checkpoint(tmp_path / "bare", clf.model)
+    with pytest.raises(FileNotFoundError, match="zeroshot.json"):
+        ZeroShotClassifier.load(tmp_path / "bare")

@@ -25,7 +25,7 @@ from .datasets import (
 )
 from .decoders import BACKENDS as DECODER_BACKENDS
 from .decoders import choose_backend, read_frames
-from .loader import ClipBatch, VideoClipDataset, VideoLoader, shard_positions
+from .loader import ClipBatch, VideoClipDataset, VideoLoader, load_clip, shard_positions
 from .records import VideoList, VideoRecord
 from .sampling import random_clip_indices, sample_rng, uniform_clip_indices
 from .transforms import ClipPlan, ClipSpec, apply_plan, plan_clip
@@ -40,5 +40,5 @@ __all__ = [
     "read_video_list", "transcode_video", "waveform_features", "write_class_list",
     "DECODER_BACKENDS", "ClipBatch", "ClipPlan", "ClipSpec", "VideoClipDataset", "VideoError", "VideoInfo",
     "VideoList", "VideoLoader", "VideoRecord", "apply_plan", "choose_backend", "plan_clip", "probe_video",
-    "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "write_video",
+    "load_clip", "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "write_video",
 ]

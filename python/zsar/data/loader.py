@@ -57,6 +57,21 @@ class SkipLog:
         log.warning("skipping %s: %s", path, reason)
 
 
+def load_clip(path, spec: ClipSpec, backend: str = "auto", *, rng: np.random.Generator | None = None,
+              info: VideoInfo | None = None) -> torch.Tensor:
+    """One video file as model input of ``spec.output_shape()`` (decode → sample → transform).
+
+    Evaluation specs are deterministic; training specs draw from ``rng`` (default: seed 0).
+    Decoding stays on the CPU (``dali-gpu`` aside, which the loaders use for whole batches).
+    """
+    info = info or probe_video(path)
+    if rng is None:
+        rng = sample_rng(0, 0, 0)
+    plan = plan_clip(spec, info, rng)
+    frames = read_frames(info.path, plan.indices.ravel(), backend, device="cpu", info=info)
+    return apply_plan(frames.cpu(), plan, spec)
+
+
 def _check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -96,11 +111,8 @@ class VideoClipDataset(Dataset):
 
     def load(self, i: int, epoch: int | None = None) -> torch.Tensor:
         """The clip(s) of video ``i`` in ``epoch`` (default: the current one); raises on bad files."""
-        info = self.info(i)
         rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, i)
-        plan = plan_clip(self.spec, info, rng)
-        frames = read_frames(info.path, plan.indices.ravel(), self.backend, device="cpu", info=info)
-        return apply_plan(frames, plan, self.spec)
+        return load_clip(self.videos[i].path, self.spec, self.backend, rng=rng, info=self.info(i))
 
     def __getitem__(self, i):
         epoch = None

@@ -1,6 +1,6 @@
 """Label text: word splitting, the label-word vocabulary (and, later, semantic embedders)."""
 
-from .embedders import STOP_WORDS, SentenceEmbedder, WordVectorEmbedder, load_name_map
+from .embedders import STOP_WORDS, SentenceEmbedder, WordVectorEmbedder, embedder_from_spec, load_name_map
 from .vocab import SPECIAL_TOKENS, WordVocab, split_label
 
-__all__ = ["SPECIAL_TOKENS", "STOP_WORDS", "SentenceEmbedder", "WordVectorEmbedder", "WordVocab", "load_name_map", "split_label"]
+__all__ = ["SPECIAL_TOKENS", "STOP_WORDS", "SentenceEmbedder", "WordVectorEmbedder", "embedder_from_spec", "WordVocab", "load_name_map", "split_label"]

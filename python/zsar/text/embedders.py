@@ -73,7 +73,9 @@ class WordVectorEmbedder:
 
     def __init__(self, vectors, binary: bool | None = None, name_map: Mapping[str, str] | None = None,
                  stop_words: Iterable[str] = STOP_WORDS):
-        self.vectors = _load_keyed_vectors(Path(vectors), binary) if isinstance(vectors, (str, Path)) else vectors
+        from_file = isinstance(vectors, (str, Path))
+        self.vectors = _load_keyed_vectors(Path(vectors), binary) if from_file else vectors
+        self.source = (str(Path(vectors).resolve()), binary) if from_file else None
         self.name_map = dict(name_map or {})
         self.stop_words = frozenset(stop_words)
         self._cache: dict[str, np.ndarray] = {}
@@ -83,6 +85,14 @@ class WordVectorEmbedder:
     @property
     def dim(self) -> int:
         return int(self.vectors.vector_size)
+
+    def spec(self) -> dict | None:
+        """How to rebuild this embedder (:func:`embedder_from_spec`); None when built from
+        in-memory vectors rather than a file."""
+        if self.source is None:
+            return None
+        return {"type": "word_vectors", "path": self.source[0], "binary": self.source[1],
+                "name_map": self.name_map, "stop_words": sorted(self.stop_words)}
 
     def words(self, label: str) -> list[str]:
         """The words of ``label`` that are looked up (after the name map, splitting and stop words)."""
@@ -164,6 +174,7 @@ class SentenceEmbedder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
+        self.model_name = str(model)
         self.model_path = _sentence_model_path(model)
         self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
         self.name_map = dict(name_map or {})
@@ -173,6 +184,10 @@ class SentenceEmbedder:
     @property
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
+
+    def spec(self) -> dict:
+        """How to rebuild this embedder (:func:`embedder_from_spec`)."""
+        return {"type": "sentence", "model": self.model_name, "name_map": self.name_map}
 
     def text(self, label: str) -> str:
         return " ".join(split_label(self.name_map.get(label, label)))
@@ -187,3 +202,18 @@ class SentenceEmbedder:
                                         convert_to_numpy=True, show_progress_bar=False)
             self._cache.update(zip(todo, vectors.astype(np.float32)))
         return np.stack([self._cache[label] for label in labels]) if labels else np.zeros((0, self.dim), np.float32)
+
+
+def embedder_from_spec(spec: Mapping) -> "WordVectorEmbedder | SentenceEmbedder":
+    """Rebuild a label embedder from its ``spec()`` (as stored beside a checkpoint)."""
+    kind = spec.get("type")
+    if kind == "sentence":
+        return SentenceEmbedder(spec.get("model", DEFAULT_SENTENCE_MODEL), name_map=spec.get("name_map"))
+    if kind == "word_vectors":
+        path = Path(spec["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"word-vector file {path} (recorded with the checkpoint) does not exist; "
+                                    f"pass an embedder explicitly")
+        return WordVectorEmbedder(path, spec.get("binary"), spec.get("name_map"),
+                                  spec.get("stop_words", STOP_WORDS))
+    raise ValueError(f"unknown embedder type {kind!r} (expected 'sentence' or 'word_vectors')")

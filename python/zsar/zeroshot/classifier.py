@@ -2,8 +2,10 @@
 
     clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)
     clf.set_labels(["juggling balls", "playing harp"])
-    probs = clf.predict_proba(clips)            # (N, 2)
-    top = clf.predict(clips, top_k=1)           # label indices
+    probs = clf.predict_proba(clips)            # (N, 2); clips or video file paths
+    top = clf.predict(["a.mp4", "b.webm"], top_k=1)
+    clf.save("runs/demo/checkpoints/best")      # beside the model weights
+    clf = ZeroShotClassifier.load("runs/demo/checkpoints/best")
 
 Seen prototypes are the mean CLS representation of each seen class (paper §3.3). ``set_labels``
 embeds the target labels, relates them to the seen labels (cosine), solves the transfer program
@@ -14,6 +16,9 @@ probabilities).
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 
 PROTOTYPES_FILE = "seen_prototypes.safetensors"
+SETTINGS_FILE = "zeroshot.json"
 
 
 @torch.no_grad()
@@ -59,10 +65,12 @@ class ZeroShotClassifier:
         k, theta, rho: the transfer program's K nearest seen labels, relative-distance threshold
             and edges per target label (choose them by cross-validation over the seen classes).
         temperature: softmax temperature of ``predict_proba`` over cosine similarities.
+        clip_spec: how video files given to ``predict``/``encode`` become clips (a
+            :class:`zsar.data.ClipSpec`; default: the model's frames and image size, one centred clip).
     """
 
     def __init__(self, model, seen_prototypes: torch.Tensor, seen_labels: Sequence[str], embedder,
-                 k: int = 5, theta: float = 0.5, rho: int = 3, temperature: float = 0.05):
+                 k: int = 5, theta: float = 0.5, rho: int = 3, temperature: float = 0.05, clip_spec=None):
         if len(seen_labels) != seen_prototypes.shape[0]:
             raise ValueError(f"{len(seen_labels)} seen labels but {seen_prototypes.shape[0]} seen prototypes")
         if temperature <= 0:
@@ -71,6 +79,11 @@ class ZeroShotClassifier:
         self.seen_prototypes = seen_prototypes.float().cpu()
         self.seen_labels = list(seen_labels)
         self.k, self.theta, self.rho, self.temperature = k, theta, rho, temperature
+        if clip_spec is None:
+            from ..data import ClipSpec
+
+            clip_spec = ClipSpec(frames=model.config.frames, size=model.config.image_size)
+        self.clip_spec = clip_spec
         self.labels: list[str] = []
         self.prototypes: torch.Tensor | None = None
         self.assignment: np.ndarray | None = None
@@ -87,6 +100,47 @@ class ZeroShotClassifier:
         save_file({"prototypes": self.seen_prototypes.contiguous()}, path,
                   metadata={"labels": "\n".join(self.seen_labels)})
         return path
+
+    def save(self, directory: str | Path) -> Path:
+        """Stores everything but the model beside a checkpoint: seen prototypes and labels, the
+        transfer parameters, temperature, clip spec and how to rebuild the embedder."""
+        directory = Path(directory)
+        self.save_prototypes(directory)
+        spec = getattr(self.embedder, "spec", lambda: None)()
+        settings = {"k": self.k, "theta": self.theta, "rho": self.rho, "temperature": self.temperature,
+                    "clip_spec": asdict(self.clip_spec), "embedder": spec}
+        (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, embedder=None, device: str | torch.device | None = None,
+             **overrides) -> "ZeroShotClassifier":
+        """The classifier saved with :meth:`save` in a checkpoint directory (model included).
+
+        ``embedder`` replaces the recorded one (needed when it was built from in-memory vectors);
+        ``overrides`` replace saved settings (``k``, ``theta``, ``rho``, ``temperature``, ``clip_spec``).
+        """
+        from ..data import ClipSpec
+        from ..text import embedder_from_spec
+        from ..train.checkpoint import load_model, resolve
+
+        directory = resolve(directory)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = directory / SETTINGS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no {SETTINGS_FILE}: not a zero-shot checkpoint "
+                                    f"(save one with ZeroShotClassifier.save)")
+        settings = json.loads(path.read_text())
+        if embedder is None:
+            if settings.get("embedder") is None:
+                raise ValueError(f"{path} records no embedder (it was built from in-memory vectors); pass embedder=")
+            embedder = embedder_from_spec(settings["embedder"])
+        protos, labels = cls.load_prototypes(directory)
+        kwargs = {key: settings[key] for key in ("k", "theta", "rho", "temperature")}
+        kwargs["clip_spec"] = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in settings["clip_spec"].items()})
+        kwargs.update(overrides)
+        return cls(load_model(directory, device), protos, labels, embedder, **kwargs)
 
     @staticmethod
     def load_prototypes(directory: str | Path) -> tuple[torch.Tensor, list[str]]:
@@ -124,17 +178,44 @@ class ZeroShotClassifier:
             raise RuntimeError("call set_labels(labels) before predicting")
 
     @torch.no_grad()
-    def similarities(self, videos: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity ``(N, num_labels)`` of clips ``(N[, clips], T, 3, H, W)`` to the prototypes."""
-        self._require_labels()
+    def encode(self, videos, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+        """Visual representations ``(N, D)`` (ResT's CLS output, clips averaged) for downstream use.
+
+        ``videos``: clips ``(N[, clips], T, 3, H, W)``, or one or more video file paths, read
+        with :attr:`clip_spec` (``batch_size`` files at a time).
+        """
         device = next(self.model.parameters()).device
-        x = self.model.eval().encode_video(videos.to(device)).float().cpu()
+        self.model.eval()
+        if isinstance(videos, torch.Tensor):
+            return self.model.encode_video(videos.to(device), batch_size=batch_size).float().cpu()
+        from ..data import load_clip
+
+        paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
+        if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+            raise TypeError("videos must be a clip tensor or video file path(s)")
+        chunks = range(0, len(paths), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="encoding videos", unit="batch")
+        out = []
+        for i in chunks:
+            clips = torch.stack([load_clip(p, self.clip_spec) for p in paths[i:i + batch_size]])
+            out.append(self.model.encode_video(clips.to(device)).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def similarities(self, videos) -> torch.Tensor:
+        """Cosine similarity ``(N, num_labels)`` of videos (clips or file paths) to the prototypes."""
+        self._require_labels()
+        x = self.encode(videos)
         return torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(self.prototypes, dim=1).T
 
-    def predict_proba(self, videos: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, videos) -> torch.Tensor:
+        """Softmax over cosine similarities / temperature, ``(N, num_labels)``."""
         return torch.softmax(self.similarities(videos) / self.temperature, dim=1)
 
-    def predict(self, videos: torch.Tensor, top_k: int = 1) -> torch.Tensor:
+    def predict(self, videos, top_k: int = 1) -> torch.Tensor:
         """Indices into the labels of :meth:`set_labels`: ``(N,)`` for top_k=1, else ``(N, top_k)``."""
         self._require_labels()
         if not 1 <= top_k <= len(self.labels):
