@@ -10,6 +10,10 @@ import sys
 COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
+    "train": ("zsar.cli.train", "train ResT on a video dataset and save a zero-shot checkpoint"),
+    "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
+    "predict": ("zsar.cli.predict", "zero-shot labels for video files against any labels"),
+    "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),
     "prepare": ("zsar.cli.prepare", "transcode a dataset folder into H.264 or VP9 for fast decoding"),
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as _config
+from ..data.config import DataConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -49,6 +50,9 @@ class TrainConfig:
     out_dir: str = "runs/rest"
     log_every: int = 10  # steps between metric log rows
     progress: bool = True
+    data: DataConfig | None = None  # the training videos (for `zsar train`; the Python API takes datasets)
+    # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec).
+    embedder: dict[str, Any] = field(default_factory=lambda: {"type": "sentence"})
 
     def __post_init__(self):
         if self.batch_size < 1 or self.grad_accum < 1:

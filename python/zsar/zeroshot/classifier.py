@@ -34,13 +34,17 @@ SETTINGS_FILE = "zeroshot.json"
 
 @torch.no_grad()
 def seen_prototypes_from_loader(model, loader, num_classes: int, progress: bool = True) -> torch.Tensor:
-    """Mean visual representation per seen class over a loader of ``(clips, labels)``: ``(C, D)``."""
+    """Mean visual representation per seen class over a loader of ``(clips, labels)`` batches (or
+    :class:`zsar.data.ClipBatch` es): ``(C, D)``."""
     from tqdm.auto import tqdm
 
     model.eval()
     device = next(model.parameters()).device
     sums, counts = None, torch.zeros(num_classes, dtype=torch.float64)
-    for clips, labels in tqdm(loader, desc="seen prototypes", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="seen prototypes", disable=not progress, leave=False):
+        if batch is None:  # a batch of skipped bad files
+            continue
+        clips, labels = batch[0], batch[1]
         x = model.encode_video(clips.to(device)).double().cpu()
         if sums is None:
             sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)

@@ -1,0 +1,190 @@
+"""``zsar bench``: quick throughput measurements on this machine.
+
+* ``attention``: the fused ResT attention op (every usable backend checked against the float64
+  reference) against torch SDPA with the equivalent dense mask, forward + backward.
+* ``model``: clips/s of a registered model's inference (``encode_video``) and training step.
+* ``decode``: clips/s of the video loader on generated UCF101-like files, per decoder backend.
+
+The side-by-side benchmarks with statistics live in the repository's ``bench/`` (pytest-benchmark).
+"""
+
+from __future__ import annotations
+
+import time
+
+TARGETS = ("attention", "model", "decode")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", choices=TARGETS, nargs="?", default="attention",
+                        help="what to measure (default: attention)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: 64 for attention, 8 for model, 4 for decode)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the best is reported (default 5)")
+    parser.add_argument("--model", default="rest_tiny", help="model for `model` (default rest_tiny)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip for `model` (default: the model's)")
+    parser.add_argument("--backend", default=None,
+                        help="decode: one decoder backend (default: every usable one); model: attention backend")
+
+
+def run(args) -> int:
+    from . import CLIError
+
+    if (args.batch is not None and args.batch < 1) or args.repeats < 1:
+        raise CLIError("--batch and --repeats must be at least 1")
+    return {"attention": _attention, "model": _model, "decode": _decode}[args.target](args)
+
+
+def _device(args):
+    import torch
+
+    from . import CLIError
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda requested but torch sees no CUDA device")
+    return device, (torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+
+
+def _best_time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _attention(args) -> int:
+    import torch
+
+    from ..ops.rest_attention import AttentionInputs, dispatcher, key_end, masked_attention
+
+    device, sync = _device(args)
+    B, H, L, D, n_visual = args.batch or 64, 12, 25, 64, 17  # ResT: 12 heads of 64, CLS + 16 frames + 8 words
+    gen = torch.Generator().manual_seed(0)
+    n_text = torch.randint(1, L - n_visual + 1, (B,), generator=gen, dtype=torch.int32).to(device)
+    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(4))
+    print(f"masked_attention on {device}: B={B} H={H} L={L} (CLS + 16 frames + 1..8 words) Dh={D}\n")
+
+    ref = masked_attention(q.double(), k.double(), v.double(), n_visual, n_text, backend="reference")
+    print("backend      max |error| vs float64 reference")
+    inp = AttentionInputs(q, k, v, n_text, n_visual, False, D**-0.5)
+    for name, reasons in dispatcher.reasons(inp).items():
+        if reasons:
+            print(f"  {name:<10} not usable here: {reasons[0]}")
+            continue
+        err = (masked_attention(q, k, v, n_visual, n_text, backend=name).double() - ref).abs().max().item()
+        print(f"  {name:<10} {err:.2e}")
+
+    end = key_end(L, n_visual, n_text, False)
+    mask = torch.arange(L, device=device)[None, None, :] < end[:, :, None]
+    mask = (mask | (end == 0)[:, :, None])[:, None]  # padding rows: any finite row for SDPA
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def fused():
+        masked_attention(*leaves, n_visual, n_text).backward(dout)
+
+    def sdpa():
+        torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask).backward(dout)
+
+    auto = dispatcher.select(inp).name
+    t_fused, t_sdpa = _best_time(fused, args.repeats, sync), _best_time(sdpa, args.repeats, sync)
+    print(f"\nforward+backward, best of {args.repeats}:")
+    print(f"  zsar masked_attention ({auto}): {t_fused * 1e3:8.2f} ms")
+    print(f"  torch SDPA + dense bool mask:  {t_sdpa * 1e3:8.2f} ms")
+    print(f"  speed-up: {t_sdpa / t_fused:.2f}x")
+    return 0
+
+
+def _model(args) -> int:
+    import torch
+
+    import zsar
+    from ..text import WordVocab
+
+    device, sync = _device(args)
+    labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
+    vocab = WordVocab.from_labels(labels)
+    overrides = {"num_classes": len(labels), "vocab": vocab.to_list()}
+    if args.frames:
+        overrides["frames"] = args.frames
+    if args.backend:
+        overrides["attention_backend"] = args.backend
+    model = zsar.create_model(args.model, **overrides).to(device)
+    cfg, B = model.config, args.batch or 8
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randn(B, cfg.frames, 3, cfg.image_size, cfg.image_size, generator=gen).to(device)
+    y = torch.randint(0, len(labels), (B,), generator=gen).to(device)
+    ids, n = vocab.encode_batch([labels[i] for i in y.tolist()], cfg.max_words)
+    ids, n = ids.to(device), n.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def infer():
+        with torch.no_grad(), autocast:
+            model.eval().encode_video(clips)
+
+    def train():
+        model.train()
+        with autocast:
+            loss = model(clips, y, ids, n)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    print(f"{args.model} on {device}: batch {B}, {cfg.frames} frames of {cfg.image_size}x{cfg.image_size}"
+          f"{', bf16 autocast' if device.type == 'cuda' else ', float32'}")
+    for name, fn in (("inference", infer), ("training step", train)):
+        t = _best_time(fn, args.repeats, sync)
+        print(f"  {name:<14} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
+    return 0
+
+
+def _decode(args) -> int:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from ..data import DECODER_BACKENDS, ClipSpec, VideoList, VideoLoader, VideoRecord, write_video
+    from ..data.decoders import unavailable_reason
+    from . import CLIError
+
+    backends = [args.backend] if args.backend else list(DECODER_BACKENDS)
+    if args.backend and args.backend not in DECODER_BACKENDS:
+        raise CLIError(f"--backend must be one of {', '.join(DECODER_BACKENDS)} for decode")
+    spec, B, n_videos = ClipSpec(frames=16, stride=6, size=224, train=True), args.batch or 4, 8
+    rng = np.random.default_rng(0)
+    print(f"video loading: {n_videos} UCF101-like files (320x240, 120 frames), 16 frames at stride 6, "
+          f"224x224 crops, batch {B}, {os.cpu_count()} CPU cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        lists = {}
+        for ext, codec in (("webm", "vp9"), ("mp4", "h264")):
+            recs = []
+            for i in range(n_videos):
+                base = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+                frames = np.stack([np.roll(base, 2 * t, axis=1) for t in range(120)])
+                path = os.path.join(tmp, f"v{i}.{ext}")
+                write_video(path, frames)
+                recs.append(VideoRecord(path, 0, str(i)))
+            lists[codec] = VideoList(recs, ["x"])
+        for backend in backends:
+            for codec, videos in lists.items():
+                why = unavailable_reason(backend, codec)
+                if why:
+                    print(f"  {backend:<9} {codec:<5} skipped: {why}")
+                    continue
+                loader = VideoLoader(videos, spec, B, backend=backend, num_workers=os.cpu_count())
+
+                def epoch():
+                    for _ in loader:
+                        pass
+
+                t = _best_time(epoch, args.repeats, lambda: None)
+                print(f"  {backend:<9} {codec:<5} {n_videos / t:7.1f} clips/s")
+    return 0

@@ -1,0 +1,92 @@
+"""``zsar predict``: zero-shot labels for video files from a trained checkpoint.
+
+Each video is read as the checkpoint's clip spec says (its clips averaged), scored against the
+composite visual prototypes of the given labels (semantic transfer from the seen classes), and the
+top-k labels are printed with softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+_DESCRIPTION = (
+    "Zero-shot classification of video files against any labels. The checkpoint is a directory "
+    "written by `zsar train` or `zsar demo` (model weights, seen-class prototypes, transfer settings). "
+    "Labels need not be classes the model was trained on: each gets a visual prototype composed "
+    "from related seen classes."
+)
+
+
+def add_arguments(parser) -> None:
+    parser.description = _DESCRIPTION
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any FFmpeg codec)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="checkpoint directory (e.g. runs/demo/checkpoints/best)")
+    labels = parser.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", metavar='"a,b,c"', help="candidate labels, comma-separated")
+    labels.add_argument("--labels-file", metavar="FILE", help="candidate labels, one per line")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="labels to show per video (default 5)")
+    parser.add_argument("--clips", type=int, default=None, metavar="N",
+                        help="clips per video, averaged (default: the checkpoint's)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def read_labels(args) -> list[str]:
+    from . import CLIError
+
+    if args.labels is not None:
+        labels = [s.strip() for s in args.labels.split(",")]
+    else:
+        if not os.path.isfile(args.labels_file):
+            raise CLIError(f"--labels-file {args.labels_file}: no such file")
+        with open(args.labels_file, encoding="utf-8") as f:
+            labels = [line.strip() for line in f]
+    labels = [label for label in labels if label]
+    if len(labels) < 1:
+        raise CLIError("no labels given (--labels or --labels-file is empty)")
+    if len(set(labels)) != len(labels):
+        dup = sorted({label for label in labels if labels.count(label) > 1})
+        raise CLIError(f"labels must be distinct; repeated: {', '.join(dup)}")
+    return labels
+
+
+def run(args) -> int:
+    from . import CLIError
+
+    labels = read_labels(args)
+    missing = [v for v in args.videos if not os.path.isfile(v)]
+    if missing:
+        raise CLIError(f"no such video file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if not os.path.isdir(args.checkpoint):
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
+    if args.top_k < 1:
+        raise CLIError("--top-k must be at least 1")
+
+    from dataclasses import replace
+
+    from ..zeroshot import ZeroShotClassifier
+
+    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device)
+    if args.clips is not None:
+        if args.clips < 1:
+            raise CLIError("--clips must be at least 1")
+        clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips, train=False)
+    clf.set_labels(labels)
+    k = min(args.top_k, len(labels))
+    probs = clf.predict_proba(args.videos)
+    top = probs.topk(k, dim=1)
+    results = [{"video": video, "predictions": [{"label": labels[j], "probability": round(float(p), 6)}
+                                                for p, j in zip(top.values[i].tolist(), top.indices[i].tolist())]}
+               for i, video in enumerate(args.videos)]
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return 0
+    for r in results:
+        print(r["video"])
+        for rank, pred in enumerate(r["predictions"], 1):
+            print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}")
+    return 0
