@@ -28,13 +28,13 @@ def _check_type(key: str, value, annotation):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [arg for arg in args if arg is not type(None)]
+        for arg in candidates:
             try:
                 return _check_type(key, value, arg)
             except (TypeError, ValueError):
-                continue
+                if len(candidates) == 1:  # X | None: X's own message says what is wrong
+                    raise
         raise TypeError(f"config key {key!r}: {value!r} does not match {annotation}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):

@@ -1,0 +1,123 @@
+"""The command-line pipeline on real video files: train → predict → eval, and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from zsar.cli import main
+from zsar.data import write_video
+
+# Colour decides the class; the words are shared so that unseen labels relate to seen ones.
+SEEN = {"red light": (200, 30, 30), "green light": (30, 200, 30), "blue light": (30, 30, 200)}
+UNSEEN = {"crimson light": (180, 20, 40)}
+
+
+def _video(path, rgb, seed, t=6):
+    rng = np.random.default_rng(seed)
+    frames = np.clip(np.array(rgb)[None, None, None] + rng.normal(0, 20, (t, 32, 40, 3)), 0, 255).astype(np.uint8)
+    write_video(path, frames)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    lines = []
+    for c, (name, rgb) in enumerate(SEEN.items()):
+        for i in range(4):
+            rel = f"videos/{name.replace(' ', '_')}_{i}.webm"
+            _video(root / rel, rgb, seed=10 * c + i)
+            lines.append(f"{rel} {c}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(SEEN) + "\n")
+    config = root / "train.yaml"
+    config.write_text(
+        "model: rest_tiny\n"
+        "model_args: {frames: 4, image_size: 32, dim: 32, depth: 1, heads: 4, mlp_dim: 64}\n"
+        "warmup: {epochs: 2, optimizer: sgd, lr: 0.05, weight_decay: 0.0}\n"
+        "joint: {epochs: 2, optimizer: adamw, lr: 0.001, weight_decay: 0.0}\n"
+        "batch_size: 4\nprogress: false\ndevice: cpu\n"
+        f"out_dir: {root / 'run'}\n"
+        f"data: {{format: list, annotations: {root / 'train.txt'}, root: {root}, classes: {root / 'classes.txt'}, "
+        "short_side: 36}\n")
+    assert main(["train", str(config)]) == 0
+    return root, root / "run" / "checkpoints" / "best"
+
+
+def test_train_writes_a_zero_shot_checkpoint(trained):
+    _, ckpt = trained
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"model.safetensors", "config.json", "seen_prototypes.safetensors", "zeroshot.json"} <= names
+    settings = json.loads((ckpt / "zeroshot.json").read_text())
+    assert settings["embedder"]["type"] == "sentence" and settings["clip_spec"]["frames"] == 4
+
+
+def test_predict_json_on_a_new_video(trained, tmp_path, capsys):
+    _, ckpt = trained
+    video = tmp_path / "query.mp4"  # H.264: a codec the training videos did not use
+    _video(video, UNSEEN["crimson light"], seed=99)
+    labels = "crimson light,green light,blue light"
+    assert main(["predict", str(video), "--checkpoint", str(ckpt), "--labels", labels, "--top-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["video"] == str(video) and len(out[0]["predictions"]) == 2
+    probs = [p["probability"] for p in out[0]["predictions"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert {p["label"] for p in out[0]["predictions"]} <= set(labels.split(","))
+
+
+def test_predict_table_with_labels_file(trained, tmp_path, capsys):
+    root, ckpt = trained
+    (tmp_path / "labels.txt").write_text("red light\nblue light\n")
+    video = next((root / "videos").iterdir())
+    assert main(["predict", str(video), "--checkpoint", str(ckpt), "--labels-file", str(tmp_path / "labels.txt")]) == 0
+    out = capsys.readouterr().out
+    assert str(video) in out and "1. " in out and "2. " in out
+
+
+def test_eval_report(trained, tmp_path, capsys):
+    root, ckpt = trained
+    report = tmp_path / "report.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--annotations", str(root / "train.txt"), "--root", str(root),
+                 "--report", str(report)]) == 0
+    results = json.loads(report.read_text())
+    assert results["videos"] == 12 and results["chance"] == pytest.approx(1 / 3)
+    for key in ("transfer", "semantic_baseline"):
+        assert 0 <= results[key]["top1"]["mean"] <= 1
+    assert "chance top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "nope.mp4", "--checkpoint", ".", "--labels", "a,b"], "no such video file: nope.mp4"),
+    (["predict", __file__, "--checkpoint", "/no/ckpt", "--labels", "a,b"], "--checkpoint /no/ckpt"),
+    (["predict", __file__, "--checkpoint", ".", "--labels", "a,a"], "repeated: a"),
+    (["predict", __file__, "--checkpoint", ".", "--labels", " , "], "no labels"),
+    (["train", "/no/config.yaml"], "config file /no/config.yaml"),
+    (["eval", "--checkpoint", "/no/ckpt", "--annotations", "x"], "--checkpoint /no/ckpt"),
+    (["bench", "decode", "--backend", "opencv"], "--backend must be one of"),
+])
+def test_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_train_config_errors(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: rest_tiny\nbatch_size: 2\n")
+    assert main(["train", str(config)]) == 2
+    assert "no `data` section" in capsys.readouterr().err
+    assert main(["train", str(config), "data.format=avi"]) == 2
+    assert "data.format must be one of" in capsys.readouterr().err
+    assert main(["train", str(config), "batch_size=x"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+def test_every_command_has_help(capsys):
+    from zsar.cli import COMMANDS
+
+    for name in ("train", "eval", "predict", "bench", "prepare", "info", "demo", "flops"):
+        assert name in COMMANDS
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: zsar " + name in capsys.readouterr().out
