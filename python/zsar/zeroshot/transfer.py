@@ -449,6 +449,13 @@ def nearest_prototype(features, prototypes):
     numpy.ndarray of int64 or torch.Tensor of int64, shape (N,)
         Same kind as ``features``; ties go to the lowest prototype index.
     """
-    sim = cosine_similarity_matrix(features, prototypes)
+    # Identical prototypes (common with rho = 1) must score identically for the tie rule to hold,
+    # but a matrix product may round equal columns differently: score each distinct row once.
+    if isinstance(prototypes, torch.Tensor):
+        unique, inverse = torch.unique(prototypes, dim=0, return_inverse=True)
+    else:
+        unique, inverse = np.unique(np.asarray(prototypes), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    sim = cosine_similarity_matrix(features, unique)[:, inverse]
     # argmin of cosine distance 1 − s is argmax of s.
     return sim.argmax(dim=1) if isinstance(sim, torch.Tensor) else sim.argmax(axis=1)
