@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import numpy as np
 import torch
 
 from .._utils import as_numpy
-from .video import VideoError, _require_av
+from .video import VideoError, _require_av, open_media
 
 #: AST's dataset statistics of the log-mel fbank (AudioSet), used to normalise.
 AST_MEAN = -4.2677393
@@ -61,16 +60,7 @@ def _decode_audio(path, sample_rate: int) -> np.ndarray | None:
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"load_audio: sample_rate must be a positive int, got {sample_rate!r}")
     av = _require_av()
-    path = str(path)
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
-    try:
-        container = av.open(path)
-    except Exception as e:  # FFmpeg raises several InvalidDataError flavours
-        raise VideoError(f"{path}: not a readable media container ({e})") from e
-    with container:
+    with open_media(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]

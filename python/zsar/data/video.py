@@ -150,13 +150,9 @@ def _encode_audio(av, container, stream, audio: np.ndarray) -> None:
     container.mux(stream.encode())
 
 
-def probe_video(path) -> VideoInfo:
-    """Codec, frame count, fps, size and audio presence of the video file ``path``.
-
-    Raises :class:`VideoError` naming the file when it is missing, empty, not a video or has
-    no decodable frames. When the container does not state the frame count (WebM), the
-    packets are counted without decoding.
-    """
+def open_media(path):
+    """An open PyAV container for ``path``; :class:`VideoError` naming the file when it is
+    missing, empty or not a media container FFmpeg can read."""
     av = _require_av()
     path = str(path)
     if not os.path.exists(path):
@@ -164,10 +160,20 @@ def probe_video(path) -> VideoInfo:
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:
-        container = av.open(path)
+        return av.open(path)
     except Exception as e:  # FFmpeg raises several InvalidDataError flavours
-        raise VideoError(f"{path}: not a readable video container ({e})") from e
-    with container:
+        raise VideoError(f"{path}: not a readable media container ({e})") from e
+
+
+def probe_video(path) -> VideoInfo:
+    """Codec, frame count, fps, size and audio presence of the video file ``path``.
+
+    Raises :class:`VideoError` naming the file when it is missing, empty, not a video or has
+    no decodable frames. When the container does not state the frame count (WebM), the
+    packets are counted without decoding.
+    """
+    path = str(path)
+    with open_media(path) as container:
         if not container.streams.video:
             raise VideoError(f"{path}: contains no video stream")
         vs = container.streams.video[0]
