@@ -1,0 +1,170 @@
+"""The synthetic compositional benchmark: determinism, real decodable files, split properties, audio."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from zsar.data.records import VideoList
+from zsar.data.synthetic import (
+    COLORS,
+    MOTIONS,
+    SHAPES,
+    SyntheticConfig,
+    generate_benchmark,
+    label_of,
+    load_benchmark,
+    split_compositions,
+)
+from zsar.data.video import probe_video
+
+# Small enough for a few seconds per benchmark, big enough for a meaningful split.
+SMALL = dict(colors=("red", "green", "blue"), shapes=("circle", "square", "triangle"),
+             motions=("moving left", "moving right", "growing"), train_per_class=2, test_per_class=1,
+             unseen_per_class=1, frames=8, size=32)
+
+
+def _decode(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return generate_benchmark(SyntheticConfig(**SMALL, seed=3), tmp_path_factory.mktemp("bench"), workers=2,
+                              progress=False)
+
+
+def test_lists_classes_and_manifest(bench):
+    cfg = bench.config
+    assert isinstance(bench.seen_train, VideoList) and isinstance(bench.unseen_test, VideoList)
+    assert len(bench.seen_classes) + len(bench.unseen_classes) == 27
+    assert len(bench.unseen_classes) == round(0.25 * 27)
+    assert bench.seen_train.classes == bench.seen_test.classes == bench.seen_classes
+    assert bench.unseen_test.classes == bench.unseen_classes
+    assert len(bench.seen_train) == cfg.train_per_class * len(bench.seen_classes)
+    assert len(bench.seen_test) == cfg.test_per_class * len(bench.seen_classes)
+    assert len(bench.unseen_test) == cfg.unseen_per_class * len(bench.unseen_classes)
+    for vl in (bench.seen_train, bench.seen_test, bench.unseen_test):
+        counts = np.bincount([r.label for r in vl], minlength=len(vl.classes))
+        assert (counts == counts[0]).all()  # balanced
+        assert len({r.video_id for r in vl}) == len(vl)
+    meta = json.loads((bench.root / "split.json").read_text())
+    assert meta["seen"] == bench.seen_classes and meta["unseen"] == bench.unseen_classes
+    assert SyntheticConfig.from_dict(meta["config"]) == cfg
+    assert (bench.root / "classes_unseen.txt").read_text().splitlines() == bench.unseen_classes
+    first = (bench.root / "seen_train.txt").read_text().splitlines()[0]
+    rel, label = first.rsplit(" ", 1)
+    assert (bench.root / rel).is_file() and int(label) == 0
+    # Labels are natural text made of the parts.
+    assert all(len(c.split()) >= 3 for c in bench.seen_classes + bench.unseen_classes)
+
+
+def test_files_are_real_videos_that_decode(bench):
+    cfg = bench.config
+    for record in (bench.seen_train[0], bench.unseen_test[-1]):
+        info = probe_video(record.path)
+        assert info.codec == "vp9" and (info.width, info.height) == (cfg.size, cfg.size)
+        assert info.num_frames == cfg.frames and not info.has_audio
+        frames = _decode(record.path)
+        assert frames.shape == (cfg.frames, cfg.size, cfg.size, 3)
+        assert frames.std() > 5  # not blank
+
+
+def test_the_same_seed_writes_the_same_files_and_reuses_them(bench, tmp_path):
+    again = generate_benchmark(SyntheticConfig(**SMALL, seed=3), tmp_path / "again", workers=1, progress=False)
+    assert again.unseen_classes == bench.unseen_classes
+    # Decoded pixels, not file bytes: the WebM muxer writes a random segment UID into every file.
+    for a, b in zip(bench.seen_train, again.seen_train):
+        assert np.array_equal(_decode(a.path), _decode(b.path)), a.path
+    # A second call on a complete folder of the same config renders nothing.
+    stamp = (tmp_path / "again" / "split.json").stat().st_mtime_ns
+    generate_benchmark(SyntheticConfig(**SMALL, seed=3), tmp_path / "again", progress=False)
+    assert (tmp_path / "again" / "split.json").stat().st_mtime_ns == stamp
+
+
+def test_another_seed_changes_videos_and_split(bench, tmp_path):
+    other = generate_benchmark(SyntheticConfig(**SMALL, seed=4), tmp_path / "other", progress=False)
+    assert _decode(other.seen_train[0].path).tobytes() != _decode(bench.seen_train[0].path).tobytes()
+    splits = {tuple(split_compositions(SyntheticConfig(**SMALL, seed=s))[1]) for s in range(6)}
+    assert len(splits) > 1
+
+
+def test_split_seed_changes_only_the_split():
+    a, b = SyntheticConfig(**SMALL, seed=0), SyntheticConfig(**SMALL, seed=0, split_seed=7)
+    assert split_compositions(a) != split_compositions(b)
+    assert split_compositions(b) == split_compositions(SyntheticConfig(**SMALL, seed=5, split_seed=7))
+
+
+@pytest.mark.parametrize("split_seed", range(5))
+def test_unseen_compositions_are_held_out_and_share_words(split_seed):
+    cfg = SyntheticConfig(colors=tuple(COLORS)[:5], shapes=SHAPES[:4], motions=MOTIONS[:6], split_seed=split_seed)
+    seen, unseen = split_compositions(cfg)
+    all_labels = [label_of(c) for c in cfg.compositions]
+    assert sorted(seen + unseen) == sorted(all_labels) and not set(seen) & set(unseen)
+    parts = {label_of(c): c for c in cfg.compositions}
+    seen_pairs = {(i, p[i], k, p[k]) for s in seen for p in [parts[s]] for i, k in itertools.combinations(range(3), 2)}
+    seen_words = {w for s in seen for w in s.split()}
+    for u in unseen:
+        p = parts[u]
+        # The compositional hypothesis: every word, and every pair of parts, was seen in training.
+        assert set(u.split()) <= seen_words
+        assert all((i, p[i], k, p[k]) in seen_pairs for i, k in itertools.combinations(range(3), 2)), u
+        assert sum(len(set(u.split()) & set(s.split())) >= 2 for s in seen) >= 3
+
+
+def test_explicit_unseen_labels_and_clear_errors():
+    cfg = SyntheticConfig(**{**SMALL, "unseen": ("red circle growing", "blue square moving left")})
+    seen, unseen = split_compositions(cfg)
+    assert unseen == ["red circle growing", "blue square moving left"] and len(seen) == 25
+    with pytest.raises(ValueError, match="not compositions"):
+        split_compositions(SyntheticConfig(**{**SMALL, "unseen": ("pink circle growing",)}))
+    with pytest.raises(ValueError, match="unknown colors"):
+        SyntheticConfig(colors=("red", "mauve"))
+    with pytest.raises(ValueError, match="even"):
+        SyntheticConfig(size=33)
+    with pytest.raises(ValueError, match="no split"):  # too many held out to cover every pair
+        split_compositions(SyntheticConfig(**{**SMALL, "num_unseen": 20}))
+    with pytest.raises(ValueError, match="unknown synthetic config keys"):
+        SyntheticConfig.from_dict({"colours": ["red"]})
+
+
+def test_load_benchmark_reports_missing_pieces(bench, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no synthetic benchmark"):
+        load_benchmark(tmp_path)
+    assert load_benchmark(bench.root).seen_classes == bench.seen_classes
+
+
+@pytest.mark.parametrize("ext,codec", [(".avi", "mjpeg"), (".mp4", "h264")])
+def test_other_containers(tmp_path, ext, codec):
+    cfg = SyntheticConfig(**{**SMALL, "train_per_class": 1, "ext": ext})
+    b = generate_benchmark(cfg, tmp_path, workers=0, progress=False)
+    info = probe_video(b.seen_train[0].path)
+    assert b.seen_train[0].path.endswith(ext) and info.codec == codec and info.num_frames == cfg.frames
+
+
+def test_audio_track_pitch_follows_the_part(tmp_path):
+    import av
+
+    cfg = SyntheticConfig(**{**SMALL, "train_per_class": 1, "audio": True, "audio_part": "shape",
+                             "unseen": ("green triangle growing",)})
+    b = generate_benchmark(cfg, tmp_path, workers=0, progress=False)
+
+    def pitch(path):
+        with av.open(path) as c:
+            assert c.streams.audio
+            wave = np.concatenate([f.to_ndarray().mean(0) for f in c.decode(audio=0)])
+            rate = c.streams.audio[0].rate
+        spectrum = np.abs(np.fft.rfft(wave))
+        return np.argmax(spectrum) * rate / wave.size
+
+    by_label = {b.seen_classes[r.label]: r.path for r in b.seen_train}
+    assert probe_video(by_label["red circle moving left"]).has_audio
+    f_circle = pitch(by_label["red circle moving left"])
+    assert abs(pitch(by_label["blue circle growing"]) - f_circle) < 5  # same shape, same pitch
+    assert pitch(by_label["red square moving left"]) > f_circle * 1.2  # another shape, higher
