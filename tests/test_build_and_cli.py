@@ -53,18 +53,23 @@ def test_info_json():
     assert data["build"]["available"]
 
 
-def test_demo_runs_and_reports_errors_and_speed():
-    out = _zsar("demo", "--batch", "4", "--repeats", "1").stdout
+def test_bench_attention_checks_backends_and_reports_speed():
+    out = _zsar("bench", "attention", "--batch", "4", "--repeats", "1").stdout
     assert "cpu" in out and "speed-up" in out
 
 
+def test_bench_model():
+    out = _zsar("bench", "model", "--batch", "2", "--repeats", "1").stdout
+    assert "inference" in out and "training step" in out and "clips/s" in out
+
+
 def test_cli_errors_are_one_line():
-    result = _zsar("demo", "--batch", "0", check=False)
+    result = _zsar("bench", "--batch", "0", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--batch" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_help_for_each_command():
-    for cmd in ("info", "demo"):
+    for cmd in ("info", "demo", "bench"):
         assert "usage: zsar " + cmd in _zsar(cmd, "--help").stdout
