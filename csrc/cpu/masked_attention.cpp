@@ -15,6 +15,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_kernels.h"
 
 #ifdef _OPENMP
@@ -335,14 +339,344 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   });
 }
 
+
+#if defined(__AVX2__) && defined(__FMA__)
+// ---- float32 fast path (AVX2 + FMA, head_dim a multiple of 8) -------------------------------------
+//
+// Per (b, h) slice, everything in L1 and without any transpose:
+//   scores S = Q K^T and dP = dO V^T: "dot" tiles of 2 queries x 4 keys that run along the head dim
+//     (8 accumulators) and reduce with horizontal adds, so K and V are read row-major as stored;
+//   O = P V, dQ = dS K: "broadcast" tiles of up to 6 rows x 16 columns (12 accumulators);
+//   dV = P^T dO, dK = dS^T Q: the same tiles reading P / dS down columns (a broadcast does not care
+//     about the stride), so neither P nor dS is transposed.
+// The keys a query attends form a prefix [0, key_end); each tile only runs over the keys / queries
+// its rows can see, and P / dS are stored zero past each row's end.
+namespace fast {
+
+inline __m256 exp8(__m256 x) {
+  // Same polynomial as exp_inplace (Cephes expf); x < -87 (incl. -inf) gives exactly 0.
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+  __m256 v = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
+  r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
+}
+
+inline float hsum(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+inline float hmax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// Lanes j (0..7) of vector `c` of a row with `end` valid entries: all-ones where 8c + j < end.
+inline __m256 lane_mask(int64_t end, int64_t c) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(end - 8 * c)), iota));
+}
+
+// out rows r0, r1 (keys j0..j0+3 at out + j0) = a_r . b_j over D (a multiple of 8).
+inline void dot_2x4(int64_t D, const float* __restrict a0, const float* __restrict a1, const float* b0,
+                    const float* b1, const float* b2, const float* b3, float* __restrict out0,
+                    float* __restrict out1) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
+  __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+  for (int64_t d = 0; d < D; d += 8) {
+    const __m256 x0 = _mm256_loadu_ps(a0 + d), x1 = _mm256_loadu_ps(a1 + d);
+    __m256 y = _mm256_loadu_ps(b0 + d);
+    c00 = _mm256_fmadd_ps(x0, y, c00);
+    c10 = _mm256_fmadd_ps(x1, y, c10);
+    y = _mm256_loadu_ps(b1 + d);
+    c01 = _mm256_fmadd_ps(x0, y, c01);
+    c11 = _mm256_fmadd_ps(x1, y, c11);
+    y = _mm256_loadu_ps(b2 + d);
+    c02 = _mm256_fmadd_ps(x0, y, c02);
+    c12 = _mm256_fmadd_ps(x1, y, c12);
+    y = _mm256_loadu_ps(b3 + d);
+    c03 = _mm256_fmadd_ps(x0, y, c03);
+    c13 = _mm256_fmadd_ps(x1, y, c13);
+  }
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(c00, c01), _mm256_hadd_ps(c02, c03));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(c10, c11), _mm256_hadd_ps(c12, c13));
+  const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  _mm_storeu_ps(out0, _mm256_castps256_ps128(r));
+  _mm_storeu_ps(out1, _mm256_extractf128_ps(r, 1));
+}
+
+// out[i * ld + j] = a_i . b_j for rows i < n_rows and (at least) keys j < key_end(i), rounded up to
+// 4 keys; a and b are (L, D) row-major. Key rows past L are never read (clamped to row 0, results
+// unused); an odd last row is computed twice.
+template <typename EndFn>
+void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float* b, float* out, int64_t ld,
+              EndFn key_end) {
+  for (int64_t i0 = 0; i0 < n_rows; i0 += 2) {
+    const int64_t i1 = std::min(i0 + 1, n_rows - 1);
+    const int64_t end = std::max(key_end(i0), key_end(i1));
+    float* o0 = out + i0 * ld;
+    float* o1 = i1 == i0 ? o0 : out + i1 * ld;
+    for (int64_t j0 = 0; j0 < end; j0 += 4) {
+      const float* bj[4];
+      for (int64_t t = 0; t < 4; ++t) bj[t] = b + (j0 + t < L ? j0 + t : 0) * D;
+      dot_2x4(D, a + i0 * D, a + i1 * D, bj[0], bj[1], bj[2], bj[3], o0 + j0, o1 + j0);
+    }
+  }
+}
+
+// C[r, 0:8*NV) = sum_{p in [k0, k1)} A(r, p) * B[p, 0:8*NV) for r < MR (<= 6), where A(r, p) is
+// A[r * lda + p] (TRANS = false) or A[p * lda + r] (TRANS = true); rows optionally scaled. The
+// accumulators are named variables (an array of vectors made GCC keep them on the stack).
+template <int MR, int NV, bool TRANS>
+inline void bcast_tile(int64_t k0, int64_t k1, const float* __restrict A, int64_t lda, const float* __restrict B,
+                       int64_t ldb, float* __restrict C, int64_t ldc, const float* __restrict row_scale) {
+  static_assert(MR >= 1 && MR <= 6 && (NV == 1 || NV == 2), "tile shape");
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const int64_t rs = TRANS ? 1 : lda, ks = TRANS ? lda : 1;
+  const float* a = A + k0 * ks;
+  const float* b = B + k0 * ldb;
+  for (int64_t p = k0; p < k1; ++p, a += ks, b += ldb) {
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = NV > 1 ? _mm256_loadu_ps(b + 8) : b0;
+#define ZSAR_ROW(r)                                                   \
+    if (MR > r) {                                                     \
+      const __m256 x = _mm256_broadcast_ss(a + r * rs);               \
+      c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                      \
+      if (NV > 1) c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);          \
+    }
+    ZSAR_ROW(0) ZSAR_ROW(1) ZSAR_ROW(2) ZSAR_ROW(3) ZSAR_ROW(4) ZSAR_ROW(5)
+#undef ZSAR_ROW
+  }
+#define ZSAR_STORE(r)                                                                  \
+  if (MR > r) {                                                                        \
+    const __m256 sc = _mm256_set1_ps(row_scale != nullptr ? row_scale[r] : 1.0f);      \
+    _mm256_storeu_ps(C + r * ldc, _mm256_mul_ps(c##r##0, sc));                         \
+    if (NV > 1) _mm256_storeu_ps(C + r * ldc + 8, _mm256_mul_ps(c##r##1, sc));         \
+  }
+  ZSAR_STORE(0) ZSAR_STORE(1) ZSAR_STORE(2) ZSAR_STORE(3) ZSAR_STORE(4) ZSAR_STORE(5)
+#undef ZSAR_STORE
+}
+
+template <int MR, bool TRANS>
+inline void bcast_rows(int64_t D, int64_t k0, int64_t k1, const float* A, int64_t lda, const float* B,
+                       float* C, const float* row_scale) {
+  int64_t c = 0;
+  for (; c + 16 <= D; c += 16) bcast_tile<MR, 2, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+  if (c < D) bcast_tile<MR, 1, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+}
+
+// C rows [0, n) (row stride D) = A-rows . B over k ranges given by krange(r0, rows) -> (k0, k1), with
+// the rows split into near-equal blocks of at most 6 (so no block is a latency-bound sliver).
+// A(r, p) is A[r * lda + p], or A[p * lda + r] when TRANS.
+template <bool TRANS, typename KRange>
+void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* B, float* C,
+                const float* row_scale, KRange krange) {
+  if (n <= 0) return;
+  const int64_t blocks = (n + 5) / 6, base = n / blocks, extra = n % blocks;
+  int64_t r0 = 0;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t rows = base + (blk < extra ? 1 : 0);
+    int64_t k0, k1;
+    krange(r0, rows, k0, k1);
+    const float* Ab = TRANS ? A + r0 : A + r0 * lda;
+    float* Cb = C + r0 * D;
+    const float* sb = row_scale != nullptr ? row_scale + r0 : nullptr;
+    switch (rows) {
+      case 6: bcast_rows<6, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      case 5: bcast_rows<5, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      case 4: bcast_rows<4, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      case 3: bcast_rows<3, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      case 2: bcast_rows<2, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      default: bcast_rows<1, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+    }
+    r0 += rows;
+  }
+}
+
+// Per-thread scratch: (L, ld) score / probability matrices, ld = L rounded up to 8 (>= keys rounded to 4).
+struct Scratch {
+  int64_t ld;
+  std::vector<float> s, dp, p, ds, inv_l;
+  Scratch(int64_t L, bool backward)
+      : ld(round_up(L, 8)), s(L * ld), dp(backward ? L * ld : 0), p(L * ld), ds(backward ? L * ld : 0),
+        inv_l(L) {}
+};
+
+// Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice, OpenMP-parallel with one
+// Scratch per thread, in chunks of 8 consecutive slices handed out dynamically (a core may be busy
+// with something else). (Software prefetching of the next slice was tried: no gain.)
+template <typename Body>
+void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
+                         Body body) {
+  const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim;
+  const int64_t chunk = 8;
+#pragma omp parallel num_threads(resolve_threads(num_threads))
+  {
+    Scratch w(s.seq_len, backward);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c0 = 0; c0 < BH; c0 += chunk) {
+      const int64_t c1 = std::min(BH, c0 + chunk);
+      for (int64_t bh = c0; bh < c1; ++bh) {
+        const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
+        body(bh, nt, s.n_visual + nt, w);
+      }
+    }
+  }
+}
+
+void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
+  const auto& s = a.shape;
+  const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
+  const bool full = s.full;
+  const float scale = static_cast<float>(s.scale);
+  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads,
+                      [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
+    const int64_t off = bh * L * D, ld = w.ld;
+    const float* q = static_cast<const float*>(a.q) + off;
+    const float* k = static_cast<const float*>(a.k) + off;
+    const float* v = static_cast<const float*>(a.v) + off;
+    float* o = static_cast<float*>(a.out) + off;
+    float* lse = static_cast<float*>(a.lse) + bh * L;
+    auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
+
+    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end);
+    const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const int64_t row_vecs = (n_valid + 7) / 8;  // P is read up to column n_valid: zero past each end
+    for (int64_t i = 0; i < n_valid; ++i) {  // P = exp(scale * (S - rowmax)), unnormalised; 1/l kept aside
+      const int64_t end = key_end(i), nvec = (end + 7) / 8;
+      const float* sr = w.s.data() + i * ld;
+      float* pr = w.p.data() + i * ld;
+      __m256 mx = ninf;
+      for (int64_t c = 0; c < nvec; ++c)
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(sr + 8 * c), lane_mask(end, c)));
+      const float m = hmax(mx) * scale;
+      const __m256 vm = _mm256_set1_ps(m);
+      __m256 sum = _mm256_setzero_ps();
+      for (int64_t c = 0; c < nvec; ++c) {
+        const __m256 mask = lane_mask(end, c);
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_fmsub_ps(_mm256_loadu_ps(sr + 8 * c), vscale, vm), mask);
+        const __m256 e = exp8(x);
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(pr + 8 * c, e);
+      }
+      for (int64_t c = nvec; c < row_vecs; ++c) _mm256_storeu_ps(pr + 8 * c, _mm256_setzero_ps());
+      const float l = hsum(sum);
+      w.inv_l[i] = 1.0f / l;
+      lse[i] = m + std::log(l);
+    }
+    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(),
+                      [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
+      k0 = 0;
+      k1 = 0;
+      for (int64_t i = r0; i < r0 + rows; ++i) k1 = std::max(k1, key_end(i));
+    });
+    std::fill(o + n_valid * D, o + L * D, 0.0f);
+    std::fill(lse + n_valid, lse + L, 0.0f);
+  });
+}
+
+void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
+  const auto& s = a.shape;
+  const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
+  const bool full = s.full;
+  const float scale = static_cast<float>(s.scale);
+  for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads,
+                      [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
+    const int64_t off = bh * L * D, ld = w.ld;
+    const float* q = static_cast<const float*>(a.q) + off;
+    const float* k = static_cast<const float*>(a.k) + off;
+    const float* v = static_cast<const float*>(a.v) + off;
+    const float* o = static_cast<const float*>(a.out) + off;
+    const float* dout = static_cast<const float*>(a.dout) + off;
+    const float* lse = static_cast<const float*>(a.lse) + bh * L;
+    float* dq = static_cast<float*>(a.dq) + off;
+    float* dk = static_cast<float*>(a.dk) + off;
+    float* dv = static_cast<float*>(a.dv) + off;
+    auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
+
+    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end);      // S = Q K^T
+    dot_rows(n_valid, L, D, dout, v, w.dp.data(), ld, key_end);  // dP = dO V^T
+    const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const int64_t row_vecs = (n_valid + 7) / 8;  // P / dS are read up to column n_valid
+    for (int64_t i = 0; i < n_valid; ++i) {
+      const int64_t end = key_end(i), nvec = (end + 7) / 8;
+      __m256 dacc = _mm256_mul_ps(_mm256_loadu_ps(dout + i * D), _mm256_loadu_ps(o + i * D));
+      for (int64_t d = 8; d < D; d += 8)
+        dacc = _mm256_fmadd_ps(_mm256_loadu_ps(dout + i * D + d), _mm256_loadu_ps(o + i * D + d), dacc);
+      const __m256 delta = _mm256_set1_ps(hsum(dacc));
+      const __m256 shift = _mm256_set1_ps(lse[i]);
+      const float* sr = w.s.data() + i * ld;
+      const float* dpr = w.dp.data() + i * ld;
+      float* pr = w.p.data() + i * ld;
+      float* dsr = w.ds.data() + i * ld;
+      for (int64_t c = 0; c < nvec; ++c) {  // P = exp(scale S - lse), dS = scale P (dP - delta)
+        const __m256 mask = lane_mask(end, c);
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_fmsub_ps(_mm256_loadu_ps(sr + 8 * c), vscale, shift), mask);
+        const __m256 p = exp8(x);
+        const __m256 ds = _mm256_and_ps(
+            _mm256_mul_ps(_mm256_mul_ps(p, vscale), _mm256_sub_ps(_mm256_loadu_ps(dpr + 8 * c), delta)), mask);
+        _mm256_storeu_ps(pr + 8 * c, p);
+        _mm256_storeu_ps(dsr + 8 * c, ds);
+      }
+      for (int64_t c = nvec; c < row_vecs; ++c) {
+        _mm256_storeu_ps(pr + 8 * c, _mm256_setzero_ps());
+        _mm256_storeu_ps(dsr + 8 * c, _mm256_setzero_ps());
+      }
+    }
+    // dQ = dS K: query rows see keys [0, largest end in the block).
+    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr,
+                      [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
+      k0 = 0;
+      k1 = 0;
+      for (int64_t i = r0; i < r0 + rows; ++i) k1 = std::max(k1, key_end(i));
+    });
+    // dV = P^T dO, dK = dS^T Q: key rows j < n_valid; the queries that can see key j are all valid
+    // ones, except in mode rest where word key j is seen only by word queries i >= j.
+    auto queries = [&](int64_t j0, int64_t, int64_t& k0, int64_t& k1) {
+      k0 = (!full && j0 >= nv) ? j0 : 0;
+      k1 = n_valid;
+    };
+    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, queries);
+    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, queries);
+    std::fill(dq + n_valid * D, dq + L * D, 0.0f);
+    std::fill(dk + n_valid * D, dk + L * D, 0.0f);
+    std::fill(dv + n_valid * D, dv + L * D, 0.0f);
+  });
+}
+
+}  // namespace fast
+#endif  // __AVX2__ && __FMA__
+
 }  // namespace
 
 void fwd(const MaskedAttentionFwdArgs& args, ScalarType dtype, int num_threads) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (dtype == ScalarType::Float32 && args.shape.head_dim % 8 == 0) return fast::forward(args, num_threads);
+#endif
   if (dtype == ScalarType::Float32) return forward<float>(args, num_threads);
   return forward<double>(args, num_threads);
 }
 
 void bwd(const MaskedAttentionBwdArgs& args, ScalarType dtype, int num_threads) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (dtype == ScalarType::Float32 && args.shape.head_dim % 8 == 0) return fast::backward(args, num_threads);
+#endif
   if (dtype == ScalarType::Float32) return backward<float>(args, num_threads);
   return backward<double>(args, num_threads);
 }
