@@ -386,43 +386,74 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
+// Natural log of 8 floats >= 1 (here: softmax normalisers), Cephes logf polynomial (~1 ulp).
+inline __m256 log8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+  x = _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000))), _mm256_set1_ps(0.5f));
+  const __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm256_sub_ps(e, _mm256_and_ps(one, small));
+  x = _mm256_add_ps(_mm256_sub_ps(x, one), _mm256_and_ps(x, small));
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.1514610310e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.2420140846e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.6668057665e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-2.4999993993e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(3.3333331174e-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
+}
+
 // Lanes j (0..7) of vector `c` of a row with `end` valid entries: all-ones where 8c + j < end.
 inline __m256 lane_mask(int64_t end, int64_t c) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(end - 8 * c)), iota));
 }
 
-// out rows r0, r1 (keys j0..j0+3 at out + j0) = a_r . b_j over D (a multiple of 8).
-inline void dot_2x4(int64_t D, const float* __restrict a0, const float* __restrict a1, const float* b0,
-                    const float* b1, const float* b2, const float* b3, float* __restrict out0,
-                    float* __restrict out1) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
-  __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+// out0[0:6] = a0 . b_t, out1[0:6] = a1 . b_t (t < 6) over D (a multiple of 8): 12 accumulators, so
+// the FMA chains (8 long for D = 64) keep both FMA pipes busy instead of waiting on latency.
+inline void dot_2x6(int64_t D, const float* __restrict a0, const float* __restrict a1,
+                    const float* const* __restrict b, float* __restrict out0, float* __restrict out1) {
+  const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3], *b4 = b[4], *b5 = b[5];
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c04 = c00, c05 = c00;
+  __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
   for (int64_t d = 0; d < D; d += 8) {
     const __m256 x0 = _mm256_loadu_ps(a0 + d), x1 = _mm256_loadu_ps(a1 + d);
-    __m256 y = _mm256_loadu_ps(b0 + d);
-    c00 = _mm256_fmadd_ps(x0, y, c00);
-    c10 = _mm256_fmadd_ps(x1, y, c10);
-    y = _mm256_loadu_ps(b1 + d);
-    c01 = _mm256_fmadd_ps(x0, y, c01);
-    c11 = _mm256_fmadd_ps(x1, y, c11);
-    y = _mm256_loadu_ps(b2 + d);
-    c02 = _mm256_fmadd_ps(x0, y, c02);
-    c12 = _mm256_fmadd_ps(x1, y, c12);
-    y = _mm256_loadu_ps(b3 + d);
-    c03 = _mm256_fmadd_ps(x0, y, c03);
-    c13 = _mm256_fmadd_ps(x1, y, c13);
+#define ZSAR_KEY(t)                                  \
+    {                                                \
+      __m256 y = _mm256_loadu_ps(b##t + d);          \
+      __asm__("" : "+x"(y)); /* one load, not two */ \
+      c0##t = _mm256_fmadd_ps(x0, y, c0##t);         \
+      c1##t = _mm256_fmadd_ps(x1, y, c1##t);         \
+    }
+    ZSAR_KEY(0) ZSAR_KEY(1) ZSAR_KEY(2) ZSAR_KEY(3) ZSAR_KEY(4) ZSAR_KEY(5)
+#undef ZSAR_KEY
   }
+  // Keys 0-3: hadd tree -> [row0 partial sums | row0 other half], then add the 128-bit halves.
   const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(c00, c01), _mm256_hadd_ps(c02, c03));
   const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(c10, c11), _mm256_hadd_ps(c12, c13));
   const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  // Keys 4-5 of both rows: [r0k4 r0k5 r1k4 r1k5] after two hadds and a 128-bit fold.
+  const __m256 v = _mm256_hadd_ps(_mm256_hadd_ps(c04, c05), _mm256_hadd_ps(c14, c15));
+  const __m128 w = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   _mm_storeu_ps(out0, _mm256_castps256_ps128(r));
   _mm_storeu_ps(out1, _mm256_extractf128_ps(r, 1));
+  _mm_storel_pi(reinterpret_cast<__m64*>(out0 + 4), w);
+  _mm_storeh_pi(reinterpret_cast<__m64*>(out1 + 4), w);
 }
 
-// out[i * ld + j] = a_i . b_j for rows i < n_rows and (at least) keys j < key_end(i), rounded up to
-// 4 keys; a and b are (L, D) row-major. Key rows past L are never read (clamped to row 0, results
-// unused); an odd last row is computed twice.
+constexpr int64_t kDotKeys = 6;  // keys per dot tile
+
+// out[i * ld + j] = a_i . b_j for rows i < n_rows and (at least) keys j < key_end(i), in groups of 6
+// keys (ld must allow L + 5 columns); a and b are (L, D) row-major. Key rows past L are never read
+// (clamped to row 0, results unused); an odd last row is computed twice.
 template <typename EndFn>
 void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float* b, float* out, int64_t ld,
               EndFn key_end) {
@@ -431,10 +462,10 @@ void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float*
     const int64_t end = std::max(key_end(i0), key_end(i1));
     float* o0 = out + i0 * ld;
     float* o1 = i1 == i0 ? o0 : out + i1 * ld;
-    for (int64_t j0 = 0; j0 < end; j0 += 4) {
-      const float* bj[4];
-      for (int64_t t = 0; t < 4; ++t) bj[t] = b + (j0 + t < L ? j0 + t : 0) * D;
-      dot_2x4(D, a + i0 * D, a + i1 * D, bj[0], bj[1], bj[2], bj[3], o0 + j0, o1 + j0);
+    for (int64_t j0 = 0; j0 < end; j0 += kDotKeys) {
+      const float* bj[kDotKeys];
+      for (int64_t t = 0; t < kDotKeys; ++t) bj[t] = b + (j0 + t < L ? j0 + t : 0) * D;
+      dot_2x6(D, a + i0 * D, a + i1 * D, bj, o0 + j0, o1 + j0);
     }
   }
 }
@@ -509,13 +540,13 @@ void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* 
   }
 }
 
-// Per-thread scratch: (L, ld) score / probability matrices, ld = L rounded up to 8 (>= keys rounded to 4).
+// Per-thread scratch: (L, ld) score / probability matrices, ld = L + kDotKeys - 1 rounded up to 8.
 struct Scratch {
   int64_t ld;
-  std::vector<float> s, dp, p, ds, inv_l;
+  std::vector<float> s, dp, p, ds, inv_l, m;
   Scratch(int64_t L, bool backward)
-      : ld(round_up(L, 8)), s(L * ld), dp(backward ? L * ld : 0), p(L * ld), ds(backward ? L * ld : 0),
-        inv_l(L) {}
+      : ld(round_up(L + kDotKeys - 1, 8)), s(L * ld), dp(backward ? L * ld : 0), p(L * ld), ds(backward ? L * ld : 0),
+        inv_l(round_up(L, 8)), m(round_up(L, 8)) {}
 };
 
 // Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice, OpenMP-parallel with one
@@ -576,10 +607,17 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
         _mm256_storeu_ps(pr + 8 * c, e);
       }
       for (int64_t c = nvec; c < row_vecs; ++c) _mm256_storeu_ps(pr + 8 * c, _mm256_setzero_ps());
-      const float l = hsum(sum);
-      w.inv_l[i] = 1.0f / l;
-      lse[i] = m + std::log(l);
+      w.inv_l[i] = hsum(sum);  // l for now
+      w.m[i] = m;
     }
+    // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row).
+    for (int64_t i = n_valid; i < round_up(n_valid, 8); ++i) w.inv_l[i] = 1.0f, w.m[i] = 0.0f;
+    for (int64_t i = 0; i < n_valid; i += 8) {
+      const __m256 l = _mm256_loadu_ps(w.inv_l.data() + i);
+      _mm256_storeu_ps(w.inv_l.data() + i, _mm256_div_ps(_mm256_set1_ps(1.0f), l));
+      _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
+    }
+    std::copy(w.m.data(), w.m.data() + n_valid, lse);
     bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(),
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
@@ -614,12 +652,25 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
     dot_rows(n_valid, L, D, dout, v, w.dp.data(), ld, key_end);  // dP = dO V^T
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const int64_t row_vecs = (n_valid + 7) / 8;  // P / dS are read up to column n_valid
+    float* deltas = w.m.data();  // delta_i = dO_i . O_i, 8 rows at a time (rows past n_valid: row 0)
+    for (int64_t i0 = 0; i0 < n_valid; i0 += 8) {
+      int64_t r[8];
+      for (int64_t t = 0; t < 8; ++t) r[t] = (i0 + t < n_valid ? i0 + t : 0) * D;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+      for (int64_t d = 0; d < D; d += 8) {
+#define ZSAR_DELTA(t) \
+        a##t = _mm256_fmadd_ps(_mm256_loadu_ps(dout + r[t] + d), _mm256_loadu_ps(o + r[t] + d), a##t);
+        ZSAR_DELTA(0) ZSAR_DELTA(1) ZSAR_DELTA(2) ZSAR_DELTA(3) ZSAR_DELTA(4) ZSAR_DELTA(5) ZSAR_DELTA(6) ZSAR_DELTA(7)
+#undef ZSAR_DELTA
+      }
+      const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+      _mm256_storeu_ps(deltas + i0, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                                  _mm256_permute2f128_ps(u0, u1, 0x31)));
+    }
     for (int64_t i = 0; i < n_valid; ++i) {
       const int64_t end = key_end(i), nvec = (end + 7) / 8;
-      __m256 dacc = _mm256_mul_ps(_mm256_loadu_ps(dout + i * D), _mm256_loadu_ps(o + i * D));
-      for (int64_t d = 8; d < D; d += 8)
-        dacc = _mm256_fmadd_ps(_mm256_loadu_ps(dout + i * D + d), _mm256_loadu_ps(o + i * D + d), dacc);
-      const __m256 delta = _mm256_set1_ps(hsum(dacc));
+      const __m256 delta = _mm256_set1_ps(deltas[i]);
       const __m256 shift = _mm256_set1_ps(lse[i]);
       const float* sr = w.s.data() + i * ld;
       const float* dpr = w.dp.data() + i * ld;
