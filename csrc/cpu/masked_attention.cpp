@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -417,6 +418,30 @@ inline __m256 lane_mask(int64_t end, int64_t c) {
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(end - 8 * c)), iota));
 }
 
+// Software prefetch of the next slice, spread over the current one: each tensor's slice is ~6 KB
+// and crosses 4 KB pages, where the hardware stream prefetchers stop and retrain, so a large batch
+// otherwise waits on memory. step(n) issues the next n cache-line prefetches.
+struct Prefetcher {
+  const char* base[8];
+  bool write[8];
+  int64_t bytes[8];
+  int n = 0, cur = 0;
+  int64_t off = 0;
+  void clear() { n = cur = 0, off = 0; }
+  void add(const void* p, int64_t nbytes, bool for_write) {
+    base[n] = static_cast<const char*>(p), bytes[n] = nbytes, write[n] = for_write, ++n;
+  }
+  inline void step(int k) {
+    for (; k > 0 && cur < n; --k) {
+      if (write[cur]) __builtin_prefetch(base[cur] + off, 1, 3);
+      else __builtin_prefetch(base[cur] + off, 0, 3);
+      off += 64;
+      if (off >= bytes[cur]) off = 0, ++cur;
+    }
+  }
+  void finish() { step(1 << 30); }
+};
+
 // out0[0:6] = a0 . b_t, out1[0:6] = a1 . b_t (t < 6) over D (a multiple of 8): 12 accumulators, so
 // the FMA chains (8 long for D = 64) keep both FMA pipes busy instead of waiting on latency.
 inline void dot_2x6(int64_t D, const float* __restrict a0, const float* __restrict a1,
@@ -456,7 +481,7 @@ constexpr int64_t kDotKeys = 6;  // keys per dot tile
 // (clamped to row 0, results unused); an odd last row is computed twice.
 template <typename EndFn>
 void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float* b, float* out, int64_t ld,
-              EndFn key_end) {
+              EndFn key_end, Prefetcher& pf) {
   for (int64_t i0 = 0; i0 < n_rows; i0 += 2) {
     const int64_t i1 = std::min(i0 + 1, n_rows - 1);
     const int64_t end = std::max(key_end(i0), key_end(i1));
@@ -466,6 +491,7 @@ void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float*
       const float* bj[kDotKeys];
       for (int64_t t = 0; t < kDotKeys; ++t) bj[t] = b + (j0 + t < L ? j0 + t : 0) * D;
       dot_2x6(D, a + i0 * D, a + i1 * D, bj, o0 + j0, o1 + j0);
+      pf.step(4);
     }
   }
 }
@@ -506,9 +532,12 @@ inline void bcast_tile(int64_t k0, int64_t k1, const float* __restrict A, int64_
 
 template <int MR, bool TRANS>
 inline void bcast_rows(int64_t D, int64_t k0, int64_t k1, const float* A, int64_t lda, const float* B,
-                       float* C, const float* row_scale) {
+                       float* C, const float* row_scale, Prefetcher& pf) {
   int64_t c = 0;
-  for (; c + 16 <= D; c += 16) bcast_tile<MR, 2, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+  for (; c + 16 <= D; c += 16) {
+    bcast_tile<MR, 2, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+    pf.step(4);
+  }
   if (c < D) bcast_tile<MR, 1, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
 }
 
@@ -517,7 +546,7 @@ inline void bcast_rows(int64_t D, int64_t k0, int64_t k1, const float* A, int64_
 // A(r, p) is A[r * lda + p], or A[p * lda + r] when TRANS.
 template <bool TRANS, typename KRange>
 void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* B, float* C,
-                const float* row_scale, KRange krange) {
+                const float* row_scale, Prefetcher& pf, KRange krange) {
   if (n <= 0) return;
   const int64_t blocks = (n + 5) / 6, base = n / blocks, extra = n % blocks;
   int64_t r0 = 0;
@@ -529,12 +558,12 @@ void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* 
     float* Cb = C + r0 * D;
     const float* sb = row_scale != nullptr ? row_scale + r0 : nullptr;
     switch (rows) {
-      case 6: bcast_rows<6, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
-      case 5: bcast_rows<5, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
-      case 4: bcast_rows<4, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
-      case 3: bcast_rows<3, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
-      case 2: bcast_rows<2, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
-      default: bcast_rows<1, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb); break;
+      case 6: bcast_rows<6, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      case 5: bcast_rows<5, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      case 4: bcast_rows<4, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      case 3: bcast_rows<3, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      case 2: bcast_rows<2, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      default: bcast_rows<1, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
     }
     r0 += rows;
   }
@@ -544,6 +573,7 @@ void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* 
 struct Scratch {
   int64_t ld;
   std::vector<float> s, dp, p, ds, inv_l, m;
+  Prefetcher pf;
   Scratch(int64_t L, bool backward)
       : ld(round_up(L + kDotKeys - 1, 8)), s(L * ld), dp(backward ? L * ld : 0), p(L * ld), ds(backward ? L * ld : 0),
         inv_l(round_up(L, 8)), m(round_up(L, 8)) {}
@@ -554,8 +584,9 @@ struct Scratch {
 // with something else). (Software prefetching of the next slice was tried: no gain.)
 template <typename Body>
 void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
+                         std::initializer_list<const void*> inputs, std::initializer_list<const void*> outputs,
                          Body body) {
-  const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim;
+  const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = 8;
 #pragma omp parallel num_threads(resolve_threads(num_threads))
   {
@@ -564,8 +595,16 @@ void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, b
     for (int64_t c0 = 0; c0 < BH; c0 += chunk) {
       const int64_t c1 = std::min(BH, c0 + chunk);
       for (int64_t bh = c0; bh < c1; ++bh) {
+        w.pf.clear();
+        if (bh + 1 < BH) {  // at a chunk end this may be another thread's slice: harmless
+          const int64_t nt1 = masked_attention_clamp_text(n_text[(bh + 1) / s.heads], s.n_visual, s.seq_len);
+          const int64_t in_bytes = (s.n_visual + nt1) * s.head_dim * static_cast<int64_t>(sizeof(float));
+          for (const void* t : inputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, in_bytes, false);
+          for (const void* t : outputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, slice, true);
+        }
         const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
         body(bh, nt, s.n_visual + nt, w);
+        w.pf.finish();
       }
     }
   }
@@ -576,7 +615,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
-  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads,
+  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out},
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -586,7 +625,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
     float* lse = static_cast<float*>(a.lse) + bh * L;
     auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
 
-    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end);
+    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end, w.pf);
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const int64_t row_vecs = (n_valid + 7) / 8;  // P is read up to column n_valid: zero past each end
     for (int64_t i = 0; i < n_valid; ++i) {  // P = exp(scale * (S - rowmax)), unnormalised; 1/l kept aside
@@ -608,6 +647,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       }
       for (int64_t c = nvec; c < row_vecs; ++c) _mm256_storeu_ps(pr + 8 * c, _mm256_setzero_ps());
       w.inv_l[i] = hsum(sum);  // l for now
+      w.pf.step(4);
       w.m[i] = m;
     }
     // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row).
@@ -618,7 +658,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
     }
     std::copy(w.m.data(), w.m.data() + n_valid, lse);
-    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(),
+    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -634,7 +674,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
-  for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads,
+  for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads, {a.q, a.k, a.v, a.out, a.dout},
+                      {a.dq, a.dk, a.dv},
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -648,8 +689,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
     float* dv = static_cast<float*>(a.dv) + off;
     auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
 
-    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end);      // S = Q K^T
-    dot_rows(n_valid, L, D, dout, v, w.dp.data(), ld, key_end);  // dP = dO V^T
+    dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end, w.pf);  // S = Q K^T
+    dot_rows(n_valid, L, D, dout, v, w.dp.data(), ld, key_end, w.pf);  // dP = dO V^T
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const int64_t row_vecs = (n_valid + 7) / 8;  // P / dS are read up to column n_valid
     float* deltas = w.m.data();  // delta_i = dO_i . O_i, 8 rows at a time (rows past n_valid: row 0)
@@ -671,6 +712,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
     for (int64_t i = 0; i < n_valid; ++i) {
       const int64_t end = key_end(i), nvec = (end + 7) / 8;
       const __m256 delta = _mm256_set1_ps(deltas[i]);
+      w.pf.step(4);
       const __m256 shift = _mm256_set1_ps(lse[i]);
       const float* sr = w.s.data() + i * ld;
       const float* dpr = w.dp.data() + i * ld;
@@ -691,7 +733,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       }
     }
     // dQ = dS K: query rows see keys [0, largest end in the block).
-    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr,
+    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr, w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -703,8 +745,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       k0 = (!full && j0 >= nv) ? j0 : 0;
       k1 = n_valid;
     };
-    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, queries);
-    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, queries);
+    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, w.pf, queries);
+    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, w.pf, queries);
     std::fill(dq + n_valid * D, dq + L * D, 0.0f);
     std::fill(dk + n_valid * D, dk + L * D, 0.0f);
     std::fill(dv + n_valid * D, dv + L * D, 0.0f);
