@@ -22,10 +22,12 @@ def setup(seed):
     rng = np.random.default_rng(seed)
     words = ["red", "green", "blue", "dark", "light", "room"]
     base = rng.standard_normal((len(words), 16)).astype(np.float32)
+    base[:, 0] = np.abs(base[:, 0]) + 1  # every word leans along e0 ...
     # "crimson" and "glow" are noisy copies of "red" and "light": related, not identical.
     near = base[[0, 4]] + 0.3 * rng.standard_normal((2, 16)).astype(np.float32)
+    zebra = -np.eye(1, 16, dtype=np.float32)  # ... so "zebra" (-e0) has negative cosine with every label
     kv = KeyedVectors(vector_size=16)
-    kv.add_vectors(words + ["crimson", "glow", "zebra"], np.concatenate([base, near, -base.sum(0, keepdims=True)]))
+    kv.add_vectors(words + ["crimson", "glow", "zebra"], np.concatenate([base, near, zebra]))
     model = zsar.create_model("rest_tiny", frames=4, dim=32, depth=1, heads=4, mlp_dim=64, num_classes=4)
     data = SeparableClips(32, seed=seed)
     clf = ZeroShotClassifier.from_loader(model, DataLoader(data, batch_size=8), SEEN, WordVectorEmbedder(kv),
