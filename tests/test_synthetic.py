@@ -14,6 +14,7 @@ from zsar.data.synthetic import (
     MOTIONS,
     SHAPES,
     SyntheticConfig,
+    render_video,
     generate_benchmark,
     label_of,
     load_benchmark,
@@ -103,7 +104,7 @@ def test_split_seed_changes_only_the_split():
 
 @pytest.mark.parametrize("split_seed", range(5))
 def test_unseen_compositions_are_held_out_and_share_words(split_seed):
-    cfg = SyntheticConfig(colors=tuple(COLORS)[:5], shapes=SHAPES[:4], motions=MOTIONS[:6], split_seed=split_seed)
+    cfg = SyntheticConfig(split_seed=split_seed)  # the default parts
     seen, unseen = split_compositions(cfg)
     all_labels = [label_of(c) for c in cfg.compositions]
     assert sorted(seen + unseen) == sorted(all_labels) and not set(seen) & set(unseen)
@@ -126,6 +127,8 @@ def test_explicit_unseen_labels_and_clear_errors():
         split_compositions(SyntheticConfig(**{**SMALL, "unseen": ("pink circle growing",)}))
     with pytest.raises(ValueError, match="unknown colors"):
         SyntheticConfig(colors=("red", "mauve"))
+    with pytest.raises(ValueError, match="looks still"):
+        SyntheticConfig(shapes=("circle", "star"), motions=("spinning", "falling"))
     with pytest.raises(ValueError, match="even"):
         SyntheticConfig(size=33)
     with pytest.raises(ValueError, match="no split"):  # too many held out to cover every pair
@@ -168,3 +171,27 @@ def test_audio_track_pitch_follows_the_part(tmp_path):
     f_circle = pitch(by_label["red circle moving left"])
     assert abs(pitch(by_label["blue circle growing"]) - f_circle) < 5  # same shape, same pitch
     assert pitch(by_label["red square moving left"]) > f_circle * 1.2  # another shape, higher
+
+
+def test_every_part_renders_and_parts_change_the_pixels():
+    """Each colour, shape and motion is drawn, and changing one part changes the video."""
+    from zsar.data.synthetic import _sample_params
+
+    cfg = SyntheticConfig(colors=tuple(COLORS), shapes=tuple(s for s in SHAPES if s not in ("circle", "ring")),
+                          motions=MOTIONS, frames=8, size=32, noise=0.0, distractors=0)
+
+    def video(color, shape, motion):
+        return render_video(_sample_params(np.random.default_rng(0), (color, shape, motion), cfg), cfg).astype(int)
+
+    base = video("red", "square", "falling")
+    assert base.shape == (8, 32, 32, 3) and base.dtype == np.int64
+    for color in COLORS:
+        v = video(color, "square", "falling")
+        assert color == "red" or np.abs(v - base).mean() > 1, color
+    for shape in cfg.shapes:
+        assert shape == "square" or np.abs(video("red", shape, "falling") - base).sum() > 0, shape
+    still = video("red", "square", "growing")  # ("falling" and "moving down" are synonyms)
+    for motion in MOTIONS:
+        v = video("red", "square", motion)
+        assert motion == "growing" or np.abs(v - still).sum() > 0, motion
+        assert np.abs(np.diff(v, axis=0)).sum() > 0, f"{motion}: nothing moves"

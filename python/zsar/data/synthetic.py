@@ -81,9 +81,13 @@ COLORS: dict[str, tuple[float, float, float]] = {
 #: Shape words (see :func:`_shape_sdf` for their geometry).
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 #: Motion phrases. "blinking" toggles visibility; the others move, grow or shrink the object.
-MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "blinking")
+MOTIONS = ("falling", "rising", "sliding", "shaking", "spinning", "growing", "shrinking", "blinking",
+           "moving left", "moving right", "moving up", "moving down")
+#: Direction of travel; "sliding" goes left or right at random.
 _DIRECTIONS = {"moving left": (-1.0, 0.0), "moving right": (1.0, 0.0), "moving up": (0.0, -1.0),
-               "moving down": (0.0, 1.0)}
+               "moving down": (0.0, 1.0), "falling": (0.0, 1.0), "rising": (0.0, -1.0), "sliding": (1.0, 0.0)}
+#: Shapes whose rotation cannot be seen: "spinning" is refused with them.
+_ROUND = ("circle", "ring")
 _PARTS = ("color", "shape", "motion")
 _SUBSETS = ("seen_train", "seen_test", "unseen_test")
 _MANIFEST_VERSION = 1
@@ -114,7 +118,7 @@ class SyntheticConfig:
 
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")
-    motions: tuple[str, ...] = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking")
+    motions: tuple[str, ...] = ("falling", "sliding", "shaking", "growing", "blinking")
     unseen_fraction: float = 0.25
     num_unseen: int | None = None
     unseen: tuple[str, ...] | None = None
@@ -152,6 +156,9 @@ class SyntheticConfig:
                 raise ValueError(f"{name} contains duplicates: {list(values)}")
             if not values:
                 raise ValueError(f"{name} must not be empty")
+        if "spinning" in self.motions and set(self.shapes) & set(_ROUND):
+            raise ValueError(f"a spinning {sorted(set(self.shapes) & set(_ROUND))[0]} looks still: "
+                             "'spinning' cannot be combined with round shapes")
         if len(self.colors) * len(self.shapes) * len(self.motions) < 3:
             raise ValueError("need at least 3 compositions (2 seen, 1 unseen)")
         for name in ("train_per_class", "unseen_per_class", "frames", "size"):
@@ -370,14 +377,18 @@ def _object_state(params: dict, t: float) -> tuple[float, float, float, float, f
     the trail of the first frames shows where the object came from)."""
     motion = params["motion"]
     x, y = params["x0"] + params["vx"] * t, params["y0"] + params["vy"] * t
-    r = params["r"]
+    r, angle = params["r"], params["angle"]
     if motion in ("growing", "shrinking"):
         frac = min(max(t / max(params["frames"] - 1, 1), 0.0), 1.0)
         r = params["r_start"] + (params["r_end"] - params["r_start"]) * frac
+    elif motion == "shaking":  # fast side-to-side oscillation
+        x += params["amplitude"] * math.sin(2 * math.pi * (t / params["period"] + params["phase"]))
+    elif motion == "spinning":
+        angle += params["spin"] * t
     visible = 1.0
     if motion == "blinking":
         visible = 1.0 if math.floor(t / params["period"] + params["phase"]) % 2 == 0 else 0.0
-    return x, y, r, params["angle"], visible
+    return x, y, r, angle, visible
 
 
 def _sample_params(rng: np.random.Generator, composition: Sequence[str], cfg: SyntheticConfig) -> dict:
@@ -392,22 +403,31 @@ def _sample_params(rng: np.random.Generator, composition: Sequence[str], cfg: Sy
     margin = 1.5 * r + 2
     if motion in _DIRECTIONS:
         dx, dy = _DIRECTIONS[motion]
+        if motion == "sliding" and rng.random() < 0.5:
+            dx = -dx
         # Travel most of the frame over the video, so every clip of it shows motion.
         travel = (size - 2 * margin) * rng.uniform(0.75 - 0.25 * j, 0.95)
         speed = travel / max(n - 1, 1)
         p["vx"], p["vy"] = dx * speed, dy * speed
         p["x0"] = size / 2 - dx * travel / 2 + (0 if dx else rng.uniform(-1, 1) * (size / 2 - margin))
         p["y0"] = size / 2 - dy * travel / 2 + (0 if dy else rng.uniform(-1, 1) * (size / 2 - margin))
-        p["trail_dt"] = 2
+        # Ghosts a third of the radius apart, whatever the speed: the trail is a streak about one
+        # radius long behind the object, visible even when the frame leaves little room to travel.
+        p["trail_dt"] = max(1.0, 0.33 * r / speed)
     else:
         small, big = 0.45 * r, 1.5 * r
         p["r_start"], p["r_end"] = (small, big) if motion == "growing" else (big, small)
-        p["period"] = rng.uniform(2.0, 3.5)  # frames per on/off phase when blinking
+        # Blinking: frames per on/off phase. Shaking: frames per oscillation, amplitude in pixels.
+        p["period"] = rng.uniform(2.0, 3.5) if motion == "blinking" else rng.uniform(3.0, 4.5)
         p["phase"] = rng.uniform(0, 2)
-        edge = size / 2 - 1.6 * big - 1
+        p["amplitude"] = 0.5 * r * rng.uniform(0.8, 1.2)
+        p["spin"] = float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.35))  # radians per frame
+        extent = big if motion in ("growing", "shrinking") else 1.2 * r + (p["amplitude"] if motion == "shaking" else 0)
+        edge = size / 2 - 1.3 * extent - 1
         p["x0"], p["y0"] = size / 2 + rng.uniform(-1, 1, 2) * max(edge, 0) * 0.8
-        # Ghosts of a size change sit at the object's size a few frames earlier.
-        p["trail_dt"] = 2
+        # Ghosts sit at the object's state a little earlier: a halo when shrinking, a smear on both
+        # sides when shaking, a rotational blur when spinning, nothing visible when growing.
+        p["trail_dt"] = {"shaking": 0.5, "spinning": 1.0}.get(motion, 2.0)
     # Background: a grey level, a linear gradient and static low-contrast blobs.
     p["bg_level"] = float(rng.uniform(0.08, 0.38))
     p["bg_grad"] = (rng.uniform(-0.08, 0.08, 2)).tolist()
