@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
                         help="list file, splits folder, CSV or JSON (see --format)")
     parser.add_argument("--root", default=None, help="video folder (default: paths as written)")
     parser.add_argument("--format", default="list", choices=FORMATS, help="annotation format (default list)")
+    parser.add_argument("--classes", default=None, metavar="FILE",
+                        help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
     parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
     parser.add_argument("--protocol", default="0/100", choices=("0/100", "0/50"), help="default 0/100")
@@ -49,7 +51,7 @@ def run(args) -> int:
     from ..zeroshot import ZeroShotClassifier, cosine_similarity_matrix, semantic_space_baseline
 
     data = DataConfig(format=args.format, annotations=args.annotations, root=args.root, split=args.split,
-                      subset=args.subset, backend=args.backend)
+                      subset=args.subset, classes=args.classes, backend=args.backend)
     videos = data.read()
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device)
     spec = clf.clip_spec if args.clips is None else replace(clf.clip_spec, num_clips=args.clips)
