@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import zsar.resources
 from zsar.data.datasets import (
     AVCA_STAGES,
     AnnotationError,
@@ -30,8 +32,8 @@ from zsar.data.datasets import (
 from zsar.data.records import VideoList, VideoRecord
 from zsar.data.video import probe_video, write_video
 
-SHARED_DATA = Path(os.environ.get("ZSAR_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
+# The public class lists and AVCA splits, as packaged with zsar (same layout as ../shared/data).
+SHARED_DATA = Path(os.environ.get("ZSAR_SHARED_DATA", Path(zsar.resources.__file__).parent))
 
 
 @pytest.fixture(scope="session")
