@@ -86,9 +86,9 @@ class DemoConfig:
     model_args: dict[str, Any] = field(default_factory=lambda: {"frames": 4})
     stride: int = 4
     eval_clips: int = 1
-    warmup_epochs: int = 40
+    warmup_epochs: int = 50
     warmup_lr: float = 0.1
-    joint_epochs: int = 10
+    joint_epochs: int = 15
     joint_lr: float = 1e-3
     batch_size: int = 16
     select: bool = True
