@@ -14,6 +14,8 @@ from zsar.ops.rest_attention import key_end
 
 B, H, N_VISUAL, MAX_WORDS, D = 64, 12, 17, 8, 64
 L = N_VISUAL + MAX_WORDS
+# Milliseconds per call on a shared 2-core VM: many rounds, so the medians settle.
+ROUNDS = dict(rounds=200, warmup=20)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +40,13 @@ def _sdpa(q, k, v, mask):
 def test_forward_zsar(record, batch):
     q, k, v, _, n_text, _ = batch
     with torch.no_grad():
-        record("cpu forward", "zsar cpu", lambda: _fused(q, k, v, n_text), ours=True)
+        record("cpu forward", "zsar cpu", lambda: _fused(q, k, v, n_text), ours=True, **ROUNDS)
 
 
 def test_forward_sdpa(record, batch):
     q, k, v, _, _, mask = batch
     with torch.no_grad():
-        record("cpu forward", "sdpa dense mask", lambda: _sdpa(q, k, v, mask))
+        record("cpu forward", "sdpa dense mask", lambda: _sdpa(q, k, v, mask), **ROUNDS)
 
 
 def _step(attention, leaves, dout):
@@ -57,10 +59,10 @@ def _step(attention, leaves, dout):
 def test_forward_backward_zsar(record, batch):
     q, k, v, dout, n_text, _ = batch
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    record("cpu forward+backward", "zsar cpu", lambda: _step(lambda *a: _fused(*a, n_text), leaves, dout), ours=True)
+    record("cpu forward+backward", "zsar cpu", lambda: _step(lambda *a: _fused(*a, n_text), leaves, dout), ours=True, **ROUNDS)
 
 
 def test_forward_backward_sdpa(record, batch):
     q, k, v, dout, _, mask = batch
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    record("cpu forward+backward", "sdpa dense mask", lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout))
+    record("cpu forward+backward", "sdpa dense mask", lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout), **ROUNDS)

@@ -18,6 +18,52 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--malloc",
+        choices=("steady", "default"),
+        default="steady",
+        help="steady (default): keep freed memory in the process (glibc mallopt), so every round "
+        "measures the ops and not page faults on memory glibc just returned to the kernel; "
+        "default: leave glibc's trim/mmap thresholds alone",
+    )
+
+
+def _glibc_keep_freed_memory() -> str:
+    """Stop glibc from returning freed blocks to the kernel (and from serving big blocks with mmap).
+
+    Each op here allocates fresh multi-MB outputs. With glibc's defaults some rounds get them
+    from memory just trimmed back to the kernel and pay ~0.5 ms per MB in page faults on this VM,
+    others reuse resident memory; which one varies with everything else the process allocated, so
+    it swamps the ops' own times (both contenders alike).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "unchanged (no glibc mallopt)"
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    big = 1 << 30
+    ok = mallopt(M_TRIM_THRESHOLD, big) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
+    return "steady (glibc trim threshold 1 GiB, mmap threshold 32 MiB)" if ok else "unchanged (mallopt failed)"
+
+
+_MALLOC_STATE = "default"
+
+
+def pytest_configure(config):
+    global _MALLOC_STATE
+    if config.getoption("--malloc", "default") == "steady":
+        _MALLOC_STATE = _glibc_keep_freed_memory()
+
+
+def pytest_report_header(config):
+    return f"zsar bench: malloc {_MALLOC_STATE}"
+
+
 # group -> contender -> median seconds
 _MEDIANS: dict[str, dict[str, float]] = defaultdict(dict)
 # group -> name of the contender the others are compared with (ours)

@@ -93,3 +93,29 @@ def test_non_contiguous_upstream_gradient(seed):
 def test_gradcheck_cpu_float64(seed):
     q, k, v, nv, nt = _inputs(seed, B=2, H=1, L=7, D=5, n_visual=3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda q, k, v: masked_attention(q, k, v, nv, nt, backend="cpu"), (q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("full", [False, True])
+def test_eager_path_matches_custom_op(backend, full, seed):
+    """Plain eager calls bypass the custom-op layers (less Python per call); they must give the op's
+    results bit for bit, outputs and gradients."""
+    q, k, v, nv, nt = _inputs(seed, requires_grad=True)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1))
+    out = masked_attention(q, k, v, nv, nt, mode="full" if full else "rest", scale=0.2, backend=backend)
+    assert type(out.grad_fn).__name__ == "_EagerMaskedAttentionBackward"
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    op_out, _ = torch.ops.zsar.masked_attention(q, k, v, nt, nv, full, 0.2, backend)
+    assert "_EagerMaskedAttention" not in type(op_out.grad_fn).__name__
+    op_grads = torch.autograd.grad(op_out, (q, k, v), dout)
+    assert torch.equal(out, op_out)
+    for g, r in zip(grads, op_grads):
+        assert torch.equal(g, r)
+
+
+def test_modes_and_subclasses_take_the_custom_op(seed):
+    """Under a dispatch mode (here FlopCounterMode) the op itself must run, so the mode sees it."""
+    q, k, v, nv, nt = _inputs(seed, requires_grad=True)
+    with FlopCounterMode(display=False):
+        out = masked_attention(q, k, v, nv, nt)
+    assert "_EagerMaskedAttention" not in type(out.grad_fn).__name__

@@ -42,6 +42,10 @@ class Dispatcher(Generic[B]):
     def names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.backends)
 
+    def get(self, name: str) -> B:
+        """The backend called ``name`` (no support check)."""
+        return self._by_name[name]
+
     def reasons(self, inputs) -> dict[str, list[str]]:
         """Every backend with the reasons it cannot serve ``inputs`` (empty list: usable)."""
         return {b.name: b.not_supported_reasons(inputs) for b in self.backends}
