@@ -119,3 +119,12 @@ def test_modes_and_subclasses_take_the_custom_op(seed):
     with FlopCounterMode(display=False):
         out = masked_attention(q, k, v, nv, nt)
     assert "_EagerMaskedAttention" not in type(out.grad_fn).__name__
+
+
+def test_jit_trace_records_the_custom_op(seed):
+    """A traced graph names zsar::masked_attention (serialisable), not a Python autograd.Function."""
+    q, k, v, nv, nt = _inputs(seed)
+    traced = torch.jit.trace(lambda q, k, v: masked_attention(q, k, v, nv, nt, check_n_text=False), (q, k, v))
+    assert "zsar::masked_attention" in str(traced.graph)
+    q2 = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1))
+    torch.testing.assert_close(traced(q2, k, v), masked_attention(q2, k, v, nv, nt))

@@ -34,3 +34,19 @@ def test_sentence_embedder_works_offline():
     assert out["text"] == "playing guitar"
     assert out["guitar_violin"] > out["guitar_swim"]
     assert out["repeat_equal"]
+
+
+def test_loading_prints_no_progress_bar_and_keeps_the_setting():
+    """Loading the embedder (every `zsar predict`/`eval`) prints no "Loading weights" bar, and the
+    caller's transformers progress-bar setting is left as it was."""
+    script = textwrap.dedent("""
+        from transformers.utils import logging as hf_logging
+        from zsar.text import SentenceEmbedder
+        SentenceEmbedder(device="cpu")
+        print("enabled-after:", hf_logging.is_progress_bar_enabled())
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Loading weights" not in run.stderr + run.stdout
+    assert "enabled-after: True" in run.stdout

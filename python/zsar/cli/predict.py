@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.description = _DESCRIPTION
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any FFmpeg codec)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="checkpoint directory (e.g. runs/demo/checkpoints/best)")
+                        help="checkpoint directory (e.g. runs/demo/checkpoint from zsar demo, OUT/checkpoints/best from zsar train)")
     labels = parser.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", metavar='"a,b,c"', help="candidate labels, comma-separated")
     labels.add_argument("--labels-file", metavar="FILE", help="candidate labels, one per line")

@@ -11,6 +11,7 @@ cached per label.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from pathlib import Path
@@ -155,6 +156,21 @@ def _sentence_model_path(model: str | Path) -> Path:
     return Path(package.get_model_path())
 
 
+@contextlib.contextmanager
+def _quiet_model_loading():
+    """No "Loading weights" progress bar from transformers: the model is small and local, and the
+    bar would print on every ``zsar predict``/``eval``. Restores the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class SentenceEmbedder:
     """Label -> sentence embedding through sentence-transformers, offline.
 
@@ -176,7 +192,8 @@ class SentenceEmbedder:
 
         self.model_name = str(model)
         self.model_path = _sentence_model_path(model)
-        self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
+        with _quiet_model_loading():
+            self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
         self.name_map = dict(name_map or {})
         self.batch_size = batch_size
         self._cache: dict[str, np.ndarray] = {}

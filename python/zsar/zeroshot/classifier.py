@@ -4,8 +4,8 @@
     clf.set_labels(["juggling balls", "playing harp"])
     probs = clf.predict_proba(clips)            # (N, 2); clips or video file paths
     top = clf.predict(["a.mp4", "b.webm"], top_k=1)
-    clf.save("runs/demo/checkpoints/best")      # beside the model weights
-    clf = ZeroShotClassifier.load("runs/demo/checkpoints/best")
+    clf.save("runs/exp/checkpoints/best")       # beside the model weights
+    clf = ZeroShotClassifier.load("runs/exp/checkpoints/best")  # or zsar demo's runs/demo/checkpoint
 
 Seen prototypes are the mean CLS representation of each seen class (paper §3.3). ``set_labels``
 embeds the target labels, relates them to the seen labels (cosine), solves the transfer program

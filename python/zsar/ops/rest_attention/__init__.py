@@ -146,8 +146,9 @@ class _EagerMaskedAttention(torch.autograd.Function):
     The ``torch.library`` custom-op layers cost ~0.25 ms per forward+backward in Python (argument
     normalisation, alias checks, redispatch), about 8% of the whole step at ResT's shapes on the
     CPU. :func:`masked_attention` takes this path only when nothing needs to see the op itself: not
-    under ``torch.compile``, no dispatch/function mode (``FlopCounterMode``, fake tensors), no
-    ``torch.func`` transform, plain tensors. Everything else goes through the custom op.
+    under ``torch.compile`` or ``torch.jit.trace``, no dispatch/function mode (``FlopCounterMode``,
+    fake tensors), no ``torch.func`` transform, plain tensors. Everything else goes through the
+    custom op.
     """
 
     @staticmethod
@@ -170,6 +171,7 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
     """True when no compiler, mode or transform would need to see the custom op."""
     return (
         not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._functorch.peek_interpreter_stack() is None
