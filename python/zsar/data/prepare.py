@@ -75,45 +75,44 @@ def transcode_video(src, dst, codec: str = "h264", size: int | None = None) -> P
 
     Every frame is kept at the source frame rate; ``size`` resizes the short side (aspect kept);
     odd sizes lose their last row/column. The first audio track is kept (mono or stereo, at its
-    sample rate; more channels are downmixed to stereo). The whole video is decoded into memory
-    before :func:`write_video` encodes it, so memory grows with the video's length.
-    Raises :class:`VideoError` naming ``src`` when it cannot be read.
+    sample rate; more channels are downmixed to stereo). Frames are decoded and encoded one at a
+    time, so memory does not grow with the video's length (the audio track is read whole first).
+    Raises :class:`VideoError` naming ``src`` when it cannot be read; ``dst`` then does not exist.
     """
     av = _require_av()
     info = probe_video(src)
     src = str(src)
     w, h = output_size(info.width, info.height, size)
     try:
-        with av.open(src) as container:
-            vs = container.streams.video[0]
-            vs.thread_type = "AUTO"  # frame threads: decoding is most of the cost
-            frames = np.empty((max(info.num_frames, 1), h, w, 3), dtype=np.uint8)
-            n = 0
-            for frame in container.decode(vs):
-                if n == frames.shape[0]:  # the container understated its frame count
-                    frames = np.concatenate([frames, np.empty_like(frames[: n // 2 + 1])])
-                if size is not None:
-                    frames[n] = frame.reformat(width=w, height=h, format="rgb24",
-                                               interpolation="AREA").to_ndarray()
-                else:
-                    frames[n] = frame.to_ndarray(format="rgb24")[:h, :w]
-                n += 1
         audio, rate = _read_audio_track(av, src) if info.has_audio else (None, 16000)
-    except VideoError:
-        raise
     except Exception as e:  # FFmpeg's decode errors come in several flavours
-        raise VideoError(f"{src}: cannot decode ({e})") from e
-    if n == 0:
-        raise VideoError(f"{src}: no frame could be decoded")
-    dst = Path(dst)
-    try:
-        write_video(dst, frames[:n], fps=info.fps if info.fps > 0 else 25, codec=codec, audio=audio,
-                    sample_rate=rate)
-    except Exception:
-        # write_video renames its temporary file only on success; do not leave it behind.
-        Path(dst.with_name(f".{dst.stem}.{os.getpid()}.partial{dst.suffix}")).unlink(missing_ok=True)
-        raise
-    return dst
+        raise VideoError(f"{src}: cannot decode the audio track ({e})") from e
+    decoded = 0
+
+    def frames(container):
+        nonlocal decoded
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"  # frame threads: decoding is most of the cost
+        try:
+            for frame in container.decode(vs):
+                if size is not None:
+                    image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                else:
+                    image = frame.to_ndarray(format="rgb24")[:h, :w]
+                decoded += 1
+                yield image
+        except Exception as e:
+            raise VideoError(f"{src}: cannot decode frame {decoded} ({e})") from e
+
+    with av.open(src) as container:
+        try:
+            write_video(dst, frames(container), fps=info.fps if info.fps > 0 else 25, codec=codec, audio=audio,
+                        sample_rate=rate)
+        except ValueError as e:
+            if decoded == 0 and not isinstance(e, VideoError):
+                raise VideoError(f"{src}: no frame could be decoded") from e
+            raise
+    return Path(dst)
 
 
 def _read_audio_track(av, path: str):

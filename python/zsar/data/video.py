@@ -7,6 +7,7 @@ synthetic benchmark, ``zsar prepare`` and the tests all write their videos throu
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -58,66 +59,90 @@ class VideoInfo:
     audio_sample_rate: int | None = None
 
 
+def _frame_source(frames, path: Path):
+    """``(first frame, iterator over all frames)`` for an array or an iterable of frames."""
+    if hasattr(frames, "shape") and hasattr(frames, "dtype"):  # one array / tensor for the whole video
+        arr = as_numpy(frames)
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"write_video: frames must be uint8 (T, H, W, 3); got {arr.dtype} {tuple(arr.shape)}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"write_video: no frames to write to {path}")
+        return arr[0], iter(arr)
+    if isinstance(frames, (str, bytes)) or not hasattr(frames, "__iter__"):
+        raise TypeError(f"write_video: frames must be a (T, H, W, 3) uint8 array or an iterable of (H, W, 3) "
+                        f"uint8 frames, got {type(frames).__name__}")
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError(f"write_video: no frames to write to {path}")
+    first = as_numpy(first)
+    return first, itertools.chain([first], it)
+
+
 def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audio=None,
                 sample_rate: int = 16000, crf: int | None = None) -> Path:
-    """Encode ``frames`` (uint8, (T, H, W, 3) RGB; array or tensor) into the video file ``path``.
+    """Encode ``frames`` (uint8 RGB) into the video file ``path``.
 
-    ``codec`` defaults by extension (``.webm``/``.mkv`` → VP9, ``.mp4`` → H.264, ``.avi`` →
-    MJPEG) and accepts short names (``"vp9"``, ``"h264"``, ...). Odd widths/heights are not
-    allowed by the 4:2:0 codecs, so ask for even sizes. ``audio``: optional float waveform
-    in [-1, 1], shape (samples,) or (channels, samples), at ``sample_rate`` Hz. The file is
-    written to a temporary name and renamed, so a crash never leaves a half-written video
-    under the final name.
+    ``frames`` is one ``(T, H, W, 3)`` array or tensor, or any iterable of ``(H, W, 3)`` frames
+    (e.g. a generator), which is encoded as it is consumed, so memory stays at one frame whatever
+    the video's length. ``codec`` defaults by extension (``.webm``/``.mkv`` → VP9, ``.mp4`` →
+    H.264, ``.avi`` → MJPEG) and accepts short names (``"vp9"``, ``"h264"``, ...). Odd
+    widths/heights are not allowed by the 4:2:0 codecs, so ask for even sizes. ``audio``: optional
+    float waveform in [-1, 1], shape (samples,) or (channels, samples), at ``sample_rate`` Hz. The
+    file is written to a temporary name and renamed, so a failure (a bad frame, an exception from
+    the frame iterable, the encoder) never leaves a file under the final name, nor the temporary one.
     """
     av = _require_av()
     path = Path(path)
-    frames = as_numpy(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"write_video: frames must be uint8 (T, H, W, 3); got {frames.dtype} "
-                         f"{tuple(frames.shape)}")
-    if frames.shape[0] == 0:
-        raise ValueError(f"write_video: no frames to write to {path}")
+    first, frame_iter = _frame_source(frames, path)
+    if first.ndim != 3 or first.shape[-1] != 3 or first.dtype != np.uint8:
+        raise ValueError(f"write_video: frames must be uint8 (H, W, 3) each; got {first.dtype} {tuple(first.shape)}")
     ext = path.suffix.lower()
     codec = CODEC_ALIASES.get(codec, codec) or VIDEO_CODECS.get(ext)
     if codec is None:
         raise ValueError(f"write_video: no default codec for extension {ext!r} of {path}; "
                          f"pass codec= or use one of {sorted(VIDEO_CODECS)}")
-    h, w = frames.shape[1:3]
+    h, w = first.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    container = av.open(str(tmp), "w")
     try:
-        fps_q = Fraction(fps).limit_denominator(1001)
-        stream = container.add_stream(codec, rate=fps_q)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if crf is not None:
-            stream.options = {"crf": str(crf)}
-        elif codec == "libvpx-vp9":  # constant quality; libvpx's default bitrate is very low
-            stream.options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}
-        elif codec == "mjpeg":  # FFmpeg's default quantiser range leaves visible blocks
-            stream.codec_context.qmin, stream.codec_context.qmax = 1, 4
-        elif codec in ("libx264", "libx265"):
-            stream.options = {"preset": "veryfast"}
-        astream = None
-        if audio is not None:
-            audio = np.asarray(as_numpy(audio), dtype=np.float32)
-            if audio.ndim == 1:
-                audio = audio[None]
-            acodec = AUDIO_CODECS.get(ext, "aac")
-            rate = 48000 if acodec == "libopus" else sample_rate  # Opus only encodes at 48 kHz
-            if rate != sample_rate:
-                audio = _resample_linear(audio, sample_rate, rate)
-            astream = container.add_stream(acodec, rate=rate)
-            astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
-        for i in range(frames.shape[0]):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-        if astream is not None:
-            _encode_audio(av, container, astream, audio)
-    finally:
-        container.close()
+        with av.open(str(tmp), "w") as container:
+            fps_q = Fraction(fps).limit_denominator(1001)
+            stream = container.add_stream(codec, rate=fps_q)
+            stream.width, stream.height = w, h
+            stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            if crf is not None:
+                stream.options = {"crf": str(crf)}
+            elif codec == "libvpx-vp9":  # constant quality; libvpx's default bitrate is very low
+                stream.options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+            elif codec == "mjpeg":  # FFmpeg's default quantiser range leaves visible blocks
+                stream.codec_context.qmin, stream.codec_context.qmax = 1, 4
+            elif codec in ("libx264", "libx265"):
+                stream.options = {"preset": "veryfast"}
+            astream = None
+            if audio is not None:
+                audio = np.asarray(as_numpy(audio), dtype=np.float32)
+                if audio.ndim == 1:
+                    audio = audio[None]
+                acodec = AUDIO_CODECS.get(ext, "aac")
+                rate = 48000 if acodec == "libopus" else sample_rate  # Opus only encodes at 48 kHz
+                if rate != sample_rate:
+                    audio = _resample_linear(audio, sample_rate, rate)
+                astream = container.add_stream(acodec, rate=rate)
+                astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
+            for i, image in enumerate(frame_iter):
+                image = as_numpy(image)
+                if image.shape != first.shape or image.dtype != np.uint8:
+                    raise ValueError(f"write_video: frame {i} for {path} is {image.dtype} {tuple(image.shape)}; "
+                                     f"every frame must be uint8 {tuple(first.shape)} like the first")
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+            if astream is not None:
+                _encode_audio(av, container, astream, audio)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
