@@ -121,6 +121,8 @@ def test_modes_and_subclasses_take_the_custom_op(seed):
     assert "_EagerMaskedAttention" not in type(out.grad_fn).__name__
 
 
+# torch.jit.trace is deprecated (FutureWarning) and warns on every shape check it cannot record.
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_jit_trace_records_the_custom_op(seed):
     """A traced graph names zsar::masked_attention (serialisable), not a Python autograd.Function."""
     q, k, v, nv, nt = _inputs(seed)
