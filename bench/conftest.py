@@ -30,34 +30,15 @@ def pytest_addoption(parser):
     )
 
 
-def _glibc_keep_freed_memory() -> str:
-    """Stop glibc from returning freed blocks to the kernel (and from serving big blocks with mmap).
-
-    Each op here allocates fresh multi-MB outputs. With glibc's defaults some rounds get them
-    from memory just trimmed back to the kernel and pay ~0.5 ms per MB in page faults on this VM,
-    others reuse resident memory; which one varies with everything else the process allocated, so
-    it swamps the ops' own times (both contenders alike).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return "unchanged (no glibc mallopt)"
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    big = 1 << 30
-    ok = mallopt(M_TRIM_THRESHOLD, big) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
-    return "steady (glibc trim threshold 1 GiB, mmap threshold 32 MiB)" if ok else "unchanged (mallopt failed)"
-
-
-_MALLOC_STATE = "default"
+_MALLOC_STATE = "glibc defaults"
 
 
 def pytest_configure(config):
     global _MALLOC_STATE
     if config.getoption("--malloc", "default") == "steady":
-        _MALLOC_STATE = _glibc_keep_freed_memory()
+        from zsar._utils import keep_freed_memory
+
+        _MALLOC_STATE = keep_freed_memory()
 
 
 def pytest_report_header(config):

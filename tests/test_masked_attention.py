@@ -140,6 +140,45 @@ def test_matches_dense_reference(backend, dtype, case, seed):
         assert torch.all(dk[b, :, n_valid:] == 0) and torch.all(dv[b, :, n_valid:] == 0)
 
 
+# >= 4 MiB per output tensor (56 * 12 * 25 * 64 floats): the cpu backend's float32 path writes such
+# outputs with streaming stores (csrc/cpu/masked_attention.cpp, kStreamBytes).
+STREAM_CASE = Case("streamed_outputs", 56, 12, 25, 64, 17, "mixed")
+
+
+def test_cpu_streamed_outputs_match_dense_reference(seed):
+    test_matches_dense_reference("cpu", torch.float32, STREAM_CASE, seed)
+
+
+def test_cpu_streamed_and_cached_stores_give_identical_bits(seed):
+    """The same kernels with outputs at a misaligned address (no streaming stores possible) write
+    exactly the values the streamed, aligned call writes: forward and backward."""
+    from zsar import _ext
+    from zsar.ops.rest_attention.backend_cpu import shape_args
+
+    case = STREAM_CASE
+    q, k, v, dout, n_text = (t.float() if isinstance(t, torch.Tensor) else t
+                             for t in _make_inputs(case, seed, torch.float32, torch.device("cpu")))
+    nt = torch.tensor(n_text, dtype=torch.int32)
+    inp = AttentionInputs(q, k, v, nt, case.n_visual, False, case.D ** -0.5)
+    C = _ext.compiled()
+
+    def run(offset):
+        bufs = [torch.empty(q.numel() + offset)[offset:].view(q.shape) for _ in range(4)]  # out, dq, dk, dv
+        out, dq, dk, dv = bufs
+        lse = torch.empty(q.shape[:3])
+        C.masked_attention_fwd_cpu(q.data_ptr(), k.data_ptr(), v.data_ptr(), nt.data_ptr(), out.data_ptr(),
+                                   lse.data_ptr(), *shape_args(inp), 2)
+        C.masked_attention_bwd_cpu(q.data_ptr(), k.data_ptr(), v.data_ptr(), nt.data_ptr(), out.data_ptr(),
+                                   lse.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                   *shape_args(inp), 2)
+        return bufs
+
+    assert torch.empty(1).data_ptr() % 32 == 0  # torch's CPU allocations are 64-byte aligned
+    for streamed, cached in zip(run(0), run(1)):
+        assert streamed.data_ptr() % 32 == 0 and cached.data_ptr() % 32 != 0
+        assert torch.equal(streamed, cached)
+
+
 VISUAL_CASE = Case("visual", 3, 2, 25, 64, 17, "mixed")
 
 

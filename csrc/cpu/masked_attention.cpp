@@ -505,7 +505,8 @@ void dot_rows(int64_t n_rows, int64_t L, int64_t D, const float* a, const float*
 // accumulators are named variables (an array of vectors made GCC keep them on the stack).
 template <int MR, int NV, bool TRANS>
 inline void bcast_tile(int64_t k0, int64_t k1, const float* __restrict A, int64_t lda, const float* __restrict B,
-                       int64_t ldb, float* __restrict C, int64_t ldc, const float* __restrict row_scale) {
+                       int64_t ldb, float* __restrict C, int64_t ldc, const float* __restrict row_scale,
+                       bool stream) {
   static_assert(MR >= 1 && MR <= 6 && (NV == 1 || NV == 2), "tile shape");
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -527,8 +528,13 @@ inline void bcast_tile(int64_t k0, int64_t k1, const float* __restrict A, int64_
 #define ZSAR_STORE(r)                                                                  \
   if (MR > r) {                                                                        \
     const __m256 sc = _mm256_set1_ps(row_scale != nullptr ? row_scale[r] : 1.0f);      \
-    _mm256_storeu_ps(C + r * ldc, _mm256_mul_ps(c##r##0, sc));                         \
-    if (NV > 1) _mm256_storeu_ps(C + r * ldc + 8, _mm256_mul_ps(c##r##1, sc));         \
+    if (NV > 1 && stream) { /* one whole 64-byte line */                               \
+      _mm256_stream_ps(C + r * ldc, _mm256_mul_ps(c##r##0, sc));                       \
+      _mm256_stream_ps(C + r * ldc + 8, _mm256_mul_ps(c##r##1, sc));                   \
+    } else {                                                                           \
+      _mm256_storeu_ps(C + r * ldc, _mm256_mul_ps(c##r##0, sc));                       \
+      if (NV > 1) _mm256_storeu_ps(C + r * ldc + 8, _mm256_mul_ps(c##r##1, sc));       \
+    }                                                                                  \
   }
   ZSAR_STORE(0) ZSAR_STORE(1) ZSAR_STORE(2) ZSAR_STORE(3) ZSAR_STORE(4) ZSAR_STORE(5)
 #undef ZSAR_STORE
@@ -536,13 +542,13 @@ inline void bcast_tile(int64_t k0, int64_t k1, const float* __restrict A, int64_
 
 template <int MR, bool TRANS>
 inline void bcast_rows(int64_t D, int64_t k0, int64_t k1, const float* A, int64_t lda, const float* B,
-                       float* C, const float* row_scale, Prefetcher& pf) {
+                       float* C, const float* row_scale, bool stream, Prefetcher& pf) {
   int64_t c = 0;
   for (; c + 16 <= D; c += 16) {
-    bcast_tile<MR, 2, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+    bcast_tile<MR, 2, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale, stream);
     pf.step(4);
   }
-  if (c < D) bcast_tile<MR, 1, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale);
+  if (c < D) bcast_tile<MR, 1, TRANS>(k0, k1, A, lda, B + c, D, C + c, D, row_scale, false);
 }
 
 // C rows [0, n) (row stride D) = A-rows . B over k ranges given by krange(r0, rows) -> (k0, k1), with
@@ -550,7 +556,7 @@ inline void bcast_rows(int64_t D, int64_t k0, int64_t k1, const float* A, int64_
 // A(r, p) is A[r * lda + p], or A[p * lda + r] when TRANS.
 template <bool TRANS, typename KRange>
 void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* B, float* C,
-                const float* row_scale, Prefetcher& pf, KRange krange) {
+                const float* row_scale, bool stream, Prefetcher& pf, KRange krange) {
   if (n <= 0) return;
   const int64_t blocks = (n + 5) / 6, base = n / blocks, extra = n % blocks;
   int64_t r0 = 0;
@@ -562,12 +568,12 @@ void bcast_gemm(int64_t n, int64_t D, const float* A, int64_t lda, const float* 
     float* Cb = C + r0 * D;
     const float* sb = row_scale != nullptr ? row_scale + r0 : nullptr;
     switch (rows) {
-      case 6: bcast_rows<6, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
-      case 5: bcast_rows<5, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
-      case 4: bcast_rows<4, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
-      case 3: bcast_rows<3, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
-      case 2: bcast_rows<2, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
-      default: bcast_rows<1, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, pf); break;
+      case 6: bcast_rows<6, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
+      case 5: bcast_rows<5, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
+      case 4: bcast_rows<4, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
+      case 3: bcast_rows<3, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
+      case 2: bcast_rows<2, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
+      default: bcast_rows<1, TRANS>(D, k0, k1, Ab, lda, B, Cb, sb, stream, pf); break;
     }
     r0 += rows;
   }
@@ -583,13 +589,29 @@ struct Scratch {
         inv_l(round_up(L, 8)), m(round_up(L, 8)) {}
 };
 
+// Outputs of at least this many bytes (per tensor) are written with streaming (non-temporal)
+// stores: they are far larger than the private caches, so they would be evicted before anyone
+// reads them, and a normal store first reads every line it writes (read-for-ownership), i.e. a
+// quarter of a memory-bound backward's traffic. Measured at B=64: -2..-7% alone, -5..-10% with
+// SDPA running in between (bench/RESULTS.md).
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
+
+// Streaming needs 32-byte aligned rows: true for head_dim % 8 == 0 (this path) and aligned bases.
+inline bool stream_outputs(const MaskedAttentionShape& s, std::initializer_list<const void*> outputs) {
+  if (s.batch * s.heads * s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float)) < kStreamBytes) return false;
+  for (const void* p : outputs)
+    if (reinterpret_cast<uintptr_t>(p) % 32 != 0) return false;
+  return true;
+}
+
 // Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice, OpenMP-parallel with one
 // Scratch per thread, in chunks of 8 consecutive slices handed out dynamically (a core may be busy
-// with something else). (Software prefetching of the next slice was tried: no gain.)
+// with something else). While a slice runs, the next one's inputs (and, unless the outputs are
+// streamed, its outputs) are prefetched.
 template <typename Body>
 void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
                          std::initializer_list<const void*> inputs, std::initializer_list<const void*> outputs,
-                         Body body) {
+                         bool streamed_outputs, Body body) {
   const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = 8;
 #pragma omp parallel num_threads(resolve_threads(num_threads))
@@ -604,13 +626,15 @@ void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, b
           const int64_t nt1 = masked_attention_clamp_text(n_text[(bh + 1) / s.heads], s.n_visual, s.seq_len);
           const int64_t in_bytes = (s.n_visual + nt1) * s.head_dim * static_cast<int64_t>(sizeof(float));
           for (const void* t : inputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, in_bytes, false);
-          for (const void* t : outputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, slice, true);
+          if (!streamed_outputs)
+            for (const void* t : outputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, slice, true);
         }
         const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
         body(bh, nt, s.n_visual + nt, w);
         w.pf.finish();
       }
     }
+    if (streamed_outputs) _mm_sfence();  // streaming stores are weakly ordered: drain before the barrier
   }
 }
 
@@ -619,7 +643,8 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
-  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out},
+  const bool stream = stream_outputs(s, {a.out});
+  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out}, stream,
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -662,7 +687,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
     }
     std::copy(w.m.data(), w.m.data() + n_valid, lse);
-    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), w.pf,
+    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), stream, w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -678,8 +703,9 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
+  const bool stream = stream_outputs(s, {a.dq, a.dk, a.dv});
   for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads, {a.q, a.k, a.v, a.out, a.dout},
-                      {a.dq, a.dk, a.dv},
+                      {a.dq, a.dk, a.dv}, stream,
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -737,7 +763,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       }
     }
     // dQ = dS K: query rows see keys [0, largest end in the block).
-    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr, w.pf,
+    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr, stream, w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -749,8 +775,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       k0 = (!full && j0 >= nv) ? j0 : 0;
       k1 = n_valid;
     };
-    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, w.pf, queries);
-    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, w.pf, queries);
+    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, stream, w.pf, queries);
+    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, stream, w.pf, queries);
     std::fill(dq + n_valid * D, dq + L * D, 0.0f);
     std::fill(dk + n_valid * D, dk + L * D, 0.0f);
     std::fill(dv + n_valid * D, dv + L * D, 0.0f);

@@ -11,3 +11,24 @@ def as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def keep_freed_memory() -> str:
+    """Stop glibc from returning freed blocks to the kernel (and from serving big blocks with mmap),
+    for the rest of the process; returns a one-line description of what was set.
+
+    For benchmark processes: every op call allocates fresh multi-MB outputs, and with glibc's
+    default thresholds whether a call gets memory just trimmed back to the kernel (and pays a
+    page fault per 4 KiB on it, ~0.5 ms per MB on a VM) depends on everything else the process
+    allocated. That swamps the ops' own times, whichever op is measured.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "glibc defaults (no mallopt here)"
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1:
+        return "freed memory kept (glibc trim threshold 1 GiB, mmap threshold 32 MiB)"
+    return "glibc defaults (mallopt refused)"

@@ -21,7 +21,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: 64 for attention, 8 for model, 4 for decode)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the best is reported (default 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repetitions (default: 50 for attention, interleaved, the median is "
+                             "reported; 5 for model and decode, the best is reported)")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady (default): keep freed memory in the process, so timings are not "
+                             "decided by page faults on memory glibc just returned to the kernel; "
+                             "default: leave glibc's allocator settings alone")
     parser.add_argument("--model", default="rest_tiny", help="model for `model` (default rest_tiny)")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip for `model` (default: the model's)")
     parser.add_argument("--backend", default=None,
@@ -31,8 +37,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from . import CLIError
 
-    if (args.batch is not None and args.batch < 1) or args.repeats < 1:
+    if (args.batch is not None and args.batch < 1) or (args.repeats is not None and args.repeats < 1):
         raise CLIError("--batch and --repeats must be at least 1")
+    if args.malloc == "steady":
+        from .._utils import keep_freed_memory
+
+        print(f"allocator: {keep_freed_memory()}")
     return {"attention": _attention, "model": _model, "decode": _decode}[args.target](args)
 
 
@@ -57,6 +67,23 @@ def _best_time(fn, repeats: int, sync) -> float:
         sync()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _median_times(fns: dict, repeats: int, sync, warmup: int = 5) -> dict:
+    """Median seconds per call of each function, timed interleaved (one call of each per round),
+    so a change in machine load hits every contender alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        sync()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _attention(args) -> int:
@@ -86,15 +113,20 @@ def _attention(args) -> int:
     mask = (mask | (end == 0)[:, :, None])[:, None]  # padding rows: any finite row for SDPA
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
 
-    def fused():
-        masked_attention(*leaves, n_visual, n_text).backward(dout)
+    def step(attention):
+        def run():
+            for t in leaves:  # no contender pays for accumulating into old gradients
+                t.grad = None
+            attention().backward(dout)
+        return run
 
-    def sdpa():
-        torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask).backward(dout)
-
+    fused = step(lambda: masked_attention(*leaves, n_visual, n_text))
+    sdpa = step(lambda: torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask))
     auto = dispatcher.select(inp).name
-    t_fused, t_sdpa = _best_time(fused, args.repeats, sync), _best_time(sdpa, args.repeats, sync)
-    print(f"\nforward+backward, best of {args.repeats}:")
+    repeats = args.repeats or 50
+    times = _median_times({"fused": fused, "sdpa": sdpa}, repeats, sync)
+    t_fused, t_sdpa = times["fused"], times["sdpa"]
+    print(f"\nforward+backward, median of {repeats} (interleaved):")
     print(f"  zsar masked_attention ({auto}): {t_fused * 1e3:8.2f} ms")
     print(f"  torch SDPA + dense bool mask:  {t_sdpa * 1e3:8.2f} ms")
     print(f"  speed-up: {t_sdpa / t_fused:.2f}x")
@@ -140,7 +172,7 @@ def _model(args) -> int:
     print(f"{args.model} on {device}: batch {B}, {cfg.frames} frames of {cfg.image_size}x{cfg.image_size}"
           f"{', bf16 autocast' if device.type == 'cuda' else ', float32'}")
     for name, fn in (("inference", infer), ("training step", train)):
-        t = _best_time(fn, args.repeats, sync)
+        t = _best_time(fn, args.repeats or 5, sync)
         print(f"  {name:<14} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
     return 0
 
@@ -185,6 +217,6 @@ def _decode(args) -> int:
                     for _ in loader:
                         pass
 
-                t = _best_time(epoch, args.repeats, lambda: None)
+                t = _best_time(epoch, args.repeats or 5, lambda: None)
                 print(f"  {backend:<9} {codec:<5} {n_videos / t:7.1f} clips/s")
     return 0
