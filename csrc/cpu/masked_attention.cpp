@@ -584,6 +584,7 @@ struct Scratch {
   int64_t ld;
   std::vector<float> s, dp, p, ds, inv_l, m;
   Prefetcher pf;
+  bool stream = false;  // write the outputs with streaming stores (see stream_outputs)
   Scratch(int64_t L, bool backward)
       : ld(round_up(L + kDotKeys - 1, 8)), s(L * ld), dp(backward ? L * ld : 0), p(L * ld), ds(backward ? L * ld : 0),
         inv_l(round_up(L, 8)), m(round_up(L, 8)) {}
@@ -607,16 +608,18 @@ inline bool stream_outputs(const MaskedAttentionShape& s, std::initializer_list<
 // Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice, OpenMP-parallel with one
 // Scratch per thread, in chunks of 8 consecutive slices handed out dynamically (a core may be busy
 // with something else). While a slice runs, the next one's inputs (and, unless the outputs are
-// streamed, its outputs) are prefetched.
+// streamed, its outputs) are prefetched. Scratch::stream tells the body how to store outputs.
 template <typename Body>
 void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
                          std::initializer_list<const void*> inputs, std::initializer_list<const void*> outputs,
-                         bool streamed_outputs, Body body) {
+                         Body body) {
+  const bool streamed_outputs = stream_outputs(s, outputs);
   const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = 8;
 #pragma omp parallel num_threads(resolve_threads(num_threads))
   {
     Scratch w(s.seq_len, backward);
+    w.stream = streamed_outputs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c0 = 0; c0 < BH; c0 += chunk) {
       const int64_t c1 = std::min(BH, c0 + chunk);
@@ -643,8 +646,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
-  const bool stream = stream_outputs(s, {a.out});
-  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out}, stream,
+  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out},
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -687,7 +689,7 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
     }
     std::copy(w.m.data(), w.m.data() + n_valid, lse);
-    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), stream, w.pf,
+    bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), w.stream, w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -703,9 +705,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
   const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
   const bool full = s.full;
   const float scale = static_cast<float>(s.scale);
-  const bool stream = stream_outputs(s, {a.dq, a.dk, a.dv});
   for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads, {a.q, a.k, a.v, a.out, a.dout},
-                      {a.dq, a.dk, a.dv}, stream,
+                      {a.dq, a.dk, a.dv},
                       [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
     const int64_t off = bh * L * D, ld = w.ld;
     const float* q = static_cast<const float*>(a.q) + off;
@@ -763,7 +764,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       }
     }
     // dQ = dS K: query rows see keys [0, largest end in the block).
-    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr, stream, w.pf,
+    bcast_gemm<false>(n_valid, D, w.ds.data(), ld, k, dq, nullptr, w.stream, w.pf,
                       [&](int64_t r0, int64_t rows, int64_t& k0, int64_t& k1) {
       k0 = 0;
       k1 = 0;
@@ -775,8 +776,8 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       k0 = (!full && j0 >= nv) ? j0 : 0;
       k1 = n_valid;
     };
-    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, stream, w.pf, queries);
-    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, stream, w.pf, queries);
+    bcast_gemm<true>(n_valid, D, w.p.data(), ld, dout, dv, nullptr, w.stream, w.pf, queries);
+    bcast_gemm<true>(n_valid, D, w.ds.data(), ld, q, dk, nullptr, w.stream, w.pf, queries);
     std::fill(dq + n_valid * D, dq + L * D, 0.0f);
     std::fill(dk + n_valid * D, dk + L * D, 0.0f);
     std::fill(dv + n_valid * D, dv + L * D, 0.0f);

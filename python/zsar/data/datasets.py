@@ -586,16 +586,50 @@ def _keyed_label(lookup: _ClassLookup | None, label: str | None, path, lineno: i
     return index
 
 
-def _add_row(rows: dict, video_id: str, label: str | None, where: str, path, dropped: list):
-    """Keep the first of rows that repeat a clip; a repeat with another label is an error."""
-    if video_id in rows:
-        first_label, first_where = rows[video_id][0], rows[video_id][1]
-        if first_label != label:
-            raise AnnotationError(path, None, f"clip {video_id!r} has label {first_label!r} at "
-                                              f"{first_where} and {label!r} at {where}")
-        dropped.append(where)
-        return False
-    return True
+@dataclass(frozen=True)
+class _ClipRow:
+    """One parsed row of a YouTube-clip CSV (Kinetics, VGGSound)."""
+
+    lineno: int
+    video_id: str
+    label: str | None
+    split: str | None
+    stems: tuple[str, ...]  # file-name stems to search for
+    prefer: tuple[str, ...]  # folder names that win when several files match
+
+
+def _clip_rows_to_list(rows: list[_ClipRow], csv_path, root: PathLike, class_list: list[str],
+                       want: str | None, *, check_files: bool, on_missing: str,
+                       extensions: Iterable[str] | None) -> VideoList:
+    """The shared tail of the YouTube-clip readers: labels to indices (an unknown class is an
+    error in any split), the ``want`` split, the first of rows repeating a clip kept (a repeat
+    with another label is an error), then the files located."""
+    lookup = _ClassLookup(class_list)
+    exts = _norm_exts(extensions)
+    guess_ext = exts[0] if exts else ".mp4"
+    pending: list[_Pending] = []
+    kept: dict[str, tuple[str | None, str]] = {}  # video_id -> (label, where)
+    dropped: list[str] = []
+    for row in rows:
+        index = _keyed_label(lookup, row.label, csv_path, row.lineno)
+        if want is not None and row.split != want:
+            continue
+        where = f"{csv_path}:{row.lineno}"
+        if row.video_id in kept:
+            first_label, first_where = kept[row.video_id]
+            if first_label != row.label:
+                raise AnnotationError(csv_path, None, f"clip {row.video_id!r} has label {first_label!r} "
+                                                      f"at {first_where} and {row.label!r} at {where}")
+            dropped.append(where)
+            continue
+        kept[row.video_id] = (row.label, where)
+        pending.append(_Pending(index, row.video_id, where, stems=row.stems, prefer=row.prefer,
+                                guess=row.video_id + guess_ext))
+    if dropped:
+        logger.info("%s: dropped %d rows repeating an earlier clip (first at %s)", csv_path,
+                    len(dropped), dropped[0])
+    return _resolve(pending, root, class_list, source=str(csv_path), check_files=check_files,
+                    on_missing=on_missing, extensions=exts)
 
 
 def read_kinetics(csv_path: PathLike, root: PathLike, *, split: str | None = None,
@@ -629,7 +663,7 @@ def read_kinetics(csv_path: PathLike, root: PathLike, *, split: str | None = Non
             raise AnnotationError(csv_path, 1, f"expected a header with columns {list(need)} "
                                                f"(and usually label, split), got {header}")
         col = {c: columns.index(c) for c in columns}
-        rows: list[tuple[int, str, int, int, str | None, str | None]] = []
+        rows: list[_ClipRow] = []
         for fields in reader:
             lineno = reader.line_num
             if not fields or all(not x.strip() for x in fields):
@@ -644,35 +678,16 @@ def read_kinetics(csv_path: PathLike, root: PathLike, *, split: str | None = Non
             end = _seconds(fields[col["time_end"]], csv_path, lineno, "time_end")
             label = fields[col["label"]].strip() if "label" in col else None
             row_split = _norm_split(fields[col["split"]]) if "split" in col else None
-            rows.append((lineno, ytid, start, end, label or None, row_split))
+            video_id = f"{ytid}_{start:06d}_{end:06d}"
+            rows.append(_ClipRow(lineno, video_id, label or None, row_split, stems=(video_id, ytid),
+                                 prefer=tuple(x for x in (row_split, label) if x)))
     if want is not None and "split" not in col:
         raise AnnotationError(csv_path, 1, f"split={split!r} asked for but the CSV has no "
                                            f"'split' column")
     if class_list is None:
-        class_list = sorted({r[4] for r in rows if r[4] is not None})
-    lookup = _ClassLookup(class_list)
-    exts = _norm_exts(extensions)
-    guess_ext = exts[0] if exts else ".mp4"
-    pending: list[_Pending] = []
-    kept: dict[str, tuple] = {}
-    dropped: list[str] = []
-    for lineno, ytid, start, end, label, row_split in rows:
-        index = _keyed_label(lookup, label, csv_path, lineno)  # unknown class → error, any split
-        if want is not None and row_split != want:
-            continue
-        video_id = f"{ytid}_{start:06d}_{end:06d}"
-        where = f"{csv_path}:{lineno}"
-        if not _add_row(kept, video_id, label, where, csv_path, dropped):
-            continue
-        kept[video_id] = (label, where)
-        prefer = tuple(x for x in (row_split, label) if x)
-        pending.append(_Pending(index, video_id, where, stems=(video_id, ytid), prefer=prefer,
-                                guess=video_id + guess_ext))
-    if dropped:
-        logger.info("%s: dropped %d rows repeating an earlier clip (first at %s)", csv_path,
-                    len(dropped), dropped[0])
-    return _resolve(pending, root, class_list, source=str(csv_path), check_files=check_files,
-                    on_missing=on_missing, extensions=exts)
+        class_list = sorted({r.label for r in rows if r.label is not None})
+    return _clip_rows_to_list(rows, csv_path, root, class_list, want, check_files=check_files,
+                              on_missing=on_missing, extensions=extensions)
 
 
 # -------------------------------------------------------------------------- ActivityNet
@@ -785,7 +800,7 @@ def read_vggsound(csv_path: PathLike, root: PathLike, split: str | None = None, 
     """
     class_list = _as_classes(classes)
     want = _norm_split(split)
-    rows: list[tuple[int, str, int, str, str]] = []
+    rows: list[_ClipRow] = []
     with _open_csv(csv_path, "VGGSound CSV") as f:
         reader = csv.reader(f)
         col = {name: i for i, name in enumerate(_VGG_HEADER)}
@@ -812,31 +827,14 @@ def read_vggsound(csv_path: PathLike, root: PathLike, split: str | None = None, 
             if not ytid or not label:
                 raise AnnotationError(csv_path, lineno, f"empty youtube_id or label in {fields}")
             start = _seconds(fields[col["start_seconds"]], csv_path, lineno, "start_seconds")
-            rows.append((lineno, ytid, start, label, _norm_split(fields[col["split"]])))
+            row_split = _norm_split(fields[col["split"]])
+            video_id = f"{ytid}_{start:06d}"
+            rows.append(_ClipRow(lineno, video_id, label, row_split, stems=(video_id,),
+                                 prefer=(row_split or "", label)))
     if class_list is None:
-        class_list = sorted({r[3] for r in rows})
-    lookup = _ClassLookup(class_list)
-    exts = _norm_exts(extensions)
-    guess_ext = exts[0] if exts else ".mp4"
-    pending: list[_Pending] = []
-    kept: dict[str, tuple] = {}
-    dropped: list[str] = []
-    for lineno, ytid, start, label, row_split in rows:
-        index = _keyed_label(lookup, label, csv_path, lineno)
-        if want is not None and row_split != want:
-            continue
-        video_id = f"{ytid}_{start:06d}"
-        where = f"{csv_path}:{lineno}"
-        if not _add_row(kept, video_id, label, where, csv_path, dropped):
-            continue
-        kept[video_id] = (label, where)
-        pending.append(_Pending(index, video_id, where, stems=(video_id,),
-                                prefer=(row_split or "", label), guess=video_id + guess_ext))
-    if dropped:
-        logger.info("%s: dropped %d rows repeating an earlier clip (first at %s)", csv_path,
-                    len(dropped), dropped[0])
-    return _resolve(pending, root, class_list, source=str(csv_path), check_files=check_files,
-                    on_missing=on_missing, extensions=exts)
+        class_list = sorted({r.label for r in rows})
+    return _clip_rows_to_list(rows, csv_path, root, class_list, want, check_files=check_files,
+                              on_missing=on_missing, extensions=extensions)
 
 
 # -------------------------------------------------------------------------------- AVCA

@@ -168,10 +168,10 @@ class _EagerMaskedAttention(torch.autograd.Function):
 
 
 def _plain_eager(*tensors: torch.Tensor) -> bool:
-    """True when no compiler, mode or transform would need to see the custom op."""
+    """True when no tracer, mode or transform would need to see the custom op (the caller has
+    already ruled out ``torch.compile``)."""
     return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
+        not torch.jit.is_tracing()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._functorch.peek_interpreter_stack() is None
