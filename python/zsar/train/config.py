@@ -120,6 +120,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        moved = sorted(k for k in ("warmup", "joint") if k in data)
+        if moved:  # the layout before stages came from the model
+            raise ValueError(f"config keys {moved} now live under 'stages' (e.g. stages: {{{moved[0]}: {{epochs: 5}}}}, "
+                             f"or stages.{moved[0]}.epochs=5)")
         return _config.from_dict(cls, data)
 
     @classmethod

@@ -45,9 +45,10 @@ def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory
     return clf
 
 
-def train_from_config(config: TrainConfig) -> dict[str, Any]:
+def train_from_config(config: TrainConfig, resume: bool = True) -> dict[str, Any]:
     """Train on ``config.data`` and save a zero-shot checkpoint; returns the trainer's summary plus
-    ``checkpoint`` (the directory to give ``zsar predict``)."""
+    ``checkpoint`` (the directory to give ``zsar predict``). ``resume``: continue an interrupted run
+    in ``config.out_dir`` (False: start over, see :meth:`Trainer.fit`)."""
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
     videos = config.data.read()
@@ -60,7 +61,7 @@ def train_from_config(config: TrainConfig) -> dict[str, Any]:
     train_data = VideoClipDataset(videos, train_spec, backend="pyav" if config.data.backend == "auto"
                                   else config.data.backend, seed=config.seed, on_error=config.data.on_error)
     trainer = Trainer(config, train_data, videos.classes, model=model)
-    summary = trainer.fit()
+    summary = trainer.fit(resume=resume)
     if not trainer.dist.is_main:
         return summary
     best = resolve(Path(config.out_dir) / "checkpoints" / "best")
