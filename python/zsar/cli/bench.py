@@ -2,7 +2,7 @@
 
 * ``attention``: the fused ResT attention op (every usable backend checked against the float64
   reference) against torch SDPA with the equivalent dense mask, forward + backward.
-* ``model``: clips/s of a registered model's inference (``encode_video``) and training step.
+* ``model``: clips/s of a registered model's inference (``encode``) and training step.
 * ``decode``: clips/s of the video loader on generated UCF101-like files, per decoder backend.
 
 The side-by-side benchmarks with statistics live in the repository's ``bench/`` (pytest-benchmark).
