@@ -75,7 +75,8 @@ def _packaged_split_dir(dataset: str, split: str) -> Path:
 
 
 def _hold_out(videos: VideoList, fraction: float, seed: int) -> tuple[VideoList, VideoList]:
-    """Per class, ``round(fraction * n)`` videos (at most n − 1) drawn with ``seed``, by video id."""
+    """Per class, ``round(fraction * n)`` videos drawn with ``seed`` (at least 1, and at most n − 1,
+    so that every class of two or more videos is both trained and validated)."""
     by_class: dict[int, list[VideoRecord]] = defaultdict(list)
     for r in videos.records:
         by_class[r.label].append(r)
@@ -83,7 +84,7 @@ def _hold_out(videos: VideoList, fraction: float, seed: int) -> tuple[VideoList,
     held: set[str] = set()
     for label in sorted(by_class):
         recs = sorted(by_class[label], key=lambda r: r.video_id)
-        k = min(len(recs) - 1, int(round(fraction * len(recs))))
+        k = min(len(recs) - 1, max(1, int(round(fraction * len(recs)))))
         held.update(recs[i].video_id for i in rng.permutation(len(recs))[:k])
     keep = [r for r in videos.records if r.video_id not in held]
     out = [r for r in videos.records if r.video_id in held]
@@ -111,7 +112,8 @@ def avca_stages(
       ``test_videos`` must not be given.
     * otherwise ``videos`` is the dataset's training part and ``test_videos`` its test part:
       stage 1 comes from ``videos`` only (``stage_1_val_seen`` is a per-class ``val_fraction`` of
-      the seen classes' videos drawn with ``seed`` and left out of ``stage_1_train``;
+      the seen classes' videos, at least one of each class with two or more, drawn with ``seed``
+      and left out of ``stage_1_train``;
       ``stage_1_val_unseen`` all videos of those classes), ``stage_2_train`` is ``videos``, and
       the two test stages come from ``test_videos``. Model selection never sees a test video.
 
