@@ -221,7 +221,7 @@ def plot_bucket_accuracy(scores, path, title: str | None = None) -> Path:
     runs = {"": scores} if isinstance(scores, dict) and "score" in scores else dict(scores)
     if not runs:
         raise ValueError("scores: no results to plot")
-    groups = [*MZSL50_BUCKETS, "score"]
+    groups = [*MZSL50_BUCKETS, "score"]  # "score": the class-weighted mean of the three
     for name, r in runs.items():
         if not isinstance(r, dict) or any(k not in r for k in groups):
             raise ValueError(f"scores[{name!r}] must be an mzsl50_score result (keys {groups})")
