@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from zsar.eval import DEFAULT_BETA_GRID, calibrate_beta, class_distances, gzsl_curve, gzsl_scores, per_class_accuracy
+from zsar.eval import (
+    DEFAULT_BETA_GRID,
+    calibrate_beta,
+    class_distances,
+    gzsl_curve,
+    gzsl_per_class_accuracy,
+    gzsl_scores,
+    per_class_accuracy,
+)
 
 
 # ------------------------------------------------------------ independent reference (plain loops)
@@ -146,6 +154,21 @@ def test_scores_match_reference_on_random_inputs(seed):
         want = ref_scores(dist, labels, seen, unseen, beta)
         for k in ("S", "U", "HM", "ZSL"):
             assert abs(got[k] - want[k]) <= 1e-9, (k, got, want)
+
+
+def test_per_class_terms_average_to_the_scores(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        dist, labels, seen, unseen = random_split(rng)
+        beta = float(rng.uniform(0, 3))
+        terms = gzsl_per_class_accuracy(dist, labels, seen, unseen, beta)
+        want = ref_scores(dist, labels, seen, unseen, beta)
+        assert abs(np.nanmean(terms["gzsl"][seen]) - want["S"]) <= 1e-9
+        assert abs(np.nanmean(terms["gzsl"][unseen]) - want["U"]) <= 1e-9
+        assert abs(np.nanmean(terms["zsl"]) - want["ZSL"]) <= 1e-9
+        assert np.isnan(np.delete(terms["zsl"], unseen)).all()
+        absent = np.setdiff1d(np.arange(dist.shape[1]), labels)
+        assert np.isnan(terms["gzsl"][absent]).all()
 
 
 def test_calibration_matches_reference_on_random_inputs(seed):

@@ -14,6 +14,7 @@ from .gzsl import (
     calibrate_beta,
     class_distances,
     gzsl_curve,
+    gzsl_per_class_accuracy,
     gzsl_scores,
     per_class_accuracy,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "gzsl_scores",
     "gzsl_curve",
     "calibrate_beta",
+    "gzsl_per_class_accuracy",
     "per_class_accuracy",
     "AVCA_BENCHMARKS",
     "avca_stages",

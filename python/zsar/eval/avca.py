@@ -34,7 +34,7 @@ import numpy as np
 
 from .._utils import as_numpy
 from ..data.records import VideoList, VideoRecord
-from .gzsl import DEFAULT_BETA_GRID, class_distances, gzsl_curve, gzsl_scores, per_class_accuracy
+from .gzsl import DEFAULT_BETA_GRID, class_distances, gzsl_curve, gzsl_per_class_accuracy, gzsl_scores
 
 __all__ = [
     "AVCA_BENCHMARKS",
@@ -241,17 +241,13 @@ class _EvalSet:
         return class_distances(x, embed(list(self.classes)), metric)
 
     def per_class(self, dist: np.ndarray, beta: float) -> dict:
-        """Per-class recall under GZSL (with ``beta``) and, for unseen classes, under ZSL."""
-        shifted = dist + np.where(np.arange(dist.shape[1]) < len(self.seen), beta, 0.0)
-        gzsl = per_class_accuracy(self.labels, shifted.argmin(axis=1), len(self.classes))
-        rows = self.labels >= len(self.seen)
-        zsl_pred = dist[rows][:, self.unseen].argmin(axis=1) + len(self.seen)
-        zsl = per_class_accuracy(self.labels[rows], zsl_pred, len(self.classes))
+        """Per-class recall by class name: GZSL (with ``beta``) for all classes, ZSL for unseen ones."""
+        recall = gzsl_per_class_accuracy(dist, self.labels, self.seen, self.unseen, beta)
 
         def named(values, idx):
             return {self.classes[i]: (None if math.isnan(values[i]) else float(values[i])) for i in idx}
 
-        return {"gzsl": named(gzsl, range(len(self.classes))), "zsl": named(zsl, self.unseen)}
+        return {"gzsl": named(recall["gzsl"], range(len(self.classes))), "zsl": named(recall["zsl"], self.unseen)}
 
 
 def run_avca_protocol(

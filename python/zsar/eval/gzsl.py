@@ -37,6 +37,7 @@ __all__ = [
     "gzsl_scores",
     "gzsl_curve",
     "calibrate_beta",
+    "gzsl_per_class_accuracy",
     "per_class_accuracy",
 ]
 
@@ -141,12 +142,15 @@ class _Split:
         hm = harmonic_mean(s, u) if not (math.isnan(s) or math.isnan(u)) else math.nan
         return s, u, hm
 
+    def zsl_predictions(self) -> np.ndarray:
+        """Predictions of the unseen-class samples among the unseen classes only."""
+        cols = ~self.is_seen_column
+        return self.space[cols][np.argmin(self.dist[self.unseen_rows][:, cols], axis=1)]
+
     def zsl(self) -> float:
         if not self.unseen_rows.any():
             return math.nan
-        cols = ~self.is_seen_column
-        pred = self.space[cols][np.argmin(self.dist[self.unseen_rows][:, cols], axis=1)]
-        return mean_class_accuracy(self.labels[self.unseen_rows], pred)
+        return mean_class_accuracy(self.labels[self.unseen_rows], self.zsl_predictions())
 
 
 def _mca(y: np.ndarray, pred: np.ndarray) -> float:
@@ -242,6 +246,26 @@ def calibrate_beta(dist, labels, seen: Sequence[int], unseen: Sequence[int], gri
     """
     curve = gzsl_curve(dist, labels, seen, unseen, grid)
     return float(curve["beta"][curve["best"]])
+
+
+def gzsl_per_class_accuracy(dist, labels, seen: Sequence[int], unseen: Sequence[int], beta: float = 0.0) -> dict:
+    """Per-class recall behind :func:`gzsl_scores`: the terms whose means are S, U and ZSL.
+
+    Args:
+        dist, labels, seen, unseen, beta: as in :func:`gzsl_scores`.
+
+    Returns:
+        ``{"gzsl": (C,), "zsl": (C,)}`` float64 arrays over all C columns of ``dist``: GZSL recall
+        (search space seen ∪ unseen, ``beta`` added to seen classes) of every class with samples,
+        and ZSL recall (unseen classes only) of every unseen class with samples; NaN elsewhere.
+    """
+    split = _Split(dist, labels, seen, unseen)
+    n_classes = np.asarray(as_numpy(dist)).shape[1]
+    gzsl = per_class_accuracy(split.labels, split.gzsl_predictions(_beta(beta)), n_classes)
+    zsl = np.full(n_classes, np.nan)
+    if split.unseen_rows.any():
+        zsl = per_class_accuracy(split.labels[split.unseen_rows], split.zsl_predictions(), n_classes)
+    return {"gzsl": gzsl, "zsl": zsl}
 
 
 def per_class_accuracy(labels, predictions, n_classes: int) -> np.ndarray:
