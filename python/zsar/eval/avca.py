@@ -18,8 +18,8 @@ The driver, :func:`run_avca_protocol`, knows nothing of models. It takes three c
     class_embeddings(names) -> (C, E)   # or an embedder with .embed(names); asked at every
                                         # evaluation, so it may depend on the trained model
 
-``videos`` are :class:`~zsar.data.records.VideoList`\\ s whose labels index their ``classes`` (the
-seen classes, for ``train``). :func:`avca_stages` cuts a dataset's videos into the six stages.
+``videos`` are :class:`~zsar.data.records.VideoList` objects whose labels index their ``classes``
+(the seen classes, for ``train``). :func:`avca_stages` cuts a dataset's videos into the six stages.
 """
 
 from __future__ import annotations
