@@ -107,13 +107,19 @@ def _track_seconds(container, stream) -> float | None:
     return None
 
 
+_SEEK_PREROLL_S = 0.2
+
+
 def _decode_window(container, stream, sample_rate: int, start: float, length: int | None) -> np.ndarray | None:
     """Mono float32 samples of ``stream`` from ``start`` seconds on (``length`` of them, or to the end);
     None when ``start > 0`` and the frames carry no timestamps to find it by."""
     av = _require_av()
     origin = stream.start_time or 0
     if start > 0:
-        container.seek(origin + int(start / stream.time_base), stream=stream, backward=True)
+        # Land a little early: lossy codecs (AAC, Opus) decode their first frame after a seek
+        # without the previous frame's overlap, so that frame is pre-roll, not signal.
+        container.seek(origin + int(max(0.0, start - _SEEK_PREROLL_S) / stream.time_base), stream=stream,
+                       backward=True)
     # Resample but keep the channels (planar float): FFmpeg's own stereo-to-mono matrix
     # adds L and R at 0.707 each (louder, can clip); the plain channel mean is what we want.
     resampler = av.AudioResampler(format="fltp", rate=sample_rate)

@@ -129,9 +129,13 @@ def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: "AudioSpec",
     ``missing="zeros"`` gives zeros and ``present=False`` for a file without audio; otherwise such a
     file raises :class:`~zsar.data.audio.MissingAudioError`.
     """
-    return audio_features(path, audio.target_length, "zeros" if missing == "zeros" else "error",
-                          sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins,
-                          centre=clip_centre_seconds(plan, info))
+    try:
+        return audio_features(path, audio.target_length, "zeros" if missing == "zeros" else "error",
+                              sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins,
+                              centre=clip_centre_seconds(plan, info))
+    except MissingAudioError as e:
+        raise MissingAudioError(f"{path}: has no audio stream (missing_audio={missing!r}; 'zeros' loads "
+                                f"silence with audio_present=False instead)") from e
 
 
 def _check_audio_spec(audio):
@@ -403,9 +407,9 @@ class VideoLoader:
 
     def _iter_pipeline(self, positions: np.ndarray) -> Iterator[Batch]:
         if self._feed is None:
-            self._feed = _PipelineFeed(self)
+            self._feed = _PipelineFeed(self.dataset, self.decoder, self.device, self.batch_size, self.num_workers)
         feed = self._feed
-        feed.start(positions)
+        feed.start(positions, self.epoch)
         if self._pipeline is None:
             it = self._pipeline_iterator()
         else:
@@ -423,7 +427,7 @@ class VideoLoader:
                 it = self._pipeline_iterator()
                 continue
             clips, pos = out[0]["clips"], out[0]["position"].reshape(-1).cpu()
-            feed.done(pos)
+            feed.done()
             if self.drop_last and clips.shape[0] < self.batch_size:
                 continue
             yield self._pipeline_batch(clips, pos, feed)
@@ -508,43 +512,49 @@ class _PipelineFeed:
     """A batch pipeline's callback: prepares each sample in Python (probe, the clip plan, so both
     paths read the same frames and crops; audio; the encoded bytes) in a thread pool, applies the
     file policy, and hands the pipeline full batches. Remembers which positions are inside the
-    pipeline, so a failed run can be traced to its files."""
+    pipeline, so a failed run can be traced to its files.
 
-    def __init__(self, loader: VideoLoader):
-        self.loader = loader
-        self.dataset = loader.dataset
+    It holds no reference to its loader: the pipeline holds the feed, and a loader -> feed -> loader
+    cycle would leave dropped DALI pipelines to the garbage collector, which may then run their
+    destructors in a forked child, where DALI's threads do not exist (a hang).
+    """
+
+    def __init__(self, dataset: VideoClipDataset, decoder: Decoder, device: torch.device, batch_size: int,
+                 num_threads: int):
+        self.dataset, self.decoder, self.device, self.batch_size = dataset, decoder, device, batch_size
+        self.epoch = 0
         self.queue: deque[int] = deque()
         self.in_flight: deque[list[int]] = deque()
         self.audio: dict[int, tuple[torch.Tensor, bool]] = {}
-        self._pool = ThreadPoolExecutor(max(1, loader.num_workers), thread_name_prefix="zsar-feed")
+        self._pool = ThreadPoolExecutor(max(1, num_threads), thread_name_prefix="zsar-feed")
 
-    def start(self, positions: np.ndarray) -> None:
+    def start(self, positions: np.ndarray, epoch: int) -> None:
         self.queue = deque(int(p) for p in positions)
+        self.epoch = epoch
         self.in_flight.clear()
         self.audio.clear()
 
-    def done(self, positions: torch.Tensor) -> None:
-        """The pipeline returned the batch of ``positions`` (the oldest in flight)."""
+    def done(self) -> None:
+        """The pipeline returned a batch (the oldest in flight)."""
         if self.in_flight:
             self.in_flight.popleft()
 
     def _prepare(self, i: int) -> tuple:
-        loader, ds = self.loader, self.dataset
+        ds = self.dataset
         info = ds.info(i).require_complete()
-        select_decoder(info, loader.decoder.name, loader.device)  # DecoderUnavailableError naming the file
-        plan = ds.plan(i, loader.epoch)
-        audio = ds.load_audio(i, loader.epoch) if ds.audio is not None else None
+        select_decoder(info, self.decoder.name, self.device)  # DecoderUnavailableError naming the file
+        plan = ds.plan(i, self.epoch)
+        audio = ds.load_audio(i, self.epoch) if ds.audio is not None else None
         encoded = np.fromfile(info.path, dtype=np.uint8)
-        anchors = [dali.crop_anchor(b, plan.resized, loader.spec.size) for b in plan.boxes]
+        anchors = [dali.crop_anchor(b, plan.resized, ds.spec.size) for b in plan.boxes]
         columns = (encoded, plan.indices.ravel().astype(np.int32), np.array(plan.resized, np.int32), *anchors,
                    np.array([i], np.int64))
         return columns, audio
 
     def __call__(self):
-        size = self.loader.batch_size
         samples, positions = [], []
-        while len(samples) < size and self.queue:
-            take = [self.queue.popleft() for _ in range(min(size - len(samples), len(self.queue)))]
+        while len(samples) < self.batch_size and self.queue:
+            take = [self.queue.popleft() for _ in range(min(self.batch_size - len(samples), len(self.queue)))]
             results = self._pool.map(lambda i: self.dataset.attempt(i, lambda: self._prepare(i)), take)
             for i, (prepared, bad) in zip(take, results):
                 if bad is not None:
