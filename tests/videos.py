@@ -64,3 +64,28 @@ def tone_of(features) -> int:
     peak = int(features.mean(0).argmax())
     peak_mel = mel(20) + (peak + 1) * step
     return int(np.argmin([abs(mel(f) - peak_mel) for f in TONES_HZ]))
+
+
+def corrupt_packets(src, dst, seed: int = 0) -> None:
+    """Copy the video ``src`` to ``dst`` with every video packet after the first overwritten by random
+    bytes (its first 4 bytes kept): the container and its packet index stay intact, so the file
+    probes fine, but decoders fail on the packets ("Failed to send packet to decoder" in DALI)."""
+    import av
+
+    data = bytearray(open(src, "rb").read())
+    with av.open(str(src)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    rng = np.random.default_rng(seed)
+    for pos, size in packets[1:]:
+        data[pos + 4:pos + size] = rng.integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+    open(dst, "wb").write(bytes(data))
+
+
+def cut_after_packet(src, dst, keep: int) -> None:
+    """Copy the video ``src`` to ``dst`` cut right after its ``keep``-th video packet, as an interrupted
+    download leaves it: the header still states every frame (AVI, MP4), the data holds ``keep``."""
+    import av
+
+    with av.open(str(src)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    open(dst, "wb").write(open(src, "rb").read()[:starts[keep]])  # up to where packet keep+1 starts

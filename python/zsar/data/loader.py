@@ -389,9 +389,11 @@ class VideoLoader:
             self._workers = DataLoader(_Reporting(self.dataset), batch_sampler=self._batches,
                                        num_workers=self.num_workers, collate_fn=_collate_reporting,
                                        persistent_workers=self.num_workers > 0, multiprocessing_context=context)
-        for bad, batch in self._workers:
+        for bad, error, batch in self._workers:
             for path, reason in bad:  # skips seen in worker processes, counted here
                 self.skipped.add(path, reason)
+            if error is not None:
+                raise error
             if batch is not None:
                 yield batch
 
@@ -490,8 +492,10 @@ class _EpochBatches:
 
 
 class _Reporting(Dataset):
-    """The loader's dataset seen from a worker: each item is ``(sample or None, skip report or None)``,
-    so skips found in worker processes reach the parent's count."""
+    """The loader's dataset seen from a worker: each item is ``(sample or None, skip report or None,
+    error or None)``. Skips found in worker processes reach the parent's count, and a file error
+    the policy does not skip travels as data, so the parent raises it with its own one-line message
+    (DataLoader would wrap it in the worker's traceback)."""
 
     def __init__(self, dataset: VideoClipDataset):
         self.dataset = dataset
@@ -501,11 +505,16 @@ class _Reporting(Dataset):
 
     def __getitem__(self, key):
         i, epoch = key
-        return self.dataset.attempt(i, lambda: self.dataset.sample(i, epoch))
+        try:
+            return (*self.dataset.attempt(i, lambda: self.dataset.sample(i, epoch)), None)
+        except ValueError as e:  # VideoError and kin; anything else is a bug: keep its traceback
+            return None, None, e
 
 
-def _collate_reporting(items) -> tuple[list[tuple[str, str]], Batch | None]:
-    return [bad for _, bad in items if bad is not None], collate([sample for sample, _ in items])
+def _collate_reporting(items) -> tuple[list[tuple[str, str]], ValueError | None, Batch | None]:
+    bad = [report for _, report, _ in items if report is not None]
+    error = next((e for _, _, e in items if e is not None), None)
+    return bad, error, collate([sample for sample, _, _ in items])
 
 
 class _PipelineFeed:

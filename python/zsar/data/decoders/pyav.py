@@ -27,6 +27,7 @@ class PyAVDecoder(Decoder):
 
         wanted = np.unique(indices)
         frames: dict[int, np.ndarray] = {}
+        decoded, last = 0, None
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
@@ -34,35 +35,37 @@ class PyAVDecoder(Decoder):
                 if int(wanted[0]) >= _SEEK_AFTER and info.fps > 0:
                     frames = _decode_after_seek(container, stream, info, wanted)
                 if not frames:
-                    frames = _decode_from_start(container, stream, wanted)
+                    frames, decoded, last = _decode_from_start(container, stream, wanted)
         except VideoError:
             raise
         except Exception as e:  # FFmpeg errors on truncated or corrupt data
             raise VideoError(f"{path}: PyAV could not decode {info.codec} video: {e}") from e
         missing = [int(i) for i in wanted if int(i) not in frames]
         if missing:
-            if not frames:
+            if decoded == 0:
                 raise VideoError(f"{path}: PyAV decoded no frames ({info.codec}); the file may be truncated or corrupt")
-            last = max(frames)
-            if info.num_frames - 1 - last > FRAME_COUNT_SLACK:
-                raise VideoError(f"{path}: only frames 0-{last} of {info.num_frames} decode ({info.codec}); the "
-                                 f"file is truncated or corrupt")
+            if info.num_frames - decoded > FRAME_COUNT_SLACK:
+                raise VideoError(f"{path}: only frames 0-{decoded - 1} of {info.num_frames} decode ({info.codec}); "
+                                 f"the file is truncated or corrupt")
             # The container over-stated its frame count by a frame or two (edit lists, codec
             # delay): the real last frame stands in, as edge padding does for short videos.
             for i in missing:
-                frames[i] = frames[last]
+                frames[i] = last
         return torch.from_numpy(np.stack([frames[int(i)] for i in indices]))
 
 
-def _decode_from_start(container, stream, wanted: np.ndarray) -> dict[int, np.ndarray]:
+def _decode_from_start(container, stream, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int, np.ndarray | None]:
+    """The wanted frames, counting from the first; also how many frames decoded up to the last
+    wanted one and, when the video ended before it, its real last frame."""
     want, stop = set(int(i) for i in wanted), int(wanted[-1])
-    out = {}
+    out, decoded, frame = {}, 0, None
     for n, frame in enumerate(container.decode(stream)):
+        decoded = n + 1
         if n in want:
             out[n] = frame.to_ndarray(format="rgb24")
         if n >= stop:
-            break
-    return out
+            return out, decoded, None
+    return out, decoded, None if frame is None else frame.to_ndarray(format="rgb24")
 
 
 def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -> dict[int, np.ndarray]:
