@@ -3,7 +3,6 @@ on each clip, on real files with and without audio tracks, and the missing-audio
 
 import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,10 +1,13 @@
 """Audio features for MZST: a video's audio track as AST's normalised log-mel filterbank.
 
-The pipeline of DESIGN §5: the first audio stream, decoded with PyAV, resampled by FFmpeg to
-16 kHz float and averaged over its channels; a Kaldi-compatible log-mel filterbank (128 bins, 25 ms Hanning window, 10 ms
-shift, HTK mel scale, no energy, no dither; Kaldi's defaults otherwise), the same definition as
-``torchaudio.compliance.kaldi.fbank`` (torchaudio is not needed); AST's normalisation
-``(x + 4.2677393) / (4.5689974 * 2)``; padded with zeros or cut to 1024 frames.
+The pipeline (the AST input of the MZST paper): the first audio stream, decoded with PyAV,
+resampled by FFmpeg to 16 kHz float and averaged over its channels; a Kaldi-compatible log-mel
+filterbank (128 bins, 25 ms Hanning window, 10 ms shift, HTK mel scale, no energy, no dither;
+Kaldi's defaults otherwise), the same definition as ``torchaudio.compliance.kaldi.fbank``
+(torchaudio is not needed); AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``; padded with
+zeros or cut to 1024 frames. Only the window
+that gives those frames is decoded (:func:`window_samples`; ``audio_features(..., centre=t)``
+centres it on a clip, as the loaders do).
 
 Conventions worth knowing:
 
@@ -14,7 +17,7 @@ Conventions worth knowing:
   :func:`audio_features` then returns all padding, with ``has_audio=True``.
 * AST's loader subtracts the waveform's mean first; that is a no-op here because every frame has
   its own mean removed before anything else.
-* Padding happens after normalisation (DESIGN §5's order), so padded frames are exactly 0; AST's
+* Padding happens after normalisation, so padded frames are exactly 0; AST's
   reference loader pads before normalising, where padded frames read 0.467.
 """
 

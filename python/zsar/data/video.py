@@ -258,9 +258,10 @@ def probe_video(path) -> VideoInfo:
     """Codec, frame count, fps, size and audio presence of the video file ``path``.
 
     The video packets are counted without decoding (a demux pass over the file: 5-14 ms for 1500
-    frames of 320x240 H.264 in ``bench/bench_decode.py``), so :attr:`VideoInfo.num_frames` is what the file holds even when a truncated container
-    states more (see :attr:`VideoInfo.truncated`). Raises :class:`VideoError` naming the file when
-    it is missing, not a regular file, empty, not a video or has no frames.
+    frames of 320x240 H.264 in ``bench/bench_decode.py``), so :attr:`VideoInfo.num_frames` is what
+    the file holds even when a truncated container states more (see :attr:`VideoInfo.truncated`).
+    Raises :class:`VideoError` naming the file when it is missing, not a regular file, empty, not a
+    video or has no frames.
     """
     path = str(path)
     with open_media(path) as container:

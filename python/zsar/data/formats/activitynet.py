@@ -94,12 +94,12 @@ def read_activitynet(json_path: PathLike, root: PathLike, subset: str | None = "
                                                   f"(not among the {len(class_list)} classes)")
         bare = vid.removeprefix("v_")
         pending.append(Pending(index, vid, f"{path}: database[{vid!r}]",
-                                stems=("v_" + bare, bare), prefer=(vsubset,),
-                                guess=f"v_{bare}{guess_ext}"))
+                               stems=("v_" + bare, bare), prefer=(vsubset,),
+                               guess=f"v_{bare}{guess_ext}"))
     return resolve(pending, root, class_list, source=str(path), check_files=check_files,
-                    on_missing=on_missing, extensions=exts)
+                   on_missing=on_missing, extensions=exts)
 
 
-@register_format('activitynet', annotations='the ActivityNet JSON', needs_root=True)
+@register_format("activitynet", annotations="the ActivityNet JSON", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_activitynet(annotations, root, subset, classes=classes, on_missing=on_missing)

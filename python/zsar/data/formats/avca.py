@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 AVCA_STAGES = ("stage_1_train", "stage_1_val_seen", "stage_1_val_unseen", "stage_2_train",
                "stage_2_test_seen", "stage_2_test_unseen")
 
+
 def _avca_file(split_dir: Path, stage: str, ext: str) -> Path:
     if stage not in AVCA_STAGES:
         raise ValueError(f"stage must be one of {AVCA_STAGES}, got {stage!r}")

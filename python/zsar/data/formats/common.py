@@ -279,7 +279,7 @@ class Pending:
 
 
 def resolve(pending: list[Pending], root: PathLike, classes: list[str], *, source: str,
-             check_files: bool, on_missing: str, extensions) -> VideoList:
+            check_files: bool, on_missing: str, extensions) -> VideoList:
     """Turn parsed entries into records: locate (or, without checking, just name) each file
     and apply the missing-file policy."""
     check_on_missing(on_missing)
@@ -365,8 +365,8 @@ class ClipRow:
 
 
 def clip_rows_to_list(rows: list[ClipRow], csv_path, root: PathLike, class_list: list[str],
-                       want: str | None, *, check_files: bool, on_missing: str,
-                       extensions: Iterable[str] | None) -> VideoList:
+                      want: str | None, *, check_files: bool, on_missing: str,
+                      extensions: Iterable[str] | None) -> VideoList:
     """The shared tail of the YouTube-clip readers: labels to indices (an unknown class is an
     error in any split), the ``want`` split, the first of rows repeating a clip kept (a repeat
     with another label is an error), then the files located."""
@@ -390,12 +390,12 @@ def clip_rows_to_list(rows: list[ClipRow], csv_path, root: PathLike, class_list:
             continue
         kept[row.video_id] = (row.label, where)
         pending.append(Pending(index, row.video_id, where, stems=row.stems, prefer=row.prefer,
-                                guess=row.video_id + guess_ext))
+                               guess=row.video_id + guess_ext))
     if dropped:
         logger.info("%s: dropped %d rows repeating an earlier clip (first at %s)", csv_path,
                     len(dropped), dropped[0])
     return resolve(pending, root, class_list, source=str(csv_path), check_files=check_files,
-                    on_missing=on_missing, extensions=exts)
+                   on_missing=on_missing, extensions=exts)
 
 
 def match_class_names(names: Sequence[str], classes: Sequence[str], *,

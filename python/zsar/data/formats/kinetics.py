@@ -59,17 +59,17 @@ def read_kinetics(csv_path: PathLike, root: PathLike, *, split: str | None = Non
             row_split = norm_split(fields[col["split"]]) if "split" in col else None
             video_id = f"{ytid}_{start:06d}_{end:06d}"
             rows.append(ClipRow(lineno, video_id, label or None, row_split, stems=(video_id, ytid),
-                                 prefer=tuple(x for x in (row_split, label) if x)))
+                                prefer=tuple(x for x in (row_split, label) if x)))
     if want is not None and "split" not in col:
         raise AnnotationError(csv_path, 1, f"split={split!r} asked for but the CSV has no "
                                            f"'split' column")
     if class_list is None:
         class_list = sorted({r.label for r in rows if r.label is not None})
     return clip_rows_to_list(rows, csv_path, root, class_list, want, check_files=check_files,
-                              on_missing=on_missing, extensions=extensions)
+                             on_missing=on_missing, extensions=extensions)
 
 
-@register_format('kinetics', annotations='the Kinetics CSV', needs_root=True)
+@register_format("kinetics", annotations="the Kinetics CSV", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_kinetics(annotations, root, split=None if split is None else str(split), classes=classes,
                          on_missing=on_missing)

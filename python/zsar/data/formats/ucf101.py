@@ -78,9 +78,10 @@ def read_ucf101(splits_dir: PathLike, root: PathLike, split: int = 1, subset: st
         unique_id(seen, video_id, f"line {lineno}", list_file)
         pending.append(Pending(label, video_id, f"{list_file}:{lineno}", rel=rel))
     return resolve(pending, root, classes, source=str(list_file), check_files=check_files,
-                    on_missing=on_missing, extensions=extensions)
+                   on_missing=on_missing, extensions=extensions)
 
 
-@register_format('ucf101', annotations='the folder with classInd.txt and trainlist0N.txt / testlist0N.txt', needs_root=True)
+@register_format("ucf101", annotations="the folder with classInd.txt and trainlist0N.txt / testlist0N.txt",
+                 needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_ucf101(annotations, root, int(split or 1), subset, on_missing=on_missing)

@@ -59,14 +59,14 @@ def read_vggsound(csv_path: PathLike, root: PathLike, split: str | None = None, 
             row_split = norm_split(fields[col["split"]])
             video_id = f"{ytid}_{start:06d}"
             rows.append(ClipRow(lineno, video_id, label, row_split, stems=(video_id,),
-                                 prefer=(row_split or "", label)))
+                                prefer=(row_split or "", label)))
     if class_list is None:
         class_list = sorted({r.label for r in rows})
     return clip_rows_to_list(rows, csv_path, root, class_list, want, check_files=check_files,
-                              on_missing=on_missing, extensions=extensions)
+                             on_missing=on_missing, extensions=extensions)
 
 
-@register_format('vggsound', annotations='the VGGSound CSV', needs_root=True)
+@register_format("vggsound", annotations="the VGGSound CSV", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_vggsound(annotations, root, None if split is None else str(split), classes=classes,
                          on_missing=on_missing)

@@ -25,7 +25,7 @@ def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
     1-based lists work). ``classes`` (names or a class-list file) fixes the class order;
     without it the classes are the sorted distinct names, or, when every label is an integer,
     the integers themselves as strings. ``labelled=False`` reads one path per line (label -1).
-    The ``video_id`` is the path as written. See the module doc for the file options.
+    The ``video_id`` is the path as written. The file options: :mod:`zsar.data.formats.common`.
     """
     class_list = as_classes(classes)
     root = Path(list_file).parent if root is None else Path(root)
@@ -91,9 +91,9 @@ def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
                         f"({len(class_list)} classes, index_base={index_base})")
         pending.append(Pending(index, rel, f"{list_file}:{lineno}", rel=rel))
     return resolve(pending, root, class_list, source=str(list_file), check_files=check_files,
-                    on_missing=on_missing, extensions=extensions)
+                   on_missing=on_missing, extensions=extensions)
 
 
-@register_format('list', annotations='the list file of "<path> <label>" lines', needs_root=False)
+@register_format("list", annotations="the list file of "<path> <label>" lines", needs_root=False)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_video_list(annotations, root, classes=classes, on_missing=on_missing)
