@@ -94,6 +94,6 @@ def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
                    on_missing=on_missing, extensions=extensions)
 
 
-@register_format("list", annotations="the list file of "<path> <label>" lines", needs_root=False)
+@register_format("list", annotations="the list file of '<path> <label>' lines", needs_root=False)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_video_list(annotations, root, classes=classes, on_missing=on_missing)
