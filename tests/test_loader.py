@@ -28,6 +28,8 @@ from videos import corrupt_packets, cut_after_packet, make_video
 
 needs_dali = pytest.mark.skipif(unavailable_reason("dali-cpu") is not None, reason="NVIDIA DALI is not installed")
 CPU_BACKENDS = ["pyav", pytest.param("dali-cpu", marks=needs_dali)]
+needs_dali_gpu = pytest.mark.skipif(unavailable_reason("dali-gpu") is not None, reason="no CUDA device or no DALI")
+ALL_BACKENDS = [*CPU_BACKENDS, pytest.param("dali-gpu", marks=needs_dali_gpu)]
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def _epoch(loader):
             [v for b in batches for v in b.video_ids], [len(b.video_ids) for b in batches])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
 def test_loader_batches(videos, backend, spec):
     loader = VideoLoader(videos, spec, batch_size=4, backend=backend, num_workers=0, seed=1)
@@ -132,14 +134,15 @@ def test_loader_batches(videos, backend, spec):
         assert [videos[p].video_id for p in b.positions.tolist()] == b.video_ids
 
 
-@needs_dali
+@pytest.mark.parametrize("backend", [pytest.param("dali-cpu", marks=needs_dali),
+                                     pytest.param("dali-gpu", marks=needs_dali_gpu)])
 @pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
-def test_dali_and_pyav_loaders_take_the_same_frames_and_crops(videos, spec):
+def test_dali_and_pyav_loaders_take_the_same_frames_and_crops(videos, spec, backend):
     pyav = _epoch(VideoLoader(videos, spec, batch_size=4, backend="pyav", num_workers=0, seed=5))
-    dali = _epoch(VideoLoader(videos, spec, batch_size=4, backend="dali-cpu", num_workers=1, seed=5))
+    dali = _epoch(VideoLoader(videos, spec, batch_size=4, backend=backend, num_workers=1, seed=5))
     assert pyav[2] == dali[2]  # same order
     # Same frames and crop windows: only decoder colour rounding and resize filters differ.
-    diff = (pyav[0] - dali[0]).abs().mean().item() * 0.226 * 255
+    diff = (pyav[0] - dali[0].cpu()).abs().mean().item() * 0.226 * 255
     assert diff < 4, diff
 
 
@@ -347,6 +350,18 @@ def test_special_files_are_named_for_what_they_are(tmp_path, videos):
     reasons = {os.path.basename(p): why for p, why in loader.skipped.examples}
     assert "not a regular file (a FIFO)" in reasons["pipe.webm"]
     assert "is a directory" in reasons["folder.webm"]
+
+
+@needs_dali_gpu
+def test_dali_gpu_completes_an_epoch_over_corrupt_files(folder_with_undecodable_files):
+    """NVDEC may conceal damage where DALI's CPU decoder fails: each corrupt file is either skipped
+    (and counted) or decoded, and every good file arrives."""
+    videos = folder_with_undecodable_files
+    loader = VideoLoader(videos, SPEC_TEST, batch_size=3, backend="dali-gpu", num_workers=1, on_error="skip")
+    clips, _, ids, _ = _epoch(loader)
+    good = {r.video_id for r in videos} - {"corrupt0", "corrupt1"}
+    assert good <= set(ids) and clips.is_cuda
+    assert loader.skipped.count + len(set(ids) - good) == 2
 
 
 # ---- distributed sharding ------------------------------------------------------------------------

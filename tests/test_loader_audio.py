@@ -29,6 +29,7 @@ from videos import make_video, make_video_with_tones, tone_of
 
 needs_dali = pytest.mark.skipif(unavailable_reason("dali-cpu") is not None, reason="NVIDIA DALI is not installed")
 CPU_BACKENDS = ["pyav", pytest.param("dali-cpu", marks=needs_dali)]
+needs_dali_gpu = pytest.mark.skipif(unavailable_reason("dali-gpu") is not None, reason="no CUDA device or no DALI")
 
 FPS, SECONDS = 4, 5
 # A 0.105 s window: clip centres at 4 fps lie >= 0.125 s from a second boundary, so the window
@@ -63,7 +64,7 @@ def _expected_tone(videos, position, spec, seed, epoch):
     return int(centre)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, pytest.param("dali-gpu", marks=needs_dali_gpu)])
 @pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
 def test_loader_audio_is_the_window_around_each_clip(av_videos, backend, spec):
     loader = VideoLoader(av_videos, spec, batch_size=3, backend=backend, num_workers=2, seed=4, audio=AUDIO)
