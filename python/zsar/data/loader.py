@@ -454,7 +454,7 @@ class VideoLoader:
         feed.in_flight.clear()
         requeue: list[int] = []
         found = False
-        for k, positions in enumerate(in_flight):
+        for positions in in_flight:
             if found:
                 requeue.extend(positions)
                 continue
