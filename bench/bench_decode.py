@@ -9,6 +9,15 @@ all CPU cores (PyAV: one DataLoader worker per core; DALI: one thread per core).
 Contenders: ``dali-cpu`` on VP9 (ours), ``pyav`` on VP9 (the peer on the same files) and ``pyav``
 on H.264 (for reference). With a GPU also ``dali-gpu`` on H.264 against ``pyav`` on H.264.
 Targets: DALI-CPU ≥ PyAV on VP9 here; DALI-GPU ≥ 10× PyAV (all cores) on a GPU machine.
+
+With audio (``audio=AudioSpec()``, MZST's AST input: the 10.24 s log-mel window around each clip,
+decoded with PyAV next to the video): the same files with a 5 s Opus track, ``dali-cpu`` (audio in
+the pipeline's feed threads) against ``pyav`` (audio in the DataLoader workers); the no-audio epoch
+of the same backend is the reference for what audio costs.
+
+Probe: :func:`zsar.data.probe_video` of a 60 s (1500-frame) 320x240 file, which counts the video
+packets (a demux pass without decoding) to catch truncated files.
+
 Run: ``pytest bench/bench_decode.py --benchmark-only``.
 """
 
@@ -20,8 +29,9 @@ import numpy as np
 import pytest
 import torch
 
-from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, write_video
+from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, probe_video, write_video
 from zsar.data.decoders import unavailable_reason
+from zsar.models.base import AudioSpec
 
 N_VIDEOS, N_FRAMES, H, W = 12, 120, 240, 320
 SPEC = ClipSpec(frames=16, stride=6, size=224, train=True)
@@ -40,17 +50,22 @@ def _frames(seed: int) -> np.ndarray:
     return out
 
 
+def _tone(seed: int) -> np.ndarray:
+    t = np.arange(int(N_FRAMES / 25 * 16000)) / 16000
+    return (0.4 * np.sin(2 * np.pi * (300 + 100 * seed) * t)).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("decode_bench")
     lists = {}
-    for ext in ("webm", "mp4"):
+    for ext, audio in (("webm", False), ("mp4", False), ("webm", True)):
         recs = []
         for i in range(N_VIDEOS):
-            path = root / f"v{i:02d}.{ext}"
-            write_video(path, _frames(i), fps=25)
+            path = root / f"v{i:02d}{'-audio' if audio else ''}.{ext}"
+            write_video(path, _frames(i), fps=25, audio=_tone(i) if audio else None)
             recs.append(VideoRecord(str(path), i % 4, path.stem))
-        lists[ext] = VideoList(recs, ["a", "b", "c", "d"])
+        lists[ext + ("+audio" if audio else "")] = VideoList(recs, ["a", "b", "c", "d"])
     return lists
 
 
@@ -86,3 +101,38 @@ def test_clips_per_second(record, files, group, backend, ext, ours):
     loader = VideoLoader(files[ext], SPEC, batch_size=4, backend=backend, num_workers=workers, seed=0)
     fn = _epoch_fn(loader)
     record(f"decode {group} ({N_VIDEOS} clips)", f"{backend} {codec}", fn, ours=ours, rounds=5, warmup=1)
+
+
+AUDIO_CONTENDERS = [("dali-cpu", True, True), ("dali-cpu", False, False), ("pyav", True, False), ("pyav", False, False)]
+
+
+@pytest.mark.parametrize("backend,audio,ours", AUDIO_CONTENDERS,
+                         ids=[f"{b}-{'audio' if a else 'video'}" for b, a, _ in AUDIO_CONTENDERS])
+def test_clips_per_second_with_audio(record, files, backend, audio, ours):
+    why = unavailable_reason(backend, "vp9")
+    if why:
+        pytest.skip(why)
+    loader = VideoLoader(files["webm+audio"], SPEC, batch_size=4, backend=backend, num_workers=CORES, seed=0,
+                         audio=AudioSpec() if audio else None)
+
+    def run():
+        n = 0
+        for batch in loader:
+            n += batch.clips.shape[0]
+            assert (batch.audio is not None) == audio
+        assert n == N_VIDEOS
+
+    record(f"decode vp9 + opus, with and without audio ({N_VIDEOS} clips)", f"{backend} {'+ audio' if audio else 'video only'}",
+           run, ours=ours, rounds=5, warmup=1)
+
+
+def test_probe_counts_packets(record, tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe_bench")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (H // 8, W // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    path = write_video(root / "long.mp4", (np.roll(base, 2 * t, axis=1) for t in range(1500)), fps=25)
+
+    def run():
+        assert probe_video(path).num_frames == 1500
+
+    record("probe a 1500-frame H.264 file", "probe_video", run, ours=True, rounds=30, warmup=3)

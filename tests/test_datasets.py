@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import zsar.resources
-from zsar.data.datasets import (
+from zsar.data.formats import (
     AVCA_STAGES,
     AnnotationError,
     match_class_names,
@@ -163,7 +163,7 @@ def test_missing_files_error_skip_and_no_check(tmp_path, place, caplog):
     msg = str(e.value)
     assert "2 of 3 videos listed in" in msg and str(lst) in msg
     assert f"{tmp_path / 'v' / 'a.mp4'} ({lst}:1)" in msg and f"({lst}:3)" in msg
-    with caplog.at_level(logging.WARNING, logger="zsar.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="zsar.data.formats"):
         videos = read_video_list(lst, tmp_path / "v", on_missing="skip")
     assert [r.video_id for r in videos] == ["b.mp4"] and videos.classes == ["x", "y"]
     assert "2 of 3 videos" in caplog.text and "skipped" in caplog.text
@@ -357,7 +357,7 @@ def kinetics_tree(tmp_path, place):
 
 def test_kinetics(kinetics_tree, caplog):
     root, csv_path = kinetics_tree
-    with caplog.at_level(logging.INFO, logger="zsar.data.datasets"):
+    with caplog.at_level(logging.INFO, logger="zsar.data.formats"):
         train = read_kinetics(csv_path, root, split="train")
     assert "dropped 1 rows repeating" in caplog.text
     assert train.classes == ["abseiling", "air drumming", "passing American football (in game)"]
@@ -520,7 +520,7 @@ def test_vggsound(tmp_path, place, caplog):
         with pytest.raises(AnnotationError, match=pattern):
             read_vggsound(bad, root, check_files=False)
     _write(bad, "zzz,1,x,train\n")
-    with caplog.at_level(logging.WARNING, logger="zsar.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="zsar.data.formats"):
         assert len(read_vggsound(bad, root, on_missing="skip")) == 0
     assert "1 of 1 videos" in caplog.text
 
@@ -623,3 +623,76 @@ def test_avca_real_splits_match_dataset_spelling(dataset, class_file, counts):
     names = read_avca_word_names(
         next((SHARED_DATA / "avgzsl_splits" / dataset).glob("*_w2v_class_names.csv")))
     assert len(names) == len(classes)
+
+
+# ---- the format registry and DataConfig ----------------------------------------------------------
+
+
+def _records(videos: VideoList):
+    return [(r.path, r.label, r.video_id) for r in videos], videos.classes
+
+
+def test_data_config_reads_every_builtin_format_through_the_registry(ucf_tree, hmdb_tree, kinetics_tree,
+                                                                     anet_tree, tmp_path, place):
+    from zsar.data import FORMATS
+    from zsar.data.config import DataConfig
+
+    assert list(FORMATS)[:6] == ["list", "ucf101", "hmdb51", "kinetics", "activitynet", "vggsound"]
+    list_file = _write(tmp_path / "l" / "list.txt", "a/x.avi walk\nb/y.avi run\n")
+    place(tmp_path / "l" / "a" / "x.avi")
+    place(tmp_path / "l" / "b" / "y.avi")
+    cases = [
+        (DataConfig(format="list", annotations=str(list_file)), read_video_list(list_file)),
+        (DataConfig(format="ucf101", annotations=str(ucf_tree[1]), root=str(ucf_tree[0]), split=2, subset="test"),
+         read_ucf101(ucf_tree[1], ucf_tree[0], 2, "test")),
+        (DataConfig(format="hmdb51", annotations=str(hmdb_tree[1]), root=str(hmdb_tree[0]), split=2),
+         read_hmdb51(hmdb_tree[1], hmdb_tree[0], 2, "train")),
+        (DataConfig(format="kinetics", annotations=str(kinetics_tree[1]), root=str(kinetics_tree[0]), split="val"),
+         read_kinetics(kinetics_tree[1], kinetics_tree[0], split="val")),
+        (DataConfig(format="activitynet", annotations=str(anet_tree[1]), root=str(anet_tree[0]), subset="validation"),
+         read_activitynet(anet_tree[1], anet_tree[0], "validation")),
+    ]
+    for config, want in cases:
+        assert _records(config.read()) == _records(want), config.format
+        assert len(want) > 0
+    assert _records(cases[1][0].read(subset="train")) == _records(read_ucf101(ucf_tree[1], ucf_tree[0], 2, "train"))
+
+
+def test_data_config_errors_name_the_formats_and_what_is_missing(tmp_path):
+    from zsar.data.config import DataConfig
+
+    with pytest.raises(ValueError, match=r"data.format must be one of \('list', 'ucf101'.*got 'ucf"):
+        DataConfig(format="ucf")
+    with pytest.raises(ValueError, match="data.annotations is not set .*the Kinetics CSV"):
+        DataConfig(format="kinetics").read()
+    with pytest.raises(ValueError, match="data.root .* is required for format 'hmdb51'"):
+        DataConfig(format="hmdb51", annotations=str(tmp_path)).read()
+
+
+@pytest.fixture
+def own_formats():
+    from zsar.data.formats import registry
+
+    saved = dict(registry._FORMATS)
+    yield
+    registry._FORMATS.clear()
+    registry._FORMATS.update(saved)
+
+
+def test_a_registered_format_is_usable_from_configs(own_formats, tmp_path, place):
+    """A new format registers itself with the one signature; configs and zsar eval --format see it."""
+    from zsar.data import FORMATS, register_format
+    from zsar.data.config import DataConfig
+
+    @register_format("folders", annotations="unused", needs_root=True)
+    def read_folders(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
+        """Class-per-folder layout: root/<class>/<video>."""
+        names = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        recs = [VideoRecord(str(v), k, v.stem) for k, c in enumerate(names) for v in sorted((Path(root) / c).iterdir())]
+        return VideoList(recs, names)
+
+    place(tmp_path / "v" / "jump" / "a.webm")
+    place(tmp_path / "v" / "sit" / "b.webm")
+    assert "folders" in FORMATS and FORMATS["folders"].annotations == "unused"
+    videos = DataConfig(format="folders", annotations="-", root=str(tmp_path / "v")).read()
+    assert videos.classes == ["jump", "sit"] and [r.video_id for r in videos] == ["a", "b"]

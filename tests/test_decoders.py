@@ -7,9 +7,18 @@ import pytest
 import torch
 
 from zsar.data import VideoError, choose_backend, probe_video, read_frames, write_video
-from zsar.data.decoders import unavailable_reason
+from zsar.data.decoders import (
+    DecodeRequest,
+    DecoderUnavailableError,
+    decoder_dispatcher,
+    decoder_names,
+    get_decoder,
+    register_decoder,
+    unavailable_reason,
+)
+from zsar.data.decoders.pyav import PyAVDecoder
 
-from videos import make_video, nearest_frames
+from videos import cut_after_packet, make_video, nearest_frames
 
 HAS_DALI = unavailable_reason("dali-cpu") is None
 needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")
@@ -110,7 +119,7 @@ def test_auto_chooses_by_codec_and_logs_why(clips, caplog):
     vp9 = probe_video(clips["webm"][0])
     assert choose_backend(vp9, "cpu") == ("dali-cpu" if HAS_DALI else "pyav")
     if HAS_DALI:
-        assert "dali-cpu: DALI on CPU does not decode h264" in caplog.text
+        assert "dali-cpu: does not decode h264 (it decodes mjpeg, vp8, vp9)" in caplog.text
     out = read_frames(clips["mp4"][0], [1, 2], "auto", device="cpu")
     assert out.shape == (2, 48, 64, 3)
 
@@ -168,3 +177,124 @@ def test_write_video_rejects_bad_frames(tmp_path):
         write_video(tmp_path / "x.webm", np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="no default codec"):
         write_video(tmp_path / "x.xyz", np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_truncated_file_is_an_error_not_repeated_frames(tmp_path, clips):
+    """Issue 12, finding 15: a file cut short after a header stating 30 frames was padded with copies."""
+    make_video(tmp_path / "whole.avi", t=30, seed=4)
+    cut_after_packet(tmp_path / "whole.avi", tmp_path / "cut.avi", 11)
+    info = probe_video(tmp_path / "cut.avi")
+    assert info.truncated and info.stated_frames == 30 and info.num_frames == 11
+    for backend in ["pyav"] + (["dali-cpu"] if HAS_DALI else []):
+        with pytest.raises(VideoError, match=r"cut.avi: truncated: the container states 30 frames but the file "
+                                             rf"holds {info.num_frames}"):
+            read_frames(tmp_path / "cut.avi", [0, 29], backend)
+    complete = probe_video(tmp_path / "whole.avi")
+    assert not complete.truncated and complete.num_frames == complete.stated_frames == 30
+
+
+def test_pyav_does_not_pad_frames_that_do_not_decode(tmp_path):
+    """A probe that over-states the frames (a file cut after probing) no longer gives copies of the
+    last frame: beyond the slack of a frame or two (edit lists) it is a VideoError."""
+    import dataclasses
+
+    make_video(tmp_path / "whole.avi", t=30, seed=4)
+    cut_after_packet(tmp_path / "whole.avi", tmp_path / "cut.avi", 11)
+    real = probe_video(tmp_path / "cut.avi")
+    stale = dataclasses.replace(real, num_frames=30, stated_frames=None)
+    decoder = get_decoder("pyav")
+    with pytest.raises(VideoError, match=rf"cut.avi: only frames 0-{real.num_frames - 1} of 30 decode"):
+        decoder.read_frames(real.path, np.arange(0, 30, 3), torch.device("cpu"), stale)
+    slack = dataclasses.replace(real, num_frames=real.num_frames + 2, stated_frames=None)
+    out = decoder.read_frames(real.path, np.array([0, real.num_frames - 1, real.num_frames + 1]),
+                              torch.device("cpu"), slack)
+    assert torch.equal(out[2], out[1])  # within the slack: the real last frame stands in
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_special_files_are_reported_as_what_they_are(tmp_path, kind):
+    import os
+    import threading
+
+    from zsar.data import audio_features
+
+    path = tmp_path / "x.webm"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    want = "not a regular file (a FIFO)" if kind == "fifo" else "is a directory"
+    for call in (lambda: probe_video(path), lambda: read_frames(path, [0]), lambda: audio_features(path)):
+        result = {}
+
+        def run(call=call):
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                result["error"] = e
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(20)
+        if t.is_alive() and kind == "fifo":
+            open(path, "wb").close()  # a reader blocked on the FIFO: release it, then fail
+        assert not t.is_alive(), "blocked reading a FIFO"
+        err = result.get("error")
+        assert isinstance(err, VideoError) and str(err) == f"{path}: {want}" + (", not a video file" if kind ==
+                                                                               "directory" else "")
+
+
+# ---- the decoder registry -------------------------------------------------------------------------
+
+def test_builtin_decoders_declare_their_capabilities():
+    assert decoder_names()[-1] == "pyav" and set(decoder_names()) >= {"pyav", "dali-cpu", "dali-gpu"}
+    cpu = torch.device("cpu")
+    assert get_decoder("pyav").not_supported_reasons(DecodeRequest("h264", cpu)) == []
+    assert get_decoder("pyav").not_supported_reasons(DecodeRequest("anything", cpu)) == []
+    reasons = get_decoder("dali-cpu").not_supported_reasons(DecodeRequest("h264", cpu))
+    assert "does not decode h264 (it decodes mjpeg, vp8, vp9)" in reasons
+    if HAS_DALI:
+        assert get_decoder("dali-cpu").not_supported_reasons(DecodeRequest("vp9", cpu)) == []
+    gpu = get_decoder("dali-gpu").not_supported_reasons(DecodeRequest("vp9", cpu))
+    assert ("no CUDA device" in gpu) != torch.cuda.is_available() or "decodes on a CUDA device, cpu requested" in gpu
+    with pytest.raises(ValueError, match="backend must be one of"):
+        get_decoder("opencv")
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The registry as it is now, restored after the test."""
+    from zsar.data.decoders import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_dispatcher", None)
+
+
+def test_a_registered_decoder_serves_read_frames_and_the_loaders(own_registry, clips):
+    from zsar.data import ClipSpec, VideoClipDataset, VideoList, VideoLoader, VideoRecord
+
+    @register_decoder
+    class GreyDecoder(PyAVDecoder):
+        """A toy decoder of VP9 only: PyAV's frames in grey."""
+
+        name = "grey"
+        codecs = frozenset({"vp9"})
+        priority = 200  # after every built-in decoder: auto never reaches it
+
+        def read_frames(self, path, indices, device, info):
+            rgb = super().read_frames(path, indices, device, info)
+            return rgb.float().mean(-1, keepdim=True).expand_as(rgb).round().to(torch.uint8)
+
+    assert decoder_names()[-1] == "grey" and decoder_dispatcher().get("grey").name == "grey"
+    path, _ = clips["webm"]
+    grey = read_frames(path, [3, 7], "grey")
+    rgb = read_frames(path, [3, 7], "pyav")
+    assert torch.equal(grey, rgb.float().mean(-1, keepdim=True).expand_as(rgb).round().to(torch.uint8))
+    with pytest.raises(DecoderUnavailableError) as err:
+        read_frames(clips["mp4"][0], [0], "grey")
+    assert str(err.value) == (f"{clips['mp4'][0]}: backend 'grey' cannot decode this h264 video: does not decode "
+                              f"h264 (it decodes vp9)")
+    videos = VideoList([VideoRecord(str(path), 0, "g"), VideoRecord(str(clips["mp4"][0]), 0, "h")], ["x"])
+    spec = ClipSpec(frames=4, size=32, short_side=40, output_dtype="uint8")
+    loader = VideoLoader(videos, spec, batch_size=2, backend="grey", num_workers=0, on_error="skip")
+    (batch,) = list(loader)
+    assert batch.video_ids == ["g"] and loader.skipped.count == 1  # the H.264 file is a bad file for it
+    assert torch.equal(batch.clips[0, :, 0], batch.clips[0, :, 1])  # (T, 3, H, W): grey channels
+    assert VideoClipDataset(videos, spec, backend="grey")[0].clip.shape == spec.output_shape()

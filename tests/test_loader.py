@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from zsar.data import (
+    Batch,
     ClipSpec,
+    Sample,
     VideoClipDataset,
     VideoError,
     VideoList,
@@ -22,10 +24,12 @@ from zsar.data import (
 from zsar.data.decoders import unavailable_reason
 from zsar.data.sampling import crop_boxes, resized_shape
 
-from videos import make_video
+from videos import corrupt_packets, cut_after_packet, make_video
 
 needs_dali = pytest.mark.skipif(unavailable_reason("dali-cpu") is not None, reason="NVIDIA DALI is not installed")
 CPU_BACKENDS = ["pyav", pytest.param("dali-cpu", marks=needs_dali)]
+needs_dali_gpu = pytest.mark.skipif(unavailable_reason("dali-gpu") is not None, reason="no CUDA device or no DALI")
+ALL_BACKENDS = [*CPU_BACKENDS, pytest.param("dali-gpu", marks=needs_dali_gpu)]
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -110,11 +114,12 @@ SPEC_TEST = ClipSpec(frames=6, stride=2, size=32, short_side=40, num_clips=2, cr
 
 def _epoch(loader):
     batches = list(loader)
+    assert all(isinstance(b, Batch) for b in batches)
     return (torch.cat([b.clips for b in batches]), torch.cat([b.labels for b in batches]),
             [v for b in batches for v in b.video_ids], [len(b.video_ids) for b in batches])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
 def test_loader_batches(videos, backend, spec):
     loader = VideoLoader(videos, spec, batch_size=4, backend=backend, num_workers=0, seed=1)
@@ -124,16 +129,20 @@ def test_loader_batches(videos, backend, spec):
     assert sorted(ids) == sorted(r.video_id for r in videos)
     assert labels.tolist() == [int(i[1:]) % 3 for i in ids]
     assert torch.isfinite(clips).all() and clips.std() > 0.1
+    for b in loader:
+        assert b.positions.dtype == torch.int64 and b.audio is None
+        assert [videos[p].video_id for p in b.positions.tolist()] == b.video_ids
 
 
-@needs_dali
+@pytest.mark.parametrize("backend", [pytest.param("dali-cpu", marks=needs_dali),
+                                     pytest.param("dali-gpu", marks=needs_dali_gpu)])
 @pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
-def test_dali_and_pyav_loaders_take_the_same_frames_and_crops(videos, spec):
+def test_dali_and_pyav_loaders_take_the_same_frames_and_crops(videos, spec, backend):
     pyav = _epoch(VideoLoader(videos, spec, batch_size=4, backend="pyav", num_workers=0, seed=5))
-    dali = _epoch(VideoLoader(videos, spec, batch_size=4, backend="dali-cpu", num_workers=1, seed=5))
+    dali = _epoch(VideoLoader(videos, spec, batch_size=4, backend=backend, num_workers=1, seed=5))
     assert pyav[2] == dali[2]  # same order
     # Same frames and crop windows: only decoder colour rounding and resize filters differ.
-    diff = (pyav[0] - dali[0]).abs().mean().item() * 0.226 * 255
+    diff = (pyav[0] - dali[0].cpu()).abs().mean().item() * 0.226 * 255
     assert diff < 4, diff
 
 
@@ -167,11 +176,28 @@ def test_shards_are_disjoint_and_cover(n, shards):
 
 def test_dataset_for_the_trainer(videos):
     ds = VideoClipDataset(videos, SPEC_TRAIN)
-    clip, label = ds[4]
-    assert clip.shape == SPEC_TRAIN.output_shape() and label == 1
-    a = ds[0][0]
+    sample = ds[4]
+    assert isinstance(sample, Sample) and sample.clip.shape == SPEC_TRAIN.output_shape()
+    assert (sample.label, sample.video_id, sample.position, sample.audio) == (1, "v04", 4, None)
+    a = ds[0].clip
     ds.set_epoch(1)
-    assert not torch.equal(a, ds[0][0])  # new random clip next epoch
+    assert not torch.equal(a, ds[0].clip)  # new random clip next epoch
+    assert torch.equal(ds[(0, 0)].clip, a)  # (index, epoch) keys, as VideoLoader's workers ask
+    batch = ds.collate_fn([ds[1], None, ds[2]])
+    assert isinstance(batch, Batch) and batch.labels.tolist() == [1, 2] and batch.video_ids == ["v01", "v02"]
+
+
+class _FlippedDataset(VideoClipDataset):
+    """A subclass overriding the clip-only hook, as zsar demo's cached dataset does."""
+
+    def load(self, i, epoch=None):
+        return super().load(i, epoch).flip(-1)
+
+
+def test_load_is_the_clip_hook_of_every_path(videos):
+    plain = VideoClipDataset(videos, SPEC_TEST)
+    flipped = _FlippedDataset(videos, SPEC_TEST)
+    assert torch.equal(flipped[2].clip, plain[2].clip.flip(-1))
 
 
 def test_loader_argument_errors(videos):
@@ -240,6 +266,102 @@ def test_trainer_skips_bad_files(folder_with_bad_files, tmp_path):
                       out_dir=str(tmp_path / "run"), progress=False, device="cpu")
     summary = Trainer(cfg, ds, CLASSES).fit()
     assert summary["epochs"] == 2 and np.isfinite(summary["history"][-1]["loss"])
+
+
+# A file that probes fine and fails inside DALI's decoder (issue 12, finding 5), and files cut short
+# after their container header states more frames (finding 15).
+
+@pytest.fixture
+def folder_with_undecodable_files(tmp_path, videos):
+    recs = [VideoRecord(r.path, r.label, r.video_id) for r in list(videos)[:7]]
+    for k, at in enumerate((1, 5)):  # one in the first batch, one later
+        bad = tmp_path / f"corrupt{k}.webm"
+        corrupt_packets(videos[k + 1].path, bad, seed=k)
+        recs.insert(at, VideoRecord(str(bad), 0, f"corrupt{k}"))
+    return VideoList(recs, CLASSES)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("spec", [SPEC_TRAIN, SPEC_TEST], ids=["train", "test"])
+def test_skip_policy_skips_files_that_fail_inside_the_decoder(folder_with_undecodable_files, backend, spec):
+    videos = folder_with_undecodable_files
+    assert probe_video(videos[1].path).num_frames == 20  # probes fine
+    loader = VideoLoader(videos, spec, batch_size=3, backend=backend, num_workers=1, on_error="skip", seed=2)
+    good = {r.video_id for r in videos} - {"corrupt0", "corrupt1"}
+    for epoch in range(2):  # the pipeline is rebuilt after a failure and serves the next epoch
+        clips, _, ids, sizes = _epoch(loader)
+        assert sorted(ids) == sorted(good) and clips.shape[0] == len(good)
+        if backend == "dali-cpu":
+            assert sizes == [3, 3, 1]  # batches refilled after a skip
+        assert loader.skipped.count == 2 * (epoch + 1)
+    reasons = dict(loader.skipped.examples)
+    assert {os.path.basename(p) for p in reasons} == {"corrupt0.webm", "corrupt1.webm"}
+    if backend == "dali-cpu":
+        assert all("dali-cpu" in why and "Failed to send packet to decoder" in why for why in reasons.values())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_raise_policy_names_the_file_the_backend_and_the_reason(folder_with_undecodable_files, backend):
+    loader = VideoLoader(folder_with_undecodable_files, SPEC_TEST, batch_size=3, backend=backend, num_workers=1)
+    with pytest.raises(VideoError) as err:
+        _epoch(loader)
+    msg = str(err.value)
+    assert "corrupt0.webm" in msg and "corrupt1" not in msg and "\n" not in msg
+    if backend == "dali-cpu":
+        assert "dali-cpu" in msg and "Failed to send packet to decoder" in msg
+    else:
+        assert "PyAV" in msg
+    assert _epoch(VideoLoader(folder_with_undecodable_files, SPEC_TEST, batch_size=3, backend=backend,
+                              num_workers=1, on_error="skip"))[0].shape[0] == 7  # a fresh epoch recovers
+
+
+def _truncated_avi(tmp_path, name="cut.avi"):
+    """An MJPEG AVI whose header states 30 frames, cut after its 11th."""
+    make_video(tmp_path / "whole.avi", t=30, seed=4)
+    cut_after_packet(tmp_path / "whole.avi", tmp_path / name, 11)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_truncated_files_follow_the_policy(tmp_path, videos, backend):
+    cut = _truncated_avi(tmp_path)
+    info = probe_video(cut)
+    assert info.truncated and info.stated_frames == 30 and info.num_frames == 11
+    recs = [VideoRecord(r.path, r.label, r.video_id) for r in list(videos)[:4]]
+    recs.insert(2, VideoRecord(str(cut), 0, "cut"))
+    vl = VideoList(recs, CLASSES)
+    loader = VideoLoader(vl, SPEC_TEST, batch_size=2, backend=backend, num_workers=0, on_error="skip")
+    assert "cut" not in _epoch(loader)[2] and loader.skipped.count == 1
+    assert "truncated: the container states 30 frames" in loader.skipped.examples[0][1]
+    with pytest.raises(VideoError, match="cut.avi: truncated"):
+        _epoch(VideoLoader(vl, SPEC_TEST, batch_size=2, backend=backend, num_workers=0))
+    ds = VideoClipDataset(vl, SPEC_TEST, backend=backend, on_error="skip")
+    assert ds[2] is None and ds.skipped.count == 1
+
+
+def test_special_files_are_named_for_what_they_are(tmp_path, videos):
+    os.mkfifo(tmp_path / "pipe.webm")
+    (tmp_path / "folder.webm").mkdir()
+    recs = [VideoRecord(videos[0].path, 0, "good"), VideoRecord(str(tmp_path / "pipe.webm"), 1, "pipe"),
+            VideoRecord(str(tmp_path / "folder.webm"), 2, "folder")]
+    loader = VideoLoader(VideoList(recs, CLASSES), SPEC_TEST, batch_size=3, backend="pyav", num_workers=0,
+                         on_error="skip")
+    assert _epoch(loader)[2] == ["good"]
+    reasons = {os.path.basename(p): why for p, why in loader.skipped.examples}
+    assert "not a regular file (a FIFO)" in reasons["pipe.webm"]
+    assert "is a directory" in reasons["folder.webm"]
+
+
+@needs_dali_gpu
+def test_dali_gpu_completes_an_epoch_over_corrupt_files(folder_with_undecodable_files):
+    """NVDEC may conceal damage where DALI's CPU decoder fails: each corrupt file is either skipped
+    (and counted) or decoded, and every good file arrives."""
+    videos = folder_with_undecodable_files
+    loader = VideoLoader(videos, SPEC_TEST, batch_size=3, backend="dali-gpu", num_workers=1, on_error="skip")
+    clips, _, ids, _ = _epoch(loader)
+    good = {r.video_id for r in videos} - {"corrupt0", "corrupt1"}
+    assert good <= set(ids) and clips.is_cuda
+    assert loader.skipped.count + len(set(ids) - good) == 2
 
 
 # ---- distributed sharding ------------------------------------------------------------------------

@@ -1,13 +1,20 @@
 """Video data: decoding, clip sampling, transforms, loaders, dataset formats, audio features.
 
-The pipeline, in order: a dataset format parser gives a :class:`VideoList`; a :class:`ClipSpec`
-says which frames and crops a clip takes; :class:`VideoLoader` (or the map-style
-:class:`VideoClipDataset`) decodes with DALI or PyAV (:func:`read_frames`) and yields batches.
+The pipeline, in order: a registered dataset format (:mod:`zsar.data.formats`) gives a
+:class:`VideoList`; a :class:`ClipSpec` says which frames and crops a clip takes; :class:`VideoLoader`
+(or the map-style :class:`VideoClipDataset`) decodes with a registered decoder
+(:mod:`zsar.data.decoders`: DALI or PyAV, :func:`read_frames`) and yields :class:`Batch` es, with
+audio features when asked.
 """
 
-from .audio import AST_MEAN, AST_STD, audio_features, fbank, load_audio, normalize_fbank, waveform_features
-from .datasets import (
+from .audio import (AST_MEAN, AST_STD, MissingAudioError, audio_features, fbank, load_audio, normalize_fbank,
+                    waveform_features)
+from .batch import Batch, Sample, as_batch, collate
+from .formats import (
     AVCA_STAGES,
+    FORMATS,
+    DatasetFormat,
+    register_format,
     AnnotationError,
     match_class_names,
     normalize_class_name,
@@ -24,20 +31,22 @@ from .datasets import (
     write_class_list,
 )
 from .decoders import BACKENDS as DECODER_BACKENDS
-from .decoders import choose_backend, read_frames
-from .loader import ClipBatch, VideoClipDataset, VideoLoader, load_clip, shard_positions
+from .decoders import Decoder, choose_backend, decoder_names, read_frames, register_decoder
+from .loader import ClipBatch, FilePolicy, VideoClipDataset, VideoLoader, clip_audio, load_clip, shard_positions
 from .records import VideoList, VideoRecord
 from .sampling import random_clip_indices, sample_rng, uniform_clip_indices
 from .transforms import ClipPlan, ClipSpec, apply_plan, plan_clip
 from .prepare import PrepareSummary, find_videos, prepare_dataset, transcode_video
-from .video import VIDEO_EXTENSIONS, VideoError, VideoInfo, probe_video, write_video
+from .video import VIDEO_EXTENSIONS, VideoError, VideoInfo, media_file_problem, probe_video, write_video
 
 __all__ = [
-    "AST_MEAN", "AST_STD", "AVCA_STAGES", "AnnotationError", "PrepareSummary", "VIDEO_EXTENSIONS",
+    "AST_MEAN", "AST_STD", "AVCA_STAGES", "FORMATS", "DatasetFormat", "register_format", "AnnotationError", "PrepareSummary", "VIDEO_EXTENSIONS",
     "audio_features", "fbank", "find_videos", "load_audio", "match_class_names", "normalize_class_name",
     "normalize_fbank", "prepare_dataset", "read_activitynet", "read_avca_classes", "read_avca_split",
     "read_avca_word_names", "read_class_list", "read_hmdb51", "read_kinetics", "read_ucf101", "read_vggsound",
     "read_video_list", "transcode_video", "waveform_features", "write_class_list",
+    "Batch", "Decoder", "FilePolicy", "MissingAudioError", "Sample", "as_batch", "clip_audio", "collate",
+    "decoder_names", "media_file_problem", "register_decoder",
     "DECODER_BACKENDS", "ClipBatch", "ClipPlan", "ClipSpec", "VideoClipDataset", "VideoError", "VideoInfo",
     "VideoList", "VideoLoader", "VideoRecord", "apply_plan", "choose_backend", "plan_clip", "probe_video",
     "load_clip", "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "write_video",

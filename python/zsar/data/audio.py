@@ -1,10 +1,13 @@
 """Audio features for MZST: a video's audio track as AST's normalised log-mel filterbank.
 
-The pipeline of DESIGN §5: the first audio stream, decoded with PyAV, resampled by FFmpeg to
-16 kHz float and averaged over its channels; a Kaldi-compatible log-mel filterbank (128 bins, 25 ms Hanning window, 10 ms
-shift, HTK mel scale, no energy, no dither; Kaldi's defaults otherwise), the same definition as
-``torchaudio.compliance.kaldi.fbank`` (torchaudio is not needed); AST's normalisation
-``(x + 4.2677393) / (4.5689974 * 2)``; padded with zeros or cut to 1024 frames.
+The pipeline (the AST input of the MZST paper): the first audio stream, decoded with PyAV,
+resampled by FFmpeg to 16 kHz float and averaged over its channels; a Kaldi-compatible log-mel
+filterbank (128 bins, 25 ms Hanning window, 10 ms shift, HTK mel scale, no energy, no dither;
+Kaldi's defaults otherwise), the same definition as ``torchaudio.compliance.kaldi.fbank``
+(torchaudio is not needed); AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``; padded with
+zeros or cut to 1024 frames. Only the window
+that gives those frames is decoded (:func:`window_samples`; ``audio_features(..., centre=t)``
+centres it on a clip, as the loaders do).
 
 Conventions worth knowing:
 
@@ -14,7 +17,7 @@ Conventions worth knowing:
   :func:`audio_features` then returns all padding, with ``has_audio=True``.
 * AST's loader subtracts the waveform's mean first; that is a no-op here because every frame has
   its own mean removed before anything else.
-* Padding happens after normalisation (DESIGN §5's order), so padded frames are exactly 0; AST's
+* Padding happens after normalisation, so padded frames are exactly 0; AST's
   reference loader pads before normalising, where padded frames read 0.467.
 """
 
@@ -28,6 +31,10 @@ import torch
 
 from .._utils import as_numpy
 from .video import VideoError, _require_av, open_media
+
+class MissingAudioError(VideoError):
+    """A media file has no audio stream where audio was required."""
+
 
 #: AST's dataset statistics of the log-mel fbank (AudioSet), used to normalise.
 AST_MEAN = -4.2677393
@@ -51,33 +58,92 @@ def load_audio(path, sample_rate: int = 16000, *, missing: str = "error") -> np.
     if wav is None:
         if missing == "empty":
             return np.zeros(0, dtype=np.float32)
-        raise VideoError(f"{path}: has no audio stream")
+        raise MissingAudioError(f"{path}: has no audio stream")
     return wav
 
 
-def _decode_audio(path, sample_rate: int) -> np.ndarray | None:
-    """:func:`load_audio`'s work; ``None`` when the file has no audio stream."""
+def window_samples(target_length: int, sample_rate: int = 16000) -> int:
+    """Samples that give exactly ``target_length`` fbank frames (25 ms windows every 10 ms):
+    164080 at 16 kHz for AST's 1024 frames, the "10.24 s window"."""
+    return (target_length - 1) * int(sample_rate * 0.01) + int(sample_rate * 0.025)
+
+
+def _decode_audio(path, sample_rate: int, length: int | None = None, centre: float | None = None) -> np.ndarray | None:
+    """:func:`load_audio`'s work; ``None`` when the file has no audio stream.
+
+    ``length``: decode only that many samples (None: the whole track): from the start, or, with
+    ``centre`` (seconds from the start of the track), the window centred there and shifted to lie
+    inside the track when the track is longer than the window. Decoding seeks to the window and
+    stops after it, so long tracks cost what the window costs.
+    """
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"load_audio: sample_rate must be a positive int, got {sample_rate!r}")
-    av = _require_av()
     with open_media(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        # Resample but keep the channels (planar float): FFmpeg's own stereo-to-mono matrix
-        # adds L and R at 0.707 each (louder, can clip); the plain channel mean is what we want.
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        chunks = []
+        start = 0.0
+        if length is not None and centre is not None:
+            span = length / sample_rate
+            duration = _track_seconds(container, stream)
+            latest = max(0.0, duration - span) if duration is not None else float("inf")
+            start = min(max(0.0, centre - span / 2), latest)
         try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(None))  # flush
+            wav = _decode_window(container, stream, sample_rate, start, length)
+            if wav is None:  # no timestamps to seek by: count samples from the start instead
+                container.seek(0)
+                wav = _decode_window(container, stream, sample_rate, 0.0, None if length is None else
+                                     int(round(start * sample_rate)) + length)
+                wav = wav[int(round(start * sample_rate)):]
         except Exception as e:
             raise VideoError(f"{path}: cannot decode the audio stream "
                              f"({stream.codec_context.name}): {e}") from e
+    return wav if length is None else wav[:length]
+
+
+def _track_seconds(container, stream) -> float | None:
+    """The audio track's length in seconds from the container (None when it does not say)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+_SEEK_PREROLL_S = 0.2
+
+
+def _decode_window(container, stream, sample_rate: int, start: float, length: int | None) -> np.ndarray | None:
+    """Mono float32 samples of ``stream`` from ``start`` seconds on (``length`` of them, or to the end);
+    None when ``start > 0`` and the frames carry no timestamps to find it by."""
+    av = _require_av()
+    origin = stream.start_time or 0
+    if start > 0:
+        # Land a little early: lossy codecs (AAC, Opus) decode their first frame after a seek
+        # without the previous frame's overlap, so that frame is pre-roll, not signal.
+        container.seek(origin + int(max(0.0, start - _SEEK_PREROLL_S) / stream.time_base), stream=stream,
+                       backward=True)
+    # Resample but keep the channels (planar float): FFmpeg's own stereo-to-mono matrix
+    # adds L and R at 0.707 each (louder, can clip); the plain channel mean is what we want.
+    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+    chunks, have, skip = [], 0, None
+    for frame in container.decode(stream):
+        if skip is None:  # where the seek landed, in samples before the window's start
+            if start > 0 and frame.pts is None:
+                return None
+            landed = float((frame.pts - origin) * stream.time_base) if frame.pts is not None else 0.0
+            skip = max(0, int(round((start - landed) * sample_rate)))
+        for f in resampler.resample(frame):
+            chunks.append(f.to_ndarray().mean(axis=0))
+            have += chunks[-1].shape[0]
+        if length is not None and have >= skip + length:
+            break
+    else:
+        chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(None))  # flush
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    wav = np.concatenate(chunks).astype(np.float32, copy=False)[skip or 0:]
+    return wav if length is None else wav[:length]
 
 
 def _mel(f):
@@ -189,22 +255,36 @@ def waveform_features(waveform, sample_rate: int = 16000, target_length: int = 1
 
 
 def audio_features(path, target_length: int = 1024, missing: str = "zeros", *, sample_rate: int = 16000,
-                   num_mel_bins: int = 128) -> tuple[torch.Tensor, bool]:
+                   num_mel_bins: int = 128, centre: float | None = None) -> tuple[torch.Tensor, bool]:
     """MZST's audio input for the video file ``path``: ``(features, has_audio)``.
 
-    ``features``: float32 ``(target_length, num_mel_bins)``, the normalised log-mel fbank of the
-    first audio stream resampled to ``sample_rate`` mono (see :func:`waveform_features`).
-    ``missing``: for a file without an audio stream, ``"zeros"`` returns all-zero features and
-    ``has_audio=False``; ``"error"`` raises :class:`VideoError` naming the file. An audio stream
-    shorter than one 25 ms window gives all-zero features with ``has_audio=True``.
+    Args:
+        path: the media file.
+        target_length: fbank frames (10 ms each); the window is :func:`window_samples` long (AST's
+            1024 frames: 10.24 s plus the last 25 ms window).
+        missing: for a file without an audio stream, ``"zeros"`` returns all-zero features and
+            ``has_audio=False``; ``"error"`` raises :class:`MissingAudioError` naming the file.
+        sample_rate: the waveform's rate after resampling (mono, channels averaged).
+        num_mel_bins: mel bands.
+        centre: None: the window starts at the start of the track (AST's own loader). Otherwise the
+            time in seconds (from the start of the track) to centre the window on, e.g. a video
+            clip's centre; the window is shifted to lie inside the track when the track is longer
+            than the window. Either way a shorter track is zero-padded at the end.
+
+    Returns:
+        ``(features, has_audio)``: float32 ``(target_length, num_mel_bins)``, the normalised log-mel
+        fbank (see :func:`waveform_features`), and whether the file has an audio stream. An audio
+        stream shorter than one 25 ms window gives all-zero features with ``has_audio=True``.
+
+    Raises:
+        VideoError: the file cannot be read, or (``MissingAudioError``) has no audio under ``missing="error"``.
     """
     if missing not in ("zeros", "error"):
         raise ValueError(f"audio_features: missing must be 'zeros' or 'error', got {missing!r}")
-    wav = _decode_audio(path, sample_rate)
+    wav = _decode_audio(path, sample_rate, window_samples(target_length, sample_rate), centre)
     if wav is None:
         if missing == "error":
-            raise VideoError(f"{path}: has no audio stream (audio_features(..., missing='zeros') "
-                             "gives silent features and has_audio=False instead)")
+            raise MissingAudioError(f"{path}: has no audio stream (audio_features(..., missing='zeros') "
+                                    "gives silent features and has_audio=False instead)")
         return torch.zeros(target_length, num_mel_bins, dtype=torch.float32), False
     return waveform_features(wav, sample_rate, target_length, num_mel_bins), True
-

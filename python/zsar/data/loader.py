@@ -1,13 +1,27 @@
-"""Clip datasets and loaders: video files in, batches of normalised clips out.
+"""Clip datasets and loaders: video files in, :class:`~zsar.data.Batch` es of normalised clips out.
 
-* :class:`VideoClipDataset`: map-style ``(clip, label)`` over a :class:`VideoList`, decoding with
-  PyAV or DALI per sample; what :class:`~zsar.train.Trainer` and plain DataLoaders take.
-* :class:`VideoLoader`: the iterable loader for training and evaluation. On the DALI path one
-  DALI pipeline decodes, resizes, crops and normalises whole batches (GPU transforms when the
-  decoder is on the GPU) behind DALI's PyTorch iterator; on the PyAV path a multi-worker
-  DataLoader runs the torch transforms. Both shard by (shard id, number of shards), reshuffle
-  each epoch from the seed, carry labels and video ids, and skip bad files under
-  ``on_error="skip"``.
+* :class:`VideoClipDataset`: map-style :class:`~zsar.data.Sample` s over a :class:`VideoList`,
+  decoding one file at a time with any registered decoder; what the trainer and plain DataLoaders
+  take (with ``collate_fn=dataset.collate_fn``).
+* :class:`VideoLoader`: the iterable loader for training and evaluation. With a decoder that has a
+  batch pipeline (DALI) the pipeline decodes, resizes, crops and normalises whole batches (on the
+  GPU when the decoder is); otherwise a multi-worker DataLoader runs the decoder and the torch
+  transforms per file. Both shard by (shard id, number of shards), reshuffle each epoch from the
+  seed, and yield :class:`~zsar.data.Batch` es with labels, video ids, positions and, when asked,
+  audio features.
+
+Audio (``audio=AudioSpec(...)``): AST log-mel features (:func:`zsar.data.audio_features`) decoded
+with PyAV next to the video on every path (in the DataLoader workers; in a thread pool feeding the
+DALI pipeline). The window is the ``AudioSpec``'s 10.24 s (1024 frames of 10 ms) centred on the
+clip's centre time (the middle of the frames the clip or clips span, at the video's frame rate),
+shifted to lie inside the audio track when the track is longer; shorter tracks are zero-padded at
+the end.
+
+Bad files follow one policy (:class:`FilePolicy`): ``on_error="raise"`` stops at the first with an
+error naming it, ``"skip"`` skips it and counts it in ``skipped`` (unreadable, truncated, not
+decodable by the chosen decoder, or failing inside a DALI pipeline). Files without an audio track
+follow ``missing_audio``: ``"zeros"`` (silent features and ``audio_present=False``), ``"skip"``
+(skipped and counted like a bad file) or ``"error"`` (raise, even under ``on_error="skip"``).
 """
 
 from __future__ import annotations
@@ -15,32 +29,57 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Iterator, NamedTuple
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decoders import choose_backend, dali, read_frames, unavailable_reason
+from .audio import MissingAudioError, audio_features
+from .batch import Batch, Sample, collate
+from .decoders import DecodeRequest, Decoder, dali, get_decoder, read_frames, select_decoder
 from .records import VideoList
 from .sampling import sample_rng
-from .transforms import ClipSpec, apply_plan, plan_clip
+from .transforms import ClipPlan, ClipSpec, apply_plan, plan_clip
 from .video import VideoError, VideoInfo, probe_video
+
+if TYPE_CHECKING:  # zsar.models imports zsar.data lazily; keep this direction lazy too
+    from ..models.base import AudioSpec
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
-LOADER_BACKENDS = ("auto", "pyav", "dali-cpu", "dali-gpu")
+MISSING_AUDIO = ("zeros", "skip", "error")
+T = TypeVar("T")
+
+#: Deprecated name of :class:`~zsar.data.Batch` (the loaders' batch type before the one batch type).
+ClipBatch = Batch
 
 
-class ClipBatch(NamedTuple):
-    """One batch: ``clips`` (B, *spec.output_shape()), ``labels`` (B,) int64, the videos' ids,
-    and their ``positions`` in the loader's :class:`VideoList`."""
+@dataclass(frozen=True)
+class FilePolicy:
+    """What a loader does with a file it cannot use; the one place that decides (see the module
+    docstring for the meaning of the two settings)."""
 
-    clips: torch.Tensor
-    labels: torch.Tensor
-    video_ids: list[str]
-    positions: torch.Tensor
+    on_error: str = "raise"
+    missing_audio: str = "zeros"
+
+    def __post_init__(self):
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.missing_audio not in MISSING_AUDIO:
+            raise ValueError(f"missing_audio must be one of {MISSING_AUDIO}, got {self.missing_audio!r}")
+
+    def skips(self, error: BaseException) -> bool:
+        """Whether a file whose loading raised ``error`` is skipped (else the error propagates)."""
+        if isinstance(error, MissingAudioError):
+            return self.missing_audio == "skip"
+        # VideoError and the decoders' DecoderUnavailableError are ValueErrors, as are the
+        # transforms' complaints about a file (a frame smaller than the crop).
+        return self.on_error == "skip" and isinstance(error, ValueError)
 
 
 class SkipLog:
@@ -61,42 +100,96 @@ def load_clip(path, spec: ClipSpec, backend: str = "auto", *, rng: np.random.Gen
               info: VideoInfo | None = None) -> torch.Tensor:
     """One video file as model input of ``spec.output_shape()`` (decode → sample → transform).
 
-    Evaluation specs are deterministic; training specs draw from ``rng`` (default: seed 0).
-    Decoding stays on the CPU (``dali-gpu`` aside, which the loaders use for whole batches).
+    Evaluation specs are deterministic; training specs draw from ``rng`` (default: seed 0). The
+    clip comes back on the CPU; ``auto`` keeps decoding there too, a named GPU decoder decodes on
+    the GPU.
     """
     info = info or probe_video(path)
     if rng is None:
         rng = sample_rng(0, 0, 0)
     plan = plan_clip(spec, info, rng)
-    frames = read_frames(info.path, plan.indices.ravel(), backend, device="cpu", info=info)
+    frames = read_frames(info.path, plan.indices.ravel(), backend, device="cpu" if backend == "auto" else None,
+                         info=info)
     return apply_plan(frames.cpu(), plan, spec)
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+def clip_centre_seconds(plan: ClipPlan, info: VideoInfo) -> float:
+    """The middle of the frames a clip plan spans, in seconds from the video's start (frame ``i``
+    covers ``[i / fps, (i + 1) / fps)``); 0 when the frame rate is unknown."""
+    if info.fps <= 0:
+        return 0.0
+    return (int(plan.indices.min()) + int(plan.indices.max()) + 1) / 2 / info.fps
+
+
+def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: "AudioSpec",
+               missing: str = "zeros") -> tuple[torch.Tensor, bool]:
+    """The audio features that go with a clip: ``audio``'s window centred on the clip's centre
+    (:func:`clip_centre_seconds`), as ``(features (target_length, mel_bins), present)``.
+
+    ``missing="zeros"`` gives zeros and ``present=False`` for a file without audio; otherwise such a
+    file raises :class:`~zsar.data.audio.MissingAudioError`.
+    """
+    try:
+        return audio_features(path, audio.target_length, "zeros" if missing == "zeros" else "error",
+                              sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins,
+                              centre=clip_centre_seconds(plan, info))
+    except MissingAudioError as e:
+        raise MissingAudioError(f"{path}: has no audio stream (missing_audio={missing!r}; 'zeros' loads "
+                                f"silence with audio_present=False instead)") from e
+
+
+def _check_audio_spec(audio):
+    if audio is None:
+        return None
+    from ..models.base import AudioSpec
+
+    if not isinstance(audio, AudioSpec):
+        raise TypeError(f"audio must be a zsar.models.AudioSpec or None, got {type(audio).__name__}")
+    return audio
+
+
+def _check_backend(backend: str) -> str:
+    if backend != "auto":
+        get_decoder(backend)  # ValueError listing the registered names
+    return backend
 
 
 class VideoClipDataset(Dataset):
-    """Map-style dataset of ``(clip, label)`` from the videos of ``videos``.
+    """Map-style dataset of :class:`~zsar.data.Sample` s from the videos of ``videos``.
 
-    ``clip`` has ``spec.output_shape()``. Training clips are random per (``seed``, epoch, index):
-    call :meth:`set_epoch` each epoch (the Trainer does). ``backend``: ``"pyav"`` (default; any
-    codec), ``"dali-cpu"``, ``"dali-gpu"`` or ``"auto"`` (per file). With ``on_error="skip"`` a
-    bad file yields ``None``, which :meth:`collate_fn` drops (pass it to your DataLoader).
+    Args:
+        videos: the split to read.
+        spec: clip sampling and transform; training clips are random per (``seed``, epoch, index):
+            call :meth:`set_epoch` each epoch (the trainer does).
+        backend: a registered decoder name (default ``"pyav"``: any codec) or ``"auto"`` (per file,
+            kept on the CPU).
+        seed: seed of the random clips.
+        on_error: ``"raise"`` or ``"skip"``: a bad file then yields ``None``, which
+            :meth:`collate_fn` drops (pass it to your DataLoader), and is counted in :attr:`skipped`
+            (in the process that loaded it).
+        audio: the audio features to load with each clip (:class:`zsar.models.AudioSpec`), or None.
+        missing_audio: ``"zeros"``, ``"skip"`` or ``"error"`` for files without an audio track.
+
+    :meth:`load` is the clip-only hook that subclasses override (e.g. to read frames from a cache).
     """
 
+    collate_fn = staticmethod(collate)
+
     def __init__(self, videos: VideoList, spec: ClipSpec, backend: str = "pyav", seed: int = 0,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", *, audio: "AudioSpec | None" = None, missing_audio: str = "zeros"):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
-        if backend not in LOADER_BACKENDS:
-            raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
-        _check_on_error(on_error)
-        self.videos, self.spec, self.backend, self.seed, self.on_error = videos, spec, backend, seed, on_error
+        self.videos, self.spec, self.seed = videos, spec, seed
+        self.backend = _check_backend(backend)
+        self.policy = FilePolicy(on_error, missing_audio)
+        self.audio = _check_audio_spec(audio)
         self.epoch = 0
         self.skipped = SkipLog()
         self._info: dict[int, VideoInfo] = {}
+
+    @property
+    def on_error(self) -> str:
+        return self.policy.on_error
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -105,35 +198,51 @@ class VideoClipDataset(Dataset):
         self.epoch = epoch
 
     def info(self, i: int) -> VideoInfo:
+        """Video ``i``'s :func:`~zsar.data.probe_video` result (probed once per process)."""
         if i not in self._info:
             self._info[i] = probe_video(self.videos[i].path)
         return self._info[i]
+
+    def plan(self, i: int, epoch: int | None = None) -> ClipPlan:
+        """The frames and crops video ``i`` contributes in ``epoch`` (default: the current one)."""
+        rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, i)
+        return plan_clip(self.spec, self.info(i), rng)
 
     def load(self, i: int, epoch: int | None = None) -> torch.Tensor:
         """The clip(s) of video ``i`` in ``epoch`` (default: the current one); raises on bad files."""
         rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, i)
         return load_clip(self.videos[i].path, self.spec, self.backend, rng=rng, info=self.info(i))
 
-    def __getitem__(self, i):
-        epoch = None
-        if isinstance(i, tuple):  # (index, epoch) from VideoLoader's sampler, robust to worker copies
-            i, epoch = i
-        try:
-            clip = self.load(i, epoch)
-        except (VideoError, ValueError) as e:
-            if self.on_error == "raise":
-                raise
-            self.skipped.add(self.videos[i].path, str(e))
-            return None
-        return clip, self.videos[i].label
+    def load_audio(self, i: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
+        """Video ``i``'s audio features for its clip in ``epoch`` (see :func:`clip_audio`)."""
+        if self.audio is None:
+            raise ValueError("this dataset loads no audio (audio=None)")
+        return clip_audio(self.videos[i].path, self.info(i), self.plan(i, epoch), self.audio,
+                          self.policy.missing_audio)
 
-    @staticmethod
-    def collate_fn(batch):
-        """Default collation after dropping samples skipped as bad files (``None``)."""
-        kept = [b for b in batch if b is not None]
-        if not kept:
-            return None
-        return torch.utils.data.default_collate(kept)
+    def sample(self, i: int, epoch: int | None = None) -> Sample:
+        """Video ``i`` as a :class:`~zsar.data.Sample` (clip, label, audio when asked); raises on bad files."""
+        epoch = self.epoch if epoch is None else epoch
+        audio, present = self.load_audio(i, epoch) if self.audio is not None else (None, True)
+        record = self.videos[i]
+        return Sample(self.load(i, epoch), record.label, audio, present, record.video_id, i)
+
+    def attempt(self, i: int, work: Callable[[], T]) -> tuple[T | None, tuple[str, str] | None]:
+        """``(work(), None)``, or ``(None, (path, reason))`` when ``work`` failed on video ``i`` in a
+        way :attr:`policy` skips; other failures propagate. Every loader path goes through here."""
+        try:
+            return work(), None
+        except Exception as e:
+            if not self.policy.skips(e):
+                raise
+            return None, (self.videos[i].path, str(e))
+
+    def __getitem__(self, key) -> Sample | None:
+        i, epoch = key if isinstance(key, tuple) else (key, None)  # (index, epoch) from VideoLoader
+        sample, bad = self.attempt(i, lambda: self.sample(i, epoch))
+        if bad is not None:
+            self.skipped.add(*bad)
+        return sample
 
 
 def _shard_defaults(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
@@ -156,25 +265,29 @@ def shard_positions(n: int, epoch: int, seed: int, shuffle: bool, shard_id: int,
 
 
 class VideoLoader:
-    """Iterable loader of :class:`ClipBatch` es over ``videos``.
+    """Iterable loader of :class:`~zsar.data.Batch` es over ``videos``.
 
     Args:
         videos: the split to read.
         spec: clip sampling and transform (:class:`ClipSpec`); ``spec.train`` picks random clips.
         batch_size: videos per batch.
-        backend: ``"auto"`` (DALI on the GPU when there is one and DALI decodes the codec, else
-            DALI on the CPU for VP8/VP9/MJPEG, else PyAV; the choice is logged), or one of
-            ``"pyav"``, ``"dali-cpu"``, ``"dali-gpu"``.
+        backend: ``"auto"`` (the first registered decoder that decodes the first video's codec on
+            ``device``: DALI on the GPU when there is one, else DALI on the CPU for VP8/VP9/MJPEG,
+            else PyAV; the choice is logged) or a decoder name (``"pyav"``, ``"dali-cpu"``,
+            ``"dali-gpu"``). A later file the chosen decoder cannot decode is a bad file.
         shuffle: reshuffle every epoch (default: ``spec.train``); the order depends only on
             ``seed`` and the epoch.
+        seed: seed of the order and of the random clips.
         shard_id, num_shards: this process's shard (default: the torch.distributed rank and
             world size when initialised, else the whole dataset).
-        num_workers: PyAV path: DataLoader worker processes (default: up to 8, one per core);
-            DALI path: DALI's CPU threads.
+        num_workers: per-file decoders: DataLoader worker processes (default: up to 8, one per
+            core); batch pipelines: the pipeline's threads and the threads that read files and audio.
         drop_last: drop a final partial batch.
         on_error: ``"raise"`` (default) stops at the first bad file with an error naming it;
             ``"skip"`` skips it, counts it in :attr:`skipped` and logs it.
-        device: where DALI on the GPU runs (default: the current CUDA device).
+        device: where decoding may run (default: the current CUDA device when there is one).
+        audio: the audio features each batch carries (:class:`zsar.models.AudioSpec`), or None.
+        missing_audio: ``"zeros"`` (default), ``"skip"`` or ``"error"`` for files without audio.
 
     Iterating runs one epoch; the next ``for`` runs the next epoch (or call :meth:`set_epoch`).
     """
@@ -182,36 +295,43 @@ class VideoLoader:
     def __init__(self, videos: VideoList, spec: ClipSpec, batch_size: int, backend: str = "auto",
                  shuffle: bool | None = None, seed: int = 0, shard_id: int | None = None,
                  num_shards: int | None = None, num_workers: int | None = None, drop_last: bool = False,
-                 on_error: str = "raise", device: str | torch.device | None = None):
+                 on_error: str = "raise", device: str | torch.device | None = None, *,
+                 audio: "AudioSpec | None" = None, missing_audio: str = "zeros"):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
         if len(videos) == 0:
             raise ValueError("videos is empty: nothing to load")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if backend not in LOADER_BACKENDS:
-            raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
-        _check_on_error(on_error)
+        _check_backend(backend)
+        policy = FilePolicy(on_error, missing_audio)
         self.videos, self.spec, self.batch_size, self.seed = videos, spec, batch_size, seed
         self.shuffle = spec.train if shuffle is None else shuffle
         self.shard_id, self.num_shards = _shard_defaults(shard_id, num_shards)
-        self.drop_last, self.on_error = drop_last, on_error
+        self.drop_last, self.on_error = drop_last, policy.on_error
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.device = torch.device(device) if device is not None else None
-        self.backend = self._resolve_backend(backend)
+        self.device = DecodeRequest.of(None, device).device
+        self.decoder: Decoder = self._choose_decoder(backend)
+        self.backend = self.decoder.name
         self.epoch = 0
         self._next_epoch = 0
-        self.dataset = VideoClipDataset(videos, spec, "pyav", seed, on_error)
-        self._dali = None
-        self._pyav = None
+        self.dataset = VideoClipDataset(videos, spec, "pyav" if self.decoder.has_clip_pipeline else self.backend,
+                                        seed, policy.on_error, audio=audio, missing_audio=policy.missing_audio)
+        self._pipeline: tuple | None = None  # (feed, DALI iterator) of the batch pipeline
+        self._feed: _PipelineFeed | None = None
+        self._workers: DataLoader | None = None
         self._batches = _EpochBatches()
 
     # ---- public -------------------------------------------------------------------------------
 
     @property
     def skipped(self) -> SkipLog:
-        """Bad files skipped so far (this process; on the PyAV path counted from the batches)."""
+        """Bad files skipped so far (counted in this process, wherever they were found)."""
         return self.dataset.skipped
+
+    @property
+    def audio(self) -> "AudioSpec | None":
+        return self.dataset.audio
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration run ``epoch`` (shuffle order and random clips)."""
@@ -221,95 +341,141 @@ class VideoLoader:
         n = len(shard_positions(len(self.videos), 0, self.seed, False, self.shard_id, self.num_shards))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[ClipBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         self.epoch = self._next_epoch
         self._next_epoch += 1
+        self.dataset.set_epoch(self.epoch)
         positions = shard_positions(len(self.videos), self.epoch, self.seed, self.shuffle, self.shard_id,
                                     self.num_shards)
         before = self.skipped.count
-        if self.backend == "pyav":
-            yield from self._iter_pyav(positions)
+        if self.decoder.has_clip_pipeline:
+            yield from self._iter_pipeline(positions)
         else:
-            yield from self._iter_dali(positions)
+            yield from self._iter_workers(positions)
         if self.skipped.count > before:
             log.warning("epoch %d: skipped %d bad file(s) of %d", self.epoch, self.skipped.count - before,
                         len(positions))
 
-    # ---- backend choice -----------------------------------------------------------------------
+    # ---- decoder choice -----------------------------------------------------------------------
 
-    def _resolve_backend(self, backend: str) -> str:
-        """Pick (or check) the backend from the first video's codec; a later file in a codec the
-        chosen DALI device cannot decode is a bad file (error or skip)."""
+    def _choose_decoder(self, backend: str) -> Decoder:
+        """Pick (or check) the decoder from the first video's codec."""
         try:
             info = probe_video(self.videos[0].path)
         except VideoError:
-            if backend == "auto":
-                log.info("first video unreadable; loading with pyav")
-                return "pyav"
             info = None
+        if backend == "auto" and info is None:
+            log.info("first video unreadable; loading with pyav")
+            return get_decoder("pyav")
+        decoder = select_decoder(info, backend, self.device)
         if backend == "auto":
-            choice = choose_backend(info, self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            log.info("loading %s videos with %s", info.codec, choice)
-            return choice
-        why = unavailable_reason(backend, info.codec if info else None)
-        if why is not None:
-            where = f" {info.codec} videos such as {info.path}" if info else ""
-            raise ValueError(f"backend {backend!r} cannot load{where}: {why}")
-        return backend
+            log.info("loading %s videos with %s", info.codec, decoder.name)
+        return decoder
 
-    # ---- PyAV path ----------------------------------------------------------------------------
+    # ---- per-file decoders in DataLoader workers ------------------------------------------------
 
-    def _iter_pyav(self, positions: np.ndarray) -> Iterator[ClipBatch]:
+    def _iter_workers(self, positions: np.ndarray) -> Iterator[Batch]:
         batches = [[(int(p), self.epoch) for p in positions[i:i + self.batch_size]]
                    for i in range(0, len(positions), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         self._batches.current = batches
-        if self._pyav is None:
+        if self._workers is None:
             # Workers persist across epochs (indices travel from this process per batch). Forking
             # a process in which DALI's threads run can deadlock the child, so then use forkserver.
             context = None
             if self.num_workers:
                 context = "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
-            self._pyav = DataLoader(_Indexed(self.dataset), batch_sampler=self._batches,
-                                    num_workers=self.num_workers, collate_fn=_collate_indexed,
-                                    persistent_workers=self.num_workers > 0, multiprocessing_context=context)
-        for item in self._pyav:
-            bad, batch = item
+            self._workers = DataLoader(_Reporting(self.dataset), batch_sampler=self._batches,
+                                       num_workers=self.num_workers, collate_fn=_collate_reporting,
+                                       persistent_workers=self.num_workers > 0, multiprocessing_context=context)
+        for bad, error, batch in self._workers:
             for path, reason in bad:  # skips seen in worker processes, counted here
-                self.dataset.skipped.add(path, reason)
+                self.skipped.add(path, reason)
+            if error is not None:
+                raise error
             if batch is not None:
-                clips, labels, pos = batch
-                yield ClipBatch(clips, labels, [self.videos[int(p)].video_id for p in pos], pos)
+                yield batch
 
-    # ---- DALI path ----------------------------------------------------------------------------
+    # ---- batch pipelines (DALI) -----------------------------------------------------------------
 
-    def _iter_dali(self, positions: np.ndarray) -> Iterator[ClipBatch]:
+    def _pipeline_iterator(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        if self._dali is None:
-            source = _DaliSource(self)
-            source.start(positions)
-            device = self.backend.split("-")[1]
-            device_id = None
-            if device == "gpu":
-                device_id = self.device.index if self.device is not None and self.device.index is not None \
-                    else torch.cuda.current_device()
-            pipe = dali.build_clip_pipeline(source, self.spec, self.batch_size, device, max(1, self.num_workers),
-                                            device_id, self.seed)
-            it = DALIGenericIterator(pipe, ["clips", "position"], last_batch_policy=LastBatchPolicy.PARTIAL,
-                                     auto_reset=False, prepare_first_batch=False)
-            self._dali = (source, it)
+        pipe = self.decoder.clip_pipeline(self._feed, self.spec, self.batch_size, max(1, self.num_workers),
+                                          self.device, self.seed)
+        return DALIGenericIterator(pipe, ["clips", "position"], last_batch_policy=LastBatchPolicy.PARTIAL,
+                                   auto_reset=False, prepare_first_batch=False)
+
+    def _iter_pipeline(self, positions: np.ndarray) -> Iterator[Batch]:
+        if self._feed is None:
+            self._feed = _PipelineFeed(self.dataset, self.decoder, self.device, self.batch_size, self.num_workers)
+        feed = self._feed
+        feed.start(positions, self.epoch)
+        if self._pipeline is None:
+            it = self._pipeline_iterator()
         else:
-            source, it = self._dali
-            source.start(positions)
+            it = self._pipeline
             it.reset()
-        for out in it:
+        self._pipeline = None  # kept only once the epoch ends cleanly
+        while True:
+            try:
+                out = next(it)
+            except StopIteration:
+                break
+            except RuntimeError as e:  # DALI failed inside the pipeline; the pipeline is now unusable
+                del it
+                self._recover(feed, e)
+                it = self._pipeline_iterator()
+                continue
             clips, pos = out[0]["clips"], out[0]["position"].reshape(-1).cpu()
-            labels = torch.tensor([self.videos[int(p)].label for p in pos], dtype=torch.long)
+            feed.done()
             if self.drop_last and clips.shape[0] < self.batch_size:
                 continue
-            yield ClipBatch(clips, labels, [self.videos[int(p)].video_id for p in pos], pos)
+            yield self._pipeline_batch(clips, pos, feed)
+        self._pipeline = it
+
+    def _pipeline_batch(self, clips: torch.Tensor, pos: torch.Tensor, feed: "_PipelineFeed") -> Batch:
+        records = [self.videos[int(p)] for p in pos]
+        audio = present = None
+        if self.audio is not None:
+            pairs = [feed.audio.pop(int(p)) for p in pos]
+            audio = torch.stack([a for a, _ in pairs])
+            present = torch.tensor([bool(ok) for _, ok in pairs])
+        return Batch(clips=clips, labels=torch.tensor([r.label for r in records], dtype=torch.int64),
+                     audio=audio, audio_present=present, video_ids=[r.video_id for r in records],
+                     positions=pos.to(torch.int64))
+
+    def _recover(self, feed: "_PipelineFeed", error: RuntimeError) -> None:
+        """After a pipeline failure: find the file(s) that failed by decoding the in-flight samples one
+        at a time with the same decoder (batch by batch, oldest first), apply the policy to them,
+        and queue the rest again. Raises when no single file reproduces the failure."""
+        in_flight = list(feed.in_flight)
+        feed.in_flight.clear()
+        requeue: list[int] = []
+        found = False
+        for positions in in_flight:
+            if found:
+                requeue.extend(positions)
+                continue
+            for i in positions:
+                _, bad = self.dataset.attempt(i, lambda i=i: self._decode_alone(i))
+                if bad is None:
+                    requeue.append(i)
+                else:
+                    found = True
+                    feed.audio.pop(i, None)
+                    self.skipped.add(*bad)
+        if not found:
+            files = [self.videos[i].path for b in in_flight for i in b]
+            raise RuntimeError(f"{self.decoder.name} pipeline failed on a batch of {len(files)} file(s) "
+                               f"({', '.join(files[:4])}{' ...' if len(files) > 4 else ''}), none of which "
+                               f"fails alone: {dali.dali_reason(error)}") from error
+        feed.queue.extendleft(reversed(requeue))
+
+    def _decode_alone(self, i: int) -> None:
+        info = self.dataset.info(i)
+        self.decoder.read_frames(info.path, self.dataset.plan(i, self.epoch).indices.ravel(), self.device, info)
 
 
 class _EpochBatches:
@@ -325,8 +491,11 @@ class _EpochBatches:
         return len(self.current)
 
 
-class _Indexed(Dataset):
-    """VideoClipDataset that also returns the position, and reports skips back to the parent."""
+class _Reporting(Dataset):
+    """The loader's dataset seen from a worker: each item is ``(sample or None, skip report or None,
+    error or None)``. Skips found in worker processes reach the parent's count, and a file error
+    the policy does not skip travels as data, so the parent raises it with its own one-line message
+    (DataLoader would wrap it in the worker's traceback)."""
 
     def __init__(self, dataset: VideoClipDataset):
         self.dataset = dataset
@@ -337,60 +506,75 @@ class _Indexed(Dataset):
     def __getitem__(self, key):
         i, epoch = key
         try:
-            return self.dataset.load(i, epoch), self.dataset.videos[i].label, i, None
-        except (VideoError, ValueError) as e:
-            if self.dataset.on_error == "raise":
-                raise
-            return None, None, i, (self.dataset.videos[i].path, str(e))
+            return (*self.dataset.attempt(i, lambda: self.dataset.sample(i, epoch)), None)
+        except ValueError as e:  # VideoError and kin; anything else is a bug: keep its traceback
+            return None, None, e
 
 
-def _collate_indexed(items):
-    bad = [it[3] for it in items if it[3] is not None]
-    kept = [it for it in items if it[3] is None]
-    if not kept:
-        return bad, None
-    clips = torch.stack([it[0] for it in kept])
-    labels = torch.tensor([it[1] for it in kept], dtype=torch.long)
-    pos = torch.tensor([it[2] for it in kept], dtype=torch.long)
-    return bad, (clips, labels, pos)
+def _collate_reporting(items) -> tuple[list[tuple[str, str]], ValueError | None, Batch | None]:
+    bad = [report for _, report, _ in items if report is not None]
+    error = next((e for _, _, e in items if e is not None), None)
+    return bad, error, collate([sample for sample, _, _ in items])
 
 
-class _DaliSource:
-    """The DALI pipeline's batch callback: plans each sample in Python (so DALI and PyAV read
-    the same frames and crops) and hands DALI the encoded bytes and the plan."""
+class _PipelineFeed:
+    """A batch pipeline's callback: prepares each sample in Python (probe, the clip plan, so both
+    paths read the same frames and crops; audio; the encoded bytes) in a thread pool, applies the
+    file policy, and hands the pipeline full batches. Remembers which positions are inside the
+    pipeline, so a failed run can be traced to its files.
 
-    def __init__(self, loader: VideoLoader):
-        self.loader = loader
-        self.dataset = loader.dataset
-        self.device = loader.backend.split("-")[1]
-        self.positions = np.zeros(0, np.int64)
-        self.cursor = 0
+    It holds no reference to its loader: the pipeline holds the feed, and a loader -> feed -> loader
+    cycle would leave dropped DALI pipelines to the garbage collector, which may then run their
+    destructors in a forked child, where DALI's threads do not exist (a hang).
+    """
 
-    def start(self, positions: np.ndarray) -> None:
-        self.positions, self.cursor = positions, 0
+    def __init__(self, dataset: VideoClipDataset, decoder: Decoder, device: torch.device, batch_size: int,
+                 num_threads: int):
+        self.dataset, self.decoder, self.device, self.batch_size = dataset, decoder, device, batch_size
+        self.epoch = 0
+        self.queue: deque[int] = deque()
+        self.in_flight: deque[list[int]] = deque()
+        self.audio: dict[int, tuple[torch.Tensor, bool]] = {}
+        self._pool = ThreadPoolExecutor(max(1, num_threads), thread_name_prefix="zsar-feed")
 
-    def _sample(self, i: int):
-        info = self.dataset.info(i)
-        if info.codec not in dali.codecs(self.device):
-            raise VideoError(f"{info.path}: DALI on {self.device.upper()} cannot decode {info.codec} video")
-        plan = plan_clip(self.loader.spec, info, sample_rng(self.loader.seed, self.loader.epoch, i))
+    def start(self, positions: np.ndarray, epoch: int) -> None:
+        self.queue = deque(int(p) for p in positions)
+        self.epoch = epoch
+        self.in_flight.clear()
+        self.audio.clear()
+
+    def done(self) -> None:
+        """The pipeline returned a batch (the oldest in flight)."""
+        if self.in_flight:
+            self.in_flight.popleft()
+
+    def _prepare(self, i: int) -> tuple:
+        ds = self.dataset
+        info = ds.info(i).require_complete()
+        select_decoder(info, self.decoder.name, self.device)  # DecoderUnavailableError naming the file
+        plan = ds.plan(i, self.epoch)
+        audio = ds.load_audio(i, self.epoch) if ds.audio is not None else None
         encoded = np.fromfile(info.path, dtype=np.uint8)
-        anchors = [dali.crop_anchor(b, plan.resized, self.loader.spec.size) for b in plan.boxes]
-        return (encoded, plan.indices.ravel().astype(np.int32), np.array(plan.resized, np.int32),
-                *anchors, np.array([i], np.int64))
+        anchors = [dali.crop_anchor(b, plan.resized, ds.spec.size) for b in plan.boxes]
+        columns = (encoded, plan.indices.ravel().astype(np.int32), np.array(plan.resized, np.int32), *anchors,
+                   np.array([i], np.int64))
+        return columns, audio
 
     def __call__(self):
-        samples = []
-        while not samples:
-            if self.cursor >= len(self.positions):
-                raise StopIteration
-            chunk = self.positions[self.cursor:self.cursor + self.loader.batch_size]
-            self.cursor += len(chunk)
-            for i in chunk:
-                try:
-                    samples.append(self._sample(int(i)))
-                except (VideoError, ValueError) as e:
-                    if self.loader.on_error == "raise":
-                        raise
-                    self.dataset.skipped.add(self.loader.videos[int(i)].path, str(e))
+        samples, positions = [], []
+        while len(samples) < self.batch_size and self.queue:
+            take = [self.queue.popleft() for _ in range(min(self.batch_size - len(samples), len(self.queue)))]
+            results = self._pool.map(lambda i: self.dataset.attempt(i, lambda: self._prepare(i)), take)
+            for i, (prepared, bad) in zip(take, results):
+                if bad is not None:
+                    self.dataset.skipped.add(*bad)
+                    continue
+                columns, audio = prepared
+                samples.append(columns)
+                positions.append(i)
+                if audio is not None:
+                    self.audio[i] = audio
+        if not samples:
+            raise StopIteration
+        self.in_flight.append(positions)
         return tuple(list(col) for col in zip(*samples))

@@ -1,73 +1,72 @@
 """Video decoders behind one interface: ``read_frames(path, indices, backend=...)``.
 
-Backends, in the order ``auto`` tries them:
+Decoders are registered objects (:mod:`.base`: :class:`Decoder`, :func:`register_decoder`); the
+built-in ones, in the order ``auto`` tries them:
 
 * ``dali-gpu``: DALI's ``mixed`` decoder (NVDEC): H.264, HEVC, AV1, MPEG-4, VP8/9, MJPEG; needs a
   CUDA device and the ``dali`` extra.
 * ``dali-cpu``: DALI on the CPU; its FFmpeg has only VP8, VP9 and MJPEG.
 * ``pyav``: PyAV (FFmpeg); any codec, always installed.
 
-``auto`` takes the first backend that can decode the file's codec on the requested device and
+``auto`` takes the first decoder that can decode the file's codec on the requested device and
 logs why the earlier ones were passed over.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
 import torch
 
 from ..video import VideoError, VideoInfo, probe_video
-from . import dali, pyav
+from . import dali, pyav  # noqa: F401  (registers the built-in decoders)
+from .base import (
+    DecodeRequest,
+    Decoder,
+    DecoderUnavailableError,
+    decoder_dispatcher,
+    decoder_names,
+    get_decoder,
+    register_decoder,
+    select_decoder,
+)
 
-log = logging.getLogger(__name__)
+#: The built-in decoders, in dispatch order (:func:`decoder_names` also lists decoders registered later).
+BACKENDS = decoder_names()
 
-BACKENDS = ("dali-gpu", "dali-cpu", "pyav")
 
-
-def unavailable_reason(backend: str, codec: str | None = None) -> str | None:
-    """Why ``backend`` cannot decode ``codec`` here (None: it can). ``codec=None`` asks about the
-    backend alone."""
-    if backend == "pyav":
-        return None
-    if backend not in ("dali-cpu", "dali-gpu"):
-        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
-    why = dali.import_error()
-    if why:
-        return why
-    device = backend.split("-")[1]
-    if device == "gpu" and not torch.cuda.is_available():
-        return "no CUDA device"
-    if codec is not None and codec not in dali.codecs(device):
-        return f"DALI on {device.upper()} does not decode {codec} (it decodes {', '.join(sorted(dali.codecs(device)))})"
-    return None
+def unavailable_reason(backend: str, codec: str | None = None, device: str | torch.device | None = None) -> str | None:
+    """Why the decoder ``backend`` cannot decode ``codec`` on ``device`` here (None: it can);
+    ``codec=None`` asks about the decoder alone."""
+    why = get_decoder(backend).not_supported_reasons(DecodeRequest(codec, DecodeRequest.of(None, device).device))
+    return "; ".join(why) or None
 
 
 def choose_backend(info: VideoInfo, device: str | torch.device | None = None) -> str:
-    """The backend ``auto`` uses for the video ``info``; ``device`` "cpu" keeps DALI off the GPU."""
-    allow_gpu = device is None or torch.device(device).type == "cuda"
-    reasons = []
-    for backend in BACKENDS:
-        why = "CPU requested" if backend == "dali-gpu" and not allow_gpu else unavailable_reason(backend, info.codec)
-        if why is None:
-            if reasons:
-                log.debug("%s: decoding %s with %s (%s)", info.path, info.codec, backend, "; ".join(reasons))
-            return backend
-        reasons.append(f"{backend}: {why}")
-    raise AssertionError("pyav is always available")  # pragma: no cover
+    """The decoder name ``auto`` uses for the video ``info``; ``device`` "cpu" keeps decoding off
+    the GPU (None: the GPU when there is one)."""
+    return select_decoder(info, "auto", device).name
 
 
 def read_frames(path: str | os.PathLike, indices, backend: str = "auto", *,
                 device: str | torch.device | None = None, info: VideoInfo | None = None) -> torch.Tensor:
     """Decode frames ``indices`` of the video file ``path`` as uint8 (T, H, W, 3) RGB.
 
-    ``indices`` may repeat and come in any order; indices past the last frame read the last
-    frame (edge padding, so short videos yield full clips). ``backend``: ``"auto"``, ``"pyav"``,
-    ``"dali-cpu"`` or ``"dali-gpu"`` (``dali-gpu`` returns a CUDA tensor). A backend that cannot
-    decode the file raises ``ValueError`` naming the file, codec and backend; an unreadable file
-    raises :class:`~zsar.data.VideoError` naming it. ``info`` skips probing when already known.
+    Args:
+        path: the video file.
+        indices: frame indices, any order, repeats allowed; indices past the last frame read the
+            last frame (edge padding, so short videos yield full clips).
+        backend: ``"auto"`` or a registered decoder name (``"pyav"``, ``"dali-cpu"``, ``"dali-gpu"``).
+        device: where decoding may run (``"cpu"`` keeps it off the GPU; None: the GPU when there
+            is one). Frames come back where the decoder ran (``dali-gpu``: a CUDA tensor).
+        info: the file's :func:`probe_video` result, when already known.
+
+    Raises:
+        ValueError: bad ``indices`` or an unknown ``backend``; :class:`DecoderUnavailableError` (a
+            ``ValueError``) when the named decoder cannot decode the file, naming file, codec and decoder.
+        VideoError: the file cannot be read, is truncated (fewer frames than its container states)
+            or fails to decode; the message names the file.
     """
     indices = np.asarray(indices)
     if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
@@ -75,19 +74,14 @@ def read_frames(path: str | os.PathLike, indices, backend: str = "auto", *,
                          f"{indices.dtype} with shape {indices.shape}")
     if indices.min() < 0:
         raise ValueError(f"read_frames: indices must be >= 0, got {int(indices.min())}")
-    info = info or probe_video(path)
-    indices = np.minimum(indices, info.num_frames - 1)
-    if backend == "auto":
-        backend = choose_backend(info, device)
-    why = unavailable_reason(backend, info.codec)
-    if why is not None:
-        raise ValueError(f"{info.path}: backend {backend!r} cannot decode this {info.codec} video: {why}")
-    if backend == "pyav":
-        return torch.from_numpy(pyav.read_frames(info, indices))
-    dev = backend.split("-")[1]
-    device_id = torch.device(device).index if device is not None and torch.device(device).type == "cuda" else None
-    out = dali.read_frames(info, indices, dev, device_id)
-    return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+    if backend != "auto":
+        get_decoder(backend)  # an unknown name is an argument error before any file is read
+    info = (info or probe_video(path)).require_complete()
+    decoder = select_decoder(info, backend, device)
+    indices = np.minimum(indices, info.num_frames - 1).astype(np.int64)
+    return decoder.read_frames(info.path, indices, DecodeRequest.of(info, device).device, info)
 
 
-__all__ = ["BACKENDS", "VideoError", "choose_backend", "read_frames", "unavailable_reason"]
+__all__ = ["BACKENDS", "DecodeRequest", "Decoder", "DecoderUnavailableError", "VideoError", "choose_backend",
+           "decoder_dispatcher", "decoder_names", "get_decoder", "read_frames", "register_decoder",
+           "select_decoder", "unavailable_reason"]

@@ -1,8 +1,8 @@
 """NVIDIA DALI decoders: ``dali-gpu`` (NVDEC through DALI's ``mixed`` video decoder) and ``dali-cpu``
 (DALI's FFmpeg build, which only has VP8, VP9 and MJPEG).
 
-Two uses: :func:`read_frames` decodes one file through a small cached pipeline, and
-:func:`build_clip_pipeline` builds the loader's pipeline that decodes, resizes, crops and
+Two uses: :meth:`DaliDecoder.read_frames` decodes one file through a small cached pipeline, and
+:meth:`DaliDecoder.clip_pipeline` builds the loader's pipeline that decodes, resizes, crops and
 normalises whole batches inside DALI, fed by a Python callback that hands it encoded bytes and
 the :class:`~zsar.data.transforms.ClipPlan` of every sample.
 """
@@ -12,26 +12,10 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import torch
 
 from ..video import VideoError, VideoInfo
-
-# Codecs each DALI device decodes (DALI's FFmpeg build has no software H.264/HEVC/AAC).
-CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-GPU_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
-
-
-def import_error() -> str | None:
-    """Why DALI cannot be used here, or None."""
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError as e:
-        return f"NVIDIA DALI is not installed ({e.name}); pip install 'zsar[dali]'"
-    return None
-
-
-def codecs(device: str) -> frozenset[str]:
-    return GPU_CODECS if device == "gpu" else CPU_CODECS
-
+from .base import Decoder, register_decoder
 
 _lock = threading.Lock()
 _readers: dict[tuple[str, int | None], object] = {}
@@ -48,54 +32,105 @@ def _started() -> None:
     _threads_started = True
 
 
-def _reader_pipeline(device: str, device_id: int | None):
-    """A batch-1 pipeline (encoded bytes, frame indices) → frames, built once per device."""
-    key = (device, device_id)
-    if key not in _readers:
-        from nvidia.dali import fn, pipeline_def, types
-
-        @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1,
-                      exec_dynamic=True)
-        def reader():
-            enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(enc, frames=idx, device="mixed" if device == "gpu" else "cpu")
-
-        pipe = reader()
-        _started()
-        pipe.build()
-        _readers[key] = pipe
-    return _readers[key]
+def dali_reason(error: BaseException) -> str:
+    """DALI's own reason in one line, from the multi-line error of a failed pipeline run (the line
+    after "encountered:", e.g. "Failed to send packet to decoder: Invalid data found when
+    processing input")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines:
+        after = lines[lines.index("encountered:") + 1:]
+        if after:
+            reason = after[0]
+            if reason.startswith("Assert on") and "failed: " in reason:
+                reason = reason.split("failed: ", 1)[1]
+            return reason
+    generic = ("Critical error in pipeline:", "Current pipeline object is no longer valid.")
+    return next((line for line in lines if line not in generic), lines[0] if lines else type(error).__name__)
 
 
-def read_frames(info: VideoInfo, indices: np.ndarray, device: str = "cpu", device_id: int | None = None):
-    """Frames ``indices`` of ``info.path`` decoded by DALI on ``device`` ("cpu" or "gpu").
+class DaliDecoder(Decoder):
+    """DALI's ``fn.decoders.video`` on one device, per file or in the loader's batch pipeline."""
 
-    Returns uint8 (T, H, W, 3): a NumPy array for ``cpu``, a CUDA torch tensor for ``gpu``.
-    """
-    if device == "gpu" and device_id is None:
-        device_id = 0
-    encoded = np.fromfile(info.path, dtype=np.uint8)
-    with _lock:  # a pipeline runs one batch at a time
-        pipe = _reader_pipeline(device, device_id)
-        pipe.feed_input("encoded", [encoded])
-        pipe.feed_input("frames", [np.ascontiguousarray(indices, dtype=np.int32)])
+    priority = 10
+    has_clip_pipeline = True
+
+    @property
+    def dali_device(self) -> str:
+        return "gpu" if self.device_type == "cuda" else "cpu"
+
+    def unavailable(self) -> str | None:
         try:
-            (out,) = pipe.run()
-        except RuntimeError as e:
-            # A failed run leaves the pipeline unusable: drop it so the next call builds afresh.
-            _readers.pop((device, device_id), None)
-            raise VideoError(f"{info.path}: DALI ({device}) could not decode {info.codec} video: "
-                             f"{str(e).splitlines()[0] if str(e) else e}") from e
-        if device == "gpu":
-            import torch
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+            import nvidia.dali  # noqa: F401
+        except ImportError as e:
+            return f"NVIDIA DALI is not installed ({e.name}); pip install 'zsar[dali]'"
+        return None
 
-            t = out[0]
-            dst = torch.empty(tuple(t.shape()), dtype=torch.uint8, device=f"cuda:{device_id}")
-            feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(device_id))
-            return dst
-        return np.array(out[0])
+    def _reader(self, device_id: int | None):
+        """A batch-1 pipeline (encoded bytes, frame indices) → frames, built once per device."""
+        key = (self.dali_device, device_id)
+        if key not in _readers:
+            from nvidia.dali import fn, pipeline_def, types
+
+            @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1,
+                          exec_dynamic=True)
+            def reader():
+                enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+                idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+                return fn.decoders.video(enc, frames=idx, device="mixed" if self.device_type == "cuda" else "cpu")
+
+            pipe = reader()
+            _started()
+            pipe.build()
+            _readers[key] = pipe
+        return _readers[key]
+
+    def read_frames(self, path, indices: np.ndarray, device: torch.device, info: VideoInfo) -> torch.Tensor:
+        out_device = self.output_device(device)
+        device_id = out_device.index if out_device.type == "cuda" else None
+        encoded = np.fromfile(str(path), dtype=np.uint8)
+        with _lock:  # a pipeline runs one batch at a time
+            pipe = self._reader(device_id)
+            pipe.feed_input("encoded", [encoded])
+            pipe.feed_input("frames", [np.ascontiguousarray(indices, dtype=np.int32)])
+            try:
+                (out,) = pipe.run()
+            except RuntimeError as e:
+                # A failed run leaves the pipeline unusable: drop it so the next call builds afresh.
+                _readers.pop((self.dali_device, device_id), None)
+                raise VideoError(f"{path}: {self.name} could not decode {info.codec} video: {dali_reason(e)}") from e
+            if out_device.type == "cuda":
+                from nvidia.dali.plugin.pytorch import feed_ndarray
+
+                t = out[0]
+                dst = torch.empty(tuple(t.shape()), dtype=torch.uint8, device=out_device)
+                feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(out_device))
+                return dst
+            return torch.from_numpy(np.array(out[0]))
+
+    def clip_pipeline(self, source, spec, batch_size: int, num_threads: int, device: torch.device, seed: int):
+        out_device = self.output_device(device)
+        return build_clip_pipeline(source, spec, batch_size, self.dali_device, num_threads,
+                                   out_device.index if out_device.type == "cuda" else None, seed)
+
+
+@register_decoder
+class DaliGpuDecoder(DaliDecoder):
+    """DALI's ``mixed`` decoder: NVDEC on the GPU, frames land on that GPU."""
+
+    name = "dali-gpu"
+    device_type = "cuda"
+    codecs = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
+    priority = 10
+
+
+@register_decoder
+class DaliCpuDecoder(DaliDecoder):
+    """DALI on the CPU; its FFmpeg build has no software H.264/HEVC."""
+
+    name = "dali-cpu"
+    device_type = "cpu"
+    codecs = frozenset({"vp8", "vp9", "mjpeg"})
+    priority = 20
 
 
 def build_clip_pipeline(source, spec, batch_size: int, device: str, num_threads: int,

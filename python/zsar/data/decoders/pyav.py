@@ -3,60 +3,74 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ..video import VideoError, VideoInfo
+from ..video import FRAME_COUNT_SLACK, VideoError, VideoInfo
+from .base import Decoder, register_decoder
 
-NAME = "pyav"
 # Decoding from the start costs about as much as a seek once the first wanted frame is this
 # far in; past it we seek to the nearest keyframe before it.
 _SEEK_AFTER = 96
 
 
-def read_frames(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    """Frames ``indices`` (sorted or not, repeats allowed, already clamped to the video) of the
-    video described by ``info`` as uint8 (T, H, W, 3) RGB."""
-    import av
+@register_decoder
+class PyAVDecoder(Decoder):
+    """FFmpeg through PyAV: every codec, frame and slice threads inside FFmpeg, always installed."""
 
-    wanted = np.unique(indices)
-    frames: dict[int, np.ndarray] = {}
-    try:
-        with av.open(info.path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
-            first = int(wanted[0])
-            if first >= _SEEK_AFTER and info.fps > 0:
-                frames = _decode_after_seek(container, stream, info, wanted)
-            if not frames:
-                frames = _decode_from_start(container, stream, wanted)
-    except VideoError:
-        raise
-    except Exception as e:  # FFmpeg errors on truncated or corrupt data
-        raise VideoError(f"{info.path}: PyAV could not decode {info.codec} video: {e}") from e
-    missing = [int(i) for i in wanted if int(i) not in frames]
-    if missing:
-        if not frames:
-            raise VideoError(f"{info.path}: PyAV decoded no frames ({info.codec}); the file may be truncated")
-        # The container over-stated its frame count (truncated or odd timestamps): pad with the last frame.
-        last = frames[max(frames)]
-        for i in missing:
-            frames[i] = last
-    return np.stack([frames[int(i)] for i in indices])
+    name = "pyav"
+    device_type = "cpu"
+    codecs = None
+    priority = 100
+
+    def read_frames(self, path, indices: np.ndarray, device: torch.device, info: VideoInfo) -> torch.Tensor:
+        import av
+
+        wanted = np.unique(indices)
+        frames: dict[int, np.ndarray] = {}
+        decoded, last = 0, None
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+                if int(wanted[0]) >= _SEEK_AFTER and info.fps > 0:
+                    frames = _decode_after_seek(container, stream, info, wanted)
+                if not frames:
+                    frames, decoded, last = _decode_from_start(container, stream, wanted)
+        except VideoError:
+            raise
+        except Exception as e:  # FFmpeg errors on truncated or corrupt data
+            raise VideoError(f"{path}: PyAV could not decode {info.codec} video: {e}") from e
+        missing = [int(i) for i in wanted if int(i) not in frames]
+        if missing:
+            if decoded == 0:
+                raise VideoError(f"{path}: PyAV decoded no frames ({info.codec}); the file may be truncated or corrupt")
+            if info.num_frames - decoded > FRAME_COUNT_SLACK:
+                raise VideoError(f"{path}: only frames 0-{decoded - 1} of {info.num_frames} decode ({info.codec}); "
+                                 f"the file is truncated or corrupt")
+            # The container over-stated its frame count by a frame or two (edit lists, codec
+            # delay): the real last frame stands in, as edge padding does for short videos.
+            for i in missing:
+                frames[i] = last
+        return torch.from_numpy(np.stack([frames[int(i)] for i in indices]))
 
 
-def _decode_from_start(container, stream, wanted: np.ndarray) -> dict[int, np.ndarray]:
+def _decode_from_start(container, stream, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int, np.ndarray | None]:
+    """The wanted frames, counting from the first; also how many frames decoded up to the last
+    wanted one and, when the video ended before it, its real last frame."""
     want, stop = set(int(i) for i in wanted), int(wanted[-1])
-    out = {}
+    out, decoded, frame = {}, 0, None
     for n, frame in enumerate(container.decode(stream)):
+        decoded = n + 1
         if n in want:
             out[n] = frame.to_ndarray(format="rgb24")
         if n >= stop:
-            break
-    return out
+            return out, decoded, None
+    return out, decoded, None if frame is None else frame.to_ndarray(format="rgb24")
 
 
 def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -> dict[int, np.ndarray]:
     """Seek near the first wanted frame and number frames by timestamp. Returns {} when the
-    timestamps cannot be trusted (then the caller decodes from the start)."""
+    timestamps cannot be trusted (then the caller decodes from the start, counting frames)."""
     tb = float(stream.time_base)
     t0 = stream.start_time or 0
     first = int(wanted[0])
@@ -73,4 +87,5 @@ def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -
             out[n] = frame.to_ndarray(format="rgb24")
         if n >= stop:
             break
-    return out
+    # A gap (variable frame rate, odd timestamps) is not evidence of a damaged file: count instead.
+    return out if len(out) == len(want) else {}

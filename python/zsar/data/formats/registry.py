@@ -1,0 +1,72 @@
+"""The dataset-format registry: each format registers one reader with one signature.
+
+A registered reader turns a :class:`~zsar.data.config.DataConfig`'s fields into a
+:class:`~zsar.data.records.VideoList`::
+
+    @register_format("myformat", annotations="the CSV of clips", needs_root=True)
+    def _read(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
+        return read_myformat(annotations, root, ...)
+
+``annotations`` is the format's annotation source (file or folder), ``root`` the video folder
+(None when the format allows it), ``split``/``subset``/``classes``/``on_missing`` as in
+:class:`~zsar.data.config.DataConfig`. Registering makes the name valid in ``data.format`` of a
+training config and in ``zsar eval --format``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Protocol
+
+from ..records import VideoList
+
+__all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format"]
+
+
+class FormatReader(Protocol):
+    """The one signature of a registered reader (see the module docstring)."""
+
+    def __call__(self, annotations: str, root: str | None, *, split: int | str | None, subset: str,
+                 classes: str | None, on_missing: str) -> VideoList: ...
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A registered dataset format.
+
+    Attributes:
+        name: the format's name in configs.
+        read: its reader (:class:`FormatReader`).
+        annotations: what ``annotations`` names for this format, for messages and docs.
+        needs_root: whether a video folder must be given (otherwise the reader has a default).
+    """
+
+    name: str
+    read: FormatReader
+    annotations: str
+    needs_root: bool = True
+
+
+_FORMATS: dict[str, DatasetFormat] = {}
+#: Name → :class:`DatasetFormat` of every registered format (a live, read-only view).
+FORMATS = MappingProxyType(_FORMATS)
+
+
+def register_format(name: str, *, annotations: str, needs_root: bool = True) -> Callable[[FormatReader], FormatReader]:
+    """Decorator registering a reader with the one signature under ``name`` (replacing an earlier one)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_format: the name must be a non-empty string, got {name!r}")
+
+    def register(read: FormatReader) -> FormatReader:
+        _FORMATS[name] = DatasetFormat(name, read, annotations, needs_root)
+        return read
+
+    return register
+
+
+def get_format(name: str) -> DatasetFormat:
+    """The registered format ``name``; ``ValueError`` listing the names otherwise."""
+    if name not in _FORMATS:
+        raise ValueError(f"data.format must be one of {tuple(_FORMATS)}, got {name!r}")
+    return _FORMATS[name]
