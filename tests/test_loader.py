@@ -262,7 +262,7 @@ def test_trainer_skips_bad_files(folder_with_bad_files, tmp_path):
     ds = VideoClipDataset(folder_with_bad_files, ClipSpec(frames=4, size=32, short_side=40, train=True),
                           on_error="skip")
     cfg = TrainConfig(model="rest_tiny", model_args=dict(frames=4, image_size=32), batch_size=4,
-                      warmup=StageConfig(1, "sgd", 0.01, 0.0), joint=StageConfig(1, "adamw", 1e-3, 0.0),
+                      stages={"warmup": StageConfig(1, "sgd", 0.01, 0.0), "joint": StageConfig(1, "adamw", 1e-3, 0.0)},
                       out_dir=str(tmp_path / "run"), progress=False, device="cpu")
     summary = Trainer(cfg, ds, CLASSES).fit()
     assert summary["epochs"] == 2 and np.isfinite(summary["history"][-1]["loss"])

@@ -34,11 +34,12 @@ def clip_specs(model, data: DataConfig, eval_clips: int = 1) -> tuple[ClipSpec, 
 
 
 def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory, *, batch_size: int = 8,
-                   backend: str = "auto", on_error: str = "skip", progress: bool = True,
-                   head_settings: dict[str, Any] | None = None) -> ZeroShotClassifier:
+                   backend: str = "auto", on_error: str = "skip", missing_audio: str = "zeros",
+                   progress: bool = True, head_settings: dict[str, Any] | None = None) -> ZeroShotClassifier:
     """The zero-shot classifier of a trained model (its head built from ``videos``, the seen classes,
     read with evaluation clips when the head needs them), saved in ``directory``."""
-    loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1, on_error=on_error)
+    loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1, on_error=on_error,
+                         audio=model.inputs.audio, missing_audio=missing_audio)
     clf = ZeroShotClassifier.from_loader(model, loader, videos.classes, embedder, progress=progress,
                                          head_settings=head_settings, clip_spec=spec)
     clf.save(directory)
@@ -59,7 +60,8 @@ def train_from_config(config: TrainConfig, resume: bool = True) -> dict[str, Any
     model = create_model(config.model, class_names=videos.classes, **config.model_args)
     train_spec, eval_spec = clip_specs(model, config.data)
     train_data = VideoClipDataset(videos, train_spec, backend="pyav" if config.data.backend == "auto"
-                                  else config.data.backend, seed=config.seed, on_error=config.data.on_error)
+                                  else config.data.backend, seed=config.seed, on_error=config.data.on_error,
+                                  audio=model.inputs.audio, missing_audio=config.data.missing_audio)
     trainer = Trainer(config, train_data, videos.classes, model=model)
     summary = trainer.fit(resume=resume)
     if not trainer.dist.is_main:
@@ -67,6 +69,7 @@ def train_from_config(config: TrainConfig, resume: bool = True) -> dict[str, Any
     best = resolve(Path(config.out_dir) / "checkpoints" / "best")
     model = load_model(best, trainer.device)
     save_zero_shot(model, videos, eval_spec, embedder, best, batch_size=config.batch_size,
-                   backend=config.data.backend, on_error=config.data.on_error, progress=config.progress)
+                   backend=config.data.backend, on_error=config.data.on_error,
+                   missing_audio=config.data.missing_audio, progress=config.progress)
     log.info("zero-shot checkpoint: %s", best)
     return {**summary, "checkpoint": str(best)}

@@ -205,22 +205,13 @@ class ZeroShotClassifier:
                                     progress, total=math.ceil(len(paths) / batch_size))
 
     def _load(self, paths) -> Batch:
-        from ..data import load_clip
-        from ..data.batch import Sample, collate
+        """Video files as a batch: clips by :attr:`clip_spec`, audio when the model takes it (the
+        dataset code the loaders use, so files read here and in training agree)."""
+        from ..data import VideoClipDataset, VideoList, VideoRecord, collate
 
-        audio = self.model.inputs.audio
-        samples = []
-        for p in paths:
-            clip = load_clip(p, self.clip_spec)
-            if audio is None:
-                samples.append(Sample(clip, -1, video_id=str(p)))
-                continue
-            from ..data.audio import audio_features
-
-            features, present = audio_features(p, target_length=audio.target_length, missing="zeros",
-                                               sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins)
-            samples.append(Sample(clip, -1, audio=features, audio_present=present, video_id=str(p)))
-        return collate(samples)
+        videos = VideoList([VideoRecord(str(p), -1, str(p)) for p in paths])
+        dataset = VideoClipDataset(videos, self.clip_spec, backend="auto", audio=self.model.inputs.audio)
+        return collate([dataset.sample(i) for i in range(len(videos))])
 
     def _encode_batches(self, batches, progress: bool, total: int | None = None) -> torch.Tensor:
         self.model.eval()
