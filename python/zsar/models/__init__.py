@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .registry import create_model, list_models, register_model
 from .rest import ResT, ResTConfig
+from . import mzst  # noqa: F401,E402  (registers mzst, mzst_tiny)
 
 # name -> ResTConfig defaults (paper §4.1 and Table 4). `rest_tiny` is for tests and CPU demos.
 REST_VARIANTS: dict[str, dict] = {
