@@ -343,9 +343,10 @@ def split_compositions(config: SyntheticConfig, max_tries: int = 10000) -> tuple
         if not config.pair_coverage or _covered(unseen, comps):
             break
     else:
-        raise ValueError(f"no {config.split} split of {len(comps)} compositions with {n_unseen} unseen classes keeps "
-                         f"every pair of parts of the unseen classes among the seen ones ({max_tries} tries); hold "
-                         "out fewer classes, add part values, or set pair_coverage=False")
+        blocks = " in crossed 2 x 2 blocks" if config.split == "crossed" else ""
+        raise ValueError(f"no split of {len(comps)} compositions with {n_unseen} unseen classes{blocks} keeps every "
+                         f"pair of parts of the unseen classes among the seen ones ({max_tries} tries); hold out "
+                         "fewer classes, add part values, or set pair_coverage=False")
     unseen_labels = {label_of(c) for c in unseen}
     return [v for v in labels if v not in unseen_labels], [v for v in labels if v in unseen_labels]
 
