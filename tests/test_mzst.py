@@ -321,6 +321,10 @@ def test_heads_read_the_av_pass_unless_asked_for_the_joint_pass():
         b = model.forward_train(other_words, "joint", torch.Generator().manual_seed(0))
         assert torch.equal(a["logits"], b["logits"]) != depends, heads_from
         assert not torch.equal(a["loss_mlm"], b["loss_mlm"])
+        if heads_from == "av_pass":  # the heads' input is exactly what inference computes
+            with torch.no_grad():
+                h_train = model._representations(batch, (batch.word_ids, batch.n_words))[0]
+                torch.testing.assert_close(h_train, model._representations(batch)[0], rtol=0, atol=0)
 
 
 def test_fusion_orders_differ_only_in_which_fusion_tokens_the_text_layer_sees():

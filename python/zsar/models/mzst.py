@@ -282,9 +282,12 @@ class FusionLayer(nn.Module):
 class AVTFusion(nn.Module):
     """The AVT fusion network: K blocks of (AV layer, text layer) sharing ``n_fusion`` fusion tokens.
 
-    ``forward(av, av_valid, text=None, text_valid=None)`` takes each stream's tokens without the
-    fusion slots (``av``: ``(B, L_av, D)`` with ``av_valid`` valid tokens per sample) and returns the
-    normalised outputs ``(av_out, text_out)`` of the same shapes (``text_out`` None without text).
+    ``forward(av, av_valid, text=None, text_valid=None, text_free_av=False)`` takes each stream's
+    tokens without the fusion slots (``av``: ``(B, L_av, D)`` with ``av_valid`` valid tokens per
+    sample) and returns the normalised outputs ``(av_out, text_out)`` of the same shapes
+    (``text_out`` None without text). With text and ``text_free_av``, ``av_out`` is instead the AV
+    stream run without text (what inference computes), next to the joint pass that gives
+    ``text_out``; the two share their first AV layer, which text has not reached yet.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, n_fusion: int, order: str,
@@ -298,19 +301,25 @@ class AVTFusion(nn.Module):
             if with_text else None
         self.text_norm = nn.LayerNorm(dim) if with_text else None
 
-    def forward(self, av, av_valid, text=None, text_valid=None):
+    def _av_step(self, layer: FusionLayer, av, f, av_valid):
+        out = layer(torch.cat([av, f], 1), av_valid, self.n_fusion)
+        return out[:, :-self.n_fusion], out[:, -self.n_fusion:]
+
+    def forward(self, av, av_valid, text=None, text_valid=None, text_free_av: bool = False):
         n_f = self.n_fusion
         f = self.fusion_tokens.expand(av.shape[0], -1, -1).to(av.dtype)
+        alone = None  # (tokens, fusion tokens) of the text-free AV pass, when asked for
         for k, av_layer in enumerate(self.av_layers):
-            out = av_layer(torch.cat([av, f], 1), av_valid, n_f)
-            av, f_av = out[:, :-n_f], out[:, -n_f:]
+            av, f_av = self._av_step(av_layer, av, f, av_valid)
             if text is None:  # inference: the AV stream alone
                 f = f_av
                 continue
+            if text_free_av:
+                alone = (av, f_av) if k == 0 else self._av_step(av_layer, *alone, av_valid)
             out = self.text_layers[k](torch.cat([text, f_av if self.order == "sequential" else f], 1), text_valid, n_f)
             text, f_text = out[:, :-n_f], out[:, -n_f:]
             f = 0.5 * (f_av + f_text)
-        return self.av_norm(av), (self.text_norm(text) if text is not None else None)
+        return self.av_norm(alone[0] if alone is not None else av), (self.text_norm(text) if text is not None else None)
 
 
 class StreamEncoder(nn.Module):
@@ -455,7 +464,7 @@ class MZST(ZeroShotModel):
       paper takes CLS_V from the joint pass (``heads_from="joint_pass"``), where the label words
       reach CLS_V through the averaged fusion tokens during training but never at inference, so
       the heads can learn to read the label instead of the video. The default costs a second run
-      of the AV fusion layers per training step.
+      of the AV fusion layers after the first (which both passes share) per training step.
     * Semantic head f(x): Linear(dim, dim), GELU, Linear(dim, embed_dim). Task head: one Linear.
       MLM head: Linear, GELU, LayerNorm, Linear(vocab) (as ResT's). Concatenation fusion runs a
       transformer per modality over ``[CLS, tokens]`` and the heads read the concatenated CLS outputs.
@@ -702,9 +711,8 @@ class MZST(ZeroShotModel):
         words = self.word_embed(word_ids) + self.word_pos[:, :W]
         text_in = torch.cat([self.text_cls.expand(words.shape[0], -1, -1), words], 1)
         text_valid = 1 + n_words.to(device=av.device, dtype=torch.int32)
-        av_out, text_out = self.fusion(av, av_valid, text_in, text_valid)
-        if self.config.heads_from == "av_pass":
-            av_out = self.fusion(av, av_valid)[0]
+        av_out, text_out = self.fusion(av, av_valid, text_in, text_valid,
+                                       text_free_av=self.config.heads_from == "av_pass")
         return av_out[:, 0], text_out[:, 1:], B, n_clips
 
     def _semantic(self, h: torch.Tensor) -> torch.Tensor:
