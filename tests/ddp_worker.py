@@ -9,8 +9,8 @@ from training_data import CLASS_NAMES, FEATURE_MODEL_ARGS, SeparableFeatures
 from zsar.train import StageConfig, Trainer, TrainConfig
 
 out_dir, batch_size = sys.argv[1], int(sys.argv[2])
-config = TrainConfig(model="rest_tiny", model_args=FEATURE_MODEL_ARGS, warmup=StageConfig(0, "sgd", 0.01, 0.0),
-                     joint=StageConfig(2, "sgd", 0.05, 0.0, momentum=0.0), batch_size=batch_size,
+config = TrainConfig(model="rest_tiny", model_args=FEATURE_MODEL_ARGS,
+                     stages={"joint": StageConfig(2, "sgd", 0.05, 0.0, momentum=0.0)}, batch_size=batch_size,
                      seed=3, out_dir=out_dir, progress=False, log_every=1000, device="cpu")
 trainer = Trainer(config, SeparableFeatures(32), CLASS_NAMES)
 trainer.fit()

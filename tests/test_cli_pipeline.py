@@ -34,9 +34,10 @@ def trained(tmp_path_factory):
     config.write_text(
         "model: rest_tiny\n"
         "model_args: {frames: 4, image_size: 32, dim: 32, depth: 1, heads: 4, mlp_dim: 64}\n"
-        "warmup: {epochs: 2, optimizer: sgd, lr: 0.05, weight_decay: 0.0}\n"
-        "joint: {epochs: 2, optimizer: adamw, lr: 0.001, weight_decay: 0.0}\n"
-        "batch_size: 4\nprogress: false\ndevice: cpu\n"
+        "stages:\n"
+            "  warmup: {epochs: 2, optimizer: sgd, lr: 0.05, weight_decay: 0.0}\n"
+            "  joint: {epochs: 2, optimizer: adamw, lr: 0.001, weight_decay: 0.0}\n"
+            "batch_size: 4\nprogress: false\ndevice: cpu\n"
         f"out_dir: {root / 'run'}\n"
         f"data: {{format: list, annotations: {root / 'train.txt'}, root: {root}, classes: {root / 'classes.txt'}, "
         "short_side: 36}\n")

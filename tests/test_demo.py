@@ -62,6 +62,25 @@ def test_quick_demo_writes_report_figures_and_a_usable_checkpoint(tmp_path, caps
     assert probs.shape == (1, len(report["unseen_classes"])) and abs(float(probs.sum()) - 1) < 1e-5
 
 
+def test_eval_on_the_demo_checkpoint_reports_what_the_demo_reports(tmp_path, capsys):
+    """One evaluation runner: `zsar eval` on the demo's checkpoint and unseen videos gives the demo's
+    transfer and semantic-space baseline numbers, top-5 included."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    demo = json.loads((out / "report.json").read_text())
+    data, eval_report = out / "data", tmp_path / "eval.json"
+    assert len(demo["unseen_classes"]) >= 5  # so that top-5 is a real measurement
+    assert main(["eval", "--checkpoint", demo["files"]["checkpoint"], "--annotations", str(data / "unseen_test.txt"),
+                 "--root", str(data), "--classes", str(data / "classes_unseen.txt"), "--backend", "pyav",
+                 "--report", str(eval_report)]) == 0  # the decoder the demo used
+    printed = capsys.readouterr().out
+    assert "semantic-space baseline" in printed and "top5" in printed
+    results = json.loads(eval_report.read_text())
+    for key, prefix in (("transfer", "unseen"), ("semantic_baseline", "semantic_baseline")):
+        for metric in ("top1", "top5", "mean_class_accuracy"):
+            assert results[key][metric]["mean"] == pytest.approx(demo[f"{prefix}_{metric}"], abs=1e-9), (key, metric)
+
+
 def test_quick_demo_is_deterministic_and_reuses_its_videos(tmp_path):
     import argparse
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zsar
+from zsar.data.batch import Batch
 from zsar.models import REST_VARIANTS, ResTConfig
 from zsar.text import WordVocab, split_label
 
@@ -103,7 +104,8 @@ def test_losses_and_objective_switches(seed):
     for objective in ("both", "cls", "mlm"):
         model, vocab = _tiny(objective=objective)
         ids, n = vocab.encode_batch(LABELS, 8)
-        out = model(clips, labels, ids, n, generator=torch.Generator().manual_seed(seed))
+        batch = Batch(clips=clips, labels=labels, word_ids=ids, n_words=n)
+        out = model.forward_train(batch, "joint", generator=torch.Generator().manual_seed(seed))
         if objective == "both":
             torch.testing.assert_close(out["loss"], out["loss_cls"] + 0.5 * out["loss_mtl"])
         assert (out["loss_cls"] > 0) == (objective != "mlm")

@@ -1,4 +1,5 @@
-"""ResT training: learning, exact resume, distributed equivalence, configs and checkpoints."""
+"""Training (ResT through the model contract): learning, exact resume, distributed equivalence, configs
+and checkpoints."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 from training_data import CLASS_NAMES, FEATURE_MODEL_ARGS, SeparableClips, SeparableFeatures
+from zsar.models import checkpoint as ckpt
 from zsar.train import StageConfig, Trainer, TrainConfig, load_model
-from zsar.train import checkpoint as ckpt
 
 TINY = dict(frames=4, dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.1)
 
 
 def _config(tmp_path, **kw):
-    base = dict(model="rest_tiny", model_args=TINY, warmup=StageConfig(2, "sgd", 0.1, 1e-4),
-                joint=StageConfig(3, "adamw", 1e-2, 0.01), batch_size=8, seed=0, out_dir=str(tmp_path / "run"),
+    stages = {"warmup": kw.pop("warmup", StageConfig(2, "sgd", 0.1, 1e-4)),
+              "joint": kw.pop("joint", StageConfig(3, "adamw", 1e-2, 0.01))}
+    if kw.get("model_args", {}).get("feature_input"):  # feature input: no frame encoder to warm up
+        del stages["warmup"]
+    base = dict(model="rest_tiny", model_args=TINY, stages=stages, batch_size=8, seed=0, out_dir=str(tmp_path / "run"),
                 progress=False, log_every=2, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
@@ -72,13 +76,13 @@ def test_two_process_gloo_matches_single_process(tmp_path):
 def test_config_files_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     _config(tmp_path).save(path)
-    loaded = TrainConfig.load(path, ["joint.lr=1e-4", "model_args.depth=3", "batch_size=4"])
-    assert loaded.joint.lr == 1e-4 and loaded.model_args["depth"] == 3 and loaded.batch_size == 4
+    loaded = TrainConfig.load(path, ["stages.joint.lr=1e-4", "model_args.depth=3", "batch_size=4"])
+    assert loaded.stages["joint"].lr == 1e-4 and loaded.model_args["depth"] == 3 and loaded.batch_size == 4
     json_path = tmp_path / "c.json"
     loaded.save(json_path)
     assert TrainConfig.load(json_path) == loaded
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['joint.lrr'\]"):
-        TrainConfig.load(path, ["joint.lrr=1"])
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stages.joint.lrr'\]"):
+        TrainConfig.load(path, ["stages.joint.lrr=1"])
     with pytest.raises(TypeError, match="config key 'batch_size': expected int"):
         TrainConfig.load(path, ["batch_size=abc"])
     with pytest.raises(ValueError, match="must look like key=value"):
@@ -86,7 +90,10 @@ def test_config_files_and_overrides(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TrainConfig.load(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        TrainConfig.load(path, ["joint.optimizer=adam"])
+        TrainConfig.load(path, ["stages.joint.optimizer=adam"])
+    # only the stages the model has (ResT: warmup, joint)
+    with pytest.raises(ValueError, match=r"names \['pretrain'\], but model 'rest_tiny' trains the stages \['warmup', 'joint'\]"):
+        Trainer(TrainConfig.load(path, ["stages.pretrain.epochs=1"]), SeparableClips(8), CLASS_NAMES)
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
@@ -95,7 +102,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     trainer.fit()
     import zsar
 
-    other = zsar.create_model("rest_tiny", num_classes=4, vocab=trainer.vocab.to_list(), **{**TINY, "dim": 48})
+    other = zsar.create_model("rest_tiny", class_names=CLASS_NAMES, **{**TINY, "dim": 48})
     with pytest.raises(ValueError, match="does not match the model: shape mismatch"):
         ckpt.load_weights(other, Path(trainer.config.out_dir) / "checkpoints" / "last")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):

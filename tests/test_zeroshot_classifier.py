@@ -12,6 +12,7 @@ import zsar
 from training_data import SeparableClips
 from zsar.text import WordVectorEmbedder
 from zsar.zeroshot import ZeroShotClassifier
+from zsar.zeroshot.heads import load_prototypes
 
 SEEN = ["red light", "green light", "blue light", "dark room"]  # the casts of SeparableClips, in order
 
@@ -28,10 +29,10 @@ def setup(seed):
     zebra = -np.eye(1, 16, dtype=np.float32)  # ... so "zebra" (-e0) has negative cosine with every label
     kv = KeyedVectors(vector_size=16)
     kv.add_vectors(words + ["crimson", "glow", "zebra"], np.concatenate([base, near, zebra]))
-    model = zsar.create_model("rest_tiny", frames=4, dim=32, depth=1, heads=4, mlp_dim=64, num_classes=4)
+    model = zsar.create_model("rest_tiny", class_names=SEEN, frames=4, dim=32, depth=1, heads=4, mlp_dim=64)
     data = SeparableClips(32, seed=seed)
     clf = ZeroShotClassifier.from_loader(model, DataLoader(data, batch_size=8), SEEN, WordVectorEmbedder(kv),
-                                         k=1, rho=1, progress=False)
+                                         head_settings={"k": 1, "rho": 1}, progress=False)
     return clf, data
 
 
@@ -39,7 +40,7 @@ def test_transfer_to_known_compositions_classifies(setup):
     clf, data = setup
     clf.set_labels(["blue light", "red light"])  # each target's nearest seen label is itself (m = 1)
     assert clf.assignment.sum(1).tolist() == [1, 1]
-    torch.testing.assert_close(clf.prototypes[0], clf.seen_prototypes[2])
+    torch.testing.assert_close(clf.prototypes[0], clf.head.seen_prototypes[2])
     keep = (data.labels == 0) | (data.labels == 2)
     clips, truth = data.clips[keep], (data.labels[keep] == 0).long()  # red -> index 1, blue -> 0
     pred = clf.predict(clips)
@@ -51,9 +52,9 @@ def test_transfer_to_known_compositions_classifies(setup):
 
 def test_composite_prototype_mixes_related_seen_classes(setup):
     clf, _ = setup
-    clf.rho, clf.k = 2, 2
+    clf.head.rho, clf.head.k = 2, 2
     clf.set_labels(["crimson glow", "dark room"])
-    assert clf.prototypes.shape == (2, clf.seen_prototypes.shape[1])
+    assert clf.prototypes.shape == (2, clf.head.seen_prototypes.shape[1])
     assert clf.assignment[0, 0] and clf.assignment[0].sum() == 2  # "red light" and one more
     with pytest.raises(ValueError, match="unrelated to every seen class"):
         clf.set_labels(["zebra"])
@@ -68,16 +69,16 @@ def test_errors_and_persistence(setup, tmp_path):
     clf.set_labels(["red light", "blue light"])
     with pytest.raises(ValueError, match="top_k must be in"):
         clf.predict(data.clips[:2], top_k=3)
-    clf.save_prototypes(tmp_path)
-    protos, labels = ZeroShotClassifier.load_prototypes(tmp_path)
-    torch.testing.assert_close(protos, clf.seen_prototypes)
+    clf.head.save_state(tmp_path)
+    protos, labels = load_prototypes(tmp_path)
+    torch.testing.assert_close(protos, clf.head.seen_prototypes)
     assert labels == SEEN
 
 
 def test_save_load_and_video_files(setup, tmp_path):
     """A saved checkpoint reloads into the same classifier, which also reads video files."""
     from zsar.data import ClipSpec, load_clip
-    from zsar.train.checkpoint import save_checkpoint
+    from zsar.models import save_checkpoint
     from videos import make_video
 
     clf, _ = setup
@@ -93,7 +94,7 @@ def test_save_load_and_video_files(setup, tmp_path):
         make_video(p, t=10, h=40, w=48, seed=i)
 
     loaded = ZeroShotClassifier.load(ckpt, device="cpu")
-    assert loaded.seen_labels == SEEN and loaded.clip_spec == clf.clip_spec and (loaded.k, loaded.rho) == (1, 1)
+    assert loaded.seen_labels == SEEN and loaded.clip_spec == clf.clip_spec and (loaded.head.k, loaded.head.rho) == (1, 1)
     for c in (clf, loaded):
         c.set_labels(["blue light", "red light", "dark room"])
     clips = torch.stack([load_clip(p, clf.clip_spec) for p in paths])

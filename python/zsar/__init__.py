@@ -8,6 +8,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from . import ops  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
+from .models import create_model, list_models, load_model  # noqa: E402
 
-__all__ = ["__version__", "create_model", "list_models", "ops"]
+__all__ = ["__version__", "create_model", "list_models", "load_model", "ops"]

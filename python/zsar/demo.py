@@ -202,31 +202,10 @@ class _CachedClipDataset(VideoClipDataset):
 # ---- evaluation helpers --------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _encode(model, dataset, batch_size: int, desc: str, progress: bool):
-    """(features (N, D), seen-class logits (N, S), labels (N,)) of a dataset, in order."""
+def _loader(dataset, batch_size: int = 64):
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
-    model.eval()
-    xs, logits, ys = [], [], []
-    for clips, labels in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, leave=False,
-                              disable=not progress, dynamic_ncols=True):
-        x = model.encode_video(clips.to(device))
-        xs.append(x.float().cpu())
-        logits.append(model.cls_head(x).float().cpu())
-        ys.append(labels)
-    return torch.cat(xs), torch.cat(logits), torch.cat(ys)
-
-
-def _scores(y, scores, n_classes: int) -> dict[str, float]:
-    from .eval.metrics import mean_class_accuracy, top_k_accuracy
-
-    y = np.asarray(y)
-    scores = np.asarray(scores)
-    return {"top1": top_k_accuracy(y, scores, 1), "top5": top_k_accuracy(y, scores, min(5, n_classes)),
-            "mean_class_accuracy": mean_class_accuracy(y, scores.argmax(1))}
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate_fn", None))
 
 
 class _Steps:
@@ -259,14 +238,12 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     baseline), the classes, the transfer edges, the files written and the configuration.
     ``verbose`` prints step headers and the results table.
     """
-    from .eval.metrics import top_k_accuracy
+    from .eval.runner import encode_dataset, seen_accuracy, zero_shot_report
+    from .models import create_model, save_checkpoint
     from .text import SentenceEmbedder
-    from .train import checkpoint as ckpt
     from .train.config import StageConfig, TrainConfig
-    from .train.pipeline import build_model
     from .train.trainer import Trainer
-    from .zeroshot import (ZeroShotClassifier, cosine_similarity_matrix, seen_prototypes_from_loader,
-                           semantic_space_baseline)
+    from .zeroshot import class_means, cosine_similarity_matrix, prototype_classifier
 
     cfg = config or DemoConfig()
     start = time.perf_counter()
@@ -290,13 +267,13 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
         steps.seconds["load_embedder"] = round(time.perf_counter() - loaded, 2)
         train_cfg = TrainConfig(
             model=cfg.model, model_args={"image_size": data_cfg.size, **cfg.model_args},
-            warmup=StageConfig(cfg.warmup_epochs, "sgd", cfg.warmup_lr, 1e-4),
-            joint=StageConfig(cfg.joint_epochs, "adamw", cfg.joint_lr, 0.05),
+            stages={"warmup": StageConfig(cfg.warmup_epochs, "sgd", cfg.warmup_lr, 1e-4),
+                    "joint": StageConfig(cfg.joint_epochs, "adamw", cfg.joint_lr, 0.05)},
             batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, num_workers=0,
             out_dir=str(out / "train"), progress=cfg.progress, log_every=10)
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone, as in Trainer
-        model = build_model(train_cfg, bench.seen_classes)
-        train_spec = ClipSpec(frames=model.config.frames, stride=cfg.stride, size=data_cfg.size, train=True)
+        model = create_model(cfg.model, class_names=bench.seen_classes, **train_cfg.model_args)
+        train_spec = model.inputs.clip_spec(stride=cfg.stride, size=data_cfg.size, train=True)
         eval_spec = dataclasses.replace(train_spec, train=False, num_clips=cfg.eval_clips)
         cache = _FrameCache(cfg.decoder)
         train_set = _CachedClipDataset(bench.seen_train, train_spec, cache, seed=cfg.seed)
@@ -313,40 +290,30 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
         model = trainer.model.eval()
 
     with steps("encode", "seen-class prototypes and test-video representations"):
-        from torch.utils.data import DataLoader
-
-        prototypes = seen_prototypes_from_loader(
-            model, DataLoader(eval_sets["seen_train"], batch_size=64), n_seen, progress=cfg.progress)
-        x_seen, logits_seen, y_seen = _encode(model, eval_sets["seen_test"], 64, "seen test videos", cfg.progress) \
-            if len(bench.seen_test) else (None, None, None)
-        x_unseen, logits_unseen, y_unseen = _encode(model, eval_sets["unseen_test"], 64, "unseen test videos",
-                                                    cfg.progress)
+        seen_train = encode_dataset(model, _loader(eval_sets["seen_train"]), cfg.progress, "seen training videos")
+        prototypes = class_means(seen_train.x, torch.as_tensor(seen_train.labels), n_seen)
+        seen_test = encode_dataset(model, _loader(eval_sets["seen_test"]), cfg.progress, "seen test videos") \
+            if len(bench.seen_test) else None
+        unseen_test = encode_dataset(model, _loader(eval_sets["unseen_test"]), cfg.progress, "unseen test videos")
 
     with steps("transfer", "semantic transfer: (ϑ, K, ρ) by cross-validation, integer program (HiGHS), "
                            "composite prototypes"):
-        params, selection = _transfer_params(cfg, x_seen, y_seen, prototypes, embedder.embed(bench.seen_classes),
-                                             verbose)
-        clf = ZeroShotClassifier(model, prototypes, bench.seen_classes, embedder, clip_spec=eval_spec, **params)
-        clf.set_labels(bench.unseen_classes)
+        params, selection = _transfer_params(cfg, seen_test, prototypes, embedder.embed(bench.seen_classes), verbose)
+        clf = prototype_classifier(model, prototypes, bench.seen_classes, embedder, clip_spec=eval_spec, **params)
+        # The same runner as `zsar eval`: the classifier's labels are the unseen classes (0/100).
+        results = zero_shot_report(clf, unseen_test, bench.unseen_classes, protocol="0/100", dataset="demo")
         relatedness = cosine_similarity_matrix(embedder.embed(bench.unseen_classes), embedder.embed(bench.seen_classes))
-        y = y_unseen.numpy()
-        transfer = _scores(y, cosine_similarity_matrix(x_unseen.numpy(), clf.prototypes.numpy()), n_unseen)
-        # Baseline: the seen class the model predicts, then the unseen label most related to it; its
-        # ranking of the unseen labels (for top-5) is their relatedness to that seen label.
-        seen_pred = logits_unseen.numpy().argmax(1)
-        baseline_pred = semantic_space_baseline(seen_pred, relatedness)
-        baseline_scores = relatedness[:, seen_pred].T
-        baseline = _scores(y, baseline_scores, n_unseen)
-        assert np.array_equal(baseline_scores.argmax(1), baseline_pred)
+        transfer, baseline = _metrics(results["transfer"]), _metrics(results["semantic_baseline"])
         # The evaluated model with its prototypes and transfer settings: `zsar predict` reads it.
-        checkpoint = ckpt.save_checkpoint(out / "checkpoint", model, {"class_names": bench.seen_classes})
+        checkpoint = save_checkpoint(out / "checkpoint", model, {"class_names": bench.seen_classes})
         clf.save(checkpoint)
 
     with steps("report", "writing figures and the report"):
         files = {"report": str(cfg.report_path), "checkpoint": str(checkpoint), "data": str(bench.root)}
         if cfg.plots:
-            files.update(_plots(out, relatedness, clf.assignment, bench, x_unseen, y, clf.prototypes, verbose))
-        chance = 1.0 / n_unseen
+            files.update(_plots(out, relatedness, clf.assignment, bench, unseen_test.x, unseen_test.labels,
+                                clf.class_matrix, verbose))
+        chance = results["chance"]
         report: dict[str, Any] = {
             "unseen_top1": transfer["top1"],
             "unseen_top5": transfer["top5"],
@@ -355,8 +322,8 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
             "semantic_baseline_top5": baseline["top5"],
             "semantic_baseline_mean_class_accuracy": baseline["mean_class_accuracy"],
             "chance": chance,
-            "chance_top5": min(5, n_unseen) / n_unseen,
-            "seen_top1": (top_k_accuracy(y_seen.numpy(), logits_seen.numpy(), 1) if y_seen is not None else None),
+            "chance_top5": results["chance_top5"],
+            "seen_top1": seen_accuracy(seen_test) if seen_test is not None else None,
             "n_seen_classes": n_seen,
             "n_unseen_classes": n_unseen,
             "n_train_videos": len(bench.seen_train),
@@ -386,18 +353,25 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     return report
 
 
-def _transfer_params(cfg: DemoConfig, features, labels, prototypes, seen_embeddings, verbose: bool):
+def _metrics(result: dict) -> dict[str, float]:
+    """top1/top5/mean_class_accuracy of a 0/100 protocol result (top-5 is 1 with at most 5 classes)."""
+    metrics = {k: result[k]["mean"] for k in ("top1", "top5", "mean_class_accuracy") if k in result}
+    metrics.setdefault("top5", 1.0)
+    return metrics
+
+
+def _transfer_params(cfg: DemoConfig, seen_test, prototypes, seen_embeddings, verbose: bool):
     """(ϑ, K, ρ) by 5-fold cross-validation over the seen classes (ResT §4.1) on held-out videos of
     the seen classes, or the configured ones. Returns (params, what the selection found)."""
     fixed = {"theta": cfg.theta, "k": cfg.k, "rho": cfg.rho}
     if not cfg.select:
         return fixed, {"method": "fixed"}
-    if features is None:
+    if seen_test is None:
         return fixed, {"method": "fixed", "reason": "no held-out videos of seen classes to cross-validate on"}
     from .zeroshot.selection import select_transfer_params
 
     try:
-        result = select_transfer_params(features, labels, seen_embeddings, prototypes, thetas=cfg.cv_thetas,
+        result = select_transfer_params(seen_test.x, seen_test.labels, seen_embeddings, prototypes, thetas=cfg.cv_thetas,
                                         ks=cfg.cv_ks, rhos=cfg.cv_rhos, seed=cfg.seed, progress=False)
     except ValueError as e:  # e.g. too few seen classes for 5 folds in a tiny run
         if verbose:

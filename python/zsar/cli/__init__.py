@@ -10,7 +10,7 @@ import sys
 COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
-    "train": ("zsar.cli.train", "train ResT on a video dataset and save a zero-shot checkpoint"),
+    "train": ("zsar.cli.train", "train a model (ResT, ...) on a video dataset and save a zero-shot checkpoint"),
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
     "predict": ("zsar.cli.predict", "zero-shot labels for video files against any labels"),
     "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
@@ -36,11 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_errors() -> tuple[type[Exception], ...]:
+    """Errors of a run that are the user's to fix (a locked run folder, a diverged loss): one line."""
+    from ..train import NonFiniteLossError, RunLockedError
+
+    return (NonFiniteLossError, RunLockedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args._module).run(args)
-    except (CLIError, FileNotFoundError, ValueError) as exc:
+    except (CLIError, FileNotFoundError, ValueError, *_run_errors()) as exc:
         print(f"zsar {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

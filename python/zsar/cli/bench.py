@@ -2,7 +2,7 @@
 
 * ``attention``: the fused ResT attention op (every usable backend checked against the float64
   reference) against torch SDPA with the equivalent dense mask, forward + backward.
-* ``model``: clips/s of a registered model's inference (``encode_video``) and training step.
+* ``model``: clips/s of a registered model's inference (``encode``) and training step.
 * ``decode``: clips/s of the video loader on generated UCF101-like files, per decoder backend.
 
 The side-by-side benchmarks with statistics live in the repository's ``bench/`` (pytest-benchmark).
@@ -137,43 +137,52 @@ def _model(args) -> int:
     import torch
 
     import zsar
-    from ..text import WordVocab
+    from ..data.batch import Batch
 
     device, sync = _device(args)
     labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
-    vocab = WordVocab.from_labels(labels)
-    overrides = {"num_classes": len(labels), "vocab": vocab.to_list()}
+    overrides = {}
     if args.frames:
         overrides["frames"] = args.frames
     if args.backend:
         overrides["attention_backend"] = args.backend
-    model = zsar.create_model(args.model, **overrides).to(device)
-    cfg, B = model.config, args.batch or 8
+    model = zsar.create_model(args.model, class_names=labels, **overrides).to(device)
+    inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
-    clips = torch.randn(B, cfg.frames, 3, cfg.image_size, cfg.image_size, generator=gen).to(device)
-    y = torch.randint(0, len(labels), (B,), generator=gen).to(device)
-    ids, n = vocab.encode_batch([labels[i] for i in y.tolist()], cfg.max_words)
-    ids, n = ids.to(device), n.to(device)
+    shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
+        (inputs.frames, 3, inputs.image_size, inputs.image_size)
+    y = torch.randint(0, len(labels), (B,), generator=gen)
+    batch = Batch(clips=torch.randn(B, *shape, generator=gen), labels=y)
+    if inputs.audio is not None:
+        batch = batch.replace(audio=torch.randn(B, inputs.audio.target_length, inputs.audio.mel_bins, generator=gen),
+                              audio_present=torch.ones(B, dtype=torch.bool))
+    if inputs.label_words:
+        ids, n = model.tokenize_labels(labels)
+        batch = batch.replace(word_ids=ids[y], n_words=n[y].to(torch.int32))
+    batch = batch.to(device)
+    stage = model.training_stages()[-1]  # the last stage trains the whole model
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage.trains(name))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def infer():
         with torch.no_grad(), autocast:
-            model.eval().encode_video(clips)
+            model.eval().encode(batch)
 
     def train():
         model.train()
         with autocast:
-            loss = model(clips, y, ids, n)["loss"]
+            loss = model.forward_train(batch, stage.name)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    print(f"{args.model} on {device}: batch {B}, {cfg.frames} frames of {cfg.image_size}x{cfg.image_size}"
-          f"{', bf16 autocast' if device.type == 'cuda' else ', float32'}")
-    for name, fn in (("inference", infer), ("training step", train)):
+    size = f"{inputs.frames} frames of {inputs.image_size}x{inputs.image_size}"
+    print(f"{args.model} on {device}: batch {B}, {size}{', bf16 autocast' if device.type == 'cuda' else ', float32'}")
+    for name, fn in (("inference", infer), (f"training step ({stage.name})", train)):
         t = _best_time(fn, args.repeats or 5, sync)
-        print(f"  {name:<14} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
+        print(f"  {name:<22} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
     return 0
 
 

@@ -43,56 +43,26 @@ def run(args) -> int:
 
     from dataclasses import replace
 
-    import torch
-
     from ..data import VideoLoader
     from ..data.config import DataConfig
-    from ..eval import evaluate_protocol, format_results_table, transfer_predictor, write_results_json
-    from ..zeroshot import ZeroShotClassifier, cosine_similarity_matrix, semantic_space_baseline
+    from ..eval import write_results_json
+    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
+    from ..zeroshot import ZeroShotClassifier
 
     data = DataConfig(format=args.format, annotations=args.annotations, root=args.root, split=args.split,
                       subset=args.subset, classes=args.classes, backend=args.backend)
     videos = data.read()
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device)
+    if clf.seen_labels is None:
+        raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
     spec = clf.clip_spec if args.clips is None else replace(clf.clip_spec, num_clips=args.clips)
     loader = VideoLoader(videos, spec, args.batch, backend=args.backend, shuffle=False, num_shards=1)
-    from tqdm.auto import tqdm
-
-    feats, labels = [], []
-    device = next(clf.model.parameters()).device
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="encoding videos", unit="batch"):
-            x = clf.model.eval().encode_video(batch.clips.to(device))
-            feats.append(x.float().cpu())
-            labels.append(batch.labels)
-    x, y = torch.cat(feats), torch.cat(labels).numpy()
-    if loader.skipped.count:
-        print(f"skipped {loader.skipped.count} unreadable video(s)")
-    seen_emb = clf.embedder.embed(clf.seen_labels)
-    class_emb = clf.embedder.embed(videos.classes)
-    with torch.no_grad():
-        seen_logits = clf.model.cls_head(x.to(device)).float().cpu().numpy()
-    transfer = transfer_predictor(x, clf.seen_prototypes, seen_emb, class_emb, videos.classes,
-                                  clf.k, clf.theta, clf.rho)
-    rows = {name: i for i, name in enumerate(videos.classes)}
-
-    def baseline(names):  # nearest seen label (the CLS head), then its most related candidate
-        rel = cosine_similarity_matrix(class_emb[[rows[n] for n in names]], seen_emb)
-        return semantic_space_baseline(seen_logits, rel)
-
-    results = {"checkpoint": args.checkpoint, "videos": int(len(y)), "classes": len(videos.classes),
-               "protocol": args.protocol}
-    n_splits = 10 if args.protocol == "0/50" else 1
-    results["transfer"] = evaluate_protocol(transfer, y, videos.classes, protocol=args.protocol, n_splits=n_splits)
-    results["semantic_baseline"] = evaluate_protocol(baseline, y, videos.classes, protocol=args.protocol,
-                                                     n_splits=n_splits)
-    n_candidates = len(videos.classes) if args.protocol == "0/100" else len(videos.classes) // 2
-    results["chance"] = 1.0 / max(n_candidates, 1)
-    for key in ("transfer", "semantic_baseline"):
-        if key in results:
-            print(f"== {key.replace('_', ' ')} ==")
-            print(format_results_table(results[key]))
-    print(f"chance top-1: {results['chance']:.4f}")
+    encoded = encode_dataset(clf.model, loader)
+    if encoded.skipped:
+        print(f"skipped {encoded.skipped} unreadable video(s)")
+    results = {"checkpoint": args.checkpoint,
+               **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}
+    print(format_zero_shot_report(results))
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")

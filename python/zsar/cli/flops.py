@@ -1,7 +1,7 @@
 """``zsar flops``: per-clip multiply-adds ("GFLOPs" as in the ResT paper) and parameters of a model.
 
-The count runs the model's inference path (``encode_video``: tokens ``[CLS, r_1..r_T, [MASK]]``, one
-clip, batch 1) under ``torch.utils.flop_counter.FlopCounterMode``, custom ops included; see
+The count runs the model's inference path (its ``encode``; for ResT tokens ``[CLS, r_1..r_T, [MASK]]``),
+one clip at batch 1, under ``torch.utils.flop_counter.FlopCounterMode``, custom ops included; see
 :mod:`zsar.models.complexity` for the counting conventions and how they relate to the paper.
 """
 
@@ -23,14 +23,14 @@ _DESCRIPTION = (
     "Print per-clip multiply-adds in the papers' 'GFLOPs' (10^9 multiply-adds, not 2x) and parameter "
     "counts of a registered model, counting the custom ops (masked_attention). The inference setting "
     "of the ResT paper: tokens [CLS, frame tokens, [MASK]], one clip at batch 1; clips multiply the "
-    "total. Fast: the frame encoder is only traced on the meta device."
+    "total. Fast: the backbones are only traced on the meta device."
 )
 
 
 def add_arguments(parser) -> None:
     parser.description = _DESCRIPTION
-    parser.add_argument("model", help="a registered model, e.g. rest18, rest34, rest101, rest_vgg16, "
-                        "rest_mobilenet_v2, rest_googlenet, rest_r2plus1d")
+    parser.add_argument("model", help="a registered model (zsar info lists them), e.g. rest18, rest34, rest101, "
+                        "rest_vgg16, rest_mobilenet_v2, rest_googlenet, rest_r2plus1d")
     parser.add_argument("--frames", type=int, default=None, metavar="T",
                         help="frames per clip (default: the model's, e.g. 16 for rest18)")
     parser.add_argument("--clips", type=int, default=1, metavar="N",
@@ -45,26 +45,20 @@ def _millions(n: int) -> str:
 
 def render(r: dict) -> str:
     """The human-readable report of a :func:`zsar.models.complexity.count_flops` result."""
-    n_frame_tokens = r["tokens"] - 2
-    tokens = f"{n_frame_tokens} frame token{'s' if n_frame_tokens != 1 else ''}"
-    if r["backbone"] is not None:
-        source = (f"backbone {r['backbone']}, {r['frames']} frames of {r['image_size']}x{r['image_size']}"
-                  f" -> {tokens}")
+    if r["image_size"] is not None:
+        source = f"{r['frames']} frames of {r['image_size']}x{r['image_size']}"
     else:
-        source = f"precomputed features, {tokens}"
-    lines = [
-        f"{r['model']}: {source}",
-        f"transformer tokens: [CLS] + {n_frame_tokens} + [MASK] = {r['tokens']}",
-        f"convention: {r['convention']}",
-        "",
-        f"{'part':<13}{'GFLOPs/clip':>12}{'params':>13}",
-    ]
+        source = f"{r['frames']} frames of precomputed features"
+    if r.get("audio"):
+        source += f" + audio {r['audio'][0]}x{r['audio'][1]} log-mel"
+    facts = {k: v for k, v in r.items() if k in _FACTS and v is not None}
+    lines = [f"{r['model']}: {source}"]
+    if facts:
+        lines.append(", ".join(f"{_FACTS[k]}: {v}" for k, v in facts.items()))
+    lines += [f"convention: {r['convention']}", "", f"{'part':<13}{'GFLOPs/clip':>12}{'params':>13}"]
     params = r["params_parts"]
-    rows = [("backbone", "backbone"), ("projection", "projection"), ("transformer", "transformer"),
-            ("other", "embeddings")]
-    for part, param_key in rows:
-        label = "embeddings" if part == "other" else part
-        lines.append(f"{label:<13}{r['parts_gflops'][part]:>12.3f}{_millions(params[param_key]):>13}")
+    for part, gflops in r["parts_gflops"].items():
+        lines.append(f"{part:<13}{gflops:>12.3f}{_millions(params.get(part, 0)):>13}")
     lines.append(f"{'total':<13}{r['gflops_per_clip']:>12.3f}{_millions(r['params']):>13}")
     clips = r["clips"]
     lines += [
@@ -75,9 +69,14 @@ def render(r: dict) -> str:
     custom = {k: v for k, v in r["ops_gflops"].items() if not k.startswith(("aten.", "prims."))}
     if custom:
         lines.append("custom ops (included): " + ", ".join(f"{k} {v:.4f} GFLOPs/clip" for k, v in custom.items()))
-    lines.append(f"params count the parts used at inference; the training-only heads add "
-                 f"{_millions(r['params_training_heads'])} ({_millions(r['params_all'])} in all)")
+    lines.append(f"params count the parts used at inference ('other': embeddings and tokens); the training-only "
+                 f"heads add {_millions(r['params_training_heads'])} ({_millions(r['params_all'])} in all)")
     return "\n".join(lines)
+
+
+#: Facts of ``describe()`` shown in the report header, with their labels.
+_FACTS = {"backbone": "backbone", "tokens": "transformer tokens", "video_tokens": "video tokens",
+          "audio_tokens": "audio tokens"}
 
 
 def run(args) -> int:

@@ -1,22 +1,26 @@
-"""``zsar train CONFIG [key=value ...]``: train ResT on a video dataset and save a zero-shot checkpoint."""
+"""``zsar train CONFIG [key=value ...]``: train a registered model on a video dataset and save a zero-shot
+checkpoint."""
 
 from __future__ import annotations
 
 import json
 
 _DESCRIPTION = (
-    "Train a ResT model on the videos a YAML/JSON config names (its `data` section: format, "
-    "annotations, root), both stages with the config's optimisers and schedules, resumable from "
-    "out_dir/checkpoints/last. Afterwards the seen-class prototypes are computed and a zero-shot "
-    "classifier is saved beside the best checkpoint, ready for `zsar predict` and `zsar eval`. "
-    "Any config key can be overridden as key=value (nested: warmup.epochs=5, data.root=/videos)."
+    "Train a registered model (e.g. rest18) on the videos a YAML/JSON config names (its `data` section: "
+    "format, annotations, root), every training stage of the model (ResT: warmup, joint) with the "
+    "model's default optimisers and schedules unless `stages` overrides them, resumable from "
+    "out_dir/checkpoints/last (--no-resume starts over). Afterwards the model's zero-shot head is built "
+    "(ResT: seen-class prototypes) and a zero-shot classifier is saved beside the best checkpoint, ready "
+    "for `zsar predict` and `zsar eval`. Any config key can be overridden as key=value (nested: "
+    "stages.warmup.epochs=5, data.root=/videos)."
 )
 
 _EXAMPLE = """example config (YAML):
   model: rest_tiny
   model_args: {frames: 8, image_size: 64}
-  warmup: {epochs: 5, optimizer: sgd, lr: 0.01, weight_decay: 0.0001}
-  joint: {epochs: 5, optimizer: adamw, lr: 0.0003, weight_decay: 0.05}
+  stages:                           # overrides of the model's stage defaults
+    warmup: {epochs: 5, optimizer: sgd, lr: 0.01, weight_decay: 0.0001}
+    joint: {epochs: 5, lr: 0.0003}
   batch_size: 16
   out_dir: runs/my_run
   data: {format: list, annotations: train.txt, root: videos/, stride: 2}
@@ -52,15 +56,9 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    if args.no_resume:
-        import shutil
-
-        last = os.path.join(config.out_dir, "checkpoints", "last")
-        if os.path.exists(last):
-            shutil.rmtree(last)
     from ..train.pipeline import train_from_config
 
-    summary = train_from_config(config)
+    summary = train_from_config(config, resume=not args.no_resume)
     if "checkpoint" in summary:
         print(f"zero-shot checkpoint: {summary['checkpoint']}")
         print(f"try: zsar predict VIDEO --checkpoint {summary['checkpoint']} --labels \"label one,label two\"")

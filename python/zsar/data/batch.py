@@ -95,6 +95,8 @@ def as_batch(item: Any) -> Batch | None:
     ``(clips, labels)`` pair that a plain ``DataLoader`` over ``(clip, label)`` items gives."""
     if item is None or isinstance(item, Batch):
         return item
+    if hasattr(item, "clips") and hasattr(item, "labels"):  # TRANSITION: ClipBatch until the loaders yield Batch
+        return Batch(clips=item.clips, labels=item.labels, video_ids=list(item.video_ids), positions=item.positions)
     if isinstance(item, (tuple, list)) and len(item) == 2:
         clips, labels = item
         return Batch(clips=torch.as_tensor(clips), labels=torch.as_tensor(labels, dtype=torch.int64))

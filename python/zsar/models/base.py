@@ -120,6 +120,11 @@ class ZeroShotModel(nn.Module):
         shape ``(B, N, ...)``) are averaged."""
         raise NotImplementedError
 
+    def encode_and_score(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode(batch), seen_logits(batch))`` of the final model; models that compute both
+        from one pass override this (evaluation calls it once per batch)."""
+        return self.encode(batch), self.seen_logits(batch)
+
     def seen_logits(self, batch, stage: str | None = None) -> torch.Tensor:
         """``(N, C_seen)`` scores over the training classes (``stage``: as trained in that stage;
         None: the final model)."""
@@ -138,6 +143,20 @@ class ZeroShotModel(nn.Module):
         """Label text to ``(word_ids (C, W) int64, n_words (C,) int32)``; needed when
         ``inputs.label_words`` is True."""
         raise NotImplementedError(f"{type(self).__name__} takes no label words")
+
+    def parts(self) -> dict[str, nn.Module | None]:
+        """Named parts used at inference, for FLOP and parameter breakdowns (parameters outside them
+        and outside :meth:`training_parts` count as ``other``). Parts whose name starts with
+        ``backbone`` do value-independent work, which the FLOP counter runs on the meta device."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts about the architecture for reports (e.g. backbone, token counts)."""
+        return {}
+
+    def training_parts(self) -> dict[str, nn.Module | None]:
+        """Named parts used only in training (heads that zero-shot inference does not run)."""
+        return {}
 
     def forward(self, batch, stage: str, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         # DDP hooks fire on forward(), so the training forward is reachable through it.

@@ -1,8 +1,9 @@
-"""Computational complexity of ResT models: per-clip multiply-adds and parameter counts.
+"""Computational complexity of registered models: per-clip multiply-adds and parameter counts.
 
 The ResT paper reports "GFLOPs" that are 10^9 *multiply-adds* per clip (Table 4: "GFLOPs x clips"),
 not 2 x multiply-adds. :func:`count_flops` reproduces that table. It runs the model's inference path,
-:meth:`ResT.encode_video` on one clip at batch 1 (tokens ``[CLS, r_1..r_T, [MASK]]``), under
+:meth:`~zsar.models.ZeroShotModel.encode` on one clip at batch 1 (for ResT: tokens
+``[CLS, r_1..r_T, [MASK]]``), under
 :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions, matrix products and
 the custom op ``zsar::masked_attention`` (its FLOP formula is registered with the op), and halves
 the count (FlopCounterMode counts 2 FLOPs per multiply-add).
@@ -142,10 +143,10 @@ class _OnMeta(nn.Module):
         return torch.zeros(out.shape, dtype=out.dtype)
 
 
-def _materialize_on_cpu(root: nn.Module, skip: nn.Module | None) -> None:
+def _materialize_on_cpu(root: nn.Module, skip: list[nn.Module]) -> None:
     """Gives every meta parameter/buffer of ``root`` outside ``skip`` CPU storage: views of one zero
     buffer per dtype (no initialisation, and the memory of the largest tensor only)."""
-    skipped = {id(m) for m in skip.modules()} if skip is not None else set()
+    skipped = {id(m) for part in skip for m in part.modules()}
     tensors = []
     for sub in root.modules():
         if id(sub) in skipped:
@@ -162,26 +163,21 @@ def _materialize_on_cpu(root: nn.Module, skip: nn.Module | None) -> None:
 
 
 def _build_on_meta(model, frames: int | None):
-    """(name, ResT on the meta device with ``frames`` frames) for a registered name or a ResT."""
-    from . import create_model
-    from .rest import ResT, ResTConfig
+    """(name, the model rebuilt on the meta device with ``frames`` frames) for a registered name or a
+    registered model (only its architecture is used)."""
+    from .base import ZeroShotModel
+    from .registry import create_model
 
     overrides = {} if frames is None else {"frames": frames}
     if isinstance(model, str):
-        with torch.device("meta"):
-            built = create_model(model, **overrides)
-        name = model
-    elif isinstance(model, ResT):
-        config = ResTConfig.from_dict({**dataclasses.asdict(model.config), **overrides})
-        with torch.device("meta"):
-            built = ResT(config)
-        name = f"ResT({config.backbone if not config.feature_input else 'features'})"
+        name, args = model, overrides
+    elif isinstance(model, ZeroShotModel) and model.registry_name:
+        name, args = model.registry_name, {**model.model_args(), **overrides}
     else:
-        raise TypeError(f"count_flops: model must be a registered model name or a ResT, got {type(model).__name__}")
-    if not isinstance(built, ResT):
-        # a ValueError: the name is a wrong value for this command (the CLI reports it as one line)
-        raise ValueError(f"FLOP counting is implemented for ResT models; {name!r} is a {type(built).__name__}")  # noqa: TRY004
-    return name, built
+        raise TypeError(f"count_flops: model must be a registered model name or a model made by create_model, "
+                        f"got {type(model).__name__}")
+    with torch.device("meta"):
+        return name, create_model(name, **args)
 
 
 def _params(module: nn.Module | None) -> int:
@@ -189,39 +185,60 @@ def _params(module: nn.Module | None) -> int:
 
 
 def count_params(model) -> dict[str, int]:
-    """Parameter counts of a ResT by part: ``backbone``, ``projection``, ``embeddings``, ``transformer``
-    (the parts used at inference), ``training_heads`` (classification, masked-token and warm-up heads).
-    """
-    embeddings = model.cls_token.numel() + model.pos_embed.numel() + _params(model.word_embed) + _params(model.modality_embed)
-    return {
-        "backbone": _params(model.encoder),
-        "projection": _params(model.proj),
-        "embeddings": embeddings,
-        "transformer": _params(model.transformer),
-        "training_heads": _params(model.cls_head) + _params(model.mtl_head) + _params(model.warmup_head),
-    }
+    """Parameter counts of a registered model by its inference parts (:meth:`ZeroShotModel.parts`;
+    ``other``: parameters outside every part, e.g. token embeddings) plus ``training_heads`` (the
+    parts used only in training)."""
+    parts = {name: _params(m) for name, m in model.parts().items()}
+    heads = sum(_params(m) for m in model.training_parts().values())
+    parts["other"] = _params(model) - sum(parts.values()) - heads
+    return {**parts, "training_heads": heads}
+
+
+def _replace_module(root: nn.Module, target: nn.Module, replacement: nn.Module) -> None:
+    for name, module in root.named_modules():
+        if module is target:
+            parent, _, attr = name.rpartition(".")
+            setattr(root.get_submodule(parent) if parent else root, attr, replacement)
+            return
+    raise ValueError("part not found in the model")
+
+
+def _example_batch(inputs):
+    from ..data.batch import Batch
+
+    if inputs.feature_dim is not None:
+        clip = torch.zeros(1, inputs.frames, inputs.feature_dim)
+    else:
+        clip = torch.zeros(1, inputs.frames, 3, inputs.image_size, inputs.image_size)
+    batch = Batch(clips=clip, labels=torch.full((1,), -1, dtype=torch.int64))
+    if inputs.audio is not None:
+        batch = batch.replace(audio=torch.zeros(1, inputs.audio.target_length, inputs.audio.mel_bins),
+                              audio_present=torch.ones(1, dtype=torch.bool))
+    return batch
 
 
 def count_flops(model, frames: int | None = None, clips: int = 1, convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
-    """Per-clip multiply-adds ("GFLOPs" as in the ResT paper) and parameter counts of a ResT model.
+    """Per-clip multiply-adds ("GFLOPs" as in the ResT paper) and parameter counts of a registered model.
 
     Args:
-        model: a registered model name (``"rest18"``, see :func:`zsar.list_models`) or a
-            :class:`~zsar.models.ResT`; only its configuration is used (the count is rebuilt on the
+        model: a registered model name (``"rest18"``, see :func:`zsar.list_models`) or a model made by
+            :func:`zsar.create_model`; only its architecture is used (the count is rebuilt on the
             meta device, the model itself is not run or changed).
-        frames: frames per clip; default: the model's ``config.frames``.
+        frames: frames per clip; default: the model's.
         clips: clips per video (``N_e``); the total is ``clips x`` the per-clip count.
         convention: ``"thop"`` (default, reproduces the paper) or ``"macs"``; see the module
             docstring for exactly what each counts.
 
     Returns:
-        A dict with ``model``, ``frames``, ``clips``, ``convention``, ``image_size``, ``tokens``
-        (transformer sequence length), ``gflops_per_clip`` and ``gflops_total`` (10^9 multiply-adds,
-        plus element-wise ops under ``thop``), ``macs_per_clip`` (the exact integer count),
-        ``parts_gflops`` (``backbone``, ``projection``, ``transformer``, ``other`` = token assembly
-        and clip averaging), ``ops_gflops`` (per operator, e.g. ``"zsar.masked_attention"``),
-        ``params`` (parts used at inference), ``params_parts``, ``params_training_heads`` and
-        ``params_all``.
+        A dict with ``model``, ``frames``, ``clips``, ``convention``, ``image_size``, ``audio``
+        (the audio input's ``(frames, mel bins)`` or None), the model's own facts
+        (:meth:`ZeroShotModel.describe`, e.g. ResT's ``backbone`` and ``tokens``),
+        ``gflops_per_clip`` and ``gflops_total`` (10^9 multiply-adds, plus element-wise ops under
+        ``thop``), ``macs_per_clip`` (the exact integer count), ``parts_gflops`` (per part of
+        :meth:`ZeroShotModel.parts`, e.g. ``backbone``, ``projection``, ``transformer``, and
+        ``other``: the work outside them), ``ops_gflops`` (per operator, e.g.
+        ``"zsar.masked_attention"``), ``params`` (parts used at inference), ``params_parts``,
+        ``params_training_heads`` and ``params_all``.
 
     Raises:
         ValueError: unknown model or convention, ``frames < 1`` or ``clips < 1``.
@@ -235,58 +252,59 @@ def count_flops(model, frames: int | None = None, clips: int = 1, convention: st
             raise ValueError(f"{label} must be at least 1, got {value}")
 
     name, net = _build_on_meta(model, frames)
-    c = net.config
+    inputs = net.inputs
     params = count_params(net)
     inference_parts = {k: v for k, v in params.items() if k != "training_heads"}
 
-    if net.encoder is not None:
-        net.encoder = _OnMeta(net.encoder)
-        clip = torch.zeros(1, c.frames, 3, c.image_size, c.image_size)
-    else:  # feature-input mode: r_t are read, F is skipped
-        clip = torch.zeros(1, c.frames, c.feature_dim)
-    _materialize_on_cpu(net, skip=net.encoder)
+    # Backbones do value-independent work: they run on meta tensors (shapes only); the rest runs on
+    # CPU with real values, so custom ops see real lengths and the model's own checks run unchanged.
+    parts = {k: m for k, m in net.parts().items() if m is not None}
+    on_meta = [m for k, m in parts.items() if k.startswith("backbone")]
+    for module in on_meta:
+        wrapped = _OnMeta(module)
+        _replace_module(net, module, wrapped)
+        parts = {k: (wrapped if m is module else m) for k, m in parts.items()}
+    _materialize_on_cpu(net, skip=on_meta)
     net.eval()
+    batch = _example_batch(inputs)
 
     counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas(convention))
-    parts = {"backbone": 0, "projection": 0, "transformer": 0}
+    part_flops = {k: 0 for k in parts}
     hooks = []
-    for part, module in (("backbone", net.encoder), ("projection", net.proj), ("transformer", net.transformer)):
-        if module is None:
-            continue
+    for part, module in parts.items():
         start: list[int] = []
         hooks.append(module.register_forward_pre_hook(lambda m, a, s=start: s.append(counter.get_total_flops())))
         hooks.append(module.register_forward_hook(
-            lambda m, a, o, s=start, p=part: parts.__setitem__(p, parts[p] + counter.get_total_flops() - s.pop())))
+            lambda m, a, o, s=start, p=part: part_flops.__setitem__(p, part_flops[p] + counter.get_total_flops() - s.pop())))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batch-1 work: one thread is as fast and immune to busy machines
     try:
-        with counter:
-            net.encode_video(clip)
+        with counter, torch.no_grad():
+            net.encode(batch)
     finally:
         torch.set_num_threads(threads)
         for h in hooks:
             h.remove()
 
     total = counter.get_total_flops()
-    parts["other"] = total - sum(parts.values())
+    part_flops["other"] = total - sum(part_flops.values())
     ops = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
     macs = total // 2
     return {
         "model": name,
-        "backbone": c.backbone if not c.feature_input else None,
-        "frames": c.frames,
+        **net.describe(),
+        "frames": inputs.frames,
         "clips": clips,
-        "image_size": c.image_size if not c.feature_input else None,
-        "tokens": net.n_visual + 1,
+        "image_size": inputs.image_size if inputs.feature_dim is None else None,
+        "audio": [inputs.audio.target_length, inputs.audio.mel_bins] if inputs.audio is not None else None,
         "convention": convention,
         "gflops_per_clip": macs / 1e9,
         "gflops_total": macs * clips / 1e9,
         "macs_per_clip": macs,
-        "parts_gflops": {k: v / 2e9 for k, v in parts.items()},
+        "parts_gflops": {k: v / 2e9 for k, v in part_flops.items()},
         "ops_gflops": {k: v / 2e9 for k, v in sorted(ops.items(), key=lambda kv: -kv[1])},
         "params": sum(inference_parts.values()),
         "params_parts": inference_parts,
         "params_training_heads": params["training_heads"],
         "params_all": sum(params.values()),
     }
-

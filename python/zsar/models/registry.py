@@ -1,16 +1,23 @@
-"""Model registry (in the style of timm): named variants -> config dataclasses -> models."""
+"""Model registry (in the style of timm): each model's file registers its builders with
+:func:`register_model`; :func:`create_model` builds any of them by name, fresh or from a checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
-from torch import nn
+from .base import ZeroShotModel
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_REGISTRY: dict[str, Callable[..., ZeroShotModel]] = {}
 
 
 def register_model(name: str):
-    """Decorator: registers ``fn(**overrides) -> nn.Module`` under ``name``."""
+    """Decorator: registers ``fn(class_names=None, **overrides) -> ZeroShotModel`` under ``name``.
+
+    The builder takes the seen classes' label text as ``class_names`` (None when every argument,
+    e.g. from a checkpoint's ``config.json``, is given explicitly) and keyword overrides of its
+    defaults; the model it returns implements :class:`~zsar.models.base.ZeroShotModel`.
+    """
 
     def wrap(fn):
         if name in _REGISTRY:
@@ -26,8 +33,32 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Builds a registered model; ``overrides`` replace fields of its default config."""
+def create_model(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> ZeroShotModel:
+    """Builds the registered model ``name``.
+
+    Args:
+        name: a name from :func:`list_models`.
+        checkpoint: a checkpoint folder to load the weights from (its recorded arguments are used;
+            ``overrides`` must then be empty). See :func:`zsar.models.load_model`.
+        **overrides: builder arguments, e.g. ``class_names=[...]`` and fields of the model's config.
+
+    Raises:
+        ValueError: unknown name, or ``name`` differs from the checkpoint's model.
+    """
+    if checkpoint is not None:
+        from .checkpoint import load_model
+
+        if overrides:
+            raise ValueError(f"create_model(checkpoint=...) rebuilds the recorded model; got extra arguments "
+                             f"{sorted(overrides)}")
+        model = load_model(checkpoint)
+        if model.registry_name != name:
+            raise ValueError(f"checkpoint {checkpoint} holds model {model.registry_name!r}, not {name!r}")
+        return model
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _REGISTRY[name](**overrides)
+    model = _REGISTRY[name](**overrides)
+    if not isinstance(model, ZeroShotModel):
+        raise TypeError(f"the builder of {name!r} returned a {type(model).__name__}, not a ZeroShotModel")
+    model.registry_name = name
+    return model

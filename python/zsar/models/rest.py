@@ -1,4 +1,4 @@
-"""ResT: cross-modal ResNet-Transformer for zero-shot action recognition (DESIGN.md §3).
+"""ResT: cross-modal ResNet-Transformer for zero-shot action recognition (ResT paper §3).
 
 Tokens ``z0 = [CLS, r_1..r_T, w_1..w_N, padding]`` + learned position + modality embeddings go
 through a transformer whose attention is :func:`zsar.ops.masked_attention` (visual tokens never see
@@ -21,7 +21,10 @@ from torch import nn
 from ..ops import check_n_text_range
 from ..text.vocab import WordVocab
 from .backbones import BACKBONES, FrameEncoder
+from .base import ModelInputs, TrainingStage, ZeroShotModel
+from .checkpoint import register_legacy_config
 from .layers import MaskedTransformer
+from .registry import register_model
 
 OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
 
@@ -50,8 +53,6 @@ class ResTConfig:
     mask_prob: float = 0.15
 
     def __post_init__(self):
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
         if not self.feature_input and self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {sorted(BACKBONES)}")
         if self.feature_input and not self.feature_dim:
@@ -60,11 +61,14 @@ class ResTConfig:
             raise ValueError(f"attention must be 'rest' or 'full', got {self.attention!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("num_classes", "max_words", "depth", "heads", "dim", "mlp_dim", "image_size", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        for name in ("num_classes", "max_words", "depth", "heads", "dim", "mlp_dim", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
 
@@ -83,9 +87,14 @@ class ResTConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class ResT(nn.Module):
-    """The ResT model. See the module docstring; inputs are clips ``(B, T, 3, H, W)`` (or features
-    ``(B, T, p)`` in feature-input mode), labels ``(B,)`` and label word ids ``(B, max_words)``."""
+class ResT(ZeroShotModel):
+    """The ResT model (see the module docstring), on the :class:`~zsar.models.base.ZeroShotModel`
+    contract: clips ``(B, T, 3, H, W)`` (or features ``(B, T, p)`` in feature-input mode) in, the CLS
+    output x out; zero-shot by semantic transfer of seen-class prototypes of x. Training runs two
+    stages: ``warmup`` (the frame encoder with a linear classifier on averaged frame features, SGD)
+    and ``joint`` (everything, AdamW), with label words for the masked-token loss."""
+
+    zero_shot_head = "prototype_transfer"
 
     def __init__(self, config: ResTConfig):
         super().__init__()
@@ -182,6 +191,76 @@ class ResT(nn.Module):
         x = torch.cat(outs)
         return x.view(-1, n_clips, x.shape[-1]).mean(1)
 
+    # ---- the model contract ------------------------------------------------------------------------
+
+    @property
+    def inputs(self) -> ModelInputs:
+        c = self.config
+        return ModelInputs(frames=c.frames, image_size=c.image_size,
+                           feature_dim=c.feature_dim if c.feature_input else None, label_words=True)
+
+    def model_args(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def tokenize_labels(self, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vocab.encode_batch(list(labels), self.config.max_words)
+
+    def encode(self, batch) -> torch.Tensor:
+        return self.encode_video(batch.clips)
+
+    def encode_and_score(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encode_video(batch.clips)
+        with torch.no_grad():
+            return x, self.cls_head(x)
+
+    @torch.no_grad()
+    def seen_logits(self, batch, stage: str | None = None) -> torch.Tensor:
+        if stage == "warmup":
+            clips = batch.clips
+            n_clips = 1
+            if clips.dim() == (4 if self.encoder is None else 6):
+                n_clips = clips.shape[1]
+                clips = clips.flatten(0, 1)
+            logits = self.warmup_head(self.frame_features(clips).mean(1))
+            return logits.view(-1, n_clips, logits.shape[-1]).mean(1)
+        return self.cls_head(self.encode_video(batch.clips))
+
+    def training_stages(self) -> list[TrainingStage]:
+        objective = self.config.objective
+
+        def joint_trains(name: str) -> bool:
+            if name.startswith("warmup_head."):
+                return False
+            if objective == "cls" and name.startswith("mtl_head."):
+                return False
+            return not (objective == "mlm" and name.startswith("cls_head."))
+
+        joint = TrainingStage("joint", joint_trains, epochs=50, optimizer="adamw", lr=1.5e-4, weight_decay=0.05)
+        if self.encoder is None:  # feature input: no frame encoder to warm up
+            return [joint]
+        warmup = TrainingStage("warmup", lambda name: name.startswith(("encoder.", "warmup_head.")),
+                               epochs=150, optimizer="sgd", lr=0.01, weight_decay=1e-4)
+        return [warmup, joint]
+
+    def forward_train(self, batch, stage: str, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        if stage == "warmup":
+            return self.forward_warmup(batch.clips, batch.labels)
+        if batch.word_ids is None or batch.n_words is None:
+            raise ValueError("ResT's joint stage needs batch.word_ids and batch.n_words (the labels' words; "
+                             "see ResT.tokenize_labels)")
+        return self.forward_joint(batch.clips, batch.labels, batch.word_ids, batch.n_words, generator)
+
+    def parts(self) -> dict[str, nn.Module | None]:
+        return {"backbone": self.encoder, "projection": self.proj, "transformer": self.transformer}
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        # Tokens of the inference sequence: [CLS, frame tokens, [MASK]].
+        return {"backbone": None if c.feature_input else c.backbone, "tokens": self.n_visual + 1}
+
+    def training_parts(self) -> dict[str, nn.Module | None]:
+        return {"cls_head": self.cls_head, "mtl_head": self.mtl_head, "warmup_head": self.warmup_head}
+
     # ---- training --------------------------------------------------------------------------------
 
     def mask_words(self, word_ids: torch.Tensor, n_words: torch.Tensor, generator: torch.Generator | None = None):
@@ -202,9 +281,9 @@ class ResT(nn.Module):
         targets = torch.where(masked, word_ids, torch.full_like(word_ids, -100))
         return masked_ids, targets
 
-    def forward(self, clips: torch.Tensor, labels: torch.Tensor, word_ids: torch.Tensor, n_words: torch.Tensor,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Training forward: ``{"loss", "loss_cls", "loss_mtl", "logits"}`` (unused losses are 0)."""
+    def forward_joint(self, clips: torch.Tensor, labels: torch.Tensor, word_ids: torch.Tensor,
+                      n_words: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Joint-stage forward: ``{"loss", "loss_cls", "loss_mtl", "logits"}`` (unused losses are 0)."""
         c = self.config
         masked_ids, targets = self.mask_words(word_ids, n_words, generator)
         out = self.encode_tokens(self.frame_features(clips), masked_ids, n_words)
@@ -226,3 +305,46 @@ class ResT(nn.Module):
         logits = self.warmup_head(self.frame_features(clips).mean(1))
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "loss_cls": loss, "logits": logits}
+
+
+# ---- registration --------------------------------------------------------------------------------
+
+# name -> ResTConfig defaults (paper §4.1 and Table 4). `rest_tiny` is for tests and CPU demos.
+REST_VARIANTS: dict[str, dict] = {
+    "rest18": dict(backbone="resnet18", frames=16),
+    "rest34": dict(backbone="resnet34", frames=8),
+    "rest101": dict(backbone="resnet101", frames=4),
+    "rest_vgg16": dict(backbone="vgg16", frames=16),
+    "rest_mobilenet_v2": dict(backbone="mobilenet_v2", frames=16),
+    "rest_googlenet": dict(backbone="googlenet", frames=16),
+    "rest_r2plus1d": dict(backbone="r2plus1d_18", frames=16, image_size=112),
+    "rest_tiny": dict(backbone="tiny", frames=8, image_size=64, dim=64, depth=2, heads=4, mlp_dim=128,
+                      dropout=0.0),
+}
+
+
+def _register_variant(name: str, defaults: dict) -> None:
+    def build(class_names=None, **overrides) -> ResT:
+        if class_names is not None:
+            # The seen classes set the classifier's width and the masked-token vocabulary.
+            overrides.setdefault("num_classes", len(class_names))
+            overrides.setdefault("vocab", WordVocab.from_labels(list(class_names)).to_list())
+        return ResT(ResTConfig.from_dict({**defaults, **overrides}))
+
+    build.__doc__ = f"ResT variant {name}: {defaults}"
+    register_model(name)(build)
+
+
+for _name, _defaults in REST_VARIANTS.items():
+    _register_variant(_name, _defaults)
+
+
+def _legacy_config(model_config: dict) -> tuple[str, dict]:
+    # Checkpoints of the first format stored the full ResTConfig, so any variant rebuilds them; the
+    # one with the same backbone keeps the recorded name meaningful.
+    backbone = model_config.get("backbone")
+    name = next((n for n, d in REST_VARIANTS.items() if d["backbone"] == backbone), "rest18")
+    return name, model_config
+
+
+register_legacy_config("ResT", _legacy_config)

@@ -1,7 +1,9 @@
-"""Training: configs, the two-stage ResT trainer, checkpoints, distributed setup."""
+"""Training: configs, the trainer of every registered model, distributed setup, run-folder locking."""
 
-from .checkpoint import load_model, save_checkpoint
+from ..models.checkpoint import load_model, save_checkpoint
 from .config import StageConfig, TrainConfig
-from .trainer import Trainer
+from .lock import RunLockedError
+from .trainer import NonFiniteLossError, Trainer
 
-__all__ = ["StageConfig", "TrainConfig", "Trainer", "load_model", "save_checkpoint"]
+__all__ = ["NonFiniteLossError", "RunLockedError", "StageConfig", "TrainConfig", "Trainer", "load_model",
+           "save_checkpoint"]

@@ -1,49 +1,75 @@
-"""Training configuration (paper §4.1 defaults), as dataclasses that round-trip through YAML/JSON."""
+"""Training configuration, as dataclasses that round-trip through YAML/JSON; stage defaults come from
+the model (ResT: paper §4.1)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import config as _config
 from ..data.config import DataConfig
+from ..models.base import TrainingStage
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")
+NONFINITE = ("error", "skip")
+
+
+def _check_number(key: str, value, low: float | None = None, *, strict: bool = False) -> None:
+    """Finite and above ``low`` (``> low`` when ``strict``), or a one-line ValueError naming the key."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"config key {key!r} must be {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
 @dataclass
 class StageConfig:
-    """One training stage: optimiser and cosine learning-rate schedule over its epochs."""
+    """Overrides of one training stage's optimiser and cosine schedule; None keeps the model's default
+    (:meth:`zsar.models.ZeroShotModel.training_stages`)."""
 
-    epochs: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    momentum: float = 0.9  # SGD only
+    epochs: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None  # SGD only
 
     def __post_init__(self):
-        if self.epochs < 0:
+        if self.epochs is not None and self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        _check_number("lr", self.lr, 0.0, strict=True)
+        _check_number("weight_decay", self.weight_decay, 0.0)
+        _check_number("momentum", self.momentum, 0.0)
+
+    def resolve(self, stage: TrainingStage) -> "StageConfig":
+        """These overrides over the model's defaults for ``stage``: every field set."""
+        defaults = {"epochs": stage.epochs, "optimizer": stage.optimizer, "lr": stage.lr,
+                    "weight_decay": stage.weight_decay, "momentum": stage.momentum}
+        return StageConfig(**{k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in defaults.items()})
 
 
 @dataclass
 class TrainConfig:
-    """A ResT training run: stage 1 warms up the frame encoder alone, stage 2 trains everything."""
+    """A training run of any registered model: its stages (:meth:`ZeroShotModel.training_stages`,
+    e.g. ResT's ``warmup`` then ``joint``) run in order, each with the model's default optimiser and
+    schedule unless ``stages`` overrides them (``stages.joint.lr=1e-4``)."""
 
     model: str = "rest18"
     model_args: dict[str, Any] = field(default_factory=dict)  # create_model overrides
-    warmup: StageConfig = field(default_factory=lambda: StageConfig(150, "sgd", 0.01, 1e-4))
-    joint: StageConfig = field(default_factory=lambda: StageConfig(50, "adamw", 1.5e-4, 0.05))
+    stages: dict[str, StageConfig] = field(default_factory=dict)  # stage name -> overrides
     batch_size: int = 16  # clips per process per step (the paper: 16 per GPU)
     grad_accum: int = 1  # optimiser step every `grad_accum` batches
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     grad_clip: float | None = None
+    nonfinite_loss: str = "error"  # "error": stop at once, naming epoch and step; "skip": skip the step
     seed: int = 0
     device: str = "auto"  # auto: the local CUDA device when there is one
     num_workers: int = 0
@@ -55,13 +81,49 @@ class TrainConfig:
     embedder: dict[str, Any] = field(default_factory=lambda: {"type": "sentence"})
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
+        self.stages = {name: (_config.from_dict(StageConfig, value, prefix=f"stages.{name}.")
+                              if isinstance(value, dict) else value) for name, value in self.stages.items()}
+        for name, value in self.stages.items():
+            if not isinstance(value, StageConfig):
+                raise TypeError(f"config key 'stages.{name}': expected a mapping of stage settings, got {value!r}")
+        for key in ("batch_size", "grad_accum", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ValueError(f"config key 'num_workers' must be >= 0, got {self.num_workers}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.nonfinite_loss not in NONFINITE:
+            raise ValueError(f"nonfinite_loss must be one of {NONFINITE}, got {self.nonfinite_loss!r}")
+        _check_number("grad_clip", self.grad_clip, 0.0, strict=True)
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"config key 'device': {self.device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"config key 'device' is {self.device!r} but this machine has no CUDA device")
+            if device.type not in ("cpu", "cuda"):
+                raise ValueError(f"config key 'device' must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def stage_plan(self, stages: list[TrainingStage]) -> list[tuple[TrainingStage, StageConfig]]:
+        """The model's stages with these overrides applied.
+
+        Raises:
+            ValueError: ``stages`` names a stage the model does not have.
+        """
+        names = [s.name for s in stages]
+        unknown = sorted(set(self.stages) - set(names))
+        if unknown:
+            raise ValueError(f"config key 'stages' names {unknown}, but model {self.model!r} trains the stages {names}")
+        return [(s, self.stages.get(s.name, StageConfig()).resolve(s)) for s in stages]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        moved = sorted(k for k in ("warmup", "joint") if k in data)
+        if moved:  # the layout before stages came from the model
+            raise ValueError(f"config keys {moved} now live under 'stages' (e.g. stages: {{{moved[0]}: {{epochs: 5}}}}, "
+                             f"or stages.{moved[0]}.epochs=5)")
         return _config.from_dict(cls, data)
 
     @classmethod

@@ -1,15 +1,21 @@
-"""Two-stage ResT training: warm-up of the frame encoder, then joint training (paper §4.1).
+"""The trainer of every registered model: its stages in order (ResT: warm-up, then joint training).
 
-Any map-style dataset yielding ``(clip, label)`` plugs in. Runs on one CPU/GPU or under ``torchrun``
-(DistributedDataParallel; each rank reads its shard through a DistributedSampler). Seeded and, on the
-CPU, deterministic: a run stopped after any epoch and resumed ends with the same parameters as an
-uninterrupted one (data order, word masking and dropout all derive from the seed and saved state).
+Any map-style dataset yielding :class:`~zsar.data.Sample` s (with a ``collate_fn``, like
+:class:`~zsar.data.VideoClipDataset`) or plain ``(clip, label)`` pairs plugs in. The trainer uses the
+model only through its contract (:class:`~zsar.models.ZeroShotModel`): the stages it declares, the
+label words it asks for, and ``forward_train``'s ``loss`` and ``loss_*`` parts, which are logged.
+Runs on one CPU/GPU or under ``torchrun`` (DistributedDataParallel; each rank reads its shard through
+a DistributedSampler). Seeded and, on the CPU, deterministic: a run stopped after any epoch and
+resumed ends with the same parameters as an uninterrupted one (data order, masking and dropout all
+derive from the seed and saved state). A run holds a lock on its output folder, so two runs cannot
+write into one folder.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,39 +27,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..data.batch import Batch, as_batch
+from ..models import checkpoint as ckpt
 from ..models import create_model
-from ..text.vocab import WordVocab
-from . import checkpoint as ckpt
+from ..models.base import TrainingStage
 from .config import StageConfig, TrainConfig
 from .distributed import all_reduce_mean, barrier, init_from_env
+from .lock import RunLock
 
 
-def _stage_parameter_filter(stage: str, objective: str):
-    """Which parameters a stage trains: DDP needs every trainable parameter to get a gradient."""
-    def trains(name: str) -> bool:
-        if stage == "warmup":
-            return name.startswith(("encoder.", "warmup_head."))
-        if name.startswith("warmup_head."):
-            return False
-        if objective == "cls" and name.startswith("mtl_head."):
-            return False
-        if objective == "mlm" and name.startswith("cls_head."):
-            return False
-        return True
-    return trains
-
-
-class _StageForward(nn.Module):
-    """The module DDP wraps: one forward per stage, so gradient hooks fire for either."""
-
-    def __init__(self, model: nn.Module, stage: str):
-        super().__init__()
-        self.model, self.stage = model, stage
-
-    def forward(self, clips, labels, word_ids, n_words, generator):
-        if self.stage == "warmup":
-            return self.model.forward_warmup(clips, labels)
-        return self.model(clips, labels, word_ids, n_words, generator=generator)
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a NaN or infinite loss (``nonfinite_loss="error"``)."""
 
 
 def _step_seed(*keys: int) -> int:
@@ -70,17 +54,60 @@ def _cosine(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+class _MetricsLog:
+    """``metrics.csv``: one row per logged step; columns grow when a stage reports a new loss part."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _read(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: list[dict], fields: list[str]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(self.path)
+
+    def truncate(self, first_epoch: int) -> None:
+        """Drops rows of epochs ``>= first_epoch`` (written by a run killed before its checkpoint)."""
+        rows = self._read()
+        kept = [r for r in rows if int(r["epoch"]) < first_epoch]
+        if len(kept) != len(rows):
+            fields = list(rows[0]) if rows else []
+            self._write(kept, fields)
+
+    def append(self, row: dict[str, Any]) -> None:
+        fields = None
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                fields = next(csv.reader(f), None)
+        if fields is not None and set(row) <= set(fields):
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, restval="").writerow(row)
+            return
+        fields = list(fields or []) + [k for k in row if k not in (fields or [])]
+        self._write(self._read() + [row], fields)
+
+
 class Trainer:
-    """Trains a ResT model on ``train_data`` whose labels index ``class_names``.
+    """Trains a registered model on ``train_data`` whose labels index ``class_names``.
 
     Args:
         config: the run's :class:`TrainConfig`.
-        train_data: map-style dataset of ``(clip, label)`` (clip: ``(T, 3, H, W)`` float, or
-            ``(T, p)`` features in feature-input mode; label: int).
-        class_names: the seen classes' label text; its words form the masked-token vocabulary.
-        val_data: optional dataset of the same kind; its top-1 selects the ``best`` checkpoint
-            (without it, the lowest mean training loss does).
-        model: an already built model (default: ``create_model(config.model, ...)``).
+        train_data: map-style dataset of :class:`~zsar.data.Sample` s or ``(clip, label)`` pairs
+            (clip: what the model's :attr:`~zsar.models.ZeroShotModel.inputs` describe; label: int).
+        class_names: the seen classes' label text (for models that train on label words, e.g.
+            ResT's masked-token loss, and to build the model).
+        val_data: optional dataset of the same kind; its top-1 over the seen classes selects the
+            ``best`` checkpoint (without it, the lowest mean training loss does).
+        model: an already built model (default: ``create_model(config.model,
+            class_names=class_names, **config.model_args)``).
     """
 
     def __init__(self, config: TrainConfig, train_data: Dataset, class_names: Sequence[str],
@@ -96,89 +123,109 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        vocab = WordVocab.from_labels(self.class_names)
-        self.model = (model or create_model(
-            config.model, num_classes=len(self.class_names), vocab=vocab.to_list(), **config.model_args)).to(self.device)
-        self.vocab = self.model.vocab
-        ids, n = self.vocab.encode_batch(self.class_names, self.model.config.max_words)
-        self.class_word_ids, self.class_n_words = ids.to(self.device), n.to(self.device)
+        self.model = (model or create_model(config.model, class_names=self.class_names, **config.model_args)).to(self.device)
+        self.label_words = None
+        if self.model.inputs.label_words:
+            ids, n = self.model.tokenize_labels(self.class_names)
+            self.label_words = (ids.to(self.device), n.to(self.device, torch.int32))
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(config.out_dir)
         self.autocast_dtype = torch.bfloat16 if (
             config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")) else None
-        self.stages: list[tuple[str, StageConfig]] = [("warmup", config.warmup), ("joint", config.joint)]
-        if self.model.encoder is None and config.warmup.epochs:
-            # Feature-input models have no frame encoder to warm up.
-            self.stages = [("joint", config.joint)]
+        self.stages: list[tuple[TrainingStage, StageConfig]] = config.stage_plan(self.model.training_stages())
 
     # ---- public -----------------------------------------------------------------------------------
 
     def fit(self, resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-        """Runs (or, with ``resume``, continues from ``out_dir/checkpoints/last``) both stages.
+        """Runs the model's stages, continuing from ``out_dir/checkpoints/last`` when ``resume``.
 
-        ``stop_after``: stop once this many epochs (counted over both stages) are done, as an
-        interrupted run would; a later ``fit(resume=True)`` carries on. Returns a summary.
+        Without ``resume`` the run starts fresh: an earlier run's ``last`` checkpoint and its
+        leftovers are removed first. The output folder is locked for the duration (another run into
+        it fails at once, naming the holder).
+
+        Args:
+            resume: continue an interrupted run when its ``last`` checkpoint exists.
+            stop_after: stop once this many epochs (counted over all stages) are done, as an
+                interrupted run would; a later ``fit(resume=True)`` carries on.
+
+        Returns:
+            ``{"epochs", "history", "out_dir"}``.
+
+        Raises:
+            NonFiniteLossError: a step's loss was NaN/inf (``config.nonfinite_loss="error"``).
+            RuntimeError: another live run holds the output folder.
         """
-        schedule = [(name, stage, e) for name, stage in self.stages for e in range(stage.epochs)]
-        state = ckpt.load_trainer_state(self.out_dir / "checkpoints" / "last") if resume and self._has_last() else None
-        start = 0
-        self.best = -math.inf
-        self.history: list[dict[str, Any]] = []
-        if state is not None:
-            ckpt.load_weights(self.model, self.out_dir / "checkpoints" / "last")
-            start, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
-            torch.set_rng_state(state["rng_cpu"])
-            if self.device.type == "cuda" and state.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.out_dir / "train_config.yaml")
-        writer = self._tensorboard()
-        current, opt, sched, ddp = None, None, None, None
-        end = len(schedule) if stop_after is None else min(stop_after, len(schedule))
-        for epoch in range(start, end):
-            name, stage, stage_epoch = schedule[epoch]
-            if name != current:
-                opt, sched, ddp, loader = self._begin_stage(name, stage)
-                if state is not None and state["stage"] == name and state.get("optimizer"):
-                    opt.load_state_dict(state["optimizer"])
-                    sched.load_state_dict(state["scheduler"])
-                current = name
-            metrics = self._train_epoch(epoch, name, ddp, opt, sched, loader, writer)
-            if self.val_data is not None:
-                metrics["val_top1"] = self.evaluate(self.val_data, stage=name)
-            metrics.update(epoch=epoch, stage=name, stage_epoch=stage_epoch)
-            self.history.append(metrics)
-            score = metrics.get("val_top1", -metrics["loss"])
-            self._save(epoch, name, opt, sched, metrics, is_best=score > self.best)
-            self.best = max(self.best, score)
-        if writer is not None:
-            writer.close()
-        return {"epochs": len(schedule), "history": self.history, "out_dir": str(self.out_dir)}
+        lock = RunLock(self.out_dir) if self.dist.is_main else nullcontext()
+        with lock:
+            return self._fit(resume, stop_after)
 
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset, stage: str = "joint") -> float:
-        """Top-1 accuracy over the seen classes (warm-up head in stage 1, CLS head afterwards)."""
+    def evaluate(self, dataset: Dataset, stage: str | None = None) -> float:
+        """Top-1 accuracy over the seen classes (``stage``: the scores as trained in that stage;
+        None: the final model)."""
         self.model.eval()
         loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
                             sampler=self._sampler(dataset, shuffle=False), collate_fn=_collate_fn(dataset))
         correct = torch.zeros(2, device=self.device)
-        for batch in loader:
+        for item in loader:
+            batch = as_batch(item)
             if batch is None:  # every video of the batch was a skipped bad file
                 continue
-            clips, labels = batch
-            clips, labels = clips.to(self.device), labels.to(self.device)
+            batch = batch.to(self.device)
             with self._autocast():
-                if stage == "warmup":
-                    logits = self.model.warmup_head(self.model.frame_features(clips).mean(1))
-                else:  # the CLS representation with text [MASK], as at inference
-                    logits = self.model.cls_head(self.model.encode_video(clips))
-            correct[0] += (logits.argmax(1) == labels).sum()
-            correct[1] += labels.numel()
+                logits = self.model.seen_logits(batch, stage)
+            correct[0] += (logits.argmax(1) == batch.labels).sum()
+            correct[1] += batch.labels.numel()
         correct = all_reduce_mean(correct, self.dist)  # the ratio of the means is the global ratio
         return (correct[0] / correct[1].clamp(min=1)).item()
 
     # ---- internals --------------------------------------------------------------------------------
+
+    def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
+        schedule = [(stage, cfg, e) for stage, cfg in self.stages for e in range(cfg.epochs)]
+        last = self.out_dir / "checkpoints" / "last"
+        if self.dist.is_main:
+            _remove_leftovers(self.out_dir / "checkpoints", keep_last=resume)
+        barrier(self.dist)
+        state = ckpt.load_trainer_state(last) if resume and self._has_last() else None
+        start = 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        if state is not None:
+            ckpt.load_weights(self.model, last)
+            start, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+            torch.set_rng_state(state["rng_cpu"])
+            if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.metrics_log = _MetricsLog(self.out_dir / "metrics.csv")
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.out_dir / "train_config.yaml")
+            self.metrics_log.truncate(start)  # rows of an epoch that never reached its checkpoint
+        writer = self._tensorboard()
+        current, opt, sched, ddp, loader = None, None, None, None, None
+        end = len(schedule) if stop_after is None else min(stop_after, len(schedule))
+        try:
+            for epoch in range(start, end):
+                stage, stage_cfg, stage_epoch = schedule[epoch]
+                if stage.name != current:
+                    opt, sched, ddp, loader = self._begin_stage(stage, stage_cfg)
+                    if state is not None and state["stage"] == stage.name and state.get("optimizer"):
+                        opt.load_state_dict(state["optimizer"])
+                        sched.load_state_dict(state["scheduler"])
+                    current = stage.name
+                metrics = self._train_epoch(epoch, stage.name, ddp, opt, sched, loader, writer)
+                if self.val_data is not None:
+                    metrics["val_top1"] = self.evaluate(self.val_data, stage=stage.name)
+                metrics.update(epoch=epoch, stage=stage.name, stage_epoch=stage_epoch)
+                self.history.append(metrics)
+                score = metrics.get("val_top1", -metrics["loss"])
+                self._save(epoch, stage.name, opt, sched, metrics, is_best=score > self.best)
+                self.best = max(self.best, score)
+        finally:
+            if writer is not None:
+                writer.close()
+        return {"epochs": len(schedule), "history": self.history, "out_dir": str(self.out_dir)}
 
     def _has_last(self) -> bool:
         try:
@@ -191,26 +238,27 @@ class Trainer:
         return DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                   shuffle=shuffle, seed=self.config.seed, drop_last=shuffle)
 
-    def _begin_stage(self, name: str, stage: StageConfig):
-        trains = _stage_parameter_filter(name, self.model.config.objective)
+    def _begin_stage(self, stage: TrainingStage, cfg: StageConfig):
         for pname, p in self.model.named_parameters():
-            p.requires_grad_(trains(pname))
+            p.requires_grad_(stage.trains(pname))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if stage.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+        if not params:
+            raise ValueError(f"stage {stage.name!r} of {self.config.model!r} trains no parameters")
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
-            opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         loader = DataLoader(self.train_data, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
                             sampler=self._sampler(self.train_data, shuffle=True), drop_last=True,
                             collate_fn=_collate_fn(self.train_data))
         if len(loader) == 0:
             raise ValueError(f"the training set ({len(self.train_data)} samples over {self.dist.world_size} "
                              f"process(es)) is smaller than one batch of {self.config.batch_size}")
-        steps = stage.epochs * math.ceil(len(loader) / self.config.grad_accum)
+        steps = cfg.epochs * math.ceil(len(loader) / self.config.grad_accum)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps))
-        module = _StageForward(self.model, name)
-        ddp = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None) \
-            if self.dist.enabled else module
+        # DDP wraps the model itself: its forward() is the contract's training forward.
+        ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None) \
+            if self.dist.enabled else self.model
         return opt, sched, ddp, loader
 
     def _autocast(self):
@@ -218,27 +266,43 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _prepare(self, item) -> Batch | None:
+        batch = as_batch(item)
+        if batch is None:
+            return None
+        batch = batch.to(self.device, non_blocking=True)
+        if self.label_words is not None:
+            ids, n = self.label_words
+            batch = batch.replace(word_ids=ids[batch.labels], n_words=n[batch.labels])
+        return batch
+
     def _train_epoch(self, epoch, stage, ddp, opt, sched, loader, writer) -> dict[str, float]:
         cfg = self.config
         loader.sampler.set_epoch(epoch)
         if hasattr(self.train_data, "set_epoch"):  # e.g. VideoClipDataset: new random clips each epoch
             self.train_data.set_epoch(epoch)
         self.model.train()
-        sums = torch.zeros(3, device=self.device)
-        start, n_batches = time.perf_counter(), len(loader)
+        sums: dict[str, torch.Tensor] = {}
+        start, n_batches, n_steps = time.perf_counter(), len(loader), 0
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
-        for step, batch in enumerate(progress):
+        for step, item in enumerate(progress):
+            batch = self._prepare(item)
             if batch is None:  # every video of the batch was a skipped bad file
                 continue
-            clips, labels = batch
-            clips, labels = clips.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            # Word masks depend on (seed, epoch, step, rank) only, so resuming reproduces them.
+            # Random masking depends on (seed, epoch, step, rank) only, so resuming reproduces it.
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, step, self.dist.rank))
             boundary = (step + 1) % cfg.grad_accum == 0 or step + 1 == n_batches
             sync = ddp.no_sync() if (self.dist.enabled and not boundary) else nullcontext()
             with sync, self._autocast():
-                out = ddp(clips, labels, self.class_word_ids[labels], self.class_n_words[labels], gen)
+                out = ddp(batch, stage, gen)
+            if not torch.isfinite(out["loss"].detach()).item():
+                if cfg.nonfinite_loss == "error":
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({out['loss'].item()}) at epoch {epoch + 1}, step {step + 1} "
+                        f"(stage {stage}); lower the learning rate, set grad_clip, or nonfinite_loss=skip")
+                opt.zero_grad(set_to_none=True)
+                continue
             with sync:
                 (out["loss"] / cfg.grad_accum).backward()
             if boundary:
@@ -247,17 +311,22 @@ class Trainer:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-            sums += torch.stack([out["loss"].detach().float(), out["loss_cls"].detach().float(),
-                                 out.get("loss_mtl", torch.zeros((), device=self.device)).detach().float()])
+            n_steps += 1
+            for key, value in out.items():
+                if key == "loss" or key.startswith("loss_"):
+                    sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach().float()
             if self.dist.is_main and (step + 1) % cfg.log_every == 0:
                 self._log_row(writer, epoch, stage, step, n_batches, out, opt)
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{out['loss'].item():.3f}")
-        means = all_reduce_mean(sums / n_batches, self.dist).tolist()
+        keys = sorted(sums, key=lambda k: (k != "loss", k))
+        totals = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
+        means = all_reduce_mean(totals / max(n_steps, 1), self.dist).tolist()
         seconds = time.perf_counter() - start
         clips_per_s = n_batches * cfg.batch_size * self.dist.world_size / seconds
-        return {"loss": means[0], "loss_cls": means[1], "loss_mtl": means[2], "lr": opt.param_groups[0]["lr"],
-                "seconds": seconds, "clips_per_s": clips_per_s}
+        metrics = dict(zip(keys, means))
+        metrics.setdefault("loss", math.nan)
+        return {**metrics, "lr": opt.param_groups[0]["lr"], "seconds": seconds, "clips_per_s": clips_per_s}
 
     def _progress(self, loader, desc):
         if not (self.config.progress and self.dist.is_main):
@@ -275,17 +344,11 @@ class Trainer:
 
     def _log_row(self, writer, epoch, stage, step, n_batches, out, opt):
         global_step = epoch * n_batches + step + 1
-        row = {"epoch": epoch, "stage": stage, "step": global_step, "loss": out["loss"].item(),
-               "loss_cls": out["loss_cls"].item(), "loss_mtl": out.get("loss_mtl", torch.zeros(())).item(),
+        losses = {k: v.item() for k, v in out.items() if k == "loss" or k.startswith("loss_")}
+        row = {"epoch": epoch, "stage": stage, "step": global_step, **losses,
                "lr": opt.param_groups[0]["lr"], "time": time.time()}
-        path = self.out_dir / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        for key in ("loss", "loss_cls", "loss_mtl", "lr"):
+        self.metrics_log.append(row)
+        for key in (*losses, "lr"):
             writer.add_scalar(f"train/{key}", row[key], global_step)
 
     def _save(self, epoch, stage, opt, sched, metrics, is_best: bool):
@@ -304,3 +367,16 @@ class Trainer:
         if self.config.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(f"epoch {epoch + 1} ({stage}): {shown}", flush=True)
+
+
+def _remove_leftovers(root: Path, keep_last: bool) -> None:
+    """Temporary checkpoint folders of a killed run (``.NAME.*``) go; without ``keep_last`` (a fresh
+    run) so do ``last`` and its ``last.old`` twin, which would otherwise be resumed later."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith((".last.", ".best.")):
+            shutil.rmtree(path, ignore_errors=True)
+    if not keep_last:
+        for name in ("last", "last.old"):
+            shutil.rmtree(root / name, ignore_errors=True)

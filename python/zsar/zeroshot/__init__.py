@@ -1,8 +1,18 @@
-"""Zero-shot inference: semantic relatedness transfer and prototype classification (ResT §3.3)."""
+"""Zero-shot inference: heads that build class matrices from label text (ResT's semantic transfer,
+MZST's semantic embedding), the classifier that serves them, model selection and baselines."""
 
 from .baselines import semantic_space_baseline
+from .classifier import ZeroShotClassifier, check_labels, prototype_classifier
+from .heads import (
+    HEADS,
+    PrototypeTransferHead,
+    SemanticEmbeddingHead,
+    ZeroShotHead,
+    class_means,
+    encode_loader,
+    seen_prototypes_from_loader,
+)
 from .selection import SelectionResult, select_transfer_params
-from .classifier import ZeroShotClassifier, seen_prototypes_from_loader
 from .transfer import (
     composite_prototypes,
     cosine_similarity_matrix,
@@ -12,7 +22,15 @@ from .transfer import (
 )
 
 __all__ = [
+    "HEADS",
+    "PrototypeTransferHead",
+    "SemanticEmbeddingHead",
     "ZeroShotClassifier",
+    "ZeroShotHead",
+    "check_labels",
+    "class_means",
+    "encode_loader",
+    "prototype_classifier",
     "seen_prototypes_from_loader",
     "composite_prototypes",
     "cosine_similarity_matrix",

@@ -1,132 +1,132 @@
-"""A small zero-shot classifier API over a trained ResT (in the spirit of open_clip's).
+"""A small zero-shot classifier API over any registered model (in the spirit of open_clip's).
 
     clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)
     clf.set_labels(["juggling balls", "playing harp"])
-    probs = clf.predict_proba(clips)            # (N, 2); clips or video file paths
+    probs = clf.predict_proba(clips)            # (N, 2); clips, a Batch, or video file paths
     top = clf.predict(["a.mp4", "b.webm"], top_k=1)
-    clf.save("runs/exp/checkpoints/best")       # beside the model weights
+    clf.save("runs/exp/checkpoints/best")       # beside the model's checkpoint
     clf = ZeroShotClassifier.load("runs/exp/checkpoints/best")  # or zsar demo's runs/demo/checkpoint
 
-Seen prototypes are the mean CLS representation of each seen class (paper §3.3). ``set_labels``
-embeds the target labels, relates them to the seen labels (cosine), solves the transfer program
-(:func:`transfer_assignment`) and composes one visual prototype per target label (Eq. 6); videos
-are then scored by cosine similarity to those prototypes (softmax with a temperature for
-probabilities).
+The model gives representations (:meth:`zsar.models.ZeroShotModel.encode`); its zero-shot head
+(:mod:`zsar.zeroshot.heads`: ResT's prototype transfer, MZST's semantic embedding) turns the labels
+of :meth:`~ZeroShotClassifier.set_labels` into a class matrix in that space; videos are scored
+against its rows (softmax with a temperature for probabilities).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
+from ..data.batch import Batch
+from ..models.checkpoint import load_model, resolve
+from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
 
-PROTOTYPES_FILE = "seen_prototypes.safetensors"
 SETTINGS_FILE = "zeroshot.json"
+_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels"}
+_LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
-@torch.no_grad()
-def seen_prototypes_from_loader(model, loader, num_classes: int, progress: bool = True) -> torch.Tensor:
-    """Mean visual representation per seen class over a loader of ``(clips, labels)`` batches (or
-    :class:`zsar.data.ClipBatch` es): ``(C, D)``."""
-    from tqdm.auto import tqdm
+def check_labels(labels, what: str = "labels") -> list[str]:
+    """``labels`` as a list of distinct, non-blank strings.
 
-    model.eval()
-    device = next(model.parameters()).device
-    sums, counts = None, torch.zeros(num_classes, dtype=torch.float64)
-    for batch in tqdm(loader, desc="seen prototypes", disable=not progress, leave=False):
-        if batch is None:  # a batch of skipped bad files
-            continue
-        clips, labels = batch[0], batch[1]
-        x = model.encode_video(clips.to(device)).double().cpu()
-        if sums is None:
-            sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
-        sums.index_add_(0, labels.cpu(), x)
-        counts += torch.bincount(labels.cpu(), minlength=num_classes).double()
-    if sums is None:
-        raise ValueError("the loader yielded no batches")
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"seen classes {empty[:10]} have no videos in the loader")
-    return (sums / counts[:, None]).float()
+    Raises:
+        TypeError: a single string/bytes or a non-sequence instead of a list, or a non-str item.
+        ValueError: no labels, a blank label, or repeated labels.
+    """
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+        raise TypeError(f"{what} must be a list of label strings, got {type(labels).__name__} {labels!r:.60}")
+    labels = list(labels)
+    bad = [x for x in labels if not isinstance(x, str)]
+    if bad:
+        raise TypeError(f"{what} must be strings, got {type(bad[0]).__name__} {bad[0]!r:.60}")
+    if not labels:
+        raise ValueError(f"{what}: at least one label is needed")
+    if any(not x.strip() for x in labels):
+        raise ValueError(f"{what}: labels must not be empty or blank")
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be distinct; repeated: {', '.join(map(repr, repeated))}")
+    return labels
 
 
 class ZeroShotClassifier:
-    """Zero-shot classification by semantic transfer of seen-class visual prototypes.
+    """Zero-shot classification with a model and its zero-shot head.
 
     Args:
-        model: a trained ResT (its ``encode_video`` gives the visual representation).
-        seen_prototypes: ``(num_seen, D)`` mean representations of the seen classes.
-        seen_labels: the seen classes' label text, in the order of ``seen_prototypes``.
-        embedder: a label embedder with ``embed(labels) -> (N, dim)`` (e.g. WordVectorEmbedder).
-        k, theta, rho: the transfer program's K nearest seen labels, relative-distance threshold
-            and edges per target label (choose them by cross-validation over the seen classes).
-        temperature: softmax temperature of ``predict_proba`` over cosine similarities.
+        model: a registered model (:class:`zsar.models.ZeroShotModel`).
+        head: the zero-shot head (e.g. :class:`~zsar.zeroshot.heads.PrototypeTransferHead`).
+        embedder: a label embedder with ``embed(labels) -> (N, dim)`` (e.g. ``SentenceEmbedder``).
+        temperature: softmax temperature of :meth:`predict_proba` over the head's scores.
         clip_spec: how video files given to ``predict``/``encode`` become clips (a
             :class:`zsar.data.ClipSpec`; default: the model's frames and image size, one centred clip).
+        seen_labels: the classes the model was trained on, in the order of its seen-class scores
+            (default: the head's, when it has them).
     """
 
-    def __init__(self, model, seen_prototypes: torch.Tensor, seen_labels: Sequence[str], embedder,
-                 k: int = 5, theta: float = 0.5, rho: int = 3, temperature: float = 0.05, clip_spec=None):
-        if len(seen_labels) != seen_prototypes.shape[0]:
-            raise ValueError(f"{len(seen_labels)} seen labels but {seen_prototypes.shape[0]} seen prototypes")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.model, self.embedder = model, embedder
-        self.seen_prototypes = seen_prototypes.float().cpu()
-        self.seen_labels = list(seen_labels)
-        self.k, self.theta, self.rho, self.temperature = k, theta, rho, temperature
-        if clip_spec is None:
-            from ..data import ClipSpec
-
-            clip_spec = ClipSpec(frames=model.config.frames, size=model.config.image_size)
-        self.clip_spec = clip_spec
+    def __init__(self, model, head: ZeroShotHead, embedder, temperature: float = 0.05, clip_spec=None,
+                 seen_labels: Sequence[str] | None = None):
+        if not isinstance(head, ZeroShotHead):
+            raise TypeError(f"head must be a zsar.zeroshot.heads.ZeroShotHead, got {type(head).__name__}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        self.model, self.head, self.embedder = model, head, embedder
+        self.temperature = float(temperature)
+        self.clip_spec = clip_spec if clip_spec is not None else model.inputs.clip_spec()
+        seen_labels = seen_labels if seen_labels is not None else getattr(head, "seen_labels", None)
+        self.seen_labels: list[str] | None = list(seen_labels) if seen_labels is not None else None
         self.labels: list[str] = []
-        self.prototypes: torch.Tensor | None = None
-        self.assignment: np.ndarray | None = None
+        self.class_matrix: torch.Tensor | None = None
+
+    # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True, **kwargs):
-        """Computes the seen prototypes from a training loader of ``(clips, labels)`` first."""
-        protos = seen_prototypes_from_loader(model, loader, len(seen_labels), progress)
-        return cls(model, protos, seen_labels, embedder, **kwargs)
-
-    def save_prototypes(self, directory: str | Path) -> Path:
-        """Stores the seen prototypes and labels beside a checkpoint (``seen_prototypes.safetensors``)."""
-        path = Path(directory) / PROTOTYPES_FILE
-        save_file({"prototypes": self.seen_prototypes.contiguous()}, path,
-                  metadata={"labels": "\n".join(self.seen_labels)})
-        return path
+    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
+                    head_settings: dict[str, Any] | None = None, **kwargs) -> "ZeroShotClassifier":
+        """The classifier of a trained model, with its head built from the seen classes (the
+        head's seen-class representations are computed from ``loader`` when it needs them)."""
+        head_cls = HEADS[model.zero_shot_head]
+        x = labels = None
+        if head_cls.needs_seen_representations:
+            x, labels, _, _ = encode_loader(model, loader, progress, desc="seen-class representations")
+        head = head_cls.from_seen(x, labels, list(seen_labels), **(head_settings or {}))
+        return cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
 
     def save(self, directory: str | Path) -> Path:
-        """Stores everything but the model beside a checkpoint: seen prototypes and labels, the
-        transfer parameters, temperature, clip spec and how to rebuild the embedder."""
+        """Stores everything but the model beside its checkpoint: the head's state and settings, the
+        temperature, the clip spec and how to rebuild the embedder (``zeroshot.json``)."""
         directory = Path(directory)
-        self.save_prototypes(directory)
+        self.head.save_state(directory)
         spec = getattr(self.embedder, "spec", lambda: None)()
-        settings = {"k": self.k, "theta": self.theta, "rho": self.rho, "temperature": self.temperature,
-                    "clip_spec": asdict(self.clip_spec), "embedder": spec}
+        settings = {"head": self.head.name, "head_settings": self.head.settings(), "temperature": self.temperature,
+                    "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels}
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, embedder=None, device: str | torch.device | None = None,
              **overrides) -> "ZeroShotClassifier":
-        """The classifier saved with :meth:`save` in a checkpoint directory (model included).
+        """The classifier saved with :meth:`save` in a checkpoint folder (model included).
 
-        ``embedder`` replaces the recorded one (needed when it was built from in-memory vectors);
-        ``overrides`` replace saved settings (``k``, ``theta``, ``rho``, ``temperature``, ``clip_spec``).
+        Args:
+            directory: the checkpoint folder.
+            embedder: replaces the recorded one (needed when it was built from in-memory vectors).
+            device: where the model goes (default: CUDA when available).
+            **overrides: ``temperature`` or ``clip_spec``, or the head's settings (e.g. ``k``).
+
+        Raises:
+            FileNotFoundError: no checkpoint or no ``zeroshot.json`` there.
+            ValueError: an unreadable or inconsistent ``zeroshot.json`` or head state (one line, naming
+                the file).
         """
         from ..data import ClipSpec
         from ..text import embedder_from_spec
-        from ..train.checkpoint import load_model, resolve
 
         directory = resolve(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,89 +134,117 @@ class ZeroShotClassifier:
         if not path.is_file():
             raise FileNotFoundError(f"{directory} has no {SETTINGS_FILE}: not a zero-shot checkpoint "
                                     f"(save one with ZeroShotClassifier.save)")
-        settings = json.loads(path.read_text())
+        settings = _read_settings(path)
+        head_cls = HEADS[settings["head"]]
+        head_settings = dict(settings["head_settings"])
+        for key in list(overrides):
+            if key not in ("temperature", "clip_spec"):
+                head_settings[key] = overrides.pop(key)
         if embedder is None:
             if settings.get("embedder") is None:
                 raise ValueError(f"{path} records no embedder (it was built from in-memory vectors); pass embedder=")
             embedder = embedder_from_spec(settings["embedder"])
-        protos, labels = cls.load_prototypes(directory)
-        kwargs = {key: settings[key] for key in ("k", "theta", "rho", "temperature")}
-        kwargs["clip_spec"] = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in settings["clip_spec"].items()})
-        kwargs.update(overrides)
-        return cls(load_model(directory, device), protos, labels, embedder, **kwargs)
+        try:
+            head = head_cls.load(directory, head_settings)
+            clip_spec = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["clip_spec"].items()})
+        except TypeError as e:
+            raise ValueError(f"{path}: {e}") from None
+        model = load_model(directory, device)
+        if model.zero_shot_head != head.name:
+            raise ValueError(f"{path}: head {head.name!r} does not fit model {model.registry_name!r}, whose head is "
+                             f"{model.zero_shot_head!r}")
+        kwargs = {"temperature": settings["temperature"], "clip_spec": clip_spec,
+                  "seen_labels": settings.get("seen_labels"), **overrides}
+        return cls(model, head, embedder, **kwargs)
 
-    @staticmethod
-    def load_prototypes(directory: str | Path) -> tuple[torch.Tensor, list[str]]:
-        from safetensors import safe_open
-
-        path = Path(directory) / PROTOTYPES_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no seen prototypes at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            labels = f.metadata()["labels"].split("\n")
-        return load_file(path)["prototypes"], labels
+    # ---- classification ----------------------------------------------------------------------------
 
     def set_labels(self, labels: Sequence[str]) -> "ZeroShotClassifier":
-        """Builds one composite visual prototype per target label (the transfer program + Eq. 6)."""
-        labels = list(labels)
-        if len(labels) < 1:
-            raise ValueError("set_labels needs at least one label")
-        if len(set(labels)) != len(labels):
-            raise ValueError("set_labels: labels must be distinct")
-        target = self.embedder.embed(labels)
-        seen = self.embedder.embed(self.seen_labels)
-        relatedness = cosine_similarity_matrix(target, seen)
-        self.assignment = transfer_assignment(relatedness, self.k, self.theta, self.rho)
-        weight = (self.assignment * relatedness).sum(1)
-        unrelated = [f"{labels[j]!r} (max cosine {relatedness[j].max():.2f})" for j in np.flatnonzero(weight <= 0)]
-        if unrelated:
-            raise ValueError(f"labels unrelated to every seen class, no prototype can be composed: {', '.join(unrelated)}")
-        self.prototypes = torch.as_tensor(
-            composite_prototypes(self.seen_prototypes.numpy(), relatedness, self.assignment), dtype=torch.float32)
+        """Builds the class matrix of ``labels`` (one row per label) with the head."""
+        labels = check_labels(labels)
+        self.class_matrix = self.head.class_matrix(labels, self.embedder)
         self.labels = labels
         return self
 
+    @property
+    def prototypes(self) -> torch.Tensor | None:
+        """The class matrix of the current labels (ResT: composite visual prototypes)."""
+        return self.class_matrix
+
+    @property
+    def assignment(self):
+        """The transfer edges of the last :meth:`set_labels` (prototype-transfer head only)."""
+        return getattr(self.head, "assignment", None)
+
     def _require_labels(self) -> None:
-        if self.prototypes is None:
+        if self.class_matrix is None:
             raise RuntimeError("call set_labels(labels) before predicting")
 
     @torch.no_grad()
     def encode(self, videos, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
-        """Visual representations ``(N, D)`` (ResT's CLS output, clips averaged) for downstream use.
+        """Representations ``(N, D)`` (what the model's ``encode`` gives, clips averaged).
 
-        ``videos``: clips ``(N[, clips], T, 3, H, W)``, or one or more video file paths, read
-        with :attr:`clip_spec` (``batch_size`` files at a time).
+        Args:
+            videos: clips ``(N[, clips], T, 3, H, W)``, a :class:`~zsar.data.Batch`, or one or more
+                video file paths (read with :attr:`clip_spec`, with audio when the model takes it).
+            batch_size: videos per forward pass.
+            progress: show a progress bar over file batches.
         """
-        device = next(self.model.parameters()).device
-        self.model.eval()
+        if isinstance(videos, Batch):
+            return self._encode_batches([videos], progress=False)
         if isinstance(videos, torch.Tensor):
-            return self.model.encode_video(videos.to(device), batch_size=batch_size).float().cpu()
-        from ..data import load_clip
-
+            if self.model.inputs.audio is not None:
+                raise TypeError("this model also takes audio: pass a zsar.data.Batch or video file paths, not clips")
+            labels = torch.full((videos.shape[0],), -1, dtype=torch.int64)
+            chunks = [Batch(clips=c, labels=l) for c, l in zip(videos.split(batch_size), labels.split(batch_size))]
+            return self._encode_batches(chunks, progress=False)
         paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
         if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
-            raise TypeError("videos must be a clip tensor or video file path(s)")
-        chunks = range(0, len(paths), batch_size)
+            raise TypeError("videos must be clips, a zsar.data.Batch or video file path(s)")
+        return self._encode_batches((self._load(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)),
+                                    progress, total=math.ceil(len(paths) / batch_size))
+
+    def _load(self, paths) -> Batch:
+        from ..data import load_clip
+        from ..data.batch import Sample, collate
+
+        audio = self.model.inputs.audio
+        samples = []
+        for p in paths:
+            clip = load_clip(p, self.clip_spec)
+            if audio is None:
+                samples.append(Sample(clip, -1, video_id=str(p)))
+                continue
+            from ..data.audio import audio_features
+
+            features, present = audio_features(p, target_length=audio.target_length, missing="zeros",
+                                               sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins)
+            samples.append(Sample(clip, -1, audio=features, audio_present=present, video_id=str(p)))
+        return collate(samples)
+
+    def _encode_batches(self, batches, progress: bool, total: int | None = None) -> torch.Tensor:
+        self.model.eval()
         if progress:
             from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, desc="encoding videos", unit="batch")
-        out = []
-        for i in chunks:
-            clips = torch.stack([load_clip(p, self.clip_spec) for p in paths[i:i + batch_size]])
-            out.append(self.model.encode_video(clips.to(device)).float().cpu())
-        return torch.cat(out)
+            batches = tqdm(batches, desc="encoding videos", unit="batch", total=total)
+        device = self.model.device
+        return torch.cat([self.model.encode(b.to(device)).float().cpu() for b in batches])
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, num_labels)`` head scores (higher is better) of representations ``x`` ``(N, D)``."""
+        self._require_labels()
+        return self.head.scores(torch.as_tensor(x), self.class_matrix).float()
 
     @torch.no_grad()
     def similarities(self, videos) -> torch.Tensor:
-        """Cosine similarity ``(N, num_labels)`` of videos (clips or file paths) to the prototypes."""
+        """``(N, num_labels)`` scores of videos (see :meth:`encode`) against the labels: cosine
+        similarity, or negated L2 distance for an L2 head."""
         self._require_labels()
-        x = self.encode(videos)
-        return torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(self.prototypes, dim=1).T
+        return self.scores(self.encode(videos))
 
     def predict_proba(self, videos) -> torch.Tensor:
-        """Softmax over cosine similarities / temperature, ``(N, num_labels)``."""
+        """Softmax over the scores / temperature, ``(N, num_labels)``."""
         return torch.softmax(self.similarities(videos) / self.temperature, dim=1)
 
     def predict(self, videos, top_k: int = 1) -> torch.Tensor:
@@ -226,3 +254,48 @@ class ZeroShotClassifier:
             raise ValueError(f"top_k must be in [1, {len(self.labels)}], got {top_k}")
         top = self.similarities(videos).topk(top_k, dim=1).indices
         return top[:, 0] if top_k == 1 else top
+
+
+def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int = 5, theta: float = 0.5,
+                         rho: int = 3, **kwargs) -> ZeroShotClassifier:
+    """A classifier with a :class:`~zsar.zeroshot.heads.PrototypeTransferHead` from given prototypes."""
+    return ZeroShotClassifier(model, PrototypeTransferHead(seen_prototypes, seen_labels, k, theta, rho), embedder,
+                              **kwargs)
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """``zeroshot.json``, validated, in the current layout (the first layout had k/theta/rho at the top)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    if "head" not in settings:  # first layout: the prototype-transfer head's settings at the top level
+        unknown = sorted(set(settings) - _LEGACY_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; expected {sorted(_LEGACY_KEYS)}")
+        settings = {"head": PrototypeTransferHead.name,
+                    "head_settings": {k: settings[k] for k in ("k", "theta", "rho") if k in settings},
+                    **{k: v for k, v in settings.items() if k not in ("k", "theta", "rho")}}
+        missing = sorted({"k", "theta", "rho"} - set(settings["head_settings"]))
+        if missing:
+            raise ValueError(f"{path}: missing {missing} (the transfer parameters)")
+    unknown = sorted(set(settings) - _SETTINGS_KEYS)
+    missing = sorted({"head", "head_settings", "temperature", "clip_spec"} - set(settings))
+    if unknown or missing:
+        raise ValueError(f"{path}: " + "; ".join(
+            ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])))
+    if settings["head"] not in HEADS:
+        raise ValueError(f"{path}: unknown head {settings['head']!r}; expected one of {sorted(HEADS)}")
+    for key, kind in (("head_settings", dict), ("clip_spec", dict)):
+        if not isinstance(settings[key], kind):
+            raise ValueError(f"{path}: {key!r} must be an object, got {type(settings[key]).__name__}")
+    seen = settings.get("seen_labels")
+    if seen is not None and not (isinstance(seen, list) and all(isinstance(x, str) for x in seen)):
+        raise ValueError(f"{path}: 'seen_labels' must be a list of strings or null")
+    embedder = settings.get("embedder")
+    if embedder is not None and not isinstance(embedder, dict):
+        raise ValueError(f"{path}: 'embedder' must be an object (an embedder spec) or null, got "
+                         f"{type(embedder).__name__}")
+    return settings

@@ -1,0 +1,222 @@
+"""Checkpoints of registered models: a folder with ``model.safetensors`` and ``config.json``.
+
+``config.json`` records the model's registry name and builder arguments
+(:meth:`~zsar.models.base.ZeroShotModel.model_args`), the SHA-256 of the weights file (verified on
+load, so a corrupted or relabelled file is refused) and whatever the writer adds (class names,
+training config, metrics). A training run adds ``trainer_state.pt`` (optimiser, scheduler, RNG
+states, history: plain tensors and Python values, read back with ``torch.load(weights_only=True)``,
+so a crafted file cannot run code).
+
+Writes are atomic at the folder level: a checkpoint is written to a temporary sibling and swapped in
+with renames, so a crash never leaves a half-written checkpoint in place of a good one; after a kill
+between the two renames, :func:`resolve` finds the previous one under ``NAME.old``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "resolve", "read_config", "load_weights", "load_model",
+           "load_trainer_state", "register_legacy_config"]
+
+WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "trainer_state.pt"
+FORMAT_VERSION = 2
+_HASH_CHUNK = 1 << 22
+
+# Converters for configs written before checkpoints recorded registry names: "architecture" -> fn
+# (the old "model_config" dict) -> (registry name, builder arguments). Models register their own.
+_LEGACY: dict[str, Callable[[dict], tuple[str, dict]]] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be read: missing, corrupted or inconsistent files."""
+
+
+def register_legacy_config(architecture: str, convert: Callable[[dict], tuple[str, dict]]) -> None:
+    """Lets checkpoints whose ``config.json`` says ``"architecture": architecture`` (the format before
+    registry names were recorded) load: ``convert(model_config) -> (registry name, builder args)``."""
+    _LEGACY[architecture] = convert
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
+                    trainer_state: dict[str, Any] | None = None) -> Path:
+    """Writes a registered model's weights and config (and optional trainer state) to ``directory``.
+
+    Args:
+        directory: the checkpoint folder (replaced atomically if it exists).
+        model: a model made by :func:`~zsar.models.create_model`.
+        extra: JSON-able entries added to ``config.json`` (e.g. ``class_names``).
+        trainer_state: tensors and plain Python values only (saved as ``trainer_state.pt``).
+
+    Returns:
+        The folder written.
+    """
+    name = getattr(model, "registry_name", "")
+    if not name:
+        raise ValueError(f"save_checkpoint: the {type(model).__name__} was not made by zsar.create_model "
+                         "(it has no registry name to rebuild it from)")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        config = {"format_version": FORMAT_VERSION, "model": name, "model_args": model.model_args(),
+                  "weights_sha256": _sha256(tmp / WEIGHTS), **(extra or {})}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE)
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def resolve(directory: str | Path) -> Path:
+    """The checkpoint folder to read: ``directory``, or its ``.old`` twin after an interrupted swap.
+
+    Raises:
+        FileNotFoundError: neither holds a ``config.json``.
+    """
+    directory = Path(directory)
+    if (directory / CONFIG).is_file():
+        return directory
+    old = directory.with_name(directory.name + ".old")
+    if (old / CONFIG).is_file():
+        return old
+    raise FileNotFoundError(f"no checkpoint at {directory} (expected {CONFIG} and {WEIGHTS} there)")
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as a dict, in the current format (legacy configs converted).
+
+    Raises:
+        CheckpointError: invalid JSON, not an object, or missing/mistyped ``model``/``model_args``.
+    """
+    path = resolve(directory) / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if "model" not in config and "architecture" in config:
+        arch = config["architecture"]
+        if arch not in _LEGACY or not isinstance(config.get("model_config"), dict):
+            raise CheckpointError(f"{path}: an old-format checkpoint of architecture {arch!r} that this zsar "
+                                  f"cannot convert; re-save it with zsar.models.save_checkpoint")
+        config["model"], config["model_args"] = _LEGACY[arch](config.pop("model_config"))
+    if not isinstance(config.get("model"), str):
+        raise CheckpointError(f"{path}: missing or non-string \"model\" (the registry name of the model)")
+    if not isinstance(config.get("model_args", {}), dict):
+        raise CheckpointError(f"{path}: \"model_args\" must be an object, got {type(config['model_args']).__name__}")
+    return config
+
+
+def _read_weights(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing or not a file (the model's weights)")
+    expected = config.get("weights_sha256")
+    if expected is not None and _sha256(path) != expected:
+        raise CheckpointError(f"{path}: SHA-256 differs from the one recorded in {CONFIG}: the file is corrupted "
+                              "or was changed")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Loads the checkpoint's weights into ``model``.
+
+    Raises:
+        CheckpointError: unreadable or corrupted weights, or names/shapes that differ from the model's
+            (the message says what differs).
+    """
+    path = resolve(directory)
+    state = _read_weights(path, read_config(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu"):
+    """Rebuilds the registered model saved in a checkpoint folder, with its weights, in eval mode.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        CheckpointError: the config or weights are unreadable, name an unknown model or arguments the
+            model does not take, or do not match.
+    """
+    from .registry import create_model, list_models
+
+    path = resolve(directory)
+    config = read_config(path)
+    name = config["model"]
+    if name not in list_models():
+        raise CheckpointError(f"{path / CONFIG}: unknown model {name!r}; registered: {', '.join(list_models())}")
+    try:
+        model = create_model(name, **config.get("model_args", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args ({e})") from None
+    load_weights(model, path)
+    return model.to(device).eval()
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
+    """The trainer state saved with a checkpoint, or None when it has none.
+
+    Loaded with ``weights_only=True``: tensors and plain Python containers only, never code.
+
+    Raises:
+        CheckpointError: the file is unreadable, truncated or holds anything else.
+    """
+    path = resolve(directory) / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "unreadable"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable trainer state ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
+    return state

@@ -1,0 +1,260 @@
+"""Zero-shot heads: strategies that turn label text into a class matrix in a model's representation
+space, and score representations against it (in the spirit of open_clip's zero-shot classifier
+builder).
+
+* :class:`PrototypeTransferHead` (ResT): seen-class visual prototypes (mean representation of each
+  seen class) are composed into one prototype per target label by semantic transfer (the HiGHS
+  integer program, ResT Eq. 1-6); cosine similarity scores.
+* :class:`SemanticEmbeddingHead` (MZST): the model's representation already lives in the label
+  embedder's space, so the class matrix is the label embeddings themselves; nearest by L2 distance
+  (AVCA's choice) or cosine.
+
+A model names its head (:attr:`zsar.models.ZeroShotModel.zero_shot_head`); :data:`HEADS` maps the
+name to the class. :class:`~zsar.zeroshot.ZeroShotClassifier` serves every head.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..data.batch import as_batch
+from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
+
+__all__ = ["ZeroShotHead", "PrototypeTransferHead", "SemanticEmbeddingHead", "HEADS", "seen_prototypes_from_loader",
+           "encode_loader"]
+
+PROTOTYPES_FILE = "seen_prototypes.safetensors"
+METRICS = ("cosine", "l2")
+
+
+class ZeroShotHead:
+    """Base class of the heads: build a class matrix from labels, score representations against it."""
+
+    #: Registry name (what a model's ``zero_shot_head`` and ``zeroshot.json`` say).
+    name: ClassVar[str] = ""
+    #: Whether :meth:`from_seen` needs representations of the seen classes' training videos.
+    needs_seen_representations: ClassVar[bool] = False
+    metric: str = "cosine"
+
+    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
+        """``(C, D)`` one row per label, in the representation space."""
+        raise NotImplementedError
+
+    def scores(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` scores of representations ``x`` ``(N, D)`` (higher is better): cosine
+        similarity, or the negated L2 distance."""
+        if x.shape[1] != matrix.shape[1]:
+            raise ValueError(f"representations have width {x.shape[1]} but the class matrix has {matrix.shape[1]} "
+                             f"({self.name} head): the checkpoint's files do not belong together")
+        x, matrix = x.double(), matrix.double()
+        if self.metric == "l2":
+            return -torch.cdist(x, matrix)
+        return torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(matrix, dim=1).T
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings (saved in ``zeroshot.json``)."""
+        return {"metric": self.metric}
+
+    def save_state(self, directory: Path) -> None:
+        """Writes the head's tensors beside a checkpoint (none by default)."""
+
+    @classmethod
+    def from_seen(cls, x: torch.Tensor | None, labels: torch.Tensor | None, seen_labels: Sequence[str],
+                  **settings: Any) -> "ZeroShotHead":
+        """The head for a model trained on ``seen_labels``; ``x``/``labels``: representations of the
+        seen classes' videos (only when :attr:`needs_seen_representations`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any]) -> "ZeroShotHead":
+        """The head saved by :meth:`save_state` and :meth:`settings`."""
+        raise NotImplementedError
+
+
+class PrototypeTransferHead(ZeroShotHead):
+    """ResT's head: semantic transfer of seen-class visual prototypes (ResT §3.3).
+
+    Args:
+        seen_prototypes: ``(S, D)`` mean representation of each seen class.
+        seen_labels: the seen classes' label text, in the order of ``seen_prototypes``.
+        k, theta, rho: the transfer program's K nearest seen labels, relative-distance threshold and
+            edges per target label (choose them by cross-validation over the seen classes,
+            :func:`zsar.zeroshot.select_transfer_params`).
+    """
+
+    name = "prototype_transfer"
+    needs_seen_representations = True
+
+    def __init__(self, seen_prototypes: torch.Tensor, seen_labels: Sequence[str], k: int = 5, theta: float = 0.5,
+                 rho: int = 3):
+        seen_prototypes = torch.as_tensor(seen_prototypes).float().cpu()
+        if seen_prototypes.dim() != 2 or len(seen_labels) != seen_prototypes.shape[0]:
+            raise ValueError(f"{len(seen_labels)} seen labels but seen prototypes of shape "
+                             f"{tuple(seen_prototypes.shape)} (expected ({len(seen_labels)}, D))")
+        if not torch.isfinite(seen_prototypes).all():
+            raise ValueError("seen prototypes contain NaN or infinite values")
+        self.seen_prototypes = seen_prototypes
+        self.seen_labels = list(seen_labels)
+        self.k, self.theta, self.rho = k, theta, rho
+        self.assignment: np.ndarray | None = None  # of the last class_matrix call (ResT Fig. 3)
+
+    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
+        target = embedder.embed(list(labels))
+        seen = embedder.embed(self.seen_labels)
+        relatedness = cosine_similarity_matrix(target, seen)
+        assignment = transfer_assignment(relatedness, self.k, self.theta, self.rho)
+        weight = (assignment * relatedness).sum(1)
+        unrelated = [f"{labels[j]!r} (max cosine {relatedness[j].max():.2f})" for j in np.flatnonzero(weight <= 0)]
+        if unrelated:
+            raise ValueError(f"labels unrelated to every seen class, no prototype can be composed: {', '.join(unrelated)}")
+        self.assignment = assignment
+        return torch.as_tensor(composite_prototypes(self.seen_prototypes.numpy(), relatedness, assignment),
+                               dtype=torch.float32)
+
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k, "theta": self.theta, "rho": self.rho}
+
+    def save_state(self, directory: Path) -> None:
+        save_file({"prototypes": self.seen_prototypes.contiguous()}, Path(directory) / PROTOTYPES_FILE,
+                  metadata={"labels": "\n".join(self.seen_labels)})
+
+    @classmethod
+    def from_seen(cls, x, labels, seen_labels, **settings) -> "PrototypeTransferHead":
+        return cls(class_means(x, labels, len(seen_labels)), seen_labels, **settings)
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any]) -> "PrototypeTransferHead":
+        prototypes, labels = load_prototypes(directory)
+        return cls(prototypes, labels, **_known(settings, ("k", "theta", "rho"), directory))
+
+
+class SemanticEmbeddingHead(ZeroShotHead):
+    """MZST's head: the class matrix is the label embeddings; the model's representation is its
+    prediction in the label embedder's space, classified by the nearest class embedding.
+
+    Args:
+        metric: ``"l2"`` (AVCA's evaluation; the default) or ``"cosine"``.
+    """
+
+    name = "semantic_embedding"
+
+    def __init__(self, metric: str = "l2"):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
+
+    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(embedder.embed(list(labels))), dtype=torch.float32)
+
+    @classmethod
+    def from_seen(cls, x, labels, seen_labels, **settings) -> "SemanticEmbeddingHead":
+        return cls(**settings)
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any]) -> "SemanticEmbeddingHead":
+        return cls(**_known(settings, ("metric",), directory))
+
+
+#: Head name -> class (what :attr:`zsar.models.ZeroShotModel.zero_shot_head` names).
+HEADS: dict[str, type[ZeroShotHead]] = {h.name: h for h in (PrototypeTransferHead, SemanticEmbeddingHead)}
+
+
+def _known(settings: dict[str, Any], keys: tuple[str, ...], directory) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(keys))
+    if unknown:
+        raise ValueError(f"{directory}: unknown head settings {unknown}; expected {list(keys)}")
+    return dict(settings)
+
+
+def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, D)`` mean of the rows of ``x`` per class (float64 sums).
+
+    Raises:
+        ValueError: a class has no row.
+    """
+    x = torch.as_tensor(x).double().cpu()
+    labels = torch.as_tensor(labels).long().cpu()
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"seen classes {empty[:10]} have no videos in the loader")
+    return (sums / counts[:, None]).float()
+
+
+@torch.no_grad()
+def encode_loader(model, loader, progress: bool = True, desc: str = "encoding videos",
+                  with_seen_logits: bool = False):
+    """Runs a model's :meth:`~zsar.models.ZeroShotModel.encode` over a loader of batches.
+
+    Returns:
+        ``(x (N, D) float32, labels (N,) int64, seen_logits (N, S) or None, video_ids)`` on the CPU,
+        in loader order; batches of skipped files are left out.
+
+    Raises:
+        ValueError: the loader yielded no batch.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = model.device
+    xs, ys, logits, ids = [], [], [], []
+    for item in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        batch = as_batch(item)
+        if batch is None:  # a batch of skipped bad files
+            continue
+        batch = batch.to(device)
+        if with_seen_logits:
+            x, scores = model.encode_and_score(batch)
+            logits.append(scores.float().cpu())
+        else:
+            x = model.encode(batch)
+        xs.append(x.float().cpu())
+        ys.append(batch.labels.cpu())
+        ids.extend(batch.video_ids)
+    if not xs:
+        raise ValueError("the loader yielded no batches")
+    return torch.cat(xs), torch.cat(ys), (torch.cat(logits) if with_seen_logits else None), ids
+
+
+def seen_prototypes_from_loader(model, loader, num_classes: int, progress: bool = True) -> torch.Tensor:
+    """Mean representation per seen class over a loader of batches: ``(C, D)``."""
+    x, labels, _, _ = encode_loader(model, loader, progress, desc="seen prototypes")
+    return class_means(x, labels, num_classes)
+
+
+def load_prototypes(directory: str | Path) -> tuple[torch.Tensor, list[str]]:
+    """The seen prototypes and labels saved beside a checkpoint.
+
+    Raises:
+        FileNotFoundError: no prototypes file.
+        ValueError: unreadable file, a label count that differs from the rows, non-finite values.
+    """
+    path = Path(directory) / PROTOTYPES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no seen prototypes at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            labels = (f.metadata() or {}).get("labels")
+            prototypes = f.get_tensor("prototypes")
+    except (SafetensorError, OSError, RuntimeError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable prototypes file ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    if labels is None:
+        raise ValueError(f"{path}: no 'labels' in the file's metadata")
+    labels = labels.split("\n")
+    if prototypes.dim() != 2 or prototypes.shape[0] != len(labels) or not prototypes.is_floating_point():
+        raise ValueError(f"{path}: prototypes of shape {tuple(prototypes.shape)} do not match its {len(labels)} labels")
+    if not torch.isfinite(prototypes).all():
+        raise ValueError(f"{path}: prototypes contain NaN or infinite values")
+    return prototypes, labels
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
