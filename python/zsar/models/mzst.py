@@ -279,33 +279,51 @@ class FusionLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TextStream(nn.Module):
+    """The text stream's own parts, used in training only: CLS_T, word and position embeddings, one
+    layer per fusion block (run by :class:`AVTFusion`) and a final norm."""
+
+    def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, mlp_dim: int, max_words: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=WordVocab.pad_id)
+        self.word_pos = nn.Parameter(torch.zeros(1, max_words, dim))
+        self.layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def tokens(self, word_ids: torch.Tensor) -> torch.Tensor:
+        """``[CLS_T, words]`` ``(B, 1 + W, D)`` for word ids ``(B, W)``."""
+        words = self.word_embed(word_ids) + self.word_pos[:, :word_ids.shape[1]]
+        return torch.cat([self.cls_token.expand(words.shape[0], -1, -1), words], 1)
+
+
 class AVTFusion(nn.Module):
     """The AVT fusion network: K blocks of (AV layer, text layer) sharing ``n_fusion`` fusion tokens.
 
-    ``forward(av, av_valid, text=None, text_valid=None, text_free_av=False)`` takes each stream's
-    tokens without the fusion slots (``av``: ``(B, L_av, D)`` with ``av_valid`` valid tokens per
-    sample) and returns the normalised outputs ``(av_out, text_out)`` of the same shapes
-    (``text_out`` None without text). With text and ``text_free_av``, ``av_out`` is instead the AV
-    stream run without text (what inference computes), next to the joint pass that gives
-    ``text_out``; the two share their first AV layer, which text has not reached yet.
+    ``forward(av, av_valid, text=None, text_valid=None, text_stream=None, text_free_av=False)``
+    takes each stream's tokens without the fusion slots (``av``: ``(B, L_av, D)`` with ``av_valid``
+    valid tokens per sample; ``text`` likewise, run through ``text_stream``'s layers) and returns
+    the normalised outputs ``(av_out, text_out)`` of the same shapes (``text_out`` None without
+    text). With text and ``text_free_av``, ``av_out`` is instead the AV stream run without text
+    (what inference computes), next to the joint pass that gives ``text_out``; the two share their
+    first AV layer, which text has not reached yet.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, n_fusion: int, order: str,
-                 with_text: bool, dropout: float = 0.0):
+                 dropout: float = 0.0):
         super().__init__()
         self.n_fusion, self.order = n_fusion, order
         self.fusion_tokens = nn.Parameter(torch.randn(1, n_fusion, dim) * 0.02)  # N(0, 0.02), as in the paper
         self.av_layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth))
         self.av_norm = nn.LayerNorm(dim)
-        self.text_layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth)) \
-            if with_text else None
-        self.text_norm = nn.LayerNorm(dim) if with_text else None
 
     def _av_step(self, layer: FusionLayer, av, f, av_valid):
         out = layer(torch.cat([av, f], 1), av_valid, self.n_fusion)
         return out[:, :-self.n_fusion], out[:, -self.n_fusion:]
 
-    def forward(self, av, av_valid, text=None, text_valid=None, text_free_av: bool = False):
+    def forward(self, av, av_valid, text=None, text_valid=None, text_stream: TextStream | None = None,
+                text_free_av: bool = False):
         n_f = self.n_fusion
         f = self.fusion_tokens.expand(av.shape[0], -1, -1).to(av.dtype)
         alone = None  # (tokens, fusion tokens) of the text-free AV pass, when asked for
@@ -316,15 +334,17 @@ class AVTFusion(nn.Module):
                 continue
             if text_free_av:
                 alone = (av, f_av) if k == 0 else self._av_step(av_layer, *alone, av_valid)
-            out = self.text_layers[k](torch.cat([text, f_av if self.order == "sequential" else f], 1), text_valid, n_f)
+            text_layer = text_stream.layers[k]
+            out = text_layer(torch.cat([text, f_av if self.order == "sequential" else f], 1), text_valid, n_f)
             text, f_text = out[:, :-n_f], out[:, -n_f:]
             f = 0.5 * (f_av + f_text)
-        return self.av_norm(alone[0] if alone is not None else av), (self.text_norm(text) if text is not None else None)
+        av_out = self.av_norm(alone[0] if alone is not None else av)
+        return av_out, (text_stream.norm(text) if text is not None else None)
 
 
 class StreamEncoder(nn.Module):
-    """One modality's own transformer over ``[CLS, tokens]`` (no fusion tokens), for the
-    feature-concatenation ablation; returns its normalised CLS output."""
+    """One modality's own transformer over ``[CLS, tokens]`` (no fusion tokens); returns its
+    normalised CLS output."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -335,6 +355,25 @@ class StreamEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, n_valid, 0)
         return self.norm(x[:, 0])
+
+
+class LateFusion(nn.Module):
+    """Feature concatenation (the paper's Table 7 ablation): a :class:`StreamEncoder` per modality
+    with its own CLS token, and the CLS outputs concatenated ``(B, M x D)``."""
+
+    def __init__(self, modalities: Sequence[str], dim: int, depth: int, heads: int, mlp_dim: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.cls_tokens = nn.Parameter(torch.zeros(1, len(modalities), dim))
+        self.streams = nn.ModuleDict({m: StreamEncoder(dim, depth, heads, mlp_dim, dropout) for m in modalities})
+
+    def forward(self, tokens: dict[str, torch.Tensor], n_valid: dict[str, torch.Tensor]) -> torch.Tensor:
+        outs = []
+        for i, (modality, stream) in enumerate(self.streams.items()):
+            x = tokens[modality]
+            x = torch.cat([self.cls_tokens[:, i:i + 1].expand(x.shape[0], -1, -1), x], 1)
+            outs.append(stream(x, n_valid[modality]))
+        return torch.cat(outs, -1)
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -513,18 +552,15 @@ class MZST(ZeroShotModel):
 
         if c.fusion == "bottleneck":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))  # CLS_V
-            self.fusion = AVTFusion(D, c.fusion_blocks, c.heads, c.mlp_dim, c.fusion_tokens, c.fusion_order,
-                                    self.with_text, c.dropout)
+            self.fusion = AVTFusion(D, c.fusion_blocks, c.heads, c.mlp_dim, c.fusion_tokens, c.fusion_order, c.dropout)
             head_in = D
-        else:  # feature concatenation: one transformer and CLS per modality
-            self.cls_token = nn.Parameter(torch.zeros(1, len(c.modalities), D))
-            self.fusion = nn.ModuleDict({m: StreamEncoder(D, c.fusion_blocks, c.heads, c.mlp_dim, c.dropout)
-                                         for m in c.modalities})
+        else:
+            self.cls_token = None
+            self.fusion = LateFusion(c.modalities, D, c.fusion_blocks, c.heads, c.mlp_dim, c.dropout)
             head_in = D * len(c.modalities)
+        self.text_stream = self.mlm_head = None
         if self.with_text:
-            self.text_cls = nn.Parameter(torch.zeros(1, 1, D))  # CLS_T
-            self.word_embed = nn.Embedding(len(self.vocab), D, padding_idx=WordVocab.pad_id)
-            self.word_pos = nn.Parameter(torch.zeros(1, c.max_words, D))
+            self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout)
             self.mlm_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D), nn.Linear(D, len(self.vocab)))
         self.task_head = nn.Linear(head_in, c.num_classes) if "task" in c.losses else None
         self.semantic_head = nn.Sequential(nn.Linear(head_in, D), nn.GELU(), nn.Linear(D, c.embed_dim)) \
@@ -541,20 +577,20 @@ class MZST(ZeroShotModel):
             self.set_class_embeddings(class_embeddings)
 
     def _init_weights(self):
-        for p in (self.cls_token, self.modality_embed):
-            nn.init.trunc_normal_(p, std=0.02)
-        own = [self.video_proj, self.audio_proj, self.fusion, self.task_head, self.semantic_head]
-        if self.with_text:
-            nn.init.trunc_normal_(self.text_cls, std=0.02)
-            nn.init.trunc_normal_(self.word_pos, std=0.02)
-            own += [self.word_embed, self.mlm_head]
-        for module in own:
-            for m in module.modules() if module is not None else ():
+        # Everything but the backbones (their own init) and the fusion tokens (N(0, 0.02), set above).
+        own = [self.video_proj, self.audio_proj, self.fusion, self.text_stream, self.task_head, self.semantic_head,
+               self.mlm_head]
+        for module in (m for m in own if m is not None):
+            for m in module.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.trunc_normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
                 elif isinstance(m, nn.Embedding):
                     nn.init.trunc_normal_(m.weight, std=0.02)
+        for name, p in self.named_parameters():
+            own_token = not name.startswith(("video_encoder.", "audio_encoder."))
+            if own_token and name.endswith(("cls_token", "cls_tokens", "word_pos", "modality_embed")):
+                nn.init.trunc_normal_(p, std=0.02)
 
     # ---- the contract ----------------------------------------------------------------------------
 
@@ -614,25 +650,27 @@ class MZST(ZeroShotModel):
                     enc.eval()
         return self
 
-    def example_batch(self, batch_size: int = 1, device: torch.device | str | None = None):
-        """A batch of zeros of the shapes this model takes (FLOP counting on ``"meta"``, benchmarks):
-        one clip per video, audio present."""
-        from ..data.batch import Batch
+    def parts(self) -> dict[str, nn.Module]:
+        """The modules :meth:`encode` runs: backbones, projections, the fusion network and the head
+        that gives f(x) (the semantic head; the task head when f(x) is its ConSE mix)."""
+        parts = {"backbone_video": self.video_encoder, "backbone_audio": self.audio_encoder,
+                 "projection_video": self.video_proj, "projection_audio": self.audio_proj, "fusion": self.fusion,
+                 "semantic_head": self.semantic_head if self.semantic_head is not None else self.task_head}
+        return {name: module for name, module in parts.items() if module is not None}
 
-        c, device = self.config, self.device if device is None else device
-        return Batch(clips=torch.zeros(batch_size, c.frames, 3, c.image_size, c.image_size, device=device),
-                     labels=torch.zeros(batch_size, dtype=torch.int64, device=device),
-                     audio=torch.zeros(batch_size, c.audio_length, c.mel_bins, device=device) if self.use_audio else None,
-                     audio_present=torch.ones(batch_size, dtype=torch.bool, device=device) if self.use_audio else None)
+    def training_parts(self) -> dict[str, nn.Module]:
+        """Modules only training runs: the text stream, the MLM head and (beside a semantic head) the task head."""
+        parts = {"text_stream": self.text_stream, "mlm_head": self.mlm_head,
+                 "task_head": self.task_head if self.semantic_head is not None else None}
+        return {name: module for name, module in parts.items() if module is not None}
 
-    def flop_parts(self) -> dict[str, list[nn.Module]]:
-        """The modules that :meth:`encode` runs, by part (what a FLOP counter attributes its count to):
-        ``video_backbone``, ``audio_backbone``, ``projection``, ``fusion``, ``heads``."""
-        parts = {"video_backbone": [self.video_encoder], "audio_backbone": [self.audio_encoder],
-                 "projection": [self.video_proj, self.audio_proj], "fusion": [self.fusion],
-                 "heads": [self.task_head, self.semantic_head]}
-        return {name: [m for m in mods if m is not None] for name, mods in parts.items()
-                if any(m is not None for m in mods)}
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {"modalities": list(c.modalities),
+                "video_backbone": c.video_backbone if self.use_video else None,
+                "audio_backbone": c.audio_backbone if self.use_audio else None,
+                "video_tokens": self.num_video_tokens, "audio_tokens": self.num_audio_tokens,
+                "fusion": c.fusion, "fusion_blocks": c.fusion_blocks, "fusion_tokens": c.fusion_tokens, "dim": c.dim}
 
     # ---- encoding --------------------------------------------------------------------------------
 
@@ -696,22 +734,17 @@ class MZST(ZeroShotModel):
         n_words)``, the text stream's word outputs of the joint pass ``(B, W, D)``."""
         tokens, present, B, n_clips = self._tokens(batch)
         if self.config.fusion == "concat":
-            outs = []
-            for i, m in enumerate(self.config.modalities):
-                x = torch.cat([self.cls_token[:, i:i + 1].expand(tokens[m].shape[0], -1, -1), tokens[m]], 1)
-                n = self.num_video_tokens if m == "video" else present.to(torch.int32) * self.num_audio_tokens
-                n_valid = torch.as_tensor(1 + n, dtype=torch.int32, device=x.device).expand(x.shape[0])
-                outs.append(self.fusion[m](x, n_valid))
-            return torch.cat(outs, -1), None, B, n_clips
+            n = next(iter(tokens.values())).shape[0]
+            n_valid = {"video": torch.full((n,), 1 + self.num_video_tokens, dtype=torch.int32, device=self.device)}
+            if present is not None:
+                n_valid["audio"] = 1 + present.to(torch.int32) * self.num_audio_tokens
+            return self.fusion(tokens, n_valid), None, B, n_clips
         av, av_valid = self._av_stream(tokens, present)
         if text is None:
             return self.fusion(av, av_valid)[0][:, 0], None, B, n_clips
         word_ids, n_words = text
-        W = word_ids.shape[1]
-        words = self.word_embed(word_ids) + self.word_pos[:, :W]
-        text_in = torch.cat([self.text_cls.expand(words.shape[0], -1, -1), words], 1)
         text_valid = 1 + n_words.to(device=av.device, dtype=torch.int32)
-        av_out, text_out = self.fusion(av, av_valid, text_in, text_valid,
+        av_out, text_out = self.fusion(av, av_valid, self.text_stream.tokens(word_ids), text_valid, self.text_stream,
                                        text_free_av=self.config.heads_from == "av_pass")
         return av_out[:, 0], text_out[:, 1:], B, n_clips
 
@@ -730,8 +763,12 @@ class MZST(ZeroShotModel):
     def encode(self, batch) -> torch.Tensor:
         """f(x) ``(B, embed_dim)`` from the AV stream alone, averaged over each video's clips."""
         h, _, B, n_clips = self._representations(batch)
-        f = self._semantic(h)
-        return f.view(B, n_clips, -1).mean(1)
+        return self._semantic(h).view(B, n_clips, -1).mean(1)
+
+    def encode_and_score(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode(batch), seen_logits(batch))`` from one pass."""
+        h, _, B, n_clips = self._representations(batch)
+        return self._semantic(h).view(B, n_clips, -1).mean(1), self._seen_logits(h).view(B, n_clips, -1).mean(1)
 
     def seen_logits(self, batch, stage: str | None = None) -> torch.Tensor:
         """Task-head scores over the seen classes ``(B, num_classes)``, averaged over clips."""
