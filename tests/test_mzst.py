@@ -499,7 +499,7 @@ def test_clear_errors():
         tiny(modalities=("smell",))
     with pytest.raises(ValueError, match="'task' or 'se'"):
         tiny(losses=("mlm",))
-    with pytest.raises(ValueError, match="unknown MZST config keys"):
+    with pytest.raises(ValueError, match="unknown config key"):
         tiny(fusion_layers=3)
     with pytest.raises(ValueError, match="num_classes=3 but 6 class_names"):
         tiny(num_classes=3)

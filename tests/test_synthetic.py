@@ -133,7 +133,7 @@ def test_explicit_unseen_labels_and_clear_errors():
         SyntheticConfig(size=33)
     with pytest.raises(ValueError, match="no split"):  # too many held out to cover every pair
         split_compositions(SyntheticConfig(**{**SMALL, "num_unseen": 20}))
-    with pytest.raises(ValueError, match="unknown synthetic config keys"):
+    with pytest.raises(ValueError, match="unknown config key"):
         SyntheticConfig.from_dict({"colours": ["red"]})
 
 

@@ -59,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import from_dict as config_from_dict
 from .records import VideoList, VideoRecord
 from .video import write_video
 
@@ -248,11 +249,8 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SyntheticConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown synthetic config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        """The config of a dict (e.g. from JSON); unknown keys and mistyped values raise, naming the key."""
+        return config_from_dict(cls, data)
 
 
 def label_of(composition: Sequence[str]) -> str:

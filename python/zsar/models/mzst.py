@@ -1,7 +1,7 @@
 """MZST: the multimodal zero-shot transformer (video + audio + text, attention-bottleneck fusion).
 
-The second paper of the project ("Multimodal zero-shot learning for action recognition": MZST,
-§4-5). A video clip goes through torchvision's MViTv2-S and its audio (AST's log-mel input,
+From "A Multimodal Benchmark and Improved Architecture for Zero Shot Learning" (Doshi et al.; the
+MZST paper, §4-5). A video clip goes through torchvision's MViTv2-S and its audio (AST's log-mel input,
 :func:`zsar.data.audio_features`) through an Audio Spectrogram Transformer built on Hugging Face
 transformers' ``ASTModel``; both token sequences are projected to the fusion width and fused with
 the label text by the AVT fusion network, K blocks of attention-bottleneck transformer layers:
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import from_dict as config_from_dict
 from ..text.vocab import WordVocab, mask_words
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .layers import Mlp
@@ -462,11 +463,8 @@ class MZSTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MZSTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MZST config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        """The config of a dict (e.g. from JSON); unknown keys and mistyped values raise, naming the key."""
+        return config_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
