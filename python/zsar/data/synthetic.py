@@ -111,8 +111,8 @@ SOUNDS: dict[str, str] = {
     "rumbling": "low-passed noise below about 150 Hz",
     "chirping": "short rising sweeps from 2 to 4 kHz, about 3 a second",
 }
-_PARTS = ("color", "shape", "motion", "sound")
-#: Which sense each part reaches: the renderer draws the visible parts and plays the audible one.
+#: The parts a label may have, in label order, and which sense each reaches: the renderer draws the
+#: visible parts and plays the audible one.
 PART_MODALITY = {"color": "visible", "shape": "visible", "motion": "visible", "sound": "audible"}
 _SPLITS = ("random", "crossed")
 _SUBSETS = ("seen_train", "seen_test", "unseen_test")
