@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),
     "prepare": ("zsar.cli.prepare", "transcode a dataset folder into H.264 or VP9 for fast decoding"),
+    "relatedness": ("zsar.cli.relatedness", "MZSL-50 semantic relatedness, buckets and score of a class list"),
 }
 
 

@@ -1,8 +1,23 @@
-"""Evaluation: zero-shot protocols and metrics (DESIGN.md §6).
+"""Evaluation: zero-shot protocols and metrics.
+
+* :mod:`zsar.eval.protocols`: the ResT/E2E 0/50 and 0/100 protocols and E2E class removal.
+* :mod:`zsar.eval.gzsl`: GZSL/ZSL metrics with calibrated stacking (S, U, HM, ZSL, beta).
+* :mod:`zsar.eval.avca`: the AVCA two-stage protocol (UCF/ActivityNet/VGGSound-GZSL) for any model.
+* :mod:`zsar.eval.relatedness`: MZSL-50 semantic relatedness, buckets and score.
 
 Plots live in :mod:`zsar.eval.plots` (imported on demand: it loads matplotlib).
 """
 
+from .avca import AVCA_BENCHMARKS, avca_label_names, avca_stages, format_gzsl_table, run_avca_protocol
+from .gzsl import (
+    DEFAULT_BETA_GRID,
+    calibrate_beta,
+    class_distances,
+    gzsl_curve,
+    gzsl_per_class_accuracy,
+    gzsl_scores,
+    per_class_accuracy,
+)
 from .metrics import harmonic_mean, mean_class_accuracy, top_k_accuracy
 from .protocols import (
     E2E_REMOVAL_THRESHOLD,
@@ -15,6 +30,17 @@ from .protocols import (
     remove_overlapping_classes,
     transfer_predictor,
     write_results_json,
+)
+from .relatedness import (
+    MZSL50_BUCKETS,
+    bucket_counts,
+    class_relatedness,
+    default_reference_classes,
+    format_class_removal,
+    mzsl50_score,
+    mzst_class_removal,
+    relatedness_buckets,
+    semantic_relatedness,
 )
 
 __all__ = [
@@ -31,4 +57,25 @@ __all__ = [
     "remove_overlapping_classes",
     "write_results_json",
     "format_results_table",
+    "DEFAULT_BETA_GRID",
+    "class_distances",
+    "gzsl_scores",
+    "gzsl_curve",
+    "calibrate_beta",
+    "gzsl_per_class_accuracy",
+    "per_class_accuracy",
+    "AVCA_BENCHMARKS",
+    "avca_stages",
+    "avca_label_names",
+    "run_avca_protocol",
+    "format_gzsl_table",
+    "MZSL50_BUCKETS",
+    "default_reference_classes",
+    "semantic_relatedness",
+    "relatedness_buckets",
+    "bucket_counts",
+    "class_relatedness",
+    "mzsl50_score",
+    "mzst_class_removal",
+    "format_class_removal",
 ]

@@ -1,4 +1,4 @@
-"""Classification metrics of the zero-shot protocols (DESIGN.md §6).
+"""Classification metrics of the zero-shot protocols.
 
 * ResT protocol: top-k accuracy over test videos (:func:`top_k_accuracy`).
 * MZST / AVCA protocol: mean class accuracy (:func:`mean_class_accuracy`) and, for generalized

@@ -1,4 +1,5 @@
-"""Figures of the semantic transfer (ResT Fig. 3 and Fig. 4), written to image files.
+"""Figures, written to image files: the semantic transfer (ResT Fig. 3 and Fig. 4), MZSL-50 accuracy
+per relatedness bucket, and the GZSL seen/unseen trade-off over the calibration beta.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, which renders with the Agg canvas
 and never touches pyplot's global state or needs a display; each function returns the written path
@@ -14,7 +15,7 @@ import numpy as np
 
 from .._utils import as_numpy
 
-__all__ = ["plot_transfer_matrices", "plot_tsne"]
+__all__ = ["plot_transfer_matrices", "plot_tsne", "plot_bucket_accuracy", "plot_gzsl_tradeoff"]
 
 
 def _figure(width: float, height: float):
@@ -197,4 +198,104 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or "t-SNE of visual representations")
+    return _save(fig, path)
+
+
+def plot_bucket_accuracy(scores, path, title: str | None = None) -> Path:
+    """Grouped bars of MZSL-50 accuracy per relatedness bucket (easy, medium, hard) and the score.
+
+    Args:
+        scores: one :func:`zsar.eval.mzsl50_score` result, or ``{model name: result}`` for several
+            models side by side (as the paper's Table 3).
+        path: output file; parent directories are created.
+        title: optional figure title.
+
+    Returns:
+        The written path. Empty buckets (NaN) get no bar; bar labels are percents.
+
+    Raises:
+        ValueError: no results, or a result without the ``easy``/``medium``/``hard``/``score`` keys.
+    """
+    from .relatedness import MZSL50_BUCKETS
+
+    runs = {"": scores} if isinstance(scores, dict) and "score" in scores else dict(scores)
+    if not runs:
+        raise ValueError("scores: no results to plot")
+    groups = [*MZSL50_BUCKETS, "score"]  # "score": the class-weighted mean of the three
+    for name, r in runs.items():
+        if not isinstance(r, dict) or any(k not in r for k in groups):
+            raise ValueError(f"scores[{name!r}] must be an mzsl50_score result (keys {groups})")
+    fig = _figure(1.6 + 1.2 * len(groups) * max(1, len(runs)) ** 0.5, 3.6)
+    ax = fig.subplots()
+    width = 0.8 / len(runs)
+    x = np.arange(len(groups))
+    for i, (name, r) in enumerate(runs.items()):
+        values = np.array([100 * float(r[g]) for g in groups])
+        shown = ~np.isnan(values)
+        bars = ax.bar(x[shown] + (i - (len(runs) - 1) / 2) * width, values[shown], width,
+                      label=name or None)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    counts = next(iter(runs.values())).get("counts", {})
+    ax.set_xticks(x, [f"{g}\n({counts[g]} classes)" if g in counts else g for g in groups])
+    ax.set_ylabel("mean class accuracy (%)")
+    ax.set_ylim(0, max(5.0, ax.get_ylim()[1] * 1.1))
+    if any(runs):
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title or "MZSL-50 accuracy by semantic relatedness")
+    return _save(fig, path)
+
+
+def plot_gzsl_tradeoff(curve, path, chosen_beta: float | None = None, title: str | None = None) -> Path:
+    """The seen/unseen trade-off of calibrated stacking over beta, with the chosen beta marked.
+
+    Left: S, U and HM against beta. Right: U against S, one point per beta, the chosen one starred.
+
+    Args:
+        curve: ``{"beta", "S", "U"[, "HM"]}`` lists aligned with the grid, e.g. from
+            :func:`zsar.eval.gzsl_curve` or a protocol report's ``stage_2["curve"]``.
+        path: output file; parent directories are created.
+        chosen_beta: the beta to mark (default: the curve's ``best`` index, else none).
+        title: optional figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: lists of different lengths, empty, non-finite, or a ``chosen_beta`` not on the grid.
+    """
+    beta = np.asarray(curve["beta"], dtype=np.float64)
+    s = np.asarray(curve["S"], dtype=np.float64)
+    u = np.asarray(curve["U"], dtype=np.float64)
+    if beta.ndim != 1 or beta.size == 0 or s.shape != beta.shape or u.shape != beta.shape:
+        raise ValueError(f"curve: beta, S and U must be non-empty lists of one length, got "
+                         f"{beta.shape}, {s.shape}, {u.shape}")
+    hm = np.asarray(curve["HM"], dtype=np.float64) if "HM" in curve else 2 * s * u / np.maximum(s + u, 1e-300)
+    if not all(np.isfinite(v).all() for v in (beta, s, u, hm)):
+        raise ValueError("curve contains NaN or inf")
+    chosen = None
+    if chosen_beta is not None:
+        hits = np.flatnonzero(np.isclose(beta, float(chosen_beta), rtol=0, atol=1e-12))
+        if hits.size == 0:
+            raise ValueError(f"chosen_beta {chosen_beta} is not one of the curve's betas")
+        chosen = int(hits[0])
+    elif "best" in curve:
+        chosen = int(curve["best"])
+    order = np.argsort(beta, kind="stable")
+    fig = _figure(9.0, 3.6)
+    ax_b, ax_su = fig.subplots(1, 2)
+    for values, name in ((s, "S (seen)"), (u, "U (unseen)"), (hm, "HM")):
+        ax_b.plot(beta[order], 100 * values[order], marker="o", markersize=3, label=name)
+    ax_b.set_xlabel("calibration beta (added to seen-class distances)")
+    ax_b.set_ylabel("mean class accuracy (%)")
+    ax_su.plot(100 * s[order], 100 * u[order], marker="o", markersize=3, color="gray")
+    ax_su.set_xlabel("S (%)")
+    ax_su.set_ylabel("U (%)")
+    if chosen is not None:
+        ax_b.axvline(beta[chosen], color="black", linestyle="--", linewidth=0.8,
+                     label=f"chosen beta {beta[chosen]:.2f}")
+        ax_su.scatter([100 * s[chosen]], [100 * u[chosen]], marker="*", s=180, color="crimson", zorder=3,
+                      label=f"beta {beta[chosen]:.2f}: HM {100 * hm[chosen]:.2f}")
+        ax_su.legend(fontsize=8, frameon=False)
+    ax_b.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "GZSL seen/unseen trade-off (calibrated stacking)")
     return _save(fig, path)

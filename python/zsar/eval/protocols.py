@@ -1,4 +1,4 @@
-"""Zero-shot evaluation protocols (ResT / E2E; DESIGN.md §6).
+"""Zero-shot evaluation protocols of ResT and E2E (Brattoli et al. 2020).
 
 * **0/50**: ``n_splits`` (10) random half-class splits of the target dataset; split ``i`` draws its
   classes with ``numpy.random.default_rng(i)`` (seed = split index). The model is evaluated on the
