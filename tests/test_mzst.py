@@ -275,7 +275,9 @@ def test_every_option_trains_encodes_and_rebuilds_from_model_args(name):
     model.eval()
     with torch.no_grad():
         f, logits = model.encode(batch), model.seen_logits(batch)
+        both = model.encode_and_score(batch)  # one pass, for evaluation
     assert f.shape == (4, 12) and logits.shape == (4, len(CLASSES))
+    torch.testing.assert_close(both, (f, logits))
     # model_args is JSON and rebuilds the same architecture; the weights (class embeddings included) load back.
     args = json.loads(json.dumps(model.model_args()))
     rebuilt = create_model("mzst_tiny", class_names=None, **args).eval()
