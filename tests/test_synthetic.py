@@ -133,7 +133,7 @@ def test_explicit_unseen_labels_and_clear_errors():
         SyntheticConfig(size=33)
     with pytest.raises(ValueError, match="no split"):  # too many held out to cover every pair
         split_compositions(SyntheticConfig(**{**SMALL, "num_unseen": 20}))
-    with pytest.raises(ValueError, match="unknown synthetic config keys"):
+    with pytest.raises(ValueError, match="unknown config key"):
         SyntheticConfig.from_dict({"colours": ["red"]})
 
 
@@ -195,3 +195,122 @@ def test_every_part_renders_and_parts_change_the_pixels():
         v = video("red", "square", motion)
         assert motion == "growing" or np.abs(v - still).sum() > 0, motion
         assert np.abs(np.diff(v, axis=0)).sum() > 0, f"{motion}: nothing moves"
+
+
+# ---- the audio-visual variant ----------------------------------------------------------------------
+
+AV_SMALL = dict(train_per_class=1, test_per_class=0, unseen_per_class=1, frames=12, size=32)
+
+
+def _twins(unseen: list[str]) -> bool:
+    """Every unseen class has an unseen twin with the same visible parts (another sound) and one with
+    the same sound (other visible parts)."""
+    parts = [u.split() for u in unseen]
+    return all(any(q[:-1] == p[:-1] and q[-1] != p[-1] for q in parts)
+               and any(q[-1] == p[-1] and q[:-1] != p[:-1] for q in parts) for p in parts)
+
+
+@pytest.fixture(scope="module")
+def av_bench(tmp_path_factory):
+    return generate_benchmark(SyntheticConfig.audio_visual(**AV_SMALL, seed=1), tmp_path_factory.mktemp("av"),
+                              workers=2, progress=False)
+
+
+def test_audio_visual_labels_manifest_and_files(av_bench):
+    from zsar.data.audio import audio_features
+
+    cfg = av_bench.config
+    assert cfg.parts == {"shape": ("circle", "square", "triangle"), "motion": ("falling", "sliding", "growing"),
+                         "sound": ("beeping", "humming", "buzzing")}
+    labels = av_bench.seen_classes + av_bench.unseen_classes
+    assert len(labels) == 27 and len(av_bench.unseen_classes) == 8
+    assert all(len(label.split()) == 3 and label.split()[-1] in cfg.sounds for label in labels)
+    assert av_bench.parts["circle falling beeping"] == ["circle", "falling", "beeping"]
+    meta = json.loads((av_bench.root / "split.json").read_text())
+    assert meta["modality"] == {"shape": "visible", "motion": "visible", "sound": "audible"}
+    assert "shape, motion and sound" in meta["description"]
+    assert load_benchmark(av_bench.root).config == cfg
+    for record in (av_bench.seen_train[0], av_bench.unseen_test[-1]):
+        info = probe_video(record.path)
+        assert info.has_audio and info.num_frames == cfg.frames
+        feats, has_audio = audio_features(record.path, target_length=256)
+        duration_frames = int(cfg.frames / cfg.fps * 100)  # 10 ms log-mel frames
+        assert has_audio and feats[: duration_frames - 10].std() > 0.1 and feats[duration_frames + 5:].abs().max() == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crossed_split_makes_both_modalities_necessary(seed):
+    cfg = SyntheticConfig.audio_visual(seed=seed)
+    seen, unseen = split_compositions(cfg)
+    assert split_compositions(SyntheticConfig.audio_visual(seed=seed)) == (seen, unseen)  # deterministic
+    assert len(unseen) == 8 and not set(seen) & set(unseen)
+    assert _twins(unseen)
+    # Pair coverage still holds: every pair of parts of an unseen class occurs in a seen class.
+    seen_pairs = {(i, p[i], k, p[k]) for s in seen for p in [s.split()] for i, k in itertools.combinations(range(3), 2)}
+    for u in unseen:
+        p = u.split()
+        assert all((i, p[i], k, p[k]) in seen_pairs for i, k in itertools.combinations(range(3), 2)), u
+    # A random split of the same parts rarely has this property.
+    random_splits = [split_compositions(SyntheticConfig.audio_visual(seed=s, split="random"))[1] for s in range(6)]
+    assert sum(_twins(u) for u in random_splits) < 3
+
+
+def test_the_sound_is_only_heard_and_the_shape_and_motion_only_seen():
+    from zsar.data.synthetic import _sample_params, render_audio
+
+    cfg = SyntheticConfig.audio_visual(frames=8, size=32)
+
+    def render(comp):
+        params = _sample_params(np.random.default_rng(5), comp, cfg)
+        return render_video(params, cfg), render_audio(params, comp, cfg)
+
+    frames, audio = render(("circle", "falling", "beeping"))
+    other_sound_frames, other_sound_audio = render(("circle", "falling", "humming"))
+    other_sight_frames, _ = render(("square", "growing", "beeping"))
+    assert np.array_equal(frames, other_sound_frames) and not np.array_equal(audio, other_sound_audio)
+    assert not np.array_equal(frames, other_sight_frames)
+    # Given a video's random draws, its audio depends on the sound alone.
+    params = _sample_params(np.random.default_rng(5), ("circle", "falling", "beeping"), cfg)
+    assert np.array_equal(render_audio(params, ("square", "growing", "beeping"), cfg), audio)
+    assert audio.dtype == np.float32 and audio.shape == (int(round(8 / cfg.fps * cfg.sample_rate)),)
+    # The colour is a nuisance: it varies between videos of one class.
+    colours = {tuple(_sample_params(np.random.default_rng(i), ("circle", "falling", "beeping"), cfg)["rgb"]) for i in range(8)}
+    assert len(colours) > 2
+
+
+def test_every_sound_is_told_apart_in_the_log_mel_spectrogram():
+    """Nearest class mean of time-averaged AST log-mel features, on renders the means did not see."""
+    from zsar.data.audio import waveform_features
+    from zsar.data.synthetic import SOUNDS, render_sound
+
+    def features(sound, i):
+        wave = render_sound(sound, 24000, 16000, np.random.default_rng([i, list(SOUNDS).index(sound)]), jitter=1.0)
+        assert wave.dtype == np.float32 and 0.2 < np.abs(wave).max() <= 1
+        return waveform_features(wave, target_length=148).mean(0).numpy()
+
+    names = list(SOUNDS)
+    means = np.stack([np.mean([features(s, i) for i in range(5)], axis=0) for s in names])
+    hits = [np.argmin(((means - features(s, i)) ** 2).sum(1)) == k for k, s in enumerate(names) for i in range(5, 9)]
+    assert np.mean(hits) >= 0.9
+    with pytest.raises(ValueError, match="unknown sound"):
+        render_sound("meowing", 100)
+
+
+def test_audio_visual_config_errors():
+    with pytest.raises(ValueError, match="unknown sounds"):
+        SyntheticConfig.audio_visual(sounds=("beeping", "meowing"))
+    with pytest.raises(ValueError, match="only heard"):
+        SyntheticConfig.audio_visual(audio=False)
+    with pytest.raises(ValueError, match="only heard"):
+        SyntheticConfig.audio_visual(audio_part="shape")
+    with pytest.raises(ValueError, match="labelled parts"):
+        SyntheticConfig(**SMALL, audio=True, audio_part="sound")
+    with pytest.raises(ValueError, match="crossed"):
+        SyntheticConfig(**SMALL, split="crossed")
+    with pytest.raises(ValueError, match="at least 4"):
+        split_compositions(SyntheticConfig.audio_visual(num_unseen=3))
+    with pytest.raises(ValueError, match="split must be"):
+        SyntheticConfig(split="diagonal")
+    # Round trip through JSON, as split.json stores it.
+    cfg = SyntheticConfig.audio_visual(seed=2)
+    assert SyntheticConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -22,6 +22,14 @@ What the renderer draws, and why:
 * Optional audio (for audio-visual models): a tone whose pitch is set by one part (the shape by
   default), with a little noise.
 
+The audio-visual variant (:meth:`SyntheticConfig.audio_visual`, for MZST) adds a fourth part, a
+*sound* ("circle falling beeping", "square growing humming"), heard in the audio track and never
+drawn, while the shape and motion are drawn and never heard (the colour becomes a random nuisance,
+not part of the label). Each sound has its own timbre and rhythm (:data:`SOUNDS`), with jittered
+pitch, rate and loudness. Its ``split="crossed"`` holds out unions of 2 x 2 blocks (two visible
+compositions x two sounds), so every unseen class shares its visible parts with another unseen class
+and its sound with yet another: on the unseen classes neither modality alone is enough.
+
 Videos are written through :func:`zsar.data.video.write_video` (VP9 ``.webm`` by default, which
 DALI's CPU decoder reads; ``.mp4`` H.264 and ``.avi`` MJPEG on request), in parallel worker
 processes. Each video's content depends only on ``(seed, composition, subset, index)``, never on the
@@ -51,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import from_dict as config_from_dict
 from .records import VideoList, VideoRecord
 from .video import write_video
 
@@ -66,6 +75,9 @@ __all__ = [
     "split_compositions",
     "render_video",
     "render_audio",
+    "render_sound",
+    "SOUNDS",
+    "PART_MODALITY",
 ]
 
 #: Colour words and their RGB in [0, 1] (hues far apart, so jitter never turns one into another).
@@ -88,7 +100,21 @@ _DIRECTIONS = {"moving left": (-1.0, 0.0), "moving right": (1.0, 0.0), "moving u
                "moving down": (0.0, 1.0), "falling": (0.0, 1.0), "rising": (0.0, -1.0), "sliding": (1.0, 0.0)}
 #: Shapes whose rotation cannot be seen: "spinning" is refused with them.
 _ROUND = ("circle", "ring")
-_PARTS = ("color", "shape", "motion")
+#: Sound words and what :func:`render_sound` plays for them (pitch, rate and loudness are jittered).
+SOUNDS: dict[str, str] = {
+    "beeping": "a 1 kHz tone switched on and off about 5 times a second",
+    "humming": "a low 130 Hz tone with two overtones and a slow swell",
+    "buzzing": "a harsh 220 Hz sawtooth",
+    "whistling": "a 2.4 kHz tone with vibrato",
+    "clicking": "short broadband clicks, about 8 a second",
+    "ringing": "bell strikes (inharmonic partials, decaying) about twice a second",
+    "rumbling": "low-passed noise below about 150 Hz",
+    "chirping": "short rising sweeps from 2 to 4 kHz, about 3 a second",
+}
+#: The parts a label may have, in label order, and which sense each reaches: the renderer draws the
+#: visible parts and plays the audible one.
+PART_MODALITY = {"color": "visible", "shape": "visible", "motion": "visible", "sound": "audible"}
+_SPLITS = ("random", "crossed")
 _SUBSETS = ("seen_train", "seen_test", "unseen_test")
 _MANIFEST_VERSION = 1
 
@@ -97,7 +123,7 @@ _MANIFEST_VERSION = 1
 class SyntheticConfig:
     """Size, difficulty and split of the synthetic benchmark (every field round-trips through JSON).
 
-    Size: ``colors`` × ``shapes`` × ``motions`` compositions; ``train_per_class`` and
+    Size: ``colors`` × ``shapes`` × ``motions`` (× ``sounds``) compositions; ``train_per_class`` and
     ``test_per_class`` videos per seen class, ``unseen_per_class`` per unseen class; ``frames`` per
     video at ``fps``; ``size`` × ``size`` pixels (even, for the 4:2:0 codecs); ``object_size``: the
     labelled object's radius as a fraction of ``size``.
@@ -105,7 +131,13 @@ class SyntheticConfig:
     Split: ``num_unseen`` compositions (default: ``unseen_fraction`` of them) are held out, drawn
     with ``split_seed`` (default: ``seed``) among the splits in which every pair of parts of every
     unseen class also occurs in a seen class (``pair_coverage``). Alternatively ``unseen`` lists the
-    held-out labels explicitly.
+    held-out labels explicitly. ``split="crossed"`` (needs a sound part) holds out unions of 2 x 2
+    blocks of (visible parts) x (sound), so that on the unseen classes neither modality suffices.
+
+    Parts: ``colors``, ``shapes`` and ``motions`` are drawn; ``sounds`` (:data:`SOUNDS`, default none)
+    are only heard, and need ``audio=True`` and ``audio_part="sound"``. With ``colors=()`` the colour
+    is a random nuisance and not part of the label. Labels join the parts' words in the order
+    colour, shape, motion, sound.
 
     Difficulty: ``noise`` (std of per-pixel Gaussian noise, in [0, 1] intensity units),
     ``distractors`` (grey objects per video), ``jitter`` (0: every video of a class alike; 1: strong
@@ -113,12 +145,14 @@ class SyntheticConfig:
     behind a moving object; 0 removes the motion trail, leaving motion to temporal order alone).
 
     Files: ``ext`` picks the container and codec (``.webm`` VP9, ``.mp4`` H.264, ``.avi`` MJPEG,
-    ``.mkv`` VP9); ``audio`` adds a tone whose pitch is set by the part ``audio_part``.
+    ``.mkv`` VP9); ``audio`` adds an audio track: the sound part when there is one, otherwise a
+    tone whose pitch is set by the part ``audio_part``.
     """
 
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")
     motions: tuple[str, ...] = ("falling", "sliding", "shaking", "growing", "blinking")
+    sounds: tuple[str, ...] = ()
     unseen_fraction: float = 0.25
     num_unseen: int | None = None
     unseen: tuple[str, ...] | None = None
@@ -140,26 +174,42 @@ class SyntheticConfig:
     sample_rate: int = 16000
     seed: int = 0
     split_seed: int | None = None
+    split: str = "random"
+
+    @classmethod
+    def audio_visual(cls, **overrides) -> "SyntheticConfig":
+        """The audio-visual variant: labels "<shape> <motion> <sound>" (3 x 3 x 3 classes), colour a
+        nuisance, an audio track playing the sound, 8 unseen classes held out in crossed blocks."""
+        defaults = dict(colors=(), shapes=("circle", "square", "triangle"), motions=("falling", "sliding", "growing"),
+                        sounds=("beeping", "humming", "buzzing"), audio=True, audio_part="sound", split="crossed",
+                        num_unseen=8)
+        return cls(**{**defaults, **overrides})
+
+    @property
+    def parts(self) -> dict[str, tuple[str, ...]]:
+        """The labelled parts and their values, in label order (parts with no values are left out)."""
+        values = {"color": self.colors, "shape": self.shapes, "motion": self.motions, "sound": self.sounds}
+        return {p: v for p, v in values.items() if v}
 
     def __post_init__(self):
         # Lists from JSON/YAML become tuples, so configs compare equal however they were built.
-        for name in ("colors", "shapes", "motions"):
+        for name in ("colors", "shapes", "motions", "sounds"):
             setattr(self, name, tuple(getattr(self, name)))
         if self.unseen is not None:
             self.unseen = tuple(self.unseen)
         for name, values, known in (("colors", self.colors, COLORS), ("shapes", self.shapes, SHAPES),
-                                    ("motions", self.motions, MOTIONS)):
+                                    ("motions", self.motions, MOTIONS), ("sounds", self.sounds, SOUNDS)):
             unknown = [v for v in values if v not in known]
             if unknown:
                 raise ValueError(f"unknown {name} {unknown}; available: {list(known)}")
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} contains duplicates: {list(values)}")
-            if not values:
+            if not values and name in ("shapes", "motions"):  # colours and sounds may be left out
                 raise ValueError(f"{name} must not be empty")
         if "spinning" in self.motions and set(self.shapes) & set(_ROUND):
             raise ValueError(f"a spinning {sorted(set(self.shapes) & set(_ROUND))[0]} looks still: "
                              "'spinning' cannot be combined with round shapes")
-        if len(self.colors) * len(self.shapes) * len(self.motions) < 3:
+        if math.prod(len(v) for v in self.parts.values()) < 3:
             raise ValueError("need at least 3 compositions (2 seen, 1 unseen)")
         for name in ("train_per_class", "unseen_per_class", "frames", "size"):
             if getattr(self, name) < 1:
@@ -178,13 +228,20 @@ class SyntheticConfig:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.ext not in (".webm", ".mp4", ".avi", ".mkv"):
             raise ValueError(f"ext must be one of .webm, .mp4, .avi, .mkv; got {self.ext!r}")
-        if self.audio_part not in _PARTS:
-            raise ValueError(f"audio_part must be one of {_PARTS}, got {self.audio_part!r}")
+        if self.audio_part not in self.parts:
+            raise ValueError(f"audio_part must be one of the labelled parts {list(self.parts)}, got {self.audio_part!r}")
+        if self.sounds and not (self.audio and self.audio_part == "sound"):
+            raise ValueError("a sound part is only heard: sounds need audio=True and audio_part='sound' "
+                             "(SyntheticConfig.audio_visual() sets both)")
+        if self.split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {self.split!r}")
+        if self.split == "crossed" and (len(self.sounds) < 2 or len(self.compositions) // len(self.sounds) < 2):
+            raise ValueError("split='crossed' needs at least 2 sounds and 2 visible compositions")
 
     @property
-    def compositions(self) -> list[tuple[str, str, str]]:
-        """Every (colour, shape, motion), in a fixed order (colour-major)."""
-        return list(itertools.product(self.colors, self.shapes, self.motions))
+    def compositions(self) -> list[tuple[str, ...]]:
+        """Every composition (one value per part of :attr:`parts`), in a fixed order (first part major)."""
+        return list(itertools.product(*self.parts.values()))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -192,15 +249,12 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SyntheticConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown synthetic config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        """The config of a dict (e.g. from JSON); unknown keys and mistyped values raise, naming the key."""
+        return config_from_dict(cls, data)
 
 
 def label_of(composition: Sequence[str]) -> str:
-    """The class label of a (colour, shape, motion) composition: its words joined by spaces."""
+    """The class label of a composition (e.g. colour, shape, motion): its words joined by spaces."""
     return " ".join(composition)
 
 
@@ -215,7 +269,7 @@ class SyntheticBenchmark:
     seen_train: VideoList
     seen_test: VideoList
     unseen_test: VideoList
-    parts: dict[str, list[str]] = field(default_factory=dict)  # label -> [colour, shape, motion]
+    parts: dict[str, list[str]] = field(default_factory=dict)  # label -> its part values, in label order
 
     @property
     def chance(self) -> float:
@@ -226,19 +280,36 @@ class SyntheticBenchmark:
 # ---- split ---------------------------------------------------------------------------------------
 
 
+def _pairs(c: tuple[str, ...]) -> set[tuple]:
+    return {(i, c[i], k, c[k]) for i, k in itertools.combinations(range(len(c)), 2)}
+
+
 def _covered(unseen: set, compositions: list[tuple[str, ...]]) -> bool:
     """Whether every pair of parts of every unseen composition occurs in a seen composition."""
     seen_pairs = set()
     for c in compositions:
         if c not in unseen:
-            seen_pairs.update(((0, c[0], 1, c[1]), (0, c[0], 2, c[2]), (1, c[1], 2, c[2])))
-    return all({(0, u[0], 1, u[1]), (0, u[0], 2, u[2]), (1, u[1], 2, u[2])} <= seen_pairs for u in unseen)
+            seen_pairs |= _pairs(c)
+    return all(_pairs(u) <= seen_pairs for u in unseen)
+
+
+def _crossed_proposal(rng: np.random.Generator, config: SyntheticConfig, n_unseen: int) -> set | None:
+    """A union of random 2 x 2 blocks (two visible compositions x two sounds) of ``n_unseen``
+    compositions, or None when the blocks overshoot. The sound is the last part of a composition."""
+    visible = sorted({c[:-1] for c in config.compositions})
+    unseen: set = set()
+    while len(unseen) < n_unseen:
+        pick_v = rng.choice(len(visible), size=2, replace=False)
+        pick_s = rng.choice(len(config.sounds), size=2, replace=False)
+        unseen |= {visible[v] + (config.sounds[a],) for v in pick_v for a in pick_s}
+    return unseen if len(unseen) == n_unseen else None
 
 
 def split_compositions(config: SyntheticConfig, max_tries: int = 10000) -> tuple[list[str], list[str]]:
     """(seen labels, unseen labels) of the config's held-out-composition split.
 
-    Deterministic in ``split_seed`` (default ``seed``). With ``pair_coverage`` (the default) only
+    Deterministic in ``split_seed`` (default ``seed``). ``split="crossed"`` draws unions of 2 x 2
+    blocks of (visible parts) x (sound) instead of single compositions. With ``pair_coverage`` (the default) only
     splits in which every pair of parts of each unseen class appears in some seen class are
     accepted, so each unseen class shares two words with at least three seen classes' labels;
     without it, each unseen class still shares words with some seen class. Raises ``ValueError``
@@ -257,18 +328,24 @@ def split_compositions(config: SyntheticConfig, max_tries: int = 10000) -> tuple
     n_unseen = config.num_unseen if config.num_unseen is not None else round(config.unseen_fraction * len(comps))
     if not 1 <= n_unseen <= len(comps) - 2:
         raise ValueError(f"num_unseen must be in [1, {len(comps) - 2}] for {len(comps)} compositions, got {n_unseen}")
+    if config.split == "crossed" and n_unseen < 4:
+        raise ValueError(f"split='crossed' holds out 2 x 2 blocks: num_unseen must be at least 4, got {n_unseen}")
     rng = np.random.default_rng([config.seed if config.split_seed is None else config.split_seed, 0x5B17])
     for _ in range(max_tries):
-        pick = rng.choice(len(comps), size=n_unseen, replace=False)
-        unseen = {comps[i] for i in pick}
+        if config.split == "crossed":
+            unseen = _crossed_proposal(rng, config, n_unseen)
+            if unseen is None:
+                continue
+        else:
+            unseen = {comps[i] for i in rng.choice(len(comps), size=n_unseen, replace=False)}
         if not config.pair_coverage or _covered(unseen, comps):
-            chosen = sorted(pick)
             break
     else:
-        raise ValueError(f"no split of {len(comps)} compositions with {n_unseen} unseen classes keeps every pair "
-                         f"of parts of the unseen classes among the seen ones ({max_tries} tries); hold out "
+        blocks = " in crossed 2 x 2 blocks" if config.split == "crossed" else ""
+        raise ValueError(f"no split of {len(comps)} compositions with {n_unseen} unseen classes{blocks} keeps every "
+                         f"pair of parts of the unseen classes among the seen ones ({max_tries} tries); hold out "
                          "fewer classes, add part values, or set pair_coverage=False")
-    unseen_labels = {labels[i] for i in chosen}
+    unseen_labels = {label_of(c) for c in unseen}
     return [v for v in labels if v not in unseen_labels], [v for v in labels if v in unseen_labels]
 
 
@@ -393,7 +470,10 @@ def _object_state(params: dict, t: float) -> tuple[float, float, float, float, f
 
 def _sample_params(rng: np.random.Generator, composition: Sequence[str], cfg: SyntheticConfig) -> dict:
     """Every random choice of one video, drawn up front so rendering is a pure function of them."""
-    color, shape, motion = composition
+    values = dict(zip(cfg.parts, composition))
+    shape, motion = values["shape"], values["motion"]
+    # Without a colour part the colour is a nuisance. (Drawn only then: the other configs' videos stay as they were.)
+    color = values["color"] if "color" in values else list(COLORS)[int(rng.integers(len(COLORS)))]
     size, n, j = cfg.size, cfg.frames, cfg.jitter
     r = size * cfg.object_size * (1.0 + 0.25 * j * rng.uniform(-1, 1))
     rgb = np.clip(np.asarray(COLORS[color]) * (1.0 + 0.15 * j * rng.uniform(-1, 1))
@@ -482,12 +562,88 @@ def render_video(params: dict, cfg: SyntheticConfig) -> np.ndarray:
     return out
 
 
+def _fades(t: np.ndarray, seconds: float = 0.02) -> np.ndarray:
+    """An envelope rising over the first and falling over the last ``seconds`` (no clicks at the ends)."""
+    return np.clip(np.minimum(t - t[0], t[-1] - t) / seconds, 0.0, 1.0)
+
+
+def render_sound(sound: str, num_samples: int, sample_rate: int = 16000, rng: np.random.Generator | None = None,
+                 jitter: float = 0.5) -> np.ndarray:
+    """``num_samples`` of the sound ``sound`` (a key of :data:`SOUNDS`) as float32 mono in [-1, 1].
+
+    Each sound is told apart by its spectrum and rhythm, which a log-mel spectrogram shows; ``jitter``
+    (0 to 1) varies pitch, rate, phase and loudness by up to about 10-25 % (drawn from ``rng``).
+    """
+    if sound not in SOUNDS:
+        raise ValueError(f"unknown sound {sound!r}; available: {list(SOUNDS)}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    t = np.arange(num_samples) / sample_rate
+    duration = num_samples / sample_rate
+
+    def vary(value: float, amount: float) -> float:
+        return value * (1.0 + amount * jitter * rng.uniform(-1, 1))
+
+    def onsets(period: float) -> np.ndarray:
+        return np.arange(rng.uniform(0, period), duration, period)
+
+    two_pi = 2 * np.pi
+    if sound == "beeping":
+        f, period = vary(1000, 0.1), vary(0.2, 0.2)
+        frac = (t / period + rng.uniform()) % 1.0
+        gate = np.clip(np.minimum(frac, 0.5 - frac) * period / 0.005, 0.0, 1.0)  # 5 ms ramps, 50 % duty
+        wave = gate * np.sin(two_pi * f * t)
+    elif sound == "humming":
+        f = vary(130, 0.1)
+        swell = 0.75 + 0.25 * np.sin(two_pi * vary(1.5, 0.3) * t + rng.uniform(0, two_pi))
+        wave = swell * (np.sin(two_pi * f * t) + 0.5 * np.sin(2 * two_pi * f * t) + 0.25 * np.sin(3 * two_pi * f * t))
+    elif sound == "buzzing":
+        wave = 2.0 * ((vary(220, 0.1) * t + rng.uniform()) % 1.0) - 1.0  # sawtooth: every harmonic
+    elif sound == "whistling":
+        f, rate, depth = vary(2400, 0.1), vary(5.5, 0.2), 60.0  # vibrato: f + depth sin(2 pi rate t)
+        wave = np.sin(two_pi * f * t - depth / rate * np.cos(two_pi * rate * t))
+    elif sound == "clicking":
+        wave = np.zeros(num_samples)
+        length = int(0.006 * sample_rate)
+        burst_env = np.exp(-np.arange(length) / (0.001 * sample_rate))
+        for start in (onsets(1.0 / vary(8, 0.25)) * sample_rate).astype(int):
+            seg = wave[start:start + length]
+            seg += rng.normal(size=length)[:seg.size] * burst_env[:seg.size]
+    elif sound == "ringing":
+        wave = np.zeros(num_samples)
+        f = vary(660, 0.1)
+        for start in onsets(vary(0.5, 0.2)):
+            since = t - start
+            on = since >= 0
+            wave[on] += sum(a * np.sin(two_pi * f * r * since[on]) for r, a in ((1.0, 1.0), (2.76, 0.5), (5.40, 0.25))) \
+                * np.exp(-since[on] / 0.18)
+    elif sound == "rumbling":
+        spectrum = np.fft.rfft(rng.normal(size=num_samples))
+        spectrum[np.fft.rfftfreq(num_samples, 1.0 / sample_rate) > vary(150, 0.2)] = 0
+        wave = np.fft.irfft(spectrum, n=num_samples) * (0.7 + 0.3 * np.sin(two_pi * vary(0.8, 0.3) * t))
+    else:  # chirping
+        wave = np.zeros(num_samples)
+        f0, length = vary(2000, 0.1), 0.06
+        for start in onsets(vary(0.33, 0.2)):
+            since = t - start
+            on = (since >= 0) & (since < length)
+            tau = since[on]  # a linear sweep f0 -> 2 f0 over the chirp, with 5 ms ramps
+            wave[on] += np.sin(two_pi * (f0 * tau + f0 * tau ** 2 / (2 * length))) \
+                * np.clip(np.minimum(tau, length - tau) / 0.005, 0.0, 1.0)
+    peak = np.abs(wave).max()
+    wave = wave / peak if peak > 0 else wave
+    wave = vary(0.45, 0.3) * _fades(t) * wave + 0.01 * rng.normal(size=num_samples)
+    return np.clip(wave, -1, 1).astype(np.float32)
+
+
 def render_audio(params: dict, composition: Sequence[str], cfg: SyntheticConfig) -> np.ndarray:
-    """A mono tone (float32 in [-1, 1]) as long as the video, pitched by the part ``audio_part``."""
-    part = _PARTS.index(cfg.audio_part)
-    values = (cfg.colors, cfg.shapes, cfg.motions)[part]
-    freq = 220.0 * 2.0 ** (values.index(composition[part]) * 5 / 12)  # a fourth apart
+    """The audio track (float32 mono in [-1, 1]) of one video, as long as the video: the sound part
+    (:func:`render_sound`) when the config has one, otherwise a tone pitched by the part ``audio_part``."""
     n = int(round(cfg.frames / cfg.fps * cfg.sample_rate))
+    if "sound" in cfg.parts:
+        rng = np.random.default_rng([params["noise_seed"], 0x50D])
+        return render_sound(composition[-1], n, cfg.sample_rate, rng, cfg.jitter)
+    part = list(cfg.parts).index(cfg.audio_part)
+    freq = 220.0 * 2.0 ** (cfg.parts[cfg.audio_part].index(composition[part]) * 5 / 12)  # a fourth apart
     t = np.arange(n) / cfg.sample_rate
     rng = np.random.default_rng(params["noise_seed"] + 1)
     env = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)  # 20 ms fades, no clicks
@@ -496,6 +652,11 @@ def render_audio(params: dict, composition: Sequence[str], cfg: SyntheticConfig)
 
 
 # ---- writing -------------------------------------------------------------------------------------
+
+
+def _part_names(cfg: SyntheticConfig) -> str:
+    names = [{"color": "colour"}.get(p, p) for p in cfg.parts]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _slug(label: str) -> str:
@@ -594,9 +755,10 @@ def generate_benchmark(config: SyntheticConfig | None = None, root: str | Path =
     split = {
         "version": _MANIFEST_VERSION,
         "description": "zsar synthetic compositional action benchmark: unseen classes are held-out "
-                       "compositions of colour, shape and motion",
+                       f"compositions of {_part_names(cfg)}",
         "config": cfg_dict,
-        "parts": {"color": list(cfg.colors), "shape": list(cfg.shapes), "motion": list(cfg.motions)},
+        "parts": {part: list(values) for part, values in cfg.parts.items()},
+        "modality": {part: PART_MODALITY[part] for part in cfg.parts},
         "seen": seen,
         "unseen": unseen,
         "lists": {s: f"{s}.txt" for s in _SUBSETS},

@@ -7,6 +7,8 @@ from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .registry import create_model, list_models, register_model
 from .rest import REST_VARIANTS, ResT, ResTConfig  # noqa: F401  (importing registers the variants)
+from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
 
-__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "REST_VARIANTS", "ResT", "ResTConfig", "TrainingStage",
+__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "REST_VARIANTS", "ResT", "ResTConfig",
+           "TrainingStage",
            "ZeroShotModel", "create_model", "list_models", "load_model", "register_model", "save_checkpoint"]

@@ -72,3 +72,37 @@ class WordVocab:
             ids[b, : len(words)] = torch.tensor(words, dtype=torch.int64)
             lengths[b] = len(words)
         return ids, lengths
+
+
+def mask_words(word_ids: torch.Tensor, n_words: torch.Tensor, mask_prob: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of label words for a masked-token loss (ResT's MTL, MZST's MLM).
+
+    Each valid word (position < ``n_words``) is replaced by ``[MASK]`` with probability
+    ``mask_prob``, and at least one word per sample that has words (the one with the smallest draw).
+    The draws come from ``generator`` on the CPU, so a seeded or resumed run masks the same words
+    on any device.
+
+    Args:
+        word_ids: ``(B, W)`` int64 word ids.
+        n_words: ``(B,)`` number of valid words per row.
+        mask_prob: probability of masking each valid word, in [0, 1].
+        generator: CPU generator for the draws (None: the global one).
+
+    Returns:
+        ``(masked_ids, targets)``: the ids with ``[MASK]`` put in, and the original ids at the
+        masked positions with ``-100`` (cross-entropy's ignore index) elsewhere.
+    """
+    B, W = word_ids.shape
+    device = word_ids.device
+    n_words = n_words.to(device)
+    valid = torch.arange(W, device=device)[None, :] < n_words[:, None]
+    draw = torch.rand(B, W, generator=generator, device="cpu").to(device)
+    masked = (draw < mask_prob) & valid
+    forced = torch.where(valid, draw, torch.full_like(draw, 2.0)).argmin(1)
+    need = (~masked.any(1)) & (n_words > 0)
+    # No boolean indexing: it would sync the GPU once per step.
+    masked |= need[:, None] & (torch.arange(W, device=device)[None, :] == forced[:, None])
+    masked_ids = torch.where(masked, torch.full_like(word_ids, WordVocab.mask_id), word_ids)
+    targets = torch.where(masked, word_ids, torch.full_like(word_ids, -100))
+    return masked_ids, targets
