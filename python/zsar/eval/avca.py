@@ -316,7 +316,8 @@ def evaluate_gzsl(encode, class_embeddings, test: GZSLEvalSet, *, beta: float | 
         beta: the calibration to apply (exclusive with ``val``).
         val: validation videos; beta is then the one of ``grid`` with the highest HM on them.
         metric: ``l2`` or ``cosine`` (:func:`zsar.eval.gzsl.class_distances`).
-        grid: calibration betas (default: 16 values evenly in [0, 3]); also the test curve's.
+        grid: calibration betas (default: 16 values evenly in [0, 3]); also the test curve's (with
+            a fixed ``beta`` added when it is not on the grid).
 
     Returns:
         ``{"test": {S, U, HM, ZSL}, "beta", "calibration": "fixed" | "validation", "validation"
@@ -338,6 +339,9 @@ def evaluate_gzsl(encode, class_embeddings, test: GZSLEvalSet, *, beta: float | 
                       "curve": {k: vcurve[k] for k in ("beta", "S", "U", "HM")}, **val.summary()}
     dist, labels = test.distances(encode, class_embeddings, metric)
     scores = gzsl_scores(dist, labels, test.seen, test.unseen, beta)
+    grid = np.asarray(DEFAULT_BETA_GRID if grid is None else as_numpy(grid), dtype=np.float64)
+    if not np.isclose(grid, beta, rtol=0, atol=1e-12).any():  # a fixed beta off the grid: on the curve too
+        grid = np.sort(np.append(grid, beta))
     curve = gzsl_curve(dist, labels, test.seen, test.unseen, grid)
     return {
         "test": scores,
