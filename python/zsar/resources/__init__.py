@@ -1,4 +1,4 @@
-"""Class lists shipped with zsar as package data (see ``docs/architecture.md``).
+"""Class lists shipped with zsar as package data.
 
 * ``classes/<name>.txt``: the action classes of UCF101, HMDB51, Kinetics-400/600/700 and
   ActivityNet-200 (v1.3), one per line, in the datasets' own spelling.
