@@ -41,8 +41,9 @@ plot (true). With word vectors and a packaged split, labels are embedded through
 
 def add_arguments(parser) -> None:
     import argparse
+    import textwrap
 
-    parser.description = _DESCRIPTION
+    parser.description = textwrap.fill(_DESCRIPTION, 100)  # the raw formatter keeps the example's layout
     parser.epilog = _EXAMPLE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("config", help="YAML or JSON recipe config")
