@@ -12,6 +12,7 @@ COMMANDS = {
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
     "train": ("zsar.cli.train", "train a model (ResT, ...) on a video dataset and save a zero-shot checkpoint"),
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
+    "gzsl": ("zsar.cli.gzsl", "the AVCA two-stage GZSL benchmark (UCF/ActivityNet/VGGSound) of a model, from a config"),
     "predict": ("zsar.cli.predict", "zero-shot labels for video files against any labels"),
     "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),

@@ -1,29 +1,60 @@
-"""``zsar eval``: zero-shot accuracy of a checkpoint on a labelled video set."""
+"""``zsar eval``: zero-shot accuracy of a checkpoint on labelled videos (0/100, 0/50, or GZSL)."""
 
 from __future__ import annotations
 
 from ..data.config import FORMATS
 
 _DESCRIPTION = (
-    "Evaluate a zero-shot checkpoint on labelled videos whose classes serve as the candidate labels "
-    "(0/100 protocol, or --protocol 0/50 for 10 random half-class splits). Prints top-1, top-5 and "
-    "mean class accuracy of the semantic-transfer classifier, the semantic-space baseline and chance; "
-    "--report writes them as JSON."
+    "Evaluate a zero-shot checkpoint on labelled videos. 0/100 (default) and 0/50: the classes of "
+    "--annotations are the candidate labels (0/50: 10 random half-class splits); prints top-1, top-5 and "
+    "mean class accuracy of the zero-shot classifier, the semantic-space baseline and chance. "
+    "--protocol gzsl: generalized zero-shot learning on --test-seen (videos of classes the checkpoint was "
+    "trained on) and --test-unseen (videos of classes it was not); the search space is the classes of both "
+    "lists, beta (added to seen-class distances, calibrated stacking) is calibrated on --val-seen/--val-unseen "
+    "by the best HM over 16 values in [0, 3], or fixed with --beta; prints S, U, HM and ZSL in the papers' "
+    "table layout. All lists are read with --format/--root/--classes. --report writes the results as JSON."
 )
+
+_EXAMPLE = """examples:
+  zsar eval --checkpoint runs/exp/checkpoints/best --annotations test.txt --root videos/
+  zsar eval --protocol gzsl --checkpoint runs/ucf_gzsl/stage_2/checkpoints/last --root videos/ \\
+      --test-seen test_seen.txt --test-unseen test_unseen.txt --val-seen val_seen.txt --val-unseen val_unseen.txt \\
+      --dataset ucf --report gzsl.json --plot gzsl.png
+"""
+
+_GZSL_LISTS = ("test_seen", "test_unseen", "val_seen", "val_unseen")
 
 
 def add_arguments(parser) -> None:
-    parser.description = _DESCRIPTION
+    import argparse
+    import textwrap
+
+    parser.description = textwrap.fill(_DESCRIPTION, 100)  # the raw formatter keeps the example's layout
+    parser.epilog = _EXAMPLE
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")
-    parser.add_argument("--annotations", required=True, metavar="PATH",
-                        help="list file, splits folder, CSV or JSON (see --format)")
+    parser.add_argument("--annotations", default=None, metavar="PATH",
+                        help="0/100, 0/50: list file, splits folder, CSV or JSON (see --format)")
     parser.add_argument("--root", default=None, help="video folder (default: paths as written)")
     parser.add_argument("--format", default="list", choices=FORMATS, help="annotation format (default list)")
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
     parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
-    parser.add_argument("--protocol", default="0/100", choices=("0/100", "0/50"), help="default 0/100")
+    parser.add_argument("--protocol", default="0/100", choices=("0/100", "0/50", "gzsl"), help="default 0/100")
+    gzsl = parser.add_argument_group("gzsl")
+    gzsl.add_argument("--test-seen", default=None, metavar="PATH", help="test videos of seen classes")
+    gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
+    gzsl.add_argument("--val-seen", default=None, metavar="PATH", help="validation videos of seen classes")
+    gzsl.add_argument("--val-unseen", default=None, metavar="PATH", help="validation videos of unseen classes")
+    gzsl.add_argument("--beta", type=float, default=None, help="fixed calibration instead of --val-seen/--val-unseen")
+    gzsl.add_argument("--metric", default=None, choices=("l2", "cosine"),
+                      help="distance to the class embeddings (default: the zero-shot head's)")
+    gzsl.add_argument("--dataset", default=None,
+                      help="benchmark name for the report and table (ucf, activitynet, vggsound print as the papers')")
+    gzsl.add_argument("--gzsl-split", default="main", choices=("main", "cls"),
+                      help="AVCA split the lists come from, for the table (default main)")
+    gzsl.add_argument("--plot", default=None, metavar="PATH", help="write the S/U trade-off plot over beta")
     parser.add_argument("--clips", type=int, default=None, help="clips per video (default: the checkpoint's)")
     parser.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     parser.add_argument("--backend", default="auto", help="decoder backend (default auto)")
@@ -31,39 +62,100 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", default=None, metavar="PATH", help="write the results as JSON")
 
 
-def run(args) -> int:
+def _check_options(args) -> None:
     import os
 
     from . import CLIError
 
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
-    if not os.path.exists(args.annotations):
-        raise CLIError(f"--annotations {args.annotations}: no such file or folder")
+    given = [name for name in _GZSL_LISTS if getattr(args, name) is not None]
+    if args.protocol != "gzsl":
+        if given or args.beta is not None or args.plot is not None:
+            raise CLIError(f"--test-seen/--test-unseen/--val-seen/--val-unseen/--beta/--plot are for --protocol gzsl, "
+                           f"not {args.protocol}")
+        if args.annotations is None:
+            raise CLIError("--annotations is required (the labelled videos to evaluate on)")
+        paths = {"--annotations": args.annotations}
+    else:
+        if args.annotations is not None:
+            raise CLIError("--protocol gzsl reads --test-seen and --test-unseen, not --annotations")
+        for name in ("test_seen", "test_unseen"):
+            if getattr(args, name) is None:
+                raise CLIError(f"--protocol gzsl needs --{name.replace('_', '-')}")
+        has_val = (args.val_seen is not None, args.val_unseen is not None)
+        if has_val[0] != has_val[1]:
+            raise CLIError("give both --val-seen and --val-unseen (calibration needs seen and unseen classes)")
+        if has_val[0] == (args.beta is not None):
+            raise CLIError("give --val-seen and --val-unseen to calibrate beta, or a fixed --beta (not both)")
+        paths = {f"--{name.replace('_', '-')}": getattr(args, name) for name in given}
+    for flag, path in paths.items():
+        if not os.path.exists(path):
+            raise CLIError(f"{flag} {path}: no such file or folder")
+
+
+def run(args) -> int:
+    from . import CLIError
+
+    _check_options(args)
 
     from dataclasses import replace
 
-    from ..data import VideoLoader
     from ..data.config import DataConfig
     from ..eval import write_results_json
-    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
     from ..zeroshot import ZeroShotClassifier
 
-    data = DataConfig(format=args.format, annotations=args.annotations, root=args.root, split=args.split,
-                      subset=args.subset, classes=args.classes, backend=args.backend)
-    videos = data.read()
+    def read(annotations):
+        return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
+                          subset=args.subset, classes=args.classes, backend=args.backend).read()
+
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device)
-    if clf.seen_labels is None:
-        raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
-    spec = clf.clip_spec if args.clips is None else replace(clf.clip_spec, num_clips=args.clips)
-    loader = VideoLoader(videos, spec, args.batch, backend=args.backend, shuffle=False, num_shards=1)
-    encoded = encode_dataset(clf.model, loader)
-    if encoded.skipped:
-        print(f"skipped {encoded.skipped} unreadable video(s)")
-    results = {"checkpoint": args.checkpoint,
-               **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}
-    print(format_zero_shot_report(results))
+    if args.clips is not None:
+        clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips)
+    if args.protocol == "gzsl":
+        results = _gzsl(args, clf, read)
+    else:
+        if clf.seen_labels is None:
+            raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
+        results = _zero_shot(args, clf, read(args.annotations))
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")
     return 0
+
+
+def _zero_shot(args, clf, videos) -> dict:
+    from ..data import VideoLoader
+    from ..eval.recipes import loader_audio_kwargs
+    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
+
+    loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
+                         **loader_audio_kwargs(VideoLoader, clf.model))
+    encoded = encode_dataset(clf.model, loader)
+    if encoded.skipped:
+        print(f"skipped {encoded.skipped} unreadable video(s)")
+    results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}
+    print(format_zero_shot_report(results))
+    return results
+
+
+def _gzsl(args, clf, read) -> dict:
+    from ..eval import format_gzsl_table
+    from ..eval.recipes import AVCA_SPLITS, evaluate_gzsl_checkpoint
+
+    lists = {name: read(getattr(args, name)) for name in _GZSL_LISTS if getattr(args, name) is not None}
+    report = evaluate_gzsl_checkpoint(clf, lists["test_seen"], lists["test_unseen"], val_seen=lists.get("val_seen"),
+                                      val_unseen=lists.get("val_unseen"), beta=args.beta, metric=args.metric,
+                                      batch_size=args.batch, backend=args.backend)
+    report = {"checkpoint": args.checkpoint, "dataset": args.dataset, "split": AVCA_SPLITS[args.gzsl_split],
+              **report}
+    if report["skipped_videos"]:
+        print(f"skipped {report['skipped_videos']} unreadable test video(s)")
+    print(format_gzsl_table(report))
+    how = "calibrated on the validation lists" if report["calibration"] == "validation" else "fixed"
+    print(f"beta {report['beta']:.2f} ({how}), {report['metric']} distance")
+    if args.plot:
+        from ..eval.plots import plot_gzsl_tradeoff
+
+        print(f"plot: {plot_gzsl_tradeoff(report['curve'], args.plot, chosen_beta=report['beta'])}")
+    return report

@@ -4,11 +4,22 @@
 * :mod:`zsar.eval.gzsl`: GZSL/ZSL metrics with calibrated stacking (S, U, HM, ZSL, beta).
 * :mod:`zsar.eval.avca`: the AVCA two-stage protocol (UCF/ActivityNet/VGGSound-GZSL) for any model.
 * :mod:`zsar.eval.relatedness`: MZSL-50 semantic relatedness, buckets and score.
+* :mod:`zsar.eval.runner`: encode a dataset once and report 0/100 or 0/50 zero-shot accuracy.
 
-Plots live in :mod:`zsar.eval.plots` (imported on demand: it loads matplotlib).
+Imported on demand: :mod:`zsar.eval.plots` (it loads matplotlib) and :mod:`zsar.eval.recipes`
+(the GZSL recipe and checkpoint evaluation of registered models, behind ``zsar gzsl`` and
+``zsar eval --protocol gzsl``; it loads the trainer).
 """
 
-from .avca import AVCA_BENCHMARKS, avca_label_names, avca_stages, format_gzsl_table, run_avca_protocol
+from .avca import (
+    AVCA_BENCHMARKS,
+    GZSLEvalSet,
+    avca_label_names,
+    avca_stages,
+    evaluate_gzsl,
+    format_gzsl_table,
+    run_avca_protocol,
+)
 from .gzsl import (
     DEFAULT_BETA_GRID,
     calibrate_beta,
@@ -67,6 +78,8 @@ __all__ = [
     "AVCA_BENCHMARKS",
     "avca_stages",
     "avca_label_names",
+    "GZSLEvalSet",
+    "evaluate_gzsl",
     "run_avca_protocol",
     "format_gzsl_table",
     "MZSL50_BUCKETS",

@@ -14,12 +14,16 @@ The driver, :func:`run_avca_protocol`, knows nothing of models. It takes three c
 
     train(videos, epochs, after_epoch)  # a fresh model trained on `videos` for `epochs` epochs,
                                         # calling after_epoch() (when not None) after each one
-    encode(videos) -> (N, E)            # the current model's zero-shot vectors, in record order
+    encode(videos) -> (N, E)            # the current model's zero-shot vectors, in record order,
+                                        # or (x, video_ids) of the videos it could read
     class_embeddings(names) -> (C, E)   # or an embedder with .embed(names); asked at every
                                         # evaluation, so it may depend on the trained model
 
 ``videos`` are :class:`~zsar.data.records.VideoList` objects whose labels index their ``classes``
 (the seen classes, for ``train``). :func:`avca_stages` cuts a dataset's videos into the six stages.
+:func:`evaluate_gzsl` is the evaluation of one trained model on a :class:`GZSLEvalSet` (stage 2's,
+or any seen/unseen test lists), with beta fixed or calibrated on validation videos;
+:mod:`zsar.eval.recipes` runs all of it for a registered model from video folders.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ __all__ = [
     "AVCA_BENCHMARKS",
     "avca_stages",
     "avca_label_names",
+    "GZSLEvalSet",
+    "evaluate_gzsl",
     "run_avca_protocol",
     "format_gzsl_table",
 ]
@@ -218,36 +224,134 @@ def avca_label_names(dataset: str, classes: Sequence[str]) -> dict[str, str]:
     return {c: name_map[o] for c, o in zip(classes, matched)}
 
 
-class _EvalSet:
-    """The videos of one evaluation (seen + unseen stage), labelled over its search space."""
+class GZSLEvalSet:
+    """The videos of one GZSL evaluation (a seen and an unseen part), labelled over its search space.
 
-    def __init__(self, train: VideoList, seen: VideoList, unseen: VideoList):
-        self.classes = list(train.classes) + list(unseen.classes)
+    The search space is ``seen_classes`` (all classes the model was trained on, e.g. a training
+    stage's classes) followed by the unseen part's classes; column ``i`` of the distances is
+    :attr:`classes` ``[i]``.
+
+    Args:
+        seen_classes: the seen classes, in order (those of ``seen`` must be among them).
+        seen: videos of seen classes; labels index ``seen.classes``.
+        unseen: videos of unseen classes; labels index ``unseen.classes``.
+
+    Raises:
+        ValueError: an unseen class that is also seen, seen videos of a class outside
+            ``seen_classes``, or a video id in both parts.
+    """
+
+    def __init__(self, seen_classes: Sequence[str], seen: VideoList, unseen: VideoList):
+        self.classes = list(seen_classes) + list(unseen.classes)
+        both = sorted(set(seen_classes) & set(unseen.classes))
+        if both:
+            raise ValueError(f"classes {both[:5]} are both seen and unseen")
+        outside = sorted({seen.classes[r.label] for r in seen.records} - set(seen_classes))
+        if outside:
+            raise ValueError(f"seen videos of classes the model was not trained on: {outside[:5]}")
         index = {c: i for i, c in enumerate(self.classes)}
         records = [VideoRecord(r.path, index[part.classes[r.label]], r.video_id)
                    for part in (seen, unseen) for r in part.records]
         self.videos = VideoList(records, self.classes)
         self.labels = np.array([r.label for r in records], dtype=np.int64)
-        self.seen = np.arange(len(train.classes))
-        self.unseen = np.arange(len(train.classes), len(self.classes))
+        self.row = {r.video_id: i for i, r in enumerate(records)}
+        if len(self.row) != len(records):
+            twice = next(r.video_id for i, r in enumerate(records) if self.row[r.video_id] != i)
+            raise ValueError(f"video {twice!r} is listed twice (in both the seen and the unseen part?)")
+        self.seen = np.arange(len(seen_classes))
+        self.unseen = np.arange(len(seen_classes), len(self.classes))
         self.counts = {"seen": len(seen), "unseen": len(unseen)}
+        self.skipped = 0
 
-    def distances(self, encode, class_embeddings, metric: str) -> np.ndarray:
-        x = as_numpy(encode(self.videos))
-        if x.ndim != 2 or x.shape[0] != len(self.labels):
-            raise ValueError(f"encode returned shape {tuple(x.shape)} for {len(self.labels)} videos; "
-                             f"expected ({len(self.labels)}, E)")
+    def encode(self, encode) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, labels)`` of the videos ``encode`` read.
+
+        ``encode(videos)`` returns ``(N, E)`` rows, one per record in order, or ``(x, video_ids)``
+        for the videos it could read (unreadable files left out; counted in :attr:`skipped`).
+        """
+        out = encode(self.videos)
+        if isinstance(out, tuple):
+            x, ids = as_numpy(out[0]), list(out[1])
+            unknown = [i for i in ids if i not in self.row]
+            if unknown:
+                raise ValueError(f"encode returned video ids that are not in the set, e.g. {unknown[0]!r}")
+            labels = self.labels[[self.row[i] for i in ids]]
+        else:
+            x, labels = as_numpy(out), self.labels
+        if x.ndim != 2 or x.shape[0] != len(labels):
+            raise ValueError(f"encode returned shape {tuple(x.shape)} for {len(labels)} videos; "
+                             f"expected ({len(labels)}, E)")
+        self.skipped = len(self.labels) - len(labels)
+        return x, labels
+
+    def distances(self, encode, class_embeddings, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(dist (N, C), labels (N,))`` of the videos read against :attr:`classes`."""
+        x, labels = self.encode(encode)
         embed = getattr(class_embeddings, "embed", class_embeddings)
-        return class_distances(x, embed(list(self.classes)), metric)
+        return class_distances(x, embed(list(self.classes)), metric), labels
 
-    def per_class(self, dist: np.ndarray, beta: float) -> dict:
+    def per_class(self, dist: np.ndarray, labels: np.ndarray, beta: float) -> dict:
         """Per-class recall by class name: GZSL (with ``beta``) for all classes, ZSL for unseen ones."""
-        recall = gzsl_per_class_accuracy(dist, self.labels, self.seen, self.unseen, beta)
+        recall = gzsl_per_class_accuracy(dist, labels, self.seen, self.unseen, beta)
 
         def named(values, idx):
             return {self.classes[i]: (None if math.isnan(values[i]) else float(values[i])) for i in idx}
 
         return {"gzsl": named(recall["gzsl"], range(len(self.classes))), "zsl": named(recall["zsl"], self.unseen)}
+
+    def summary(self) -> dict:
+        """Class and video counts for a report."""
+        return {"classes": {"seen": len(self.seen), "unseen": len(self.unseen)},
+                "videos": dict(self.counts), "skipped_videos": self.skipped}
+
+
+def evaluate_gzsl(encode, class_embeddings, test: GZSLEvalSet, *, beta: float | None = None,
+                  val: GZSLEvalSet | None = None, metric: str = "l2", grid=None) -> dict:
+    """GZSL and ZSL of the current model on ``test``, with beta fixed or calibrated on ``val``.
+
+    Args:
+        encode: ``encode(videos)`` as in :meth:`GZSLEvalSet.encode`.
+        class_embeddings: ``embed(names) -> (C, E)``, a callable or an object with ``.embed``.
+        test: the test videos.
+        beta: the calibration to apply (exclusive with ``val``).
+        val: validation videos; beta is then the one of ``grid`` with the highest HM on them.
+        metric: ``l2`` or ``cosine`` (:func:`zsar.eval.gzsl.class_distances`).
+        grid: calibration betas (default: 16 values evenly in [0, 3]); also the test curve's (with
+            a fixed ``beta`` added when it is not on the grid).
+
+    Returns:
+        ``{"test": {S, U, HM, ZSL}, "beta", "calibration": "fixed" | "validation", "validation"
+        (None, or its S/U/HM/ZSL at the chosen beta, its curve and counts), "classes", "videos",
+        "skipped_videos", "curve" (the test S/U/HM over the grid), "per_class_accuracy"}``.
+
+    Raises:
+        ValueError: both or neither of ``beta`` and ``val``, or as :func:`gzsl_scores`.
+    """
+    if (beta is None) == (val is None):
+        raise ValueError("give either a fixed beta or validation videos to calibrate it on, not both or neither")
+    validation = None
+    if val is not None:
+        vdist, vlabels = val.distances(encode, class_embeddings, metric)
+        vcurve = gzsl_curve(vdist, vlabels, val.seen, val.unseen, grid)
+        b = vcurve["best"]
+        beta = vcurve["beta"][b]
+        validation = {**{k: vcurve[k][b] for k in ("S", "U", "HM")}, "ZSL": vcurve["ZSL"],
+                      "curve": {k: vcurve[k] for k in ("beta", "S", "U", "HM")}, **val.summary()}
+    dist, labels = test.distances(encode, class_embeddings, metric)
+    scores = gzsl_scores(dist, labels, test.seen, test.unseen, beta)
+    grid = np.asarray(DEFAULT_BETA_GRID if grid is None else as_numpy(grid), dtype=np.float64)
+    if not np.isclose(grid, beta, rtol=0, atol=1e-12).any():  # a fixed beta off the grid: on the curve too
+        grid = np.sort(np.append(grid, beta))
+    curve = gzsl_curve(dist, labels, test.seen, test.unseen, grid)
+    return {
+        "test": scores,
+        "beta": float(beta),
+        "calibration": "fixed" if validation is None else "validation",
+        "validation": validation,
+        **test.summary(),
+        "curve": {k: curve[k] for k in ("beta", "S", "U", "HM")},
+        "per_class_accuracy": test.per_class(dist, labels, beta),
+    }
 
 
 def run_avca_protocol(
@@ -270,7 +374,8 @@ def run_avca_protocol(
         train: ``train(videos, epochs, after_epoch)`` trains a fresh model on ``videos`` for
             ``epochs`` epochs and calls ``after_epoch()`` (if not None) after each epoch; the call
             returns that epoch's validation scores (a dict with ``HM``, e.g. for a scheduler).
-        encode: ``encode(videos) -> (N, E)`` vectors of the current model, one row per record.
+        encode: ``encode(videos)``: ``(N, E)`` vectors of the current model, one row per record,
+            or ``(x, video_ids)`` of the videos it read (:meth:`GZSLEvalSet.encode`).
         class_embeddings: ``embed(names) -> (C, E)`` as a callable or an object with ``.embed``
             (e.g. a :class:`zsar.text.WordVectorEmbedder` with :func:`avca_label_names`).
         epochs: stage-1 epochs (the most stage 2 may get).
@@ -293,12 +398,13 @@ def run_avca_protocol(
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     grid = DEFAULT_BETA_GRID if grid is None else grid
     _check_stages(stages, "stages")
-    val = _EvalSet(stages["stage_1_train"], stages["stage_1_val_seen"], stages["stage_1_val_unseen"])
+    val = GZSLEvalSet(stages["stage_1_train"].classes, stages["stage_1_val_seen"], stages["stage_1_val_unseen"])
+    test = GZSLEvalSet(stages["stage_2_train"].classes, stages["stage_2_test_seen"], stages["stage_2_test_unseen"])
     history: list[dict] = []
 
     def after_epoch() -> dict:
-        dist = val.distances(encode, class_embeddings, metric)
-        curve = gzsl_curve(dist, val.labels, val.seen, val.unseen, grid)
+        dist, labels = val.distances(encode, class_embeddings, metric)
+        curve = gzsl_curve(dist, labels, val.seen, val.unseen, grid)
         b = curve["best"]
         entry = {"epoch": len(history) + 1, "beta": curve["beta"][b], "S": curve["S"][b],
                  "U": curve["U"][b], "HM": curve["HM"][b], "ZSL": curve["ZSL"]}
@@ -315,11 +421,9 @@ def run_avca_protocol(
     chosen = next(h for h in history if h["HM"] == top)
     best_epoch, beta = chosen["epoch"], chosen["beta"]
 
-    test = _EvalSet(stages["stage_2_train"], stages["stage_2_test_seen"], stages["stage_2_test_unseen"])
     train(stages["stage_2_train"], best_epoch, None)
-    dist = test.distances(encode, class_embeddings, metric)
-    scores = gzsl_scores(dist, test.labels, test.seen, test.unseen, beta)
-    curve = gzsl_curve(dist, test.labels, test.seen, test.unseen, grid)
+    result = evaluate_gzsl(encode, class_embeddings, test, beta=beta, metric=metric, grid=grid)
+    scores = result["test"]
     log.info("stage 2 (%d epochs, beta %.2f): S %.2f, U %.2f, HM %.2f, ZSL %.2f", best_epoch, beta,
              *(100 * scores[k] for k in ("S", "U", "HM", "ZSL")))
 
@@ -329,7 +433,7 @@ def run_avca_protocol(
         "split": split,
         "model": model,
         "metric": metric,
-        "beta_grid": curve["beta"],
+        "beta_grid": result["curve"]["beta"],
         "test": scores,
         "stage_1": {
             "epochs": epochs,
@@ -338,16 +442,18 @@ def run_avca_protocol(
             "classes": {"seen": len(val.seen), "unseen": len(val.unseen)},
             "videos": {"train": len(stages["stage_1_train"]), "val_seen": val.counts["seen"],
                        "val_unseen": val.counts["unseen"]},
+            "skipped_videos": val.skipped,
             "history": history,
         },
         "stage_2": {
             "epochs": best_epoch,
             "beta": beta,
-            "classes": {"seen": len(test.seen), "unseen": len(test.unseen)},
+            "classes": result["classes"],
             "videos": {"train": len(stages["stage_2_train"]), "test_seen": test.counts["seen"],
                        "test_unseen": test.counts["unseen"]},
-            "curve": {k: curve[k] for k in ("beta", "S", "U", "HM")},
-            "per_class_accuracy": test.per_class(dist, beta),
+            "skipped_videos": result["skipped_videos"],
+            "curve": result["curve"],
+            "per_class_accuracy": result["per_class_accuracy"],
         },
     }
 

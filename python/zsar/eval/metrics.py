@@ -35,25 +35,18 @@ def top_k_accuracy(y_true, scores, k: int = 1) -> float:
     first. A sample is a hit iff (classes scoring strictly higher) + (classes with the same score and
     a lower index) ``< k``, so ties never inflate the accuracy beyond one ranking of the classes.
 
-    Parameters
-    ----------
-    y_true : array-like or torch.Tensor of int, shape (N,)
-        True class indices in ``[0, C)``.
-    scores : array-like or torch.Tensor, shape (N, C)
-        Higher is better (logits, similarities, negative distances).
-    k : int
-        ``1 <= k <= C``.
+    Args:
+        y_true: ``(N,)`` true class indices in ``[0, C)`` (array-like or tensor of ints).
+        scores: ``(N, C)`` scores, higher is better (logits, similarities, negative distances).
+        k: ``1 <= k <= C``.
 
-    Returns
-    -------
-    float
+    Returns:
         Accuracy in ``[0, 1]``.
 
-    Raises
-    ------
-    ValueError, TypeError
-        Shape or length mismatch, empty input, non-integer or out-of-range labels, NaN scores,
-        ``k`` not an int or outside ``[1, C]``.
+    Raises:
+        TypeError: ``k`` not an int, or non-integer labels.
+        ValueError: shape or length mismatch, empty input, out-of-range labels, NaN scores, or ``k``
+            outside ``[1, C]``.
     """
     y = as_numpy(y_true)
     s = as_numpy(scores)
@@ -82,21 +75,17 @@ def top_k_accuracy(y_true, scores, k: int = 1) -> float:
 def mean_class_accuracy(y_true, y_pred) -> float:
     """Mean over the classes present in ``y_true`` of the per-class recall (AVCA protocol).
 
-    Parameters
-    ----------
-    y_true, y_pred : array-like or torch.Tensor, shape (N,)
-        True and predicted labels (any comparable labels, e.g. ints or strings). Classes that are only
-        predicted, never true, do not contribute a term.
+    Args:
+        y_true: ``(N,)`` true labels (array-like or tensor; any comparable labels, e.g. ints or
+            strings).
+        y_pred: ``(N,)`` predicted labels. Classes that are only predicted, never true, do not
+            contribute a term.
 
-    Returns
-    -------
-    float
+    Returns:
         Mean class accuracy in ``[0, 1]``.
 
-    Raises
-    ------
-    ValueError
-        Empty input, non-1-D input or length mismatch.
+    Raises:
+        ValueError: empty input, non-1-D input or length mismatch.
     """
     y = as_numpy(y_true)
     p = as_numpy(y_pred)
@@ -112,19 +101,15 @@ def mean_class_accuracy(y_true, y_pred) -> float:
 def harmonic_mean(seen_acc: float, unseen_acc: float) -> float:
     """GZSL harmonic mean ``HM = 2SU / (S + U)`` of seen and unseen accuracies (0 when both are 0).
 
-    Parameters
-    ----------
-    seen_acc, unseen_acc : float
-        Accuracies in ``[0, 1]`` (Python, NumPy or 0-d torch scalars).
+    Args:
+        seen_acc: seen-class accuracy S in ``[0, 1]`` (Python, NumPy or 0-d torch scalar).
+        unseen_acc: unseen-class accuracy U in ``[0, 1]``.
 
-    Returns
-    -------
-    float
+    Returns:
+        HM in ``[0, 1]``.
 
-    Raises
-    ------
-    ValueError
-        An accuracy that is not a finite number in ``[0, 1]``.
+    Raises:
+        ValueError: an accuracy that is not a finite number in ``[0, 1]``.
     """
     s, u = float(seen_acc), float(unseen_acc)
     for name, v in (("seen_acc", s), ("unseen_acc", u)):

@@ -54,21 +54,21 @@ def plot_transfer_matrices(
     Left: ``M`` (unseen × seen cosine similarities; brighter is larger). Right: the assignment ``A``
     (black is an edge). Axis tick labels are drawn when an axis has at most ``max_labels`` entries.
 
-    Parameters
-    ----------
-    relatedness : (U, S) array-like or tensor
-    assignment : (U, S) binary array-like or tensor (e.g. from ``transfer_assignment``)
-    path : str or Path
-        Output file; parent directories are created.
-    unseen_labels, seen_labels : sequences of str, optional
-        Row and column names.
-    max_labels : int
-        Largest axis that still gets tick labels.
-    title : str, optional
+    Args:
+        relatedness: ``(U, S)`` relatedness matrix (array-like or tensor).
+        assignment: ``(U, S)`` binary adjacency (e.g. from ``transfer_assignment``).
+        path: output file; parent directories are created.
+        unseen_labels: optional row names.
+        seen_labels: optional column names.
+        max_labels: largest axis that still gets tick labels.
+        title: optional figure title.
 
-    Returns
-    -------
-    pathlib.Path
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: an empty or non-finite matrix, an assignment of another shape or not binary, or
+            label lists of the wrong length.
     """
     m = as_numpy(relatedness).astype(np.float64)
     a = as_numpy(assignment)
@@ -120,27 +120,23 @@ def plot_tsne(
 
     Videos and prototypes are embedded together, so the stars sit in the same map as the points.
 
-    Parameters
-    ----------
-    features : (N, D) array-like or tensor
-        Representations of the (unseen-class) test videos.
-    labels : (N,) ints in ``[0, C)``
-        Class of each video.
-    path : str or Path
-        Output file.
-    prototypes : (C, D) array-like or tensor, optional
-        Class prototypes (e.g. composite prototypes from Eq. 6), row ``j`` for class ``j``.
-    class_names : sequence of str, optional
-        Legend entries (drawn for at most 30 classes).
-    perplexity : float
-        t-SNE perplexity, clipped to ``n − 1`` for ``n`` embedded points (sklearn needs it below n).
-    seed : int
-        t-SNE random state.
-    title : str, optional
+    Args:
+        features: ``(N, D)`` representations of the (unseen-class) test videos.
+        labels: ``(N,)`` class of each video, ints in ``[0, C)``.
+        path: output file.
+        prototypes: optional ``(C, D)`` class prototypes (e.g. the composite prototypes of ResT
+            Eq. 6), row ``j`` for class ``j``.
+        class_names: optional legend entries (drawn for at most 30 classes).
+        perplexity: t-SNE perplexity, clipped to ``n − 1`` for ``n`` embedded points (sklearn needs
+            it below n).
+        seed: t-SNE random state.
+        title: optional figure title.
 
-    Returns
-    -------
-    pathlib.Path
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: empty or mismatched features, labels or prototypes.
     """
     from sklearn.manifold import TSNE
 

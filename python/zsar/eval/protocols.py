@@ -83,28 +83,25 @@ def evaluate_protocol(
 ) -> dict:
     """Evaluate a zero-shot predictor under the 0/50 or 0/100 protocol.
 
-    Parameters
-    ----------
-    predictor : callable
-        ``predictor(candidate_names) -> scores`` for ALL test videos: ``(N, C)`` scores, or ``(N,)``
-        predicted indices into ``candidate_names``. Rows of videos outside the split are ignored.
-    labels : array-like of int, shape (N,)
-        True class of each test video, as an index into ``class_names``.
-    class_names : sequence of str
-        Every class of the target dataset (distinct).
-    protocol : {"0/50", "0/100"}
-    n_splits : int
-        Number of 0/50 splits (ignored for 0/100).
-    dataset : str, optional
-        Recorded in the results.
+    Args:
+        predictor: ``predictor(candidate_names) -> scores`` for ALL test videos: ``(N, C)`` scores,
+            or ``(N,)`` predicted indices into ``candidate_names``. Rows of videos outside the split
+            are ignored.
+        labels: ``(N,)`` true class of each test video, as an index into ``class_names``.
+        class_names: every class of the target dataset (distinct).
+        protocol: ``"0/50"`` or ``"0/100"``.
+        n_splits: number of 0/50 splits (ignored for 0/100).
+        dataset: optional name recorded in the results.
 
-    Returns
-    -------
-    dict
+    Returns:
         ``protocol``, ``dataset``, ``n_classes``, ``n_videos``, ``splits`` (per split: ``split``
-        (= seed), ``classes``, ``n_videos`` and the metrics) and, per metric, ``{"mean", "std"}`` over
-        the splits. Metrics: ``top1``, ``top5`` (only with scores and at least 5 candidates) and
-        ``mean_class_accuracy``; all fractions in [0, 1].
+        (= seed), ``classes``, ``n_videos`` and the metrics) and, per metric, ``{"mean", "std"}``
+        over the splits. Metrics: ``top1``, ``top5`` (only with scores and at least 5 candidates)
+        and ``mean_class_accuracy``; all fractions in [0, 1].
+
+    Raises:
+        ValueError: unknown protocol, repeated class names, labels that are not indices into
+            ``class_names``, a split without test videos, or predictions of the wrong shape.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -201,19 +198,24 @@ def transfer_predictor(
     The transfer program is solved per candidate set, because its relative-distance constraint
     depends on which other classes are candidates (Eq. 3).
 
-    Parameters
-    ----------
-    features : (N, D) visual representations of the test videos.
-    seen_prototypes : (S, D) seen-class visual prototypes.
-    seen_embeddings : (S, E) seen label embeddings.
-    class_embeddings : (C, E) label embeddings of every target class, rows matching ``class_names``.
-    class_names : the target classes.
-    k, theta, rho : transfer parameters (see :func:`zsar.zeroshot.select_transfer_params`).
+    Args:
+        features: ``(N, D)`` visual representations of the test videos.
+        seen_prototypes: ``(S, D)`` seen-class visual prototypes.
+        seen_embeddings: ``(S, E)`` seen label embeddings.
+        class_embeddings: ``(C, E)`` label embeddings of every target class, rows matching
+            ``class_names``.
+        class_names: the target classes.
+        k: K nearest seen labels of the transfer program (see
+            :func:`zsar.zeroshot.select_transfer_params`).
+        theta: its relative-distance threshold.
+        rho: its edges per target label.
 
-    Returns
-    -------
-    callable
+    Returns:
         ``predictor(candidate_names) -> (N, len(candidate_names))`` cosine similarities.
+
+    Raises:
+        ValueError: shapes that do not match, or ``class_names`` not distinct or not one per row of
+            ``class_embeddings``.
     """
     from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 
@@ -286,17 +288,22 @@ def remove_overlapping_classes(
     ``embedder.embed(names)`` (e.g. :class:`zsar.text.WordVectorEmbedder` over word2vec, as in E2E)
     or are passed precomputed; cosine normalises them, which is the "L2-normalised" of the protocol.
 
-    Parameters
-    ----------
-    train_classes : sequence of str
-        E.g. ``zsar.resources.class_list("kinetics700")``.
-    target_classes : sequence of str
-        The union of the target datasets' classes, e.g. ``class_list("ucf101") + class_list("hmdb51")``.
-    embedder : object with ``embed(list[str]) -> (n, E)``, optional
-    train_embeddings, target_embeddings : (n, E) arrays, optional
-        Instead of ``embedder``.
-    threshold : float
-        Cosine-distance threshold (E2E: 0.05).
+    Args:
+        train_classes: e.g. ``zsar.resources.class_list("kinetics700")``.
+        target_classes: the union of the target datasets' classes, e.g.
+            ``class_list("ucf101") + class_list("hmdb51")``.
+        embedder: optional object with ``embed(list[str]) -> (n, E)``.
+        train_embeddings: ``(n, E)`` embeddings of ``train_classes``, instead of ``embedder``.
+        target_embeddings: ``(n, E)`` embeddings of ``target_classes``, with ``train_embeddings``.
+        threshold: cosine-distance threshold (E2E: 0.05).
+
+    Returns:
+        A :class:`ClassRemoval`: the classes kept and removed, each removal with its closest target
+        class and distance.
+
+    Raises:
+        ValueError: empty class lists, a non-finite threshold, only one of the embedding matrices,
+            neither an embedder nor embeddings, or embeddings of the wrong shape.
     """
     from ..zeroshot import cosine_similarity_matrix
 

@@ -1,4 +1,4 @@
-"""Class lists shipped with zsar as package data (DESIGN.md §6).
+"""Class lists shipped with zsar as package data.
 
 * ``classes/<name>.txt``: the action classes of UCF101, HMDB51, Kinetics-400/600/700 and
   ActivityNet-200 (v1.3), one per line, in the datasets' own spelling.
@@ -41,16 +41,16 @@ def _read_lines(*parts: str) -> list[str]:
 def class_list(name: str) -> list[str]:
     """The class names of a target/training dataset, in file order.
 
-    Parameters
-    ----------
-    name : str
-        One of ``ucf101``, ``hmdb51``, ``kinetics400``, ``kinetics600``, ``kinetics700``,
-        ``activitynet200`` (case-insensitive; ``-`` and ``_`` ignored, so ``Kinetics-700`` works).
+    Args:
+        name: one of ``ucf101``, ``hmdb51``, ``kinetics400``, ``kinetics600``, ``kinetics700``,
+            ``activitynet200`` (case-insensitive; ``-`` and ``_`` ignored, so ``Kinetics-700``
+            works).
 
-    Returns
-    -------
-    list of str
-        101, 51, 400, 600, 700 or 200 names.
+    Returns:
+        The 101, 51, 400, 600, 700 or 200 names.
+
+    Raises:
+        ValueError: an unknown list name.
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in CLASS_LISTS:
@@ -68,20 +68,17 @@ def _avca_dir(dataset: str) -> tuple[str, str]:
 def avca_split(dataset: str, stage: str, split: str = "main_split") -> list[str]:
     """Class names of one stage of an AVCA split (Mercea et al.; the MZST protocol).
 
-    Parameters
-    ----------
-    dataset : str
-        ``ucf``, ``activitynet`` or ``vggsound`` (case-insensitive).
-    stage : str
-        One of :data:`AVCA_STAGES` (e.g. ``stage_2_test_unseen``), or ``all`` for every class of the
-        dataset (``all_class.txt``, independent of ``split``).
-    split : str
-        ``main_split`` (default) or ``cls_split``.
+    Args:
+        dataset: ``ucf``, ``activitynet`` or ``vggsound`` (case-insensitive).
+        stage: one of :data:`AVCA_STAGES` (e.g. ``stage_2_test_unseen``), or ``all`` for every
+            class of the dataset (``all_class.txt``, independent of ``split``).
+        split: ``main_split`` (default) or ``cls_split``.
 
-    Returns
-    -------
-    list of str
+    Returns:
         The class names as spelled in the split files (e.g. ``BandMarching``).
+
+    Raises:
+        ValueError: an unknown dataset, stage or split.
     """
     directory, _ = _avca_dir(dataset)
     if stage == "all":
@@ -97,6 +94,12 @@ def avca_name_map(dataset: str) -> dict[str, str]:
     """The manual word2vec name map of an AVCA dataset: ``{original class name: words to embed}``.
 
     Parsed by :func:`zsar.text.load_name_map`, so it can be passed as ``WordVectorEmbedder(name_map=...)``.
+
+    Args:
+        dataset: ``ucf``, ``activitynet`` or ``vggsound`` (case-insensitive).
+
+    Raises:
+        ValueError: an unknown dataset.
     """
     from ..text import load_name_map
 

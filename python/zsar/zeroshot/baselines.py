@@ -1,6 +1,6 @@
 """Zero-shot baselines the transfer program is compared against (ResT Tables 3(b) and 5).
 
-"Semantic space" baseline (DESIGN.md §4): classify the video among the *seen* classes with the
+"Semantic space" baseline (ResT, Table 3(b)): classify the video among the *seen* classes with the
 trained model, then map the predicted seen label to the unseen label nearest to it in the label
 embedding space, i.e. the unseen class ``j`` maximising ``m_{j, i*}`` where ``i*`` is the predicted
 seen class and ``M`` the (unseen × seen) cosine relatedness of label embeddings.
@@ -22,26 +22,21 @@ def semantic_space_baseline(seen_pred, relatedness) -> np.ndarray:
     Each video's predicted seen class ``i*`` is replaced by ``argmax_j m_{j, i*}``: the unseen label
     most related to it (ties go to the lowest unseen index).
 
-    Parameters
-    ----------
-    seen_pred : array-like or torch.Tensor, shape (N,) or (N, S)
-        Either each video's predicted seen-class index in ``[0, S)``, or seen-class scores (higher is
-        better: logits, probabilities, similarities), whose per-row argmax is taken first (ties: lowest
-        seen index).
-    relatedness : array-like or torch.Tensor, shape (U, S)
-        ``m_ji``: cosine similarity of unseen label ``j`` and seen label ``i`` (in ``[-1, 1]``).
+    Args:
+        seen_pred: ``(N,)`` each video's predicted seen-class index in ``[0, S)``, or ``(N, S)``
+            seen-class scores (higher is better: logits, probabilities, similarities) whose per-row
+            argmax is taken first (ties: lowest seen index); array-like or tensor.
+        relatedness: ``(U, S)`` ``m_ji``, the cosine similarity of unseen label ``j`` and seen label
+            ``i`` (in ``[-1, 1]``).
 
-    Returns
-    -------
-    numpy.ndarray of int64, shape (N,)
-        Predicted unseen-class index per video.
+    Returns:
+        ``(N,)`` int64 predicted unseen-class index per video.
 
-    Raises
-    ------
-    ValueError, TypeError
-        Non-2-D / empty / non-finite / out-of-range ``relatedness``; ``seen_pred`` of the wrong rank,
-        with a column count other than ``S``, with NaN scores, or with non-integer or out-of-range
-        indices.
+    Raises:
+        TypeError: scores that are not real-valued, or indices that are not integers.
+        ValueError: non-2-D / empty / non-finite / out-of-range ``relatedness``; ``seen_pred`` of
+            the wrong rank, with a column count other than ``S``, with NaN scores, or with
+            out-of-range indices.
     """
     m = _check_relatedness(relatedness)
     n_seen = m.shape[1]

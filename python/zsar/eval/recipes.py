@@ -1,0 +1,394 @@
+"""GZSL end to end for any registered model: the AVCA two-stage recipe and checkpoint evaluation.
+
+Both talk to the model only through its contract (:class:`zsar.models.ZeroShotModel`): training
+through :class:`zsar.train.Trainer`, representations through
+:func:`zsar.zeroshot.heads.encode_loader` over a :class:`zsar.data.VideoLoader`, and class
+embeddings through the model's zero-shot head (:data:`zsar.zeroshot.heads.HEADS`) and a label
+embedder (:func:`zsar.text.embedder_from_spec`):
+
+* :func:`run_gzsl_recipe` (``zsar gzsl CONFIG``): a :class:`GZSLConfig` names the dataset, the AVCA
+  split, the videos and the model; the six AVCA stages are cut from the videos
+  (:func:`zsar.eval.avca_stages`), stage 1 trains a fresh model epoch by epoch (``Trainer.fit``
+  with ``stop_after``) and evaluates it after each epoch, stage 2 retrains on its classes for the
+  chosen number of epochs, and the S, U, HM and ZSL of stage 2 go into a JSON report with the S/U
+  trade-off plot; stage 2's model is saved as a zero-shot checkpoint.
+* :func:`evaluate_gzsl_checkpoint` (``zsar eval --protocol gzsl``): a saved zero-shot checkpoint on
+  lists of test videos of seen and of unseen classes, with beta calibrated on validation lists or
+  given.
+
+Prototype-transfer heads (ResT) compose the class matrix from seen-class prototypes: the recipe
+computes them from the current stage's training videos (evaluation clips) whenever it evaluates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import config as _config
+from ..data.config import DataConfig
+from ..data.records import VideoList
+from ..train.config import TrainConfig
+from .avca import GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl, run_avca_protocol
+from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
+
+__all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint", "encode_videos",
+           "loader_audio_kwargs", "REPORT_FILE", "PLOT_FILE"]
+
+#: Short split names of the config -> the AVCA split directories.
+AVCA_SPLITS = {"main": "main_split", "cls": "cls_split"}
+REPORT_FILE = "gzsl_report.json"
+PLOT_FILE = "gzsl_tradeoff.png"
+
+
+# ---- shared plumbing -------------------------------------------------------------------------------
+
+def loader_audio_kwargs(loader_cls, model, missing_audio: str | None = None) -> dict[str, Any]:
+    """The audio keywords (``audio=``, ``missing_audio=``) of ``loader_cls`` for ``model``.
+
+    Loaders that predate audio loading take neither; a model that needs audio then cannot be fed.
+
+    Raises:
+        ValueError: the model takes audio but ``loader_cls`` cannot load it.
+    """
+    params = inspect.signature(loader_cls).parameters
+    if "audio" not in params:
+        if model.inputs.audio is not None:
+            raise ValueError(f"model {model.registry_name!r} takes audio, but {loader_cls.__name__} of this zsar "
+                             f"loads video only")
+        return {}
+    kwargs = {"audio": model.inputs.audio}
+    if missing_audio is not None and "missing_audio" in params:
+        kwargs["missing_audio"] = missing_audio
+    return kwargs
+
+
+def encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
+                  on_error: str = "skip", num_workers: int | None = None, missing_audio: str | None = None,
+                  progress: bool = True, desc: str = "encoding videos") -> tuple[torch.Tensor, list[str]]:
+    """Representations of ``videos`` read with ``spec`` (and the audio the model takes).
+
+    Returns:
+        ``(x (N, D), video_ids)`` of the videos read, in list order; with ``on_error="skip"``
+        unreadable files are left out (the form :meth:`zsar.eval.GZSLEvalSet.encode` accepts).
+    """
+    from ..data import VideoLoader
+    from ..zeroshot.heads import encode_loader
+
+    loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1,
+                         num_workers=num_workers, on_error=on_error,
+                         **loader_audio_kwargs(VideoLoader, model, missing_audio))
+    x, _, _, ids = encode_loader(model, loader, progress, desc=desc)
+    return x, ids
+
+
+def _head_metric(head_cls, settings: dict[str, Any]) -> str:
+    """The distance a zero-shot head ranks by: its ``metric`` setting, else its default."""
+    if "metric" in settings:
+        return settings["metric"]
+    param = inspect.signature(head_cls).parameters.get("metric")
+    return param.default if param is not None else head_cls.metric
+
+
+def _with_videos(videos: VideoList) -> VideoList:
+    """``videos`` restricted to the classes that have videos (a class file may list more)."""
+    present = {r.label for r in videos.records}
+    return videos.subset([c for i, c in enumerate(videos.classes) if i in present])
+
+
+# ---- the recipe's config ---------------------------------------------------------------------------
+
+@dataclass
+class GZSLConfig(TrainConfig):
+    """The AVCA GZSL recipe: a training config (:class:`zsar.train.TrainConfig`: model, model_args,
+    stages, batch_size, embedder, data, out_dir, ...) plus the benchmark.
+
+    The protocol's stage 1 runs every training stage of the model (their epochs, from ``stages``
+    or the model's defaults, add up to the epochs searched); stage 2 retrains for the epochs chosen.
+
+    Attributes:
+        dataset: ``ucf``, ``activitynet`` or ``vggsound`` (the packaged AVCA class splits and
+            word2vec name maps; also the table's benchmark name).
+        split: ``main`` or ``cls`` (``main_split``/``cls_split`` are accepted too).
+        split_dir: a directory with the six ``<stage>.txt`` class files (and optionally the AVCA
+            per-video ``<stage>.csv`` lists), instead of the packaged split.
+        test_data: overrides of ``data`` that read the dataset's test part (e.g. ``{subset: test}``
+            or ``{annotations: test.txt}``); leave it out when ``split_dir`` has per-video lists
+            (``data`` is then the whole dataset).
+        val_fraction: share of each seen class's training videos held out as ``stage_1_val_seen``.
+        metric: ``l2`` or ``cosine`` GZSL distance (default: the model's zero-shot head's).
+        beta_grid: calibration betas (default: AVCA's 16 values evenly in [0, 3]).
+        head_settings: settings of the zero-shot head (e.g. ResT's ``k``, ``theta``, ``rho``).
+        eval_clips: clips per video when evaluating.
+        plot: write the S/U trade-off plot beside the report.
+    """
+
+    dataset: str = "ucf"
+    split: str = "main"
+    split_dir: str | None = None
+    test_data: dict[str, Any] | None = None
+    val_fraction: float = 0.2
+    metric: str | None = None
+    beta_grid: list[float] | None = None
+    head_settings: dict[str, Any] = field(default_factory=dict)
+    eval_clips: int = 1
+    plot: bool = True
+    out_dir: str = "runs/gzsl"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.dataset = _dataset_key(self.dataset)
+        if self.split not in AVCA_SPLITS and self.split not in AVCA_SPLITS.values():
+            raise ValueError(f"config key 'split' must be main or cls, got {self.split!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"config key 'val_fraction' must be in (0, 1), got {self.val_fraction!r}")
+        if self.metric is not None and self.metric not in DISTANCE_METRICS:
+            raise ValueError(f"config key 'metric' must be one of {DISTANCE_METRICS} or null, got {self.metric!r}")
+        if self.beta_grid is not None and not (
+                self.beta_grid and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+                                       for b in self.beta_grid)):
+            raise ValueError(f"config key 'beta_grid' must be a non-empty list of finite numbers, got {self.beta_grid!r}")
+        if self.eval_clips < 1:
+            raise ValueError(f"config key 'eval_clips' must be >= 1, got {self.eval_clips}")
+        if self.test_data is not None:
+            self.test_data_config()  # unknown keys fail now, not after stage 1
+
+    @property
+    def avca_split(self) -> str:
+        """``main_split`` or ``cls_split``."""
+        return AVCA_SPLITS.get(self.split, self.split)
+
+    def test_data_config(self) -> DataConfig | None:
+        """``data`` with the ``test_data`` overrides (None without ``test_data``)."""
+        if self.test_data is None:
+            return None
+        if self.data is None:
+            raise ValueError("config key 'test_data' overrides 'data', which is not set")
+        return _config.from_dict(DataConfig, {**asdict(self.data), **self.test_data}, prefix="test_data.")
+
+    def train_config(self, out_dir: str | Path) -> TrainConfig:
+        """The training part, writing into ``out_dir`` (one per protocol stage)."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
+        return TrainConfig(**{**values, "out_dir": str(out_dir)})
+
+
+# ---- the recipe ------------------------------------------------------------------------------------
+
+def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
+    """The label embedder of ``config.embedder``; word vectors with a packaged split get the packaged
+    ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win)."""
+    from ..text import embedder_from_spec
+
+    spec = dict(config.embedder)
+    if spec.get("type") == "word_vectors" and config.split_dir is None:
+        spec["name_map"] = {**avca_label_names(config.dataset, classes), **(spec.get("name_map") or {})}
+    return embedder_from_spec(spec)
+
+
+class _RegisteredModelRunner:
+    """The ``train``/``encode``/``class_embeddings`` callables of :func:`run_avca_protocol` for a
+    registered model: a fresh model and :class:`~zsar.train.Trainer` per protocol stage, writing
+    into ``out_dir/stage_<n>``."""
+
+    def __init__(self, config: GZSLConfig, embedder):
+        self.config, self.embedder = config, embedder
+        self.trainer = None
+        self.videos: VideoList | None = None
+        self.eval_spec = None
+        self._classifier = None
+        self._built = 0
+
+    def _prepare(self, videos: VideoList):
+        """The trainer of a fresh model for ``videos`` (kept until another stage's videos come)."""
+        if self.trainer is not None and videos is self.videos:
+            return self.trainer
+        from ..data import VideoClipDataset
+        from ..models import create_model
+        from ..train import Trainer
+        from ..train.pipeline import clip_specs
+
+        cfg = self.config
+        self._built += 1
+        train_cfg = cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}")
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, class_names=videos.classes, **cfg.model_args)
+        if hasattr(model, "set_class_embeddings"):  # semantic-space models train towards the label embeddings (MZST)
+            model.set_class_embeddings(self.embedder.embed(list(videos.classes)))
+        train_spec, self.eval_spec = clip_specs(model, cfg.data, cfg.eval_clips)
+        backend = "pyav" if cfg.data.backend == "auto" else cfg.data.backend
+        dataset = VideoClipDataset(videos, train_spec, backend=backend, seed=cfg.seed, on_error=cfg.data.on_error,
+                                   **loader_audio_kwargs(VideoClipDataset, model, getattr(cfg.data, "missing_audio", None)))
+        self.trainer = Trainer(train_cfg, dataset, videos.classes, model=model)
+        self.videos, self._classifier = videos, None
+        return self.trainer
+
+    def epochs(self, videos: VideoList) -> int:
+        """Epochs of one full training run on ``videos``: all the model's stages."""
+        total = sum(stage_cfg.epochs for _, stage_cfg in self._prepare(videos).stages)
+        if total < 1:
+            raise ValueError(f"the stages of {self.config.model!r} add up to {total} epochs; set stages.<name>.epochs")
+        return total
+
+    @property
+    def head_metric(self) -> str:
+        from ..zeroshot.heads import HEADS
+
+        return _head_metric(HEADS[self.trainer.model.zero_shot_head], self.config.head_settings)
+
+    def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
+        trainer = self._prepare(videos)
+        if after_epoch is None:
+            trainer.fit(resume=False, stop_after=epochs)
+            self._classifier = None
+            return
+        for epoch in range(1, epochs + 1):
+            trainer.fit(resume=epoch > 1, stop_after=epoch)
+            self._classifier = None
+            scores = after_epoch()
+            if self.config.progress:
+                print(f"stage {self._built} epoch {epoch}: HM {100 * scores['HM']:.2f} (S {100 * scores['S']:.2f}, "
+                      f"U {100 * scores['U']:.2f}) at beta {scores['beta']:.2f}, ZSL {100 * scores['ZSL']:.2f}",
+                      flush=True)
+
+    def encode(self, videos: VideoList) -> tuple[torch.Tensor, list[str]]:
+        data = self.config.data
+        return encode_videos(self.trainer.model, videos, self.eval_spec, batch_size=self.config.batch_size,
+                             backend=data.backend, on_error=data.on_error, num_workers=self.config.num_workers,
+                             missing_audio=getattr(data, "missing_audio", None), progress=self.config.progress)
+
+    def classifier(self):
+        """The zero-shot classifier of the model as trained so far (its head built from this
+        stage's training videos when the head needs seen-class representations)."""
+        if self._classifier is None:
+            from ..data import VideoLoader
+            from ..zeroshot import ZeroShotClassifier
+
+            data, model = self.config.data, self.trainer.model
+            loader = VideoLoader(self.videos, self.eval_spec, self.config.batch_size, backend=data.backend,
+                                 shuffle=False, num_shards=1, num_workers=self.config.num_workers,
+                                 on_error=data.on_error,
+                                 **loader_audio_kwargs(VideoLoader, model, getattr(data, "missing_audio", None)))
+            self._classifier = ZeroShotClassifier.from_loader(
+                model, loader, self.videos.classes, self.embedder, progress=self.config.progress,
+                head_settings=self.config.head_settings, clip_spec=self.eval_spec)
+        return self._classifier
+
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        return self.classifier().set_labels(list(names)).class_matrix
+
+
+def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
+    """Runs the AVCA two-stage protocol for ``config.model`` on ``config``'s videos.
+
+    Writes into ``config.out_dir``: ``stage_1/`` and ``stage_2/`` (each a training run, as
+    ``zsar train`` writes it), ``gzsl_report.json``, ``gzsl_tradeoff.png`` (``plot``), and the
+    zero-shot classifier of stage 2's model beside its checkpoint ``stage_2/checkpoints/last``
+    (for ``zsar eval --protocol gzsl``/``zsar predict``).
+
+    Returns:
+        The report of :func:`zsar.eval.run_avca_protocol` plus ``checkpoint``, ``embedder``
+        (its spec), ``report``, ``plot`` and ``config``.
+
+    Raises:
+        ValueError: no ``data``, bad stages (see :func:`zsar.eval.avca_stages`), an embedder or model
+            that cannot be built, or as the trainer raises.
+    """
+    from ..data.datasets import AVCA_STAGES
+    from .protocols import write_results_json
+
+    if config.data is None:
+        raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
+    videos = config.data.read()
+    test_config = config.test_data_config()
+    stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
+                         test_videos=None if test_config is None else test_config.read(),
+                         val_fraction=config.val_fraction, seed=config.seed)
+    embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
+    runner = _RegisteredModelRunner(config, embedder)
+    epochs = runner.epochs(stages["stage_1_train"])
+    metric = config.metric or runner.head_metric
+    report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
+                               metric=metric, grid=config.beta_grid,
+                               dataset=config.dataset, split=config.avca_split, model=config.model)
+    out = Path(config.out_dir)
+    checkpoint = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
+    spec = getattr(embedder, "spec", lambda: None)()
+    report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
+                  config=config.to_dict())
+    if config.plot:
+        from .avca import AVCA_BENCHMARKS
+        from .plots import plot_gzsl_tradeoff
+
+        title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
+        report["plot"] = str(plot_gzsl_tradeoff(report["stage_2"]["curve"], out / PLOT_FILE,
+                                                chosen_beta=report["stage_2"]["beta"], title=title))
+    write_results_json(out / REPORT_FILE, report)
+    return report
+
+
+# ---- a saved checkpoint ----------------------------------------------------------------------------
+
+def evaluate_gzsl_checkpoint(clf, test_seen: VideoList, test_unseen: VideoList, *,
+                             val_seen: VideoList | None = None, val_unseen: VideoList | None = None,
+                             beta: float | None = None, metric: str | None = None, grid=None,
+                             batch_size: int = 8, backend: str = "auto", on_error: str = "skip",
+                             num_workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """GZSL of a zero-shot checkpoint on test videos of seen and of unseen classes.
+
+    The search space is the classes with videos in ``test_seen`` (which must be classes the model
+    was trained on) and in ``test_unseen`` (which must not be); the class matrix comes from the
+    classifier's head and embedder. Beta is ``beta``, or the one of ``grid`` with the highest HM on
+    ``val_seen`` ∪ ``val_unseen`` (search space: their classes).
+
+    Args:
+        clf: a :class:`zsar.zeroshot.ZeroShotClassifier` (e.g. ``ZeroShotClassifier.load(ckpt)``);
+            its ``clip_spec`` reads the videos.
+        test_seen, test_unseen: the test lists.
+        val_seen, val_unseen: validation lists (both, or neither with a fixed ``beta``).
+        beta: the calibration to apply instead of validating.
+        metric: ``l2`` or ``cosine`` (default: the head's).
+        grid: calibration betas (default: 16 values evenly in [0, 3]).
+        batch_size, backend, on_error, num_workers, progress: how videos are read.
+
+    Returns:
+        ``{"protocol": "gzsl", "model", "metric", "beta_grid"}`` plus :func:`zsar.eval.evaluate_gzsl`'s
+        report (``test``, ``beta``, ``calibration``, ``validation``, counts, ``curve``,
+        ``per_class_accuracy``).
+
+    Raises:
+        ValueError: only one validation list, both or neither of ``beta`` and validation lists,
+            seen test classes the checkpoint was not trained on, or unseen ones it was.
+    """
+    if (val_seen is None) != (val_unseen is None):
+        raise ValueError("calibration needs both validation lists (seen and unseen classes)")
+    test_seen, test_unseen = _with_videos(test_seen), _with_videos(test_unseen)
+    trained = set(clf.seen_labels or ())
+    if clf.seen_labels is not None:
+        untrained = [c for c in test_seen.classes if c not in trained]
+        if untrained:
+            raise ValueError(f"seen test classes the checkpoint was not trained on: {untrained[:5]} "
+                             f"(its classes: {clf.seen_labels[:5]}...)")
+        leaked = [c for c in test_unseen.classes if c in trained]
+        if leaked:
+            raise ValueError(f"unseen test classes the checkpoint was trained on: {leaked[:5]}")
+    test = GZSLEvalSet(test_seen.classes, test_seen, test_unseen)
+    val = None
+    if val_seen is not None:
+        val_seen, val_unseen = _with_videos(val_seen), _with_videos(val_unseen)
+        val = GZSLEvalSet(val_seen.classes, val_seen, val_unseen)
+    metric = metric or clf.head.metric
+    grid = DEFAULT_BETA_GRID if grid is None else grid
+
+    def encode(videos: VideoList):
+        return encode_videos(clf.model, videos, clf.clip_spec, batch_size=batch_size, backend=backend,
+                             on_error=on_error, num_workers=num_workers, progress=progress)
+
+    result = evaluate_gzsl(encode, lambda names: clf.set_labels(list(names)).class_matrix, test, beta=beta,
+                           val=val, metric=metric, grid=grid)
+    return {"protocol": "gzsl", "model": clf.model.registry_name or None, "metric": metric,
+            "beta_grid": result["curve"]["beta"], **result}
