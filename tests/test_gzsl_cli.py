@@ -20,8 +20,8 @@ from zsar.cli import main
 from zsar.data import write_video
 from zsar.data.records import VideoList, VideoRecord
 from zsar.eval import DEFAULT_BETA_GRID, GZSLEvalSet, evaluate_gzsl
-from zsar.eval.recipes import GZSLConfig, loader_audio_kwargs
-from zsar.models import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel, register_model
+from zsar.eval.recipes import GZSLConfig
+from zsar.models import ModelInputs, TrainingStage, ZeroShotModel, register_model
 
 # Colour decides the class. Stage 1: seen red/green, unseen blue; stage 2: seen red/green/blue,
 # unseen crimson (the split files below, in the AVCA layout).
@@ -334,31 +334,6 @@ def test_evaluate_gzsl_leaves_out_unread_videos_and_marks_a_fixed_beta():
         GZSLEvalSet(["A", "C"], seen, unseen)
     with pytest.raises(ValueError, match="not trained on"):
         GZSLEvalSet(["A"], seen, unseen)
-
-
-def test_loader_audio_kwargs_follow_the_loader_signature():
-    video_only = MeanColour()
-
-    class AudioLoader:
-        def __init__(self, videos, spec, *, audio=None, missing_audio="zeros"):
-            pass
-
-    class VideoOnlyLoader:
-        def __init__(self, videos, spec):
-            pass
-
-    assert loader_audio_kwargs(VideoOnlyLoader, video_only) == {}
-    assert loader_audio_kwargs(AudioLoader, video_only, "skip") == {"audio": None, "missing_audio": "skip"}
-
-    class WithAudio(MeanColour):
-        @property
-        def inputs(self):
-            return ModelInputs(frames=2, image_size=16, audio=AudioSpec(target_length=8, mel_bins=4))
-
-    with_audio = WithAudio()
-    assert loader_audio_kwargs(AudioLoader, with_audio)["audio"] == AudioSpec(target_length=8, mel_bins=4)
-    with pytest.raises(ValueError, match="takes audio"):
-        loader_audio_kwargs(VideoOnlyLoader, with_audio)
 
 
 # ------------------------------------------------------------ prototype transfer (ResT's head)

@@ -126,11 +126,10 @@ def run(args) -> int:
 
 def _zero_shot(args, clf, videos) -> dict:
     from ..data import VideoLoader
-    from ..eval.recipes import loader_audio_kwargs
     from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
 
     loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
-                         **loader_audio_kwargs(VideoLoader, clf.model))
+                         audio=clf.model.inputs.audio)
     encoded = encode_dataset(clf.model, loader)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")

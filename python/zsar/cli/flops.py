@@ -13,7 +13,7 @@ import json
 CONVENTIONS = ("thop", "macs")
 
 _CONVENTION_HELP = (
-    "how to count (default: thop). thop: multiply-adds of convolutions, linear layers and attention, "
+    "how to count (default: the model's: thop for ResT, macs for MZST). thop: multiply-adds of convolutions, linear layers and attention, "
     "plus 4 ops per element of every normalisation (batch/layer norm) and 1 op per element of average "
     "pooling; activations, max pooling and additions count 0 (the convention of the thop counter, which "
     "reproduces the ResT paper's Table 4 within 2%%). macs: multiply-adds only."
@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
                         help="frames per clip (default: the model's, e.g. 16 for rest18)")
     parser.add_argument("--clips", type=int, default=1, metavar="N",
                         help="clips per video; the total is N x the per-clip count (default 1)")
-    parser.add_argument("--convention", choices=CONVENTIONS, default="thop", help=_CONVENTION_HELP)
+    parser.add_argument("--convention", choices=CONVENTIONS, default=None, help=_CONVENTION_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

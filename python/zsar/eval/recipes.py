@@ -38,7 +38,7 @@ from .avca import GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, eval
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
 
 __all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint", "encode_videos",
-           "loader_audio_kwargs", "REPORT_FILE", "PLOT_FILE"]
+           "REPORT_FILE", "PLOT_FILE"]
 
 #: Short split names of the config -> the AVCA split directories.
 AVCA_SPLITS = {"main": "main_split", "cls": "cls_split"}
@@ -47,26 +47,6 @@ PLOT_FILE = "gzsl_tradeoff.png"
 
 
 # ---- shared plumbing -------------------------------------------------------------------------------
-
-def loader_audio_kwargs(loader_cls, model, missing_audio: str | None = None) -> dict[str, Any]:
-    """The audio keywords (``audio=``, ``missing_audio=``) of ``loader_cls`` for ``model``.
-
-    Loaders that predate audio loading take neither; a model that needs audio then cannot be fed.
-
-    Raises:
-        ValueError: the model takes audio but ``loader_cls`` cannot load it.
-    """
-    params = inspect.signature(loader_cls).parameters
-    if "audio" not in params:
-        if model.inputs.audio is not None:
-            raise ValueError(f"model {model.registry_name!r} takes audio, but {loader_cls.__name__} of this zsar "
-                             f"loads video only")
-        return {}
-    kwargs = {"audio": model.inputs.audio}
-    if missing_audio is not None and "missing_audio" in params:
-        kwargs["missing_audio"] = missing_audio
-    return kwargs
-
 
 def encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
                   on_error: str = "skip", num_workers: int | None = None, missing_audio: str | None = None,
@@ -82,7 +62,7 @@ def encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backen
 
     loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1,
                          num_workers=num_workers, on_error=on_error,
-                         **loader_audio_kwargs(VideoLoader, model, missing_audio))
+                         audio=model.inputs.audio, missing_audio=missing_audio or "zeros")
     x, _, _, ids = encode_loader(model, loader, progress, desc=desc)
     return x, ids
 
@@ -216,13 +196,11 @@ class _RegisteredModelRunner:
         self._built += 1
         train_cfg = cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}")
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, class_names=videos.classes, **cfg.model_args)
-        if hasattr(model, "set_class_embeddings"):  # semantic-space models train towards the label embeddings (MZST)
-            model.set_class_embeddings(self.embedder.embed(list(videos.classes)))
+        model = create_model(cfg.model, class_names=videos.classes, label_embedder=self.embedder, **cfg.model_args)
         train_spec, self.eval_spec = clip_specs(model, cfg.data, cfg.eval_clips)
         backend = "pyav" if cfg.data.backend == "auto" else cfg.data.backend
         dataset = VideoClipDataset(videos, train_spec, backend=backend, seed=cfg.seed, on_error=cfg.data.on_error,
-                                   **loader_audio_kwargs(VideoClipDataset, model, getattr(cfg.data, "missing_audio", None)))
+                                   audio=model.inputs.audio, missing_audio=cfg.data.missing_audio)
         self.trainer = Trainer(train_cfg, dataset, videos.classes, model=model)
         self.videos, self._classifier = videos, None
         return self.trainer
@@ -272,7 +250,7 @@ class _RegisteredModelRunner:
             loader = VideoLoader(self.videos, self.eval_spec, self.config.batch_size, backend=data.backend,
                                  shuffle=False, num_shards=1, num_workers=self.config.num_workers,
                                  on_error=data.on_error,
-                                 **loader_audio_kwargs(VideoLoader, model, getattr(data, "missing_audio", None)))
+                                 audio=model.inputs.audio, missing_audio=data.missing_audio)
             self._classifier = ZeroShotClassifier.from_loader(
                 model, loader, self.videos.classes, self.embedder, progress=self.config.progress,
                 head_settings=self.config.head_settings, clip_spec=self.eval_spec)

@@ -19,7 +19,9 @@ and CLI talk to a model only through :class:`ZeroShotModel`:
   (what a checkpoint's ``config.json`` records).
 
 Every registered builder takes ``class_names`` (the seen classes, or None for a model built from a
-checkpoint's recorded arguments). How to add a model: ``docs/architecture.md``.
+checkpoint's recorded arguments); builders registered with ``label_embeddings=True`` also take
+``class_embeddings`` (the seen labels' embeddings, which :func:`~zsar.models.create_model` computes
+from a ``label_embedder``). How to add a model: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ class ZeroShotModel(nn.Module):
     registry_name: str = ""
     #: The zero-shot head (one of :data:`ZERO_SHOT_HEADS`).
     zero_shot_head: str = "prototype_transfer"
+    #: How :func:`zsar.models.complexity.count_flops` counts by default (the convention the model's
+    #: paper reports in: ``"thop"`` for ResT, ``"macs"`` for MZST's torchvision/fvcore figures).
+    flop_convention: str = "thop"
 
     @property
     def inputs(self) -> ModelInputs:
@@ -138,6 +143,16 @@ class ZeroShotModel(nn.Module):
         """One training forward: ``{"loss": scalar, "loss_<part>": scalar, ...}`` (the trainer logs
         every ``loss_*`` part). ``generator`` seeds any random masking, so that resumed runs repeat."""
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch with the 0-based epoch of the current stage (for
+        models whose losses follow a schedule); a no-op by default."""
+
+    def class_embedding_targets(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Where the representation of a class with label embeddings ``(C, E)`` should land, for models
+        whose representation lives in the label space (``zero_shot_head="semantic_embedding"``); the
+        embeddings themselves by default."""
+        return embeddings
 
     def tokenize_labels(self, labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Label text to ``(word_ids (C, W) int64, n_words (C,) int32)``; needed when

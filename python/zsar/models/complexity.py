@@ -56,13 +56,12 @@ word count (1) and the model's own checks run unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["CONVENTIONS", "DEFAULT_CONVENTION", "count_flops", "count_params"]
 
@@ -111,9 +110,16 @@ def _reduce_mean_flops(input_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * (_numel(input_shape) + _numel(out_shape))
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # PyTorch's flop counter knows the CUDA flash/efficient kernels but not the CPU one.
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def _extra_formulas(convention: str) -> dict[Any, Callable]:
+    attention = {_aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops} \
+        if hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu") else {}
     if convention == "macs":
-        return {}
+        return attention
     table = {
         "native_batch_norm": _batch_or_group_norm_flops,
         "_native_batch_norm_legit": _batch_or_group_norm_flops,
@@ -128,7 +134,7 @@ def _extra_formulas(convention: str) -> dict[Any, Callable]:
         "_adaptive_avg_pool3d": _reduce_mean_flops,
         "mean": _reduce_mean_flops,
     }
-    return {getattr(_aten, name): fn for name, fn in table.items() if hasattr(_aten, name)}
+    return {**attention, **{getattr(_aten, name): fn for name, fn in table.items() if hasattr(_aten, name)}}
 
 
 class _OnMeta(nn.Module):
@@ -217,7 +223,7 @@ def _example_batch(inputs):
     return batch
 
 
-def count_flops(model, frames: int | None = None, clips: int = 1, convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
+def count_flops(model, frames: int | None = None, clips: int = 1, convention: str | None = None) -> dict[str, Any]:
     """Per-clip multiply-adds ("GFLOPs" as in the ResT paper) and parameter counts of a registered model.
 
     Args:
@@ -226,8 +232,9 @@ def count_flops(model, frames: int | None = None, clips: int = 1, convention: st
             meta device, the model itself is not run or changed).
         frames: frames per clip; default: the model's.
         clips: clips per video (``N_e``); the total is ``clips x`` the per-clip count.
-        convention: ``"thop"`` (default, reproduces the paper) or ``"macs"``; see the module
-            docstring for exactly what each counts.
+        convention: ``"thop"`` (reproduces the ResT paper) or ``"macs"``; see the module docstring
+            for exactly what each counts. Default: the model's ``flop_convention`` (ResT: thop,
+            MZST: macs).
 
     Returns:
         A dict with ``model``, ``frames``, ``clips``, ``convention``, ``image_size``, ``audio``
@@ -243,7 +250,7 @@ def count_flops(model, frames: int | None = None, clips: int = 1, convention: st
     Raises:
         ValueError: unknown model or convention, ``frames < 1`` or ``clips < 1``.
     """
-    if convention not in CONVENTIONS:
+    if convention is not None and convention not in CONVENTIONS:
         raise ValueError(f"unknown counting convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     for label, value in (("frames", frames), ("clips", clips)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -252,6 +259,7 @@ def count_flops(model, frames: int | None = None, clips: int = 1, convention: st
             raise ValueError(f"{label} must be at least 1, got {value}")
 
     name, net = _build_on_meta(model, frames)
+    convention = convention or net.flop_convention
     inputs = net.inputs
     params = count_params(net)
     inference_parts = {k: v for k, v in params.items() if k != "training_heads"}

@@ -530,6 +530,7 @@ class MZST(ZeroShotModel):
     """
 
     zero_shot_head = "semantic_embedding"
+    flop_convention = "macs"  # torchvision's and fvcore's figures (MViTv2-S: 64.2 GFLOPs)
 
     def __init__(self, config: MZSTConfig, class_embeddings=None):
         super().__init__()
@@ -883,7 +884,7 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
 
 
 def _register(name: str, defaults: dict):
-    @register_model(name)
+    @register_model(name, label_embeddings=True)
     def build(class_names=None, **kwargs):
         return build_mzst(defaults, class_names, **kwargs)
 

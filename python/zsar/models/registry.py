@@ -9,10 +9,16 @@ from typing import Any, Callable
 from .base import ZeroShotModel
 
 _REGISTRY: dict[str, Callable[..., ZeroShotModel]] = {}
+_LABEL_EMBEDDINGS: set[str] = set()
 
 
-def register_model(name: str):
+def register_model(name: str, label_embeddings: bool = False):
     """Decorator: registers ``fn(class_names=None, **overrides) -> ZeroShotModel`` under ``name``.
+
+    Args:
+        name: the registry name.
+        label_embeddings: the builder also takes ``class_embeddings`` ``(C, E)``, the seen labels'
+            embeddings (models that train towards the label space, e.g. MZST).
 
     The builder takes the seen classes' label text as ``class_names`` (None when every argument,
     e.g. from a checkpoint's ``config.json``, is given explicitly) and keyword overrides of its
@@ -23,9 +29,16 @@ def register_model(name: str):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = fn
+        if label_embeddings:
+            _LABEL_EMBEDDINGS.add(name)
         return fn
 
     return wrap
+
+
+def needs_label_embeddings(name: str) -> bool:
+    """Whether the model ``name`` trains towards its classes' label embeddings (see :func:`register_model`)."""
+    return name in _LABEL_EMBEDDINGS
 
 
 def list_models() -> list[str]:
@@ -33,13 +46,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> ZeroShotModel:
+def create_model(name: str, checkpoint: str | Path | None = None, label_embedder=None,
+                 **overrides: Any) -> ZeroShotModel:
     """Builds the registered model ``name``.
 
     Args:
         name: a name from :func:`list_models`.
         checkpoint: a checkpoint folder to load the weights from (its recorded arguments are used;
             ``overrides`` must then be empty). See :func:`zsar.models.load_model`.
+        label_embedder: for models registered with ``label_embeddings=True``: embeds ``class_names``
+            into their ``class_embeddings`` (ignored by other models).
         **overrides: builder arguments, e.g. ``class_names=[...]`` and fields of the model's config.
 
     Raises:
@@ -57,6 +73,8 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides: A
         return model
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if label_embedder is not None and name in _LABEL_EMBEDDINGS and overrides.get("class_names") is not None:
+        overrides.setdefault("class_embeddings", label_embedder.embed(list(overrides["class_names"])))
     model = _REGISTRY[name](**overrides)
     if not isinstance(model, ZeroShotModel):
         raise TypeError(f"the builder of {name!r} returned a {type(model).__name__}, not a ZeroShotModel")

@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.batch import Batch, as_batch
 from ..models import checkpoint as ckpt
-from ..models import create_model
+from ..models import create_model, needs_label_embeddings
 from ..models.base import TrainingStage
+from ..text import embedder_from_spec
 from .config import StageConfig, TrainConfig
 from .distributed import all_reduce_mean, barrier, init_from_env
 from .lock import RunLock
@@ -107,11 +108,13 @@ class Trainer:
         val_data: optional dataset of the same kind; its top-1 over the seen classes selects the
             ``best`` checkpoint (without it, the lowest mean training loss does).
         model: an already built model (default: ``create_model(config.model,
-            class_names=class_names, **config.model_args)``).
+            class_names=class_names, **config.model_args)``, with the seen labels' embeddings for
+            models that train towards them).
+        embedder: the label embedder for such models (default: ``config.embedder``'s).
     """
 
     def __init__(self, config: TrainConfig, train_data: Dataset, class_names: Sequence[str],
-                 val_data: Dataset | None = None, model: nn.Module | None = None):
+                 val_data: Dataset | None = None, model: nn.Module | None = None, embedder=None):
         if len(class_names) < 2:
             raise ValueError(f"need at least 2 classes to train, got {len(class_names)}")
         self.config = config
@@ -123,7 +126,12 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = (model or create_model(config.model, class_names=self.class_names, **config.model_args)).to(self.device)
+        if model is None:
+            if embedder is None and needs_label_embeddings(config.model):
+                embedder = embedder_from_spec(config.embedder)
+            model = create_model(config.model, class_names=self.class_names, label_embedder=embedder,
+                                 **config.model_args)
+        self.model = model.to(self.device)
         self.label_words = None
         if self.model.inputs.label_words:
             ids, n = self.model.tokenize_labels(self.class_names)
@@ -214,6 +222,7 @@ class Trainer:
                         opt.load_state_dict(state["optimizer"])
                         sched.load_state_dict(state["scheduler"])
                     current = stage.name
+                self.model.set_epoch(stage_epoch)
                 metrics = self._train_epoch(epoch, stage.name, ddp, opt, sched, loader, writer)
                 if self.val_data is not None:
                     metrics["val_top1"] = self.evaluate(self.val_data, stage=stage.name)

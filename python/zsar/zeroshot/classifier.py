@@ -162,7 +162,8 @@ class ZeroShotClassifier:
     def set_labels(self, labels: Sequence[str]) -> "ZeroShotClassifier":
         """Builds the class matrix of ``labels`` (one row per label) with the head."""
         labels = check_labels(labels)
-        self.class_matrix = self.head.class_matrix(labels, self.embedder)
+        with torch.no_grad():
+            self.class_matrix = self.head.class_matrix(labels, self.embedder, self.model)
         self.labels = labels
         return self
 

@@ -43,8 +43,8 @@ class ZeroShotHead:
     needs_seen_representations: ClassVar[bool] = False
     metric: str = "cosine"
 
-    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
-        """``(C, D)`` one row per label, in the representation space."""
+    def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:
+        """``(C, D)`` one row per label, in the representation space of ``model``."""
         raise NotImplementedError
 
     def scores(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class PrototypeTransferHead(ZeroShotHead):
         self.k, self.theta, self.rho = k, theta, rho
         self.assignment: np.ndarray | None = None  # of the last class_matrix call (ResT Fig. 3)
 
-    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
+    def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:
         target = embedder.embed(list(labels))
         seen = embedder.embed(self.seen_labels)
         relatedness = cosine_similarity_matrix(target, seen)
@@ -150,8 +150,10 @@ class SemanticEmbeddingHead(ZeroShotHead):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.metric = metric
 
-    def class_matrix(self, labels: Sequence[str], embedder) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(embedder.embed(list(labels))), dtype=torch.float32)
+    def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:
+        embeddings = torch.as_tensor(np.asarray(embedder.embed(list(labels))), dtype=torch.float32)
+        # The model may place its classes at transformed embeddings (normalised or scaled targets).
+        return embeddings if model is None else model.class_embedding_targets(embeddings).float().cpu()
 
     @classmethod
     def from_seen(cls, x, labels, seen_labels, **settings) -> "SemanticEmbeddingHead":
