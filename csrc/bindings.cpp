@@ -105,15 +105,17 @@ PYBIND11_MODULE(_C, m) {
       .value("float64", ScalarType::Float64);
   py::enum_<MaskKind>(m, "MaskKind").value("rest", MaskKind::Rest).value("full", MaskKind::Full);
 
-  py::class_<AttentionMask> mask(m, "AttentionMask", "Mask kind, n_fixed and the address of the (B,) int32 lengths.");
-  mask.def(py::init([](MaskKind kind, int64_t n_fixed, std::uintptr_t lengths) {
+  // The per-sample lengths are a tensor like q: their address is an argument of each call, so a
+  // problem (sizes, dtype, scale, mask kind) can be built once and reused.
+  py::class_<AttentionMask> mask(m, "AttentionMask",
+                                 "Mask kind and n_fixed; the lengths' address is given with each call.");
+  mask.def(py::init([](MaskKind kind, int64_t n_fixed) {
              AttentionMask a;
              a.kind = kind;
              a.n_fixed = n_fixed;
-             a.lengths = ptr<const int32_t>(lengths);
              return a;
            }),
-           py::kw_only(), py::arg("kind"), py::arg("n_fixed"), py::arg("lengths"))
+           py::arg("kind"), py::arg("n_fixed"))
       .def_readwrite("kind", &AttentionMask::kind)
       .def_readwrite("n_fixed", &AttentionMask::n_fixed);
   pointer_property(mask, "lengths", &AttentionMask::lengths);
@@ -131,8 +133,8 @@ PYBIND11_MODULE(_C, m) {
              p.mask = mask;
              return p;
            }),
-           py::kw_only(), py::arg("batch"), py::arg("heads"), py::arg("seq_len"), py::arg("head_dim"),
-           py::arg("scale"), py::arg("dtype"), py::arg("mask"))
+           py::arg("batch"), py::arg("heads"), py::arg("seq_len"), py::arg("head_dim"), py::arg("scale"),
+           py::arg("dtype"), py::arg("mask"))
       .def_readwrite("batch", &AttentionProblem::batch)
       .def_readwrite("heads", &AttentionProblem::heads)
       .def_readwrite("seq_len", &AttentionProblem::seq_len)
@@ -143,10 +145,12 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<MaskedAttentionForward> fwd(m, "MaskedAttentionForward",
                                          "Arguments of one forward call (tensor addresses as integers).");
-  fwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v,
-                      std::uintptr_t out, std::uintptr_t lse, int num_threads, int device, std::uintptr_t stream) {
+  fwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
+                      std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse, int num_threads,
+                      int device, std::uintptr_t stream) {
             MaskedAttentionForward a;
             a.problem = problem;
+            a.problem.mask.lengths = ptr<const int32_t>(lengths);
             a.exec.num_threads = num_threads;
             a.exec.device = device;
             a.exec.stream = ptr<void>(stream);
@@ -157,7 +161,7 @@ PYBIND11_MODULE(_C, m) {
             a.lse = ptr<void>(lse);
             return a;
           }),
-          py::arg("problem"), py::kw_only(), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+          py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
           py::arg("lse"), py::arg("num_threads") = 0, py::arg("device") = 0, py::arg("stream") = 0)
       .def_readwrite("problem", &MaskedAttentionForward::problem);
   pointer_property(fwd, "q", &MaskedAttentionForward::q);
@@ -168,12 +172,13 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<MaskedAttentionBackward> bwd(m, "MaskedAttentionBackward",
                                           "Arguments of one backward call (tensor addresses as integers).");
-  bwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v,
-                      std::uintptr_t out, std::uintptr_t lse, std::uintptr_t dout, std::uintptr_t dq,
-                      std::uintptr_t dk, std::uintptr_t dv, std::uintptr_t workspace, int num_threads,
-                      int device, std::uintptr_t stream) {
+  bwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
+                      std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse,
+                      std::uintptr_t dout, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
+                      std::uintptr_t workspace, int num_threads, int device, std::uintptr_t stream) {
             MaskedAttentionBackward a;
             a.problem = problem;
+            a.problem.mask.lengths = ptr<const int32_t>(lengths);
             a.exec.num_threads = num_threads;
             a.exec.device = device;
             a.exec.stream = ptr<void>(stream);
@@ -189,7 +194,7 @@ PYBIND11_MODULE(_C, m) {
             a.workspace = ptr<float>(workspace);
             return a;
           }),
-          py::arg("problem"), py::kw_only(), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+          py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
           py::arg("lse"), py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
           py::arg("workspace") = 0, py::arg("num_threads") = 0, py::arg("device") = 0,
           py::arg("stream") = 0)

@@ -141,11 +141,12 @@ def test_cpu_streamed_and_cached_stores_give_identical_bits(seed):
         out, dq, dk, dv = bufs
         lse = torch.empty(q.shape[:3])
         core.masked_attention_fwd_cpu(core.MaskedAttentionForward(
-            problem, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(), lse=lse.data_ptr(),
-            num_threads=2))
+            problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
+            lse=lse.data_ptr(), num_threads=2))
         core.masked_attention_bwd_cpu(core.MaskedAttentionBackward(
-            problem, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(), lse=lse.data_ptr(),
-            dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(), num_threads=2))
+            problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
+            lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+            num_threads=2))
         return bufs
 
     assert torch.empty(1).data_ptr() % 32 == 0  # torch's CPU allocations are 64-byte aligned

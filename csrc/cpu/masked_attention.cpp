@@ -257,7 +257,9 @@ void probabilities(const AttentionProblem& s, const SampleMask& mask, const T* q
       const T inv_l = T(1) / l;
 #pragma omp simd
       for (int64_t j = 0; j < padded; ++j) p[j] *= inv_l;
-      lse_out[i] = m + std::log(l);
+      // A +inf score makes the row maximum +inf and l NaN; the log-sum-exp is then +inf (as in
+      // torch.logsumexp), so the backward gives such a row NaN only at its +inf keys.
+      lse_out[i] = m == std::numeric_limits<T>::infinity() ? m : m + std::log(l);
     }
   }
 }
@@ -701,12 +703,14 @@ void forward(const MaskedAttentionForward& a) {
       w.pf.step(4);
       w.m[i] = m;
     }
-    // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row).
+    // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row); a row
+    // maximum of +inf gives lse = +inf (l is NaN then), as in the generic path.
     for (int64_t i = n_valid; i < round_up(n_valid, 8); ++i) w.inv_l[i] = 1.0f, w.m[i] = 0.0f;
+    const __m256 pinf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
     for (int64_t i = 0; i < n_valid; i += 8) {
-      const __m256 l = _mm256_loadu_ps(w.inv_l.data() + i);
+      const __m256 l = _mm256_loadu_ps(w.inv_l.data() + i), m = _mm256_loadu_ps(w.m.data() + i);
       _mm256_storeu_ps(w.inv_l.data() + i, _mm256_div_ps(_mm256_set1_ps(1.0f), l));
-      _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
+      _mm256_storeu_ps(w.m.data() + i, _mm256_blendv_ps(_mm256_add_ps(m, log8(l)), pinf, _mm256_cmp_ps(m, pinf, _CMP_EQ_OQ)));
     }
     std::copy(w.m.data(), w.m.data() + n_valid, lse);
     bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), w.stream, w.pf,

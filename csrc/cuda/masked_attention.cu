@@ -262,18 +262,21 @@ __device__ __forceinline__ void accumulate(const float* w, const float* tile, in
   }
 }
 
-// Writes rows [row0, row0 + R) of a (B, H, L, Dh) output from the accumulation layout, scaled.
+// Writes rows [row0, row0 + R) of a (B, H, L, Dh) output from the accumulation layout, scaled;
+// rows at or past n_valid (padding) are written as exact zeros: their sums may hold 0 * inf from
+// a non-finite value of a valid row.
 template <typename T, int R, int NC>
-__device__ __forceinline__ void store_rows(T* dst, int row0, int L, int dh, float scale,
+__device__ __forceinline__ void store_rows(T* dst, int row0, int L, int n_valid, int dh, float scale,
                                            const float (&acc)[R][NC]) {
   const int lane = threadIdx.x % kWarpSize;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     if (row0 + r < L) {
+      const bool valid = row0 + r < n_valid;
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
         const int d = lane + c * kWarpSize;
-        if (d < dh) dst[int64_t{row0 + r} * dh + d] = from_float<T>(acc[r][c] * scale);
+        if (d < dh) dst[int64_t{row0 + r} * dh + d] = from_float<T>(valid ? acc[r][c] * scale : 0.f);
       }
     }
   }
@@ -380,7 +383,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
     const int i = row0 + g + kGroups * b;
     if (t == 0) {
       fs[g + kGroups * b] = kend[b] > 0 ? 1.f / sum : 0.f;  // acc = 0 on padding rows: exact zeros
-      if (i < L) lse[blk.bh * L + i] = kend[b] > 0 ? m[b] + logf(sum) : 0.f;
+      // A +inf score gives m = +inf and a NaN sum: lse is +inf then, as in torch.logsumexp.
+      if (i < L) lse[blk.bh * L + i] = kend[b] > 0 ? (m[b] == INFINITY ? m[b] : m[b] + logf(sum)) : 0.f;
     }
   }
   __syncwarp();
@@ -390,7 +394,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[r][c] *= inv;
   }
-  store_rows(out + base, row0, L, dh, 1.f, acc);
+  store_rows(out + base, row0, L, static_cast<int>(blk.mask.n_valid), dh, 1.f, acc);
 }
 
 // Backward, per query row i: delta_i = dout_i . out_i (stored for the dk/dv kernel) and
@@ -500,7 +504,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   if (kend_blk == 0 && lane == 0) {  // only padding rows: the loop above never wrote delta
     for (int r = row0; r < min(row0 + R, L); ++r) delta[blk.bh * L + r] = 0.f;
   }
-  store_rows(dq + base, row0, L, dh, p.scale, acc);
+  store_rows(dq + base, row0, L, static_cast<int>(blk.mask.n_valid), dh, p.scale, acc);
 }
 
 // Backward, per key row j: dv_j = sum_i p_ij dout_i and dk_j = scale * sum_i ds_ij q_i over the
@@ -594,8 +598,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
     }
   }
 
-  store_rows(dk + base, row0, L, dh, p.scale, acc_k);
-  store_rows(dv + base, row0, L, dh, 1.f, acc_v);
+  store_rows(dk + base, row0, L, n_valid, dh, p.scale, acc_k);
+  store_rows(dv + base, row0, L, n_valid, dh, 1.f, acc_v);
 }
 
 // ---------------------------------------------------------------------------------------------

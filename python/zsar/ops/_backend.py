@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar, Iterator, Protocol
 
 import torch
 
@@ -96,24 +96,23 @@ class Backend:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "supports" in cls.__dict__:
-            pairs = [(s.device, d) for s in cls.supports for d in s.dtypes]
-            if len(pairs) != len(set(pairs)):
-                raise TypeError(f"backend {cls.__name__}: a (device, dtype) pair appears in two Support entries")
+            by_pair = {}
+            for support in cls.supports:
+                for dtype in support.dtypes:
+                    if (support.device, dtype) in by_pair:
+                        raise TypeError(f"backend {cls.__name__}: {support.device}/{dtype_name(dtype)} "
+                                        "appears in two Support entries")
+                    by_pair[support.device, dtype] = support
+            cls._support_by_pair = by_pair
+            cls.devices = tuple(dict.fromkeys(s.device for s in cls.supports))
 
-    @property
-    def devices(self) -> tuple[str, ...]:
-        """Device types served, in declaration order (the first is the preferred one)."""
-        return tuple(dict.fromkeys(s.device for s in self.supports))
+    #: Device types served, in declaration order (the first is the preferred one).
+    devices: ClassVar[tuple[str, ...]] = ()
+    _support_by_pair: ClassVar[dict[tuple[str, torch.dtype], Support]] = {}
 
     def declared(self) -> list[tuple[str, torch.dtype]]:
         """Every ``(device type, dtype)`` pair this backend declares, for generated tests."""
-        return [(s.device, d) for s in self.supports for d in s.dtypes]
-
-    def _support(self, device_type: str, dtype: torch.dtype) -> Support | None:
-        for support in self.supports:
-            if support.device == device_type and dtype in support.dtypes:
-                return support
-        return None
+        return list(self._support_by_pair)
 
     def unmet_requirements(self, device: torch.device | str, dtype: torch.dtype) -> list[str]:
         """Why the build or this machine cannot serve a declared ``(device, dtype)`` pair (empty: it can).
@@ -122,35 +121,42 @@ class Backend:
             ValueError: if the pair is not declared.
         """
         device = torch.device(device)
-        support = self._support(device.type, dtype)
+        support = self._support_by_pair.get((device.type, dtype))
         if support is None:
             raise ValueError(f"backend {self.name!r} does not declare {dtype_name(dtype)} on {device.type}")
         return [why for why in (r.unmet(device) for r in support.requires) if why is not None]
 
+    def can_serve(self, inputs: BackendInputs) -> bool:
+        """Whether this backend can serve ``inputs`` (what dispatch asks; builds no message)."""
+        return next(self._reasons(inputs), None) is None
+
     def not_supported_reasons(self, inputs: BackendInputs) -> list[str]:
         """Why this backend cannot serve ``inputs``; an empty list when it can."""
+        return list(self._reasons(inputs))
+
+    def _reasons(self, inputs: BackendInputs) -> Iterator[str]:
         device, dtype = inputs.device, inputs.dtype
-        support = self._support(device.type, dtype)
+        support = self._support_by_pair.get((device.type, dtype))
         if support is None:
             if device.type not in self.devices:
-                return [f"runs on {' or '.join(self.devices)} tensors, got {device.type}"]
-            served = [d for s in self.supports if s.device == device.type for d in s.dtypes]
-            notes = {s.note for s in self.supports if s.device == device.type and s.note}
-            where = device.type + (f" ({', '.join(sorted(notes))})" if notes else "")
-            reasons = [
-                f"{dtype_name(dtype)} is not supported on {where}; supported: {', '.join(map(dtype_name, served))}"
-            ]
+                yield f"runs on {' or '.join(self.devices)} tensors, got {device.type}"
+                return
+            here = [s for s in self.supports if s.device == device.type]
+            notes = sorted({s.note for s in here if s.note})
+            where = device.type + (f" ({', '.join(notes)})" if notes else "")
+            served = ", ".join(dtype_name(d) for s in here for d in s.dtypes)
+            yield f"{dtype_name(dtype)} is not supported on {where}; supported: {served}"
         else:
-            reasons = [why for why in (r.unmet(device) for r in support.requires) if why is not None]
+            for requirement in support.requires:
+                why = requirement.unmet(device)
+                if why is not None:
+                    yield why
         if self.max_head_dim is not None and inputs.head_dim > self.max_head_dim:
-            reasons.append(f"head dim {inputs.head_dim} is over the maximum {self.max_head_dim}")
+            yield f"head dim {inputs.head_dim} is over the maximum {self.max_head_dim}"
         if self.max_seq_len is not None and inputs.seq_len > self.max_seq_len:
-            reasons.append(f"sequence length {inputs.seq_len} is over the maximum {self.max_seq_len}")
+            yield f"sequence length {inputs.seq_len} is over the maximum {self.max_seq_len}"
         if self.mask_kinds is not None and inputs.mask_kind not in self.mask_kinds:
-            reasons.append(
-                f"mask kind {inputs.mask_kind!r} is not implemented; implemented: {', '.join(self.mask_kinds)}"
-            )
-        return reasons
+            yield f"mask kind {inputs.mask_kind!r} is not implemented; implemented: {', '.join(self.mask_kinds)}"
 
     def usable_device(self, dtype: torch.dtype | None = None) -> torch.device | None:
         """The first declared device whose requirements this machine meets (for ``dtype``, or for

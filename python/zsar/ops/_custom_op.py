@@ -124,13 +124,14 @@ class FusedOp:
     """A fused op: custom ops, autograd, fake implementations, FLOPs, eager fast path and dispatch.
 
     Args:
-        name: the op is registered as ``zsar::<name>`` and ``zsar::<name>_backward``.
+        name: the op is registered as ``<namespace>::<name>`` and ``<namespace>::<name>_backward``.
         inputs_type: the op's :class:`OpInputs` dataclass.
         outputs: names of the outputs, in order (the forward returns all of them).
         differentiable_outputs: the outputs that carry gradients; the others are marked
             non-differentiable (e.g. a saved log-sum-exp).
         differentiable_inputs: the tensor fields of ``inputs_type`` that get gradients.
         backends: in dispatch order (fastest first).
+        namespace: the ``torch.library`` namespace (``torch.ops.<namespace>``).
 
     The forward op's schema is ``(<tensor fields>, <parameters>, str backend) -> (<outputs>)``; the
     backward's is ``(d<output> for each differentiable output, <tensor fields>, <outputs>,
@@ -147,8 +148,10 @@ class FusedOp:
         differentiable_outputs: Sequence[str],
         differentiable_inputs: Sequence[str],
         backends: Sequence,
+        namespace: str = "zsar",
     ):
         self.name = name
+        self.qualname = f"{namespace}::{name}"
         self.inputs_type = inputs_type
         self.dispatcher = Dispatcher(name, backends)
         self.output_names = tuple(outputs)
@@ -168,6 +171,7 @@ class FusedOp:
             i for i in range(len(self.output_names)) if i not in self._differentiable_outputs
         )
         self._differentiable_inputs = tuple(self._tensor_names.index(t) for t in differentiable_inputs)
+        self._no_grads = (None,) * (len(self._tensor_names) - len(self._differentiable_inputs))
         self._grad_names = tuple(f"d{self.output_names[i]}" for i in self._differentiable_outputs)
 
         def schema_args(names):
@@ -182,19 +186,19 @@ class FusedOp:
         forward_returns = ", ".join(["Tensor"] * len(self.output_names))
         backward_returns = ", ".join(["Tensor"] * len(self._differentiable_inputs))
         self.forward_op = torch.library.custom_op(
-            f"zsar::{name}", self._forward_impl, mutates_args=(),
+            self.qualname, self._forward_impl, mutates_args=(),
             schema=f"({', '.join(forward_args)}) -> ({forward_returns})",
         )
         self.backward_op = torch.library.custom_op(
-            f"zsar::{name}_backward", self._backward_impl, mutates_args=(),
+            f"{self.qualname}_backward", self._backward_impl, mutates_args=(),
             schema=f"({', '.join(backward_args)}) -> ({backward_returns})",
         )
         self.forward_op.register_fake(self._forward_fake)
         self.backward_op.register_fake(self._backward_fake)
         self.forward_op.register_autograd(self._autograd_backward, setup_context=self._setup_context)
-        packet = getattr(torch.ops.zsar, name)
-        register_flop_formula(packet, get_raw=True)(self._forward_flops)
-        register_flop_formula(getattr(torch.ops.zsar, f"{name}_backward"), get_raw=True)(self._backward_flops)
+        ops = getattr(torch.ops, namespace)
+        register_flop_formula(getattr(ops, name), get_raw=True)(self._forward_flops)
+        register_flop_formula(getattr(ops, f"{name}_backward"), get_raw=True)(self._backward_flops)
         camel = "".join(part.title() for part in name.split("_"))
         self._eager = type(f"_Eager{camel}", (_EagerFusedOp,), {"__module__": __name__})
 
@@ -229,12 +233,14 @@ class FusedOp:
         params = self._params_getter(inputs)
         return params if len(self._param_names) > 1 else (params,)
 
-    def _place_input_grads(self, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    def _place_input_grads(self, grads: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
         """Gradients of the differentiable inputs -> one entry per tensor field (None elsewhere)."""
+        if self._differentiable_inputs == tuple(range(len(grads))):  # the usual case: a prefix
+            return (*grads, *self._no_grads)
         placed: list[torch.Tensor | None] = [None] * len(self._tensor_names)
         for index, grad in zip(self._differentiable_inputs, grads):
             placed[index] = grad
-        return placed
+        return tuple(placed)
 
     # ---- the registered ops --------------------------------------------------------------------
 
@@ -251,28 +257,37 @@ class FusedOp:
         params = args[n_grads + n_tensors + n_outputs : -1]
         return grads, self.inputs_type(*tensors, *params), outputs, args[-1]
 
-    def _backward_impl(self, *args):
+    def _validated_backward_args(self, args):
+        """The backward op's arguments, checked: the inputs as the forward checks them, and each saved
+        output and incoming gradient against the shape/dtype/device the forward gives these inputs."""
         grads, inputs, outputs, backend = self._split_backward_args(args)
         inputs.validate()
         specs = inputs.output_specs()
-        op = f"zsar::{self.name}_backward"
+        op = f"{self.qualname}_backward"
         for name, tensor, spec in zip(self.output_names, outputs, specs):
             _check_matches(op, name, tensor, spec, inputs.device, f"the forward's {name} for these inputs")
         for name, tensor, index in zip(self._grad_names, grads, self._differentiable_outputs):
             _check_matches(op, name, tensor, specs[index], inputs.device,
                            f"the shape of {self.output_names[index]}")
+        return grads, inputs, outputs, backend
+
+    def _backward_impl(self, *args):
+        grads, inputs, outputs, backend = self._validated_backward_args(args)
         outputs = tuple(t.contiguous() for t in outputs)
         grads = tuple(t.contiguous() for t in grads)
         return tuple(self.dispatcher.select(inputs, backend or None).backward(inputs, outputs, grads))
 
+    # The fake implementations validate too: they run instead of the real ones under
+    # torch.compile, for meta tensors, and when any argument is on the meta device.
     def _forward_fake(self, *args):
         inputs = self.inputs_type(*args[:-1])
+        inputs.validate()
         return tuple(
             torch.empty(spec.shape, dtype=spec.dtype, device=inputs.device) for spec in inputs.output_specs()
         )
 
     def _backward_fake(self, *args):
-        _, inputs, _, _ = self._split_backward_args(args)
+        _, inputs, _, _ = self._validated_backward_args(args)
         tensors = self._tensors(inputs)
         return tuple(torch.empty_like(tensors[i]) for i in self._differentiable_inputs)
 

@@ -55,11 +55,11 @@ class Dispatcher(Generic[B]):
                     f"expected one of {list(self.names)} or None (automatic)"
                 )
             backend = self._by_name[requested]
-            if not backend.not_supported_reasons(inputs):
+            if backend.can_serve(inputs):
                 return backend
         else:
             for backend in self.backends:
-                if not backend.not_supported_reasons(inputs):
+                if backend.can_serve(inputs):
                     return backend
         raise BackendUnavailableError(self._explain(inputs, requested))
 

@@ -73,7 +73,7 @@ class MaskedAttentionInputs(AttentionInputs):
         self.check_qkv(_OP)
         L = self.q.shape[2]
         n_visual = self.n_visual
-        if isinstance(n_visual, bool) or not isinstance(n_visual, int):
+        if isinstance(n_visual, bool) or not isinstance(n_visual, (int, torch.SymInt)):
             raise TypeError(f"{_OP}: n_visual must be an int, got {type(n_visual).__name__}")
         if not 1 <= n_visual <= L:
             raise ValueError(f"{_OP}: n_visual must be in [1, L={L}], got {n_visual}")

@@ -20,7 +20,8 @@ class CpuBackend(Backend):
         lse = torch.empty(inp.q.shape[:3], dtype=accum_dtype(inp.q.dtype))
         core = _ext.compiled()
         core.masked_attention_fwd_cpu(core.MaskedAttentionForward(
-            compiled.problem(inp), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
+            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
             out=out.data_ptr(), lse=lse.data_ptr(), num_threads=torch.get_num_threads(),
         ))
         return out, lse
@@ -30,8 +31,10 @@ class CpuBackend(Backend):
         dq, dk, dv = (torch.empty_like(inp.q) for _ in range(3))
         core = _ext.compiled()
         core.masked_attention_bwd_cpu(core.MaskedAttentionBackward(
-            compiled.problem(inp), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
+            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
             out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(),
-            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(), num_threads=torch.get_num_threads(),
+            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+            num_threads=torch.get_num_threads(),
         ))
         return dq, dk, dv

@@ -36,7 +36,8 @@ class CudaBackend(Backend):
         lse = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
         core = _ext.compiled()
         core.masked_attention_fwd_cuda(core.MaskedAttentionForward(
-            compiled.problem(inp), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
+            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
             out=out.data_ptr(), lse=lse.data_ptr(), **_execution(inp),
         ))
         return out, lse
@@ -47,8 +48,10 @@ class CudaBackend(Backend):
         workspace = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
         core = _ext.compiled()
         core.masked_attention_bwd_cuda(core.MaskedAttentionBackward(
-            compiled.problem(inp), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-            out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(),
-            dk=dk.data_ptr(), dv=dv.data_ptr(), workspace=workspace.data_ptr(), **_execution(inp),
+            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
+            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+            out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(),
+            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+            workspace=workspace.data_ptr(), **_execution(inp),
         ))
         return dq, dk, dv

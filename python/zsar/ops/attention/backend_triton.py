@@ -112,9 +112,12 @@ if _TRITON_IMPORT_ERROR is None:
 
         # Padding rows store out = 0 and lse = 0. A valid row whose scores are all -inf has l = 0
         # and gives 0 / 0 = NaN, like the reference.
+        # A +inf score gives m = +inf and l = NaN: lse is +inf then, as in torch.logsumexp. Padding
+        # rows are written as 0 explicitly (acc may hold 0 * inf from a non-finite value).
         valid = ke > 0
-        out = acc / tl.where(valid, l_i, 1.0)[:, None]
-        lse = tl.where(valid, m_i + tl.log(tl.where(valid, l_i, 1.0)), 0.0)
+        out = tl.where(valid[:, None], acc / tl.where(valid, l_i, 1.0)[:, None], 0.0)
+        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(valid, l_i, 1.0)))
+        lse = tl.where(valid, lse, 0.0)
         row_mask = offs_m < L
         tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
                  mask=row_mask[:, None] & d_mask)
@@ -179,17 +182,20 @@ if _TRITON_IMPORT_ERROR is None:
             delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
             ke = _row_key_end(rows, n_visual, n_valid, FULL)
 
+            # Excluded pairs get p = 0 even when the row's lse is NaN (-inf - NaN would be NaN).
+            attended = offs_n[:, None] < ke[None, :]
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
-            s_t = tl.where(offs_n[:, None] < ke[None, :], s_t, float("-inf"))
-            p_t = tl.exp2((s_t - lse[None, :]) * _LOG2E_TL)
+            p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
 
+        # Padding keys get exactly 0 (the sums may hold 0 * inf from a non-finite q or dout).
+        key_ok = offs_n[:, None] < n_valid
         st_mask = (offs_n[:, None] < L) & d_mask
-        tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=st_mask)
-        tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=st_mask)
+        tl.store(DK + kv_off, tl.where(key_ok, dk * scale, 0.0).to(DK.dtype.element_ty), mask=st_mask)
+        tl.store(DV + kv_off, tl.where(key_ok, dv, 0.0).to(DV.dtype.element_ty), mask=st_mask)
 
     @triton.jit
     def _bwd_dq_kernel(
@@ -225,14 +231,15 @@ if _TRITON_IMPORT_ERROR is None:
             kv_mask = (cols[:, None] < hi) & d_mask
             k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
             v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+            attended = cols[None, :] < ke[:, None]
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-            s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
-            p = tl.exp2((s - lse[:, None]) * _LOG2E_TL)
+            p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
-        tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty),
+        # Padding rows get exactly 0 (the sums may hold 0 * inf from a non-finite k).
+        tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
                  mask=(offs_m[:, None] < L) & d_mask)
 
 

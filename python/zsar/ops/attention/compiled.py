@@ -10,22 +10,24 @@ import torch
 from ... import _ext
 from .inputs import AttentionInputs
 
-_SCALAR_TYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
-                      torch.float64: "float64"}
+_SCALAR_TYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                 torch.float64: "float64"}
 
 
-@functools.cache
-def _enums():
+@functools.lru_cache(maxsize=256)
+def _problem(batch: int, heads: int, seq_len: int, head_dim: int, scale: float, dtype: torch.dtype,
+             mask_code: int, n_fixed: int):
     core = _ext.compiled()
-    scalar_types = {dtype: getattr(core.ScalarType, name) for dtype, name in _SCALAR_TYPE_NAMES.items()}
-    return scalar_types, core.MaskKind
+    mask = core.AttentionMask(core.MaskKind(mask_code), n_fixed)
+    return core.AttentionProblem(batch, heads, seq_len, head_dim, scale, getattr(core.ScalarType, _SCALAR_TYPES[dtype]),
+                                 mask)
 
 
 def problem(inp: AttentionInputs):
-    """``zsar._C.AttentionProblem`` of one call: sizes, dtype, scale and the mask descriptor."""
-    core = _ext.compiled()
-    scalar_types, mask_kinds = _enums()
+    """``zsar._C.AttentionProblem`` of a call: sizes, dtype, scale, mask kind and ``n_fixed``.
+
+    Built once per distinct problem (a layer calls with the same one every step) and never
+    mutated: each call struct copies it and adds the tensor addresses, the lengths' among them.
+    """
     B, H, L, D = inp.q.shape
-    mask = core.AttentionMask(kind=mask_kinds(inp.mask.code), n_fixed=inp.n_fixed, lengths=inp.lengths.data_ptr())
-    return core.AttentionProblem(batch=B, heads=H, seq_len=L, head_dim=D, scale=inp.scale,
-                                 dtype=scalar_types[inp.q.dtype], mask=mask)
+    return _problem(B, H, L, D, inp.scale, inp.q.dtype, inp.mask.code, inp.n_fixed)

@@ -109,7 +109,17 @@ class AttentionInputs(OpInputs):
         Raises:
             TypeError / ValueError: naming the argument.
         """
-        q = self.q
+        q, k, v, scale = self.q, self.k, self.v, self.scale
+        # One combined test for the usual, valid call (this runs on every call); the checks below
+        # find what is wrong when it fails.
+        if (
+            isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and q.is_floating_point() and k.shape == q.shape and v.shape == q.shape
+            and k.dtype == q.dtype and v.dtype == q.dtype and k.device == q.device and v.device == q.device
+            and q.numel() > 0 and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+            and type(scale) is float and math.isfinite(scale)
+        ):
+            return
         for name, t in (("q", q), ("k", self.k), ("v", self.v)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -129,7 +139,6 @@ class AttentionInputs(OpInputs):
         for name, t in (("q", q), ("k", self.k), ("v", self.v)):
             if not t.is_contiguous():
                 raise ValueError(f"{op}: {name} must be contiguous; call .contiguous() first")
-        scale = self.scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
 
