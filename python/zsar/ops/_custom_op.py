@@ -80,6 +80,16 @@ class OpInputs:
 _SCHEMA_TYPES = {torch.Tensor: "Tensor", int: "SymInt", float: "float", bool: "bool"}
 
 
+def _tuple_getter(names: Sequence[str]):
+    """``inputs -> tuple of its attributes`` (operator.attrgetter, which returns a bare value for one name)."""
+    if not names:
+        return lambda inputs: ()
+    if len(names) == 1:
+        get = operator.attrgetter(names[0])
+        return lambda inputs: (get(inputs),)
+    return operator.attrgetter(*names)
+
+
 def _plain_eager(tensors: Sequence[torch.Tensor]) -> bool:
     """True when no tracer, mode or transform would need to see the custom op (the caller has
     already ruled out ``torch.compile``)."""
@@ -164,14 +174,15 @@ class FusedOp:
         self._param_names = tuple(f for f in fields if hints[f] is not torch.Tensor)
         if fields != [*self._tensor_names, *self._param_names]:
             raise TypeError(f"{inputs_type.__name__}: tensor fields must come before the parameters")
-        self._tensors = operator.attrgetter(*self._tensor_names)
-        self._params_getter = operator.attrgetter(*self._param_names) if self._param_names else None
+        self._tensors = _tuple_getter(self._tensor_names)
+        self._params = _tuple_getter(self._param_names)
         self._differentiable_outputs = tuple(self.output_names.index(o) for o in differentiable_outputs)
         self._non_differentiable_outputs = tuple(
             i for i in range(len(self.output_names)) if i not in self._differentiable_outputs
         )
         self._differentiable_inputs = tuple(self._tensor_names.index(t) for t in differentiable_inputs)
         self._no_grads = (None,) * (len(self._tensor_names) - len(self._differentiable_inputs))
+        self._grads_are_prefix = self._differentiable_inputs == tuple(range(len(self._differentiable_inputs)))
         self._grad_names = tuple(f"d{self.output_names[i]}" for i in self._differentiable_outputs)
 
         def schema_args(names):
@@ -227,15 +238,9 @@ class FusedOp:
         args = [getattr(inputs, name) for name in (*self._tensor_names, *self._param_names)]
         return self.forward_op(*args, backend or "")
 
-    def _params(self, inputs: OpInputs) -> tuple:
-        if self._params_getter is None:
-            return ()
-        params = self._params_getter(inputs)
-        return params if len(self._param_names) > 1 else (params,)
-
     def _place_input_grads(self, grads: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
         """Gradients of the differentiable inputs -> one entry per tensor field (None elsewhere)."""
-        if self._differentiable_inputs == tuple(range(len(grads))):  # the usual case: a prefix
+        if self._grads_are_prefix:  # the usual case (q, k, v before n_text)
             return (*grads, *self._no_grads)
         placed: list[torch.Tensor | None] = [None] * len(self._tensor_names)
         for index, grad in zip(self._differentiable_inputs, grads):

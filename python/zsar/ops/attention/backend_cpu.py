@@ -18,23 +18,14 @@ class CpuBackend(Backend):
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
         lse = torch.empty(inp.q.shape[:3], dtype=accum_dtype(inp.q.dtype))
-        core = _ext.compiled()
-        core.masked_attention_fwd_cpu(core.MaskedAttentionForward(
-            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
-            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-            out=out.data_ptr(), lse=lse.data_ptr(), num_threads=torch.get_num_threads(),
-        ))
+        _ext.compiled().masked_attention_fwd_cpu(
+            compiled.forward_args(inp, out, lse, num_threads=torch.get_num_threads())
+        )
         return out, lse
 
     def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
-        (out, lse), (dout,) = outputs, grads
-        dq, dk, dv = (torch.empty_like(inp.q) for _ in range(3))
-        core = _ext.compiled()
-        core.masked_attention_bwd_cpu(core.MaskedAttentionBackward(
-            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
-            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-            out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(),
-            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
-            num_threads=torch.get_num_threads(),
-        ))
-        return dq, dk, dv
+        input_grads = tuple(torch.empty_like(inp.q) for _ in range(3))
+        _ext.compiled().masked_attention_bwd_cpu(
+            compiled.backward_args(inp, outputs, grads, input_grads, num_threads=torch.get_num_threads())
+        )
+        return input_grads

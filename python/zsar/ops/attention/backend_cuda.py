@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ... import _ext
-from .._backend import COMPILED_CORE, CUDA_DEVICE, CUDA_KERNELS, Backend, Support
+from .._backend import CUDA_DEVICE, CUDA_KERNELS, Backend, Support
 from . import compiled
 from .inputs import AttentionInputs
 
@@ -23,8 +23,8 @@ def _execution(inp: AttentionInputs) -> dict:
 class CudaBackend(Backend):
     name = "cuda"
     supports = (
-        Support("cuda", (torch.float32, torch.float16, torch.bfloat16),
-                requires=(COMPILED_CORE, CUDA_KERNELS, CUDA_DEVICE)),
+        # CUDA_KERNELS also says why when the compiled core is missing altogether.
+        Support("cuda", (torch.float32, torch.float16, torch.bfloat16), requires=(CUDA_KERNELS, CUDA_DEVICE)),
     )
     max_head_dim = 128
     # The kernels index rows of a (batch, head) slice with 32-bit integers: seq_len * 128 < 2**31.
@@ -34,24 +34,13 @@ class CudaBackend(Backend):
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
         lse = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
-        core = _ext.compiled()
-        core.masked_attention_fwd_cuda(core.MaskedAttentionForward(
-            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
-            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-            out=out.data_ptr(), lse=lse.data_ptr(), **_execution(inp),
-        ))
+        _ext.compiled().masked_attention_fwd_cuda(compiled.forward_args(inp, out, lse, **_execution(inp)))
         return out, lse
 
     def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
-        (out, lse), (dout,) = outputs, grads
-        dq, dk, dv = (torch.empty_like(inp.q) for _ in range(3))
+        input_grads = tuple(torch.empty_like(inp.q) for _ in range(3))
         workspace = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
-        core = _ext.compiled()
-        core.masked_attention_bwd_cuda(core.MaskedAttentionBackward(
-            compiled.problem(inp), lengths=inp.lengths.data_ptr(),
-            q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-            out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(),
-            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
-            workspace=workspace.data_ptr(), **_execution(inp),
-        ))
-        return dq, dk, dv
+        _ext.compiled().masked_attention_bwd_cuda(
+            compiled.backward_args(inp, outputs, grads, input_grads, workspace, **_execution(inp))
+        )
+        return input_grads

@@ -1,5 +1,7 @@
 """The argument structs of the compiled core (``csrc/include/zsar/masked_attention.h``), filled from
-:class:`~zsar.ops.attention.inputs.AttentionInputs`. Shared by the ``cpu`` and ``cuda`` backends."""
+:class:`~zsar.ops.attention.inputs.AttentionInputs` and the buffers a backend allocated. Shared by
+the ``cpu`` and ``cuda`` backends; ``execution`` is ``num_threads=`` (CPU) or ``device=, stream=``
+(CUDA)."""
 
 from __future__ import annotations
 
@@ -31,3 +33,23 @@ def problem(inp: AttentionInputs):
     """
     B, H, L, D = inp.q.shape
     return _problem(B, H, L, D, inp.scale, inp.q.dtype, inp.mask.code, inp.n_fixed)
+
+
+def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, **execution):
+    """``zsar._C.MaskedAttentionForward`` of one call."""
+    return _ext.compiled().MaskedAttentionForward(
+        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+        out=out.data_ptr(), lse=lse.data_ptr(), **execution,
+    )
+
+
+def backward_args(inp: AttentionInputs, outputs, grads, input_grads, workspace: torch.Tensor | None = None,
+                  **execution):
+    """``zsar._C.MaskedAttentionBackward`` of one call: ``outputs = (out, lse)``, ``grads = (dout,)``,
+    ``input_grads = (dq, dk, dv)`` (written by the kernels)."""
+    (out, lse), (dout,), (dq, dk, dv) = outputs, grads, input_grads
+    return _ext.compiled().MaskedAttentionBackward(
+        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+        out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(),
+        dv=dv.data_ptr(), workspace=0 if workspace is None else workspace.data_ptr(), **execution,
+    )
