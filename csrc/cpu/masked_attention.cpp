@@ -65,7 +65,8 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // e^x for a whole array, written so the compiler vectorises it: exp(x) = 2^k * e^r with
 // k = round(x / ln 2), |r| <= ln2 / 2, e^r by the Cephes expf polynomial (~1.5 ulp). 2^k is built
 // as integer bits and reinterpreted in bulk (a per-element bit cast would block vectorisation).
-// Like std::exp: NaN stays NaN, x < -87 (and -inf) gives 0, x > 88.7 (and +inf) gives +inf.
+// Like std::exp: NaN stays NaN, x < -87 (and -inf) gives 0, x >= ~88.4 (and +inf) gives +inf (the
+// clamp at 89 makes 2^k = 2^128, which is +inf).
 inline void exp_inplace(float* __restrict x, int64_t n) {
   constexpr int64_t kChunk = 64;
   alignas(32) float poly[kChunk], two_k[kChunk];
@@ -76,7 +77,7 @@ inline void exp_inplace(float* __restrict x, int64_t n) {
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
       const float xj = xc[j];
-      const float hi = xj > 88.0f ? 88.0f : xj;
+      const float hi = xj > 89.0f ? 89.0f : xj;
       const float v = hi < -87.0f ? -87.0f : hi;
       const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
       const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;  // ln2 split in hi + lo parts
@@ -86,9 +87,8 @@ inline void exp_inplace(float* __restrict x, int64_t n) {
       p = p * r + 4.1665795894e-2f;
       p = p * r + 1.6666665459e-1f;
       p = p * r + 5.0000001201e-1f;
-      // underflow (and -inf) to exactly 0; NaN passes through the polynomial
-      poly[j] = xj < -87.0f ? 0.0f : (xj > 88.7f ? std::numeric_limits<float>::infinity() : p * r * r + r + 1.0f);
-      bits[j] = (static_cast<int32_t>(v == v ? k : 0.0f) + 127) << 23;
+      poly[j] = xj < -87.0f ? 0.0f : p * r * r + r + 1.0f;  // underflow (and -inf) to exactly 0
+      bits[j] = (static_cast<int32_t>(v == v ? k : 0.0f) + 127) << 23;  // NaN: 2^0 (no undefined cast)
     }
     std::memcpy(two_k, bits, sizeof(float) * static_cast<size_t>(m));
 #pragma omp simd
@@ -366,10 +366,12 @@ void backward(const MaskedAttentionBackward& a) {
 namespace fast {
 
 inline __m256 exp8(__m256 x) {
-  // Same polynomial as exp_inplace (Cephes expf); x < -87 (incl. -inf) gives exactly 0, and like
-  // std::exp NaN stays NaN (so a NaN score is never hidden) and x > 88.7 (incl. +inf) gives +inf.
-  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);  // NaN: kept
-  __m256 v = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  // Same polynomial as exp_inplace (Cephes expf), with its edge cases at no extra cost: x < -87
+  // (incl. -inf) gives exactly 0; x >= ~88.4 (incl. +inf) clamps to 89, whose 2^128 is +inf; NaN
+  // stays NaN, so a NaN score is never hidden (min/max return their second operand when it is NaN,
+  // so x is passed second, and `keep` is true for NaN).
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);
+  __m256 v = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
   const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
@@ -382,10 +384,7 @@ inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
   p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  __m256 e = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
-  e = _mm256_blendv_ps(e, _mm256_set1_ps(std::numeric_limits<float>::infinity()),
-                       _mm256_cmp_ps(x, _mm256_set1_ps(88.7f), _CMP_GT_OQ));
-  return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
 }
 
 inline float hsum(__m256 v) {
