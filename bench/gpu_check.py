@@ -8,7 +8,10 @@ Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CU
 2. Correctness: every backend that declares cuda (today cuda and triton; the list and the dtypes
    come from the backends' declarations) against the float64 torch reference (forward output and
    dq/dk/dv; padding rows exactly 0), over ResT-like and edge-case shapes, rest and full modes.
-3. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
+3. The op tests (tests/test_masked_attention*.py, tests/test_ops_*.py): on a GPU machine they run
+   the cuda and triton backends on CUDA tensors (non-finite inputs, direct calls of the registered
+   ops, opcheck, eager path). Skip with --no-tests.
+4. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
    forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
    FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
 """
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -120,9 +125,23 @@ def time_peers(device, B=256, H=12, n_visual=17, max_words=8, D=64, dtype=torch.
     return rows
 
 
+OP_TESTS = ["test_masked_attention.py", "test_masked_attention_integration.py", "test_ops_nonfinite.py",
+            "test_ops_registered.py", "test_ops_scaffolding.py"]
+
+
+def run_op_tests() -> bool:
+    """Runs the op tests of this checkout with pytest; True when they pass."""
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    print(f"\nop tests ({tests}):", flush=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             *(str(tests / name) for name in OP_TESTS)])
+    return result.returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--no-tests", action="store_true", help="do not run the op tests")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
@@ -134,11 +153,13 @@ def main() -> int:
         return 2
     device = torch.device("cuda")
     correctness = check_correctness(device)
+    tests_ok = True if args.no_tests else run_op_tests()
     timings = time_peers(device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness, timings=timings), f, indent=2)
-    return 0 if all(r["ok"] for r in correctness) else 1
+            json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness,
+                           op_tests_passed=tests_ok, timings=timings), f, indent=2)
+    return 0 if all(r["ok"] for r in correctness) and tests_ok else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ of the current tile can reach.
 Scores are kept in natural units, rounded once (``q . k * scale``), and only the exponent is taken
 in base 2: the backward recomputes exactly the scores whose maximum the forward subtracted, so even
 a huge scale cannot push an exponent above 0 (a log2-domain lse saved and rescaled would be off by
-its rounding, ~1e4 at scale 1e10).
+its rounding, ~1e4 at scale 1e10). A ``tl.where`` stands between each ``* scale`` and the
+subtraction that follows, so the compiler cannot fuse them into an FMA that would skip the rounding.
 
 Padding data (query rows and keys at or beyond ``n_valid``) is never read: those loads are masked
 to zero, so even non-finite values in padding positions cannot leak into outputs or gradients.
@@ -185,6 +186,7 @@ if _TRITON_IMPORT_ERROR is None:
             # Excluded pairs get p = 0 even when the row's lse is NaN (-inf - NaN would be NaN).
             attended = offs_n[:, None] < ke[None, :]
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
+            s_t = tl.where(attended, s_t, float("-inf"))  # (also keeps `* scale` out of an FMA below)
             p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
@@ -233,6 +235,7 @@ if _TRITON_IMPORT_ERROR is None:
             v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
             attended = cols[None, :] < ke[:, None]
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+            s = tl.where(attended, s, float("-inf"))  # (also keeps `* scale` out of an FMA below)
             p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             ds = p * (dp - delta[:, None])
