@@ -20,9 +20,11 @@ _SCALAR_TYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloa
 def _problem(batch: int, heads: int, seq_len: int, head_dim: int, scale: float, dtype: torch.dtype,
              mask_code: int, n_fixed: int):
     core = _ext.compiled()
-    mask = core.AttentionMask(core.MaskKind(mask_code), n_fixed)
-    return core.AttentionProblem(batch, heads, seq_len, head_dim, scale, getattr(core.ScalarType, _SCALAR_TYPES[dtype]),
-                                 mask)
+    return core.AttentionProblem(
+        batch=batch, heads=heads, seq_len=seq_len, head_dim=head_dim, scale=scale,
+        dtype=getattr(core.ScalarType, _SCALAR_TYPES[dtype]),
+        mask=core.AttentionMask(kind=core.MaskKind(mask_code), n_fixed=n_fixed),
+    )
 
 
 def problem(inp: AttentionInputs):
