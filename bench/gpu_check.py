@@ -5,9 +5,13 @@ Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CU
     python bench/gpu_check.py [--json results.json]
 
 1. Build: zsar._C must have been compiled with CUDA.
-2. Correctness: the cuda and triton backends against the float64 torch reference (forward output
-   and dq/dk/dv), fp32 and bf16, over ResT-like and edge-case shapes, rest and full modes.
-3. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
+2. Correctness: every backend that declares cuda (today cuda and triton; the list and the dtypes
+   come from the backends' declarations) against the float64 torch reference (forward output and
+   dq/dk/dv; padding rows exactly 0), over ResT-like and edge-case shapes, rest and full modes.
+3. The op tests (tests/test_masked_attention*.py, tests/test_ops_*.py): on a GPU machine they run
+   the cuda and triton backends on CUDA tensors (non-finite inputs, direct calls of the registered
+   ops, opcheck, eager path). Skip with --no-tests.
+4. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
    forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
    FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
 """
@@ -16,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from zsar import _ext
-from zsar.ops.rest_attention import key_end, masked_attention
+from zsar.ops.rest_attention import dispatcher, key_end, masked_attention
 
-TOL = {torch.float32: (2e-4, 2e-4), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
+TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 2e-2), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
 CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode
     (4, 3, 25, 64, 17, "rest"),
     (2, 2, 25, 64, 17, "full"),
@@ -34,33 +40,40 @@ CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode
 ]
 
 
+def gpu_backends() -> list[tuple[str, torch.dtype]]:
+    """(backend, dtype) for every non-reference backend that declares cuda tensors of that dtype."""
+    return [(b.name, dtype) for b in dispatcher.backends if b.name != "reference"
+            for device, dtype in b.declared() if device == "cuda"]
+
+
 def check_correctness(device) -> list[dict]:
     rows = []
-    for backend in ("cuda", "triton"):
-        for dtype in (torch.float32, torch.bfloat16):
-            for B, H, L, D, nv, mode in CHECK_SHAPES:
-                gen = torch.Generator().manual_seed(B * 1000 + L)
-                q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
-                n_text = torch.randint(0, L - nv + 1, (B,), generator=gen, dtype=torch.int32)
-                n_text[0] = L - nv
-                leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
-                out = masked_attention(*leaves, nv, n_text.to(device), mode=mode, backend=backend)
-                out.backward(dout.to(device))
-                ref_leaves = [t.double().to(device).requires_grad_() for t in (q, k, v)]
-                ref = masked_attention(*ref_leaves, nv, n_text.to(device), mode=mode, backend="reference")
-                ref.backward(dout.double().to(device))
-                atol, rtol = TOL[dtype]
-                errs = {}
-                ok = True
-                for name, got, want in [("out", out, ref)] + [
-                    (f"d{n}", a.grad, b.grad) for n, a, b in zip("qkv", leaves, ref_leaves)
-                ]:
-                    diff = (got.double() - want).abs()
-                    errs[name] = diff.max().item()
-                    ok &= bool((diff <= atol + rtol * want.abs()).all())
-                rows.append(dict(backend=backend, dtype=str(dtype)[6:], shape=(B, H, L, D, nv, mode), ok=ok, **errs))
-                print(f"{'ok ' if ok else 'BAD'} {backend:<6} {str(dtype)[6:]:<8} B={B} H={H} L={L} Dh={D} nv={nv} {mode:<4} "
-                      + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    for backend, dtype in gpu_backends():
+        for B, H, L, D, nv, mode in CHECK_SHAPES:
+            gen = torch.Generator().manual_seed(B * 1000 + L)
+            q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
+            n_text = torch.randint(0, L - nv + 1, (B,), generator=gen, dtype=torch.int32)
+            n_text[0] = L - nv
+            leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+            out = masked_attention(*leaves, nv, n_text.to(device), mode=mode, backend=backend)
+            out.backward(dout.to(device))
+            ref_leaves = [t.double().to(device).requires_grad_() for t in (q, k, v)]
+            ref = masked_attention(*ref_leaves, nv, n_text.to(device), mode=mode, backend="reference")
+            ref.backward(dout.double().to(device))
+            atol, rtol = TOL[dtype]
+            errs = {}
+            ok = True
+            for name, got, want in [("out", out, ref)] + [
+                (f"d{n}", a.grad, b.grad) for n, a, b in zip("qkv", leaves, ref_leaves)
+            ]:
+                diff = (got.double() - want).abs()
+                errs[name] = diff.max().item()
+                ok &= bool((diff <= atol + rtol * want.abs()).all())
+                for s in range(B):  # padding rows: exactly 0
+                    ok &= bool((got[s, :, nv + int(n_text[s]):] == 0).all())
+            rows.append(dict(backend=backend, dtype=str(dtype)[6:], shape=(B, H, L, D, nv, mode), ok=ok, **errs))
+            print(f"{'ok ' if ok else 'BAD'} {backend:<6} {str(dtype)[6:]:<8} B={B} H={H} L={L} Dh={D} nv={nv} {mode:<4} "
+                  + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
     return rows
 
 
@@ -112,9 +125,23 @@ def time_peers(device, B=256, H=12, n_visual=17, max_words=8, D=64, dtype=torch.
     return rows
 
 
+OP_TESTS = ["test_masked_attention.py", "test_masked_attention_integration.py", "test_ops_nonfinite.py",
+            "test_ops_registered.py", "test_ops_scaffolding.py"]
+
+
+def run_op_tests() -> bool:
+    """Runs the op tests of this checkout with pytest; True when they pass."""
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    print(f"\nop tests ({tests}):", flush=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             *(str(tests / name) for name in OP_TESTS)])
+    return result.returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--no-tests", action="store_true", help="do not run the op tests")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
@@ -126,11 +153,13 @@ def main() -> int:
         return 2
     device = torch.device("cuda")
     correctness = check_correctness(device)
+    tests_ok = True if args.no_tests else run_op_tests()
     timings = time_peers(device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness, timings=timings), f, indent=2)
-    return 0 if all(r["ok"] for r in correctness) else 1
+            json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness,
+                           op_tests_passed=tests_ok, timings=timings), f, indent=2)
+    return 0 if all(r["ok"] for r in correctness) and tests_ok else 1
 
 
 if __name__ == "__main__":

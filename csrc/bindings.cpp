@@ -1,4 +1,5 @@
-// pybind11 module zsar._C: thin wrappers that take raw pointers (as integers) and sizes.
+// pybind11 module zsar._C: the argument structs of csrc/include/zsar/masked_attention.h as Python
+// classes (pointers as integers), and one entry point per kernel taking one such struct.
 // Python allocates every buffer and validates every argument before calling in here.
 #include <pybind11/pybind11.h>
 
@@ -17,9 +18,11 @@
 #endif
 
 namespace py = pybind11;
-using zsar::MaskedAttentionBwdArgs;
-using zsar::MaskedAttentionFwdArgs;
-using zsar::MaskedAttentionShape;
+using zsar::AttentionMask;
+using zsar::AttentionProblem;
+using zsar::MaskedAttentionBackward;
+using zsar::MaskedAttentionForward;
+using zsar::MaskKind;
 using zsar::ScalarType;
 
 namespace {
@@ -27,54 +30,6 @@ namespace {
 template <typename T>
 T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
-}
-
-MaskedAttentionShape make_shape(int64_t batch, int64_t heads, int64_t seq_len, int64_t head_dim,
-                                int64_t n_visual, bool full, double scale) {
-  MaskedAttentionShape s;
-  s.batch = batch;
-  s.heads = heads;
-  s.seq_len = seq_len;
-  s.head_dim = head_dim;
-  s.n_visual = n_visual;
-  s.full = full;
-  s.scale = scale;
-  return s;
-}
-
-MaskedAttentionFwdArgs fwd_args(const MaskedAttentionShape& shape, std::uintptr_t q,
-                                std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-                                std::uintptr_t out, std::uintptr_t lse) {
-  MaskedAttentionFwdArgs a;
-  a.shape = shape;
-  a.q = ptr<const void>(q);
-  a.k = ptr<const void>(k);
-  a.v = ptr<const void>(v);
-  a.n_text = ptr<const int32_t>(n_text);
-  a.out = ptr<void>(out);
-  a.lse = ptr<void>(lse);
-  return a;
-}
-
-MaskedAttentionBwdArgs bwd_args(const MaskedAttentionShape& shape, std::uintptr_t q,
-                                std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-                                std::uintptr_t out, std::uintptr_t lse, std::uintptr_t dout,
-                                std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
-                                std::uintptr_t delta) {
-  MaskedAttentionBwdArgs a;
-  a.shape = shape;
-  a.q = ptr<const void>(q);
-  a.k = ptr<const void>(k);
-  a.v = ptr<const void>(v);
-  a.n_text = ptr<const int32_t>(n_text);
-  a.out = ptr<const void>(out);
-  a.lse = ptr<const void>(lse);
-  a.dout = ptr<const void>(dout);
-  a.dq = ptr<void>(dq);
-  a.dk = ptr<void>(dk);
-  a.dv = ptr<void>(dv);
-  a.delta = ptr<float>(delta);
-  return a;
 }
 
 py::dict build_info() {
@@ -127,63 +82,151 @@ class DeviceGuard {
 };
 #endif
 
+// A read/write Python property for a pointer member, exposed as an integer address.
+template <typename Class, typename Pointer>
+void pointer_property(py::class_<Class>& cls, const char* name, Pointer Class::*member) {
+  cls.def_property(
+      name, [member](const Class& self) { return reinterpret_cast<std::uintptr_t>(self.*member); },
+      [member](Class& self, std::uintptr_t address) {
+        self.*member = reinterpret_cast<Pointer>(address);
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "zsar compiled core: C++/OpenMP and CUDA kernels over raw pointers (no libtorch).";
   m.def("build_info", &build_info, "How this extension was built (CUDA, archs, OpenMP, compiler).");
 
+  py::enum_<ScalarType>(m, "ScalarType")
+      .value("float32", ScalarType::Float32)
+      .value("float16", ScalarType::Float16)
+      .value("bfloat16", ScalarType::BFloat16)
+      .value("float64", ScalarType::Float64);
+  py::enum_<MaskKind>(m, "MaskKind").value("rest", MaskKind::Rest).value("full", MaskKind::Full);
+
+  // The per-sample lengths are a tensor like q: their address is an argument of each call, so a
+  // problem (sizes, dtype, scale, mask kind) can be built once and reused.
+  py::class_<AttentionMask> mask(m, "AttentionMask",
+                                 "Mask kind and n_fixed; the lengths' address is given with each call.");
+  mask.def(py::init([](MaskKind kind, int64_t n_fixed) {
+             AttentionMask a;
+             a.kind = kind;
+             a.n_fixed = n_fixed;
+             return a;
+           }),
+           py::arg("kind"), py::arg("n_fixed"))
+      .def_readwrite("kind", &AttentionMask::kind)
+      .def_readwrite("n_fixed", &AttentionMask::n_fixed);
+  pointer_property(mask, "lengths", &AttentionMask::lengths);
+
+  py::class_<AttentionProblem>(m, "AttentionProblem", "Sizes, dtype, softmax scale and mask of one call.")
+      .def(py::init([](int64_t batch, int64_t heads, int64_t seq_len, int64_t head_dim, double scale,
+                       ScalarType dtype, const AttentionMask& mask) {
+             AttentionProblem p;
+             p.batch = batch;
+             p.heads = heads;
+             p.seq_len = seq_len;
+             p.head_dim = head_dim;
+             p.scale = scale;
+             p.dtype = dtype;
+             p.mask = mask;
+             return p;
+           }),
+           py::arg("batch"), py::arg("heads"), py::arg("seq_len"), py::arg("head_dim"), py::arg("scale"),
+           py::arg("dtype"), py::arg("mask"))
+      .def_readwrite("batch", &AttentionProblem::batch)
+      .def_readwrite("heads", &AttentionProblem::heads)
+      .def_readwrite("seq_len", &AttentionProblem::seq_len)
+      .def_readwrite("head_dim", &AttentionProblem::head_dim)
+      .def_readwrite("scale", &AttentionProblem::scale)
+      .def_readwrite("dtype", &AttentionProblem::dtype)
+      .def_readwrite("mask", &AttentionProblem::mask);
+
+  py::class_<MaskedAttentionForward> fwd(m, "MaskedAttentionForward",
+                                         "Arguments of one forward call (tensor addresses as integers).");
+  fwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
+                      std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse, int num_threads,
+                      int device, std::uintptr_t stream) {
+            MaskedAttentionForward a;
+            a.problem = problem;
+            a.problem.mask.lengths = ptr<const int32_t>(lengths);
+            a.exec.num_threads = num_threads;
+            a.exec.device = device;
+            a.exec.stream = ptr<void>(stream);
+            a.q = ptr<const void>(q);
+            a.k = ptr<const void>(k);
+            a.v = ptr<const void>(v);
+            a.out = ptr<void>(out);
+            a.lse = ptr<void>(lse);
+            return a;
+          }),
+          py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+          py::arg("lse"), py::arg("num_threads") = 0, py::arg("device") = 0, py::arg("stream") = 0)
+      .def_readwrite("problem", &MaskedAttentionForward::problem);
+  pointer_property(fwd, "q", &MaskedAttentionForward::q);
+  pointer_property(fwd, "k", &MaskedAttentionForward::k);
+  pointer_property(fwd, "v", &MaskedAttentionForward::v);
+  pointer_property(fwd, "out", &MaskedAttentionForward::out);
+  pointer_property(fwd, "lse", &MaskedAttentionForward::lse);
+
+  py::class_<MaskedAttentionBackward> bwd(m, "MaskedAttentionBackward",
+                                          "Arguments of one backward call (tensor addresses as integers).");
+  bwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
+                      std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse,
+                      std::uintptr_t dout, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
+                      std::uintptr_t workspace, int num_threads, int device, std::uintptr_t stream) {
+            MaskedAttentionBackward a;
+            a.problem = problem;
+            a.problem.mask.lengths = ptr<const int32_t>(lengths);
+            a.exec.num_threads = num_threads;
+            a.exec.device = device;
+            a.exec.stream = ptr<void>(stream);
+            a.q = ptr<const void>(q);
+            a.k = ptr<const void>(k);
+            a.v = ptr<const void>(v);
+            a.out = ptr<const void>(out);
+            a.lse = ptr<const void>(lse);
+            a.dout = ptr<const void>(dout);
+            a.dq = ptr<void>(dq);
+            a.dk = ptr<void>(dk);
+            a.dv = ptr<void>(dv);
+            a.workspace = ptr<float>(workspace);
+            return a;
+          }),
+          py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+          py::arg("lse"), py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+          py::arg("workspace") = 0, py::arg("num_threads") = 0, py::arg("device") = 0,
+          py::arg("stream") = 0)
+      .def_readwrite("problem", &MaskedAttentionBackward::problem);
+  pointer_property(bwd, "q", &MaskedAttentionBackward::q);
+  pointer_property(bwd, "k", &MaskedAttentionBackward::k);
+  pointer_property(bwd, "v", &MaskedAttentionBackward::v);
+  pointer_property(bwd, "out", &MaskedAttentionBackward::out);
+  pointer_property(bwd, "lse", &MaskedAttentionBackward::lse);
+  pointer_property(bwd, "dout", &MaskedAttentionBackward::dout);
+  pointer_property(bwd, "dq", &MaskedAttentionBackward::dq);
+  pointer_property(bwd, "dk", &MaskedAttentionBackward::dk);
+  pointer_property(bwd, "dv", &MaskedAttentionBackward::dv);
+  pointer_property(bwd, "workspace", &MaskedAttentionBackward::workspace);
+
   const auto release = py::call_guard<py::gil_scoped_release>();
-
-  m.def(
-      "masked_attention_fwd_cpu",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-         std::uintptr_t out, std::uintptr_t lse, int64_t batch, int64_t heads, int64_t seq_len,
-         int64_t head_dim, int64_t n_visual, bool full, double scale, int dtype, int num_threads) {
-        const auto shape = make_shape(batch, heads, seq_len, head_dim, n_visual, full, scale);
-        zsar::masked_attention_fwd_cpu(fwd_args(shape, q, k, v, n_text, out, lse),
-                                       static_cast<ScalarType>(dtype), num_threads);
-      },
-      release);
-  m.def(
-      "masked_attention_bwd_cpu",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-         std::uintptr_t out, std::uintptr_t lse, std::uintptr_t dout, std::uintptr_t dq,
-         std::uintptr_t dk, std::uintptr_t dv, int64_t batch, int64_t heads, int64_t seq_len,
-         int64_t head_dim, int64_t n_visual, bool full, double scale, int dtype, int num_threads) {
-        const auto shape = make_shape(batch, heads, seq_len, head_dim, n_visual, full, scale);
-        zsar::masked_attention_bwd_cpu(
-            bwd_args(shape, q, k, v, n_text, out, lse, dout, dq, dk, dv, 0),
-            static_cast<ScalarType>(dtype), num_threads);
-      },
-      release);
-
+  m.def("masked_attention_fwd_cpu", &zsar::masked_attention_fwd_cpu, py::arg("args"), release);
+  m.def("masked_attention_bwd_cpu", &zsar::masked_attention_bwd_cpu, py::arg("args"), release);
 #ifdef ZSAR_WITH_CUDA
   m.def(
       "masked_attention_fwd_cuda",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-         std::uintptr_t out, std::uintptr_t lse, int64_t batch, int64_t heads, int64_t seq_len,
-         int64_t head_dim, int64_t n_visual, bool full, double scale, int dtype, int device,
-         std::uintptr_t stream) {
-        DeviceGuard guard(device);
-        const auto shape = make_shape(batch, heads, seq_len, head_dim, n_visual, full, scale);
-        zsar::masked_attention_fwd_cuda(fwd_args(shape, q, k, v, n_text, out, lse),
-                                        static_cast<ScalarType>(dtype), ptr<void>(stream));
+      [](const MaskedAttentionForward& args) {
+        DeviceGuard guard(args.exec.device);
+        zsar::masked_attention_fwd_cuda(args);
       },
-      release);
+      py::arg("args"), release);
   m.def(
       "masked_attention_bwd_cuda",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t n_text,
-         std::uintptr_t out, std::uintptr_t lse, std::uintptr_t dout, std::uintptr_t dq,
-         std::uintptr_t dk, std::uintptr_t dv, std::uintptr_t delta, int64_t batch, int64_t heads,
-         int64_t seq_len, int64_t head_dim, int64_t n_visual, bool full, double scale, int dtype,
-         int device, std::uintptr_t stream) {
-        DeviceGuard guard(device);
-        const auto shape = make_shape(batch, heads, seq_len, head_dim, n_visual, full, scale);
-        zsar::masked_attention_bwd_cuda(
-            bwd_args(shape, q, k, v, n_text, out, lse, dout, dq, dk, dv, delta),
-            static_cast<ScalarType>(dtype), ptr<void>(stream));
+      [](const MaskedAttentionBackward& args) {
+        DeviceGuard guard(args.exec.device);
+        zsar::masked_attention_bwd_cuda(args);
       },
-      release);
+      py::arg("args"), release);
 #endif
 }

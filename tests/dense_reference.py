@@ -1,7 +1,8 @@
-"""An independent float64 statement of the masked_attention contract (DESIGN.md §2.1).
+"""An independent float64 statement of the masked_attention contract (python/zsar/ops/rest_attention.py).
 
 Written from the spec, not from zsar's code: the mask is spelled out element by element, and
-gradients come from torch.autograd through a dense masked softmax.
+gradients come from torch.autograd through a dense masked softmax. For non-finite inputs,
+:func:`masked_attention_bounds` states the two computations every backend must lie between.
 """
 
 import torch
@@ -34,3 +35,46 @@ def dense_attention(q, k, v, n_visual: int, n_text: list[int], mode: str = "rest
     scores = (q @ k.transpose(-1, -2)) * scale
     p = torch.softmax(scores.masked_fill(~safe_mask, float("-inf")), dim=-1)
     return (p @ v) * valid_row
+
+
+def masked_attention_bounds(q, k, v, dout, n_visual: int, n_text: list[int], mode: str, scale: float):
+    """Outputs and gradients ``(out, dq, dk, dv)`` of two float64 computations, explicit (no autograd):
+
+    * ``exact``: a (query, key) pair the mask excludes contributes nothing, even where a value is
+      non-finite (every product is taken pair by pair and masked before the sums);
+    * ``dense``: every product over the sample's valid tokens is taken, with probability 0 (and
+      score gradient ``0 * (dP - delta)``) on excluded pairs, so ``0 * inf`` gives NaN there.
+
+    Padding positions are never read by either, and padding rows are 0. Returns ``(exact, dense)``.
+    """
+    B, _, L, _ = q.shape
+    q, k, v, dout = (t.double() for t in (q, k, v, dout))
+    allowed = allowed_mask(B, L, n_visual, n_text, mode)[:, None]  # (B, 1, L, L)
+    valid = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        valid[b, : n_visual + n_text[b]] = True
+    tok = valid[:, None, :, None]  # (B, 1, L, 1)
+    pair = tok & valid[:, None, None, :]  # both tokens valid
+    q, k, v, dout = (torch.where(tok, t, 0.0) for t in (q, k, v, dout))  # padding is never read
+
+    def pairwise(a, b):  # (B, H, L, L, D): a_i * b_j
+        return a[:, :, :, None, :] * b[:, :, None, :, :]
+
+    def masked_sum(terms, keep, dim):  # sum over `dim` of the kept terms only
+        return torch.where(keep[..., None], terms, 0.0).sum(dim)
+
+    scores = torch.where(allowed, masked_sum(pairwise(q, k), pair, -1) * scale, float("-inf"))
+    lse = torch.logsumexp(scores, -1, keepdim=True)
+    p = torch.where(allowed, torch.exp(scores - lse), 0.0)
+    results = []
+    for keep in (allowed, pair):  # exact, dense
+        out = masked_sum(p[..., None] * v[:, :, None, :, :], keep, -2)
+        out = torch.where(tok, out, 0.0)
+        delta = (dout * out).sum(-1, keepdim=True)
+        dp = masked_sum(pairwise(dout, v), keep, -1)
+        ds = torch.where(keep, p * (dp - delta), 0.0)
+        dq = masked_sum(ds[..., None] * k[:, :, None, :, :], keep, -2) * scale
+        dk = masked_sum(ds.transpose(-1, -2)[..., None] * q[:, :, None, :, :], keep.transpose(-1, -2), -2) * scale
+        dv = masked_sum(p.transpose(-1, -2)[..., None] * dout[:, :, None, :, :], keep.transpose(-1, -2), -2)
+        results.append(tuple(torch.where(tok, t, 0.0) for t in (out, dq, dk, dv)))
+    return results[0], results[1]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dense_reference import dense_attention
+from ops_params import declared_backend_params, skip_unless_usable
 from zsar.ops import BackendUnavailableError, masked_attention
-from zsar.ops.rest_attention import AttentionInputs, dispatcher
+from zsar.ops.rest_attention import MaskedAttentionInputs, dispatcher
 
 
 @dataclass(frozen=True)
@@ -61,31 +62,6 @@ TOLERANCE = {
     torch.bfloat16: (3e-2, 5e-2),
 }
 
-BACKEND_DTYPES = {
-    "reference": [torch.float64, torch.float32, torch.float16, torch.bfloat16],
-    "cpu": [torch.float64, torch.float32],
-    "triton": [torch.float32, torch.float16, torch.bfloat16],
-    "cuda": [torch.float32, torch.float16, torch.bfloat16],
-}
-
-
-def _device_for(backend: str) -> torch.device:
-    return torch.device("cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu")
-
-
-def _skip_unless_usable(backend: str, dtype: torch.dtype, device: torch.device):
-    """Skip only what cannot run on this machine (no GPU), never a backend that claims support."""
-    q = torch.empty(1, 1, 2, 16, dtype=dtype, device=device)
-    inp = AttentionInputs(q, q, q, torch.zeros(1, dtype=torch.int32, device=device), 1, False, 0.25)
-    reasons = dispatcher.reasons(inp)[backend]
-    if reasons:
-        if device.type == "cpu" and backend in ("cuda",):
-            pytest.skip(f"{backend} needs a GPU: {'; '.join(reasons)}")
-        if device.type == "cpu" and backend == "triton" and dtype == torch.bfloat16:
-            pytest.skip("the Triton interpreter has no bfloat16 arithmetic")
-        pytest.fail(f"backend {backend} unexpectedly unusable for {dtype} on {device}: {reasons}")
-
-
 def _make_inputs(case: Case, seed: int, dtype: torch.dtype, device: torch.device):
     gen = torch.Generator().manual_seed(seed)
     shape = (case.B, case.H, case.L, case.D)
@@ -110,16 +86,14 @@ def _close(actual, expected, dtype, what, seed):
     )
 
 
-BACKEND_PARAMS = [
-    pytest.param(b, d, id=f"{b}-{str(d).replace('torch.', '')}") for b, ds in BACKEND_DTYPES.items() for d in ds
-]
+# Every (backend, device, dtype) that a backend declares (zsar.ops._backend.Support entries).
+BACKEND_PARAMS = declared_backend_params(dispatcher)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("backend,dtype", BACKEND_PARAMS)
-def test_matches_dense_reference(backend, dtype, case, seed):
-    device = _device_for(backend)
-    _skip_unless_usable(backend, dtype, device)
+@pytest.mark.parametrize("backend,device,dtype", BACKEND_PARAMS)
+def test_matches_dense_reference(backend, device, dtype, case, seed):
+    skip_unless_usable(dispatcher, backend, device, dtype)
     q, k, v, dout, n_text = _make_inputs(case, seed, dtype, device)
 
     out, (dq, dk, dv) = _run(backend, q, k, v, dout, n_text, case, dtype, device)
@@ -146,31 +120,33 @@ STREAM_CASE = Case("streamed_outputs", 56, 12, 25, 64, 17, "mixed")
 
 
 def test_cpu_streamed_outputs_match_dense_reference(seed):
-    test_matches_dense_reference("cpu", torch.float32, STREAM_CASE, seed)
+    test_matches_dense_reference("cpu", torch.device("cpu"), torch.float32, STREAM_CASE, seed)
 
 
 def test_cpu_streamed_and_cached_stores_give_identical_bits(seed):
     """The same kernels with outputs at a misaligned address (no streaming stores possible) write
     exactly the values the streamed, aligned call writes: forward and backward."""
     from zsar import _ext
-    from zsar.ops.rest_attention.backend_cpu import shape_args
+    from zsar.ops.attention import compiled
 
     case = STREAM_CASE
     q, k, v, dout, n_text = (t.float() if isinstance(t, torch.Tensor) else t
                              for t in _make_inputs(case, seed, torch.float32, torch.device("cpu")))
     nt = torch.tensor(n_text, dtype=torch.int32)
-    inp = AttentionInputs(q, k, v, nt, case.n_visual, False, case.D ** -0.5)
-    C = _ext.compiled()
+    problem = compiled.problem(MaskedAttentionInputs(q, k, v, nt, case.n_visual, False, case.D ** -0.5))
+    core = _ext.compiled()
 
     def run(offset):
         bufs = [torch.empty(q.numel() + offset)[offset:].view(q.shape) for _ in range(4)]  # out, dq, dk, dv
         out, dq, dk, dv = bufs
         lse = torch.empty(q.shape[:3])
-        C.masked_attention_fwd_cpu(q.data_ptr(), k.data_ptr(), v.data_ptr(), nt.data_ptr(), out.data_ptr(),
-                                   lse.data_ptr(), *shape_args(inp), 2)
-        C.masked_attention_bwd_cpu(q.data_ptr(), k.data_ptr(), v.data_ptr(), nt.data_ptr(), out.data_ptr(),
-                                   lse.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                   *shape_args(inp), 2)
+        core.masked_attention_fwd_cpu(core.MaskedAttentionForward(
+            problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
+            lse=lse.data_ptr(), num_threads=2))
+        core.masked_attention_bwd_cpu(core.MaskedAttentionBackward(
+            problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
+            lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+            num_threads=2))
         return bufs
 
     assert torch.empty(1).data_ptr() % 32 == 0  # torch's CPU allocations are 64-byte aligned
@@ -182,11 +158,10 @@ def test_cpu_streamed_and_cached_stores_give_identical_bits(seed):
 VISUAL_CASE = Case("visual", 3, 2, 25, 64, 17, "mixed")
 
 
-@pytest.mark.parametrize("backend,dtype", [p for p in BACKEND_PARAMS if p.values[1] == torch.float32])
-def test_visual_outputs_ignore_words(backend, dtype, seed):
+@pytest.mark.parametrize("backend,device,dtype", [p for p in BACKEND_PARAMS if p.values[2] == torch.float32])
+def test_visual_outputs_ignore_words(backend, device, dtype, seed):
     """CLS and frame outputs are bit-identical when word tokens change, and send words no gradient."""
-    device = _device_for(backend)
-    _skip_unless_usable(backend, dtype, device)
+    skip_unless_usable(dispatcher, backend, device, dtype)
     case = VISUAL_CASE
     q, k, v, dout, n_text = _make_inputs(case, seed, dtype, device)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -233,9 +208,9 @@ def _small(dtype=torch.float32, device="cpu"):
 
 def test_auto_dispatch_picks_fastest_usable():
     q, k, v, nv, nt = _small()
-    inp = AttentionInputs(q, k, v, nt, nv, False, 0.25)
+    inp = MaskedAttentionInputs(q, k, v, nt, nv, False, 0.25)
     assert dispatcher.select(inp).name == "cpu"
-    inp16 = AttentionInputs(q.half(), k.half(), v.half(), nt, nv, False, 0.25)
+    inp16 = MaskedAttentionInputs(q.half(), k.half(), v.half(), nt, nv, False, 0.25)
     assert dispatcher.select(inp16).name == ("triton" if os.environ.get("TRITON_INTERPRET") == "1" else "reference")
 
 

@@ -7,21 +7,26 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dense_reference import allowed_mask, dense_attention
+from ops_params import backend_names, usable_device
 from zsar.ops import masked_attention
+from zsar.ops.rest_attention import dispatcher
 
 
-def _inputs(seed, B=3, H=2, L=13, D=32, n_visual=5, dtype=torch.float32, requires_grad=False):
+def _inputs(seed, B=3, H=2, L=13, D=32, n_visual=5, dtype=torch.float32, requires_grad=False, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, L, D, generator=gen, dtype=dtype, requires_grad=requires_grad) for _ in range(3))
+    q, k, v = (torch.randn(B, H, L, D, generator=gen, dtype=dtype).to(device).requires_grad_(requires_grad)
+               for _ in range(3))
     n_text = torch.randint(0, L - n_visual + 1, (B,), generator=gen, dtype=torch.int32)
     n_text[0] = 0
-    return q, k, v, n_visual, n_text
+    return q, k, v, n_visual, n_text.to(device)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+# The device of each backend comes from its declarations (triton: cuda when there is a GPU, else
+# cpu under the interpreter), so these run on GPU machines too.
+@pytest.mark.parametrize("backend", backend_names(dispatcher))
 @pytest.mark.parametrize("full", [False, True])
 def test_opcheck(backend, full, seed):
-    q, k, v, nv, nt = _inputs(seed, requires_grad=True)
+    q, k, v, nv, nt = _inputs(seed, requires_grad=True, device=usable_device(dispatcher, backend))
     torch.library.opcheck(torch.ops.zsar.masked_attention.default, (q, k, v, nt, nv, full, 0.2, backend))
 
 
@@ -95,13 +100,14 @@ def test_gradcheck_cpu_float64(seed):
     assert torch.autograd.gradcheck(lambda q, k, v: masked_attention(q, k, v, nv, nt, backend="cpu"), (q, k, v))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("backend", backend_names(dispatcher))
 @pytest.mark.parametrize("full", [False, True])
 def test_eager_path_matches_custom_op(backend, full, seed):
     """Plain eager calls bypass the custom-op layers (less Python per call); they must give the op's
     results bit for bit, outputs and gradients."""
-    q, k, v, nv, nt = _inputs(seed, requires_grad=True)
-    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1))
+    device = usable_device(dispatcher, backend)
+    q, k, v, nv, nt = _inputs(seed, requires_grad=True, device=device)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     out = masked_attention(q, k, v, nv, nt, mode="full" if full else "rest", scale=0.2, backend=backend)
     assert type(out.grad_fn).__name__ == "_EagerMaskedAttentionBackward"
     grads = torch.autograd.grad(out, (q, k, v), dout)

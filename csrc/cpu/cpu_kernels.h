@@ -6,10 +6,10 @@
 namespace zsar {
 namespace cpu {
 
-#define ZSAR_DECLARE_CPU_VARIANT(isa)                                                  \
-  namespace isa {                                                                      \
-  void fwd(const MaskedAttentionFwdArgs& args, ScalarType dtype, int num_threads);     \
-  void bwd(const MaskedAttentionBwdArgs& args, ScalarType dtype, int num_threads);     \
+#define ZSAR_DECLARE_CPU_VARIANT(isa)               \
+  namespace isa {                                   \
+  void fwd(const MaskedAttentionForward& args);     \
+  void bwd(const MaskedAttentionBackward& args);    \
   }
 
 ZSAR_DECLARE_CPU_VARIANT(baseline)

@@ -1,5 +1,7 @@
-// Picks the CPU kernel variant once, from what the running processor supports.
+// Checks the arguments of the CPU entry points and picks the kernel variant the running processor
+// supports best (decided once).
 #include <stdexcept>
+#include <string>
 
 #include "cpu_kernels.h"
 
@@ -17,13 +19,21 @@ bool has_avx2_fma() {
 
 const bool kUseAvx2 = has_avx2_fma();
 
-void check(const MaskedAttentionShape& s, ScalarType dtype) {
-  if (s.batch < 0 || s.heads < 0 || s.seq_len < 1 || s.head_dim < 1 || s.n_visual < 1 ||
-      s.n_visual > s.seq_len) {
-    throw std::invalid_argument("masked_attention (cpu): invalid shape");
+// Python validates every argument first; this is the last line against a crash when the core is
+// called directly.
+void check(const AttentionProblem& p, const void* const* buffers, int n_buffers) {
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("masked_attention (cpu): " + what);
+  };
+  if (p.batch < 1 || p.heads < 1 || p.seq_len < 1 || p.head_dim < 1) fail("batch, heads, seq_len and head_dim must be >= 1");
+  if (p.dtype != ScalarType::Float32 && p.dtype != ScalarType::Float64) fail("dtype must be float32 or float64");
+  if (!mask_kind_implemented(p.mask.kind)) {
+    fail("mask kind " + std::to_string(static_cast<int>(p.mask.kind)) + " is not implemented");
   }
-  if (dtype != ScalarType::Float32 && dtype != ScalarType::Float64) {
-    throw std::invalid_argument("masked_attention (cpu): dtype must be float32 or float64");
+  if (p.mask.n_fixed < 1 || p.mask.n_fixed > p.seq_len) fail("mask.n_fixed must be in [1, seq_len]");
+  if (p.mask.lengths == nullptr) fail("mask.lengths is null");
+  for (int i = 0; i < n_buffers; ++i) {
+    if (buffers[i] == nullptr) fail("a tensor pointer is null");
   }
 }
 
@@ -33,20 +43,22 @@ const char* selected_isa() { return kUseAvx2 ? "avx2" : "baseline"; }
 
 }  // namespace cpu
 
-void masked_attention_fwd_cpu(const MaskedAttentionFwdArgs& args, ScalarType dtype, int num_threads) {
-  cpu::check(args.shape, dtype);
+void masked_attention_fwd_cpu(const MaskedAttentionForward& args) {
+  const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse};
+  cpu::check(args.problem, buffers, 5);
 #if defined(ZSAR_CPU_HAVE_AVX2)
-  if (cpu::kUseAvx2) return cpu::avx2::fwd(args, dtype, num_threads);
+  if (cpu::kUseAvx2) return cpu::avx2::fwd(args);
 #endif
-  cpu::baseline::fwd(args, dtype, num_threads);
+  cpu::baseline::fwd(args);
 }
 
-void masked_attention_bwd_cpu(const MaskedAttentionBwdArgs& args, ScalarType dtype, int num_threads) {
-  cpu::check(args.shape, dtype);
+void masked_attention_bwd_cpu(const MaskedAttentionBackward& args) {
+  const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse, args.dout, args.dq, args.dk, args.dv};
+  cpu::check(args.problem, buffers, 9);
 #if defined(ZSAR_CPU_HAVE_AVX2)
-  if (cpu::kUseAvx2) return cpu::avx2::bwd(args, dtype, num_threads);
+  if (cpu::kUseAvx2) return cpu::avx2::bwd(args);
 #endif
-  cpu::baseline::bwd(args, dtype, num_threads);
+  cpu::baseline::bwd(args);
 }
 
 }  // namespace zsar

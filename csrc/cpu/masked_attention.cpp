@@ -1,4 +1,5 @@
-// CPU kernels of the fused masked cross-modal attention (DESIGN.md §2.1).
+// CPU kernels of the fused masked attention; the mask kinds and arguments are in
+// csrc/include/zsar/masked_attention.h.
 //
 // Compiled once per instruction set (see CMakeLists.txt: ZSAR_CPU_ISA = avx2 / baseline); the
 // entry points in dispatch.cpp pick the best one the running CPU supports.
@@ -64,6 +65,8 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // e^x for a whole array, written so the compiler vectorises it: exp(x) = 2^k * e^r with
 // k = round(x / ln 2), |r| <= ln2 / 2, e^r by the Cephes expf polynomial (~1.5 ulp). 2^k is built
 // as integer bits and reinterpreted in bulk (a per-element bit cast would block vectorisation).
+// Like std::exp: NaN stays NaN, x < -87 (and -inf) gives 0, x >= ~88.4 (and +inf) gives +inf (the
+// clamp at 89 makes 2^k = 2^128, which is +inf).
 inline void exp_inplace(float* __restrict x, int64_t n) {
   constexpr int64_t kChunk = 64;
   alignas(32) float poly[kChunk], two_k[kChunk];
@@ -74,7 +77,7 @@ inline void exp_inplace(float* __restrict x, int64_t n) {
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
       const float xj = xc[j];
-      const float hi = xj > 88.0f ? 88.0f : xj;
+      const float hi = xj > 89.0f ? 89.0f : xj;
       const float v = hi < -87.0f ? -87.0f : hi;
       const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
       const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;  // ln2 split in hi + lo parts
@@ -85,7 +88,7 @@ inline void exp_inplace(float* __restrict x, int64_t n) {
       p = p * r + 1.6666665459e-1f;
       p = p * r + 5.0000001201e-1f;
       poly[j] = xj < -87.0f ? 0.0f : p * r * r + r + 1.0f;  // underflow (and -inf) to exactly 0
-      bits[j] = (static_cast<int32_t>(k) + 127) << 23;
+      bits[j] = (static_cast<int32_t>(v == v ? k : 0.0f) + 127) << 23;  // NaN: 2^0 (no undefined cast)
     }
     std::memcpy(two_k, bits, sizeof(float) * static_cast<size_t>(m));
 #pragma omp simd
@@ -198,10 +201,9 @@ struct Scratch {
 };
 
 // Rows i0..i0+rows of one slice: the largest key_end among them (keys are a prefix per row).
-inline int64_t block_key_end(int64_t i0, int64_t rows, const MaskedAttentionShape& s, int64_t n_text) {
+inline int64_t block_key_end(int64_t i0, int64_t rows, const SampleMask& m) {
   int64_t end = 0;
-  for (int64_t i = i0; i < i0 + rows; ++i)
-    end = std::max(end, masked_attention_key_end(i, s.n_visual, n_text, s.full));
+  for (int64_t i = i0; i < i0 + rows; ++i) end = std::max(end, m.key_end(i));
   return end;
 }
 
@@ -211,25 +213,32 @@ constexpr int64_t kRowBlock = 4;  // rows per gemm call, matching the register t
 // j < key_end(i), 0 elsewhere. With `lse` == nullptr the row maximum/normaliser is computed and
 // written to `lse_out` (forward); otherwise the saved log-sum-exp is used (backward).
 template <typename T>
-void probabilities(const MaskedAttentionShape& s, int64_t n_text, int64_t n_valid, const T* q,
-                   Scratch<T>& w, const T* lse, T* lse_out) {
-  const int64_t D = s.head_dim, ld = w.ld;
+void probabilities(const AttentionProblem& s, const SampleMask& mask, const T* q, Scratch<T>& w,
+                   const T* lse, T* lse_out) {
+  const int64_t D = s.head_dim, ld = w.ld, n_valid = mask.n_valid;
   const T scale = static_cast<T>(s.scale);
   for (int64_t i0 = 0; i0 < n_valid; i0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, n_valid - i0);
-    const int64_t cols = round_up(block_key_end(i0, rows, s, n_text), kPad);
+    const int64_t cols = round_up(block_key_end(i0, rows, mask), kPad);
     gemm(rows, cols, D, q + i0 * D, D, w.kt.data(), ld, w.p.data() + i0 * ld, ld);
   }
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < n_valid; ++i) {
-    const int64_t end = masked_attention_key_end(i, s.n_visual, n_text, s.full);
+    const int64_t end = mask.key_end(i);
     // Whole vectors up to `padded` (<= ld); lanes past `end` are set to -inf so that exp gives 0
     // and every reduction can run vectorised without a remainder loop.
     const int64_t padded = round_up(end, kPad);
     T* __restrict p = w.p.data() + i * ld;
-    const T shift_in = lse == nullptr ? T(0) : lse[i];
+    // Scores are scaled and rounded before any shift (separate loops, so no fused multiply-add):
+    // the backward must see exactly the values the forward took the maximum of. With a huge
+    // scale, an unrounded product minus the saved lse could exceed 0 by half an ulp of the lse.
 #pragma omp simd
-    for (int64_t j = 0; j < padded; ++j) p[j] = p[j] * scale - shift_in;
+    for (int64_t j = 0; j < padded; ++j) p[j] *= scale;
+    if (lse != nullptr) {
+      const T shift = lse[i];
+#pragma omp simd
+      for (int64_t j = 0; j < padded; ++j) p[j] -= shift;
+    }
     for (int64_t j = end; j < padded; ++j) p[j] = kNegInf;
     T m = T(0);
     if (lse == nullptr) {
@@ -248,35 +257,33 @@ void probabilities(const MaskedAttentionShape& s, int64_t n_text, int64_t n_vali
       const T inv_l = T(1) / l;
 #pragma omp simd
       for (int64_t j = 0; j < padded; ++j) p[j] *= inv_l;
-      lse_out[i] = m + std::log(l);
+      // A +inf score makes the row maximum +inf and l NaN; the log-sum-exp is then +inf (as in
+      // torch.logsumexp), so the backward gives such a row NaN only at its +inf keys.
+      lse_out[i] = m == std::numeric_limits<T>::infinity() ? m : m + std::log(l);
     }
   }
 }
 
-// Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice in parallel; each thread
+// Runs body(bh, sample mask, scratch) for every (batch, head) slice in parallel; each thread
 // owns one Scratch. Dynamic scheduling: tasks are microseconds each and a core may be busy.
 template <typename T, typename Body>
-void for_each_slice(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
-                    Body body) {
+void for_each_slice(const AttentionProblem& s, int num_threads, bool backward, Body body) {
   const int64_t BH = s.batch * s.heads;
 #pragma omp parallel num_threads(resolve_threads(num_threads))
   {
     Scratch<T> w(s.seq_len, s.head_dim, backward);
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
-      body(bh, nt, s.n_visual + nt, w);
-    }
+    for (int64_t bh = 0; bh < BH; ++bh) body(bh, sample_mask(s.mask, bh / s.heads, s.seq_len), w);
   }
 }
 
 template <typename T>
-void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
-  const auto& s = a.shape;
+void forward(const MaskedAttentionForward& a) {
+  const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
-  for_each_slice<T>(s, a.n_text, /*backward=*/false, num_threads,
-                    [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch<T>& w) {
-      const int64_t off = bh * L * D, ld = w.ld;
+  for_each_slice<T>(s, a.exec.num_threads, /*backward=*/false,
+                    [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
+      const int64_t off = bh * L * D, ld = w.ld, n_valid = m.n_valid;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
       const T* v = static_cast<const T*>(a.v) + off;
@@ -284,10 +291,10 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       T* lse = static_cast<T*>(a.lse) + bh * L;  // float, or double for float64 inputs
 
       transpose(k, n_valid, D, D, w.kt.data(), ld);
-      probabilities(s, n_text, n_valid, q, w, static_cast<const T*>(nullptr), lse);
+      probabilities(s, m, q, w, static_cast<const T*>(nullptr), lse);
       for (int64_t i0 = 0; i0 < n_valid; i0 += kRowBlock) {  // O = P V
         const int64_t rows = std::min(kRowBlock, n_valid - i0);
-        gemm(rows, D, block_key_end(i0, rows, s, n_text), w.p.data() + i0 * ld, ld, v, D, o + i0 * D, D);
+        gemm(rows, D, block_key_end(i0, rows, m), w.p.data() + i0 * ld, ld, v, D, o + i0 * D, D);
       }
       std::fill(o + n_valid * D, o + L * D, T(0));  // padding rows
       std::fill(lse + n_valid, lse + L, T(0));
@@ -295,13 +302,13 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
 }
 
 template <typename T>
-void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
-  const auto& s = a.shape;
+void backward(const MaskedAttentionBackward& a) {
+  const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   const T scale = static_cast<T>(s.scale);
-  for_each_slice<T>(s, a.n_text, /*backward=*/true, num_threads,
-                    [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch<T>& w) {
-      const int64_t off = bh * L * D, ld = w.ld;
+  for_each_slice<T>(s, a.exec.num_threads, /*backward=*/true,
+                    [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
+      const int64_t off = bh * L * D, ld = w.ld, n_valid = m.n_valid;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
       const T* v = static_cast<const T*>(a.v) + off;
@@ -314,14 +321,14 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
 
       transpose(k, n_valid, D, D, w.kt.data(), ld);
       transpose(v, n_valid, D, D, w.vt.data(), ld);
-      probabilities(s, n_text, n_valid, q, w, lse, static_cast<T*>(nullptr));
+      probabilities(s, m, q, w, lse, static_cast<T*>(nullptr));
       for (int64_t i0 = 0; i0 < n_valid; i0 += kRowBlock) {  // dP = dO V^T into ds
         const int64_t rows = std::min(kRowBlock, n_valid - i0);
-        const int64_t cols = round_up(block_key_end(i0, rows, s, n_text), kPad);
+        const int64_t cols = round_up(block_key_end(i0, rows, m), kPad);
         gemm(rows, cols, D, dout + i0 * D, D, w.vt.data(), ld, w.ds.data() + i0 * ld, ld);
       }
       for (int64_t i = 0; i < n_valid; ++i) {  // dS = scale * P * (dP - rowsum(dO * O))
-        const int64_t end = masked_attention_key_end(i, s.n_visual, n_text, s.full);
+        const int64_t end = m.key_end(i);
         const T delta = dot(dout + i * D, o + i * D, D);
         const T* p = w.p.data() + i * ld;
         T* ds = w.ds.data() + i * ld;
@@ -330,7 +337,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       }
       for (int64_t i0 = 0; i0 < n_valid; i0 += kRowBlock) {  // dQ = dS K
         const int64_t rows = std::min(kRowBlock, n_valid - i0);
-        gemm(rows, D, block_key_end(i0, rows, s, n_text), w.ds.data() + i0 * ld, ld, k, D, dq + i0 * D, D);
+        gemm(rows, D, block_key_end(i0, rows, m), w.ds.data() + i0 * ld, ld, k, D, dq + i0 * D, D);
       }
       // dV = P^T dO and dK = dS^T Q over the valid queries (zero entries where not attended).
       transpose(w.p.data(), n_valid, n_valid, ld, w.pt.data(), ld);
@@ -359,9 +366,12 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
 namespace fast {
 
 inline __m256 exp8(__m256 x) {
-  // Same polynomial as exp_inplace (Cephes expf); x < -87 (incl. -inf) gives exactly 0.
-  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-  __m256 v = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  // Same polynomial as exp_inplace (Cephes expf), with its edge cases at no extra cost: x < -87
+  // (incl. -inf) gives exactly 0; x >= ~88.4 (incl. +inf) clamps to 89, whose 2^128 is +inf; NaN
+  // stays NaN, so a NaN score is never hidden (min/max return their second operand when it is NaN,
+  // so x is passed second, and `keep` is true for NaN).
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);
+  __m256 v = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
   const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
@@ -391,8 +401,11 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
-// Natural log of 8 floats >= 1 (here: softmax normalisers), Cephes logf polynomial (~1 ulp).
+// Natural log of 8 floats >= 1 (here: softmax normalisers), Cephes logf polynomial (~1 ulp);
+// NaN and +inf are returned as they are (a normaliser is NaN or +inf only for non-finite scores).
 inline __m256 log8(__m256 x) {
+  const __m256 special = _mm256_cmp_ps(x, _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_NLE_UQ);
+  const __m256 input = x;
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256i bits = _mm256_castps_si256(x);
   __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
@@ -413,7 +426,17 @@ inline __m256 log8(__m256 x) {
   y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
   y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
   y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
-  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
+  return _mm256_blendv_ps(_mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y)), input, special);
+}
+
+// scale * s rounded to float, as a value the compiler may not fuse into a following subtraction:
+// the forward takes the row maximum of these rounded products and the backward subtracts the saved
+// lse from them again, so both must see the same values (an FMA would skip the rounding and, with a
+// huge scale, leave exp arguments above 0 by half an ulp of the maximum: overflow).
+inline __m256 scaled(__m256 s, __m256 scale) {
+  __m256 x = _mm256_mul_ps(s, scale);
+  __asm__("" : "+x"(x));
+  return x;
 }
 
 // Lanes j (0..7) of vector `c` of a row with `end` valid entries: all-ones where 8c + j < end.
@@ -598,19 +621,19 @@ struct Scratch {
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
 // Streaming needs 32-byte aligned rows: true for head_dim % 8 == 0 (this path) and aligned bases.
-inline bool stream_outputs(const MaskedAttentionShape& s, std::initializer_list<const void*> outputs) {
+inline bool stream_outputs(const AttentionProblem& s, std::initializer_list<const void*> outputs) {
   if (s.batch * s.heads * s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float)) < kStreamBytes) return false;
   for (const void* p : outputs)
     if (reinterpret_cast<uintptr_t>(p) % 32 != 0) return false;
   return true;
 }
 
-// Runs body(bh, n_text, n_valid, scratch) for every (batch, head) slice, OpenMP-parallel with one
+// Runs body(bh, sample mask, scratch) for every (batch, head) slice, OpenMP-parallel with one
 // Scratch per thread, in chunks of 8 consecutive slices handed out dynamically (a core may be busy
 // with something else). While a slice runs, the next one's inputs (and, unless the outputs are
 // streamed, its outputs) are prefetched. Scratch::stream tells the body how to store outputs.
 template <typename Body>
-void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, bool backward, int num_threads,
+void for_each_slice_fast(const AttentionProblem& s, int num_threads, bool backward,
                          std::initializer_list<const void*> inputs, std::initializer_list<const void*> outputs,
                          Body body) {
   const bool streamed_outputs = stream_outputs(s, outputs);
@@ -626,14 +649,13 @@ void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, b
       for (int64_t bh = c0; bh < c1; ++bh) {
         w.pf.clear();
         if (bh + 1 < BH) {  // at a chunk end this may be another thread's slice: harmless
-          const int64_t nt1 = masked_attention_clamp_text(n_text[(bh + 1) / s.heads], s.n_visual, s.seq_len);
-          const int64_t in_bytes = (s.n_visual + nt1) * s.head_dim * static_cast<int64_t>(sizeof(float));
+          const int64_t n_valid1 = sample_mask(s.mask, (bh + 1) / s.heads, s.seq_len).n_valid;
+          const int64_t in_bytes = n_valid1 * s.head_dim * static_cast<int64_t>(sizeof(float));
           for (const void* t : inputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, in_bytes, false);
           if (!streamed_outputs)
             for (const void* t : outputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, slice, true);
         }
-        const int64_t nt = masked_attention_clamp_text(n_text[bh / s.heads], s.n_visual, s.seq_len);
-        body(bh, nt, s.n_visual + nt, w);
+        body(bh, sample_mask(s.mask, bh / s.heads, s.seq_len), w);
         w.pf.finish();
       }
     }
@@ -641,37 +663,36 @@ void for_each_slice_fast(const MaskedAttentionShape& s, const int32_t* n_text, b
   }
 }
 
-void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
-  const auto& s = a.shape;
-  const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
-  const bool full = s.full;
+void forward(const MaskedAttentionForward& a) {
+  const auto& s = a.problem;
+  const int64_t L = s.seq_len, D = s.head_dim;
   const float scale = static_cast<float>(s.scale);
-  for_each_slice_fast(s, a.n_text, /*backward=*/false, num_threads, {a.q, a.k, a.v}, {a.out},
-                      [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
-    const int64_t off = bh * L * D, ld = w.ld;
+  for_each_slice_fast(s, a.exec.num_threads, /*backward=*/false, {a.q, a.k, a.v}, {a.out},
+                      [&](int64_t bh, const SampleMask& mask, Scratch& w) {
+    const int64_t off = bh * L * D, ld = w.ld, n_valid = mask.n_valid;
     const float* q = static_cast<const float*>(a.q) + off;
     const float* k = static_cast<const float*>(a.k) + off;
     const float* v = static_cast<const float*>(a.v) + off;
     float* o = static_cast<float*>(a.out) + off;
     float* lse = static_cast<float*>(a.lse) + bh * L;
-    auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
+    auto key_end = [&](int64_t i) { return mask.key_end(i); };
 
     dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end, w.pf);
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const int64_t row_vecs = (n_valid + 7) / 8;  // P is read up to column n_valid: zero past each end
-    for (int64_t i = 0; i < n_valid; ++i) {  // P = exp(scale * (S - rowmax)), unnormalised; 1/l kept aside
+    for (int64_t i = 0; i < n_valid; ++i) {  // P = exp(scale S - rowmax), unnormalised; 1/l kept aside
       const int64_t end = key_end(i), nvec = (end + 7) / 8;
       const float* sr = w.s.data() + i * ld;
       float* pr = w.p.data() + i * ld;
       __m256 mx = ninf;
       for (int64_t c = 0; c < nvec; ++c)
-        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(sr + 8 * c), lane_mask(end, c)));
-      const float m = hmax(mx) * scale;
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, scaled(_mm256_loadu_ps(sr + 8 * c), vscale), lane_mask(end, c)));
+      const float m = hmax(mx);
       const __m256 vm = _mm256_set1_ps(m);
       __m256 sum = _mm256_setzero_ps();
       for (int64_t c = 0; c < nvec; ++c) {
         const __m256 mask = lane_mask(end, c);
-        const __m256 x = _mm256_blendv_ps(ninf, _mm256_fmsub_ps(_mm256_loadu_ps(sr + 8 * c), vscale, vm), mask);
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(sr + 8 * c), vscale), vm), mask);
         const __m256 e = exp8(x);
         sum = _mm256_add_ps(sum, e);
         _mm256_storeu_ps(pr + 8 * c, e);
@@ -681,12 +702,14 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
       w.pf.step(4);
       w.m[i] = m;
     }
-    // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row).
+    // 1 / l and lse = m + log(l), 8 rows at a time (no scalar divide/log chain per row); a row
+    // maximum of +inf gives lse = +inf (l is NaN then), as in the generic path.
     for (int64_t i = n_valid; i < round_up(n_valid, 8); ++i) w.inv_l[i] = 1.0f, w.m[i] = 0.0f;
+    const __m256 pinf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
     for (int64_t i = 0; i < n_valid; i += 8) {
-      const __m256 l = _mm256_loadu_ps(w.inv_l.data() + i);
+      const __m256 l = _mm256_loadu_ps(w.inv_l.data() + i), m = _mm256_loadu_ps(w.m.data() + i);
       _mm256_storeu_ps(w.inv_l.data() + i, _mm256_div_ps(_mm256_set1_ps(1.0f), l));
-      _mm256_storeu_ps(w.m.data() + i, _mm256_add_ps(_mm256_loadu_ps(w.m.data() + i), log8(l)));
+      _mm256_storeu_ps(w.m.data() + i, _mm256_blendv_ps(_mm256_add_ps(m, log8(l)), pinf, _mm256_cmp_ps(m, pinf, _CMP_EQ_OQ)));
     }
     std::copy(w.m.data(), w.m.data() + n_valid, lse);
     bcast_gemm<false>(n_valid, D, w.p.data(), ld, v, o, w.inv_l.data(), w.stream, w.pf,
@@ -700,15 +723,15 @@ void forward(const MaskedAttentionFwdArgs& a, int num_threads) {
   });
 }
 
-void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
-  const auto& s = a.shape;
-  const int64_t L = s.seq_len, D = s.head_dim, nv = s.n_visual;
-  const bool full = s.full;
+void backward(const MaskedAttentionBackward& a) {
+  const auto& s = a.problem;
+  const int64_t L = s.seq_len, D = s.head_dim;
   const float scale = static_cast<float>(s.scale);
-  for_each_slice_fast(s, a.n_text, /*backward=*/true, num_threads, {a.q, a.k, a.v, a.out, a.dout},
+  for_each_slice_fast(s, a.exec.num_threads, /*backward=*/true, {a.q, a.k, a.v, a.out, a.dout},
                       {a.dq, a.dk, a.dv},
-                      [&](int64_t bh, int64_t n_text, int64_t n_valid, Scratch& w) {
-    const int64_t off = bh * L * D, ld = w.ld;
+                      [&](int64_t bh, const SampleMask& mask, Scratch& w) {
+    const int64_t off = bh * L * D, ld = w.ld, n_valid = mask.n_valid, nv = mask.n_fixed;
+    const bool full = mask.full;
     const float* q = static_cast<const float*>(a.q) + off;
     const float* k = static_cast<const float*>(a.k) + off;
     const float* v = static_cast<const float*>(a.v) + off;
@@ -718,7 +741,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
     float* dq = static_cast<float*>(a.dq) + off;
     float* dk = static_cast<float*>(a.dk) + off;
     float* dv = static_cast<float*>(a.dv) + off;
-    auto key_end = [&](int64_t i) { return masked_attention_key_end(i, nv, n_text, full); };
+    auto key_end = [&](int64_t i) { return mask.key_end(i); };
 
     dot_rows(n_valid, L, D, q, k, w.s.data(), ld, key_end, w.pf);  // S = Q K^T
     dot_rows(n_valid, L, D, dout, v, w.dp.data(), ld, key_end, w.pf);  // dP = dO V^T
@@ -751,7 +774,7 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
       float* dsr = w.ds.data() + i * ld;
       for (int64_t c = 0; c < nvec; ++c) {  // P = exp(scale S - lse), dS = scale P (dP - delta)
         const __m256 mask = lane_mask(end, c);
-        const __m256 x = _mm256_blendv_ps(ninf, _mm256_fmsub_ps(_mm256_loadu_ps(sr + 8 * c), vscale, shift), mask);
+        const __m256 x = _mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(sr + 8 * c), vscale), shift), mask);
         const __m256 p = exp8(x);
         const __m256 ds = _mm256_and_ps(
             _mm256_mul_ps(_mm256_mul_ps(p, vscale), _mm256_sub_ps(_mm256_loadu_ps(dpr + 8 * c), delta)), mask);
@@ -789,20 +812,22 @@ void backward(const MaskedAttentionBwdArgs& a, int num_threads) {
 
 }  // namespace
 
-void fwd(const MaskedAttentionFwdArgs& args, ScalarType dtype, int num_threads) {
+void fwd(const MaskedAttentionForward& args) {
+  const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
-  if (dtype == ScalarType::Float32 && args.shape.head_dim % 8 == 0) return fast::forward(args, num_threads);
+  if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::forward(args);
 #endif
-  if (dtype == ScalarType::Float32) return forward<float>(args, num_threads);
-  return forward<double>(args, num_threads);
+  if (dtype == ScalarType::Float32) return forward<float>(args);
+  return forward<double>(args);
 }
 
-void bwd(const MaskedAttentionBwdArgs& args, ScalarType dtype, int num_threads) {
+void bwd(const MaskedAttentionBackward& args) {
+  const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
-  if (dtype == ScalarType::Float32 && args.shape.head_dim % 8 == 0) return fast::backward(args, num_threads);
+  if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::backward(args);
 #endif
-  if (dtype == ScalarType::Float32) return backward<float>(args, num_threads);
-  return backward<double>(args, num_threads);
+  if (dtype == ScalarType::Float32) return backward<float>(args);
+  return backward<double>(args);
 }
 
 }  // namespace ZSAR_CPU_ISA

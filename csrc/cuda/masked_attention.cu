@@ -1,4 +1,5 @@
-// CUDA kernels of the fused masked cross-modal attention (DESIGN.md §2.1).
+// CUDA kernels of the fused masked attention; the mask kinds and arguments are in
+// csrc/include/zsar/masked_attention.h.
 //
 // Tuned for short sequences (ResT: L ~ 25). All arithmetic is float (fp16/bf16 converted on load,
 // rounded once on store), so the kernels are bound by shared-memory bandwidth and FMA issue rather
@@ -60,44 +61,48 @@ __device__ __forceinline__ int row_group(int lane) { return (lane & 1) | ((lane 
 
 // Launch geometry and mask parameters shared by the kernels.
 struct Problem {
-  const int32_t* n_text;
+  AttentionMask mask;  // lengths on the device
   int64_t heads;
   int seq_len;
   int head_dim;
   int stride;  // shared-memory row stride in floats
-  int n_visual;
   int row_blocks;  // blocks per (batch, head)
-  bool full;
   bool vec;  // rows may be read 4 elements at a time (head_dim % 4 == 0 and aligned base pointers)
   float scale;
 };
 
-// The (batch, head) and first row of this block, and the clamped n_text of its sample.
+// The (batch, head) and first row of this block, and the mask of its sample.
 struct BlockRows {
   int64_t bh;
   int r0;
-  int64_t n_text;
+  SampleMask mask;
 };
 
 __device__ __forceinline__ BlockRows block_rows(const Problem& p, int warp_rows) {
   const int64_t bh = blockIdx.x / static_cast<unsigned>(p.row_blocks);
   const int rb = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.row_blocks));
-  const int64_t nt = masked_attention_clamp_text(p.n_text[bh / p.heads], p.n_visual, p.seq_len);
-  return {bh, rb * static_cast<int>(blockDim.x / kWarpSize) * warp_rows, nt};
+  return {bh, rb * static_cast<int>(blockDim.x / kWarpSize) * warp_rows,
+          sample_mask(p.mask, bh / p.heads, p.seq_len)};
 }
 
 // key_end of query row i, 0 past the sequence.
-__device__ __forceinline__ int key_end(const Problem& p, int64_t nt, int i) {
-  return i < p.seq_len ? static_cast<int>(masked_attention_key_end(i, p.n_visual, nt, p.full)) : 0;
+__device__ __forceinline__ int key_end(const Problem& p, const SampleMask& m, int i) {
+  return i < p.seq_len ? static_cast<int>(m.key_end(i)) : 0;
 }
 
 // How far the query rows [r0, r0 + rows) reach into the keys (key_end is not monotone: padding rows
 // have 0), i.e. how many keys they must stream.
-__device__ __forceinline__ int rows_key_end(const Problem& p, int64_t nt, int r0, int rows) {
+__device__ __forceinline__ int rows_key_end(const Problem& p, const SampleMask& m, int r0, int rows) {
   int end = 0;
-  for (int r = r0; r < r0 + rows; ++r) end = max(end, key_end(p, nt, r));
+  for (int r = r0; r < r0 + rows; ++r) end = max(end, key_end(p, m, r));
   return end;
 }
+
+// scale * s rounded to float, never fused into a following subtraction (__fmul_rn is exempt from
+// FMA contraction): the forward takes the row maximum of these products and the backward subtracts
+// the saved lse from them, so both must see the same rounded values (with a huge scale, an
+// unrounded product could exceed the maximum by half its ulp, and exp would overflow).
+__device__ __forceinline__ float scaled(float scale, float s) { return __fmul_rn(scale, s); }
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
@@ -257,18 +262,21 @@ __device__ __forceinline__ void accumulate(const float* w, const float* tile, in
   }
 }
 
-// Writes rows [row0, row0 + R) of a (B, H, L, Dh) output from the accumulation layout, scaled.
+// Writes rows [row0, row0 + R) of a (B, H, L, Dh) output from the accumulation layout, scaled;
+// rows at or past n_valid (padding) are written as exact zeros: their sums may hold 0 * inf from
+// a non-finite value of a valid row.
 template <typename T, int R, int NC>
-__device__ __forceinline__ void store_rows(T* dst, int row0, int L, int dh, float scale,
+__device__ __forceinline__ void store_rows(T* dst, int row0, int L, int n_valid, int dh, float scale,
                                            const float (&acc)[R][NC]) {
   const int lane = threadIdx.x % kWarpSize;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     if (row0 + r < L) {
+      const bool valid = row0 + r < n_valid;
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
         const int d = lane + c * kWarpSize;
-        if (d < dh) dst[int64_t{row0 + r} * dh + d] = from_float<T>(acc[r][c] * scale);
+        if (d < dh) dst[int64_t{row0 + r} * dh + d] = from_float<T>(valid ? acc[r][c] * scale : 0.f);
       }
     }
   }
@@ -294,12 +302,12 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   const BlockRows blk = block_rows(p, R);
   const int64_t base = blk.bh * L * dh;
   const int block_n = max(0, min(warps * R, L - blk.r0));  // query rows of the block
-  const int kend_blk = rows_key_end(p, blk.n_text, blk.r0, warps * R);
+  const int kend_blk = rows_key_end(p, blk.mask, blk.r0, warps * R);
   const int row0 = blk.r0 + warp * R;  // this warp's first query row
-  const int kend_warp = rows_key_end(p, blk.n_text, row0, R);
+  const int kend_warp = rows_key_end(p, blk.mask, row0, R);
   int kend[RB];
 #pragma unroll
-  for (int b = 0; b < RB; ++b) kend[b] = key_end(p, blk.n_text, row0 + g + kGroups * b);
+  for (int b = 0; b < RB; ++b) kend[b] = key_end(p, blk.mask, row0 + g + kGroups * b);
 
   float* ks = dynamic_smem();      // kTile x S
   float* vs = ks + kTile * S;      // kTile x S
@@ -338,7 +346,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 #pragma unroll
         for (int a = 0; a < kTileSlots; ++a) {
           valid[a] = t + kTileLanes * a < kend[b] - t0;
-          sv[a] = valid[a] ? p.scale * s[b][a] : -INFINITY;
+          sv[a] = valid[a] ? scaled(p.scale, s[b][a]) : -INFINITY;
           tile_max = fmaxf(tile_max, sv[a]);
         }
         tile_max = group_max(tile_max);
@@ -375,7 +383,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
     const int i = row0 + g + kGroups * b;
     if (t == 0) {
       fs[g + kGroups * b] = kend[b] > 0 ? 1.f / sum : 0.f;  // acc = 0 on padding rows: exact zeros
-      if (i < L) lse[blk.bh * L + i] = kend[b] > 0 ? m[b] + logf(sum) : 0.f;
+      // A +inf score gives m = +inf and a NaN sum: lse is +inf then, as in torch.logsumexp.
+      if (i < L) lse[blk.bh * L + i] = kend[b] > 0 ? (m[b] == INFINITY ? m[b] : m[b] + logf(sum)) : 0.f;
     }
   }
   __syncwarp();
@@ -385,7 +394,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[r][c] *= inv;
   }
-  store_rows(out + base, row0, L, dh, 1.f, acc);
+  store_rows(out + base, row0, L, static_cast<int>(blk.mask.n_valid), dh, 1.f, acc);
 }
 
 // Backward, per query row i: delta_i = dout_i . out_i (stored for the dk/dv kernel) and
@@ -409,14 +418,14 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   const BlockRows blk = block_rows(p, R);
   const int64_t base = blk.bh * L * dh;
   const int block_n = max(0, min(warps * R, L - blk.r0));
-  const int kend_blk = rows_key_end(p, blk.n_text, blk.r0, warps * R);
+  const int kend_blk = rows_key_end(p, blk.mask, blk.r0, warps * R);
   const int row0 = blk.r0 + warp * R;
-  const int kend_warp = rows_key_end(p, blk.n_text, row0, R);
+  const int kend_warp = rows_key_end(p, blk.mask, row0, R);
   int kend[RB];
   float lse_b[RB];
 #pragma unroll
   for (int b = 0; b < RB; ++b) {
-    kend[b] = key_end(p, blk.n_text, row0 + g + kGroups * b);
+    kend[b] = key_end(p, blk.mask, row0 + g + kGroups * b);
     lse_b[b] = kend[b] > 0 ? lse[blk.bh * L + row0 + g + kGroups * b] : 0.f;
   }
   // Accumulation layout: this lane's columns of the out rows, for delta.
@@ -424,7 +433,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   float o_r[R][NC];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    has_keys[r] = key_end(p, blk.n_text, row0 + r) > 0;
+    has_keys[r] = key_end(p, blk.mask, row0 + r) > 0;
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
@@ -484,7 +493,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
         for (int a = 0; a < kTileSlots; ++a) {
           const int j = t + kTileLanes * a;
           dss[j * R + g + kGroups * b] =
-              j < kend[b] - t0 ? expf(p.scale * s[b][a] - lse_b[b]) * (dp[b][a] - delta_b[b]) : 0.f;
+              j < kend[b] - t0 ? expf(scaled(p.scale, s[b][a]) - lse_b[b]) * (dp[b][a] - delta_b[b]) : 0.f;
         }
       }
       __syncwarp();
@@ -495,7 +504,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   if (kend_blk == 0 && lane == 0) {  // only padding rows: the loop above never wrote delta
     for (int r = row0; r < min(row0 + R, L); ++r) delta[blk.bh * L + r] = 0.f;
   }
-  store_rows(dq + base, row0, L, dh, p.scale, acc);
+  store_rows(dq + base, row0, L, static_cast<int>(blk.mask.n_valid), dh, p.scale, acc);
 }
 
 // Backward, per key row j: dv_j = sum_i p_ij dout_i and dk_j = scale * sum_i ds_ij q_i over the
@@ -521,14 +530,15 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
   const int64_t row_base = blk.bh * L;  // (b, h) offset into lse and delta
   const int block_n = max(0, min(warps * R, L - blk.r0));  // key rows of the block
   const int row0 = blk.r0 + warp * R;                       // this warp's first key row
-  const int n_valid = p.n_visual + static_cast<int>(blk.n_text);
+  const int n_valid = static_cast<int>(blk.mask.n_valid);
+  const int n_fixed = static_cast<int>(blk.mask.n_fixed);
 
   // Queries attending a key j0 form [lo, hi) and include those attending any later key (the masks
   // are prefixes): in rest mode a key j0 >= n_visual is seen only by the words i >= j0, any other
   // valid key by every valid query. Applied to the first key of the block and of the warp.
-  const int q_lo = (p.full || blk.r0 < p.n_visual) ? 0 : blk.r0;
+  const int q_lo = (blk.mask.full || blk.r0 < n_fixed) ? 0 : blk.r0;
   const int q_hi = blk.r0 < n_valid ? n_valid : 0;
-  const int w_lo = (p.full || row0 < p.n_visual) ? 0 : row0;
+  const int w_lo = (blk.mask.full || row0 < n_fixed) ? 0 : row0;
   const int w_hi = row0 < n_valid ? n_valid : 0;
 
   float* qt = dynamic_smem();              // kTile x S, query tile
@@ -576,9 +586,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
         for (int a = 0; a < kTileSlots; ++a) {
           const int i = t + kTileLanes * a;
           // Rows past L and tile rows past `rows` hold stale data: keep it out of the arithmetic.
-          const bool attends = i < rows && j < L &&
-                               j < masked_attention_key_end(t0 + i, p.n_visual, blk.n_text, p.full);
-          const float pr = attends ? expf(p.scale * s[b][a] - lse_a[a]) : 0.f;
+          const bool attends = i < rows && j < L && j < blk.mask.key_end(t0 + i);
+          const float pr = attends ? expf(scaled(p.scale, s[b][a]) - lse_a[a]) : 0.f;
           ps[i * R + g + kGroups * b] = pr;
           dss[i * R + g + kGroups * b] = attends ? pr * (dp[b][a] - delta_a[a]) : 0.f;
         }
@@ -589,8 +598,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
     }
   }
 
-  store_rows(dk + base, row0, L, dh, p.scale, acc_k);
-  store_rows(dv + base, row0, L, dh, 1.f, acc_v);
+  store_rows(dk + base, row0, L, n_valid, dh, p.scale, acc_k);
+  store_rows(dv + base, row0, L, n_valid, dh, 1.f, acc_v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,8 +632,7 @@ struct SmemLayout {
 
 // Warps per block: as many as shared memory allows (up to kMaxBlockRows rows), then balanced over
 // the blocks of a (batch, head), so a short sequence runs in one block and tiles are read few times.
-Launch plan(const MaskedAttentionShape& s, const int32_t* n_text, int rows_per_warp,
-            const SmemLayout& layout) {
+Launch plan(const AttentionProblem& s, int rows_per_warp, const SmemLayout& layout) {
   const int64_t stride = row_stride(s.head_dim);
   int64_t max_warps = kMaxBlockRows / rows_per_warp;
   while (max_warps > 1 &&
@@ -639,14 +647,12 @@ Launch plan(const MaskedAttentionShape& s, const int32_t* n_text, int rows_per_w
                                 "one launch");
   }
   Launch launch;
-  launch.problem.n_text = n_text;
+  launch.problem.mask = s.mask;
   launch.problem.heads = s.heads;
   launch.problem.seq_len = static_cast<int>(s.seq_len);
   launch.problem.head_dim = static_cast<int>(s.head_dim);
   launch.problem.stride = static_cast<int>(stride);
-  launch.problem.n_visual = static_cast<int>(s.n_visual);
   launch.problem.row_blocks = static_cast<int>(row_blocks);
-  launch.problem.full = s.full;
   launch.problem.vec = false;
   launch.problem.scale = static_cast<float>(s.scale);
   launch.blocks = static_cast<unsigned>(blocks);
@@ -657,7 +663,7 @@ Launch plan(const MaskedAttentionShape& s, const int32_t* n_text, int rows_per_w
 
 // Whether rows of `p` can be read 4 elements at a time.
 template <typename T>
-bool vec_ok(const MaskedAttentionShape& s, const void* p) {
+bool vec_ok(const AttentionProblem& s, const void* p) {
   return s.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
 }
 
@@ -670,9 +676,9 @@ void check_launch(const char* kernel) {
 }
 
 // Validates the arguments; false when there is nothing to compute.
-bool check_args(const MaskedAttentionShape& s, ScalarType dtype) {
-  if (dtype != ScalarType::Float32 && dtype != ScalarType::Float16 &&
-      dtype != ScalarType::BFloat16) {
+bool check_args(const AttentionProblem& s) {
+  if (s.dtype != ScalarType::Float32 && s.dtype != ScalarType::Float16 &&
+      s.dtype != ScalarType::BFloat16) {
     throw std::invalid_argument(
         "masked_attention (cuda): unsupported dtype, expected float32, float16 or bfloat16");
   }
@@ -685,20 +691,26 @@ bool check_args(const MaskedAttentionShape& s, ScalarType dtype) {
     throw std::invalid_argument("masked_attention (cuda): seq_len too large, got " +
                                 std::to_string(s.seq_len));
   }
-  // The kernels index keys below key_end <= n_visual + clamped n_text <= seq_len only if this holds.
-  if (s.n_visual < 0 || s.n_visual > s.seq_len) {
-    throw std::invalid_argument("masked_attention (cuda): n_visual must be in [0, seq_len], got " +
-                                std::to_string(s.n_visual));
+  if (!mask_kind_implemented(s.mask.kind)) {
+    throw std::invalid_argument("masked_attention (cuda): mask kind " +
+                                std::to_string(static_cast<int>(s.mask.kind)) + " is not implemented");
   }
+  // The kernels index keys below key_end <= n_fixed + clamped length <= seq_len only if this holds.
+  if (s.mask.n_fixed < 0 || s.mask.n_fixed > s.seq_len) {
+    throw std::invalid_argument("masked_attention (cuda): mask.n_fixed must be in [0, seq_len], got " +
+                                std::to_string(s.mask.n_fixed));
+  }
+  if (s.mask.lengths == nullptr) throw std::invalid_argument("masked_attention (cuda): mask.lengths is null");
   return true;
 }
 
 template <typename T, int NC>
 struct Fwd {
-  static void run(const MaskedAttentionFwdArgs& a, cudaStream_t stream) {
+  static void run(const MaskedAttentionForward& a, cudaStream_t stream) {
     constexpr int R = kGroups * quads_per_warp(NC);
-    Launch l = plan(a.shape, a.n_text, R, {1, (kTile + 1) * R});
-    l.problem.vec = vec_ok<T>(a.shape, a.q) && vec_ok<T>(a.shape, a.k) && vec_ok<T>(a.shape, a.v);
+    const AttentionProblem& s = a.problem;
+    Launch l = plan(s, R, {1, (kTile + 1) * R});
+    l.problem.vec = vec_ok<T>(s, a.q) && vec_ok<T>(s, a.k) && vec_ok<T>(s, a.v);
     masked_attention_fwd_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
         l.problem, static_cast<const T*>(a.q), static_cast<const T*>(a.k),
         static_cast<const T*>(a.v), static_cast<T*>(a.out), static_cast<float*>(a.lse));
@@ -708,28 +720,28 @@ struct Fwd {
 
 template <typename T, int NC>
 struct Bwd {
-  static void run(const MaskedAttentionBwdArgs& a, cudaStream_t stream) {
+  static void run(const MaskedAttentionBackward& a, cudaStream_t stream) {
     constexpr int R = kGroups * quads_per_warp(NC);
+    const AttentionProblem& s = a.problem;
     const auto q = static_cast<const T*>(a.q);
     const auto k = static_cast<const T*>(a.k);
     const auto v = static_cast<const T*>(a.v);
     const auto dout = static_cast<const T*>(a.dout);
     const auto lse = static_cast<const float*>(a.lse);  // float for every dtype served here
-    const bool vec = vec_ok<T>(a.shape, q) && vec_ok<T>(a.shape, k) && vec_ok<T>(a.shape, v) &&
-                     vec_ok<T>(a.shape, dout);
+    const bool vec = vec_ok<T>(s, q) && vec_ok<T>(s, k) && vec_ok<T>(s, v) && vec_ok<T>(s, dout);
 
-    Launch l = plan(a.shape, a.n_text, R, {2, kTile * R});
+    Launch l = plan(s, R, {2, kTile * R});
     l.problem.vec = vec;
     masked_attention_bwd_dq_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
         l.problem, q, k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq),
-        a.delta);
+        a.workspace);
     check_launch("masked_attention_bwd_dq_kernel");
 
     // Same stream: runs after the dq kernel has written delta.
-    l = plan(a.shape, a.n_text, R, {2, 2 * kTile * R});
+    l = plan(s, R, {2, 2 * kTile * R});
     l.problem.vec = vec;
     masked_attention_bwd_dkv_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
-        l.problem, q, k, v, lse, a.delta, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
+        l.problem, q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
     check_launch("masked_attention_bwd_dkv_kernel");
   }
 };
@@ -737,7 +749,7 @@ struct Bwd {
 // Runs Fn<T, NC>, NC = the column slices per lane that head_dim needs.
 template <typename T, template <typename, int> class Fn, typename Args>
 void dispatch_head_dim(const Args& a, cudaStream_t stream) {
-  switch (cdiv(a.shape.head_dim, kWarpSize)) {
+  switch (cdiv(a.problem.head_dim, kWarpSize)) {
     case 1: return Fn<T, 1>::run(a, stream);
     case 2: return Fn<T, 2>::run(a, stream);
     case 3: return Fn<T, 3>::run(a, stream);
@@ -747,10 +759,10 @@ void dispatch_head_dim(const Args& a, cudaStream_t stream) {
 
 }  // namespace
 
-void masked_attention_fwd_cuda(const MaskedAttentionFwdArgs& args, ScalarType dtype, void* stream) {
-  if (!check_args(args.shape, dtype)) return;
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
+void masked_attention_fwd_cuda(const MaskedAttentionForward& args) {
+  if (!check_args(args.problem)) return;
+  const auto s = static_cast<cudaStream_t>(args.exec.stream);
+  switch (args.problem.dtype) {
     case ScalarType::Float32: return dispatch_head_dim<float, Fwd>(args, s);
     case ScalarType::Float16: return dispatch_head_dim<__half, Fwd>(args, s);
     case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Fwd>(args, s);
@@ -758,10 +770,10 @@ void masked_attention_fwd_cuda(const MaskedAttentionFwdArgs& args, ScalarType dt
   }
 }
 
-void masked_attention_bwd_cuda(const MaskedAttentionBwdArgs& args, ScalarType dtype, void* stream) {
-  if (!check_args(args.shape, dtype)) return;
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
+void masked_attention_bwd_cuda(const MaskedAttentionBackward& args) {
+  if (!check_args(args.problem)) return;
+  const auto s = static_cast<cudaStream_t>(args.exec.stream);
+  switch (args.problem.dtype) {
     case ScalarType::Float32: return dispatch_head_dim<float, Bwd>(args, s);
     case ScalarType::Float16: return dispatch_head_dim<__half, Bwd>(args, s);
     case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Bwd>(args, s);

@@ -1,88 +1,128 @@
-// Fused masked cross-modal attention (ResT), DESIGN.md §2.1.
+// Fused masked attention: the argument structs of the compiled core (its ABI) and the mask kinds.
 //
-// The compiled core never sees a torch tensor: Python hands over raw pointers of contiguous
-// (B, H, L, Dh) buffers that it allocated, the sizes, and (for CUDA) the current stream.
+// The compiled core never sees a torch tensor: Python hands over one argument struct per call with
+// raw pointers of contiguous (B, H, L, Dh) buffers that it allocated, the problem's sizes, a mask
+// descriptor and (for CUDA) the device and current stream.
 //
-// Mask, per sample b with n_valid = n_visual + n_text[b]: query i attends keys j < key_end(i), where
-//   padding query (i >= n_valid)             -> nothing (output row 0, zero gradient)
-//   mode full                                -> n_valid
-//   mode rest, visual query (i < n_visual)   -> n_visual   (visual tokens never see words)
-//   mode rest, word query                    -> i + 1      (all visual tokens + words left of i, itself)
-// The allowed keys always form a prefix [0, key_end), which every kernel exploits.
+// The mask is a kind plus integers (never an L x L tensor). Per sample b, `length` is lengths[b]
+// clamped to [0, seq_len - n_fixed], so a bad value can never index out of bounds:
+//   Rest (ResT, the default): n_valid = n_fixed + length; n_fixed = CLS + frame tokens, `length` words.
+//     visual query (i < n_fixed)     -> keys [0, n_fixed)  (visual tokens never see words)
+//     word query (n_fixed <= i < n_valid) -> keys [0, i]    (all visual tokens, words left of i, itself)
+//   Full: n_valid = n_fixed + length; every valid query attends every valid key.
+// Queries i >= n_valid are padding: their output rows are 0 and they get no gradient; no query
+// attends a padding key. For both kinds the keys a query attends form a prefix [0, key_end(i)),
+// which every kernel exploits.
+//
+// A new mask kind is a new MaskKind value (and a case in SampleMask and in each kernel that serves
+// it); the argument structs and entry points stay as they are. Kernels reject kinds they do not
+// implement with std::invalid_argument.
 #pragma once
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define ZSAR_HOST_DEVICE __host__ __device__
+#else
+#define ZSAR_HOST_DEVICE
+#endif
+
 namespace zsar {
 
-enum class ScalarType : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
+// Values shared with python/zsar/ops/attention/ (SCALAR_TYPE and MaskKind.code there).
+enum class ScalarType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
+enum class MaskKind : int32_t { Rest = 0, Full = 1 };
 
-struct MaskedAttentionShape {
+// Which (query, key) pairs each sample attends (see the top of this file).
+struct AttentionMask {
+  MaskKind kind = MaskKind::Rest;
+  int64_t n_fixed = 0;               // tokens every sample has; Rest/Full: n_visual, in [1, seq_len]
+  const int32_t* lengths = nullptr;  // (batch,) on the data's device; Rest/Full: n_text
+};
+
+// Sizes, dtype, softmax scale and mask of one call.
+struct AttentionProblem {
   int64_t batch = 0;     // B
   int64_t heads = 0;     // H
   int64_t seq_len = 0;   // L
   int64_t head_dim = 0;  // Dh
-  int64_t n_visual = 0;  // CLS + frame tokens, 1 <= n_visual <= L
-  bool full = false;     // mode "full" instead of "rest"
   double scale = 1.0;    // softmax scale (double so float64 inputs keep full precision)
+  ScalarType dtype = ScalarType::Float32;
+  AttentionMask mask;
 };
 
-struct MaskedAttentionFwdArgs {
-  MaskedAttentionShape shape;
-  const void* q = nullptr;         // (B, H, L, Dh), dtype
-  const void* k = nullptr;         // (B, H, L, Dh), dtype
-  const void* v = nullptr;         // (B, H, L, Dh), dtype
-  const int32_t* n_text = nullptr; // (B,), clamped to [0, L - n_visual] by the kernels
-  void* out = nullptr;             // (B, H, L, Dh), dtype; padding rows written as 0
-  void* lse = nullptr;             // (B, H, L) log-sum-exp of the scaled scores, 0 on padding rows;
-                                   // double for Float64 inputs, float otherwise (see LseType)
+// Where a call runs.
+struct Execution {
+  int num_threads = 0;     // CPU: OpenMP threads; <= 0 uses the OpenMP default
+  int device = 0;          // CUDA: device ordinal
+  void* stream = nullptr;  // CUDA: the cudaStream_t to launch on (torch's current stream)
 };
 
-struct MaskedAttentionBwdArgs {
-  MaskedAttentionShape shape;
+struct MaskedAttentionForward {
+  AttentionProblem problem;
+  Execution exec;
+  const void* q = nullptr;  // (B, H, L, Dh), dtype
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;  // (B, H, L, Dh), dtype; padding rows written as 0
+  void* lse = nullptr;  // (B, H, L) log-sum-exp of the scaled scores, 0 on padding rows;
+                        // double for Float64 inputs, float otherwise
+};
+
+struct MaskedAttentionBackward {
+  AttentionProblem problem;
+  Execution exec;
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  const int32_t* n_text = nullptr;
-  const void* out = nullptr;       // forward output
-  const void* lse = nullptr;       // forward log-sum-exp (double for Float64, float otherwise)
-  const void* dout = nullptr;      // gradient of out (B, H, L, Dh), dtype
-  void* dq = nullptr;              // (B, H, L, Dh), dtype; fully written (zeros where no gradient)
+  const void* out = nullptr;   // forward output
+  const void* lse = nullptr;   // forward log-sum-exp (double for Float64, float otherwise)
+  const void* dout = nullptr;  // gradient of out (B, H, L, Dh), dtype
+  void* dq = nullptr;          // (B, H, L, Dh), dtype; fully written (zeros where no gradient)
   void* dk = nullptr;
   void* dv = nullptr;
-  float* delta = nullptr;          // workspace (B, H, L): rowsum(dout * out); used by the CUDA path
+  float* workspace = nullptr;  // (B, H, L) floats; the CUDA kernels keep rowsum(dout * out) there
 };
 
-// n_text[b] as the kernels use it: clamped to [0, L - n_visual] so a bad value can never index out of
-// bounds (Python validates the values in eager mode and reports them).
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline int64_t masked_attention_clamp_text(int64_t n_text, int64_t n_visual, int64_t seq_len) {
-  const int64_t hi = seq_len - n_visual;
-  return n_text < 0 ? 0 : (n_text > hi ? hi : n_text);
+// One sample's mask, resolved from the descriptor (prefix kinds: Rest, Full).
+struct SampleMask {
+  int64_t n_fixed = 0;
+  int64_t n_valid = 0;  // valid tokens [0, n_valid)
+  bool full = false;
+
+  // Number of keys query `i` attends (a prefix [0, key_end)); 0 for padding queries.
+  ZSAR_HOST_DEVICE int64_t key_end(int64_t i) const {
+    if (i >= n_valid) return 0;
+    if (full) return n_valid;
+    return i < n_fixed ? n_fixed : i + 1;
+  }
+};
+
+// The mask of sample `b`; `lengths[b]` is clamped to [0, seq_len - n_fixed].
+ZSAR_HOST_DEVICE inline SampleMask sample_mask(const AttentionMask& mask, int64_t b, int64_t seq_len) {
+  const int64_t hi = seq_len - mask.n_fixed;
+  const int64_t length = mask.lengths[b];
+  SampleMask m;
+  m.n_fixed = mask.n_fixed;
+  m.n_valid = mask.n_fixed + (length < 0 ? 0 : (length > hi ? hi : length));
+  m.full = mask.kind == MaskKind::Full;
+  return m;
 }
 
-// Number of keys query `i` of a sample attends to (0 for padding rows). Shared by every backend.
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline int64_t masked_attention_key_end(int64_t i, int64_t n_visual, int64_t n_text, bool full) {
-  const int64_t n_valid = n_visual + n_text;
-  if (i >= n_valid) return 0;
-  if (full) return n_valid;
-  return i < n_visual ? n_visual : i + 1;
+// Whether the kernels of this build implement `kind` (every kernel serves the same kinds today).
+inline bool mask_kind_implemented(MaskKind kind) {
+  return kind == MaskKind::Rest || kind == MaskKind::Full;
 }
 
-// CPU (C++/OpenMP). Float32 and Float64. `num_threads` <= 0 uses the OpenMP default.
-void masked_attention_fwd_cpu(const MaskedAttentionFwdArgs& args, ScalarType dtype, int num_threads);
-void masked_attention_bwd_cpu(const MaskedAttentionBwdArgs& args, ScalarType dtype, int num_threads);
+// CPU (C++/OpenMP). Float32 and Float64. Throws std::invalid_argument for invalid arguments.
+void masked_attention_fwd_cpu(const MaskedAttentionForward& args);
+void masked_attention_bwd_cpu(const MaskedAttentionBackward& args);
 
 #ifdef ZSAR_WITH_CUDA
-// CUDA. Float32, Float16, BFloat16; head_dim <= 128. Launched on `stream` (a cudaStream_t), no host
-// synchronisation and no allocation. Throws std::runtime_error on a launch error.
-void masked_attention_fwd_cuda(const MaskedAttentionFwdArgs& args, ScalarType dtype, void* stream);
-void masked_attention_bwd_cuda(const MaskedAttentionBwdArgs& args, ScalarType dtype, void* stream);
+// CUDA. Float32, Float16, BFloat16; head_dim <= 128. Launched on `exec.stream` of `exec.device`,
+// no host synchronisation and no allocation. Throws std::runtime_error on a launch error.
+void masked_attention_fwd_cuda(const MaskedAttentionForward& args);
+void masked_attention_bwd_cuda(const MaskedAttentionBackward& args);
 #endif
 
 }  // namespace zsar

@@ -1,4 +1,12 @@
-"""Fused ops of zsar, each a ``torch.library`` custom op with several backends."""
+"""Fused ops of zsar, each a ``torch.library`` custom op with several backends.
+
+* ``_custom_op.py``: the scaffolding every fused op shares (custom ops, autograd, fake
+  implementations, FLOP formulas, eager fast path); ``_dispatch.py``: backend selection;
+  ``_backend.py``: backends that declare their capabilities as data.
+* ``attention/``: the fused attention kernels (mask kinds, backends ``cuda``, ``cpu``, ``triton``,
+  ``reference``).
+* ``rest_attention.py``: ResT's ``masked_attention`` on those kernels.
+"""
 
 from ._dispatch import BackendUnavailableError
 from .rest_attention import check_n_text_range, masked_attention

@@ -1,30 +1,21 @@
 """Ordered backend dispatch shared by every zsar op (in the style of xFormers' fmha).
 
 An op owns an ordered list of backends, fastest first. Each backend answers
-``not_supported_reasons(inputs)`` with an empty list when it can serve the inputs. Automatic
-dispatch takes the first backend with no reasons; a forced backend that has reasons raises
-:class:`BackendUnavailableError`, which names every backend and why it was or was not usable.
+``not_supported_reasons(inputs)`` with an empty list when it can serve the inputs (derived from its
+declared capabilities, see ``_backend.py``). Automatic dispatch takes the first backend with no
+reasons; a forced backend that has reasons raises :class:`BackendUnavailableError`, which names
+every backend and why it was or was not usable.
 """
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Generic, Sequence, TypeVar
 
-InputsT = TypeVar("InputsT", contravariant=True)
+from ._backend import Backend
 
 
 class BackendUnavailableError(RuntimeError):
     """No backend (or not the requested one) can run an op on the given inputs."""
-
-
-class Backend(Protocol[InputsT]):
-    """What dispatch needs from a backend; each op adds its own compute methods."""
-
-    name: str
-
-    def not_supported_reasons(self, inputs: InputsT) -> list[str]:
-        """Why this backend cannot serve ``inputs``; empty when it can."""
-        ...
 
 
 B = TypeVar("B", bound=Backend)
@@ -51,6 +42,12 @@ class Dispatcher(Generic[B]):
         return {b.name: b.not_supported_reasons(inputs) for b in self.backends}
 
     def select(self, inputs, requested: str | None = None) -> B:
+        """The requested backend, or the first usable one when ``requested`` is None.
+
+        Raises:
+            ValueError: if ``requested`` names no backend of this op.
+            BackendUnavailableError: if the backend (or every backend) cannot serve ``inputs``.
+        """
         if requested is not None:
             if requested not in self._by_name:
                 raise ValueError(
@@ -58,11 +55,11 @@ class Dispatcher(Generic[B]):
                     f"expected one of {list(self.names)} or None (automatic)"
                 )
             backend = self._by_name[requested]
-            if not backend.not_supported_reasons(inputs):
+            if backend.can_serve(inputs):
                 return backend
         else:
             for backend in self.backends:
-                if not backend.not_supported_reasons(inputs):
+                if backend.can_serve(inputs):
                     return backend
         raise BackendUnavailableError(self._explain(inputs, requested))
 

@@ -1,8 +1,15 @@
-"""Triton backend of ``masked_attention``: FlashAttention-2 style kernels tuned for short sequences.
+"""Triton backend of the fused attention: FlashAttention-2 style kernels tuned for short sequences.
 
-Every query row attends a prefix ``[0, key_end(i))`` of the keys (see ``common.key_end``), so the
-kernels compute ``key_end`` per row from ``n_visual`` / ``n_text`` / ``full`` and stop their key
-(or query) loops at the last tile any row of the current tile can reach.
+Mask kinds rest and full (see ``masks.py``): every query row attends a prefix ``[0, key_end(i))`` of
+the keys, so the kernels compute ``key_end`` per row from the mask descriptor (``n_fixed``, the
+per-sample ``lengths``, full or not) and stop their key (or query) loops at the last tile any row
+of the current tile can reach.
+
+Scores are kept in natural units, rounded once (``q . k * scale``), and only the exponent is taken
+in base 2: the backward recomputes exactly the scores whose maximum the forward subtracted, so even
+a huge scale cannot push an exponent above 0 (a log2-domain lse saved and rescaled would be off by
+its rounding, ~1e4 at scale 1e10). A ``tl.where`` stands between each ``* scale`` and the
+subtraction that follows, so the compiler cannot fuse them into an FMA that would skip the rounding.
 
 Padding data (query rows and keys at or beyond ``n_valid``) is never read: those loads are masked
 to zero, so even non-finite values in padding positions cannot leak into outputs or gradients.
@@ -18,7 +25,8 @@ import os
 
 import torch
 
-from .common import MAX_HEAD_DIM, AttentionInputs, MaskedAttentionBackend
+from .._backend import CUDA_DEVICE, Backend, Requirement, Support
+from .inputs import AttentionInputs
 
 try:
     import triton
@@ -28,10 +36,9 @@ except ImportError as exc:  # the module must import (and report why) without tr
 else:
     _TRITON_IMPORT_ERROR = None
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # triton.jit picks interpreter or compiled kernels when it decorates them, i.e. at import.
 _INTERPRETED_AT_IMPORT = os.environ.get("TRITON_INTERPRET") == "1"
-_LOG2E = 1.4426950408889634  # scores are kept in the log2 domain so the kernels can use exp2
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the hardware has exp2
 
 
 if _TRITON_IMPORT_ERROR is None:
@@ -39,7 +46,7 @@ if _TRITON_IMPORT_ERROR is None:
 
     @triton.jit
     def _row_key_end(offs_m, n_visual, n_valid, FULL: tl.constexpr):
-        """Per-row number of attended keys (0 for padding rows); twin of ``common.key_end``."""
+        """Per-row number of attended keys (0 for padding rows); twin of ``masks.key_end``."""
         if FULL:
             end = tl.zeros_like(offs_m) + n_valid
         else:
@@ -66,7 +73,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _fwd_kernel(
         Q, K, V, N_TEXT, OUT, LSE,
-        H, L, D, n_visual, qk_scale,
+        H, L, D, n_visual, scale,
         FULL: tl.constexpr, DOT_PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
@@ -93,21 +100,25 @@ if _TRITON_IMPORT_ERROR is None:
             kv_mask = (cols[:, None] < hi) & d_mask
             k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
             v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
             s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             # Rows with no allowed key so far keep m = -inf; shift by 0 to avoid -inf - -inf = NaN.
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2((m_i - m_safe) * _LOG2E_TL)
+            p = tl.exp2((s - m_safe[:, None]) * _LOG2E_TL)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             m_i = m_new
 
-        # Padding rows have l = 0 and acc = 0: they store out = 0 and lse = 0.
-        valid = l_i > 0.0
-        out = acc / tl.where(valid, l_i, 1.0)[:, None]
-        lse = tl.where(valid, (m_i + tl.log2(tl.where(valid, l_i, 1.0))) / _LOG2E_TL, 0.0)
+        # Padding rows store out = 0 and lse = 0. A valid row whose scores are all -inf has l = 0
+        # and gives 0 / 0 = NaN, like the reference.
+        # A +inf score gives m = +inf and l = NaN: lse is +inf then, as in torch.logsumexp. Padding
+        # rows are written as 0 explicitly (acc may hold 0 * inf from a non-finite value).
+        valid = ke > 0
+        out = tl.where(valid[:, None], acc / tl.where(valid, l_i, 1.0)[:, None], 0.0)
+        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(valid, l_i, 1.0)))
+        lse = tl.where(valid, lse, 0.0)
         row_mask = offs_m < L
         tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
                  mask=row_mask[:, None] & d_mask)
@@ -132,7 +143,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _bwd_dkdv_kernel(
         Q, K, V, N_TEXT, LSE, DELTA, DOUT, DK, DV,
-        H, L, D, n_visual, scale, qk_scale,
+        H, L, D, n_visual, scale,
         FULL: tl.constexpr, DOT_PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
@@ -168,26 +179,30 @@ if _TRITON_IMPORT_ERROR is None:
             q_off = base + rows[:, None] * D + offs_d[None, :]
             q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
             do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-            lse2 = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * _LOG2E_TL
+            lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
             ke = _row_key_end(rows, n_visual, n_valid, FULL)
 
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
-            s_t = tl.where(offs_n[:, None] < ke[None, :], s_t, float("-inf"))
-            p_t = tl.exp2(s_t - lse2[None, :])
+            # Excluded pairs get p = 0 even when the row's lse is NaN (-inf - NaN would be NaN).
+            attended = offs_n[:, None] < ke[None, :]
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
+            s_t = tl.where(attended, s_t, float("-inf"))  # (also keeps `* scale` out of an FMA below)
+            p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
 
+        # Padding keys get exactly 0 (the sums may hold 0 * inf from a non-finite q or dout).
+        key_ok = offs_n[:, None] < n_valid
         st_mask = (offs_n[:, None] < L) & d_mask
-        tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=st_mask)
-        tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=st_mask)
+        tl.store(DK + kv_off, tl.where(key_ok, dk * scale, 0.0).to(DK.dtype.element_ty), mask=st_mask)
+        tl.store(DV + kv_off, tl.where(key_ok, dv, 0.0).to(DV.dtype.element_ty), mask=st_mask)
 
     @triton.jit
     def _bwd_dq_kernel(
         Q, K, V, N_TEXT, LSE, DELTA, DOUT, DQ,
-        H, L, D, n_visual, scale, qk_scale,
+        H, L, D, n_visual, scale,
         FULL: tl.constexpr, DOT_PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
@@ -206,7 +221,7 @@ if _TRITON_IMPORT_ERROR is None:
         q_off = base + offs_m[:, None] * D + offs_d[None, :]
         q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
         do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-        lse2 = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * _LOG2E_TL
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
         ke = _row_key_end(offs_m, n_visual, n_valid, FULL)
         hi = _tile_key_end(start_m, n_visual, n_valid, BLOCK_M, FULL)
@@ -218,19 +233,49 @@ if _TRITON_IMPORT_ERROR is None:
             kv_mask = (cols[:, None] < hi) & d_mask
             k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
             v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
-            p = tl.exp2(s - lse2[:, None])
+            attended = cols[None, :] < ke[:, None]
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+            s = tl.where(attended, s, float("-inf"))  # (also keeps `* scale` out of an FMA below)
+            p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
-        tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty),
+        # Padding rows get exactly 0 (the sums may hold 0 * inf from a non-finite k).
+        tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
                  mask=(offs_m[:, None] < L) & d_mask)
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_error(device: torch.device) -> str | None:
+    return _TRITON_IMPORT_ERROR
+
+
+def _interpreter_error(device: torch.device) -> str | None:
+    if not _interpreting():
+        return "Triton runs on cpu tensors only under its interpreter (TRITON_INTERPRET=1 before importing zsar)"
+    if not _INTERPRETED_AT_IMPORT:
+        return "TRITON_INTERPRET=1 was set after zsar was imported; the kernels were built for the GPU"
+    return None
+
+
+def _bfloat16_error(device: torch.device) -> str | None:
+    if _interpreting():
+        return "bfloat16 is not supported by the Triton interpreter (TRITON_INTERPRET=1)"
+    if not torch.cuda.is_available():
+        return None  # CUDA_DEVICE says why
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 0):
+        return f"bfloat16 needs compute capability >= 8.0, {device} has {capability[0]}.{capability[1]}"
+    return None
+
+
+TRITON = Requirement("triton", _triton_error)
+TRITON_INTERPRETER = Requirement("the Triton interpreter", _interpreter_error)
+BFLOAT16_ON_GPU = Requirement("bfloat16 arithmetic in Triton", _bfloat16_error)
 
 
 def _launch_config(seq_len: int, head_dim: int) -> tuple[int, int, int]:
@@ -254,74 +299,44 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-class TritonBackend(MaskedAttentionBackend):
+class TritonBackend(Backend):
     name = "triton"
-
-    def not_supported_reasons(self, inp: AttentionInputs) -> list[str]:
-        reasons = []
-        if _TRITON_IMPORT_ERROR is not None:
-            reasons.append(_TRITON_IMPORT_ERROR)
-        elif _interpreting() and not _INTERPRETED_AT_IMPORT:
-            reasons.append(
-                "TRITON_INTERPRET=1 was set after zsar was imported; the kernels were built for the GPU"
-            )
-        device = inp.device
-        if device.type == "cpu":
-            if not _interpreting():
-                reasons.append("tensors are on cpu; Triton needs a CUDA device (or TRITON_INTERPRET=1)")
-        elif device.type == "cuda":
-            if not torch.cuda.is_available():
-                reasons.append("tensors are on cuda but no CUDA runtime is available")
-            elif (
-                inp.dtype == torch.bfloat16
-                and not _interpreting()
-                and torch.cuda.get_device_capability(device) < (8, 0)
-            ):
-                reasons.append("bfloat16 needs a CUDA device of compute capability >= 8.0")
-        else:
-            reasons.append(f"tensors are on {device.type}; Triton needs a CUDA device")
-        if inp.dtype == torch.bfloat16 and _interpreting():
-            reasons.append("bfloat16 is not supported by the Triton interpreter (TRITON_INTERPRET=1)")
-        if inp.dtype == torch.float64:
-            reasons.append("float64 is not supported (float32, float16 and bfloat16 are)")
-        elif inp.dtype not in _SUPPORTED_DTYPES:
-            reasons.append(f"dtype {inp.dtype} is not supported (float32, float16 and bfloat16 are)")
-        head_dim = inp.shape[3]
-        if head_dim > MAX_HEAD_DIM:
-            reasons.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
-        return reasons
+    # cuda first: the device tests prefer when both are usable.
+    supports = (
+        Support("cuda", (torch.float32, torch.float16), requires=(TRITON, CUDA_DEVICE)),
+        Support("cuda", (torch.bfloat16,), requires=(TRITON, CUDA_DEVICE, BFLOAT16_ON_GPU)),
+        Support("cpu", (torch.float32, torch.float16), requires=(TRITON, TRITON_INTERPRETER),
+                note="the Triton interpreter"),
+    )
+    max_head_dim = 128
+    mask_kinds = ("rest", "full")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, L, D = inp.shape
         out = torch.empty_like(inp.q)
         lse = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
-        if out.numel() == 0:  # a zero-sized grid cannot be launched
-            return out, lse
         block, block_d, num_warps = _launch_config(L, D)
         grid = (B * H, triton.cdiv(L, block))  # B*H first: grid dim 1 is limited to 65535
         with _on_device(inp.device):
             _fwd_kernel[grid](
-                inp.q, inp.k, inp.v, inp.n_text, out, lse,
-                H, L, D, inp.n_visual, inp.scale * _LOG2E,
-                FULL=inp.full, DOT_PREC=_dot_precision(inp.dtype),
+                inp.q, inp.k, inp.v, inp.lengths, out, lse,
+                H, L, D, inp.n_fixed, inp.scale,
+                FULL=inp.mask_kind == "full", DOT_PREC=_dot_precision(inp.dtype),
                 BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
             )
         return out, lse
 
-    def backward(
-        self, inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
+        (out, lse), (dout,) = outputs, grads
         B, H, L, D = inp.shape
         dq = torch.empty_like(inp.q)
         dk = torch.empty_like(inp.k)
         dv = torch.empty_like(inp.v)
-        if dq.numel() == 0:
-            return dq, dk, dv
         delta = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
         block, block_d, num_warps = _launch_config(L, D)
         grid = (B * H, triton.cdiv(L, block))
         common = dict(
-            FULL=inp.full, DOT_PREC=_dot_precision(inp.dtype),
+            FULL=inp.mask_kind == "full", DOT_PREC=_dot_precision(inp.dtype),
             BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
         )
         with _on_device(inp.device):
@@ -329,11 +344,11 @@ class TritonBackend(MaskedAttentionBackend):
                 out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=block_d, num_warps=num_warps
             )
             _bwd_dkdv_kernel[grid](
-                inp.q, inp.k, inp.v, inp.n_text, lse, delta, dout, dk, dv,
-                H, L, D, inp.n_visual, inp.scale, inp.scale * _LOG2E, **common,
+                inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv,
+                H, L, D, inp.n_fixed, inp.scale, **common,
             )
             _bwd_dq_kernel[grid](
-                inp.q, inp.k, inp.v, inp.n_text, lse, delta, dout, dq,
-                H, L, D, inp.n_visual, inp.scale, inp.scale * _LOG2E, **common,
+                inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq,
+                H, L, D, inp.n_fixed, inp.scale, **common,
             )
         return dq, dk, dv

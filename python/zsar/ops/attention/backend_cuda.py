@@ -1,0 +1,46 @@
+"""Compiled CUDA backend (``zsar._C``): float32/float16/bfloat16, head dim <= 128.
+
+Kernels run on torch's current stream; outputs and the backward workspace are allocated here
+through torch's caching allocator, so the op is safe under CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _ext
+from .._backend import CUDA_DEVICE, CUDA_KERNELS, Backend, Support
+from . import compiled
+from .inputs import AttentionInputs
+
+
+def _execution(inp: AttentionInputs) -> dict:
+    device = inp.q.device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return dict(device=index, stream=torch.cuda.current_stream(device).cuda_stream)
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    supports = (
+        # CUDA_KERNELS also says why when the compiled core is missing altogether.
+        Support("cuda", (torch.float32, torch.float16, torch.bfloat16), requires=(CUDA_KERNELS, CUDA_DEVICE)),
+    )
+    max_head_dim = 128
+    # The kernels index rows of a (batch, head) slice with 32-bit integers: seq_len * 128 < 2**31.
+    max_seq_len = (2**31 - 1) // 128
+    mask_kinds = ("rest", "full")
+
+    def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty_like(inp.q)
+        lse = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
+        _ext.compiled().masked_attention_fwd_cuda(compiled.forward_args(inp, out, lse, **_execution(inp)))
+        return out, lse
+
+    def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
+        input_grads = tuple(torch.empty_like(inp.q) for _ in range(3))
+        workspace = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
+        _ext.compiled().masked_attention_bwd_cuda(
+            compiled.backward_args(inp, outputs, grads, input_grads, workspace, **_execution(inp))
+        )
+        return input_grads

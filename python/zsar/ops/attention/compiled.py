@@ -1,0 +1,57 @@
+"""The argument structs of the compiled core (``csrc/include/zsar/masked_attention.h``), filled from
+:class:`~zsar.ops.attention.inputs.AttentionInputs` and the buffers a backend allocated. Shared by
+the ``cpu`` and ``cuda`` backends; ``execution`` is ``num_threads=`` (CPU) or ``device=, stream=``
+(CUDA)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ... import _ext
+from .inputs import AttentionInputs
+
+_SCALAR_TYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                 torch.float64: "float64"}
+
+
+@functools.lru_cache(maxsize=256)
+def _problem(batch: int, heads: int, seq_len: int, head_dim: int, scale: float, dtype: torch.dtype,
+             mask_code: int, n_fixed: int):
+    core = _ext.compiled()
+    return core.AttentionProblem(
+        batch=batch, heads=heads, seq_len=seq_len, head_dim=head_dim, scale=scale,
+        dtype=getattr(core.ScalarType, _SCALAR_TYPES[dtype]),
+        mask=core.AttentionMask(kind=core.MaskKind(mask_code), n_fixed=n_fixed),
+    )
+
+
+def problem(inp: AttentionInputs):
+    """``zsar._C.AttentionProblem`` of a call: sizes, dtype, scale, mask kind and ``n_fixed``.
+
+    Built once per distinct problem (a layer calls with the same one every step) and never
+    mutated: each call struct copies it and adds the tensor addresses, the lengths' among them.
+    """
+    B, H, L, D = inp.q.shape
+    return _problem(B, H, L, D, inp.scale, inp.q.dtype, inp.mask.code, inp.n_fixed)
+
+
+def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, **execution):
+    """``zsar._C.MaskedAttentionForward`` of one call."""
+    return _ext.compiled().MaskedAttentionForward(
+        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+        out=out.data_ptr(), lse=lse.data_ptr(), **execution,
+    )
+
+
+def backward_args(inp: AttentionInputs, outputs, grads, input_grads, workspace: torch.Tensor | None = None,
+                  **execution):
+    """``zsar._C.MaskedAttentionBackward`` of one call: ``outputs = (out, lse)``, ``grads = (dout,)``,
+    ``input_grads = (dq, dk, dv)`` (written by the kernels)."""
+    (out, lse), (dout,), (dq, dk, dv) = outputs, grads, input_grads
+    return _ext.compiled().MaskedAttentionBackward(
+        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
+        out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(),
+        dv=dv.data_ptr(), workspace=0 if workspace is None else workspace.data_ptr(), **execution,
+    )

@@ -1,0 +1,157 @@
+"""What every attention backend is given: ``q, k, v``, a softmax scale and a mask descriptor.
+
+Each attention op (``masked_attention`` today) has its own :class:`AttentionInputs` dataclass,
+whose fields are the op's arguments; it maps them onto the mask descriptor (``mask_kind``,
+``n_fixed``, ``lengths``) that the backends read, and shares the checks, output shapes and FLOP
+counts defined here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._custom_op import OpInputs, TensorSpec
+from .masks import MASK_KINDS, MaskKind
+
+__all__ = ["AttentionInputs", "accum_dtype"]
+
+
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, else float32: the dtype of the saved log-sum-exp and of the
+    reference backend's arithmetic."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class AttentionInputs(OpInputs):
+    """Base of an attention op's inputs. Subclasses are dataclasses with fields ``q``, ``k``, ``v``
+    and ``scale`` and define :attr:`mask_kind`, :attr:`n_fixed` and :attr:`lengths`.
+
+    ``q, k, v``: contiguous ``(B, H, L, Dh)`` tensors of one floating dtype on one device;
+    ``lengths``: contiguous int32 ``(B,)`` on the same device.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+
+    @property
+    def mask_kind(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def n_fixed(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def mask(self) -> MaskKind:
+        return MASK_KINDS[self.mask_kind]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.q.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def seq_len(self) -> int:
+        return self.q.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.shape[3]
+
+    # ---- semantics shared by the attention ops ----------------------------------------------------
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        """``out`` like ``q``; ``lse`` ``(B, H, L)`` in :func:`accum_dtype`."""
+        q = self.q
+        return TensorSpec(tuple(q.shape), q.dtype), TensorSpec(tuple(q.shape[:3]), accum_dtype(q.dtype))
+
+    def attended_pairs(self) -> int:
+        """(query, key) pairs the mask allows, summed over the batch, for one head.
+
+        Exact when ``lengths`` holds real values; for fake/meta tensors (under torch.compile or a
+        meta-device FLOP count) every sample is assumed to have the maximum length.
+        """
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        lengths, n_fixed, seq_len = self.lengths, self.n_fixed, self.seq_len
+        if isinstance(lengths, FakeTensor) or lengths.device.type == "meta":
+            counts = [seq_len - n_fixed] * lengths.shape[0]
+        else:
+            counts = self.mask.clamp(lengths, n_fixed, seq_len).tolist()
+        return self.mask.pairs(counts, n_fixed, seq_len)
+
+    def flops(self) -> int:
+        _, H, _, D = self.q.shape
+        return 2 * 2 * H * D * self.attended_pairs()  # QK^T and PV
+
+    def backward_flops(self) -> int:
+        _, H, _, D = self.q.shape
+        return 5 * 2 * H * D * self.attended_pairs()  # recompute QK^T, dV, dP, dQ, dK
+
+    def check_qkv(self, op: str) -> None:
+        """Checks ``q, k, v`` and ``scale`` (no tensor values are read).
+
+        Raises:
+            TypeError / ValueError: naming the argument.
+        """
+        q, k, v, scale = self.q, self.k, self.v, self.scale
+        # One combined test for the usual, valid call (this runs on every call); the checks below
+        # find what is wrong when it fails.
+        if (
+            isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and q.is_floating_point() and k.shape == q.shape and v.shape == q.shape
+            and k.dtype == q.dtype and v.dtype == q.dtype and k.device == q.device and v.device == q.device
+            and q.numel() > 0 and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+            and type(scale) is float and math.isfinite(scale)
+        ):
+            return
+        for name, t in (("q", q), ("k", self.k), ("v", self.v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ValueError(f"{op}: {name} must have shape (B, H, L, Dh), got {t.dim()} dims {tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+        for name, t in (("k", self.k), ("v", self.v)):
+            if t.shape != q.shape:
+                raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected the shape of q {tuple(q.shape)}")
+            if t.dtype != q.dtype:
+                raise TypeError(f"{op}: {name} has dtype {t.dtype}, expected the dtype of q ({q.dtype})")
+            if t.device != q.device:
+                raise ValueError(f"{op}: {name} is on {t.device}, expected the device of q ({q.device})")
+        if q.numel() == 0:
+            raise ValueError(f"{op}: q, k, v must not be empty, got shape {tuple(q.shape)}")
+        for name, t in (("q", q), ("k", self.k), ("v", self.v)):
+            if not t.is_contiguous():
+                raise ValueError(f"{op}: {name} must be contiguous; call .contiguous() first")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
+
+    def check_lengths(self, op: str, name: str, lengths) -> None:
+        """Checks a per-sample count tensor: int32 ``(B,)``, contiguous, on the device of ``q``."""
+        B = self.q.shape[0]
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be an int32 tensor of shape ({B},), got {type(lengths).__name__}")
+        if lengths.dtype != torch.int32:
+            raise TypeError(f"{op}: {name} must have dtype torch.int32, got {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"{op}: {name} must have shape ({B},) (one count per sample), got {tuple(lengths.shape)}")
+        if lengths.device != self.q.device:
+            raise ValueError(f"{op}: {name} is on {lengths.device}, expected the device of q ({self.q.device})")
+        if not lengths.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous; call .contiguous() first")

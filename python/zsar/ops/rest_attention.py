@@ -1,0 +1,158 @@
+"""ResT's fused masked cross-modal attention ``masked_attention``: its arguments and semantics.
+
+The public entry point is :func:`zsar.ops.masked_attention` (this module is named differently so
+that the function does not shadow it).
+
+Tokens of each sample are ordered ``[CLS, frames..., words..., padding]``. With ``n_visual`` visual
+tokens (CLS + frames) and ``n_text[b]`` valid words, query ``i`` may attend key ``j`` iff
+
+* ``mode="rest"``: a visual query sees only visual keys; a word query sees every visual key and the
+  words up to and including itself;
+* ``mode="full"``: every valid query sees every valid key;
+
+and padding queries (``i >= n_visual + n_text[b]``) produce 0 and get no gradient. These are the
+mask kinds ``rest`` and ``full`` of the fused attention kernels (``n_fixed = n_visual``,
+``lengths = n_text``; see :mod:`zsar.ops.attention.masks`), computed from the integers inside each
+kernel: no ``L x L`` tensor is built.
+
+The op is the ``torch.library`` custom op ``zsar::masked_attention`` (with
+``zsar::masked_attention_backward``), built by :class:`~zsar.ops._custom_op.FusedOp`: it works under
+autograd, ``torch.compile``, ``FlopCounterMode``, ``torch.jit.trace`` and
+``torch.library.opcheck``, and both registered ops validate what they are given.
+
+Non-finite inputs (every backend): padding positions are never read and padding rows are exactly
+0; a NaN or infinite score of an attended pair is never hidden (the row, and the gradients that
+depend on it, are non-finite as in the float64 reference); a masked pair's score is discarded.
+Where a non-finite ``v`` (or upstream gradient, or ``k`` / ``q`` in the backward) meets a pair the
+mask excludes, a backend may compute ``0 * inf = NaN`` for it, as a dense computation over the
+sample's valid tokens does; none turns a value the exact masked math makes non-finite into a
+finite one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._custom_op import FusedOp
+from .attention import AttentionInputs, backends, key_end
+
+__all__ = ["MaskedAttentionInputs", "check_n_text_range", "dispatcher", "key_end", "masked_attention"]
+
+MODES = ("rest", "full")
+_OP = "masked_attention"
+
+
+@dataclass
+class MaskedAttentionInputs(AttentionInputs):
+    """Arguments of ``zsar::masked_attention``, in its schema order (see :func:`masked_attention`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    n_text: torch.Tensor
+    n_visual: int
+    full: bool
+    scale: float
+
+    @property
+    def mask_kind(self) -> str:
+        return "full" if self.full else "rest"
+
+    @property
+    def n_fixed(self) -> int:
+        return self.n_visual
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.n_text
+
+    def validate(self) -> None:
+        self.check_qkv(_OP)
+        L = self.q.shape[2]
+        n_visual = self.n_visual
+        if isinstance(n_visual, bool) or not isinstance(n_visual, (int, torch.SymInt)):
+            raise TypeError(f"{_OP}: n_visual must be an int, got {type(n_visual).__name__}")
+        if not 1 <= n_visual <= L:
+            raise ValueError(f"{_OP}: n_visual must be in [1, L={L}], got {n_visual}")
+        self.check_lengths(_OP, "n_text", self.n_text)
+        if not isinstance(self.full, bool):
+            raise TypeError(f"{_OP}: full must be a bool, got {type(self.full).__name__}")
+
+
+#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
+MASKED_ATTENTION = FusedOp(
+    _OP,
+    MaskedAttentionInputs,
+    outputs=("out", "lse"),
+    differentiable_outputs=("out",),
+    differentiable_inputs=("q", "k", "v"),
+    backends=backends(),
+)
+#: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
+dispatcher = MASKED_ATTENTION.dispatcher
+
+#: Older name of :class:`MaskedAttentionInputs` (``zsar.info`` and ``zsar bench`` use it).
+AttentionInputs = MaskedAttentionInputs
+
+
+def check_n_text_range(n_text: torch.Tensor, n_visual: int, seq_len: int) -> None:
+    """Raises ValueError unless ``0 <= n_text <= seq_len - n_visual``; reads the values (a sync on CUDA)."""
+    lo, hi = (int(x) for x in torch.aminmax(n_text))
+    if lo < 0 or hi > seq_len - n_visual:
+        raise ValueError(
+            f"{_OP}: n_text values must be in [0, L - n_visual = {seq_len - n_visual}], "
+            f"got values in [{lo}, {hi}]"
+        )
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_visual: int,
+    n_text: torch.Tensor,
+    mode: str = "rest",
+    scale: float | None = None,
+    backend: str | None = None,
+    *,
+    check_n_text: bool = True,
+) -> torch.Tensor:
+    """Fused masked cross-modal attention of ResT.
+
+    Args:
+        q, k, v: contiguous ``(B, H, L, Dh)`` tensors of one floating dtype on one device.
+        n_visual: number of visual tokens (CLS + frames), the same for the batch; ``1 <= n_visual <= L``.
+        n_text: int32 ``(B,)`` on the device of ``q``: valid word tokens per sample,
+            ``0 <= n_text[b] <= L - n_visual``; the remaining positions are padding.
+        mode: ``"rest"`` (the paper's pattern) or ``"full"`` (every valid token sees every valid token).
+        scale: softmax scale, default ``1 / sqrt(Dh)``.
+        backend: ``None`` picks the fastest backend that supports the inputs; or one of
+            ``"cuda"``, ``"cpu"``, ``"triton"``, ``"reference"``.
+        check_n_text: read ``n_text`` to check its range (a device sync on CUDA). A model that
+            validated ``n_text`` once per forward passes ``False`` for its layers; the kernels clamp
+            out-of-range values either way, so memory is never read out of bounds.
+
+    Returns:
+        ``(B, H, L, Dh)`` output in the dtype of ``q``; rows of padding tokens are 0.
+
+    Raises:
+        TypeError / ValueError: for malformed inputs, naming the argument.
+        BackendUnavailableError: when ``backend`` (or every backend) cannot serve the inputs; the
+            message lists each backend with its reason.
+    """
+    if mode not in MODES:
+        raise ValueError(f"{_OP}: mode must be one of {MODES}, got {mode!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if isinstance(q, torch.Tensor) and q.dim() > 0 else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{_OP}: scale must be a finite number or None, got {scale!r}")
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"{_OP}: backend must be a str or None, got {type(backend).__name__}")
+    inputs = MaskedAttentionInputs(q, k, v, n_text, n_visual, mode == "full", float(scale))
+    inputs.validate()
+    if check_n_text and not torch.compiler.is_compiling():
+        check_n_text_range(n_text, n_visual, q.shape[2])
+    return MASKED_ATTENTION(inputs, backend)[0]
