@@ -1,6 +1,6 @@
 """``zsar prepare``: transcode a dataset folder into a codec the fast decoding path reads.
 
-DALI decodes H.264 on the GPU and only VP8/VP9/MJPEG on the CPU (DESIGN §7), while datasets ship
+DALI decodes H.264 on the GPU and only VP8/VP9/MJPEG on the CPU, while datasets ship
 as whatever their uploaders used (AVI/XviD for UCF101 and HMDB51, MP4 and WebM for Kinetics).
 :func:`prepare_dataset` walks a folder, re-encodes every video into H.264 (``.mp4``) or VP9
 (``.webm``) under a destination folder with the same relative tree, keeps the audio track, runs
