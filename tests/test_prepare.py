@@ -297,7 +297,7 @@ def test_a_killed_prepare_leaves_no_process_and_writes_nothing_after(long_source
         deadline = time.monotonic() + 240
         # Kill once one output is finished and a worker is writing another.
         while not (dst.is_dir() and any(p.suffix == ".mp4" for p in dst.iterdir())
-                   and any(p.name.startswith(".zsar-prepare.") for p in dst.iterdir())):
+                   and any(p.name.startswith(".zsar-prepare-tmp.") for p in dst.iterdir())):
             assert proc.poll() is None, "prepare finished before it could be killed: make the videos longer"
             assert time.monotonic() < deadline, "no output appeared"
             time.sleep(0.02)
@@ -397,3 +397,21 @@ def test_a_name_as_long_as_the_file_system_allows(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dst" / "sub").iterdir()) == [out.name]
     webm = prepare_dataset(src, tmp_path / "dst", codec="vp9", workers=2, progress=False)  # a longer suffix, in a pool
     assert webm.converted == [f"sub/{name}"] and len(out.with_suffix(".webm").name) == 246
+
+
+def test_temporary_folders_of_dead_workers_are_removed(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_video(src / "sub" / "a.mp4", t=3)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other_run = subprocess.Popen(["sleep", "60"])  # stands for a worker of another run into the same folder
+    try:
+        stale = dst / "sub" / f".zsar-prepare-tmp.{int(dead.stdout)}"
+        live = dst / "sub" / f".zsar-prepare-tmp.{other_run.pid}"
+        for folder in (stale, live):
+            folder.mkdir(parents=True)
+            (folder / "video.mp4").write_bytes(b"half a video")
+        assert prepare_dataset(src, dst, workers=1, progress=False).converted == ["sub/a.mp4"]
+        assert not stale.exists() and (live / "video.mp4").exists()
+    finally:
+        other_run.kill()
+        other_run.wait()

@@ -39,7 +39,7 @@ OUTPUT_EXTENSIONS = {"h264": ".mp4", "vp9": ".webm"}
 #: (truncated files), so that their shorter outputs count as prepared on the next run.
 RECORD_FILE = ".zsar-prepare.json"
 #: Prefix of a worker's temporary folder beside the output it is writing (hidden: never a source).
-TMP_PREFIX = ".zsar-prepare."
+TMP_PREFIX = ".zsar-prepare-tmp."
 
 
 class WorkerLost(RuntimeError):
@@ -363,6 +363,25 @@ def _write_truncations(dst_dir: Path, records: dict[str, dict]) -> None:
     os.replace(tmp, path)
 
 
+def _remove_stale_tmp(folders) -> None:
+    """Removes the temporary folders of workers that died without cleaning up (killed outright, or
+    out of memory); those of live processes (another run into the same folder) stay."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # not created yet
+        for entry in entries:
+            pid = entry.name[len(TMP_PREFIX):]
+            if entry.name.startswith(TMP_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False):
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                except PermissionError:
+                    pass
+
+
 def _plan(src_dir: Path, dst_dir: Path, codec: str, rels: list[Path]) -> list[tuple[Path, Path, Path]]:
     """(relative path, source, output) for every video; refuses any layout that could write into the source."""
     src_real, dst_real = src_dir.resolve(), dst_dir.resolve()
@@ -463,6 +482,7 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
+    _remove_stale_tmp({out.parent for _, _, out in jobs})
     earlier = _read_truncations(dst_dir)
     truncations = {str(rel): earlier[str(rel)] for rel, _, _ in jobs if str(rel) in earlier}
 
