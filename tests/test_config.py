@@ -125,7 +125,7 @@ def test_overrides_copy_only_their_path():
 
 
 def test_unknown_keys_are_named_even_when_not_strings():
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['1', 'stage.bogus'\]|unknown config key\(s\) \['1'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['1'\]"):
         cfg.from_dict(Config, {1: 2, "stage": {"bogus": 1}})
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stage.bogus'\]"):
         cfg.from_dict(Config, {"stage": {"bogus": 1}})

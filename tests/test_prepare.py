@@ -342,7 +342,8 @@ def test_symlinked_folders_are_noted_or_followed(tmp_path, capsys):
 
     followed = prepare_dataset(src, tmp_path / "out", workers=1, progress=False, follow_symlinks=True)
     assert followed.converted == ["linked/b.mp4"] and followed.skipped == ["own/a.mp4"]
-    assert followed.skipped_folders == [("own/loop", f"symbolic link to {src.resolve()}, a folder it is inside (a loop)")]
+    assert followed.skipped_folders == [
+        ("own/loop", f"symbolic link to {src.resolve()}, a folder it is inside (a loop)")]
     assert probe_video(tmp_path / "out" / "linked" / "b.mp4").num_frames == 4
     assert main(["prepare", str(src), str(tmp_path / "out2"), "--workers", "1", "--no-progress",
                  "--follow-symlinks"]) == 0

@@ -356,7 +356,8 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for type {kind!r}; known: {sorted(_SPEC_KEYS[kind])}")
     name_map = spec.get("name_map") or {}
-    if not (isinstance(name_map, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in name_map.items())):
+    if not (isinstance(name_map, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in name_map.items())):
         raise ValueError(f"{where}: 'name_map' must map label strings to strings")
     if kind == "sentence":
         model = spec.get("model", DEFAULT_SENTENCE_MODEL)
