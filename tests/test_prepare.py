@@ -339,6 +339,7 @@ def test_symlinked_folders_are_noted_or_followed(tmp_path, capsys):
     assert main(["prepare", str(src), str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
     cap = capsys.readouterr()
     assert f"note: {src / 'linked'}: not searched: symbolic link" in cap.err and "2 folders not searched" in cap.out
+    assert cap.err.count(str(src / "linked")) == 1  # said once
 
     followed = prepare_dataset(src, tmp_path / "out", workers=1, progress=False, follow_symlinks=True)
     assert followed.converted == ["linked/b.mp4"] and followed.skipped == ["own/a.mp4"]

@@ -477,8 +477,6 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
         raise ValueError(f"destination {dst_dir} exists and is not a folder")
     rels, skipped_folders = scan_videos(src_dir, follow_symlinks)
     jobs = _plan(src_dir, dst_dir, codec, rels)
-    for folder, why in skipped_folders:
-        log.warning("%s: folder not searched: %s", src_dir / folder, why)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
