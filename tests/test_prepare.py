@@ -3,6 +3,11 @@
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import av
@@ -13,6 +18,8 @@ from zsar.cli import main
 from zsar.data.audio import load_audio
 from zsar.data.prepare import find_videos, output_size, prepare_dataset
 from zsar.data.video import VideoError, probe_video, write_video
+
+from videos import make_video
 
 # name -> (frames, height, width, with audio)
 SOURCES = {"a.mp4": (10, 48, 64, False), "talk.mp4": (8, 40, 56, True), "sub/deep/c.mp4": (6, 64, 48, False)}
@@ -246,3 +253,167 @@ def test_transcode_memory_does_not_grow_with_video_length(tmp_path):
         tracemalloc.stop()
     assert probe_video(tmp_path / "out.webm").num_frames == 120
     assert peak < 120 * 240 * 320 * 3 / 8, f"peak {peak / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------- kills, links, truncation, long names
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds ``marker`` (a killed command's workers,
+    fork server and resource tracker inherit it, whoever their parent is now): /proc, no psutil."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(int(pid))
+        except OSError:  # gone meanwhile, or not ours
+            pass
+    return found
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size if p.is_file() else -1 for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def long_sources(tmp_path_factory):
+    """Videos that take a while to transcode, so a kill lands while workers are writing."""
+    src = tmp_path_factory.mktemp("long") / "src"
+    for i in range(6):
+        make_video(src / f"v{i}.mp4", t=120, h=96, w=128, seed=i)
+    return src
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_prepare_leaves_no_process_and_writes_nothing_after(long_sources, tmp_path, sig):
+    dst = tmp_path / "dst"
+    marker = f"ZSAR_TEST_PREPARE_RUN={uuid.uuid4().hex}"
+    env = dict(os.environ, **dict([marker.split("=")]))
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "zsar.cli", "prepare", str(long_sources), str(dst),
+                                 "--workers", "2", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        # Kill once one output is finished and a worker is writing another.
+        while not (dst.is_dir() and any(p.suffix == ".mp4" for p in dst.iterdir())
+                   and any(p.name.startswith(".zsar-prepare-tmp.") for p in dst.iterdir())):
+            assert proc.poll() is None, "prepare finished before it could be killed: make the videos longer"
+            assert time.monotonic() < deadline, "no output appeared"
+            time.sleep(0.02)
+        assert len(_processes_with(marker)) >= 3  # the command, the fork server, its workers
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+        at_exit = _listing(dst)
+        deadline = time.monotonic() + 60
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_with(marker) == []
+        time.sleep(1)
+        after = _listing(dst)
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM)
+    if sig == signal.SIGTERM:
+        assert "stopped by SIGTERM" in (tmp_path / "stderr.txt").read_text()
+    assert after.keys() <= at_exit.keys() and all(after[k] == at_exit[k] for k in after)  # nothing written after
+    assert all(name.endswith(".mp4") for name in after)  # no temporary folder or file is left
+    for name in after:  # what is there is whole
+        assert probe_video(dst / name).num_frames == 120
+    summary = prepare_dataset(long_sources, dst, workers=1, progress=False)  # and the next run finishes the rest
+    assert sorted(summary.skipped) == sorted(after) and len(summary.converted) == 6 - len(after)
+
+
+def test_symlinked_folders_are_noted_or_followed(tmp_path, capsys):
+    src, outside = tmp_path / "src", tmp_path / "elsewhere"
+    make_video(src / "own" / "a.mp4", t=4)
+    make_video(outside / "b.mp4", t=4)
+    (src / "linked").symlink_to(outside, target_is_directory=True)
+    (src / "own" / "loop").symlink_to(src, target_is_directory=True)
+    summary = prepare_dataset(src, tmp_path / "out", workers=1, progress=False)
+    assert summary.converted == ["own/a.mp4"]
+    assert [folder for folder, _ in summary.skipped_folders] == ["linked", "own/loop"]
+    assert all("--follow-symlinks" in why for _, why in summary.skipped_folders)
+    assert "2 folders not searched" in str(summary)
+    assert main(["prepare", str(src), str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert f"note: {src / 'linked'}: not searched: symbolic link" in cap.err and "2 folders not searched" in cap.out
+    assert cap.err.count(str(src / "linked")) == 1  # said once
+
+    followed = prepare_dataset(src, tmp_path / "out", workers=1, progress=False, follow_symlinks=True)
+    assert followed.converted == ["linked/b.mp4"] and followed.skipped == ["own/a.mp4"]
+    assert followed.skipped_folders == [
+        ("own/loop", f"symbolic link to {src.resolve()}, a folder it is inside (a loop)")]
+    assert probe_video(tmp_path / "out" / "linked" / "b.mp4").num_frames == 4
+    assert main(["prepare", str(src), str(tmp_path / "out2"), "--workers", "1", "--no-progress",
+                 "--follow-symlinks"]) == 0
+    assert (tmp_path / "out2" / "linked" / "b.mp4").is_file()
+
+
+def test_a_truncated_source_is_converted_once_and_recorded(tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_video(src / "cut.avi", t=30)  # AVI's header keeps the frame count when the file is cut short
+    make_video(src / "whole.avi", t=10, seed=1)
+    data = (src / "cut.avi").read_bytes()
+    (src / "cut.avi").write_bytes(data[: int(len(data) * 0.6)])
+    declared = probe_video(src / "cut.avi").num_frames
+    assert declared == 30
+    first = prepare_dataset(src, dst, workers=1, progress=False)
+    assert first.converted == ["cut.avi", "whole.avi"] and len(first.truncated) == 1
+    rel, kept, header = first.truncated[0]
+    assert (rel, header) == ("cut.avi", 30) and 0 < kept < 30 and probe_video(dst / "cut.mp4").num_frames == kept
+    assert "1 from truncated sources" in str(first)
+    stamps = {p: p.stat().st_mtime_ns for p in dst.rglob("*")}
+    again = prepare_dataset(src, dst, workers=1, progress=False)
+    assert again.skipped == ["cut.avi", "whole.avi"] and not again.converted and not again.truncated
+    assert {p: p.stat().st_mtime_ns for p in dst.rglob("*")} == stamps  # nothing was written
+    assert main(["prepare", str(src), str(dst), "--workers", "1", "--no-progress"]) == 0
+    assert "2 already prepared" in capsys.readouterr().out
+    # A new source under the same name is converted again, and its record goes when it is whole.
+    make_video(src / "cut.avi", t=12, seed=2)
+    fixed = prepare_dataset(src, dst, workers=1, progress=False)
+    assert fixed.converted == ["cut.avi"] and not fixed.truncated and probe_video(dst / "cut.mp4").num_frames == 12
+    assert not (dst / ".zsar-prepare.json").exists()
+
+
+def test_cli_notes_a_truncated_source(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_video(src / "cut.avi", t=30)
+    data = (src / "cut.avi").read_bytes()
+    (src / "cut.avi").write_bytes(data[: int(len(data) * 0.6)])
+    assert main(["prepare", str(src), str(tmp_path / "dst"), "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {src / 'cut.avi'}: truncated source:" in err and "of the 30 frames its header declares" in err
+
+
+def test_a_name_as_long_as_the_file_system_allows(tmp_path):
+    """A 245-character name fits (the limit is 255 bytes); the temporary names must fit too."""
+    src = tmp_path / "src"
+    name = "v" * 241 + ".avi"
+    make_video(src / "sub" / "short.avi", t=5)
+    (src / "sub" / "short.avi").rename(src / "sub" / name)  # write_video's own temporary name would not fit
+    summary = prepare_dataset(src, tmp_path / "dst", workers=1, progress=False)
+    out = tmp_path / "dst" / "sub" / ("v" * 241 + ".mp4")
+    assert summary.converted == [f"sub/{name}"] and probe_video(out).num_frames == 5
+    assert sorted(p.name for p in (tmp_path / "dst" / "sub").iterdir()) == [out.name]
+    webm = prepare_dataset(src, tmp_path / "dst", codec="vp9", workers=2, progress=False)  # a longer suffix, in a pool
+    assert webm.converted == [f"sub/{name}"] and len(out.with_suffix(".webm").name) == 246
+
+
+def test_temporary_folders_of_dead_workers_are_removed(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_video(src / "sub" / "a.mp4", t=3)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other_run = subprocess.Popen(["sleep", "60"])  # stands for a worker of another run into the same folder
+    try:
+        stale = dst / "sub" / f".zsar-prepare-tmp.{int(dead.stdout)}"
+        live = dst / "sub" / f".zsar-prepare-tmp.{other_run.pid}"
+        for folder in (stale, live):
+            folder.mkdir(parents=True)
+            (folder / "video.mp4").write_bytes(b"half a video")
+        assert prepare_dataset(src, dst, workers=1, progress=False).converted == ["sub/a.mp4"]
+        assert not stale.exists() and (live / "video.mp4").exists()
+    finally:
+        other_run.kill()
+        other_run.wait()

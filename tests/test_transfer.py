@@ -310,3 +310,24 @@ def test_nearest_prototype():
     out = nearest_prototype(torch.tensor(feats, dtype=torch.float32), torch.tensor(protos))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.int64
     assert out.tolist() == expected
+
+
+def test_solver_prints_nothing_on_stdout():
+    """HiGHS writes its banner to file descriptor 1 from C++, which capsys cannot see: solve in a
+    subprocess and check that its stdout is exactly the JSON printed after the solve."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json
+        import numpy as np
+        from zsar.zeroshot import transfer_assignment
+        m = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.7]])
+        a = transfer_assignment(m, k=2, theta=1.0, rho=1, capacity=1)
+        print(json.dumps({"assignment": a.astype(int).tolist()}))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == {"assignment": [[1, 0, 0], [0, 1, 0]]}, run.stdout

@@ -1,6 +1,9 @@
 """Config dataclasses <-> dicts, JSON/YAML files and ``key=value`` command-line overrides.
 
 Nested dataclasses are supported; unknown keys and wrongly typed values are errors naming the key.
+Config files are bounded (:data:`MAX_CONFIG_BYTES`, and :data:`MAX_CONFIG_VALUES` once YAML aliases
+are expanded), so a small file cannot expand into gigabytes (a YAML "billion laughs"), and nothing
+walks or copies a config before those bounds are checked.
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+#: Largest config file read. Real configs are a few kilobytes.
+MAX_CONFIG_BYTES = 1 << 20
+#: Most values (mappings, lists and scalars, each counted) a config or override may hold with its
+#: YAML aliases expanded: each alias counts as the whole value it refers to.
+MAX_CONFIG_VALUES = 100_000
+
+# libyaml's parser where PyYAML has it (faster); the node graph it composes is checked in Python.
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def to_dict(obj) -> dict[str, Any]:
@@ -57,32 +69,127 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Builds dataclass ``cls`` from ``data``; unknown keys or bad types raise, naming the key."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(f"{prefix}{k}" for k in set(data) - fields)
     if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(prefix + f for f in fields)}")
+        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(prefix + f for f in fields)}")
     return cls(**{k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()})
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, where: str) -> None:
+    """Counts the values of a composed YAML document as if its aliases were expanded, without
+    expanding them: an alias is the same node object as its anchor, so each node's count is
+    computed once (iteratively, so deep nesting cannot exhaust the stack). Raises ValueError past
+    :data:`MAX_CONFIG_VALUES` or on an alias inside its own anchor."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()  # nodes whose children are being counted: an alias to one is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        key = id(node)
+        if children_counted:
+            pending.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_CONFIG_VALUES:
+                raise ValueError(f"{where} expands to more than {MAX_CONFIG_VALUES} values "
+                                 f"(YAML aliases repeat what they refer to); write the values out")
+        elif key not in sizes:
+            if key in pending:
+                raise ValueError(f"{where} refers to a YAML anchor inside itself "
+                                 f"(line {node.start_mark.line + 1}); a config cannot be recursive")
+            pending.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: PyYAML's own messages span several lines (with a snippet and a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = ", ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None))))
+    problem = problem or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def parse_yaml(text: str, where: str):
+    """``yaml.safe_load`` within the bounds: the document is composed, its size with aliases
+    expanded is checked, and only then are Python objects built.
+
+    Args:
+        text: the YAML (or JSON) text.
+        where: what to name in errors (e.g. ``"config file x.yaml"``).
+
+    Returns:
+        The parsed value (None for an empty document).
+
+    Raises:
+        ValueError: invalid YAML, more than one document, too large once expanded, recursive or
+            nested too deeply; one line naming ``where``.
+    """
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML or JSON config file (by suffix; YAML otherwise, which also parses JSON)."""
+    """Reads a YAML or JSON config file (by suffix; YAML otherwise, which also parses JSON).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is larger than :data:`MAX_CONFIG_BYTES`, not UTF-8, not valid
+            YAML/JSON, too large once its aliases are expanded, or not a mapping at the top level.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+        raise FileNotFoundError(f"config file {path} does not exist or is not a file")
+    with path.open("rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few kilobytes")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    if kind == "JSON":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"config file {path} is nested too deeply") from None
+    else:
+        data = parse_yaml(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level")
+        raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies ``a.b.c=value`` overrides (values parsed as YAML scalars: 1e-4, true, [1, 2])."""
-    data = json.loads(json.dumps(data))  # deep copy
+    """Applies ``a.b.c=value`` overrides (values parsed as YAML scalars: 1e-4, true, [1, 2]).
+
+    ``data`` is not modified: the mappings on each override's path are copied (shallowly), the
+    rest is shared with the result.
+    """
+    data = dict(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -90,10 +197,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            child = node.get(part, {})
+            if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+            node[part] = node = dict(child)
+        node[leaf] = parse_yaml(raw, f"override {key}")
     return data
 
 

@@ -5,6 +5,8 @@ See :func:`zsar.data.prepare.prepare_dataset` for what is converted, skipped and
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 # Mirrors zsar.data.prepare.OUTPUT_EXTENSIONS (kept here so that building the parser stays light).
@@ -15,14 +17,17 @@ _DESCRIPTION = (
     "same folder tree, in a codec the fast decoding path reads: h264 (.mp4, decoded by DALI on the "
     "GPU) or vp9 (.webm, decoded by DALI on the CPU). Every frame is kept at the source frame rate, "
     "and so is the audio track. Runs in parallel with a progress bar and is resumable: outputs that "
-    "already hold every frame are skipped, so an interrupted run can simply be started again. SRC is "
-    "never written to: a DST equal to or inside SRC is refused."
+    "already hold every frame are skipped, so an interrupted run can simply be started again (on "
+    "SIGTERM, Ctrl-C or a kill the workers stop and leave no half-written file). A truncated source "
+    "is converted with the frames it holds, noted, and recorded in DST/.zsar-prepare.json so that the "
+    "next run skips it. Symbolically linked folders in SRC are noted and not searched unless "
+    "--follow-symlinks is given. SRC is never written to: a DST equal to or inside SRC is refused."
 )
 
 _EPILOG = (
     "exit status: 0 when every video was converted or already prepared; 1 when some videos failed "
     "and --skip-errors let the run finish (they are listed on stderr); 2 on an error (bad folder or "
-    "option, or an unreadable video without --skip-errors)."
+    "option, or an unreadable video without --skip-errors); 143 when stopped by SIGTERM."
 )
 
 
@@ -41,19 +46,51 @@ def add_arguments(parser) -> None:
                         "(default: keep the size)")
     parser.add_argument("--skip-errors", action="store_true",
                         help="count and list unreadable videos instead of stopping at the first one")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="search symbolically linked folders in SRC too (links that loop are left out)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so that prepare_dataset stops its workers before exiting (a
+    second SIGTERM would cut that short: ignored)."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
+def _print_notes(summary, src: str, dst: str) -> None:
+    from ..data.prepare import RECORD_FILE
+
+    for folder, why in summary.skipped_folders:
+        print(f"note: {os.path.join(src, folder)}: not searched: {why}", file=sys.stderr)
+    for rel, frames, declared in summary.truncated:
+        print(f"note: {os.path.join(src, rel)}: truncated source: {frames} of the {declared} frames its header "
+              f"declares decode; converted with those (recorded in {os.path.join(dst, RECORD_FILE)})",
+              file=sys.stderr)
+
+
 def run(args) -> int:
-    from ..data.prepare import prepare_dataset
+    from ..data.prepare import WorkerLost, prepare_dataset
     from . import CLIError
 
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.size is not None and (args.size < 2 or args.size % 2):
         raise CLIError(f"--size must be an even number of pixels >= 2, got {args.size}")
-    summary = prepare_dataset(args.src, args.dst, codec=args.codec, workers=args.workers, size=args.size,
-                              progress=not args.no_progress, skip_errors=args.skip_errors)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary = prepare_dataset(args.src, args.dst, codec=args.codec, workers=args.workers, size=args.size,
+                                  progress=not args.no_progress, skip_errors=args.skip_errors,
+                                  follow_symlinks=args.follow_symlinks)
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            print("zsar prepare: stopped by SIGTERM; finished outputs are kept, run again to resume", file=sys.stderr)
+        raise
+    except WorkerLost as e:
+        raise CLIError(str(e)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_notes(summary, args.src, args.dst)
     for _, reason in summary.failed:  # each reason names its file
         print(f"failed: {reason}", file=sys.stderr)
     print(f"{args.src} -> {args.dst} ({args.codec}): {summary}")

@@ -1,18 +1,29 @@
 """``zsar prepare``: transcode a dataset folder into a codec the fast decoding path reads.
 
-DALI decodes H.264 on the GPU and only VP8/VP9/MJPEG on the CPU (DESIGN §7), while datasets ship
+DALI decodes H.264 on the GPU and only VP8/VP9/MJPEG on the CPU, while datasets ship
 as whatever their uploaders used (AVI/XviD for UCF101 and HMDB51, MP4 and WebM for Kinetics).
 :func:`prepare_dataset` walks a folder, re-encodes every video into H.264 (``.mp4``) or VP9
 (``.webm``) under a destination folder with the same relative tree, keeps the audio track, runs
 in a process pool with a progress bar, and can be re-run: outputs that already hold every frame
 are skipped. It never writes into the source folder.
+
+The workers die with the process that started them (each watches it) and write nothing once it
+is gone: a killed ``zsar prepare`` leaves finished outputs and no process, no half-written file.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import multiprocessing
 import os
+import select
+import shutil
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +31,19 @@ import numpy as np
 
 from .video import VIDEO_EXTENSIONS, VideoError, _require_av, probe_video, write_video
 
+log = logging.getLogger(__name__)
+
 #: Target codec -> container extension of the outputs.
 OUTPUT_EXTENSIONS = {"h264": ".mp4", "vp9": ".webm"}
+#: In the destination folder: the sources that decode to fewer frames than their headers declare
+#: (truncated files), so that their shorter outputs count as prepared on the next run.
+RECORD_FILE = ".zsar-prepare.json"
+#: Prefix of a worker's temporary folder beside the output it is writing (hidden: never a source).
+TMP_PREFIX = ".zsar-prepare-tmp."
+
+
+class WorkerLost(RuntimeError):
+    """A worker process of :func:`prepare_dataset` died (killed, or out of memory)."""
 
 
 @dataclass
@@ -31,6 +53,10 @@ class PrepareSummary:
     converted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # a valid output was already there
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); only with skip_errors
+    #: (path, frames decoded, frames its header declares) of converted sources that were truncated
+    truncated: list[tuple[str, int, int]] = field(default_factory=list)
+    #: (folder, why) of folders under the source that were not searched (symbolic links, loops, unreadable)
+    skipped_folders: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -38,24 +64,65 @@ class PrepareSummary:
         return len(self.converted) + len(self.skipped) + len(self.failed)
 
     def __str__(self) -> str:
-        return (f"{self.total} videos: {len(self.converted)} converted, {len(self.skipped)} already "
-                f"prepared (skipped), {len(self.failed)} failed")
+        text = f"{self.total} videos: {len(self.converted)} converted"
+        if self.truncated:
+            text += f" ({len(self.truncated)} from truncated sources, with the frames they hold)"
+        text += f", {len(self.skipped)} already prepared (skipped), {len(self.failed)} failed"
+        if self.skipped_folders:
+            text += f"; {len(self.skipped_folders)} folders not searched (symbolic links or unreadable)"
+        return text
 
 
-def find_videos(src_dir) -> list[Path]:
+def find_videos(src_dir, follow_symlinks: bool = False) -> list[Path]:
     """Video files under ``src_dir`` (by extension, see :data:`VIDEO_EXTENSIONS`), relative to it, sorted.
 
     Hidden files and folders (names starting with ``.``) are left out: they include the
-    temporary ``.partial`` files of interrupted writes.
+    temporary ``.partial`` files of interrupted writes. Symbolically linked folders are searched
+    only with ``follow_symlinks`` (see :func:`scan_videos`, which also lists the folders left out).
     """
+    return scan_videos(src_dir, follow_symlinks)[0]
+
+
+def scan_videos(src_dir, follow_symlinks: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+    """``(videos, skipped folders)`` under ``src_dir``: the sorted relative paths of :func:`find_videos`,
+    and ``(relative folder, why)`` for each folder not searched: a symbolic link (without
+    ``follow_symlinks``), a link back into a folder it is inside (a loop), or an unreadable folder.
+    Linked video files are always taken."""
     src_dir = Path(src_dir)
-    found = []
-    for root, dirs, files in os.walk(src_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                found.append((Path(root) / name).relative_to(src_dir))
-    return sorted(found)
+    videos: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    # (folder, real paths of it and the folders above it: following a link to one of them would loop)
+    stack = [(src_dir, frozenset({os.path.realpath(src_dir)}))]
+    while stack:
+        folder, chain = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((str(folder.relative_to(src_dir)), f"cannot be read ({e.strerror})"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = Path(entry.path).relative_to(src_dir)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
+                    videos.append(rel)
+                continue
+            real = os.path.realpath(entry.path)
+            if entry.is_symlink():
+                if not follow_symlinks:
+                    skipped.append((str(rel), "symbolic link, not followed (follow it with --follow-symlinks)"))
+                    continue
+                if real in chain:
+                    skipped.append((str(rel), f"symbolic link to {real}, a folder it is inside (a loop)"))
+                    continue
+            stack.append((Path(entry.path), chain | {real}))
+    return sorted(videos), sorted(skipped)
 
 
 def output_size(width: int, height: int, size: int | None) -> tuple[int, int]:
@@ -131,33 +198,191 @@ def _read_audio_track(av, path: str):
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
 
 
-def _is_prepared(src, out: Path, codec: str, size: int | None) -> bool:
-    """True when ``out`` exists, decodes as ``codec`` at the expected size and has every source frame."""
+def _source_stamp(src) -> dict:
+    st = os.stat(src)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _expected_frames(src, header_frames: int, truncation: dict | None, codec: str, size: int | None) -> int:
+    """Frames a finished output of ``src`` holds: the header's count, or what a truncated source
+    gave when it was converted (its record), as long as the source and settings are unchanged."""
+    t = truncation
+    if t and t.get("source") == _source_stamp(src) and t.get("codec") == codec and t.get("size") == size \
+            and t.get("header_frames") == header_frames and isinstance(t.get("frames"), int):
+        return t["frames"]
+    return header_frames
+
+
+def _is_prepared(out: Path, codec: str, frames: int, width_height: tuple[int, int]) -> bool:
+    """True when ``out`` exists, decodes as ``codec`` at the expected size and has ``frames`` frames."""
     if not out.exists():
         return False
     try:
         have = probe_video(out)
     except VideoError:
         return False  # half-written or damaged: convert again
-    info = probe_video(src)
-    return (have.codec == codec and have.num_frames == info.num_frames
-            and (have.width, have.height) == output_size(info.width, info.height, size))
+    return have.codec == codec and have.num_frames == frames and (have.width, have.height) == width_height
 
 
-def _prepare_one(src: str, out: str, codec: str, size: int | None) -> tuple[str, str]:
-    """One job of the pool: ``("skipped" | "converted" | "failed", reason)``; never raises."""
+# ---- in a pool worker: its parent, and the temporary folder of the job it is running
+_parent: "_ParentWatch | None" = None
+_job_tmp: Path | None = None
+
+
+class _ParentWatch:
+    """Watches the process that started the pool, from a worker (whose own parent may be the
+    fork server, which outlives nobody: it waits for its children).
+
+    A pidfd becomes readable when the process exits (Linux 5.3+); elsewhere its pid is polled.
+    When it is gone, the watcher sends this worker SIGTERM (see :func:`_stop_worker`).
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._fd = None
+        threading.Thread(target=self._watch, name="zsar-prepare-parent-watch", daemon=True).start()
+
+    def alive(self) -> bool:
+        if self._fd is not None:
+            return not select.select([self._fd], [], [], 0)[0]
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def _watch(self) -> None:
+        while self.alive():
+            if self._fd is not None:
+                select.select([self._fd], [], [])
+            else:
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Pool initializer: Ctrl-C reaches the whole process group, but only the parent acts on it
+    (it stops the workers); SIGTERM stops this worker; the parent is watched."""
+    global _parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+    _parent = _ParentWatch(parent_pid)
+    if not _parent.alive():
+        _stop_worker(signal.SIGTERM, None)
+
+
+def _stop_worker(signum, frame) -> None:
+    """SIGTERM in a worker (from the parent stopping the pool, or from the parent watch): the job's
+    temporary folder goes and the process exits at once, so nothing more is written. An output is
+    only ever renamed into place whole, so what is already there stays valid."""
+    if _job_tmp is not None:
+        shutil.rmtree(_job_tmp, ignore_errors=True)
+    os._exit(128 + signum)
+
+
+def _parent_alive() -> bool:
+    return _parent is None or _parent.alive()
+
+
+def _transcode_into_place(src: str, out: Path, codec: str, size: int | None) -> int:
+    """Transcodes into a temporary folder beside ``out`` and renames the result into place (only
+    while the parent lives); returns the output's frame count. The folder's short name keeps the
+    temporary file names short however long ``out``'s name is."""
+    global _job_tmp
+    if not _parent_alive():
+        _stop_worker(signal.SIGTERM, None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out.parent / f"{TMP_PREFIX}{os.getpid()}"
+    _job_tmp = tmp_dir
     try:
-        if _is_prepared(src, Path(out), codec, size):
-            return "skipped", ""
-        transcode_video(src, out, codec=codec, size=size)
-        return "converted", ""
+        tmp_dir.mkdir(exist_ok=True)
+        tmp_out = transcode_video(src, tmp_dir / f"video{out.suffix}", codec=codec, size=size)
+        frames = probe_video(tmp_out).num_frames
+        if not _parent_alive():
+            _stop_worker(signal.SIGTERM, None)
+        os.replace(tmp_out, out)
+        return frames
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _job_tmp = None
+
+
+def _prepare_one(src: str, out: str, codec: str, size: int | None, truncation: dict | None = None):
+    """One job of the pool: ``(status, reason, truncation)``; never raises.
+
+    ``status`` is ``"skipped"``, ``"converted"`` or ``"failed"`` (``reason`` says why).
+    ``truncation`` records a truncated source (its output holds fewer frames than the source's
+    header declares; see :data:`RECORD_FILE`), else None; the one passed in is from the last run.
+    """
+    try:
+        info = probe_video(src)
+        expected = _expected_frames(src, info.num_frames, truncation, codec, size)
+        if _is_prepared(Path(out), codec, expected, output_size(info.width, info.height, size)):
+            return "skipped", "", truncation if expected != info.num_frames else None
+        frames = _transcode_into_place(src, Path(out), codec, size)
+        if frames >= info.num_frames:
+            return "converted", "", None
+        return "converted", "", {"source": _source_stamp(src), "codec": codec, "size": size,
+                                 "header_frames": info.num_frames, "frames": frames}
     except VideoError as e:
-        return "failed", str(e)
+        return "failed", str(e), None
     except Exception as e:  # encoder or disk errors: name the source anyway
-        return "failed", f"{src}: {type(e).__name__}: {e}"
+        return "failed", f"{src}: {type(e).__name__}: {e}", None
 
 
-def _plan(src_dir: Path, dst_dir: Path, codec: str) -> list[tuple[Path, Path, Path]]:
+def _read_truncations(dst_dir: Path) -> dict[str, dict]:
+    """The truncated-source records of an earlier run (:data:`RECORD_FILE`); unreadable ones are
+    dropped (those sources are converted again)."""
+    path = dst_dir / RECORD_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        records = data["truncated_sources"]
+        if not isinstance(records, dict):
+            raise TypeError("not an object")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s cannot be read (%s); truncated sources will be converted again", path, e)
+        return {}
+    return {rel: rec for rel, rec in records.items() if isinstance(rec, dict)}
+
+
+def _write_truncations(dst_dir: Path, records: dict[str, dict]) -> None:
+    path = dst_dir / RECORD_FILE
+    if not records:
+        path.unlink(missing_ok=True)
+        return
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dst_dir / f"{RECORD_FILE}.{os.getpid()}.partial"
+    tmp.write_text(json.dumps({"truncated_sources": dict(sorted(records.items()))}, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove_stale_tmp(folders) -> None:
+    """Removes the temporary folders of workers that died without cleaning up (killed outright, or
+    out of memory); those of live processes (another run into the same folder) stay."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # not created yet
+        for entry in entries:
+            pid = entry.name[len(TMP_PREFIX):]
+            if entry.name.startswith(TMP_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False):
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                except PermissionError:
+                    pass
+
+
+def _plan(src_dir: Path, dst_dir: Path, codec: str, rels: list[Path]) -> list[tuple[Path, Path, Path]]:
     """(relative path, source, output) for every video; refuses any layout that could write into the source."""
     src_real, dst_real = src_dir.resolve(), dst_dir.resolve()
     if dst_real == src_real:
@@ -170,7 +395,6 @@ def _plan(src_dir: Path, dst_dir: Path, codec: str) -> list[tuple[Path, Path, Pa
     ext = OUTPUT_EXTENSIONS[codec]
     jobs, by_output = [], {}
     sources = set()
-    rels = find_videos(src_dir)
     for rel in rels:
         sources.add(os.path.realpath(src_dir / rel))
     for rel in rels:
@@ -200,27 +424,45 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM to every worker: each removes its temporary folder and exits (:func:`_stop_worker`)."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14+
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
 def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None = None, size: int | None = None,
-                    progress: bool = True, skip_errors: bool = False) -> PrepareSummary:
+                    progress: bool = True, skip_errors: bool = False,
+                    follow_symlinks: bool = False) -> PrepareSummary:
     """Transcode every video under ``src_dir`` into ``dst_dir`` with the same relative tree.
 
     ``codec``: ``"h264"`` (``.mp4``; what DALI decodes on the GPU) or ``"vp9"`` (``.webm``; what
     DALI decodes on the CPU). ``workers``: processes (default: the CPUs this process may use; 1
     runs in this process). ``size``: resize the short side to this many pixels (even), keeping the
     aspect ratio; default: keep the size (odd sizes lose a row/column). Audio tracks are kept.
+    ``follow_symlinks``: search symbolically linked folders too (loops are left out); by default
+    they are not searched, and the summary lists them.
 
     Resumable: an output that already decodes as ``codec`` with every source frame at the
-    expected size is skipped, and outputs are written under a temporary name and renamed, so an
-    interrupted run leaves no half-written file under a final name. The source folder is never
-    written to: a destination equal to or inside it, or outputs that would land in it, are
-    refused (``ValueError``), as are two sources that would map onto the same output.
+    expected size is skipped, and outputs are written in a temporary folder and renamed into
+    place, so an interrupted run leaves no half-written file under a final name. A truncated
+    source (fewer frames decode than its header declares) is converted with the frames it holds,
+    listed in the summary and recorded in ``dst_dir/.zsar-prepare.json``, so that it counts as
+    prepared on the next run. The source folder is never written to: a destination equal to or
+    inside it, or outputs that would land in it, are refused (``ValueError``), as are two sources
+    that would map onto the same output.
 
     A source that cannot be read raises :class:`VideoError` naming it (outputs finished so far
     stay); with ``skip_errors=True`` it is counted and listed in the summary instead. Returns a
     :class:`PrepareSummary`.
 
     With ``workers > 1`` the workers are started fresh (fork server or spawn), so a script that
-    calls this must guard its top level with ``if __name__ == "__main__":``.
+    calls this must guard its top level with ``if __name__ == "__main__":``. They end with this
+    call: on an exception here (KeyboardInterrupt included) they are stopped at once, and if this
+    process dies they notice and exit without writing anything more.
     """
     if codec not in OUTPUT_EXTENSIONS:
         raise ValueError(f"prepare_dataset: codec must be one of {sorted(OUTPUT_EXTENSIONS)}, got {codec!r}")
@@ -233,17 +475,21 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
         raise FileNotFoundError(f"source folder {src_dir} does not exist or is not a folder")
     if dst_dir.exists() and not dst_dir.is_dir():
         raise ValueError(f"destination {dst_dir} exists and is not a folder")
-    jobs = _plan(src_dir, dst_dir, codec)
+    rels, skipped_folders = scan_videos(src_dir, follow_symlinks)
+    jobs = _plan(src_dir, dst_dir, codec, rels)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
+    _remove_stale_tmp({out.parent for _, _, out in jobs})
+    earlier = _read_truncations(dst_dir)
+    truncations = {str(rel): earlier[str(rel)] for rel, _, _ in jobs if str(rel) in earlier}
 
     from tqdm.auto import tqdm
 
-    summary = PrepareSummary()
+    summary = PrepareSummary(skipped_folders=skipped_folders)
     bar = tqdm(total=len(jobs), unit="video", desc=f"prepare -> {codec}", disable=not progress)
 
-    def record(rel: Path, status: str, reason: str) -> None:
+    def tally(rel: Path, status: str, reason: str, truncation: dict | None) -> None:
         if status == "failed":
             if not skip_errors:
                 raise VideoError(reason)
@@ -251,27 +497,47 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
             bar.set_postfix(failed=len(summary.failed))
         else:
             (summary.converted if status == "converted" else summary.skipped).append(str(rel))
+        if status == "converted" and truncation is not None:
+            summary.truncated.append((str(rel), truncation["frames"], truncation["header_frames"]))
+        if status != "failed" and truncations.get(str(rel)) != truncation:
+            if truncation is None:
+                truncations.pop(str(rel), None)
+            else:
+                truncations[str(rel)] = truncation
+            _write_truncations(dst_dir, truncations)
         bar.update()
+
+    def job_args(rel, src, out):
+        return str(src), str(out), codec, size, truncations.get(str(rel))
 
     try:
         if workers == 1:
             for rel, src, out in jobs:
-                record(rel, *_prepare_one(str(src), str(out), codec, size))
+                tally(rel, *_prepare_one(*job_args(rel, src, out)))
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                pending = {pool.submit(_prepare_one, str(src), str(out), codec, size): rel
-                           for rel, src, out in jobs}
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init,
+                                     initargs=(os.getpid(),)) as pool:
+                pending = {pool.submit(_prepare_one, *job_args(rel, src, out)): rel for rel, src, out in jobs}
                 try:
                     while pending:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in done:
-                            record(pending.pop(fut), *fut.result())
+                            rel = pending.pop(fut)
+                            try:
+                                result = fut.result()
+                            except BrokenProcessPool:
+                                raise WorkerLost(f"a worker process died (killed, or out of memory) while "
+                                                   f"converting {src_dir / rel} or another video; finished "
+                                                   f"outputs are kept, run again to resume") from None
+                            tally(rel, *result)
                 except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # let started jobs finish their files
+                    _stop_workers(pool)  # they remove their temporary files and exit
+                    pool.shutdown(wait=True, cancel_futures=True)
                     raise
     finally:
         bar.close()
     for lst in (summary.converted, summary.skipped):
         lst.sort()
     summary.failed.sort()
+    summary.truncated.sort()
     return summary

