@@ -88,9 +88,9 @@ def test_eval_report(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["predict", "nope.mp4", "--checkpoint", ".", "--labels", "a,b"], "no such video file: nope.mp4"),
+    (["predict", "nope.mp4", "--checkpoint", ".", "--labels", "a,b"], "nope.mp4: no such file"),
     (["predict", __file__, "--checkpoint", "/no/ckpt", "--labels", "a,b"], "--checkpoint /no/ckpt"),
-    (["predict", __file__, "--checkpoint", ".", "--labels", "a,a"], "repeated: a"),
+    (["predict", __file__, "--checkpoint", ".", "--labels", "a,a"], "repeated: 'a'"),
     (["predict", __file__, "--checkpoint", ".", "--labels", " , "], "no labels"),
     (["train", "/no/config.yaml"], "config file /no/config.yaml"),
     (["eval", "--checkpoint", "/no/ckpt", "--annotations", "x"], "--checkpoint /no/ckpt"),

@@ -38,6 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if out_dir has a checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow `embedder` to name a gensim pickle (.kv), which can run code when loaded")
 
 
 def run(args) -> int:
@@ -58,7 +60,7 @@ def run(args) -> int:
         return 0
     from ..train.pipeline import train_from_config
 
-    summary = train_from_config(config, resume=not args.no_resume)
+    summary = train_from_config(config, resume=not args.no_resume, trust_pickle=args.trust_pickle)
     if "checkpoint" in summary:
         print(f"zero-shot checkpoint: {summary['checkpoint']}")
         print(f"try: zsar predict VIDEO --checkpoint {summary['checkpoint']} --labels \"label one,label two\"")

@@ -26,34 +26,12 @@ import torch
 
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
+from ..text.labels import check_labels
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
 
 SETTINGS_FILE = "zeroshot.json"
 _SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
-
-
-def check_labels(labels, what: str = "labels") -> list[str]:
-    """``labels`` as a list of distinct, non-blank strings.
-
-    Raises:
-        TypeError: a single string/bytes or a non-sequence instead of a list, or a non-str item.
-        ValueError: no labels, a blank label, or repeated labels.
-    """
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
-        raise TypeError(f"{what} must be a list of label strings, got {type(labels).__name__} {labels!r:.60}")
-    labels = list(labels)
-    bad = [x for x in labels if not isinstance(x, str)]
-    if bad:
-        raise TypeError(f"{what} must be strings, got {type(bad[0]).__name__} {bad[0]!r:.60}")
-    if not labels:
-        raise ValueError(f"{what}: at least one label is needed")
-    if any(not x.strip() for x in labels):
-        raise ValueError(f"{what}: labels must not be empty or blank")
-    repeated = sorted({x for x in labels if labels.count(x) > 1})
-    if repeated:
-        raise ValueError(f"{what} must be distinct; repeated: {', '.join(map(repr, repeated))}")
-    return labels
 
 
 class ZeroShotClassifier:
@@ -111,13 +89,15 @@ class ZeroShotClassifier:
 
     @classmethod
     def load(cls, directory: str | Path, embedder=None, device: str | torch.device | None = None,
-             **overrides) -> "ZeroShotClassifier":
+             trust_pickle: bool = False, **overrides) -> "ZeroShotClassifier":
         """The classifier saved with :meth:`save` in a checkpoint folder (model included).
 
         Args:
             directory: the checkpoint folder.
             embedder: replaces the recorded one (needed when it was built from in-memory vectors).
             device: where the model goes (default: CUDA when available).
+            trust_pickle: let the recorded embedder be a gensim pickle (``.kv``), which can run code
+                when loaded; only for checkpoints you trust.
             **overrides: ``temperature`` or ``clip_spec``, or the head's settings (e.g. ``k``).
 
         Raises:
@@ -143,7 +123,7 @@ class ZeroShotClassifier:
         if embedder is None:
             if settings.get("embedder") is None:
                 raise ValueError(f"{path} records no embedder (it was built from in-memory vectors); pass embedder=")
-            embedder = embedder_from_spec(settings["embedder"])
+            embedder = embedder_from_spec(settings["embedder"], trust_pickle=trust_pickle, where=f"{path} embedder")
         try:
             head = head_cls.load(directory, head_settings)
             clip_spec = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["clip_spec"].items()})
@@ -161,7 +141,7 @@ class ZeroShotClassifier:
 
     def set_labels(self, labels: Sequence[str]) -> "ZeroShotClassifier":
         """Builds the class matrix of ``labels`` (one row per label) with the head."""
-        labels = check_labels(labels)
+        labels = check_labels(labels, what="set_labels")
         with torch.no_grad():
             self.class_matrix = self.head.class_matrix(labels, self.embedder, self.model)
         self.labels = labels
