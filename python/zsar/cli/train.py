@@ -3,7 +3,6 @@ checkpoint."""
 
 from __future__ import annotations
 
-import json
 
 _DESCRIPTION = (
     "Train a registered model (e.g. rest18) on the videos a YAML/JSON config names (its `data` section: "
@@ -43,20 +42,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import os
-
-    from . import CLIError
-
-    if not os.path.isfile(args.config):
-        raise CLIError(f"config file {args.config}: no such file")
     from ..train.config import TrainConfig
+    from . import load_run_config
 
-    try:
-        config = TrainConfig.load(args.config, args.overrides)
-    except TypeError as e:
-        raise CLIError(str(e)) from None
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+    config = load_run_config(TrainConfig, args)
+    if config is None:
         return 0
     from ..train.pipeline import train_from_config
 

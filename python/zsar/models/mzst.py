@@ -41,7 +41,7 @@ from torch import nn
 from ..config import from_dict as config_from_dict
 from ..text.vocab import WordVocab, mask_words
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
-from .layers import Mlp
+from .layers import Mlp, init_transformer_weights
 from .registry import register_model
 
 __all__ = ["MZST", "MZSTConfig", "VIDEO_BACKBONES", "AUDIO_BACKBONES", "bottleneck_attention"]
@@ -577,15 +577,8 @@ class MZST(ZeroShotModel):
 
     def _init_weights(self):
         # Everything but the backbones (their own init) and the fusion tokens (N(0, 0.02), set above).
-        own = [self.video_proj, self.audio_proj, self.fusion, self.text_stream, self.task_head, self.semantic_head,
-               self.mlm_head]
-        for module in (m for m in own if m is not None):
-            for m in module.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.Embedding):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
+        init_transformer_weights([self.video_proj, self.audio_proj, self.fusion, self.text_stream, self.task_head,
+                                  self.semantic_head, self.mlm_head])
         for name, p in self.named_parameters():
             own_token = not name.startswith(("video_encoder.", "audio_encoder."))
             if own_token and name.endswith(("cls_token", "cls_tokens", "word_pos", "modality_embed")):

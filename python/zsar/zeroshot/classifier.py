@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .._utils import read_json_object
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
 from ..text.labels import check_labels
@@ -237,12 +238,7 @@ def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int =
 
 def _read_settings(path: Path) -> dict[str, Any]:
     """``zeroshot.json``, validated, in the current layout (the first layout had k/theta/rho at the top)."""
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    settings = read_json_object(path)
     if "head" not in settings:  # first layout: the prototype-transfer head's settings at the top level
         unknown = sorted(set(settings) - _LEGACY_KEYS)
         if unknown:
