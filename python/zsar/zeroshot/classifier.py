@@ -125,10 +125,11 @@ class ZeroShotClassifier:
             if settings.get("embedder") is None:
                 raise ValueError(f"{path} records no embedder (it was built from in-memory vectors); pass embedder=")
             embedder = embedder_from_spec(settings["embedder"], trust_pickle=trust_pickle, where=f"{path} embedder")
+        _check_clip_spec(settings["clip_spec"], path)
         try:
             head = head_cls.load(directory, head_settings)
             clip_spec = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["clip_spec"].items()})
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
         model = load_model(directory, device)
         if model.zero_shot_head != head.name:
@@ -234,6 +235,17 @@ def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int =
     """A classifier with a :class:`~zsar.zeroshot.heads.PrototypeTransferHead` from given prototypes."""
     return ZeroShotClassifier(model, PrototypeTransferHead(seen_prototypes, seen_labels, k, theta, rho), embedder,
                               **kwargs)
+
+
+#: Bounds on a recorded clip spec: a file must not make a reader allocate without limit.
+_CLIP_LIMITS = {"frames": 4096, "size": 4096, "short_side": 8192, "num_clips": 1024, "stride": 4096}
+
+
+def _check_clip_spec(spec: dict[str, Any], path: Path) -> None:
+    for key, most in _CLIP_LIMITS.items():
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value > most):
+            raise ValueError(f"{path}: clip_spec.{key} must be an int of at most {most}, got {value!r}")
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
