@@ -69,3 +69,35 @@ def test_forward_backward_sdpa(record, batch):
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     record("bottleneck cpu forward+backward", "sdpa key mask",
            lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout), **ROUNDS)
+
+
+def test_interleaved_ratios(benchmark, batch):
+    """One call of each contender per round, alternating, 100 rounds: on a shared, loaded machine
+    both see the same load, so the ratio of medians is steadier than that of separate runs."""
+    import statistics
+    import time
+
+    q, k, v, dout, n_valid, mask = batch
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    contenders = {
+        "forward": (lambda: _fused(q, k, v, n_valid), lambda: _sdpa(q, k, v, mask)),
+        "forward+backward": (lambda: _step(lambda *a: _fused(*a, n_valid), leaves, dout),
+                             lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout)),
+    }
+    lines = []
+    for group, (ours, peer) in contenders.items():
+        times = {"zsar": [], "sdpa": []}
+        grad = torch.enable_grad() if group == "forward+backward" else torch.no_grad()
+        with grad:
+            for _ in range(10):
+                ours(), peer()
+            for _ in range(100):
+                for name, fn in (("zsar", ours), ("sdpa", peer)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+        z, s = statistics.median(times["zsar"]), statistics.median(times["sdpa"])
+        benchmark.extra_info[group] = dict(zsar_ms=z * 1e3, sdpa_ms=s * 1e3, ratio=s / z)
+        lines.append(f"interleaved {group}: sdpa key mask {s * 1e3:.2f} ms / zsar cpu {z * 1e3:.2f} ms = {s / z:.2f}x")
+    benchmark.pedantic(lambda: None, rounds=1)
+    print("\n" + "\n".join(lines))

@@ -82,8 +82,9 @@ inline void exp_inplace(double* x, int64_t n) {
 
 // C[0:MR, 0:NV*W) = A[0:MR, 0:k) . B[0:k, 0:NV*W): a register tile. MR*NV independent FMA chains
 // (8 for 4x2) hide the FMA latency; accumulators stay in registers for the whole k loop.
-// With ACC, C is accumulated into (C += A . B) instead of overwritten.
-template <int MR, int NV, bool ACC, typename T>
+// With ACC, C is accumulated into (C += A . B) instead of overwritten; with TA, A is read
+// transposed (A(r, p) = A[p * lda + r]), so P^T-style products need no transpose.
+template <int MR, int NV, bool ACC, bool TA, typename T>
 inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __restrict B, int64_t ldb,
                       T* __restrict C, int64_t ldc) {
   constexpr int64_t W = kWidth<T>;
@@ -94,7 +95,7 @@ inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __
     Vec<T> b[NV];
     for (int v = 0; v < NV; ++v) b[v] = loadu(B + p * ldb + v * W);
     for (int r = 0; r < MR; ++r) {
-      const T a = A[r * lda + p];
+      const T a = TA ? A[p * lda + r] : A[r * lda + p];
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
@@ -102,36 +103,42 @@ inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __
     for (int v = 0; v < NV; ++v) storeu(C + r * ldc + v * W, acc[r][v]);
 }
 
-template <int MR, bool ACC, typename T>
+template <int MR, bool ACC, bool TA, typename T>
 inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                       int64_t ldc) {
   constexpr int64_t W = kWidth<T>;
   int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2, ACC>(k, A, lda, B + j, ldb, C + j, ldc);
+  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
   if (j + W <= n) {
-    gemm_tile<MR, 1, ACC>(k, A, lda, B + j, ldb, C + j, ldc);
+    gemm_tile<MR, 1, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
     j += W;
   }
   for (; j < n; ++j) {  // a head dim that is not a multiple of the vector width
     for (int r = 0; r < MR; ++r) {
       T acc = ACC ? C[r * ldc + j] : T(0);
-      for (int64_t p = 0; p < k; ++p) acc += A[r * lda + p] * B[p * ldb + j];
+      for (int64_t p = 0; p < k; ++p) acc += (TA ? A[p * lda + r] : A[r * lda + p]) * B[p * ldb + j];
       C[r * ldc + j] = acc;
     }
   }
 }
 
 // C[0:m, 0:n) = A[0:m, 0:k) . B[0:k, 0:n), all row-major with the given row strides: the one
-// small-matrix primitive of these kernels. k may be 0 (C is zeroed). With ACC: C += A . B.
-template <bool ACC = false, typename T>
+// small-matrix primitive of these kernels. k may be 0 (C is zeroed). With ACC: C += A . B; with
+// TA: A is stored transposed, (k, m) with row stride lda. MR: rows per register tile (4 or 6;
+// 6 x 2 vectors keeps 12 FMA chains in flight, which long inner products need to approach peak).
+template <bool ACC = false, bool TA = false, int MR = 4, typename T>
 inline void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-          int64_t ldc) {
+                 int64_t ldc) {
+  static_assert(MR == 4 || MR == 6, "register tile rows");
+  const auto rows_of_a = [&](int64_t i) { return TA ? A + i : A + i * lda; };
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4) gemm_rows<4, ACC>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc);
+  for (; i + MR <= m; i += MR) gemm_rows<MR, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
   switch (m - i) {
-    case 3: gemm_rows<3, ACC>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
-    case 2: gemm_rows<2, ACC>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
-    case 1: gemm_rows<1, ACC>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
+    case 5: gemm_rows<5, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 4: gemm_rows<4, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 3: gemm_rows<3, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 2: gemm_rows<2, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 1: gemm_rows<1, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
     default: break;
   }
 }

@@ -28,8 +28,16 @@ namespace cpu {
 namespace ZSAR_CPU_ISA {
 namespace {
 
-constexpr int64_t kQueryRows = 32;  // queries per block (a multiple of kPad: transposed tiles use it as ld)
+constexpr int64_t kQueryRows = 32;  // queries per block
 constexpr int64_t kKeyTile = 256;   // keys per online-softmax step (a multiple of kPad)
+constexpr int kTileRows = 6;        // register-tile rows of every product here (see gemm in simd.h)
+
+// The products of these kernels: C (+)= A . B, A optionally transposed (see gemm in simd.h).
+template <bool ACC = false, bool TA = false, typename T>
+inline void product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc) {
+  gemm<ACC, TA, kTileRows>(m, n, k, A, lda, B, ldb, C, ldc);
+}
 
 // Per-thread buffers for one slice of up to L tokens with head dim D; every size is O(L * D).
 template <typename T>
@@ -39,13 +47,12 @@ struct TileScratch {
   std::vector<T> dq, dk, dv;             // (L, D) compact gradients
   std::vector<T> kt, vt;                 // (D, ld)
   std::vector<T> s, dp;                  // (kQueryRows, kKeyTile) scores / probabilities, dP / dS
-  std::vector<T> st;                     // (kKeyTile, kQueryRows) a transposed tile
   std::vector<T> row_max, row_sum, lse, delta;  // (L,)
   TileScratch(int64_t L, int64_t D, bool backward)
       : ld(round_up(L, kPad)), q(L * D), k(L * D), v(L * D), o(L * D), dout(backward ? L * D : 0),
         dq(backward ? L * D : 0), dk(backward ? L * D : 0), dv(backward ? L * D : 0), kt(D * ld),
         vt(backward ? D * ld : 0), s(kQueryRows * kKeyTile), dp(backward ? kQueryRows * kKeyTile : 0),
-        st(backward ? kKeyTile * kQueryRows : 0), row_max(L), row_sum(L), lse(L), delta(backward ? L : 0) {}
+        row_max(L), row_sum(L), lse(L), delta(backward ? L : 0) {}
 };
 
 // Rows of the slice's valid tokens (prefix [0, n_valid), tail [tail_begin, L)) -> compact rows.
@@ -113,11 +120,12 @@ void forward(const MaskedAttentionForward& a) {
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, n - j0);
         T* st = w.s.data();
-        gemm(rows, round_up(cols, kPad), D, w.q.data() + i0 * D, D, w.kt.data() + j0, ld, st, kKeyTile);
+        product(rows, round_up(cols, kPad), D, w.q.data() + i0 * D, D, w.kt.data() + j0, ld, st, kKeyTile);
         scale_scores(st, rows, cols, kKeyTile, scale);
         for (int64_t r = 0; r < rows; ++r) {
           T* __restrict p = st + r * kKeyTile;
           T mx = kNegInf;
+#pragma omp simd reduction(max : mx)
           for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, p[j]);
           const T m_new = std::max(row_max[r], mx);
           // A row whose scores are all -inf so far keeps m = -inf; shift by 0 (no -inf - -inf).
@@ -139,9 +147,9 @@ void forward(const MaskedAttentionForward& a) {
           row_max[r] = m_new;
         }
         if (j0 == 0) {
-          gemm<false>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
+          product<false>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
         } else {
-          gemm<true>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
+          product<true>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -187,8 +195,8 @@ void backward(const MaskedAttentionBackward& a) {
         const int64_t cols = std::min(kKeyTile, n - j0), padded = round_up(cols, kPad);
         T* p = w.s.data();
         T* ds = w.dp.data();
-        gemm(rows, padded, D, q, D, w.kt.data() + j0, ld, p, kKeyTile);       // S = Q K^T
-        gemm(rows, padded, D, dout, D, w.vt.data() + j0, ld, ds, kKeyTile);   // dP = dO V^T
+        product(rows, padded, D, q, D, w.kt.data() + j0, ld, p, kKeyTile);       // S = Q K^T
+        product(rows, padded, D, dout, D, w.vt.data() + j0, ld, ds, kKeyTile);   // dP = dO V^T
         scale_scores(p, rows, cols, kKeyTile, scale);
         for (int64_t r = 0; r < rows; ++r) {  // P = exp(scale S - lse), dS = scale P (dP - delta)
           T* __restrict pr = p + r * kKeyTile;
@@ -202,15 +210,13 @@ void backward(const MaskedAttentionBackward& a) {
         }
         // dQ += dS K
         if (j0 == 0) {
-          gemm<false>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
+          product<false>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
         } else {
-          gemm<true>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
+          product<true>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
         }
-        // dV += P^T dO and dK += dS^T Q over this tile's keys.
-        transpose(p, rows, cols, kKeyTile, w.st.data(), kQueryRows);
-        gemm<true>(cols, D, rows, w.st.data(), kQueryRows, dout, D, w.dv.data() + j0 * D, D);
-        transpose(ds, rows, cols, kKeyTile, w.st.data(), kQueryRows);
-        gemm<true>(cols, D, rows, w.st.data(), kQueryRows, q, D, w.dk.data() + j0 * D, D);
+        // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
+        product<true, true>(cols, D, rows, p, kKeyTile, dout, D, w.dv.data() + j0 * D, D);
+        product<true, true>(cols, D, rows, ds, kKeyTile, q, D, w.dk.data() + j0 * D, D);
       }
     }
     scatter(w.dq.data(), m, D, static_cast<T*>(a.dq) + off);
