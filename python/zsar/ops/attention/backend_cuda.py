@@ -29,7 +29,8 @@ class CudaBackend(Backend):
     max_head_dim = 128
     # The kernels index rows of a (batch, head) slice with 32-bit integers: seq_len * 128 < 2**31.
     max_seq_len = (2**31 - 1) // 128
-    mask_kinds = ("rest", "full")
+    # bottleneck: the tiled kernels of csrc/cuda/tiled_attention.cu (float FMA on CUDA cores).
+    mask_kinds = ("rest", "full", "bottleneck")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
