@@ -217,6 +217,7 @@ def test_flop_counter_counts_only_valid_pairs(seed):
     assert counter.get_total_flops() == 10 * H * D * pairs
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # trace's own notes
 def test_jit_trace_matches_eager(seed):
     q, k, v, nv, nf = _inputs(seed)
     traced = torch.jit.trace(lambda q, k, v, nv: bottleneck_attention(q, k, v, nv, nf, check_n_valid=False),
