@@ -1,4 +1,5 @@
-"""GPU check of masked_attention: correctness of the CUDA and Triton backends, then timings.
+"""GPU check of masked_attention and bottleneck_attention: correctness of the CUDA and Triton
+backends, then timings.
 
 Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CUDA kernels build):
 
@@ -14,6 +15,15 @@ Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CU
 4. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
    forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
    FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
+5. bottleneck_attention (issue 13), bf16, MZST shapes: audio-video stream B=32, H=12, L=1609,
+   Dh=64, n_fusion=4, (a) no padding, (b) half the batch without audio (n_valid=393); text stream
+   B=256, H=12, L=21, n_valid in 2..17 (n_fusion=4). Contenders: zsar cuda, zsar triton, SDPA with
+   a boolean key mask, SDPA on unpadded tensors without a mask (case a: the whole batch; case b:
+   each half on its own valid tokens; not applicable to the text stream's per-sample lengths) and
+   compiled FlexAttention with a mask_mod. One table: forward and forward+backward ms, ratios to
+   zsar cuda and the achieved TFLOP/s (valid query-key pairs only: 4 H Dh pairs forward, 14
+   forward+backward). Targets: (a) within 10% of SDPA unpadded, (b) >= 2x SDPA with a mask, text
+   >= 3x SDPA with a mask, every case >= 1.3x FlexAttention, Triton within 1.3x of CUDA.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 import torch
 
 from zsar import _ext
+from zsar.ops import bottleneck_attention
 from zsar.ops.rest_attention import dispatcher, key_end, masked_attention
 
 TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 2e-2), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
@@ -125,7 +136,91 @@ def time_peers(device, B=256, H=12, n_visual=17, max_words=8, D=64, dtype=torch.
     return rows
 
 
-OP_TESTS = ["test_masked_attention.py", "test_masked_attention_integration.py", "test_ops_nonfinite.py",
+def _bottleneck_case(device, name, B, H, L, D, n_fusion, n_valid, dtype=torch.bfloat16) -> list[dict]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(device, dtype) for _ in range(4))
+    n_valid = n_valid.to(device=device, dtype=torch.int32)
+    pos = torch.arange(L, device=device)
+    valid = (pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - n_fusion)  # (B, L)
+    key_mask = valid[:, None, None, :]
+    pairs = int((n_valid.long() + n_fusion).pow(2).sum()) * H
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        tail = L - n_fusion
+        return ((q_idx < n_valid[b]) | (q_idx >= tail)) & ((kv_idx < n_valid[b]) | (kv_idx >= tail))
+
+    block_mask = create_block_mask(mask_mod, B, None, L, L, device=device)
+    flex = torch.compile(flex_attention)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    contenders = {
+        "zsar cuda": lambda q, k, v: bottleneck_attention(q, k, v, n_valid, n_fusion, backend="cuda",
+                                                          check_n_valid=False),
+        "zsar triton": lambda q, k, v: bottleneck_attention(q, k, v, n_valid, n_fusion, backend="triton",
+                                                            check_n_valid=False),
+        "sdpa key mask": lambda q, k, v: sdpa(q, k, v, attn_mask=key_mask),
+        "flex_attention (compiled)": lambda q, k, v: flex(q, k, v, block_mask=block_mask),
+    }
+    groups = {}  # unpadded SDPA: samples with the same n_valid as one dense batch of their tokens
+    for b, n in enumerate(n_valid.tolist()):
+        groups.setdefault(n, []).append(b)
+    if len(groups) <= 2:
+        index = {n: (torch.tensor(bs, device=device),
+                     torch.cat([torch.arange(n, device=device), torch.arange(L - n_fusion, L, device=device)]))
+                 for n, bs in groups.items()}
+
+        def unpadded(q, k, v):
+            return [sdpa(*(t[bs][:, :, tok] for t in (q, k, v))) for bs, tok in index.values()]
+
+        contenders["sdpa unpadded (no mask)"] = unpadded
+    rows = []
+    for contender, fn in contenders.items():
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+        def step():
+            outs = fn(*leaves)
+            outs = outs if isinstance(outs, list) else [outs]
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs] if len(outs) > 1 else [dout])
+
+        try:
+            with torch.no_grad():
+                fwd = _time_ms(lambda: fn(q, k, v))
+            fwd_bwd = _time_ms(step)
+        except Exception as exc:  # a contender that cannot run here is reported, not fatal
+            print(f"  {name}: {contender} failed: {type(exc).__name__}: {exc}".splitlines()[0])
+            continue
+        rows.append(dict(case=name, contender=contender, forward_ms=fwd, forward_backward_ms=fwd_bwd,
+                         forward_tflops=4 * D * pairs / fwd / 1e9, forward_backward_tflops=14 * D * pairs / fwd_bwd / 1e9))
+    return rows
+
+
+def time_bottleneck(device) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+    L, n_fusion = 1609, 4
+    cases = [
+        ("av (a) no padding", 32, 12, L, 64, n_fusion, torch.full((32,), L - n_fusion)),
+        ("av (b) half without audio", 32, 12, L, 64, n_fusion,
+         torch.tensor([L - n_fusion] * 16 + [393] * 16)),
+        ("text", 256, 12, 21, 64, n_fusion, torch.randint(2, 18, (256,), generator=gen)),
+    ]
+    rows = []
+    for case in cases:
+        rows += _bottleneck_case(device, *case)
+    print(f"\nbottleneck_attention timings, bf16 ({torch.cuda.get_device_name()})")
+    print(f"{'case':<28}{'contender':<28}{'fwd ms':>9}{'fwd+bwd ms':>12}{'fwd x':>8}{'f+b x':>8}{'TFLOP/s f':>11}{'f+b':>7}")
+    for r in rows:
+        ours = next(o for o in rows if o["case"] == r["case"] and o["contender"] == "zsar cuda") \
+            if any(o["case"] == r["case"] and o["contender"] == "zsar cuda" for o in rows) else r
+        r["fwd_ratio_vs_zsar_cuda"] = r["forward_ms"] / ours["forward_ms"]
+        r["fwd_bwd_ratio_vs_zsar_cuda"] = r["forward_backward_ms"] / ours["forward_backward_ms"]
+        print(f"{r['case']:<28}{r['contender']:<28}{r['forward_ms']:>9.3f}{r['forward_backward_ms']:>12.3f}"
+              f"{r['fwd_ratio_vs_zsar_cuda']:>7.2f}x{r['fwd_bwd_ratio_vs_zsar_cuda']:>7.2f}x"
+              f"{r['forward_tflops']:>11.1f}{r['forward_backward_tflops']:>7.1f}")
+    return rows
+
+
+OP_TESTS = ["test_bottleneck_attention.py", "test_masked_attention.py", "test_masked_attention_integration.py", "test_ops_nonfinite.py",
             "test_ops_registered.py", "test_ops_scaffolding.py"]
 
 
@@ -155,10 +250,12 @@ def main() -> int:
     correctness = check_correctness(device)
     tests_ok = True if args.no_tests else run_op_tests()
     timings = time_peers(device)
+    bottleneck_timings = time_bottleneck(device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), build=build, correctness=correctness,
-                           op_tests_passed=tests_ok, timings=timings), f, indent=2)
+                           op_tests_passed=tests_ok, timings=timings, bottleneck_timings=bottleneck_timings),
+                      f, indent=2)
     return 0 if all(r["ok"] for r in correctness) and tests_ok else 1
 
 

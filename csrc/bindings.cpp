@@ -103,7 +103,10 @@ PYBIND11_MODULE(_C, m) {
       .value("float16", ScalarType::Float16)
       .value("bfloat16", ScalarType::BFloat16)
       .value("float64", ScalarType::Float64);
-  py::enum_<MaskKind>(m, "MaskKind").value("rest", MaskKind::Rest).value("full", MaskKind::Full);
+  py::enum_<MaskKind>(m, "MaskKind")
+      .value("rest", MaskKind::Rest)
+      .value("full", MaskKind::Full)
+      .value("bottleneck", MaskKind::Bottleneck);
 
   // The per-sample lengths are a tensor like q: their address is an argument of each call, so a
   // problem (sizes, dtype, scale, mask kind) can be built once and reused.

@@ -1,4 +1,5 @@
-"""An independent float64 statement of the masked_attention contract (python/zsar/ops/rest_attention.py).
+"""Independent float64 statements of the attention ops' contracts: masked_attention
+(python/zsar/ops/rest_attention.py) and bottleneck_attention (python/zsar/ops/bottleneck.py).
 
 Written from the spec, not from zsar's code: the mask is spelled out element by element, and
 gradients come from torch.autograd through a dense masked softmax. For non-finite inputs,
@@ -24,11 +25,31 @@ def allowed_mask(batch: int, seq_len: int, n_visual: int, n_text: list[int], mod
     return mask
 
 
+def bottleneck_mask(seq_len: int, n_valid: list[int], n_fusion: int) -> torch.Tensor:
+    """(B, L, L) bool: query i may attend key j in bottleneck_attention (both are valid tokens:
+    the stream's first n_valid[b] positions or one of the last n_fusion)."""
+    valid = torch.zeros(len(n_valid), seq_len, dtype=torch.bool)
+    for b, n in enumerate(n_valid):
+        for i in range(seq_len):
+            valid[b, i] = i < n or i >= seq_len - n_fusion
+    return valid[:, :, None] & valid[:, None, :]
+
+
 def dense_attention(q, k, v, n_visual: int, n_text: list[int], mode: str = "rest", scale=None):
-    """Differentiable float64 reference; padding rows are 0 and pass no gradient."""
-    B, _, L, D = q.shape
+    """Differentiable float64 reference of masked_attention; padding rows are 0 and pass no gradient."""
+    return dense_masked_attention(q, k, v, allowed_mask(q.shape[0], q.shape[2], n_visual, n_text, mode), scale)
+
+
+def dense_bottleneck_attention(q, k, v, n_valid: list[int], n_fusion: int, scale=None):
+    """Differentiable float64 reference of bottleneck_attention; padding rows are 0 and pass no gradient."""
+    return dense_masked_attention(q, k, v, bottleneck_mask(q.shape[2], n_valid, n_fusion), scale)
+
+
+def dense_masked_attention(q, k, v, allowed: torch.Tensor, scale=None):
+    """Softmax attention restricted to the (B, L, L) ``allowed`` pairs; rows with none are 0."""
+    D = q.shape[-1]
     scale = D ** -0.5 if scale is None else scale
-    mask = allowed_mask(B, L, n_visual, n_text, mode)[:, None]
+    mask = allowed[:, None]
     valid_row = mask.any(-1, keepdim=True)
     # Padding rows get a dummy key so their softmax stays finite; they are zeroed afterwards.
     safe_mask = mask | ~valid_row

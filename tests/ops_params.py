@@ -14,11 +14,18 @@ import torch
 from zsar.ops._backend import dtype_name
 
 
-def declared_backend_params(dispatcher, dtypes=None) -> list:
-    """``pytest.param(backend, device, dtype)`` for every declared pair, optionally only ``dtypes``."""
+def _implements(backend, mask_kind: str | None) -> bool:
+    kinds = getattr(backend, "mask_kinds", None)
+    return mask_kind is None or kinds is None or mask_kind in kinds
+
+
+def declared_backend_params(dispatcher, dtypes=None, mask_kind: str | None = None) -> list:
+    """``pytest.param(backend, device, dtype)`` for every declared pair, optionally only ``dtypes``
+    and only backends that implement ``mask_kind``."""
     return [
         pytest.param(backend.name, device, dtype, id=f"{backend.name}-{device}-{dtype_name(dtype)}")
         for backend in dispatcher.backends
+        if _implements(backend, mask_kind)
         for device, dtype in backend.declared()
         if dtypes is None or dtype in dtypes
     ]
@@ -39,5 +46,6 @@ def usable_device(dispatcher, backend: str, dtype: torch.dtype = torch.float32) 
     return device
 
 
-def backend_names(dispatcher) -> list[str]:
-    return [backend.name for backend in dispatcher.backends]
+def backend_names(dispatcher, mask_kind: str | None = None) -> list[str]:
+    """Names of the backends (that implement ``mask_kind``, when given)."""
+    return [backend.name for backend in dispatcher.backends if _implements(backend, mask_kind)]

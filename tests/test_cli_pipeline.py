@@ -53,6 +53,37 @@ def test_train_writes_a_zero_shot_checkpoint(trained):
     assert settings["embedder"]["type"] == "sentence" and settings["clip_spec"]["frames"] == 4
 
 
+def test_predict_json_stdout_parses_from_a_subprocess(trained, tmp_path):
+    """C-level writes (HiGHS's banner) reach fd 1 unseen by capsys: only a subprocess sees them."""
+    import subprocess
+    import sys
+
+    _, ckpt = trained
+    video = tmp_path / "query.webm"
+    _video(video, UNSEEN["crimson light"], seed=98)
+    out = subprocess.run([sys.executable, "-m", "zsar.cli", "predict", str(video), "--checkpoint", str(ckpt),
+                          "--labels", "crimson light,green light", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert results[0]["video"] == str(video) and len(results[0]["predictions"]) == 2
+
+
+def test_a_recorded_clip_spec_is_bounded(trained, tmp_path):
+    import shutil
+
+    from zsar.zeroshot import ZeroShotClassifier
+
+    _, ckpt = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    settings = json.loads((copy / "zeroshot.json").read_text())
+    settings["clip_spec"]["size"] = 100000
+    (copy / "zeroshot.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"zeroshot.json: clip_spec.size must be an int of at most 4096"):
+        ZeroShotClassifier.load(copy, device="cpu")
+
+
 def test_predict_json_on_a_new_video(trained, tmp_path, capsys):
     _, ckpt = trained
     video = tmp_path / "query.mp4"  # H.264: a codec the training videos did not use
@@ -88,9 +119,9 @@ def test_eval_report(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["predict", "nope.mp4", "--checkpoint", ".", "--labels", "a,b"], "no such video file: nope.mp4"),
+    (["predict", "nope.mp4", "--checkpoint", ".", "--labels", "a,b"], "nope.mp4: no such file"),
     (["predict", __file__, "--checkpoint", "/no/ckpt", "--labels", "a,b"], "--checkpoint /no/ckpt"),
-    (["predict", __file__, "--checkpoint", ".", "--labels", "a,a"], "repeated: a"),
+    (["predict", __file__, "--checkpoint", ".", "--labels", "a,a"], "repeated: 'a'"),
     (["predict", __file__, "--checkpoint", ".", "--labels", " , "], "no labels"),
     (["train", "/no/config.yaml"], "config file /no/config.yaml"),
     (["eval", "--checkpoint", "/no/ckpt", "--annotations", "x"], "--checkpoint /no/ckpt"),

@@ -45,6 +45,7 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the crafted file's protocol
 def test_a_crafted_trainer_state_never_runs(tmp_path):
     _fit(tmp_path, stop_after=1)
     marker = tmp_path / "pwned"

@@ -23,7 +23,7 @@ def setup(seed):
     rng = np.random.default_rng(seed)
     words = ["red", "green", "blue", "dark", "light", "room"]
     base = rng.standard_normal((len(words), 16)).astype(np.float32)
-    base[:, 0] = np.abs(base[:, 0]) + 1  # every word leans along e0 ...
+    base[:, 0] = np.abs(base[:, 0]) + 3  # every word leans along e0, so every two labels are related ...
     # "crimson" and "glow" are noisy copies of "red" and "light": related, not identical.
     near = base[[0, 4]] + 0.3 * rng.standard_normal((2, 16)).astype(np.float32)
     zebra = -np.eye(1, 16, dtype=np.float32)  # ... so "zebra" (-e0) has negative cosine with every label
@@ -52,7 +52,8 @@ def test_transfer_to_known_compositions_classifies(setup):
 
 def test_composite_prototype_mixes_related_seen_classes(setup):
     clf, _ = setup
-    clf.head.rho, clf.head.k = 2, 2
+    # theta = 0: only a seen class identical to another target ("dark room") is ruled out by Eq. 3.
+    clf.head.rho, clf.head.k, clf.head.theta = 2, 3, 0.0  # K = 3: two candidates besides "dark room"
     clf.set_labels(["crimson glow", "dark room"])
     assert clf.prototypes.shape == (2, clf.head.seen_prototypes.shape[1])
     assert clf.assignment[0, 0] and clf.assignment[0].sum() == 2  # "red light" and one more

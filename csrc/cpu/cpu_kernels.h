@@ -6,10 +6,15 @@
 namespace zsar {
 namespace cpu {
 
-#define ZSAR_DECLARE_CPU_VARIANT(isa)               \
-  namespace isa {                                   \
-  void fwd(const MaskedAttentionForward& args);     \
-  void bwd(const MaskedAttentionBackward& args);    \
+// fwd / bwd: every mask kind (masked_attention.cpp); tiled_fwd / tiled_bwd: the tiled kernels of
+// the kinds where every valid token sees every valid token (tiled_attention.cpp), which fwd / bwd
+// hand Bottleneck to.
+#define ZSAR_DECLARE_CPU_VARIANT(isa)                 \
+  namespace isa {                                     \
+  void fwd(const MaskedAttentionForward& args);       \
+  void bwd(const MaskedAttentionBackward& args);      \
+  void tiled_fwd(const MaskedAttentionForward& args); \
+  void tiled_bwd(const MaskedAttentionBackward& args); \
   }
 
 ZSAR_DECLARE_CPU_VARIANT(baseline)

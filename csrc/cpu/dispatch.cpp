@@ -30,7 +30,9 @@ void check(const AttentionProblem& p, const void* const* buffers, int n_buffers)
   if (!mask_kind_implemented(p.mask.kind)) {
     fail("mask kind " + std::to_string(static_cast<int>(p.mask.kind)) + " is not implemented");
   }
-  if (p.mask.n_fixed < 1 || p.mask.n_fixed > p.seq_len) fail("mask.n_fixed must be in [1, seq_len]");
+  if (p.mask.n_fixed < min_n_fixed(p.mask.kind) || p.mask.n_fixed > p.seq_len) {
+    fail("mask.n_fixed must be in [" + std::to_string(min_n_fixed(p.mask.kind)) + ", seq_len]");
+  }
   if (p.mask.lengths == nullptr) fail("mask.lengths is null");
   for (int i = 0; i < n_buffers; ++i) {
     if (buffers[i] == nullptr) fail("a tensor pointer is null");

@@ -26,6 +26,7 @@
 #endif
 
 #include "cpu_kernels.h"
+#include "simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,158 +36,6 @@ namespace zsar {
 namespace cpu {
 namespace ZSAR_CPU_ISA {
 namespace {
-
-// Portable SIMD through GCC/Clang vector extensions: one Vec is 32 bytes (an AVX2 register in the
-// avx2 build; the baseline build splits it into two SSE2 registers).
-template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kWidth = 32 / sizeof(T);
-constexpr int64_t kPad = 8;  // key dimensions are padded to a multiple of 8 (>= one Vec of either type)
-
-template <typename T>
-inline Vec<T> loadu(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-inline void storeu(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// e^x for a whole array, written so the compiler vectorises it: exp(x) = 2^k * e^r with
-// k = round(x / ln 2), |r| <= ln2 / 2, e^r by the Cephes expf polynomial (~1.5 ulp). 2^k is built
-// as integer bits and reinterpreted in bulk (a per-element bit cast would block vectorisation).
-// Like std::exp: NaN stays NaN, x < -87 (and -inf) gives 0, x >= ~88.4 (and +inf) gives +inf (the
-// clamp at 89 makes 2^k = 2^128, which is +inf).
-inline void exp_inplace(float* __restrict x, int64_t n) {
-  constexpr int64_t kChunk = 64;
-  alignas(32) float poly[kChunk], two_k[kChunk];
-  alignas(32) int32_t bits[kChunk];
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t m = std::min(kChunk, n - c);
-    float* __restrict xc = x + c;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) {
-      const float xj = xc[j];
-      const float hi = xj > 89.0f ? 89.0f : xj;
-      const float v = hi < -87.0f ? -87.0f : hi;
-      const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-      const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;  // ln2 split in hi + lo parts
-      float p = 1.9875691500e-4f;
-      p = p * r + 1.3981999507e-3f;
-      p = p * r + 8.3334519073e-3f;
-      p = p * r + 4.1665795894e-2f;
-      p = p * r + 1.6666665459e-1f;
-      p = p * r + 5.0000001201e-1f;
-      poly[j] = xj < -87.0f ? 0.0f : p * r * r + r + 1.0f;  // underflow (and -inf) to exactly 0
-      bits[j] = (static_cast<int32_t>(v == v ? k : 0.0f) + 127) << 23;  // NaN: 2^0 (no undefined cast)
-    }
-    std::memcpy(two_k, bits, sizeof(float) * static_cast<size_t>(m));
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) xc[j] = poly[j] * two_k[j];
-  }
-}
-
-inline void exp_inplace(double* x, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j]);
-}
-
-// C[0:MR, 0:NV*W) = A[0:MR, 0:k) . B[0:k, 0:NV*W): a register tile. MR*NV independent FMA chains
-// (8 for 4x2) hide the FMA latency; accumulators stay in registers for the whole k loop.
-template <int MR, int NV, typename T>
-inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __restrict B, int64_t ldb,
-                      T* __restrict C, int64_t ldc) {
-  constexpr int64_t W = kWidth<T>;
-  Vec<T> acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
-  for (int64_t p = 0; p < k; ++p) {
-    Vec<T> b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = loadu(B + p * ldb + v * W);
-    for (int r = 0; r < MR; ++r) {
-      const T a = A[r * lda + p];
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) storeu(C + r * ldc + v * W, acc[r][v]);
-}
-
-template <int MR, typename T>
-inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                      int64_t ldc) {
-  constexpr int64_t W = kWidth<T>;
-  int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2>(k, A, lda, B + j, ldb, C + j, ldc);
-  if (j + W <= n) {
-    gemm_tile<MR, 1>(k, A, lda, B + j, ldb, C + j, ldc);
-    j += W;
-  }
-  for (; j < n; ++j) {  // a head dim that is not a multiple of the vector width
-    for (int r = 0; r < MR; ++r) {
-      T acc = 0;
-      for (int64_t p = 0; p < k; ++p) acc += A[r * lda + p] * B[p * ldb + j];
-      C[r * ldc + j] = acc;
-    }
-  }
-}
-
-// C[0:m, 0:n) = A[0:m, 0:k) . B[0:k, 0:n), all row-major with the given row strides: the one
-// small-matrix primitive of these kernels. k may be 0 (C is zeroed).
-template <typename T>
-void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-          int64_t ldc) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) gemm_rows<4>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc);
-  switch (m - i) {
-    case 3: gemm_rows<3>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
-    case 2: gemm_rows<2>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
-    case 1: gemm_rows<1>(n, k, A + i * lda, lda, B, ldb, C + i * ldc, ldc); break;
-    default: break;
-  }
-}
-
-template <typename T>
-inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
-  return acc;
-}
-
-// dst[0:cols, 0:rows) = src[0:rows, 0:cols) transposed; dst columns rows..round_up(rows, kPad) are
-// zeroed so that padded vector lanes read finite values.
-template <typename T>
-inline void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds,
-                      T* __restrict dst, int64_t ldd) {
-  const int64_t padded = round_up(rows, kPad);
-  // Row-major reads (contiguous, vector loads) and strided scalar stores: stores do not stall the
-  // loop the way a chain of strided loads does.
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict in = src + r * lds;
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = in[c];
-  }
-  for (int64_t c = 0; c < cols; ++c)
-    for (int64_t r = rows; r < padded; ++r) dst[c * ldd + r] = T(0);
-}
-
-int resolve_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
 
 // Per-thread scratch of one (b, h) slice; `ld` = L rounded up to kPad.
 template <typename T>
@@ -813,6 +662,7 @@ void backward(const MaskedAttentionBackward& a) {
 }  // namespace
 
 void fwd(const MaskedAttentionForward& args) {
+  if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_fwd(args);
   const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
   if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::forward(args);
@@ -822,6 +672,7 @@ void fwd(const MaskedAttentionForward& args) {
 }
 
 void bwd(const MaskedAttentionBackward& args) {
+  if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_bwd(args);
   const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
   if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::backward(args);

@@ -22,6 +22,8 @@
 // zeroed once so that dot products can run over whole float4.
 
 #include "zsar/masked_attention.h"
+#include "convert.cuh"
+#include "tiled_attention.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -96,27 +98,6 @@ __device__ __forceinline__ int rows_key_end(const Problem& p, const SampleMask& 
   int end = 0;
   for (int r = r0; r < r0 + rows; ++r) end = max(end, key_end(p, m, r));
   return end;
-}
-
-// scale * s rounded to float, never fused into a following subtraction (__fmul_rn is exempt from
-// FMA contraction): the forward takes the row maximum of these products and the backward subtracts
-// the saved lse from them, so both must see the same rounded values (with a huge scale, an
-// unrounded product could exceed the maximum by half its ulp, and exp would overflow).
-__device__ __forceinline__ float scaled(float scale, float s) { return __fmul_rn(scale, s); }
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
 }
 
 __device__ __forceinline__ float2 to_float2(__half2 x) { return __half22float2(x); }
@@ -761,6 +742,7 @@ void dispatch_head_dim(const Args& a, cudaStream_t stream) {
 
 void masked_attention_fwd_cuda(const MaskedAttentionForward& args) {
   if (!check_args(args.problem)) return;
+  if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_fwd_cuda(args);
   const auto s = static_cast<cudaStream_t>(args.exec.stream);
   switch (args.problem.dtype) {
     case ScalarType::Float32: return dispatch_head_dim<float, Fwd>(args, s);
@@ -772,6 +754,7 @@ void masked_attention_fwd_cuda(const MaskedAttentionForward& args) {
 
 void masked_attention_bwd_cuda(const MaskedAttentionBackward& args) {
   if (!check_args(args.problem)) return;
+  if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_bwd_cuda(args);
   const auto s = static_cast<cudaStream_t>(args.exec.stream);
   switch (args.problem.dtype) {
     case ScalarType::Float32: return dispatch_head_dim<float, Bwd>(args, s);

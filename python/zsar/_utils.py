@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -32,3 +36,15 @@ def keep_freed_memory() -> str:
     if mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1:
         return "freed memory kept (glibc trim threshold 1 GiB, mmap threshold 32 MiB)"
     return "glibc defaults (mallopt refused)"
+
+
+def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else (invalid JSON or UTF-8, an array, a number) raises
+    ``error`` with one line naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -38,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_run_config(config_cls, args):
+    """``config_cls.load(args.config, args.overrides)`` for the commands that run from a config file;
+    prints it and returns None with ``--print-config``. Bad files and values are one-line errors."""
+    import json
+    import os
+
+    if not os.path.isfile(args.config):
+        raise CLIError(f"config file {args.config}: no such file")
+    try:
+        config = config_cls.load(args.config, args.overrides)
+    except TypeError as e:
+        raise CLIError(str(e)) from None
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return None
+    return config
+
+
 def _run_errors() -> tuple[type[Exception], ...]:
     """Errors of a run that are the user's to fix (a locked run folder, a diverged loss): one line."""
     from ..train import NonFiniteLossError, RunLockedError

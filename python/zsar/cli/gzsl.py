@@ -3,7 +3,6 @@ folders and split files."""
 
 from __future__ import annotations
 
-import json
 
 _DESCRIPTION = (
     "Run the AVCA generalized zero-shot protocol (UCF-GZSL, ActivityNet-GZSL, VGGSound-GZSL; main or cls "
@@ -52,20 +51,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import os
-
-    from . import CLIError
-
-    if not os.path.isfile(args.config):
-        raise CLIError(f"config file {args.config}: no such file")
     from ..eval.recipes import GZSLConfig
+    from . import load_run_config
 
-    try:
-        config = GZSLConfig.load(args.config, args.overrides)
-    except TypeError as e:
-        raise CLIError(str(e)) from None
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+    config = load_run_config(GZSLConfig, args)
+    if config is None:
         return 0
     from ..eval import format_gzsl_table
     from ..eval.recipes import run_gzsl_recipe

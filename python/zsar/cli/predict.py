@@ -1,7 +1,8 @@
 """``zsar predict``: zero-shot labels for video files from a trained checkpoint.
 
-Each video is read as the checkpoint's clip spec says (its clips averaged), scored against the
-composite visual prototypes of the given labels (semantic transfer from the seen classes), and the
+Each video is read as the checkpoint's clip spec says (its clips averaged, its audio when the model
+takes audio), scored by the checkpoint's zero-shot head against the given labels (ResT: composite
+visual prototypes by semantic transfer from the seen classes; MZST: the labels' embeddings), and the
 top-k labels are printed with softmax probabilities.
 """
 
@@ -13,9 +14,9 @@ import sys
 
 _DESCRIPTION = (
     "Zero-shot classification of video files against any labels. The checkpoint is a directory "
-    "written by `zsar train` or `zsar demo` (model weights, seen-class prototypes, transfer settings). "
-    "Labels need not be classes the model was trained on: each gets a visual prototype composed "
-    "from related seen classes."
+    "written by `zsar train` or `zsar demo` (model weights and the zero-shot head's settings). Labels "
+    "need not be classes the model was trained on: ResT composes a visual prototype for each from "
+    "related seen classes, MZST compares the video with the label's embedding."
 )
 
 
@@ -32,34 +33,45 @@ def add_arguments(parser) -> None:
                         help="clips per video, averaged (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
+                             "code when loaded: only for checkpoints you trust")
 
 
 def read_labels(args) -> list[str]:
+    from ..text import check_labels
     from . import CLIError
 
     if args.labels is not None:
-        labels = [s.strip() for s in args.labels.split(",")]
+        labels, where = [s.strip() for s in args.labels.split(",")], "--labels"
     else:
+        where = f"--labels-file {args.labels_file}"
         if not os.path.isfile(args.labels_file):
-            raise CLIError(f"--labels-file {args.labels_file}: no such file")
-        with open(args.labels_file, encoding="utf-8") as f:
-            labels = [line.strip() for line in f]
+            raise CLIError(f"{where}: no such file")
+        try:
+            with open(args.labels_file, encoding="utf-8") as f:
+                labels = [line.strip() for line in f]
+        except UnicodeDecodeError as e:
+            raise CLIError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     labels = [label for label in labels if label]
-    if len(labels) < 1:
-        raise CLIError("no labels given (--labels or --labels-file is empty)")
-    if len(set(labels)) != len(labels):
-        dup = sorted({label for label in labels if labels.count(label) > 1})
-        raise CLIError(f"labels must be distinct; repeated: {', '.join(dup)}")
-    return labels
+    if not labels:
+        raise CLIError(f"no labels given ({where} is empty)")
+    try:
+        return check_labels(labels, what=where)
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
 
 
 def run(args) -> int:
     from . import CLIError
 
     labels = read_labels(args)
-    missing = [v for v in args.videos if not os.path.isfile(v)]
-    if missing:
-        raise CLIError(f"no such video file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    from ..data import media_file_problem
+
+    bad = [(v, media_file_problem(v)) for v in args.videos]
+    bad = [(v, why) for v, why in bad if why]
+    if bad:
+        raise CLIError(f"{bad[0][0]}: {bad[0][1]}" + (f" (and {len(bad) - 1} more bad video paths)" if len(bad) > 1 else ""))
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
     if args.top_k < 1:
@@ -69,7 +81,7 @@ def run(args) -> int:
 
     from ..zeroshot import ZeroShotClassifier
 
-    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device)
+    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
     if args.clips is not None:
         if args.clips < 1:
             raise CLIError("--clips must be at least 1")

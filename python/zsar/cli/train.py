@@ -3,7 +3,6 @@ checkpoint."""
 
 from __future__ import annotations
 
-import json
 
 _DESCRIPTION = (
     "Train a registered model (e.g. rest18) on the videos a YAML/JSON config names (its `data` section: "
@@ -38,27 +37,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if out_dir has a checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow `embedder` to name a gensim pickle (.kv), which can run code when loaded")
 
 
 def run(args) -> int:
-    import os
-
-    from . import CLIError
-
-    if not os.path.isfile(args.config):
-        raise CLIError(f"config file {args.config}: no such file")
     from ..train.config import TrainConfig
+    from . import load_run_config
 
-    try:
-        config = TrainConfig.load(args.config, args.overrides)
-    except TypeError as e:
-        raise CLIError(str(e)) from None
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+    config = load_run_config(TrainConfig, args)
+    if config is None:
         return 0
     from ..train.pipeline import train_from_config
 
-    summary = train_from_config(config, resume=not args.no_resume)
+    summary = train_from_config(config, resume=not args.no_resume, trust_pickle=args.trust_pickle)
     if "checkpoint" in summary:
         print(f"zero-shot checkpoint: {summary['checkpoint']}")
         print(f"try: zsar predict VIDEO --checkpoint {summary['checkpoint']} --labels \"label one,label two\"")

@@ -321,14 +321,15 @@ def _prepare_one(src: str, out: str, codec: str, size: int | None, truncation: d
     """
     try:
         info = probe_video(src)
-        expected = _expected_frames(src, info.num_frames, truncation, codec, size)
+        header = info.stated_frames or info.num_frames  # a truncated source holds fewer than it states
+        expected = _expected_frames(src, header, truncation, codec, size)
         if _is_prepared(Path(out), codec, expected, output_size(info.width, info.height, size)):
-            return "skipped", "", truncation if expected != info.num_frames else None
+            return "skipped", "", truncation if expected != header else None
         frames = _transcode_into_place(src, Path(out), codec, size)
-        if frames >= info.num_frames:
+        if frames >= header:
             return "converted", "", None
         return "converted", "", {"source": _source_stamp(src), "codec": codec, "size": size,
-                                 "header_frames": info.num_frames, "frames": frames}
+                                 "header_frames": header, "frames": frames}
     except VideoError as e:
         return "failed", str(e), None
     except Exception as e:  # encoder or disk errors: name the source anyway

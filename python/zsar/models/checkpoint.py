@@ -27,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._utils import read_json_object
+
 __all__ = ["CheckpointError", "save_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
 
@@ -119,12 +121,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         CheckpointError: invalid JSON, not an object, or missing/mistyped ``model``/``model_args``.
     """
     path = resolve(directory) / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    config = read_json_object(path, CheckpointError)
     if "model" not in config and "architecture" in config:
         arch = config["architecture"]
         if arch not in _LEGACY or not isinstance(config.get("model_config"), dict):

@@ -8,6 +8,19 @@ from torch import nn
 from ..ops import masked_attention
 
 
+def init_transformer_weights(modules) -> None:
+    """ViT/BERT-style initialisation of ``modules`` (None entries skipped): linear and embedding
+    weights from a truncated N(0, 0.02), biases 0."""
+    for module in (m for m in modules if m is not None):
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+
+
 class MaskedSelfAttention(nn.Module):
     """Multi-head self-attention over ``[CLS, visual..., words..., padding]`` with the ResT mask.
 

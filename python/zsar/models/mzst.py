@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as fused_ops
 from ..config import from_dict as config_from_dict
 from ..text.vocab import WordVocab, mask_words
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
-from .layers import Mlp
+from .layers import Mlp, init_transformer_weights
 from .registry import register_model
 
 __all__ = ["MZST", "MZSTConfig", "VIDEO_BACKBONES", "AUDIO_BACKBONES", "bottleneck_attention"]
@@ -58,25 +59,14 @@ HEADS_FROM = ("av_pass", "joint_pass")
 
 def bottleneck_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_valid: torch.Tensor,
                          n_fusion: int) -> torch.Tensor:
-    """Attention of every fusion layer: the contract of ``zsar.ops.bottleneck_attention``.
+    """Attention of every fusion layer: the fused op :func:`zsar.ops.bottleneck_attention`.
 
     ``q, k, v``: ``(B, H, L, Dh)``. The valid positions of sample b are ``[0, n_valid[b])`` and the
     last ``n_fusion``; every valid query attends every valid key, padding rows are 0 and are never
-    attended. This is the one call site: when the fused op lands, it replaces the dense fallback here.
+    attended. The model builds ``n_valid`` itself, so its range is not read back (no device sync per
+    layer); the kernels clamp it either way.
     """
-    return _dense_bottleneck_attention(q, k, v, n_valid, n_fusion)
-
-
-def _dense_bottleneck_attention(q, k, v, n_valid, n_fusion):
-    """Fallback: PyTorch's SDPA with a boolean key mask built from ``n_valid`` and ``n_fusion``."""
-    L = q.shape[-2]
-    pos = torch.arange(L, device=q.device)
-    valid = (pos[None, :] < n_valid.to(q.device)[:, None]) | (pos[None, :] >= L - n_fusion)  # (B, L)
-    # A sample with no valid key at all would give NaN rows (and NaN gradients through the zeroed
-    # output); let it attend everything, its rows are zeroed below anyway.
-    keys = valid | ~valid.any(1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])
-    return torch.where(valid[:, None, :, None], out, out.new_zeros(()))
+    return fused_ops.bottleneck_attention(q, k, v, n_valid.to(torch.int32), n_fusion, check_n_valid=False)
 
 
 # ---- backbones -----------------------------------------------------------------------------------
@@ -577,15 +567,8 @@ class MZST(ZeroShotModel):
 
     def _init_weights(self):
         # Everything but the backbones (their own init) and the fusion tokens (N(0, 0.02), set above).
-        own = [self.video_proj, self.audio_proj, self.fusion, self.text_stream, self.task_head, self.semantic_head,
-               self.mlm_head]
-        for module in (m for m in own if m is not None):
-            for m in module.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.Embedding):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
+        init_transformer_weights([self.video_proj, self.audio_proj, self.fusion, self.text_stream, self.task_head,
+                                  self.semantic_head, self.mlm_head])
         for name, p in self.named_parameters():
             own_token = not name.startswith(("video_encoder.", "audio_encoder."))
             if own_token and name.endswith(("cls_token", "cls_tokens", "word_pos", "modality_embed")):

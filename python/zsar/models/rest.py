@@ -23,7 +23,7 @@ from ..text.vocab import WordVocab
 from .backbones import BACKBONES, FrameEncoder
 from .base import ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import register_legacy_config
-from .layers import MaskedTransformer
+from .layers import MaskedTransformer, init_transformer_weights
 from .registry import register_model
 
 OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
@@ -128,13 +128,8 @@ class ResT(ZeroShotModel):
     def _init_weights(self):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for module in [self.proj, self.word_embed, self.modality_embed, self.transformer, self.cls_head, self.mtl_head]:
-            for m in module.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.Embedding):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
+        init_transformer_weights([self.proj, self.word_embed, self.modality_embed, self.transformer, self.cls_head,
+                                  self.mtl_head])
 
     # ---- encoding --------------------------------------------------------------------------------
 

@@ -6,9 +6,11 @@
 * ``attention/``: the fused attention kernels (mask kinds, backends ``cuda``, ``cpu``, ``triton``,
   ``reference``).
 * ``rest_attention.py``: ResT's ``masked_attention`` on those kernels.
+* ``bottleneck.py``: MZST's ``bottleneck_attention`` (attention-bottleneck fusion) on the same kernels.
 """
 
 from ._dispatch import BackendUnavailableError
+from .bottleneck import bottleneck_attention
 from .rest_attention import check_n_text_range, masked_attention
 
-__all__ = ["BackendUnavailableError", "check_n_text_range", "masked_attention"]
+__all__ = ["BackendUnavailableError", "bottleneck_attention", "check_n_text_range", "masked_attention"]

@@ -46,18 +46,20 @@ def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory
     return clf
 
 
-def train_from_config(config: TrainConfig, resume: bool = True) -> dict[str, Any]:
+def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bool = False) -> dict[str, Any]:
     """Train on ``config.data`` and save a zero-shot checkpoint; returns the trainer's summary plus
     ``checkpoint`` (the directory to give ``zsar predict``). ``resume``: continue an interrupted run
-    in ``config.out_dir`` (False: start over, see :meth:`Trainer.fit`)."""
+    in ``config.out_dir`` (False: start over, see :meth:`Trainer.fit`). ``trust_pickle``: let
+    ``config.embedder`` name a gensim pickle (see :func:`zsar.text.embedder_from_spec`)."""
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
     videos = config.data.read()
     if len(videos.classes) < 2:
         raise ValueError(f"{config.data.annotations}: need at least 2 classes to train, found {len(videos.classes)}")
-    embedder = embedder_from_spec(config.embedder)  # fail before training, not after
+    # Fail before training, not after.
+    embedder = embedder_from_spec(config.embedder, trust_pickle=trust_pickle, where="config key 'embedder'")
     torch.manual_seed(config.seed)
-    model = create_model(config.model, class_names=videos.classes, **config.model_args)
+    model = create_model(config.model, class_names=videos.classes, label_embedder=embedder, **config.model_args)
     train_spec, eval_spec = clip_specs(model, config.data)
     train_data = VideoClipDataset(videos, train_spec, backend="pyav" if config.data.backend == "auto"
                                   else config.data.backend, seed=config.seed, on_error=config.data.on_error,

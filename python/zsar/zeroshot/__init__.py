@@ -2,7 +2,7 @@
 MZST's semantic embedding), the classifier that serves them, model selection and baselines."""
 
 from .baselines import semantic_space_baseline
-from .classifier import ZeroShotClassifier, check_labels, prototype_classifier
+from .classifier import ZeroShotClassifier, prototype_classifier
 from .heads import (
     HEADS,
     PrototypeTransferHead,
@@ -27,7 +27,6 @@ __all__ = [
     "SemanticEmbeddingHead",
     "ZeroShotClassifier",
     "ZeroShotHead",
-    "check_labels",
     "class_means",
     "encode_loader",
     "prototype_classifier",

@@ -24,36 +24,15 @@ from typing import Any, Sequence
 
 import torch
 
+from .._utils import read_json_object
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
+from ..text.labels import check_labels
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
 
 SETTINGS_FILE = "zeroshot.json"
 _SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
-
-
-def check_labels(labels, what: str = "labels") -> list[str]:
-    """``labels`` as a list of distinct, non-blank strings.
-
-    Raises:
-        TypeError: a single string/bytes or a non-sequence instead of a list, or a non-str item.
-        ValueError: no labels, a blank label, or repeated labels.
-    """
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
-        raise TypeError(f"{what} must be a list of label strings, got {type(labels).__name__} {labels!r:.60}")
-    labels = list(labels)
-    bad = [x for x in labels if not isinstance(x, str)]
-    if bad:
-        raise TypeError(f"{what} must be strings, got {type(bad[0]).__name__} {bad[0]!r:.60}")
-    if not labels:
-        raise ValueError(f"{what}: at least one label is needed")
-    if any(not x.strip() for x in labels):
-        raise ValueError(f"{what}: labels must not be empty or blank")
-    repeated = sorted({x for x in labels if labels.count(x) > 1})
-    if repeated:
-        raise ValueError(f"{what} must be distinct; repeated: {', '.join(map(repr, repeated))}")
-    return labels
 
 
 class ZeroShotClassifier:
@@ -111,13 +90,15 @@ class ZeroShotClassifier:
 
     @classmethod
     def load(cls, directory: str | Path, embedder=None, device: str | torch.device | None = None,
-             **overrides) -> "ZeroShotClassifier":
+             trust_pickle: bool = False, **overrides) -> "ZeroShotClassifier":
         """The classifier saved with :meth:`save` in a checkpoint folder (model included).
 
         Args:
             directory: the checkpoint folder.
             embedder: replaces the recorded one (needed when it was built from in-memory vectors).
             device: where the model goes (default: CUDA when available).
+            trust_pickle: let the recorded embedder be a gensim pickle (``.kv``), which can run code
+                when loaded; only for checkpoints you trust.
             **overrides: ``temperature`` or ``clip_spec``, or the head's settings (e.g. ``k``).
 
         Raises:
@@ -143,11 +124,12 @@ class ZeroShotClassifier:
         if embedder is None:
             if settings.get("embedder") is None:
                 raise ValueError(f"{path} records no embedder (it was built from in-memory vectors); pass embedder=")
-            embedder = embedder_from_spec(settings["embedder"])
+            embedder = embedder_from_spec(settings["embedder"], trust_pickle=trust_pickle, where=f"{path} embedder")
+        _check_clip_spec(settings["clip_spec"], path)
         try:
             head = head_cls.load(directory, head_settings)
             clip_spec = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["clip_spec"].items()})
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
         model = load_model(directory, device)
         if model.zero_shot_head != head.name:
@@ -161,7 +143,7 @@ class ZeroShotClassifier:
 
     def set_labels(self, labels: Sequence[str]) -> "ZeroShotClassifier":
         """Builds the class matrix of ``labels`` (one row per label) with the head."""
-        labels = check_labels(labels)
+        labels = check_labels(labels, what="set_labels")
         with torch.no_grad():
             self.class_matrix = self.head.class_matrix(labels, self.embedder, self.model)
         self.labels = labels
@@ -255,14 +237,20 @@ def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int =
                               **kwargs)
 
 
+#: Bounds on a recorded clip spec: a file must not make a reader allocate without limit.
+_CLIP_LIMITS = {"frames": 4096, "size": 4096, "short_side": 8192, "num_clips": 1024, "stride": 4096}
+
+
+def _check_clip_spec(spec: dict[str, Any], path: Path) -> None:
+    for key, most in _CLIP_LIMITS.items():
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value > most):
+            raise ValueError(f"{path}: clip_spec.{key} must be an int of at most {most}, got {value!r}")
+
+
 def _read_settings(path: Path) -> dict[str, Any]:
     """``zeroshot.json``, validated, in the current layout (the first layout had k/theta/rho at the top)."""
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    settings = read_json_object(path)
     if "head" not in settings:  # first layout: the prototype-transfer head's settings at the top level
         unknown = sorted(set(settings) - _LEGACY_KEYS)
         if unknown:

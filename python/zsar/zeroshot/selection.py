@@ -1,7 +1,7 @@
 """Choosing the transfer program's (ϑ, K, ρ) by cross-validation over the seen classes.
 
-ResT (§4.1) obtains ``(ϑ, K, ρ)`` "with 5-fold cross-validation on the training class labels"
-(DESIGN.md §4): the seen classes are split into folds; each fold in turn plays "unseen". For a fold
+ResT (§4.1) obtains ``(ϑ, K, ρ)`` "with 5-fold cross-validation on the training class labels": the
+seen classes are split into folds; each fold in turn plays "unseen". For a fold
 and a grid point, the relatedness between the fold's labels and the remaining seen labels is
 solved by the transfer program (HiGHS, :func:`~zsar.zeroshot.transfer_assignment`), the fold's
 prototypes are composited from the remaining classes' prototypes (Eq. 6), and the fold's videos are
@@ -44,19 +44,18 @@ _SCORE_TIE = 1e-12
 class SelectionResult:
     """Outcome of :func:`select_transfer_params`.
 
-    Attributes
-    ----------
-    theta, k, rho
-        The chosen parameters (pass them to ``transfer_assignment`` or ``ZeroShotClassifier``).
-    score
-        Mean top-1 over the folds at the chosen point.
-    grid
-        One dict per grid point, in evaluation order: ``theta``, ``k``, ``rho``, ``mean_top1``,
-        ``std_top1`` (population std over the folds) and ``fold_top1`` (list, one per fold).
-    fold_scores
-        ``(n_points, n_folds)`` top-1 array, rows in the order of ``grid``.
-    folds
-        The seen-class indices of each fold.
+    Attributes:
+        theta, k, rho:
+            The chosen parameters (pass them to ``transfer_assignment`` or ``ZeroShotClassifier``).
+        score:
+            Mean top-1 over the folds at the chosen point.
+        grid:
+            One dict per grid point, in evaluation order: ``theta``, ``k``, ``rho``, ``mean_top1``,
+            ``std_top1`` (population std over the folds) and ``fold_top1`` (list, one per fold).
+        fold_scores:
+            ``(n_points, n_folds)`` top-1 array, rows in the order of ``grid``.
+        folds:
+            The seen-class indices of each fold.
     """
 
     theta: float
@@ -148,40 +147,37 @@ def select_transfer_params(
 ) -> SelectionResult:
     """Choose ``(ϑ, K, ρ)`` by k-fold cross-validation over the seen classes (ResT §4.1).
 
-    Parameters
-    ----------
-    features : array-like or torch.Tensor, shape (N, D)
-        Visual representations of seen-class videos (e.g. ResT's ``encode_video`` outputs).
-    labels : array-like of int, shape (N,)
-        Seen-class index of each video, in ``[0, S)``.
-    label_embeddings : array-like or torch.Tensor, shape (S, E)
-        Label embedding of each seen class (relatedness is their cosine similarity).
-    prototypes : array-like or torch.Tensor, shape (S, D), optional
-        Seen visual prototypes; by default the mean of each class's ``features`` (every class then
-        needs at least one video).
-    thetas, ks, rhos : sequences
-        The grid (see the module docstring for the defaults and the tie rule).
-    n_folds, seed : int
-        Classes are permuted with ``numpy.random.default_rng(seed)`` and split into ``n_folds`` near-
-        equal folds (at least two classes each).
-    folds : sequence of sequences of int, optional
-        Explicit disjoint folds of seen-class indices instead of the seeded split (they need not
-        cover every class; classes outside all folds only ever serve as "seen").
-    capacity : int, optional
-        Passed to :func:`~zsar.zeroshot.transfer_assignment`.
-    progress : bool
-        Show a tqdm bar over the grid points.
+    Args:
+        features (array-like or torch.Tensor, shape (N, D)):
+            Visual representations of seen-class videos (e.g. ResT's ``encode_video`` outputs).
+        labels (array-like of int, shape (N,)):
+            Seen-class index of each video, in ``[0, S)``.
+        label_embeddings (array-like or torch.Tensor, shape (S, E)):
+            Label embedding of each seen class (relatedness is their cosine similarity).
+        prototypes (array-like or torch.Tensor, shape (S, D), optional):
+            Seen visual prototypes; by default the mean of each class's ``features`` (every class then
+            needs at least one video).
+        thetas, ks, rhos (sequences):
+            The grid (see the module docstring for the defaults and the tie rule).
+        n_folds, seed (int):
+            Classes are permuted with ``numpy.random.default_rng(seed)`` and split into ``n_folds`` near-
+            equal folds (at least two classes each).
+        folds (sequence of sequences of int, optional):
+            Explicit disjoint folds of seen-class indices instead of the seeded split (they need not
+            cover every class; classes outside all folds only ever serve as "seen").
+        capacity (int, optional):
+            Passed to :func:`~zsar.zeroshot.transfer_assignment`.
+        progress (bool):
+            Show a tqdm bar over the grid points.
 
-    Returns
-    -------
-    SelectionResult
+    Returns:
+        SelectionResult:
 
-    Raises
-    ------
-    ValueError
-        Shape mismatches, NaN, out-of-range labels, an empty grid, too few classes for the folds, a
-        fold without videos, or a fold class unrelated (cosine ≤ 0) to every remaining seen class, for
-        which no composite prototype exists.
+    Raises:
+        ValueError:
+            Shape mismatches, NaN, out-of-range labels, an empty grid, too few classes for the folds, a
+            fold without videos, or a fold class unrelated (cosine ≤ 0) to every remaining seen class, for
+            which no composite prototype exists.
     """
     from tqdm.auto import tqdm
 

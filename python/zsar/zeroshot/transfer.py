@@ -1,4 +1,4 @@
-"""Semantic relatedness transfer (ResT paper §3.3, Eq. 1-6; DESIGN.md §4).
+"""Semantic relatedness transfer (ResT paper §3.3, Eq. 1-6).
 
 Unseen-class visual prototypes are composited from seen-class prototypes. The seen classes used for
 each unseen class come from a binary integer program over the relatedness matrix ``M`` (unseen ×
@@ -183,28 +183,25 @@ def transfer_assignment_closed_form(
     (ties: lower seen index first). This is the oracle for :func:`transfer_assignment` and the fast
     path when no capacity is needed.
 
-    Parameters
-    ----------
-    relatedness : array-like or torch.Tensor, shape (γ, κ)
-        ``m_ji``: cosine similarity of unseen label ``j`` and seen label ``i``, in ``[-1, 1]``.
-    k : int
-        ``K`` of Eq. 2 (nearest seen labels per unseen label), ``>= 0``.
-    theta : float
-        ``ϑ`` of Eq. 5 (relative-distance threshold), finite.
-    rho : int
-        ``ρ`` of Eq. 4 (most seen classes per unseen class), ``>= 0``.
-    fallback : {"nearest", "none"}
-        What an unseen row left with no edge gets: its most related seen class, or nothing.
+    Args:
+        relatedness (array-like or torch.Tensor, shape (γ, κ)):
+            ``m_ji``: cosine similarity of unseen label ``j`` and seen label ``i``, in ``[-1, 1]``.
+        k (int):
+            ``K`` of Eq. 2 (nearest seen labels per unseen label), ``>= 0``.
+        theta (float):
+            ``ϑ`` of Eq. 5 (relative-distance threshold), finite.
+        rho (int):
+            ``ρ`` of Eq. 4 (most seen classes per unseen class), ``>= 0``.
+        fallback ({"nearest", "none"}):
+            What an unseen row left with no edge gets: its most related seen class, or nothing.
 
-    Returns
-    -------
-    numpy.ndarray of bool, shape (γ, κ)
-        The assignment ``A``.
+    Returns:
+        numpy.ndarray of bool, shape (γ, κ):
+            The assignment ``A``.
 
-    Raises
-    ------
-    ValueError, TypeError
-        Invalid inputs (see the module docstring for the conventions).
+    Raises:
+        ValueError, TypeError:
+            Invalid inputs (see the module docstring for the conventions).
     """
     m = _check_relatedness(relatedness)
     k, theta, rho = _check_params(k, theta, rho, fallback)
@@ -233,37 +230,34 @@ def transfer_assignment(
     ``Optimal`` status means a proven optimum. (Both constraint families form the incidence matrix of
     a bipartite graph, which is totally unimodular, so the LP relaxation is already integral.)
 
-    Parameters
-    ----------
-    relatedness : array-like or torch.Tensor, shape (γ, κ)
-        ``m_ji``: cosine similarity of unseen label ``j`` and seen label ``i``, in ``[-1, 1]``.
-    k : int
-        ``K`` of Eq. 2 (nearest seen labels per unseen label, ties by lower index), ``>= 0``.
-    theta : float
-        ``ϑ`` of Eq. 5 (relative-distance threshold), finite.
-    rho : int
-        ``ρ`` of Eq. 4 (most seen classes per unseen class), ``>= 0``.
-    capacity : int, optional
-        ``c >= 1``: each seen class serves at most ``c`` unseen classes (couples the rows). ``None``
-        leaves the program separable, with the same optimum as
-        :func:`transfer_assignment_closed_form`.
-    time_limit : float
-        HiGHS time limit in seconds, ``> 0``.
-    fallback : {"nearest", "none"}
-        What an unseen row left with no edge gets: its most related seen class (``argmax_i m_ji``,
-        outside the constraints), or nothing.
+    Args:
+        relatedness (array-like or torch.Tensor, shape (γ, κ)):
+            ``m_ji``: cosine similarity of unseen label ``j`` and seen label ``i``, in ``[-1, 1]``.
+        k (int):
+            ``K`` of Eq. 2 (nearest seen labels per unseen label, ties by lower index), ``>= 0``.
+        theta (float):
+            ``ϑ`` of Eq. 5 (relative-distance threshold), finite.
+        rho (int):
+            ``ρ`` of Eq. 4 (most seen classes per unseen class), ``>= 0``.
+        capacity (int, optional):
+            ``c >= 1``: each seen class serves at most ``c`` unseen classes (couples the rows). ``None``
+            leaves the program separable, with the same optimum as
+            :func:`transfer_assignment_closed_form`.
+        time_limit (float):
+            HiGHS time limit in seconds, ``> 0``.
+        fallback ({"nearest", "none"}):
+            What an unseen row left with no edge gets: its most related seen class (``argmax_i m_ji``,
+            outside the constraints), or nothing.
 
-    Returns
-    -------
-    numpy.ndarray of bool, shape (γ, κ)
-        The assignment ``A``. Without a fallback edge, ``Σ m ⊙ A`` is the program's optimum.
+    Returns:
+        numpy.ndarray of bool, shape (γ, κ):
+            The assignment ``A``. Without a fallback edge, ``Σ m ⊙ A`` is the program's optimum.
 
-    Raises
-    ------
-    ValueError, TypeError
-        Invalid inputs (see the module docstring for the conventions).
-    RuntimeError
-        HiGHS did not prove optimality (e.g. the time limit was reached); the status is named.
+    Raises:
+        ValueError, TypeError:
+            Invalid inputs (see the module docstring for the conventions).
+        RuntimeError:
+            HiGHS did not prove optimality (e.g. the time limit was reached); the status is named.
     """
     m = _check_relatedness(relatedness)
     k, theta, rho = _check_params(k, theta, rho, fallback)
@@ -363,26 +357,23 @@ def composite_prototypes(seen_prototypes, relatedness, assignment):
 
     ``φ̂_j = Σ_i a_ji·m_ji·φ_i / Σ_i a_ji·m_ji``.
 
-    Parameters
-    ----------
-    seen_prototypes : numpy.ndarray or torch.Tensor, shape (κ, D)
-        ``φ_i``: mean visual representation of each seen class.
-    relatedness : array-like or torch.Tensor, shape (γ, κ)
-        ``m_ji`` (finite).
-    assignment : array-like or torch.Tensor, shape (γ, κ)
-        Binary ``A`` (bool or 0/1), e.g. from :func:`transfer_assignment`.
+    Args:
+        seen_prototypes (numpy.ndarray or torch.Tensor, shape (κ, D)):
+            ``φ_i``: mean visual representation of each seen class.
+        relatedness (array-like or torch.Tensor, shape (γ, κ)):
+            ``m_ji`` (finite).
+        assignment (array-like or torch.Tensor, shape (γ, κ)):
+            Binary ``A`` (bool or 0/1), e.g. from :func:`transfer_assignment`.
 
-    Returns
-    -------
-    numpy.ndarray or torch.Tensor, shape (γ, D)
-        Same kind as ``seen_prototypes``; a tensor keeps its dtype and device, an array is float64
-        (or its own floating dtype).
+    Returns:
+        numpy.ndarray or torch.Tensor, shape (γ, D):
+            Same kind as ``seen_prototypes``; a tensor keeps its dtype and device, an array is float64
+            (or its own floating dtype).
 
-    Raises
-    ------
-    ValueError
-        Shape mismatch, non-binary assignment, non-finite relatedness, or an unseen row whose
-        denominator ``Σ_i a_ji·m_ji`` is ``<= 0`` (no edge, or non-positive weights).
+    Raises:
+        ValueError:
+            Shape mismatch, non-binary assignment, non-finite relatedness, or an unseen row whose
+            denominator ``Σ_i a_ji·m_ji`` is ``<= 0`` (no edge, or non-positive weights).
     """
     is_tensor = isinstance(seen_prototypes, torch.Tensor)
     protos = seen_prototypes if is_tensor else np.asarray(seen_prototypes)
@@ -418,17 +409,15 @@ def composite_prototypes(seen_prototypes, relatedness, assignment):
 def cosine_similarity_matrix(a, b):
     """Pairwise cosine similarities of the rows of ``a`` and ``b``.
 
-    Parameters
-    ----------
-    a : numpy.ndarray or torch.Tensor, shape (N, D)
-    b : array-like or torch.Tensor, shape (C, D)
-        Converted to the kind (and, for tensors, dtype and device) of ``a``.
+    Args:
+        a (numpy.ndarray or torch.Tensor, shape (N, D)):
+        b (array-like or torch.Tensor, shape (C, D)):
+            Converted to the kind (and, for tensors, dtype and device) of ``a``.
 
-    Returns
-    -------
-    numpy.ndarray or torch.Tensor, shape (N, C)
-        Same kind as ``a`` (float64 for arrays). Norms are floored at 1e-8, as in
-        ``torch.nn.functional.cosine_similarity``, so a zero vector has similarity 0 to everything.
+    Returns:
+        numpy.ndarray or torch.Tensor, shape (N, C):
+            Same kind as ``a`` (float64 for arrays). Norms are floored at 1e-8, as in
+            ``torch.nn.functional.cosine_similarity``, so a zero vector has similarity 0 to everything.
     """
     if isinstance(a, torch.Tensor):
         b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
@@ -452,15 +441,13 @@ def _check_pair(a_shape: tuple, b_shape: tuple) -> None:
 def nearest_prototype(features, prototypes):
     """Index of the cosine-nearest prototype for each feature (ResT §3.3.2: ``argmin_j d(x, φ̂_j)``).
 
-    Parameters
-    ----------
-    features : numpy.ndarray or torch.Tensor, shape (N, D)
-    prototypes : array-like or torch.Tensor, shape (C, D)
+    Args:
+        features (numpy.ndarray or torch.Tensor, shape (N, D)):
+        prototypes (array-like or torch.Tensor, shape (C, D)):
 
-    Returns
-    -------
-    numpy.ndarray of int64 or torch.Tensor of int64, shape (N,)
-        Same kind as ``features``; ties go to the lowest prototype index.
+    Returns:
+        numpy.ndarray of int64 or torch.Tensor of int64, shape (N,):
+            Same kind as ``features``; ties go to the lowest prototype index.
     """
     # Identical prototypes (common with rho = 1) must score identically for the tie rule to hold,
     # but a matrix product may round equal columns differently: score each distinct row once.

@@ -75,6 +75,10 @@ class Decoder:
         """Why this decoder cannot run in this environment at all (a missing package), or None."""
         return None
 
+    def can_serve(self, request: DecodeRequest) -> bool:
+        """Whether this decoder can serve ``request`` (what the dispatcher asks)."""
+        return not self.not_supported_reasons(request)
+
     def not_supported_reasons(self, request: DecodeRequest) -> list[str]:
         """Why this decoder cannot serve ``request``; empty when it can. Derived from the class's
         capabilities (:attr:`device_type`, :attr:`codecs`) and :meth:`unavailable`."""

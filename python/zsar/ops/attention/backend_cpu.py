@@ -1,4 +1,9 @@
-"""C++/OpenMP backend (``zsar._C``): float32 and float64 on the CPU, one task per (batch, head)."""
+"""C++/OpenMP backend (``zsar._C``): float32 and float64 on the CPU, one task per (batch, head).
+
+Kinds rest and full run the prefix kernels of ``csrc/cpu/masked_attention.cpp`` (tuned for ResT's
+short sequences); bottleneck runs the tiled kernels of ``csrc/cpu/tiled_attention.cpp`` (online
+softmax over key tiles, O(L) memory).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from .inputs import AttentionInputs, accum_dtype
 class CpuBackend(Backend):
     name = "cpu"
     supports = (Support("cpu", (torch.float32, torch.float64), requires=(COMPILED_CORE,)),)
-    mask_kinds = ("rest", "full")
+    mask_kinds = ("rest", "full", "bottleneck")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)

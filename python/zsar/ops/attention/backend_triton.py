@@ -1,5 +1,8 @@
 """Triton backend of the fused attention: FlashAttention-2 style kernels tuned for short sequences.
 
+Mask kind bottleneck (MZST) has its own kernels below (``_bn_*``): the same algorithm, with each
+tile loop split into the sample's prefix tiles and tail tiles so padding-only tiles are skipped.
+
 Mask kinds rest and full (see ``masks.py``): every query row attends a prefix ``[0, key_end(i))`` of
 the keys, so the kernels compute ``key_end`` per row from the mask descriptor (``n_fixed``, the
 per-sample ``lengths``, full or not) and stop their key (or query) loops at the last tile any row
@@ -245,6 +248,196 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
                  mask=(offs_m[:, None] < L) & d_mask)
 
+    # ---- mask kind bottleneck: valid tokens [0, n_valid) and [L - n_fusion, L), all see each other ----
+    #
+    # The same FlashAttention-2 algorithm; each loop over key (or query) tiles runs over two ranges,
+    # the prefix tiles and the tail tiles, so tiles that hold only padding are never visited (a tile
+    # holding both ends of a short gap is visited once, in the first range).
+
+    @triton.jit
+    def _bn_bounds(n_valid_ptr, b, n_fusion, L, BLOCK: tl.constexpr):
+        """(n_valid clamped to [0, L - n_fusion], tail start, end of the prefix tiles, start of the
+        remaining tail tiles) of sample b."""
+        n_valid = tl.load(n_valid_ptr + b)
+        n_valid = tl.minimum(tl.maximum(n_valid, 0), L - n_fusion)
+        tail = L - n_fusion
+        prefix_end = tl.cdiv(n_valid, BLOCK) * BLOCK
+        tail_start = tl.maximum((tail // BLOCK) * BLOCK, prefix_end)
+        return n_valid, tail, prefix_end, tail_start
+
+    @triton.jit
+    def _bn_valid(pos, n_valid, tail, L):
+        return (pos < n_valid) | ((pos >= tail) & (pos < L))
+
+    @triton.jit
+    def _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail, L, scale,
+                     DOT_PREC: tl.constexpr):
+        """One online-softmax step over the key tile at start_n."""
+        cols = start_n + offs_n
+        col_ok = _bn_valid(cols, n_valid, tail, L)
+        kv_off = base + cols[:, None] * D + offs_d[None, :]
+        kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2((m_i - m_safe) * _LOG2E_TL)
+        p = tl.exp2((s - m_safe[:, None]) * _LOG2E_TL)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        return acc, m_new, l_i
+
+    @triton.jit
+    def _bn_fwd_kernel(
+        Q, K, V, N_VALID, OUT, LSE,
+        H, L, D, n_fusion, scale,
+        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_bh = tl.program_id(0)
+        start_m = tl.program_id(1) * BLOCK_M
+        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_N)
+        base = pid_bh.to(tl.int64) * L * D
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        row_ok = _bn_valid(offs_m, n_valid, tail, L)
+        # A query tile of padding only skips both key loops (its rows are written as zeros).
+        any_row = (start_m < n_valid) | (start_m + BLOCK_M > tail)
+        prefix_end = tl.where(any_row, prefix_end, 0)
+        tail_start = tl.where(any_row, tail_start, L)
+
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_mask, other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, prefix_end, BLOCK_N):
+            acc, m_i, l_i = _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail,
+                                         L, scale, DOT_PREC)
+        for start_n in range(tail_start, L, BLOCK_N):
+            acc, m_i, l_i = _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail,
+                                         L, scale, DOT_PREC)
+        out = tl.where(row_ok[:, None], acc / tl.where(row_ok, l_i, 1.0)[:, None], 0.0)
+        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(row_ok, l_i, 1.0)))
+        lse = tl.where(row_ok, lse, 0.0)
+        in_range = offs_m < L
+        tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=in_range[:, None] & d_mask)
+        tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=in_range)
+
+    @triton.jit
+    def _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D, key_ok,
+                      n_valid, tail, L, scale, DOT_PREC: tl.constexpr):
+        """dK, dV of one key tile from the query tile at start_m (transposed form)."""
+        rows = start_m + offs_m
+        row_ok = _bn_valid(rows, n_valid, tail, L)
+        q_off = base + rows[:, None] * D + offs_d[None, :]
+        q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+        q = tl.load(Q + q_off, mask=q_mask, other=0.0)
+        do = tl.load(DOUT + q_off, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        attended = key_ok[:, None] & row_ok[None, :]
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
+        s_t = tl.where(attended, s_t, float("-inf"))
+        p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+        return dk, dv
+
+    @triton.jit
+    def _bn_bwd_dkdv_kernel(
+        Q, K, V, N_VALID, LSE, DELTA, DOUT, DK, DV,
+        H, L, D, n_fusion, scale,
+        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_bh = tl.program_id(0)
+        start_n = tl.program_id(1) * BLOCK_N
+        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_M)
+        base = pid_bh.to(tl.int64) * L * D
+        row_base = pid_bh.to(tl.int64) * L
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        key_ok = _bn_valid(offs_n, n_valid, tail, L)
+        kv_off = base + offs_n[:, None] * D + offs_d[None, :]
+        k = tl.load(K + kv_off, mask=key_ok[:, None] & d_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=key_ok[:, None] & d_mask, other=0.0)
+        any_key = (start_n < n_valid) | (start_n + BLOCK_N > tail)
+        prefix_end = tl.where(any_key, prefix_end, 0)
+        tail_start = tl.where(any_key, tail_start, L)
+
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for start_m in range(0, prefix_end, BLOCK_M):
+            dk, dv = _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
+                                   key_ok, n_valid, tail, L, scale, DOT_PREC)
+        for start_m in range(tail_start, L, BLOCK_M):
+            dk, dv = _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
+                                   key_ok, n_valid, tail, L, scale, DOT_PREC)
+        st_mask = (offs_n[:, None] < L) & d_mask
+        tl.store(DK + kv_off, tl.where(key_ok[:, None], dk * scale, 0.0).to(DK.dtype.element_ty), mask=st_mask)
+        tl.store(DV + kv_off, tl.where(key_ok[:, None], dv, 0.0).to(DV.dtype.element_ty), mask=st_mask)
+
+    @triton.jit
+    def _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail, L,
+                    scale, DOT_PREC: tl.constexpr):
+        """dQ of one query tile from the key tile at start_n."""
+        cols = start_n + offs_n
+        col_ok = _bn_valid(cols, n_valid, tail, L)
+        kv_off = base + cols[:, None] * D + offs_d[None, :]
+        kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        attended = row_ok[:, None] & col_ok[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+        s = tl.where(attended, s, float("-inf"))
+        p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+        return dq
+
+    @triton.jit
+    def _bn_bwd_dq_kernel(
+        Q, K, V, N_VALID, LSE, DELTA, DOUT, DQ,
+        H, L, D, n_fusion, scale,
+        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_bh = tl.program_id(0)
+        start_m = tl.program_id(1) * BLOCK_M
+        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_N)
+        base = pid_bh.to(tl.int64) * L * D
+        row_base = pid_bh.to(tl.int64) * L
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d[None, :] < D
+        row_ok = _bn_valid(offs_m, n_valid, tail, L)
+        q_off = base + offs_m[:, None] * D + offs_d[None, :]
+        q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+        do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        any_row = (start_m < n_valid) | (start_m + BLOCK_M > tail)
+        prefix_end = tl.where(any_row, prefix_end, 0)
+        tail_start = tl.where(any_row, tail_start, L)
+
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, prefix_end, BLOCK_N):
+            dq = _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail,
+                             L, scale, DOT_PREC)
+        for start_n in range(tail_start, L, BLOCK_N):
+            dq = _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail,
+                             L, scale, DOT_PREC)
+        tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
+                 mask=(offs_m[:, None] < L) & d_mask)
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -309,7 +502,7 @@ class TritonBackend(Backend):
                 note="the Triton interpreter"),
     )
     max_head_dim = 128
-    mask_kinds = ("rest", "full")
+    mask_kinds = ("rest", "full", "bottleneck")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, L, D = inp.shape
@@ -317,6 +510,14 @@ class TritonBackend(Backend):
         lse = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
         block, block_d, num_warps = _launch_config(L, D)
         grid = (B * H, triton.cdiv(L, block))  # B*H first: grid dim 1 is limited to 65535
+        if inp.mask_kind == "bottleneck":
+            with _on_device(inp.device):
+                _bn_fwd_kernel[grid](
+                    inp.q, inp.k, inp.v, inp.lengths, out, lse, H, L, D, inp.n_fixed, inp.scale,
+                    DOT_PREC=_dot_precision(inp.dtype), BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
+                    num_warps=num_warps,
+                )
+            return out, lse
         with _on_device(inp.device):
             _fwd_kernel[grid](
                 inp.q, inp.k, inp.v, inp.lengths, out, lse,
@@ -343,6 +544,12 @@ class TritonBackend(Backend):
             _bwd_delta_kernel[grid](
                 out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=block_d, num_warps=num_warps
             )
+            if inp.mask_kind == "bottleneck":
+                del common["FULL"]
+                args = (H, L, D, inp.n_fixed, inp.scale)
+                _bn_bwd_dkdv_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv, *args, **common)
+                _bn_bwd_dq_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq, *args, **common)
+                return dq, dk, dv
             _bwd_dkdv_kernel[grid](
                 inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv,
                 H, L, D, inp.n_fixed, inp.scale, **common,

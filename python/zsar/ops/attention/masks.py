@@ -77,7 +77,27 @@ class FullMask(_PrefixMaskKind):
     name, code, full = "full", 1, True
 
 
-MASK_KINDS: dict[str, MaskKind] = {kind.name: kind for kind in (RestMask(), FullMask())}
+class BottleneckMask(MaskKind):
+    """MZST's attention bottlenecks: the valid tokens of a sample are its stream's prefix
+    ``[0, length)`` and the ``n_fixed`` fusion tokens at the end ``[L - n_fixed, L)``; every valid
+    token sees every valid token (``n_fixed`` may be 0: plain key padding)."""
+
+    name, code = "bottleneck", 2
+
+    def valid(self, seq_len, n_fixed, lengths):
+        i = torch.arange(seq_len, device=lengths.device)
+        length = self.clamp(lengths, n_fixed, seq_len)
+        return (i[None, :] < length[:, None]) | (i[None, :] >= seq_len - n_fixed)
+
+    def allowed(self, seq_len, n_fixed, lengths):
+        valid = self.valid(seq_len, n_fixed, lengths)
+        return valid[:, :, None] & valid[:, None, :]
+
+    def pairs(self, counts, n_fixed, seq_len):
+        return sum((n + n_fixed) ** 2 for n in counts)
+
+
+MASK_KINDS: dict[str, MaskKind] = {kind.name: kind for kind in (RestMask(), FullMask(), BottleneckMask())}
 
 
 def key_end(seq_len: int, n_visual: int, n_text: torch.Tensor, full: bool) -> torch.Tensor:

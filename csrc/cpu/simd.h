@@ -1,0 +1,181 @@
+// SIMD helpers shared by the CPU attention kernels (masked_attention.cpp, tiled_attention.cpp):
+// portable 32-byte vectors, a vectorised exp, a small register-tiled gemm, dot and transpose.
+// Included inside each kernel file's per-ISA namespace (every helper is inline or a template).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace zsar {
+namespace cpu {
+namespace ZSAR_CPU_ISA {
+
+// Portable SIMD through GCC/Clang vector extensions: one Vec is 32 bytes (an AVX2 register in the
+// avx2 build; the baseline build splits it into two SSE2 registers).
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kWidth = 32 / sizeof(T);
+constexpr int64_t kPad = 8;  // key dimensions are padded to a multiple of 8 (>= one Vec of either type)
+
+template <typename T>
+inline Vec<T> loadu(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void storeu(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// e^x for a whole array, written so the compiler vectorises it: exp(x) = 2^k * e^r with
+// k = round(x / ln 2), |r| <= ln2 / 2, e^r by the Cephes expf polynomial (~1.5 ulp). 2^k is built
+// as integer bits and reinterpreted in bulk (a per-element bit cast would block vectorisation).
+// Like std::exp: NaN stays NaN, x < -87 (and -inf) gives 0, x >= ~88.4 (and +inf) gives +inf (the
+// clamp at 89 makes 2^k = 2^128, which is +inf).
+inline void exp_inplace(float* __restrict x, int64_t n) {
+  constexpr int64_t kChunk = 64;
+  alignas(32) float poly[kChunk], two_k[kChunk];
+  alignas(32) int32_t bits[kChunk];
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t m = std::min(kChunk, n - c);
+    float* __restrict xc = x + c;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      const float xj = xc[j];
+      const float hi = xj > 89.0f ? 89.0f : xj;
+      const float v = hi < -87.0f ? -87.0f : hi;
+      const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+      const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;  // ln2 split in hi + lo parts
+      float p = 1.9875691500e-4f;
+      p = p * r + 1.3981999507e-3f;
+      p = p * r + 8.3334519073e-3f;
+      p = p * r + 4.1665795894e-2f;
+      p = p * r + 1.6666665459e-1f;
+      p = p * r + 5.0000001201e-1f;
+      poly[j] = xj < -87.0f ? 0.0f : p * r * r + r + 1.0f;  // underflow (and -inf) to exactly 0
+      bits[j] = (static_cast<int32_t>(v == v ? k : 0.0f) + 127) << 23;  // NaN: 2^0 (no undefined cast)
+    }
+    std::memcpy(two_k, bits, sizeof(float) * static_cast<size_t>(m));
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) xc[j] = poly[j] * two_k[j];
+  }
+}
+
+inline void exp_inplace(double* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j]);
+}
+
+// C[0:MR, 0:NV*W) = A[0:MR, 0:k) . B[0:k, 0:NV*W): a register tile. MR*NV independent FMA chains
+// (8 for 4x2) hide the FMA latency; accumulators stay in registers for the whole k loop.
+// With ACC, C is accumulated into (C += A . B) instead of overwritten; with TA, A is read
+// transposed (A(r, p) = A[p * lda + r]), so P^T-style products need no transpose.
+template <int MR, int NV, bool ACC, bool TA, typename T>
+inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __restrict B, int64_t ldb,
+                      T* __restrict C, int64_t ldc) {
+  constexpr int64_t W = kWidth<T>;
+  Vec<T> acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu(C + r * ldc + v * W) : Vec<T>{};
+  for (int64_t p = 0; p < k; ++p) {
+    Vec<T> b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = loadu(B + p * ldb + v * W);
+    for (int r = 0; r < MR; ++r) {
+      const T a = TA ? A[p * lda + r] : A[r * lda + p];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) storeu(C + r * ldc + v * W, acc[r][v]);
+}
+
+template <int MR, bool ACC, bool TA, typename T>
+inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                      int64_t ldc) {
+  constexpr int64_t W = kWidth<T>;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
+  if (j + W <= n) {
+    gemm_tile<MR, 1, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
+    j += W;
+  }
+  for (; j < n; ++j) {  // a head dim that is not a multiple of the vector width
+    for (int r = 0; r < MR; ++r) {
+      T acc = ACC ? C[r * ldc + j] : T(0);
+      for (int64_t p = 0; p < k; ++p) acc += (TA ? A[p * lda + r] : A[r * lda + p]) * B[p * ldb + j];
+      C[r * ldc + j] = acc;
+    }
+  }
+}
+
+// C[0:m, 0:n) = A[0:m, 0:k) . B[0:k, 0:n), all row-major with the given row strides: the one
+// small-matrix primitive of these kernels. k may be 0 (C is zeroed). With ACC: C += A . B; with
+// TA: A is stored transposed, (k, m) with row stride lda. MR: rows per register tile (4 or 6;
+// 6 x 2 vectors keeps 12 FMA chains in flight, which long inner products need to approach peak).
+template <bool ACC = false, bool TA = false, int MR = 4, typename T>
+inline void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc) {
+  static_assert(MR == 4 || MR == 6, "register tile rows");
+  const auto rows_of_a = [&](int64_t i) { return TA ? A + i : A + i * lda; };
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR) gemm_rows<MR, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
+  switch (m - i) {
+    case 5: gemm_rows<5, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 4: gemm_rows<4, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 3: gemm_rows<3, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 2: gemm_rows<2, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 1: gemm_rows<1, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    default: break;
+  }
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+// dst[0:cols, 0:rows) = src[0:rows, 0:cols) transposed; dst columns rows..round_up(rows, kPad) are
+// zeroed so that padded vector lanes read finite values.
+template <typename T>
+inline void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds,
+                      T* __restrict dst, int64_t ldd) {
+  const int64_t padded = round_up(rows, kPad);
+  // Row-major reads (contiguous, vector loads) and strided scalar stores: stores do not stall the
+  // loop the way a chain of strided loads does.
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict in = src + r * lds;
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = in[c];
+  }
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = rows; r < padded; ++r) dst[c * ldd + r] = T(0);
+}
+
+inline int resolve_threads(int num_threads) {
+#ifdef _OPENMP
+  return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+  (void)num_threads;
+  return 1;
+#endif
+}
+
+}  // namespace ZSAR_CPU_ISA
+}  // namespace cpu
+}  // namespace zsar

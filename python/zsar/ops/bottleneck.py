@@ -1,0 +1,138 @@
+"""MZST's attention-bottleneck fusion attention ``bottleneck_attention``: its arguments and semantics.
+
+The public entry point is :func:`zsar.ops.bottleneck_attention` (this module is named differently
+so that the function does not shadow it).
+
+A fusion stream of length ``L`` holds a modality's tokens, then padding, then ``n_fusion`` shared
+fusion tokens (MBT's attention bottlenecks; the second paper's Eq. 2). The valid positions of
+sample ``b`` are ``[0, n_valid[b])`` and ``[L - n_fusion, L)``; every valid query attends every
+valid key; padding positions (``n_valid[b] <= i < L - n_fusion``) produce 0, get no gradient and are
+attended by no query. With ``n_fusion = 0`` this is plain key padding. This is the mask kind
+``bottleneck`` of the fused attention kernels (``n_fixed = n_fusion``, ``lengths = n_valid``; see
+:mod:`zsar.ops.attention.masks`): no ``L x L`` tensor is built, and the kernels skip key tiles that
+hold only padding.
+
+The op is the ``torch.library`` custom op ``zsar::bottleneck_attention`` (with
+``zsar::bottleneck_attention_backward``), built by :class:`~zsar.ops._custom_op.FusedOp` like
+``masked_attention``: autograd, ``torch.compile``, ``FlopCounterMode`` (only valid query-key pairs
+are counted), ``torch.jit.trace`` and ``torch.library.opcheck``; both registered ops validate what
+they are given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._custom_op import FusedOp
+from .attention import AttentionInputs, backends
+
+__all__ = ["BottleneckAttentionInputs", "bottleneck_attention", "check_n_valid_range", "dispatcher"]
+
+_OP = "bottleneck_attention"
+
+
+@dataclass
+class BottleneckAttentionInputs(AttentionInputs):
+    """Arguments of ``zsar::bottleneck_attention``, in its schema order (see :func:`bottleneck_attention`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    n_valid: torch.Tensor
+    n_fusion: int
+    scale: float
+
+    @property
+    def mask_kind(self) -> str:
+        return "bottleneck"
+
+    @property
+    def n_fixed(self) -> int:
+        return self.n_fusion
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.n_valid
+
+    def validate(self) -> None:
+        self.check_qkv(_OP)
+        L = self.q.shape[2]
+        n_fusion = self.n_fusion
+        if isinstance(n_fusion, bool) or not isinstance(n_fusion, (int, torch.SymInt)):
+            raise TypeError(f"{_OP}: n_fusion must be an int, got {type(n_fusion).__name__}")
+        if not 0 <= n_fusion <= L:
+            raise ValueError(f"{_OP}: n_fusion must be in [0, L={L}], got {n_fusion}")
+        self.check_lengths(_OP, "n_valid", self.n_valid)
+
+
+#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
+BOTTLENECK_ATTENTION = FusedOp(
+    _OP,
+    BottleneckAttentionInputs,
+    outputs=("out", "lse"),
+    differentiable_outputs=("out",),
+    differentiable_inputs=("q", "k", "v"),
+    backends=backends(),
+)
+#: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
+dispatcher = BOTTLENECK_ATTENTION.dispatcher
+
+
+def check_n_valid_range(n_valid: torch.Tensor, n_fusion: int, seq_len: int) -> None:
+    """Raises ValueError unless ``0 <= n_valid <= seq_len - n_fusion``; reads the values (a sync on CUDA)."""
+    lo, hi = (int(x) for x in torch.aminmax(n_valid))
+    if lo < 0 or hi > seq_len - n_fusion:
+        raise ValueError(
+            f"{_OP}: n_valid values must be in [0, L - n_fusion = {seq_len - n_fusion}], "
+            f"got values in [{lo}, {hi}]"
+        )
+
+
+def bottleneck_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_valid: torch.Tensor,
+    n_fusion: int,
+    scale: float | None = None,
+    backend: str | None = None,
+    *,
+    check_n_valid: bool = True,
+) -> torch.Tensor:
+    """Fused attention over a fusion stream with attention bottlenecks (MZST).
+
+    Args:
+        q, k, v: contiguous ``(B, H, L, Dh)`` tensors of one floating dtype on one device.
+        n_valid: int32 ``(B,)`` on the device of ``q``: the stream's valid tokens per sample are
+            positions ``[0, n_valid[b])``, ``0 <= n_valid[b] <= L - n_fusion``.
+        n_fusion: number of fusion tokens, the last ``n_fusion`` positions of every sample;
+            ``0 <= n_fusion <= L``.
+        scale: softmax scale, default ``1 / sqrt(Dh)``.
+        backend: ``None`` picks the fastest backend that supports the inputs; or one of
+            ``"cuda"``, ``"cpu"``, ``"triton"``, ``"reference"``.
+        check_n_valid: read ``n_valid`` to check its range (a device sync on CUDA). A model that
+            validated ``n_valid`` once per forward passes ``False`` for its layers; the kernels
+            clamp out-of-range values either way, so memory is never read out of bounds.
+
+    Returns:
+        ``(B, H, L, Dh)`` output in the dtype of ``q``; rows of padding positions are 0.
+
+    Raises:
+        TypeError / ValueError: for malformed inputs, naming the argument.
+        BackendUnavailableError: when ``backend`` (or every backend) cannot serve the inputs; the
+            message lists each backend with its reason.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if isinstance(q, torch.Tensor) and q.dim() > 0 else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{_OP}: scale must be a finite number or None, got {scale!r}")
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"{_OP}: backend must be a str or None, got {type(backend).__name__}")
+    inputs = BottleneckAttentionInputs(q, k, v, n_valid, n_fusion, float(scale))
+    inputs.validate()
+    if check_n_valid and not torch.compiler.is_compiling():
+        check_n_valid_range(n_valid, n_fusion, q.shape[2])
+    return BOTTLENECK_ATTENTION(inputs, backend)[0]
