@@ -30,8 +30,10 @@ TARGETS = {"audio_video_top1_at_least_3x_chance", "audio_video_top1_above_video_
            "audio_video_top1_above_audio_only"}
 
 
-def _read_list(path: str) -> list[tuple[str, int]]:
-    return [(rel, int(label)) for rel, label in (line.rsplit(" ", 1) for line in Path(path).read_text().splitlines())]
+def _read_list(path: str) -> list[tuple[str, str]]:
+    """(relative path, label) of a list file: the benchmark's use label indices, the demo's names."""
+    return [tuple(line.split("\t") if "\t" in line else line.rsplit(" ", 1))
+            for line in Path(path).read_text().splitlines()]
 
 
 def _check_report(report: dict) -> None:
@@ -169,19 +171,26 @@ def test_quick_demo_checkpoint_predicts_videos_with_sound(quick_demo, tmp_path):
 
 
 def test_eval_on_the_checkpoint_reproduces_the_demo(quick_demo, tmp_path, capsys):
-    """One evaluation path: `zsar eval` decodes the test list itself (frames and sound, no cache)
-    and gives the demo's audio-video ZSL numbers."""
+    """One evaluation path: `zsar eval` decodes the demo's lists itself (frames and sound, no cache)
+    and gives the demo's audio-video ZSL numbers, and its GZSL ones at the demo's beta."""
     out, report, _, _ = quick_demo
-    data, eval_report = out / "data", tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", report["files"]["checkpoint"], "--annotations",
-                 report["lists"]["test_unseen"], "--root", str(data), "--classes", str(data / "classes_unseen.txt"),
-                 "--backend", "pyav", "--report", str(eval_report)]) == 0
-    capsys.readouterr()
-    results = json.loads(eval_report.read_text())
-    run = report["runs"]["audio_video"]
+    data, lists, run = out / "data", report["lists"], report["runs"]["audio_video"]
+    ckpt = report["files"]["checkpoint"]
+    zsl, gzsl = tmp_path / "zsl.json", tmp_path / "gzsl.json"
+    assert main(["eval", "--checkpoint", ckpt, "--annotations", lists["test_unseen"], "--root", str(data),
+                 "--backend", "pyav", "--report", str(zsl)]) == 0
+    results = json.loads(zsl.read_text())
+    assert results["classes"] == len(report["unseen_classes"])  # the list names its classes: the unseen ones
     assert results["transfer"]["top1"]["mean"] == pytest.approx(run["unseen_top1"], abs=1e-9)
     assert results["transfer"]["mean_class_accuracy"]["mean"] == pytest.approx(run["unseen_mean_class_accuracy"],
                                                                               abs=1e-9)
+    assert main(["eval", "--checkpoint", ckpt, "--protocol", "gzsl", "--test-seen", lists["test_seen"],
+                 "--test-unseen", lists["test_unseen"], "--root", str(data), "--beta", str(run["gzsl"]["beta"]),
+                 "--backend", "pyav", "--report", str(gzsl)]) == 0
+    capsys.readouterr()
+    test = json.loads(gzsl.read_text())["test"]
+    for key in ("S", "U", "HM"):
+        assert test[key] == pytest.approx(run["gzsl"][key], abs=1e-9), key
 
 
 def test_cached_samples_equal_uncached_ones(tmp_path):
