@@ -8,11 +8,13 @@ as :class:`~zsar.data.VideoClipDataset` does, reading from the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,10 +23,47 @@ import torch
 
 from ..data.decoders import read_frames
 from ..data.loader import VideoClipDataset, clip_audio, clip_centre_seconds
+from ..data.synthetic import SyntheticConfig
 from ..data.transforms import ClipSpec, apply_plan
 
-__all__ = ["MediaCache", "CachedClipDataset", "Steps", "loader", "default_workers", "torch_threads", "environment",
+__all__ = ["DemoSettings", "MediaCache", "CachedClipDataset", "Steps", "loader", "default_workers", "torch_threads", "environment",
            "write_report", "percent", "time_and_files"]
+
+
+@dataclass
+class DemoSettings:
+    """What every demo's config holds: outputs, seeds, the benchmark, and how it runs.
+
+    ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
+    picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
+    ``split_seed`` are replaced by the demo's). ``decoder``: the backend that decodes the videos
+    once into memory; ``workers``: processes rendering and threads decoding (default: the CPU
+    count, at most 8).
+    """
+
+    out_dir: str = "runs/demo"
+    report: str | None = None  # default: out_dir/report.json
+    seed: int = 0
+    split_seed: int | None = None
+    data: SyntheticConfig = field(default_factory=SyntheticConfig)
+    device: str = "auto"
+    decoder: str = "pyav"
+    workers: int | None = None
+    plots: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            self.data = SyntheticConfig.from_dict(self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d["data"] = self.data.to_dict()
+        return d
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report) if self.report else Path(self.out_dir) / "report.json"
 
 
 class MediaCache:

@@ -41,7 +41,7 @@ import torch
 
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, MediaCache, Steps, default_workers, environment, loader, percent,
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
                       time_and_files, torch_threads, write_report)
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
@@ -61,13 +61,12 @@ _PAPER_LOSS_WEIGHTS = (0.25, 0.1, 0.05)
 
 
 @dataclass
-class MZSTDemoConfig:
+class MZSTDemoConfig(DemoSettings):
     """Everything :func:`run_mzst_demo` does, with defaults that fit a 2-core CPU in minutes.
 
-    ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
-    picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
-    ``split_seed`` are replaced by the demo's); its ``test_per_class`` and ``unseen_per_class``
-    are the *test* videos per seen and unseen class.
+    Outputs, seeds, the benchmark and how it runs: :class:`~zsar.demo._common.DemoSettings`.
+    ``data`` is an audio-visual benchmark; its ``test_per_class`` and ``unseen_per_class`` are the
+    *test* videos per seen and unseen class.
 
     Training: each model in ``runs`` (keys of :data:`RUNS`) is ``model`` with those modalities and
     ``model_args``, trained ``epochs`` epochs with AdamW at ``lr`` (cosine schedule) on clips of
@@ -91,16 +90,13 @@ class MZSTDemoConfig:
     batches give it twice the steps of 16-clip ones at about the same cost per epoch, and 45
     epochs leave the cosine schedule enough learning rate when the visual part sets in (with
     16-clip batches and 30 epochs the audio-video model stayed below audio alone). 8 frames at
-    stride 3 span a 24-frame video, and the centre crop keeps the object in view. ``threads=1``: the tiny model's
-    operations are too small to gain much from a second thread, and on a busy machine (or in a
-    container with fewer free cores than torch assumes) the threads of every operation wait for the
-    slowest, which made training steps ten times slower in our measurements.
+    stride 3 span a 24-frame video, and the centre crop keeps the object in view. ``threads=1``:
+    the tiny model's operations are too small to gain much from a second thread, and on a busy
+    machine (or in a container with fewer free cores than torch assumes) the threads of every
+    operation wait for the slowest, which made training steps ten times slower in our measurements.
     """
 
     out_dir: str = "runs/demo-mzst"
-    report: str | None = None  # default: out_dir/report.json
-    seed: int = 0
-    split_seed: int | None = None
     data: SyntheticConfig = field(default_factory=SyntheticConfig.audio_visual)
     calibration_seen_per_class: int = 3
     calibration_unseen_per_class: int = 4
@@ -117,18 +113,13 @@ class MZSTDemoConfig:
     metric: str = "l2"
     # f(x) regresses unit-norm sentence embeddings: the distances a beta trades lie within about 0.3.
     beta_grid: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 0.5, 101), 6).tolist())
-    device: str = "auto"
     threads: int | None = 1  # torch CPU threads while the demo runs (None: torch's default)
-    decoder: str = "pyav"  # backend that decodes the videos once into memory
-    workers: int | None = None  # processes rendering / threads decoding (default: CPU count)
-    plots: bool = True
-    progress: bool = True
 
     def __post_init__(self):
+        from ..data.transforms import CROPS
         from ..zeroshot.heads import METRICS
 
-        if isinstance(self.data, dict):
-            self.data = SyntheticConfig.from_dict(self.data)
+        super().__post_init__()
         self.runs, self.beta_grid = tuple(self.runs), tuple(float(b) for b in self.beta_grid)
         if not self.data.sounds or not self.data.audio:
             raise ValueError("the MZST demo needs an audio-visual benchmark with a sound part "
@@ -144,6 +135,8 @@ class MZSTDemoConfig:
             raise ValueError("data.test_per_class must be >= 1: GZSL tests on held-out videos of the seen classes")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if not self.beta_grid or 0.0 not in self.beta_grid or not all(np.isfinite(self.beta_grid)):
@@ -151,16 +144,6 @@ class MZSTDemoConfig:
         forced = sorted({"modalities", "class_names", "class_embeddings"} & set(self.model_args))
         if forced:
             raise ValueError(f"model_args must not set {forced}: the demo sets them per run")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data"] = self.data.to_dict()
-        d["runs"], d["beta_grid"] = list(self.runs), list(self.beta_grid)
-        return d
-
-    @property
-    def report_path(self) -> Path:
-        return Path(self.report) if self.report else Path(self.out_dir) / "report.json"
 
     def data_config(self) -> SyntheticConfig:
         """The benchmark as rendered: the demo's seeds, test plus calibration videos per class."""

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, MediaCache, Steps, default_workers, environment, loader, percent,
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
                       time_and_files, write_report)
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
@@ -52,16 +52,15 @@ def _demo_data() -> SyntheticConfig:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(DemoSettings):
     """Everything :func:`run_demo` does, with defaults that fit a 2-core CPU in a few minutes.
 
-    ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
-    picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
-    ``split_seed`` are replaced by the demo's). Training: ``warmup_*`` (stage 1, SGD on the frame
-    encoder) and ``joint_*`` (stage 2, AdamW on everything); clips of ``model_args["frames"]``
-    frames at ``stride``. Transfer: ``(theta, k, rho)`` of the integer program (ResT Eq. 2-5) are
-    chosen by 5-fold cross-validation over the seen classes on the grids ``cv_*`` (as in the
-    paper), or fixed to ``theta``, ``k``, ``rho`` with ``select=False``.
+    Outputs, seeds, the benchmark and how it runs: :class:`~zsar.demo._common.DemoSettings`.
+    Training: ``warmup_*`` (stage 1, SGD on the frame encoder) and ``joint_*`` (stage 2, AdamW on
+    everything); clips of ``model_args["frames"]`` frames at ``stride``. Transfer: ``(theta, k,
+    rho)`` of the integer program (ResT Eq. 2-5) are chosen by 5-fold cross-validation over the
+    seen classes on the grids ``cv_*`` (as in the paper), or fixed to ``theta``, ``k``, ``rho``
+    with ``select=False``.
 
     Why these defaults: a 3-layer CNN needs a few thousand SGD steps before it tells shapes apart
     (colour comes first, then motion, then shape), so the budget goes to many short warm-up epochs
@@ -71,10 +70,6 @@ class DemoConfig:
     ``rho`` is typically 6 to 10.
     """
 
-    out_dir: str = "runs/demo"
-    report: str | None = None  # default: out_dir/report.json
-    seed: int = 0
-    split_seed: int | None = None
     data: SyntheticConfig = field(default_factory=_demo_data)
     model: str = "rest_tiny"
     model_args: dict[str, Any] = field(default_factory=lambda: {"frames": 4})
@@ -92,15 +87,9 @@ class DemoConfig:
     k: int = 10
     theta: float = 0.0
     rho: int = 8
-    device: str = "auto"
-    decoder: str = "pyav"  # backend that decodes the videos once into memory
-    workers: int | None = None  # processes rendering / threads decoding (default: CPU count)
-    plots: bool = True
-    progress: bool = True
 
     def __post_init__(self):
-        if isinstance(self.data, dict):
-            self.data = SyntheticConfig.from_dict(self.data)
+        super().__post_init__()
         for name in ("cv_thetas", "cv_ks", "cv_rhos"):
             setattr(self, name, tuple(getattr(self, name)))
         for name in ("stride", "eval_clips", "batch_size"):
@@ -108,15 +97,6 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0 or self.joint_epochs < 1:
             raise ValueError("warmup_epochs must be >= 0 and joint_epochs >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data"] = self.data.to_dict()
-        return d
-
-    @property
-    def report_path(self) -> Path:
-        return Path(self.report) if self.report else Path(self.out_dir) / "report.json"
 
     def data_config(self) -> SyntheticConfig:
         return dataclasses.replace(self.data, seed=self.seed, split_seed=self.split_seed)
