@@ -115,6 +115,7 @@ def plot_tsne(
     perplexity: float = 30.0,
     seed: int = 0,
     title: str | None = None,
+    prototype_label: str = "prototypes",
 ) -> Path:
     """t-SNE of video representations coloured by class, composite prototypes as stars (ResT Fig. 4).
 
@@ -131,6 +132,7 @@ def plot_tsne(
             it below n).
         seed: t-SNE random state.
         title: optional figure title.
+        prototype_label: the legend entry of the stars (e.g. "class embeddings" for MZST's targets).
 
     Returns:
         The written path.
@@ -188,7 +190,7 @@ def plot_tsne(
         ax.scatter(star[:, 0], star[:, 1], marker="*", s=160, c=colors[: star.shape[0]], edgecolors="black",
                    linewidths=0.8)
         # Legend entry in neutral colours: the stars take their class's colour.
-        ax.scatter([], [], marker="*", s=160, c="white", edgecolors="black", linewidths=0.8, label="prototypes")
+        ax.scatter([], [], marker="*", s=160, c="white", edgecolors="black", linewidths=0.8, label=prototype_label)
     if (names and n_classes <= 30) or protos is not None:
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_xticks([])

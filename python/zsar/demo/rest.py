@@ -1,6 +1,6 @@
-"""The main job, end to end: ResT zero-shot action recognition on a benchmark zsar renders itself.
+"""The ResT demo: zero-shot action recognition end to end on a benchmark zsar renders itself.
 
-:func:`run_demo` (``zsar demo``) runs the whole ResT pipeline on the synthetic compositional
+:func:`run_demo` (``zsar demo``, ``zsar demo --model rest``) runs the whole ResT pipeline on the synthetic compositional
 benchmark (:mod:`zsar.data.synthetic`), on a CPU in a few minutes:
 
 1. render the benchmark to real video files (seen classes for training, held-out compositions as
@@ -25,12 +25,8 @@ benchmark (:mod:`zsar.data.synthetic`), on a CPU in a few minutes:
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.loader import VideoClipDataset
-from .data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from .data.transforms import ClipSpec, apply_plan, plan_clip
-from .data.sampling import sample_rng
-from .data.decoders import read_frames
+from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
+                      time_and_files, write_report)
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
 
@@ -58,16 +52,15 @@ def _demo_data() -> SyntheticConfig:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(DemoSettings):
     """Everything :func:`run_demo` does, with defaults that fit a 2-core CPU in a few minutes.
 
-    ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
-    picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
-    ``split_seed`` are replaced by the demo's). Training: ``warmup_*`` (stage 1, SGD on the frame
-    encoder) and ``joint_*`` (stage 2, AdamW on everything); clips of ``model_args["frames"]``
-    frames at ``stride``. Transfer: ``(theta, k, rho)`` of the integer program (ResT Eq. 2-5) are
-    chosen by 5-fold cross-validation over the seen classes on the grids ``cv_*`` (as in the
-    paper), or fixed to ``theta``, ``k``, ``rho`` with ``select=False``.
+    Outputs, seeds, the benchmark and how it runs: :class:`~zsar.demo._common.DemoSettings`.
+    Training: ``warmup_*`` (stage 1, SGD on the frame encoder) and ``joint_*`` (stage 2, AdamW on
+    everything); clips of ``model_args["frames"]`` frames at ``stride``. Transfer: ``(theta, k,
+    rho)`` of the integer program (ResT Eq. 2-5) are chosen by 5-fold cross-validation over the
+    seen classes on the grids ``cv_*`` (as in the paper), or fixed to ``theta``, ``k``, ``rho``
+    with ``select=False``.
 
     Why these defaults: a 3-layer CNN needs a few thousand SGD steps before it tells shapes apart
     (colour comes first, then motion, then shape), so the budget goes to many short warm-up epochs
@@ -77,10 +70,6 @@ class DemoConfig:
     ``rho`` is typically 6 to 10.
     """
 
-    out_dir: str = "runs/demo"
-    report: str | None = None  # default: out_dir/report.json
-    seed: int = 0
-    split_seed: int | None = None
     data: SyntheticConfig = field(default_factory=_demo_data)
     model: str = "rest_tiny"
     model_args: dict[str, Any] = field(default_factory=lambda: {"frames": 4})
@@ -98,15 +87,9 @@ class DemoConfig:
     k: int = 10
     theta: float = 0.0
     rho: int = 8
-    device: str = "auto"
-    decoder: str = "pyav"  # backend that decodes the videos once into memory
-    workers: int | None = None  # processes rendering / threads decoding (default: CPU count)
-    plots: bool = True
-    progress: bool = True
 
     def __post_init__(self):
-        if isinstance(self.data, dict):
-            self.data = SyntheticConfig.from_dict(self.data)
+        super().__post_init__()
         for name in ("cv_thetas", "cv_ks", "cv_rhos"):
             setattr(self, name, tuple(getattr(self, name)))
         for name in ("stride", "eval_clips", "batch_size"):
@@ -114,15 +97,6 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0 or self.joint_epochs < 1:
             raise ValueError("warmup_epochs must be >= 0 and joint_epochs >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data"] = self.data.to_dict()
-        return d
-
-    @property
-    def report_path(self) -> Path:
-        return Path(self.report) if self.report else Path(self.out_dir) / "report.json"
 
     def data_config(self) -> SyntheticConfig:
         return dataclasses.replace(self.data, seed=self.seed, split_seed=self.split_seed)
@@ -141,90 +115,6 @@ def quick_config(**overrides) -> DemoConfig:
     return DemoConfig(**base)
 
 
-# ---- data ----------------------------------------------------------------------------------------
-
-
-class _FrameCache:
-    """Every frame of each video file, decoded once (the demo's videos are tiny; epochs are many).
-
-    Decoding dominates a CPU epoch of a small model: a 24-frame VP9 video takes longer to decode
-    than its clip takes to train on. Files are decoded through :func:`zsar.data.read_frames`.
-    """
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.frames: dict[str, torch.Tensor] = {}
-
-    def get(self, path: str, info) -> torch.Tensor:
-        frames = self.frames.get(path)
-        if frames is None:
-            frames = read_frames(path, np.arange(info.num_frames), self.backend, device="cpu", info=info)
-            self.frames[path] = frames
-        return frames
-
-    def fill(self, datasets: list["_CachedClipDataset"], workers: int, progress: bool) -> None:
-        """Decodes every video of ``datasets`` (threads: FFmpeg decodes without holding the GIL)."""
-        from tqdm.auto import tqdm
-
-        todo = {}
-        for ds in datasets:
-            for i, record in enumerate(ds.videos):
-                todo.setdefault(record.path, (ds, i))
-        bar = tqdm(total=len(todo), desc="decoding videos", unit="video", disable=not progress, dynamic_ncols=True)
-
-        def one(item):
-            ds, i = item
-            self.get(ds.videos[i].path, ds.info(i))
-
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for _ in pool.map(one, todo.values()):
-                bar.update(1)
-        bar.close()
-
-
-class _CachedClipDataset(VideoClipDataset):
-    """:class:`~zsar.data.VideoClipDataset` whose videos are decoded once into a shared
-    :class:`_FrameCache`; clips are then planned and transformed exactly as the uncached dataset
-    does (same :func:`plan_clip` draws for a given seed, epoch and index)."""
-
-    def __init__(self, videos, spec: ClipSpec, cache: _FrameCache, seed: int = 0):
-        super().__init__(videos, spec, backend=cache.backend, seed=seed)
-        self.cache = cache
-
-    def load(self, i: int, epoch: int | None = None) -> torch.Tensor:
-        info = self.info(i)
-        rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, i)
-        plan = plan_clip(self.spec, info, rng)
-        frames = self.cache.get(self.videos[i].path, info)
-        return apply_plan(frames[torch.from_numpy(plan.indices.ravel())], plan, self.spec)
-
-
-# ---- evaluation helpers --------------------------------------------------------------------------
-
-
-def _loader(dataset, batch_size: int = 64):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate_fn", None))
-
-
-class _Steps:
-    """Wall-clock seconds per pipeline step, with a numbered header per step."""
-
-    def __init__(self, total: int, verbose: bool):
-        self.seconds: dict[str, float] = {}
-        self.total, self.verbose, self.n = total, verbose, 0
-
-    @contextmanager
-    def __call__(self, name: str, title: str):
-        self.n += 1
-        if self.verbose:
-            print(f"[{self.n}/{self.total}] {title}", flush=True)
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-
-
 # ---- the demo ------------------------------------------------------------------------------------
 
 
@@ -238,20 +128,20 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     baseline), the classes, the transfer edges, the files written and the configuration.
     ``verbose`` prints step headers and the results table.
     """
-    from .eval.runner import encode_dataset, seen_accuracy, zero_shot_report
-    from .models import create_model, save_checkpoint
-    from .text import SentenceEmbedder
-    from .train.config import StageConfig, TrainConfig
-    from .train.trainer import Trainer
-    from .zeroshot import class_means, cosine_similarity_matrix, prototype_classifier
+    from ..eval.runner import encode_dataset, seen_accuracy, zero_shot_report
+    from ..models import create_model, save_checkpoint
+    from ..text import SentenceEmbedder
+    from ..train.config import StageConfig, TrainConfig
+    from ..train.trainer import Trainer
+    from ..zeroshot import class_means, cosine_similarity_matrix, prototype_classifier
 
     cfg = config or DemoConfig()
     start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(6, verbose)
+    steps = Steps(6, verbose)
     data_cfg = cfg.data_config()
-    workers = cfg.workers if cfg.workers is not None else min(torch.multiprocessing.cpu_count(), 8)
+    workers = default_workers(cfg.workers)
 
     with steps("generate", f"rendering the synthetic benchmark into {out / 'data'}"):
         bench: SyntheticBenchmark = generate_benchmark(data_cfg, out / "data", workers=workers, progress=cfg.progress)
@@ -275,9 +165,9 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
         model = create_model(cfg.model, class_names=bench.seen_classes, **train_cfg.model_args)
         train_spec = model.inputs.clip_spec(stride=cfg.stride, size=data_cfg.size, train=True)
         eval_spec = dataclasses.replace(train_spec, train=False, num_clips=cfg.eval_clips)
-        cache = _FrameCache(cfg.decoder)
-        train_set = _CachedClipDataset(bench.seen_train, train_spec, cache, seed=cfg.seed)
-        eval_sets = {name: _CachedClipDataset(getattr(bench, name), eval_spec, cache)
+        cache = MediaCache(cfg.decoder)
+        train_set = CachedClipDataset(bench.seen_train, train_spec, cache, seed=cfg.seed)
+        eval_sets = {name: CachedClipDataset(getattr(bench, name), eval_spec, cache)
                      for name in ("seen_train", "seen_test", "unseen_test")}
         cache.fill([train_set, eval_sets["seen_test"], eval_sets["unseen_test"]], workers, cfg.progress)
     steps.seconds["decode"] = round(steps.seconds["decode"] - steps.seconds["load_embedder"], 2)
@@ -290,11 +180,11 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
         model = trainer.model.eval()
 
     with steps("encode", "seen-class prototypes and test-video representations"):
-        seen_train = encode_dataset(model, _loader(eval_sets["seen_train"]), cfg.progress, "seen training videos")
+        seen_train = encode_dataset(model, loader(eval_sets["seen_train"]), cfg.progress, "seen training videos")
         prototypes = class_means(seen_train.x, torch.as_tensor(seen_train.labels), n_seen)
-        seen_test = encode_dataset(model, _loader(eval_sets["seen_test"]), cfg.progress, "seen test videos") \
+        seen_test = encode_dataset(model, loader(eval_sets["seen_test"]), cfg.progress, "seen test videos") \
             if len(bench.seen_test) else None
-        unseen_test = encode_dataset(model, _loader(eval_sets["unseen_test"]), cfg.progress, "unseen test videos")
+        unseen_test = encode_dataset(model, loader(eval_sets["unseen_test"]), cfg.progress, "unseen test videos")
 
     with steps("transfer", "semantic transfer: (ϑ, K, ρ) by cross-validation, integer program (HiGHS), "
                            "composite prototypes"):
@@ -340,14 +230,11 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
                                for j, u in enumerate(bench.unseen_classes)},
             "files": files,
             "config": cfg.to_dict(),
-            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                            "device": str(trainer.device), "python": platform.python_version(),
-                            "machine": platform.machine()},
+            "environment": environment(trainer.device),
         }
     report["seconds_by_step"] = steps.seconds
     report["seconds"] = round(time.perf_counter() - start, 2)
-    cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(cfg.report_path, report)
     if verbose:
         print(format_report(report), flush=True)
     return report
@@ -368,7 +255,7 @@ def _transfer_params(cfg: DemoConfig, seen_test, prototypes, seen_embeddings, ve
         return fixed, {"method": "fixed"}
     if seen_test is None:
         return fixed, {"method": "fixed", "reason": "no held-out videos of seen classes to cross-validate on"}
-    from .zeroshot.selection import select_transfer_params
+    from ..zeroshot.selection import select_transfer_params
 
     try:
         result = select_transfer_params(seen_test.x, seen_test.labels, seen_embeddings, prototypes, thetas=cfg.cv_thetas,
@@ -388,7 +275,7 @@ def _plots(out: Path, relatedness, assignment, bench, features, labels, prototyp
     """ResT Fig. 3 (relatedness and adjacency) and Fig. 4 (t-SNE of unseen videos and their
     composite prototypes). Plotting is optional: without matplotlib/scikit-learn it is skipped."""
     try:
-        from .eval.plots import plot_transfer_matrices, plot_tsne
+        from ..eval.plots import plot_transfer_matrices, plot_tsne
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:
@@ -405,27 +292,23 @@ def _plots(out: Path, relatedness, assignment, bench, features, labels, prototyp
 
 def format_report(report: dict[str, Any]) -> str:
     """The results table of a demo report (percentages)."""
-    pct = lambda v: f"{100 * v:6.1f}%"  # noqa: E731
     rows = [("ResT + semantic transfer (visual space)", "unseen"), ("semantic-space baseline", "semantic_baseline")]
     lines = [f"zero-shot on {report['n_unseen_classes']} unseen classes (held-out compositions), "
              f"{report['n_unseen_test_videos']} test videos; trained on {report['n_seen_classes']} seen classes",
              f"{'method':<42}{'top-1':>8}{'top-5':>8}{'mean class acc':>16}"]
     lines.append("-" * len(lines[-1]))
     for name, key in rows:
-        lines.append(f"{name:<42}{pct(report[key + '_top1']):>8}{pct(report[key + '_top5']):>8}"
-                     f"{pct(report[key + '_mean_class_accuracy']):>16}")
-    lines.append(f"{'chance':<42}{pct(report['chance']):>8}{pct(report['chance_top5']):>8}{pct(report['chance']):>16}")
+        lines.append(f"{name:<42}{percent(report[key + '_top1']):>8}{percent(report[key + '_top5']):>8}"
+                     f"{percent(report[key + '_mean_class_accuracy']):>16}")
+    lines.append(f"{'chance':<42}{percent(report['chance']):>8}{percent(report['chance_top5']):>8}"
+                 f"{percent(report['chance']):>16}")
     if report.get("seen_top1") is not None:
-        lines.append(f"(seen classes, CLS head on held-out videos: top-1 {pct(report['seen_top1']).strip()})")
+        lines.append(f"(seen classes, CLS head on held-out videos: top-1 {percent(report['seen_top1']).strip()})")
     t = report["targets"]
     ratio = report["unseen_top1"] / report["chance"]
     margin = 100 * (report["unseen_top1"] - report["semantic_baseline_top1"])
     lines.append(f"targets: top-1 >= {CHANCE_FACTOR:g}x chance: {'yes' if t['unseen_top1_at_least_3x_chance'] else 'NO'} "
                  f"({ratio:.1f}x); above the semantic-space baseline: "
                  f"{'yes' if t['unseen_top1_above_semantic_baseline'] else 'NO'} ({margin:+.1f} points)")
-    lines.append(f"time: {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in
-                                                            report["seconds_by_step"].items()) + ")")
-    files = report.get("files", {})
-    if files:
-        lines.append("files: " + ", ".join(f"{k} {v}" for k, v in files.items()))
+    lines += time_and_files(report)
     return "\n".join(lines)
