@@ -41,8 +41,8 @@ import torch
 
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
-                      time_and_files, torch_threads, write_report)
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment,
+                      finish_report, loader, percent, time_and_files, torch_threads)
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
 
@@ -126,7 +126,8 @@ class MZSTDemoConfig(DemoSettings):
                              "(SyntheticConfig.audio_visual(...))")
         unknown = [r for r in self.runs if r not in RUNS]
         if unknown or MAIN_RUN not in self.runs or len(set(self.runs)) != len(self.runs):
-            raise ValueError(f"runs must be distinct names of {list(RUNS)} including {MAIN_RUN!r}, got {list(self.runs)}")
+            raise ValueError(f"runs must be distinct names of {list(RUNS)} including {MAIN_RUN!r}, "
+                             f"got {list(self.runs)}")
         for name in ("stride", "eval_clips", "batch_size", "epochs", "calibration_seen_per_class",
                      "calibration_unseen_per_class"):
             if getattr(self, name) < 1:
@@ -281,8 +282,9 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
     encoded_unseen: dict[str, Any] = {}
     for run in cfg.runs:
         modalities, title = RUNS[run]
+        epochs = f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}"
         with steps(f"train_{run}", f"{title}: training {cfg.model} ({' + '.join(modalities)}) on the seen classes "
-                                   f"for {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, then ZSL and GZSL on the test videos"):
+                                   f"for {epochs}, then ZSL and GZSL on the test videos"):
             overrides = cfg.model_overrides(run)
             train_cfg = TrainConfig(
                 model=cfg.model, model_args=overrides,
@@ -362,12 +364,7 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
             "config": cfg.to_dict(),
             "environment": environment(trainer.device),
         }
-    report["seconds_by_step"] = steps.seconds
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    write_report(cfg.report_path, report)
-    if verbose:
-        print(format_mzst_report(report), flush=True)
-    return report
+    return finish_report(report, cfg, steps, start, format_mzst_report, verbose)
 
 
 def _run_summary(zsl: dict, gzsl: dict, seen_top1: float) -> dict[str, Any]:
