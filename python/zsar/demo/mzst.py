@@ -93,7 +93,7 @@ class MZSTDemoConfig(DemoSettings):
     stride 3 span a 24-frame video, and the centre crop keeps the object in view. ``threads=1``:
     the tiny model's operations are too small to gain much from a second thread, and on a busy
     machine (or in a container with fewer free cores than torch assumes) the threads of every
-    operation wait for the slowest, which made training steps ten times slower in our measurements.
+    operation wait for the slowest, and the demo's time then depends on the other load.
     """
 
     out_dir: str = "runs/demo-mzst"
