@@ -427,7 +427,7 @@ def format_mzst_report(report: dict[str, Any]) -> str:
         g = r["gzsl"]
         lines.append(f"{RUNS[run][1]:<24}{percent(r['unseen_top1']):>10}{percent(r['unseen_top5']):>8}"
                      f"{percent(r['unseen_mean_class_accuracy']):>10}{percent(g['S']):>9}{percent(g['U']):>8}"
-                     f"{percent(g['HM']):>8}{g['beta']:>7.2f}")
+                     f"{percent(g['HM']):>8}{g['beta']:>7.3f}")
     lines.append(f"{'chance':<24}{percent(report['chance']):>10}{percent(report['chance_top5']):>8}"
                  f"{percent(report['chance']):>10}")
     main = report["runs"][MAIN_RUN]
