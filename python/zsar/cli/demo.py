@@ -70,13 +70,16 @@ def add_arguments(parser) -> None:
                       help=f"shape words (default {','.join(d.data.shapes)}; mzst {','.join(m.data.shapes)})")
     size.add_argument("--motions", default=None, metavar="A,B,..",
                       help=f"motion phrases (default {','.join(d.data.motions)}; mzst {','.join(m.data.motions)})")
-    size.add_argument("--sounds", default=None, metavar="A,B,..", help=f"sound words (mzst; default {','.join(m.data.sounds)})")
+    size.add_argument("--sounds", default=None, metavar="A,B,..",
+                      help=f"sound words (mzst; default {','.join(m.data.sounds)})")
     size.add_argument("--unseen-fraction", type=float, default=None,
                       help=f"share of compositions held out (rest; default {d.data.unseen_fraction})")
     size.add_argument("--train-videos", type=int, default=None, metavar="N",
-                      help=f"training videos per seen class (default {d.data.train_per_class})")
+                      help=f"training videos per seen class (default {d.data.train_per_class}; "
+                           f"mzst {m.data.train_per_class})")
     size.add_argument("--test-videos", type=int, default=None, metavar="N",
-                      help=f"test videos per unseen class (default {d.data.unseen_per_class})")
+                      help=f"test videos per unseen class (default {d.data.unseen_per_class}; "
+                           f"mzst {m.data.unseen_per_class})")
     size.add_argument("--frame-size", type=int, default=None, metavar="PX",
                       help=f"video width and height (default {d.data.size}; mzst {m.data.size})")
     size.add_argument("--noise", type=float, default=None, help=f"pixel noise std (default {d.data.noise})")
@@ -84,10 +87,13 @@ def add_arguments(parser) -> None:
     size.add_argument("--format", default=None, choices=(".webm", ".mp4", ".avi", ".mkv"),
                       help=f"video container/codec (default {d.data.ext}: VP9)")
     train = parser.add_argument_group("training and transfer")
-    train.add_argument("--warmup-epochs", type=int, default=None, help=f"stage-1 epochs (rest; default {d.warmup_epochs})")
-    train.add_argument("--joint-epochs", type=int, default=None, help=f"stage-2 epochs (rest; default {d.joint_epochs})")
+    train.add_argument("--warmup-epochs", type=int, default=None,
+                       help=f"stage-1 epochs (rest; default {d.warmup_epochs})")
+    train.add_argument("--joint-epochs", type=int, default=None,
+                       help=f"stage-2 epochs (rest; default {d.joint_epochs})")
     train.add_argument("--epochs", type=int, default=None, help=f"epochs of each model (mzst; default {m.epochs})")
-    train.add_argument("--batch-size", type=int, default=None, help=f"clips per step (default {d.batch_size})")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help=f"clips per step (default {d.batch_size}; mzst {m.batch_size})")
     train.add_argument("--transfer", default=None, metavar="THETA,K,RHO",
                        help="fix the transfer program's (ϑ, K, ρ) instead of choosing them by 5-fold "
                             "cross-validation over the seen classes (rest)")

@@ -26,8 +26,8 @@ from ..data.loader import VideoClipDataset, clip_audio, clip_centre_seconds
 from ..data.synthetic import SyntheticConfig
 from ..data.transforms import ClipSpec, apply_plan
 
-__all__ = ["DemoSettings", "MediaCache", "CachedClipDataset", "Steps", "loader", "default_workers", "torch_threads", "environment",
-           "write_report", "percent", "time_and_files"]
+__all__ = ["DemoSettings", "MediaCache", "CachedClipDataset", "Steps", "loader", "default_workers", "torch_threads",
+           "environment", "finish_report", "percent", "time_and_files"]
 
 
 @dataclass
@@ -198,9 +198,18 @@ def environment(device) -> dict[str, Any]:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
+def finish_report(report: dict[str, Any], config: DemoSettings, steps: Steps, start: float, table,
+                  verbose: bool) -> dict[str, Any]:
+    """Adds the timings (total seconds since ``start``, seconds per step) to a demo's report, writes
+    it to ``config.report_path`` and, when ``verbose``, prints ``table(report)``."""
+    report["seconds_by_step"] = steps.seconds
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    path = config.report_path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
+    if verbose:
+        print(table(report), flush=True)
+    return report
 
 
 def percent(value: float | None) -> str:

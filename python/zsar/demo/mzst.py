@@ -41,8 +41,8 @@ import torch
 
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
-                      time_and_files, torch_threads, write_report)
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment,
+                      finish_report, loader, percent, time_and_files, torch_threads)
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
 
@@ -93,7 +93,7 @@ class MZSTDemoConfig(DemoSettings):
     stride 3 span a 24-frame video, and the centre crop keeps the object in view. ``threads=1``:
     the tiny model's operations are too small to gain much from a second thread, and on a busy
     machine (or in a container with fewer free cores than torch assumes) the threads of every
-    operation wait for the slowest, which made training steps ten times slower in our measurements.
+    operation wait for the slowest, and the demo's time then depends on the other load.
     """
 
     out_dir: str = "runs/demo-mzst"
@@ -126,7 +126,8 @@ class MZSTDemoConfig(DemoSettings):
                              "(SyntheticConfig.audio_visual(...))")
         unknown = [r for r in self.runs if r not in RUNS]
         if unknown or MAIN_RUN not in self.runs or len(set(self.runs)) != len(self.runs):
-            raise ValueError(f"runs must be distinct names of {list(RUNS)} including {MAIN_RUN!r}, got {list(self.runs)}")
+            raise ValueError(f"runs must be distinct names of {list(RUNS)} including {MAIN_RUN!r}, "
+                             f"got {list(self.runs)}")
         for name in ("stride", "eval_clips", "batch_size", "epochs", "calibration_seen_per_class",
                      "calibration_unseen_per_class"):
             if getattr(self, name) < 1:
@@ -281,8 +282,9 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
     encoded_unseen: dict[str, Any] = {}
     for run in cfg.runs:
         modalities, title = RUNS[run]
+        epochs = f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}"
         with steps(f"train_{run}", f"{title}: training {cfg.model} ({' + '.join(modalities)}) on the seen classes "
-                                   f"for {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, then ZSL and GZSL on the test videos"):
+                                   f"for {epochs}, then ZSL and GZSL on the test videos"):
             overrides = cfg.model_overrides(run)
             train_cfg = TrainConfig(
                 model=cfg.model, model_args=overrides,
@@ -362,12 +364,7 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
             "config": cfg.to_dict(),
             "environment": environment(trainer.device),
         }
-    report["seconds_by_step"] = steps.seconds
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    write_report(cfg.report_path, report)
-    if verbose:
-        print(format_mzst_report(report), flush=True)
-    return report
+    return finish_report(report, cfg, steps, start, format_mzst_report, verbose)
 
 
 def _run_summary(zsl: dict, gzsl: dict, seen_top1: float) -> dict[str, Any]:
@@ -430,7 +427,7 @@ def format_mzst_report(report: dict[str, Any]) -> str:
         g = r["gzsl"]
         lines.append(f"{RUNS[run][1]:<24}{percent(r['unseen_top1']):>10}{percent(r['unseen_top5']):>8}"
                      f"{percent(r['unseen_mean_class_accuracy']):>10}{percent(g['S']):>9}{percent(g['U']):>8}"
-                     f"{percent(g['HM']):>8}{g['beta']:>7.2f}")
+                     f"{percent(g['HM']):>8}{g['beta']:>7.3f}")
     lines.append(f"{'chance':<24}{percent(report['chance']):>10}{percent(report['chance_top5']):>8}"
                  f"{percent(report['chance']):>10}")
     main = report["runs"][MAIN_RUN]

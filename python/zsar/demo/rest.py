@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment, loader, percent,
-                      time_and_files, write_report)
+from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment,
+                      finish_report, loader, percent, time_and_files)
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
 
@@ -232,12 +232,7 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
             "config": cfg.to_dict(),
             "environment": environment(trainer.device),
         }
-    report["seconds_by_step"] = steps.seconds
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    write_report(cfg.report_path, report)
-    if verbose:
-        print(format_report(report), flush=True)
-    return report
+    return finish_report(report, cfg, steps, start, format_report, verbose)
 
 
 def _metrics(result: dict) -> dict[str, float]:
