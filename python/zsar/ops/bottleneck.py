@@ -59,12 +59,7 @@ class BottleneckAttentionInputs(AttentionInputs):
 
     def validate(self) -> None:
         self.check_qkv(_OP)
-        L = self.q.shape[2]
-        n_fusion = self.n_fusion
-        if isinstance(n_fusion, bool) or not isinstance(n_fusion, (int, torch.SymInt)):
-            raise TypeError(f"{_OP}: n_fusion must be an int, got {type(n_fusion).__name__}")
-        if not 0 <= n_fusion <= L:
-            raise ValueError(f"{_OP}: n_fusion must be in [0, L={L}], got {n_fusion}")
+        self.check_fixed(_OP, "n_fusion", self.n_fusion, 0)
         self.check_lengths(_OP, "n_valid", self.n_valid)
 
 

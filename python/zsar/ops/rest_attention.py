@@ -71,12 +71,7 @@ class MaskedAttentionInputs(AttentionInputs):
 
     def validate(self) -> None:
         self.check_qkv(_OP)
-        L = self.q.shape[2]
-        n_visual = self.n_visual
-        if isinstance(n_visual, bool) or not isinstance(n_visual, (int, torch.SymInt)):
-            raise TypeError(f"{_OP}: n_visual must be an int, got {type(n_visual).__name__}")
-        if not 1 <= n_visual <= L:
-            raise ValueError(f"{_OP}: n_visual must be in [1, L={L}], got {n_visual}")
+        self.check_fixed(_OP, "n_visual", self.n_visual, 1)
         self.check_lengths(_OP, "n_text", self.n_text)
         if not isinstance(self.full, bool):
             raise TypeError(f"{_OP}: full must be a bool, got {type(self.full).__name__}")

@@ -142,6 +142,14 @@ class AttentionInputs(OpInputs):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
 
+    def check_fixed(self, op: str, name: str, value, low: int) -> None:
+        """Checks the fixed token count of a mask (an int in ``[low, L]``)."""
+        L = self.q.shape[2]
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+        if not low <= value <= L:
+            raise ValueError(f"{op}: {name} must be in [{low}, L={L}], got {value}")
+
     def check_lengths(self, op: str, name: str, lengths) -> None:
         """Checks a per-sample count tensor: int32 ``(B,)``, contiguous, on the device of ``q``."""
         B = self.q.shape[0]
