@@ -16,7 +16,8 @@ from zsar.data.batch import Batch, Sample, collate
 from zsar.data.loader import load_clip
 from zsar.data.synthetic import SyntheticConfig, generate_benchmark
 from zsar.models import create_model
-from zsar.models.mzst import MZST, MZSTConfig, bottleneck_attention
+from zsar.models.mzst import MZST, MZSTConfig
+from zsar.ops import bottleneck_attention
 from zsar.text.vocab import WordVocab, mask_words
 
 from videos import make_video

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,19 @@ def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> d
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+@contextlib.contextmanager
+def quiet_model_loading():
+    """No "Loading weights" progress bar from Hugging Face transformers while loading local models
+    (a label embedder, a backbone): it would print on every ``zsar predict``/``eval``. Restores the
+    previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -27,438 +27,23 @@ and the demo). :class:`MZST` documents every choice the paper leaves open.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops as fused_ops
-from ..config import from_dict as config_from_dict
 from ..text.vocab import WordVocab, mask_words
+from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
-from .layers import Mlp, init_transformer_weights
+from .fusion import AVTFusion, LateFusion, TextStream
+from .layers import MaskedWordHead, init_transformer_weights
+from .mzst_config import MZSTConfig
 from .registry import register_model
+from .weights import load_audio_weights, load_video_weights
 
-__all__ = ["MZST", "MZSTConfig", "VIDEO_BACKBONES", "AUDIO_BACKBONES", "bottleneck_attention"]
-
-MODALITIES = ("video", "audio")
-LOSSES = ("task", "se", "mlm")
-FUSIONS = ("bottleneck", "concat")
-FUSION_ORDERS = ("sequential", "parallel")
-HEADS_FROM = ("av_pass", "joint_pass")
-
-
-# ---- attention -----------------------------------------------------------------------------------
-
-
-def bottleneck_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_valid: torch.Tensor,
-                         n_fusion: int) -> torch.Tensor:
-    """Attention of every fusion layer: the fused op :func:`zsar.ops.bottleneck_attention`.
-
-    ``q, k, v``: ``(B, H, L, Dh)``. The valid positions of sample b are ``[0, n_valid[b])`` and the
-    last ``n_fusion``; every valid query attends every valid key, padding rows are 0 and are never
-    attended. The model builds ``n_valid`` itself, so its range is not read back (no device sync per
-    layer); the kernels clamp it either way.
-    """
-    return fused_ops.bottleneck_attention(q, k, v, n_valid.to(torch.int32), n_fusion, check_n_valid=False)
-
-
-# ---- backbones -----------------------------------------------------------------------------------
-
-
-def _conv_out(size: Sequence[int], conv: nn.Module) -> list[int]:
-    return [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, conv.kernel_size, conv.stride, conv.padding)]
-
-
-class MViTTokens(nn.Module):
-    """A torchvision MViT without its classifier: clips ``(B, T, 3, H, W)`` -> the final stage's
-    tokens ``(B, T' H' W', C)`` after the final norm (its class token dropped)."""
-
-    def __init__(self, net: nn.Module, frames: int, image_size: int):
-        super().__init__()
-        net.head = nn.Identity()  # the Kinetics classifier is not used
-        self.net = net
-        thw = _conv_out((frames, image_size, image_size), net.conv_proj)
-        for block in net.blocks:
-            if block.attn.pool_q is not None:
-                thw = _conv_out(thw, block.attn.pool_q.pool)
-        self.grid = tuple(thw)
-        self.num_tokens = math.prod(thw)
-        self.dim = net.norm.normalized_shape[0]
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        x = net.conv_proj(clips.transpose(1, 2))  # (B, C, T', H', W')
-        x = net.pos_encoding(x.flatten(2).transpose(1, 2))
-        thw = (net.pos_encoding.temporal_size,) + tuple(net.pos_encoding.spatial_size)
-        for block in net.blocks:
-            x, thw = block(x, thw)
-        return net.norm(x)[:, 1:]
-
-
-def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
-    from torchvision.models.video import mvit_v2_s
-
-    # torchvision builds MViTv2-S for 16 x 224^2 only (its relative position tables are sized for it).
-    if (frames, image_size) != (16, 224):
-        raise ValueError(f"mvit_v2_s takes 16 frames of 224 x 224 (torchvision's fixed input), got frames={frames}, "
-                         f"image_size={image_size}")
-    return MViTTokens(mvit_v2_s(weights=None), frames, image_size)
-
-
-def _mvit_tiny(frames: int, image_size: int) -> MViTTokens:
-    """Two MViTv2 blocks (widths 32 -> 64, one query pooling) over 2x8x8 patches: 64 tokens from 8x64x64."""
-    from torchvision.models.video.mvit import MSBlockConfig, MViT
-
-    def block(heads, c_in, c_out, stride_q, stride_kv):
-        return MSBlockConfig(num_heads=heads, input_channels=c_in, output_channels=c_out, kernel_q=[3, 3, 3],
-                             kernel_kv=[3, 3, 3], stride_q=stride_q, stride_kv=stride_kv)
-
-    net = MViT(spatial_size=(image_size, image_size), temporal_size=frames,
-               block_setting=[block(1, 32, 64, [1, 2, 2], [1, 2, 2]), block(2, 64, 64, [1, 1, 1], [1, 1, 1])],
-               residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True,
-               dropout=0.0, num_classes=1, patch_embed_stride=(2, 8, 8))
-    return MViTTokens(net, frames, image_size)
-
-
-class ASTTokens(nn.Module):
-    """Hugging Face's ``ASTModel``: log-mel ``(B, frames, mel_bins)`` -> its patch tokens after the
-    final norm ``(B, F' x T', hidden)`` (the CLS and distillation tokens dropped)."""
-
-    def __init__(self, config):
-        super().__init__()
-        from transformers import ASTModel
-
-        self.net = ASTModel(config)
-        f, t = self.net.embeddings.get_shape(config)
-        self.grid = (f, t)
-        self.num_tokens = f * t
-        self.dim = config.hidden_size
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.net(audio).last_hidden_state[:, 2:]
-
-
-def _ast(audio_length: int, mel_bins: int, **sizes) -> ASTTokens:
-    from transformers import ASTConfig
-
-    return ASTTokens(ASTConfig(max_length=audio_length, num_mel_bins=mel_bins, **sizes))
-
-
-#: Video backbones: name -> builder ``(frames, image_size) -> MViTTokens``.
-VIDEO_BACKBONES: dict[str, Callable[[int, int], MViTTokens]] = {
-    "mvit_v2_s": _mvit_v2_s,  # 34.5 M parameters; 16 x 224^2 -> 8 x 7 x 7 = 392 tokens of 768
-    "mvit_tiny": _mvit_tiny,
-}
-#: Audio backbones: name -> builder ``(audio_length, mel_bins) -> ASTTokens``.
-AUDIO_BACKBONES: dict[str, Callable[[int, int], ASTTokens]] = {
-    # ViT-B/16, 16 x 16 patches with stride 10: 128 x 1024 -> 12 x 101 = 1,212 tokens of 768
-    "ast_base": lambda length, mel: _ast(length, mel),
-    "ast_tiny": lambda length, mel: _ast(length, mel, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=128, frequency_stride=16, time_stride=16),
-}
-
-
-def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file: safetensors, or a PyTorch file read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} is not a file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-            raise ValueError(f"{what}: cannot read {path} as PyTorch weights ({e})") from e
-    for key in ("state_dict", "model"):  # training checkpoints often wrap the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{what}: {path} does not hold a state dict (a mapping of names to tensors)")
-    return state
-
-
-def load_video_weights(encoder: MViTTokens, path: str | Path) -> None:
-    """Loads a torchvision MViT state dict (e.g. ``MViT_V2_S_Weights.KINETICS400_V1``, saved locally)
-    into ``encoder``; the classifier (``head.*``) is ignored.
-
-    Raises:
-        ValueError: names or shapes differ from the encoder's (the message lists the first few).
-    """
-    state = {k: v for k, v in _read_state_dict(path, "video_weights").items() if not k.startswith("head.")}
-    own = encoder.net.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and v.shape != own[k].shape]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if bad or missing or unexpected:
-        raise ValueError(f"video_weights: {path} does not match the MViT built for these frames and image size: "
-                         f"shape mismatches {bad[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]}")
-    encoder.net.load_state_dict(state)
-
-
-def load_audio_weights(encoder: ASTTokens, source) -> None:
-    """Loads AST weights into ``encoder``: a local Hugging Face folder (``config.json`` +
-    ``model.safetensors``, e.g. a saved ``MIT/ast-finetuned-audioset-10-10-0.4593``), a weights file,
-    or a state dict. Names of older transformers versions and an ``ASTForAudioClassification``
-    prefix are converted by transformers; the classifier is ignored. Nothing is downloaded.
-
-    Raises:
-        ValueError: the weights do not fit the encoder's configuration.
-    """
-    from transformers import ASTModel
-
-    from ..text.embedders import _quiet_model_loading
-
-    own_cfg = encoder.net.config
-    with _quiet_model_loading():
-        if isinstance(source, dict):
-            state, name = source, "the given state dict"
-        elif Path(source).is_dir():
-            state, name = None, str(source)
-        else:
-            state, name = _read_state_dict(source, "audio_weights"), str(source)
-        try:
-            if state is None:
-                loaded, info = ASTModel.from_pretrained(str(source), local_files_only=True, use_safetensors=True,
-                                                        output_loading_info=True)
-            else:
-                loaded, info = ASTModel.from_pretrained(None, config=own_cfg, state_dict=state,
-                                                        output_loading_info=True)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"audio_weights: cannot load AST weights from {name}: {e}") from e
-    keys = ("hidden_size", "num_hidden_layers", "patch_size", "frequency_stride", "time_stride", "max_length",
-            "num_mel_bins")
-    differ = {k: (getattr(loaded.config, k), getattr(own_cfg, k)) for k in keys
-              if getattr(loaded.config, k) != getattr(own_cfg, k)}
-    if differ or info.get("missing_keys") or info.get("mismatched_keys"):
-        raise ValueError(f"audio_weights: {name} does not fit this AST: config (theirs, ours) {differ}, "
-                         f"missing {sorted(info.get('missing_keys', []))[:3]}, "
-                         f"mismatched {list(info.get('mismatched_keys', []))[:3]}")
-    encoder.net.load_state_dict(loaded.state_dict())
-
-
-# ---- fusion --------------------------------------------------------------------------------------
-
-
-class FusionLayer(nn.Module):
-    """Pre-norm transformer layer (the paper's Eq. 2) whose attention is :func:`bottleneck_attention`."""
-
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.heads = heads
-        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, mlp_dim, dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, n_valid: torch.Tensor, n_fusion: int) -> torch.Tensor:
-        B, L, D = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = (t.contiguous() for t in qkv)
-        out = bottleneck_attention(q, k, v, n_valid, n_fusion)
-        x = x + self.drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))
-        return x + self.mlp(self.norm2(x))
-
-
-class TextStream(nn.Module):
-    """The text stream's own parts, used in training only: CLS_T, word and position embeddings, one
-    layer per fusion block (run by :class:`AVTFusion`) and a final norm."""
-
-    def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, mlp_dim: int, max_words: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=WordVocab.pad_id)
-        self.word_pos = nn.Parameter(torch.zeros(1, max_words, dim))
-        self.layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-
-    def tokens(self, word_ids: torch.Tensor) -> torch.Tensor:
-        """``[CLS_T, words]`` ``(B, 1 + W, D)`` for word ids ``(B, W)``."""
-        words = self.word_embed(word_ids) + self.word_pos[:, :word_ids.shape[1]]
-        return torch.cat([self.cls_token.expand(words.shape[0], -1, -1), words], 1)
-
-
-class AVTFusion(nn.Module):
-    """The AVT fusion network: K blocks of (AV layer, text layer) sharing ``n_fusion`` fusion tokens.
-
-    ``forward(av, av_valid, text=None, text_valid=None, text_stream=None, text_free_av=False)``
-    takes each stream's tokens without the fusion slots (``av``: ``(B, L_av, D)`` with ``av_valid``
-    valid tokens per sample; ``text`` likewise, run through ``text_stream``'s layers) and returns
-    the normalised outputs ``(av_out, text_out)`` of the same shapes (``text_out`` None without
-    text). With text and ``text_free_av``, ``av_out`` is instead the AV stream run without text
-    (what inference computes), next to the joint pass that gives ``text_out``; the two share their
-    first AV layer, which text has not reached yet.
-    """
-
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, n_fusion: int, order: str,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.n_fusion, self.order = n_fusion, order
-        self.fusion_tokens = nn.Parameter(torch.randn(1, n_fusion, dim) * 0.02)  # N(0, 0.02), as in the paper
-        self.av_layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth))
-        self.av_norm = nn.LayerNorm(dim)
-
-    def _av_step(self, layer: FusionLayer, av, f, av_valid):
-        out = layer(torch.cat([av, f], 1), av_valid, self.n_fusion)
-        return out[:, :-self.n_fusion], out[:, -self.n_fusion:]
-
-    def forward(self, av, av_valid, text=None, text_valid=None, text_stream: TextStream | None = None,
-                text_free_av: bool = False):
-        n_f = self.n_fusion
-        f = self.fusion_tokens.expand(av.shape[0], -1, -1).to(av.dtype)
-        alone = None  # (tokens, fusion tokens) of the text-free AV pass, when asked for
-        for k, av_layer in enumerate(self.av_layers):
-            av, f_av = self._av_step(av_layer, av, f, av_valid)
-            if text is None:  # inference: the AV stream alone
-                f = f_av
-                continue
-            if text_free_av:
-                alone = (av, f_av) if k == 0 else self._av_step(av_layer, *alone, av_valid)
-            text_layer = text_stream.layers[k]
-            out = text_layer(torch.cat([text, f_av if self.order == "sequential" else f], 1), text_valid, n_f)
-            text, f_text = out[:, :-n_f], out[:, -n_f:]
-            f = 0.5 * (f_av + f_text)
-        av_out = self.av_norm(alone[0] if alone is not None else av)
-        return av_out, (text_stream.norm(text) if text is not None else None)
-
-
-class StreamEncoder(nn.Module):
-    """One modality's own transformer over ``[CLS, tokens]`` (no fusion tokens); returns its
-    normalised CLS output."""
-
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.layers = nn.ModuleList(FusionLayer(dim, heads, mlp_dim, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, n_valid, 0)
-        return self.norm(x[:, 0])
-
-
-class LateFusion(nn.Module):
-    """Feature concatenation (the paper's Table 7 ablation): a :class:`StreamEncoder` per modality
-    with its own CLS token, and the CLS outputs concatenated ``(B, M x D)``."""
-
-    def __init__(self, modalities: Sequence[str], dim: int, depth: int, heads: int, mlp_dim: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.cls_tokens = nn.Parameter(torch.zeros(1, len(modalities), dim))
-        self.streams = nn.ModuleDict({m: StreamEncoder(dim, depth, heads, mlp_dim, dropout) for m in modalities})
-
-    def forward(self, tokens: dict[str, torch.Tensor], n_valid: dict[str, torch.Tensor]) -> torch.Tensor:
-        outs = []
-        for i, (modality, stream) in enumerate(self.streams.items()):
-            x = tokens[modality]
-            x = torch.cat([self.cls_tokens[:, i:i + 1].expand(x.shape[0], -1, -1), x], 1)
-            outs.append(stream(x, n_valid[modality]))
-        return torch.cat(outs, -1)
-
-
-# ---- the model -----------------------------------------------------------------------------------
-
-
-@dataclass
-class MZSTConfig:
-    """Everything that rebuilds an MZST architecture; round-trips through JSON (see :class:`MZST`)."""
-
-    modalities: tuple[str, ...] = ("video", "audio")
-    video_backbone: str = "mvit_v2_s"
-    audio_backbone: str = "ast_base"
-    frames: int = 16
-    image_size: int = 224
-    audio_length: int = 1024  # log-mel frames (10 ms each)
-    mel_bins: int = 128
-    dim: int = 768
-    fusion_blocks: int = 4
-    heads: int = 12
-    mlp_dim: int = 3072
-    fusion_tokens: int = 4
-    dropout: float = 0.1
-    fusion: str = "bottleneck"
-    fusion_order: str = "sequential"
-    heads_from: str = "av_pass"
-    losses: tuple[str, ...] = ("task", "se", "mlm")
-    normalize_targets: bool = False
-    num_classes: int = 400
-    embed_dim: int = 300
-    max_words: int = 8
-    vocab: list[str] = field(default_factory=list)  # WordVocab.to_list(); empty: specials only
-    mask_prob: float = 0.15
-    loss_milestones: tuple[int, ...] = (20, 40)
-    se_weights: tuple[float, ...] = (0.25, 0.1, 0.05)
-    mlm_weights: tuple[float, ...] = (0.25, 0.1, 0.05)
-    freeze_backbones: bool = False
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-
-    def __post_init__(self):
-        for name in ("modalities", "losses", "loss_milestones", "se_weights", "mlm_weights"):
-            setattr(self, name, tuple(getattr(self, name)))  # lists from JSON
-        self.vocab = list(self.vocab)
-
-        def one_of(name, allowed):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-        def subset_of(name, allowed):
-            values = getattr(self, name)
-            if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
-                raise ValueError(f"{name} must be a non-empty set of {allowed}, got {list(values)}")
-
-        subset_of("modalities", MODALITIES)
-        subset_of("losses", LOSSES)
-        if "video" in self.modalities:
-            one_of("video_backbone", tuple(VIDEO_BACKBONES))
-        if "audio" in self.modalities:
-            one_of("audio_backbone", tuple(AUDIO_BACKBONES))
-        one_of("fusion", FUSIONS)
-        one_of("fusion_order", FUSION_ORDERS)
-        one_of("heads_from", HEADS_FROM)
-        if not {"task", "se"} & set(self.losses):
-            raise ValueError(f"losses must include 'task' or 'se' (zero-shot needs one of them), got {list(self.losses)}")
-        if self.fusion == "concat" and "mlm" in self.losses:
-            raise ValueError("fusion='concat' has no fusion tokens through which words could meet the video and "
-                             "audio, so the MLM loss would learn nothing about them; use losses=('task', 'se')")
-        for name in ("frames", "image_size", "audio_length", "mel_bins", "dim", "fusion_blocks", "heads", "mlp_dim",
-                     "fusion_tokens", "num_classes", "embed_dim", "max_words", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if not 0.0 <= self.mask_prob <= 1.0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1] and dropout in [0, 1), got {self.mask_prob}, {self.dropout}")
-        if list(self.loss_milestones) != sorted(set(self.loss_milestones)):
-            raise ValueError(f"loss_milestones must be increasing epochs, got {list(self.loss_milestones)}")
-        for name in ("se_weights", "mlm_weights"):
-            if len(getattr(self, name)) != len(self.loss_milestones) + 1:
-                raise ValueError(f"{name} needs one weight per period: {len(self.loss_milestones) + 1} for "
-                                 f"loss_milestones {list(self.loss_milestones)}, got {list(getattr(self, name))}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MZSTConfig":
-        """The config of a dict (e.g. from JSON); unknown keys and mistyped values raise, naming the key."""
-        return config_from_dict(cls, data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
+__all__ = ["MZST", "MZSTConfig", "build_mzst"]
 
 class MZST(ZeroShotModel):
     """The multimodal zero-shot transformer (see the module docstring for the architecture).
@@ -550,7 +135,7 @@ class MZST(ZeroShotModel):
         self.text_stream = self.mlm_head = None
         if self.with_text:
             self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout)
-            self.mlm_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D), nn.Linear(D, len(self.vocab)))
+            self.mlm_head = MaskedWordHead(D, len(self.vocab))
         self.task_head = nn.Linear(head_in, c.num_classes) if "task" in c.losses else None
         self.semantic_head = nn.Sequential(nn.Linear(head_in, D), nn.GELU(), nn.Linear(D, c.embed_dim)) \
             if "se" in c.losses else None
@@ -789,10 +374,7 @@ class MZST(ZeroShotModel):
             out["loss_se"] = self._se_loss(self.semantic_head(h).float(), labels, batch)
             loss = loss + se_weight * out["loss_se"]
         if self.with_text:
-            word_logits = self.mlm_head(text_out).flatten(0, 1).float()
-            # A sum over a count clamped at 1: finite without words, and no host sync.
-            total = F.cross_entropy(word_logits, targets.flatten(), ignore_index=-100, reduction="sum")
-            out["loss_mlm"] = total / (targets >= 0).sum().clamp(min=1)
+            out["loss_mlm"] = self.mlm_head.loss(text_out, targets)
             loss = loss + mlm_weight * out["loss_mlm"]
         out["loss"] = loss
         return out
@@ -817,15 +399,7 @@ class MZST(ZeroShotModel):
         return (f - target).pow(2).sum(-1).mean()
 
 
-# ---- registry ------------------------------------------------------------------------------------
-
-#: name -> MZSTConfig defaults. ``mzst_tiny``: small MViT/AST (8 x 64^2 video -> 64 tokens, 128 x 256
-#: log-mel -> 128 tokens), width 64, 2 fusion blocks: a CPU training step at batch 4 in well under a second.
-MZST_VARIANTS: dict[str, dict] = {
-    "mzst": dict(),
-    "mzst_tiny": dict(video_backbone="mvit_tiny", audio_backbone="ast_tiny", frames=8, image_size=64,
-                      audio_length=256, dim=64, fusion_blocks=2, heads=4, mlp_dim=128, dropout=0.0),
-}
+# ---- registration --------------------------------------------------------------------------------
 
 
 def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_embeddings=None,
@@ -866,13 +440,18 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
     return model
 
 
-def _register(name: str, defaults: dict):
-    @register_model(name, label_embeddings=True)
-    def build(class_names=None, **kwargs):
-        return build_mzst(defaults, class_names, **kwargs)
+@register_model("mzst", label_embeddings=True)
+def mzst(class_names=None, **kwargs) -> MZST:
+    """MZST at the paper's sizes: MViTv2-S (16 x 224^2) and AST-Base, width 768, 4 fusion blocks
+    (arguments: :func:`build_mzst`)."""
+    return build_mzst({}, class_names, **kwargs)
 
-    build.__doc__ = f"MZST variant {name}: {defaults or 'the paper sizes'} (arguments: see build_mzst)."
 
-
-for _name, _defaults in MZST_VARIANTS.items():
-    _register(_name, _defaults)
+@register_model("mzst_tiny", label_embeddings=True)
+def mzst_tiny(class_names=None, **kwargs) -> MZST:
+    """A small MZST for CPU tests and the demo: a two-block MViT (8 x 64^2 video -> 64 tokens), a
+    two-layer AST (128 x 256 log-mel -> 128 tokens), width 64, 2 fusion blocks; a CPU training step
+    at batch 4 in well under a second (arguments: :func:`build_mzst`)."""
+    return build_mzst(dict(video_backbone="mvit_tiny", audio_backbone="ast_tiny", frames=8, image_size=64,
+                           audio_length=256, dim=64, fusion_blocks=2, heads=4, mlp_dim=128, dropout=0.0),
+                      class_names, **kwargs)

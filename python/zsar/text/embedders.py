@@ -15,7 +15,6 @@ from anywhere, a spec can only name these formats and packages, and never import
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import struct
@@ -24,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._utils import quiet_model_loading
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -251,21 +251,6 @@ def _check_sentence_model_folder(path: Path) -> None:
                          f"({', '.join(map(repr, foreign))}); zsar does not import them")
 
 
-@contextlib.contextmanager
-def _quiet_model_loading():
-    """No "Loading weights" progress bar from transformers: the model is small and local, and the
-    bar would print on every ``zsar predict``/``eval``. Restores the previous setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 class SentenceEmbedder:
     """Label -> sentence embedding through sentence-transformers, offline.
 
@@ -287,7 +272,7 @@ class SentenceEmbedder:
 
         self.model_name = str(model)
         self.model_path = _sentence_model_path(model)
-        with _quiet_model_loading():
+        with quiet_model_loading():
             self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
                                              trust_remote_code=False)
         self.name_map = dict(name_map or {})
