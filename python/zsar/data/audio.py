@@ -4,8 +4,8 @@ The pipeline (the AST input of the MZST paper): the first audio stream, decoded 
 resampled by FFmpeg to 16 kHz float and averaged over its channels; a Kaldi-compatible log-mel
 filterbank (128 bins, 25 ms Hanning window, 10 ms shift, HTK mel scale, no energy, no dither;
 Kaldi's defaults otherwise), the same definition as ``torchaudio.compliance.kaldi.fbank``
-(torchaudio is not needed); AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``; padded with
-zeros or cut to 1024 frames. Only the window
+(torchaudio is not needed); zero-padded or cut to 1024 frames, then AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``
+(AST's recipe: padded frames read 0.467). Only the window
 that gives those frames is decoded (:func:`window_samples`; ``audio_features(..., centre=t)``
 centres it on a clip, as the loaders do).
 
@@ -17,8 +17,10 @@ Conventions worth knowing:
   :func:`audio_features` then returns all padding, with ``has_audio=True``.
 * AST's loader subtracts the waveform's mean first; that is a no-op here because every frame has
   its own mean removed before anything else.
-* Padding happens after normalisation, so padded frames are exactly 0; AST's
-  reference loader pads before normalising, where padded frames read 0.467.
+* Padding happens before normalisation, as in AST's reference loader and Hugging Face's
+  ``ASTFeatureExtractor``: padded frames read ``(0 + 4.2677393) / (2 x 4.5689974) = 0.467``. A
+  file without an audio stream gives all-zero features instead (it is padding for MZST anyway,
+  flagged by ``has_audio=False``).
 """
 
 from __future__ import annotations
@@ -231,14 +233,14 @@ def fbank(waveform, sample_rate: int = 16000, num_mel_bins: int = 128, frame_len
 
 
 def normalize_fbank(features: torch.Tensor, target_length: int = 1024) -> torch.Tensor:
-    """AST's normalisation ``(x - AST_MEAN) / (2 AST_STD)``, then zero-padded or cut to ``target_length`` frames."""
+    """Zero-padded or cut to ``target_length`` frames, then AST's normalisation ``(x - AST_MEAN) / (2 AST_STD)``
+    (padding first, as AST's recipe does: padded frames read 0.467)."""
     if target_length <= 0:
         raise ValueError(f"target_length must be positive, got {target_length}")
-    out = (features - AST_MEAN) / (AST_STD * 2)
-    n = out.shape[0]
-    if n >= target_length:
-        return out[:target_length]
-    return torch.nn.functional.pad(out, (0, 0, 0, target_length - n))
+    n = features.shape[0]
+    fitted = features[:target_length] if n >= target_length else \
+        torch.nn.functional.pad(features, (0, 0, 0, target_length - n))
+    return (fitted - AST_MEAN) / (AST_STD * 2)
 
 
 def waveform_features(waveform, sample_rate: int = 16000, target_length: int = 1024,

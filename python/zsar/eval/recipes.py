@@ -104,7 +104,8 @@ class GZSLConfig(TrainConfig):
         metric: ``l2`` or ``cosine`` GZSL distance (default: the model's zero-shot head's).
         beta_grid: calibration betas (default: AVCA's 16 values evenly in [0, 3]).
         head_settings: settings of the zero-shot head (e.g. ResT's ``k``, ``theta``, ``rho``).
-        eval_clips: clips per video when evaluating.
+        eval_clips: centred clips per video when evaluating (default: the model's own views, e.g.
+            MZST's 4 clips x 3 crops).
         plot: write the S/U trade-off plot beside the report.
     """
 
@@ -116,7 +117,7 @@ class GZSLConfig(TrainConfig):
     metric: str | None = None
     beta_grid: list[float] | None = None
     head_settings: dict[str, Any] = field(default_factory=dict)
-    eval_clips: int = 1
+    eval_clips: int | None = None
     plot: bool = True
     out_dir: str = "runs/gzsl"
 
@@ -133,7 +134,7 @@ class GZSLConfig(TrainConfig):
                 self.beta_grid and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
                                        for b in self.beta_grid)):
             raise ValueError(f"config key 'beta_grid' must be a non-empty list of finite numbers, got {self.beta_grid!r}")
-        if self.eval_clips < 1:
+        if self.eval_clips is not None and self.eval_clips < 1:
             raise ValueError(f"config key 'eval_clips' must be >= 1, got {self.eval_clips}")
         if self.test_data is not None:
             self.test_data_config()  # unknown keys fail now, not after stage 1
@@ -164,7 +165,7 @@ def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
     ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win)."""
     from ..text import embedder_from_spec
 
-    spec = dict(config.embedder)
+    spec = config.embedder_spec()
     if spec.get("type") == "word_vectors" and config.split_dir is None:
         spec["name_map"] = {**avca_label_names(config.dataset, classes), **(spec.get("name_map") or {})}
     return embedder_from_spec(spec)

@@ -207,10 +207,13 @@ class ASTTokens(nn.Module):
         return self.net(audio).last_hidden_state[:, 2:]
 
 
-def _ast(audio_length: int, mel_bins: int, **sizes) -> ASTTokens:
+def _ast(audio_length: int, mel_bins: int, patch_stride: int, **sizes) -> ASTTokens:
+    """Hugging Face's AST over ``(audio_length, mel_bins)`` log-mel input with 16 x 16 patches at
+    ``patch_stride`` in both axes; its position embeddings are sized from the resulting grid."""
     from transformers import ASTConfig
 
-    return ASTTokens(ASTConfig(max_length=audio_length, num_mel_bins=mel_bins, **sizes))
+    return ASTTokens(ASTConfig(max_length=audio_length, num_mel_bins=mel_bins, frequency_stride=patch_stride,
+                               time_stride=patch_stride, **sizes))
 
 
 #: Video backbones: name -> builder ``(frames, image_size) -> MViTTokens``.
@@ -218,10 +221,11 @@ VIDEO_BACKBONES: dict[str, Callable[[int, int], MViTTokens]] = {
     "mvit_v2_s": _mvit_v2_s,  # 34.5 M parameters; 16 x 224^2 -> 8 x 7 x 7 = 392 tokens of 768
     "mvit_tiny": _mvit_tiny,
 }
-#: Audio backbones: name -> builder ``(audio_length, mel_bins) -> ASTTokens``.
-AUDIO_BACKBONES: dict[str, Callable[[int, int], ASTTokens]] = {
-    # ViT-B/16, 16 x 16 patches with stride 10: 128 x 1024 -> 12 x 101 = 1,212 tokens of 768
-    "ast_base": lambda length, mel: _ast(length, mel),
-    "ast_tiny": lambda length, mel: _ast(length, mel, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=128, frequency_stride=16, time_stride=16),
+#: Audio backbones: name -> builder ``(audio_length, mel_bins, patch_stride) -> ASTTokens``. ViT-B/16 over
+#: 128 x 1024 log-mel: stride 16 (the MZST paper's non-overlapping patches) gives 8 x 64 = 512 tokens of
+#: 768, stride 10 (AST's overlapping patches) 12 x 101 = 1,212.
+AUDIO_BACKBONES: dict[str, Callable[[int, int, int], ASTTokens]] = {
+    "ast_base": lambda length, mel, stride: _ast(length, mel, stride),
+    "ast_tiny": lambda length, mel, stride: _ast(length, mel, stride, hidden_size=64, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=128),
 }

@@ -112,11 +112,12 @@ class MZST(ZeroShotModel):
         self.config = c = config
         self.vocab = WordVocab.from_list(c.vocab) if c.vocab else WordVocab([])
         self.use_video, self.use_audio = "video" in c.modalities, "audio" in c.modalities
-        self.with_text = "mlm" in c.losses
+        self.with_mlm = "mlm" in c.losses
+        self.with_text = c.text_stream if c.text_stream is not None else self.with_mlm
         D = c.dim
 
         self.video_encoder = VIDEO_BACKBONES[c.video_backbone](c.frames, c.image_size) if self.use_video else None
-        self.audio_encoder = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins) if self.use_audio else None
+        self.audio_encoder = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins, c.audio_patch_stride) if self.use_audio else None
         self.num_video_tokens = self.video_encoder.num_tokens if self.use_video else 0
         self.num_audio_tokens = self.audio_encoder.num_tokens if self.use_audio else 0
         self.video_proj = nn.Linear(self.video_encoder.dim, D) if self.use_video else None
@@ -135,6 +136,7 @@ class MZST(ZeroShotModel):
         self.text_stream = self.mlm_head = None
         if self.with_text:
             self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout)
+        if self.with_mlm:
             self.mlm_head = MaskedWordHead(D, len(self.vocab))
         self.task_head = nn.Linear(head_in, c.num_classes) if "task" in c.losses else None
         self.semantic_head = nn.Sequential(nn.Linear(head_in, D), nn.GELU(), nn.Linear(D, c.embed_dim)) \
@@ -165,7 +167,9 @@ class MZST(ZeroShotModel):
     def inputs(self) -> ModelInputs:
         c = self.config
         audio = AudioSpec(target_length=c.audio_length, mel_bins=c.mel_bins) if self.use_audio else None
-        return ModelInputs(frames=c.frames, image_size=c.image_size, audio=audio, label_words=self.with_text)
+        return ModelInputs(frames=c.frames, image_size=c.image_size, audio=audio, label_words=self.with_text,
+                           mean=c.pixel_mean, std=c.pixel_std, eval_clips=c.eval_clips,
+                           eval_crop="three" if c.eval_crops == 3 else "center")
 
     def model_args(self) -> dict[str, Any]:
         """The config as JSON-able builder arguments (the class embeddings travel with the weights)."""
@@ -354,13 +358,14 @@ class MZST(ZeroShotModel):
         text = masked = None
         if self.with_text:
             if batch.word_ids is None or batch.n_words is None:
-                raise ValueError("the MLM loss needs batch.word_ids and batch.n_words (model.tokenize_labels of "
+                raise ValueError("the text stream needs batch.word_ids and batch.n_words (model.tokenize_labels of "
                                  "each sample's label)")
             word_ids = batch.word_ids.to(self.device)
             if word_ids.shape[1] > c.max_words:
                 raise ValueError(f"at most max_words={c.max_words} word slots, got {word_ids.shape[1]}")
-            masked, targets = mask_words(word_ids, batch.n_words, c.mask_prob, generator)
-            text = (masked, batch.n_words)
+            if self.with_mlm:
+                word_ids, targets = mask_words(word_ids, batch.n_words, c.mask_prob, generator)
+            text = (word_ids, batch.n_words)
         h, text_out, _, _ = self._representations(batch, text)
         se_weight, mlm_weight = self.loss_weights()
         out: dict[str, torch.Tensor] = {}
@@ -373,7 +378,7 @@ class MZST(ZeroShotModel):
         if self.semantic_head is not None:
             out["loss_se"] = self._se_loss(self.semantic_head(h).float(), labels, batch)
             loss = loss + se_weight * out["loss_se"]
-        if self.with_text:
+        if self.with_mlm:
             out["loss_mlm"] = self.mlm_head.loss(text_out, targets)
             loss = loss + mlm_weight * out["loss_mlm"]
         out["loss"] = loss
@@ -411,9 +416,14 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
             vocabulary of the MLM. None when rebuilding from :meth:`MZST.model_args`.
         class_embeddings: their label embeddings ``(C, embed_dim)`` (tensor, array or nested lists);
             ``embed_dim`` is taken from them. May be set later with :meth:`MZST.set_class_embeddings`.
-        video_weights: a local MViT weights file (torchvision state dict; safetensors or PyTorch).
-        audio_weights: a local Hugging Face AST folder, weights file or state dict.
-    Weights files are read once at construction and not recorded in :meth:`MZST.model_args`.
+        video_weights: torchvision MViT weights: an enum name (``"MViT_V2_S_Weights.KINETICS400_V1"``;
+            its pixel normalisation then becomes ``pixel_mean``/``pixel_std`` unless overridden) or
+            a state-dict file (safetensors or PyTorch). See :func:`zsar.models.weights.load_video_weights`.
+        audio_weights: a Hugging Face AST repo id or folder, an AST state dict or file, or ImageNet
+            ViT/DeiT weights (``"timm/<name>"`` or a timm state-dict file) adapted to AST as its
+            authors did. See :func:`zsar.models.weights.load_audio_weights`.
+    Weights are read once at construction and not recorded in :meth:`MZST.model_args` (the weights
+    themselves are).
     """
     args = {**defaults, **overrides}
     if class_names is not None:
@@ -432,7 +442,9 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
     if video_weights is not None:
         if model.video_encoder is None:
             raise ValueError("video_weights given to a model without the video modality")
-        load_video_weights(model.video_encoder, video_weights)
+        meta = load_video_weights(model.video_encoder, video_weights)
+        if "mean" in meta and not {"pixel_mean", "pixel_std"} & set(overrides):
+            model.config.pixel_mean, model.config.pixel_std = tuple(meta["mean"]), tuple(meta["std"])
     if audio_weights is not None:
         if model.audio_encoder is None:
             raise ValueError("audio_weights given to a model without the audio modality")
@@ -440,14 +452,19 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
     return model
 
 
-@register_model("mzst", label_embeddings=True)
+#: MZST's label embeddings by default: the sentence model's mean-pooled output without its final
+#: Normalize (the paper's unnormalised targets; Table 8 shows normalised ones do much worse).
+MZST_EMBEDDER = {"type": "sentence", "normalize": False}
+
+
+@register_model("mzst", label_embeddings=True, embedder=MZST_EMBEDDER)
 def mzst(class_names=None, **kwargs) -> MZST:
     """MZST at the paper's sizes: MViTv2-S (16 x 224^2) and AST-Base, width 768, 4 fusion blocks
     (arguments: :func:`build_mzst`)."""
     return build_mzst({}, class_names, **kwargs)
 
 
-@register_model("mzst_tiny", label_embeddings=True)
+@register_model("mzst_tiny", label_embeddings=True, embedder=MZST_EMBEDDER)
 def mzst_tiny(class_names=None, **kwargs) -> MZST:
     """A small MZST for CPU tests and the demo: a two-block MViT (8 x 64^2 video -> 64 tokens), a
     two-layer AST (128 x 256 log-mel -> 128 tokens), width 64, 2 fusion blocks; a CPU training step

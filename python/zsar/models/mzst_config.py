@@ -19,6 +19,8 @@ FUSIONS = ("bottleneck", "concat")
 FUSION_ORDERS = ("sequential", "parallel")
 HEADS_FROM = ("av_pass", "joint_pass")
 
+#: torchvision's Kinetics-400 MViTv2-S weights expect pixels normalised with these (its ``transforms()``).
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
 
 @dataclass
@@ -32,6 +34,11 @@ class MZSTConfig:
     image_size: int = 224
     audio_length: int = 1024  # log-mel frames (10 ms each)
     mel_bins: int = 128
+    audio_patch_stride: int = 16  # the paper's non-overlapping 16 x 16 patches (512 tokens); AST's own: 10 (1,212)
+    pixel_mean: tuple[float, ...] = KINETICS_MEAN  # what the video backbone's weights expect
+    pixel_std: tuple[float, ...] = KINETICS_STD
+    eval_clips: int = 4  # evaluation views: the paper's 4 clips x 3 crops, f(x) averaged over the 12
+    eval_crops: int = 3
     dim: int = 768
     fusion_blocks: int = 4
     heads: int = 12
@@ -42,6 +49,7 @@ class MZSTConfig:
     fusion_order: str = "sequential"
     heads_from: str = "av_pass"
     losses: tuple[str, ...] = ("task", "se", "mlm")
+    text_stream: bool | None = None  # run the AVT fusion's text stream in training; None: with the MLM loss
     normalize_targets: bool = False
     num_classes: int = 400
     embed_dim: int = 300
@@ -57,7 +65,7 @@ class MZSTConfig:
     weight_decay: float = 0.05
 
     def __post_init__(self):
-        for name in ("modalities", "losses", "loss_milestones", "se_weights", "mlm_weights"):
+        for name in ("modalities", "losses", "loss_milestones", "se_weights", "mlm_weights", "pixel_mean", "pixel_std"):
             setattr(self, name, tuple(getattr(self, name)))  # lists from JSON
         self.vocab = list(self.vocab)
 
@@ -81,11 +89,22 @@ class MZSTConfig:
         one_of("heads_from", HEADS_FROM)
         if not {"task", "se"} & set(self.losses):
             raise ValueError(f"losses must include 'task' or 'se' (zero-shot needs one of them), got {list(self.losses)}")
+        if self.text_stream is False and "mlm" in self.losses:
+            raise ValueError("the MLM loss reads the text stream: text_stream=False needs losses without 'mlm'")
+        if self.text_stream and "mlm" not in self.losses and self.heads_from == "av_pass":
+            raise ValueError("with text_stream=True and no MLM loss only the joint pass can use the text stream: "
+                             "set heads_from='joint_pass' (Table 7's 'AVT Fusion + L_Task')")
+        if self.text_stream and self.fusion == "concat":
+            raise ValueError("fusion='concat' has no fusion tokens, so it has no text stream")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_mean and pixel_std need 3 values (std > 0), got {self.pixel_mean}, {self.pixel_std}")
+        if self.eval_crops not in (1, 3):
+            raise ValueError(f"eval_crops must be 1 (centre) or 3 (along the longer side), got {self.eval_crops}")
         if self.fusion == "concat" and "mlm" in self.losses:
             raise ValueError("fusion='concat' has no fusion tokens through which words could meet the video and "
                              "audio, so the MLM loss would learn nothing about them; use losses=('task', 'se')")
         for name in ("frames", "image_size", "audio_length", "mel_bins", "dim", "fusion_blocks", "heads", "mlp_dim",
-                     "fusion_tokens", "num_classes", "embed_dim", "max_words", "epochs"):
+                     "fusion_tokens", "num_classes", "embed_dim", "max_words", "epochs", "audio_patch_stride", "eval_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.heads:

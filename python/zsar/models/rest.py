@@ -25,6 +25,7 @@ from .base import ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import register_legacy_config
 from .layers import MaskedTransformer, MaskedWordHead, init_transformer_weights
 from .registry import register_model
+from .weights import load_backbone_weights
 
 OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
 
@@ -282,11 +283,20 @@ class ResT(ZeroShotModel):
 
 
 def _create_rest(class_names, overrides: dict, **defaults) -> ResT:
+    """A ResT of ``defaults`` updated by ``overrides`` (fields of :class:`ResTConfig`, and
+    ``backbone_weights``: torchvision weights for the frame encoder, an enum name such as
+    ``"ResNet18_Weights.IMAGENET1K_V1"`` or a state-dict file; read once, not recorded in the config)."""
+    backbone_weights = overrides.pop("backbone_weights", None)
     if class_names is not None:
         # The seen classes set the classifier's width and the masked-token vocabulary.
         overrides.setdefault("num_classes", len(class_names))
         overrides.setdefault("vocab", WordVocab.from_labels(list(class_names)).to_list())
-    return ResT(ResTConfig.from_dict({**defaults, **overrides}))
+    model = ResT(ResTConfig.from_dict({**defaults, **overrides}))
+    if backbone_weights is not None:
+        if model.encoder is None:
+            raise ValueError("backbone_weights given to a feature-input ResT (it has no frame encoder)")
+        load_backbone_weights(model.encoder, backbone_weights)
+    return model
 
 
 @register_model("rest18")

@@ -260,10 +260,13 @@ class SentenceEmbedder:
         device: where the encoder runs (default: sentence-transformers' choice).
         name_map: {label: text to embed instead}; labels are otherwise split into words
             (CamelCase, underscores) and joined with spaces.
+        normalize: None: the model's own output (all-MiniLM-L6-v2 ends in a ``Normalize`` module, so
+            every vector has norm 1); False: its pooled output without a final ``Normalize`` (the
+            MZST paper's unnormalised targets, its Table 8); True: L2-normalised. Recorded in :meth:`spec`.
     """
 
     def __init__(self, model: str | Path = DEFAULT_SENTENCE_MODEL, device: str | None = None,
-                 name_map: Mapping[str, str] | None = None, batch_size: int = 64):
+                 name_map: Mapping[str, str] | None = None, batch_size: int = 64, normalize: bool | None = None):
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
@@ -275,6 +278,15 @@ class SentenceEmbedder:
         with quiet_model_loading():
             self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
                                              trust_remote_code=False)
+        if normalize is not None:
+            from sentence_transformers.models import Normalize
+
+            modules = [m for m in self.model if not isinstance(m, Normalize)]
+            if len(modules) != len(self.model) or normalize:
+                # A new pipeline of the same modules (the weights are shared), minus or plus Normalize.
+                self.model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []),
+                                                 device=str(self.model.device))
+        self.normalize = normalize
         self.name_map = dict(name_map or {})
         self.batch_size = batch_size
         self._cache: dict[str, np.ndarray] = {}
@@ -285,7 +297,10 @@ class SentenceEmbedder:
 
     def spec(self) -> dict:
         """How to rebuild this embedder (:func:`embedder_from_spec`)."""
-        return {"type": "sentence", "model": self.model_name, "name_map": self.name_map}
+        spec = {"type": "sentence", "model": self.model_name, "name_map": self.name_map}
+        if self.normalize is not None:
+            spec["normalize"] = self.normalize
+        return spec
 
     def text(self, label: str) -> str:
         return " ".join(split_label(self.name_map.get(label, label)))
@@ -303,7 +318,7 @@ class SentenceEmbedder:
 
 
 _SPEC_KEYS = {
-    "sentence": {"type", "model", "name_map"},
+    "sentence": {"type", "model", "name_map", "normalize"},
     "word_vectors": {"type", "path", "binary", "name_map", "stop_words"},
 }
 
@@ -318,7 +333,7 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
     caller passes ``trust_pickle=True``.
 
     Args:
-        spec: ``{"type": "sentence", "model": ..., "name_map": ...}`` or ``{"type": "word_vectors",
+        spec: ``{"type": "sentence", "model": ..., "name_map": ..., "normalize": ...}`` or ``{"type": "word_vectors",
             "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}``.
         trust_pickle: allow a gensim pickle (``.kv``, ``.model``), which runs code when loaded.
         where: how to name the spec in error messages (e.g. the ``zeroshot.json`` it came from).
@@ -348,7 +363,10 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         model = spec.get("model", DEFAULT_SENTENCE_MODEL)
         if not isinstance(model, str) or not model:
             raise ValueError(f"{where}: 'model' must be a model folder or package name, got {model!r}")
-        return SentenceEmbedder(model, name_map=name_map)
+        normalize = spec.get("normalize")
+        if normalize is not None and not isinstance(normalize, bool):
+            raise ValueError(f"{where}: 'normalize' must be true, false or null, got {normalize!r}")
+        return SentenceEmbedder(model, name_map=name_map, normalize=normalize)
     path, binary = spec.get("path"), spec.get("binary")
     stop_words = spec.get("stop_words", STOP_WORDS)
     if not isinstance(path, str) or not path:

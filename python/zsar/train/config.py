@@ -13,6 +13,7 @@ import torch
 from .. import config as _config
 from ..data.config import DataConfig
 from ..models.base import TrainingStage
+from ..models.registry import default_embedder_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -77,8 +78,13 @@ class TrainConfig:
     log_every: int = 10  # steps between metric log rows
     progress: bool = True
     data: DataConfig | None = None  # the training videos (for `zsar train`; the Python API takes datasets)
-    # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec).
-    embedder: dict[str, Any] = field(default_factory=lambda: {"type": "sentence"})
+    # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec);
+    # None: the model's default (zsar.models.default_embedder_spec), see embedder_spec().
+    embedder: dict[str, Any] | None = None
+
+    def embedder_spec(self) -> dict[str, Any]:
+        """``embedder``, or the registered default of ``model`` when it is None."""
+        return dict(self.embedder) if self.embedder is not None else default_embedder_spec(self.model)
 
     def __post_init__(self):
         self.stages = {name: (_config.from_dict(StageConfig, value, prefix=f"stages.{name}.")

@@ -9,7 +9,6 @@ saves a :class:`~zsar.zeroshot.ZeroShotClassifier` beside the best checkpoint, s
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,12 @@ from .trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def clip_specs(model, data: DataConfig, eval_clips: int = 1) -> tuple[ClipSpec, ClipSpec]:
-    """Training (random) and evaluation (centred, ``eval_clips`` clips) specs matching the model."""
+def clip_specs(model, data: DataConfig, eval_clips: int | None = None) -> tuple[ClipSpec, ClipSpec]:
+    """Training (random) and evaluation specs matching the model: evaluation takes the model's own
+    views (``model.inputs.eval_clips`` x ``eval_crop``), or ``eval_clips`` centred clips when given."""
     train = model.inputs.clip_spec(stride=data.stride, short_side=data.short_side, train=True)
-    return train, replace(train, train=False, num_clips=eval_clips)
+    views = {} if eval_clips is None else {"num_clips": eval_clips, "crop": "center"}
+    return train, model.inputs.clip_spec(stride=data.stride, short_side=data.short_side, **views)
 
 
 def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory, *, batch_size: int = 8,
@@ -57,7 +58,7 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
     if len(videos.classes) < 2:
         raise ValueError(f"{config.data.annotations}: need at least 2 classes to train, found {len(videos.classes)}")
     # Fail before training, not after.
-    embedder = embedder_from_spec(config.embedder, trust_pickle=trust_pickle, where="config key 'embedder'")
+    embedder = embedder_from_spec(config.embedder_spec(), trust_pickle=trust_pickle, where="config key 'embedder'")
     torch.manual_seed(config.seed)
     model = create_model(config.model, class_names=videos.classes, label_embedder=embedder, **config.model_args)
     train_spec, eval_spec = clip_specs(model, config.data)

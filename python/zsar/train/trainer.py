@@ -128,7 +128,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         if model is None:
             if embedder is None and needs_label_embeddings(config.model):
-                embedder = embedder_from_spec(config.embedder)
+                embedder = embedder_from_spec(config.embedder_spec())
             model = create_model(config.model, class_names=self.class_names, label_embedder=embedder,
                                  **config.model_args)
         self.model = model.to(self.device)
