@@ -191,7 +191,8 @@ def test_lossy_audio_tracks(tmp_path, name):
     feats, has_audio = audio_features(path)
     assert has_audio and feats.shape == (1024, 128) and torch.isfinite(feats).all()
     frames = 1 + (len(wav) - 400) // 160
-    assert feats[:frames].abs().sum(1).min() > 0 and not feats[frames:].any()
+    assert feats[:frames].abs().sum(1).min() > 0
+    torch.testing.assert_close(feats[frames:], torch.full_like(feats[frames:], AST_MEAN / (-2 * AST_STD)))  # AST's padding
     # The loudest band is the one holding 440 Hz, as for the original waveform.
     assert feats[5:frames - 5].mean(0).argmax() == waveform_features(x)[5:90].mean(0).argmax()
 

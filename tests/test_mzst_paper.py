@@ -272,3 +272,48 @@ def test_avt_fusion_with_the_task_loss_alone_runs_the_text_stream():
         tiny(losses=["task"], text_stream=True)
     with pytest.raises(ValueError, match="text_stream=False"):
         tiny(text_stream=False)
+
+
+def test_feature_concatenation_trains_each_branch_on_its_own_and_concatenates_embeddings():
+    model = tiny(fusion="concat", losses=["task", "se"]).train()
+    batch = collate(samples(model, 4, with_label=lambda i: False))
+    out = model.forward_train(batch, "joint")
+    # The video branch's gradient does not depend on the audio branch's loss: zero the audio
+    # branch's heads' contribution and the video parameters' gradients stay the same.
+    out["loss"].backward()
+    video_grad = model.fusion.streams["video"].layers[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    h, _, _, _ = model._representations(batch)
+    video_h = h.chunk(2, -1)[0]
+    heads = model.task_head.heads["video"], model.semantic_head.heads["video"]
+    loss = (torch.nn.functional.cross_entropy(heads[0](video_h), batch.labels)
+            + model.loss_weights()[0] * (heads[1](video_h) - model.class_embeddings[batch.labels]).pow(2).sum(-1).mean()) / 2
+    loss.backward()
+    torch.testing.assert_close(model.fusion.streams["video"].layers[0].attn.qkv.weight.grad, video_grad)
+    model.eval()
+    f = model.encode(batch)
+    assert f.shape == (4, 24)  # the two branches' 12-d embeddings
+    targets = model.class_embedding_targets(model.class_embeddings)
+    torch.testing.assert_close(targets, model.class_embeddings.repeat(1, 2))
+
+
+def test_constant_schedule_keeps_the_learning_rate(tmp_path):
+    from zsar.train.config import StageConfig as Stage
+
+    model = tiny()
+    data = WithVideoLabels(samples(model, 8), {})
+    data.collate_fn = collate
+    config = TrainConfig(model="mzst_tiny", stages={"joint": Stage(epochs=2, lr=1e-4, schedule="constant")},
+                         batch_size=4, seed=0, device="cpu", out_dir=str(tmp_path / "run"), progress=False)
+    history = Trainer(config, data, CLASSES, model=model).fit()["history"]
+    assert [h["lr"] for h in history] == [1e-4, 1e-4]  # no cosine decay
+    with pytest.raises(ValueError, match="schedule"):
+        Stage(schedule="linear")
+
+
+def test_gzsl_report_adds_the_uncalibrated_scores_at_beta_zero():
+    from zsar.eval.recipes import _add_uncalibrated
+
+    report = {"stage_2": {"curve": {"beta": [0.0, 0.2], "S": [0.9, 0.5], "U": [0.1, 0.4], "HM": [0.18, 0.44]}}}
+    _add_uncalibrated(report)
+    assert report["uncalibrated"] == {"beta": 0.0, "S": 0.9, "U": 0.1, "HM": 0.18}

@@ -294,6 +294,7 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
                                metric=metric, grid=config.beta_grid,
                                dataset=config.dataset, split=config.avca_split, model=config.model)
+    _add_uncalibrated(report)
     out = Path(config.out_dir)
     checkpoint = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
     spec = getattr(embedder, "spec", lambda: None)()
@@ -308,6 +309,16 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
                                                 chosen_beta=report["stage_2"]["beta"], title=title))
     write_results_json(out / REPORT_FILE, report)
     return report
+
+
+def _add_uncalibrated(report: dict[str, Any]) -> None:
+    """``report["uncalibrated"]``: stage 2's test S/U/HM at beta = 0, beside AVCA's calibrated ones. The
+    MZST paper presents its model this way (no calibrated stacking; its Tables 5 and 6)."""
+    curve = report["stage_2"]["curve"]
+    betas = [float(b) for b in curve["beta"]]
+    if 0.0 in betas:
+        i = betas.index(0.0)
+        report["uncalibrated"] = {"beta": 0.0, **{k: float(curve[k][i]) for k in ("S", "U", "HM")}}
 
 
 # ---- a saved checkpoint ----------------------------------------------------------------------------

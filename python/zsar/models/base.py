@@ -89,14 +89,14 @@ class ModelInputs:
 
 @dataclass(frozen=True)
 class TrainingStage:
-    """One training stage of a model, with its default optimiser and cosine schedule.
+    """One training stage of a model, with its default optimiser and learning-rate schedule.
 
     Attributes:
         name: the stage's name (what configs override, e.g. ``stages.joint.lr=1e-4``).
         trains: predicate on parameter names: which parameters this stage trains (the others are
             frozen; DDP needs every trainable parameter to get a gradient).
-        epochs, optimizer, lr, weight_decay, momentum: defaults of the stage's
-            :class:`zsar.train.StageConfig`.
+        epochs, optimizer, lr, weight_decay, momentum, schedule: defaults of the stage's
+            :class:`zsar.train.StageConfig` (``schedule``: ``"cosine"`` or ``"constant"``).
     """
 
     name: str
@@ -106,6 +106,7 @@ class TrainingStage:
     lr: float
     weight_decay: float
     momentum: float = 0.9
+    schedule: str = "cosine"
 
 
 class ZeroShotModel(nn.Module):

@@ -114,3 +114,17 @@ class LateFusion(nn.Module):
             x = torch.cat([self.cls_tokens[:, i:i + 1].expand(x.shape[0], -1, -1), x], 1)
             outs.append(stream(x, n_valid[modality]))
         return torch.cat(outs, -1)
+
+
+class BranchHeads(nn.Module):
+    """Feature concatenation's heads (the MZST paper's Table 7): one head per modality on that
+    branch's own CLS output, outputs stacked ``(B, M, out)``. No parameter is shared between
+    branches, so training them together on the sum of their losses trains each on its own."""
+
+    def __init__(self, modalities: Sequence[str], make_head):
+        super().__init__()
+        self.heads = nn.ModuleDict({m: make_head() for m in modalities})
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        parts = h.chunk(len(self.heads), -1)  # LateFusion's concatenated CLS outputs, one per branch
+        return torch.stack([head(x) for head, x in zip(self.heads.values(), parts)], 1)

@@ -1,27 +1,11 @@
 """MZST: the multimodal zero-shot transformer (video + audio + text, attention-bottleneck fusion).
 
 From "A Multimodal Benchmark and Improved Architecture for Zero Shot Learning" (Doshi et al.; the
-MZST paper, §4-5). A video clip goes through torchvision's MViTv2-S and its audio (AST's log-mel input,
-:func:`zsar.data.audio_features`) through an Audio Spectrogram Transformer built on Hugging Face
-transformers' ``ASTModel``; both token sequences are projected to the fusion width and fused with
-the label text by the AVT fusion network, K blocks of attention-bottleneck transformer layers:
-
-* audio-video stream ``[CLS_V, video tokens, audio tokens, F]``, text stream ``[CLS_T, word
-  tokens, F]``, with ``L_f`` shared fusion tokens F;
-* in each block the AV layer updates F to F_AV, the text layer runs with F_AV and gives F_T, and
-  the next F is (F_AV + F_T) / 2 (the paper's Eq. 2 and the sentence after it);
-  ``fusion_order="parallel"`` gives both layers the same F instead (MBT's order);
-* attention is :func:`bottleneck_attention` over each stream's buffer: every valid token attends
-  every valid token, padding (missing audio, unused word slots) is skipped.
-
-Heads on the CLS_V output: a linear task head over the seen classes (cross-entropy) and the semantic
-head f(x), an MLP into the label embedder's space, trained with
-``L_SE = ||f(x) - (phi(s_v) + phi(s_t))||^2``; a masked-language-model head on the text stream's
-word outputs. ``L = L_task + lambda * L_SE + sigma * L_MLM`` with the paper's schedule for lambda
-and sigma. Zero-shot: the nearest class embedding to f(x) (head ``"semantic_embedding"``).
-
-Registered as ``mzst`` (the paper's sizes) and ``mzst_tiny`` (a small MViT and AST for CPU tests
-and the demo). :class:`MZST` documents every choice the paper leaves open.
+MZST paper, §4-5): MViTv2 video tokens and AST audio tokens (:mod:`zsar.models.backbones`) fused
+with the label words by the AVT fusion network (:mod:`zsar.models.fusion`); a task head, the
+semantic head f(x) trained towards phi(s_v) + phi(s_t), and a masked-word head; zero-shot by the
+nearest class embedding to f(x). Architecture and design notes: ``docs/mzst.md``. Registered as
+``mzst`` (the paper's sizes) and ``mzst_tiny`` (small backbones for CPU tests and the demo).
 """
 
 from __future__ import annotations
@@ -37,7 +21,7 @@ from torch import nn
 from ..text.vocab import WordVocab, mask_words
 from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
-from .fusion import AVTFusion, LateFusion, TextStream
+from .fusion import AVTFusion, BranchHeads, LateFusion, TextStream
 from .layers import MaskedWordHead, init_transformer_weights
 from .mzst_config import MZSTConfig
 from .registry import register_model
@@ -46,62 +30,38 @@ from .weights import load_audio_weights, load_video_weights
 __all__ = ["MZST", "MZSTConfig", "build_mzst"]
 
 class MZST(ZeroShotModel):
-    """The multimodal zero-shot transformer (see the module docstring for the architecture).
+    """The multimodal zero-shot transformer (see the module docstring; design notes: ``docs/mzst.md``).
 
     Built by :func:`zsar.models.create_model` (``"mzst"``, ``"mzst_tiny"``) with ``class_names`` (the
-    seen classes) and ``class_embeddings`` (their label embeddings phi, ``(C, embed_dim)``: the
-    targets of the semantic loss, kept as the buffer ``class_embeddings`` and saved with the
-    weights; or set later with :meth:`set_class_embeddings`). Options (fields of
-    :class:`MZSTConfig`) cover the paper's ablations: ``modalities=("video",)`` or ``("audio",)``
-    (Table 4's MViT-v2 and AST rows), ``fusion="concat"`` (Table 7's feature concatenation),
-    ``losses`` (Table 7: ``("task",)``, ``("task", "se")``, all three), ``normalize_targets``
-    (Table 8).
+    seen classes) and ``class_embeddings`` (their label embeddings phi ``(C, embed_dim)``, the
+    semantic loss's targets, saved with the weights; or :meth:`set_class_embeddings`).
 
-    Choices the paper leaves open (each configurable where it matters):
+    The paper's rows and the settings that reproduce them (``model_args`` of ``zsar train`` with
+    model ``mzst``; "K595+ImageNet" is ``video_weights`` = an MViTv2-S trained on K595 by the
+    recipe in ``docs/mzst.md`` and ``audio_weights="timm/deit_base_distilled_patch16_384.fb_in1k"``):
 
-    * Backbone tokens: MViTv2-S's final-stage tokens after its final norm (its class token and
-      classifier dropped), AST's patch tokens after its final norm (its CLS and distillation tokens
-      dropped); each projected by a linear layer to ``dim`` plus a learned modality embedding (no
-      extra position embedding: both backbones already encode position). CLS_V, CLS_T and the word
-      position embeddings are learned. Backbones are randomly initialised unless user weights are
-      given (``video_weights``, ``audio_weights``), as the zero-shot rule asks.
-    * Each fusion block has separate AV and text layers (MBT's per-stream weights); a final
-      LayerNorm per stream. Missing audio (``audio_present`` False, or no ``audio`` in the batch)
-      is padding: the audio slots follow the valid prefix, so no token attends them and CLS_V is
-      exactly what a stream without audio slots gives. When no sample of a batch has audio, AST
-      is not run.
-    * ``heads_from="av_pass"`` (default): the task and semantic heads read CLS_V from the AV stream
-      run without text, exactly the inference computation, and the MLM reads the text stream of a
-      second, joint pass (AV + text with the fusion-token exchange above). Read literally, the
-      paper takes CLS_V from the joint pass (``heads_from="joint_pass"``), where the label words
-      reach CLS_V through the averaged fusion tokens during training but never at inference, so
-      the heads can learn to read the label instead of the video. The default costs a second run
-      of the AV fusion layers after the first (which both passes share) per training step.
-    * Semantic head f(x): Linear(dim, dim), GELU, Linear(dim, embed_dim). Task head: one Linear.
-      MLM head: Linear, GELU, LayerNorm, Linear(vocab) (as ResT's). Concatenation fusion runs a
-      transformer per modality over ``[CLS, tokens]`` and the heads read the concatenated CLS outputs.
-    * ``L_SE``: the squared L2 distance summed over dimensions, averaged over the batch. Targets are
-      phi(s_t), plus phi(s_v) where the batch carries a video classifier's label embedding
-      (``batch.video_label_embedding`` ``(B, embed_dim)`` with ``batch.video_label_present``).
-      ``normalize_targets`` L2-normalises each embedding. :meth:`class_embedding_targets` maps
-      label embeddings to where f(x) should land (normalised when trained so, scaled by
-      1 + the fraction of training samples that had phi(s_v)): zero-shot heads compare f(x) with
-      those.
-    * Without ``"se"`` in ``losses`` there is no semantic head, and :meth:`encode` gives the
-      task head's softmax-weighted average of the seen-class targets (ConSE), so the task-only
-      ablation still has a zero-shot prediction; without ``"task"``, :meth:`seen_logits` are the
-      negative squared distances of f(x) to the seen-class targets.
-    * Loss weights: ``lambda = se_weights[i]`` and ``sigma = mlm_weights[i]`` for the period ``i``
-      of the current epoch (0-based; periods end at ``loss_milestones``): 0.25 for epochs 0-19
-      (the paper's 1-20), 0.1 for 20-39, 0.05 after. The trainer reports the epoch through
-      :meth:`set_epoch`. MLM: p = 0.15 per valid word, at least one per sample
-      (:func:`zsar.text.vocab.mask_words`).
-    * Training stage: AdamW, lr 1e-4, 100 epochs (paper), weight decay 0.05 (paper silent);
-      ``freeze_backbones`` trains only the projections, fusion network and heads (the backbones
-      then run without gradients, in eval mode).
-    * N clips per video (``clips`` ``(B, N, T, 3, H, W)``): f(x) and the task logits are averaged
-      over clips; audio ``(B, frames, mel)`` is shared by a video's clips (AST runs once per
-      video) and ``(B, N, frames, mel)`` gives each clip its own.
+    * Table 4 MViT-v2 (V) / AST (A): ``modalities=["video"]`` / ``["audio"]``.
+    * Table 5/7 MZST (A, V), AVT Fusion + L_Task + L_SE + L_MLM: the defaults.
+    * Table 7 Feature Concatenation: ``fusion="concat", losses=["task", "se"]`` (each branch trained
+      on its own losses, f(x) the concatenated branch embeddings). With "VGG" pretraining: the same
+      on precomputed features.
+    * Table 7 Bottleneck Transformer (AV fusion without the text stream): ``losses=["task", "se"]``.
+    * Table 7 AVT Fusion + L_Task: ``losses=["task"], text_stream=True, heads_from="joint_pass"``;
+      + L_SE: ``losses=["task", "se"], text_stream=True, heads_from="joint_pass"``.
+    * Table 8 S2V not normalised / normalised: the default embedder (``{type: sentence, normalize:
+      false}``) / ``normalize_targets=True``; W2V: ``embedder: {type: word_vectors, path: ...}``
+      with ``normalize_targets`` false / true.
+    * Table 6 (GZSL, no calibration): ``zsar gzsl`` reports ``uncalibrated`` (beta = 0) beside AVCA's
+      calibrated scores.
+
+    Defaults that are the paper's: 16 frames of 224^2, MViTv2-S and AST-Base with non-overlapping
+    16 x 16 audio patches (512 tokens; ``audio_patch_stride=10`` gives AST's 1,212), 4 fusion tokens
+    from N(0, 0.02), the three losses with lambda = sigma = 0.25 / 0.1 / 0.05 over epochs 1-20 / 21-40
+    / 41+, unnormalised sentence-embedding targets, phi(s_v) + phi(s_t) where a video has s_v,
+    AdamW at lr 1e-4 for 100 epochs (constant lr and batch 64: ``docs/recipes/mzst_paper.yaml``),
+    evaluation over 4 clips x 3 crops. Everything else (fusion width 768 and 4 blocks, which CLS
+    the heads read, weight decay 0.05, the cosine schedule of ``zsar train``) is this package's
+    choice, listed in ``docs/mzst.md``.
     """
 
     zero_shot_head = "semantic_embedding"
@@ -128,18 +88,20 @@ class MZST(ZeroShotModel):
         if c.fusion == "bottleneck":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))  # CLS_V
             self.fusion = AVTFusion(D, c.fusion_blocks, c.heads, c.mlp_dim, c.fusion_tokens, c.fusion_order, c.dropout)
-            head_in = D
         else:
             self.cls_token = None
             self.fusion = LateFusion(c.modalities, D, c.fusion_blocks, c.heads, c.mlp_dim, c.dropout)
-            head_in = D * len(c.modalities)
         self.text_stream = self.mlm_head = None
         if self.with_text:
             self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout)
         if self.with_mlm:
             self.mlm_head = MaskedWordHead(D, len(self.vocab))
-        self.task_head = nn.Linear(head_in, c.num_classes) if "task" in c.losses else None
-        self.semantic_head = nn.Sequential(nn.Linear(head_in, D), nn.GELU(), nn.Linear(D, c.embed_dim)) \
+
+        def heads(make):  # concatenation: one head per branch (see BranchHeads)
+            return make() if c.fusion == "bottleneck" else BranchHeads(c.modalities, make)
+
+        self.task_head = heads(lambda: nn.Linear(D, c.num_classes)) if "task" in c.losses else None
+        self.semantic_head = heads(lambda: nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, c.embed_dim))) \
             if "se" in c.losses else None
 
         self.register_buffer("class_embeddings", torch.zeros(c.num_classes, c.embed_dim))
@@ -208,7 +170,12 @@ class MZST(ZeroShotModel):
     def class_embedding_targets(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Where f(x) of a class with label embedding phi should land: phi (normalised when the model
         was trained on normalised targets) times 1 + the fraction of training samples whose target
-        also held a video classifier's label embedding. Zero-shot compares f(x) with these."""
+        also held a video classifier's label embedding; with feature concatenation, repeated once per
+        branch (f(x) concatenates the branches' embeddings). Zero-shot compares f(x) with these."""
+        targets = self._branch_targets(embeddings)
+        return targets.repeat(1, len(self.config.modalities)) if self.config.fusion == "concat" else targets
+
+    def _branch_targets(self, embeddings: torch.Tensor) -> torch.Tensor:
         e = F.normalize(embeddings, dim=-1) if self.config.normalize_targets else embeddings
         seen, with_video_label = self.se_target_counts.tolist()
         return e * (1.0 + with_video_label / seen if seen else 1.0)
@@ -320,14 +287,16 @@ class MZST(ZeroShotModel):
         return av_out[:, 0], text_out[:, 1:], B, n_clips
 
     def _semantic(self, h: torch.Tensor) -> torch.Tensor:
+        """f(x) ``(B, embed_dim)``; with feature concatenation the branches' embeddings concatenated."""
         if self.semantic_head is not None:
-            return self.semantic_head(h)
+            return self.semantic_head(h).flatten(1)
         # ConSE: the task head's belief over the seen classes, as a mix of their targets.
-        return self.task_head(h).softmax(-1) @ self.class_embedding_targets(self.class_embeddings).to(h.dtype)
+        return (self.task_head(h).softmax(-1) @ self._branch_targets(self.class_embeddings).to(h.dtype)).flatten(1)
 
     def _seen_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.task_head is not None:
-            return self.task_head(h)
+            logits = self.task_head(h)
+            return logits.mean(1) if logits.dim() == 3 else logits  # concatenation: the branches' mean
         targets = self.class_embedding_targets(self.class_embeddings).to(h.dtype)
         return -torch.cdist(self.semantic_head(h), targets).pow(2)
 
@@ -372,7 +341,11 @@ class MZST(ZeroShotModel):
         loss = h.new_zeros(())
         if self.task_head is not None:
             logits = self.task_head(h)
-            out["loss_task"] = F.cross_entropy(logits.float(), labels)
+            if logits.dim() == 3:  # concatenation: each branch's own loss, averaged over the branches
+                out["loss_task"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.repeat_interleave(logits.shape[1]))
+                logits = logits.mean(1)
+            else:
+                out["loss_task"] = F.cross_entropy(logits.float(), labels)
             out["logits"] = logits.detach()
             loss = loss + out["loss_task"]
         if self.semantic_head is not None:
@@ -401,6 +374,8 @@ class MZST(ZeroShotModel):
             n_with = present.sum()
         if self.training:
             self.se_target_counts += torch.stack([n_with.new_tensor(len(batch)), n_with])
+        if f.dim() == 3:  # concatenation: each branch regresses the target on its own
+            target = target[:, None]
         return (f - target).pow(2).sum(-1).mean()
 
 

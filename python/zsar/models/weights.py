@@ -108,7 +108,8 @@ def _load_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], sourc
 def load_video_weights(encoder: MViTTokens, source: str | Path) -> dict[str, Any]:
     """Loads torchvision MViT weights into ``encoder``: a weights enum name (e.g.
     ``"MViT_V2_S_Weights.KINETICS400_V1"``, see :func:`torchvision_weights`) or a local state-dict
-    file (safetensors or PyTorch); the classifier (``head.*``) is ignored. Returns the weights' meta
+    file (safetensors or PyTorch), a torchvision MViT's or an MZST checkpoint's (its
+    ``video_encoder.net.*``); the classifier (``head.*``) is ignored. Returns the weights' meta
     (``categories``, ``mean``, ``std`` for an enum; empty for a file).
 
     Raises:
@@ -120,6 +121,9 @@ def load_video_weights(encoder: MViTTokens, source: str | Path) -> dict[str, Any
         state, meta = torchvision_weights(str(source), "video_weights")
     else:
         state = read_state_dict(source, "video_weights")
+    prefix = "video_encoder.net."  # an MZST checkpoint's weights (e.g. the K595 video pretraining)
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     _load_checked(encoder.net, state, source, "video_weights", "MViT built for these frames and image size")
     return meta

@@ -16,8 +16,10 @@ import torch
 
 from ..data import ClipSpec, VideoClipDataset, VideoList, VideoLoader
 from ..data.config import DataConfig
+from ..data.video_labels import WithVideoLabels, embed_video_labels, read_video_labels
 from ..models import create_model, load_model
 from ..models.checkpoint import resolve
+from ..models.video_labels import VideoLabeler, label_videos
 from ..text import embedder_from_spec
 from ..zeroshot import ZeroShotClassifier
 from .config import TrainConfig
@@ -47,6 +49,20 @@ def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory
     return clf
 
 
+def with_video_labels(train_data, videos: VideoList, config: TrainConfig, embedder) -> WithVideoLabels:
+    """``train_data`` whose samples carry phi(s_v): the labels of ``config.video_labels`` (a CSV), the
+    missing ones classified once by ``config.video_classifier`` and cached in that CSV (default
+    ``out_dir/video_labels.csv``), embedded by the same ``embedder`` as the classes."""
+    cache = Path(config.video_labels or Path(config.out_dir) / "video_labels.csv")
+    if config.video_classifier:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        labels = label_videos(videos, cache, VideoLabeler(config.video_classifier), progress=config.progress)
+    else:
+        labels = read_video_labels(cache)
+    log.info("phi(s_v) for %d of %d training videos (%s)", len(labels), len(videos), cache)
+    return WithVideoLabels(train_data, embed_video_labels(labels, embedder))
+
+
 def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bool = False) -> dict[str, Any]:
     """Train on ``config.data`` and save a zero-shot checkpoint; returns the trainer's summary plus
     ``checkpoint`` (the directory to give ``zsar predict``). ``resume``: continue an interrupted run
@@ -65,6 +81,8 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
     train_data = VideoClipDataset(videos, train_spec, backend="pyav" if config.data.backend == "auto"
                                   else config.data.backend, seed=config.seed, on_error=config.data.on_error,
                                   audio=model.inputs.audio, missing_audio=config.data.missing_audio)
+    if config.video_labels or config.video_classifier:
+        train_data = with_video_labels(train_data, videos, config, embedder)
     trainer = Trainer(config, train_data, videos.classes, model=model)
     summary = trainer.fit(resume=resume)
     if not trainer.dist.is_main:

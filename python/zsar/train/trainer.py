@@ -264,7 +264,7 @@ class Trainer:
             raise ValueError(f"the training set ({len(self.train_data)} samples over {self.dist.world_size} "
                              f"process(es)) is smaller than one batch of {self.config.batch_size}")
         steps = cfg.epochs * math.ceil(len(loader) / self.config.grad_accum)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps) if cfg.schedule == "cosine" else lambda step: 1.0)
         # DDP wraps the model itself: its forward() is the contract's training forward.
         ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None) \
             if self.dist.enabled else self.model
