@@ -193,7 +193,7 @@ def test_rest_frame_encoder_takes_torchvision_imagenet_weights_by_name(tmp_path,
 
 @pytest.mark.slow
 def test_mvit_kinetics_weights_by_name_set_the_kinetics_normalisation(tmp_path, monkeypatch):
-    from torchvision.models import mvit_v2_s
+    from torchvision.models.video import mvit_v2_s
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("ZSAR_OFFLINE", "1")
