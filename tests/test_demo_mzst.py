@@ -199,7 +199,7 @@ def test_cached_samples_equal_uncached_ones(tmp_path):
     from zsar.data import VideoClipDataset
     from zsar.data.synthetic import SyntheticConfig, generate_benchmark
     from zsar.demo._common import CachedClipDataset, MediaCache
-    from zsar.models.base import AudioSpec
+    from zsar.data import AudioSpec
 
     bench = generate_benchmark(SyntheticConfig.audio_visual(train_per_class=1, test_per_class=0, unseen_per_class=1,
                                                             frames=30), tmp_path / "data", workers=2, progress=False)

@@ -27,7 +27,7 @@ class CLIError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zsar", description="Zero-shot action recognition in video.")
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"zsar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -128,12 +128,13 @@ def run(args) -> int:
 
 
 def _zero_shot(args, clf, videos) -> dict:
-    from ..data import VideoLoader
-    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
+    from ..data import evaluation_loader
+    from ..eval.runner import format_zero_shot_report, zero_shot_report
+    from ..zeroshot import encode_loader
 
-    loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
-                         audio=clf.model.inputs.audio)
-    encoded = encode_dataset(clf.model, loader)
+    loader = evaluation_loader(videos, clf.clip_spec, args.batch, audio=clf.model.inputs.audio, backend=args.backend,
+                               on_error="raise")
+    encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")
     results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}

@@ -143,7 +143,7 @@ def avca_stages(
         ValueError: unknown dataset/split, class names that match no dataset class, a missing
             ``test_videos``, a stage without videos, or a training video that is also evaluated.
     """
-    from ..data.datasets import AVCA_STAGES, read_avca_split
+    from ..data.formats import AVCA_STAGES, read_avca_split
 
     key = _dataset_key(dataset)
     directory = _packaged_split_dir(key, split) if split_dir is None else Path(split_dir)
@@ -180,7 +180,7 @@ def avca_stages(
 
 
 def _check_stages(stages: Mapping[str, VideoList], where: str) -> None:
-    from ..data.datasets import AVCA_STAGES
+    from ..data.formats import AVCA_STAGES
 
     missing = [s for s in AVCA_STAGES if s not in stages]
     if missing:
@@ -215,10 +215,12 @@ def avca_label_names(dataset: str, classes: Sequence[str]) -> dict[str, str]:
     Returns:
         ``{class name: words to embed}``, for :class:`zsar.text.WordVectorEmbedder` ``(name_map=...)``.
     """
-    from ..data.datasets import match_class_names
-    from ..resources import avca_name_map
+    from ..data.formats import match_class_names
+    from ..resources import avca_name_map_file
+    from ..text import load_name_map
 
-    name_map = avca_name_map(_dataset_key(dataset))
+    with avca_name_map_file(_dataset_key(dataset)) as path:
+        name_map = load_name_map(path)
     originals = list(name_map)
     matched = match_class_names(list(classes), originals, source=f"{dataset} w2v class names")
     return {c: name_map[o] for c, o in zip(classes, matched)}

@@ -2,17 +2,16 @@
 MZST's semantic embedding), the classifier that serves them, model selection and baselines."""
 
 from .baselines import semantic_space_baseline
-from .classifier import ZeroShotClassifier, prototype_classifier
+from .classifier import ZeroShotClassifier
+from .encoding import EncodedSet, encode_loader
 from .heads import (
     HEADS,
     PrototypeTransferHead,
     SemanticEmbeddingHead,
     ZeroShotHead,
     class_means,
-    encode_loader,
-    seen_prototypes_from_loader,
 )
-from .selection import SelectionResult, select_transfer_params
+from .selection import HeadSelection, SelectionResult, select_transfer_params
 from .transfer import (
     composite_prototypes,
     cosine_similarity_matrix,
@@ -28,9 +27,9 @@ __all__ = [
     "ZeroShotClassifier",
     "ZeroShotHead",
     "class_means",
+    "EncodedSet",
     "encode_loader",
-    "prototype_classifier",
-    "seen_prototypes_from_loader",
+    "HeadSelection",
     "composite_prototypes",
     "cosine_similarity_matrix",
     "nearest_prototype",
