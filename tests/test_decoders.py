@@ -180,7 +180,7 @@ def test_write_video_rejects_bad_frames(tmp_path):
 
 
 def test_truncated_file_is_an_error_not_repeated_frames(tmp_path, clips):
-    """Issue 12, finding 15: a file cut short after a header stating 30 frames was padded with copies."""
+    """A file cut short after a header stating 30 frames was once padded with copies of its last frame."""
     make_video(tmp_path / "whole.avi", t=30, seed=4)
     cut_after_packet(tmp_path / "whole.avi", tmp_path / "cut.avi", 11)
     info = probe_video(tmp_path / "cut.avi")

@@ -5,7 +5,7 @@ audio windows once, train mzst_tiny with audio + video, video only and audio onl
 with beta calibrated on held-out videos, figures, report and checkpoint. Its checkpoint then
 classifies real video files with sound, in-process and through ``zsar predict`` in a fresh
 interpreter, and ``zsar eval`` reproduces the demo's numbers. The slow test runs the default demo
-and checks the issue's targets.
+and checks the demo's targets.
 """
 
 from __future__ import annotations

@@ -175,6 +175,27 @@ def test_no_import_circles():
     assert not circles, "modules that import each other around a circle:\n" + "\n".join(lines)
 
 
+def test_deferred_imports_say_why():
+    # An import inside a function hides a dependency from the reader and from this scan's order; it
+    # is kept only where it breaks a real cost (an optional package, a slow import), and a comment on
+    # its line or the line above says which. The command line defers every subcommand's imports so
+    # that `zsar --help` and each command load only what they run (said once, in zsar/cli/__init__.py).
+    silent = []
+    for name, path in _modules().items():
+        if name == "zsar.cli" or name.startswith("zsar.cli."):
+            continue
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    around = lines[node.lineno - 2:node.end_lineno]
+                    if not any("#" in line for line in around):
+                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(sorted(set(silent)))
+
+
 def test_the_scan_sees_back_arrows_and_circles():
     # The scanner itself: a back arrow and a circle written here are found.
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

@@ -268,8 +268,8 @@ def test_trainer_skips_bad_files(folder_with_bad_files, tmp_path):
     assert summary["epochs"] == 2 and np.isfinite(summary["history"][-1]["loss"])
 
 
-# A file that probes fine and fails inside DALI's decoder (issue 12, finding 5), and files cut short
-# after their container header states more frames (finding 15).
+# A file that probes fine and fails inside DALI's decoder, and files cut short after their container
+# header states more frames.
 
 @pytest.fixture
 def folder_with_undecodable_files(tmp_path, videos):

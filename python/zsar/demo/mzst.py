@@ -39,8 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
+from ..data.transforms import CROPS
+from ..eval.avca import GZSLEvalSet, evaluate_gzsl
+from ..eval.runner import seen_accuracy, zero_shot_report
+from ..models import create_model
+from ..text import SentenceEmbedder
+from ..train.config import StageConfig, TrainConfig
+from ..train.pipeline import Pipeline
+from ..zeroshot.heads import METRICS
 from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files,
                       torch_threads)
 
@@ -116,9 +125,6 @@ class MZSTDemoConfig(DemoSettings):
     threads: int | None = 1  # torch CPU threads while the demo runs (None: torch's default)
 
     def __post_init__(self):
-        from ..data.transforms import CROPS
-        from ..zeroshot.heads import METRICS
-
         super().__post_init__()
         self.runs, self.beta_grid = tuple(self.runs), tuple(float(b) for b in self.beta_grid)
         if not self.data.sounds or not self.data.audio:
@@ -216,14 +222,6 @@ def run_mzst_demo(config: MZSTDemoConfig | None = None, verbose: bool = True) ->
 
 
 def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
-    from ..data import CachedClipDataset, MediaCache, evaluation_loader
-    from ..eval.avca import GZSLEvalSet, evaluate_gzsl
-    from ..eval.runner import seen_accuracy, zero_shot_report
-    from ..models import create_model
-    from ..text import SentenceEmbedder
-    from ..train.config import StageConfig, TrainConfig
-    from ..train.pipeline import Pipeline
-
     start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +380,7 @@ def _plots(out: Path, cfg: MZSTDemoConfig, models: dict, encoded_unseen: dict, u
     paper's Fig. 6: the modalities side by side), and the audio-video model's GZSL trade-off on
     the test videos with the calibrated beta. Skipped without matplotlib/scikit-learn."""
     try:
-        from ..eval.plots import plot_gzsl_tradeoff, plot_tsne
+        from ..eval.plots import plot_gzsl_tradeoff, plot_tsne  # lazy: matplotlib is optional
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:

@@ -33,13 +33,19 @@ from typing import Any
 
 import numpy as np
 
+from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
+from ..eval.runner import seen_accuracy, zero_shot_report
+from ..text import SentenceEmbedder
+from ..train.config import StageConfig, TrainConfig
+from ..train.pipeline import Pipeline
+from ..zeroshot import HeadSelection, cosine_similarity_matrix
 from ._common import DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
 
-#: The targets the demo is expected to reach (issue 6): unseen top-1 at least this many times
-#: chance, and above the semantic-space baseline.
+#: The demo's targets: unseen top-1 at least this many times chance, and above the semantic-space
+#: baseline (the comparison of ResT Table 3(b)).
 CHANCE_FACTOR = 3.0
 
 
@@ -126,13 +132,6 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     baseline), the classes, the transfer edges, the files written and the configuration.
     ``verbose`` prints step headers and the results table.
     """
-    from ..data import CachedClipDataset, MediaCache, evaluation_loader
-    from ..eval.runner import seen_accuracy, zero_shot_report
-    from ..text import SentenceEmbedder
-    from ..train.config import StageConfig, TrainConfig
-    from ..train.pipeline import Pipeline
-    from ..zeroshot import HeadSelection, cosine_similarity_matrix
-
     cfg = config or DemoConfig()
     start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -256,7 +255,7 @@ def _plots(out: Path, relatedness, assignment, bench, features, labels, prototyp
     """ResT Fig. 3 (relatedness and adjacency) and Fig. 4 (t-SNE of unseen videos and their
     composite prototypes). Plotting is optional: without matplotlib/scikit-learn it is skipped."""
     try:
-        from ..eval.plots import plot_transfer_matrices, plot_tsne
+        from ..eval.plots import plot_transfer_matrices, plot_tsne  # lazy: matplotlib is optional
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 from .metrics import mean_class_accuracy, top_k_accuracy
 
 __all__ = [
@@ -217,8 +218,6 @@ def transfer_predictor(
         ValueError: shapes that do not match, or ``class_names`` not distinct or not one per row of
             ``class_embeddings``.
     """
-    from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
-
     x = as_numpy(features).astype(np.float64, copy=False)
     protos = as_numpy(seen_prototypes).astype(np.float64, copy=False)
     seen = as_numpy(seen_embeddings).astype(np.float64, copy=False)
@@ -245,8 +244,6 @@ def embedding_predictor(projected, class_embeddings, class_names: Sequence[str])
     ``projected`` is ``(N, E)`` (e.g. MZST's semantic head output, or any video embedding in the
     label space); ``class_embeddings`` ``(C, E)`` with rows matching ``class_names``.
     """
-    from ..zeroshot import cosine_similarity_matrix
-
     x = as_numpy(projected).astype(np.float64, copy=False)
     emb = as_numpy(class_embeddings).astype(np.float64, copy=False)
     if x.ndim != 2 or emb.ndim != 2 or x.shape[1] != emb.shape[1]:
@@ -305,8 +302,6 @@ def remove_overlapping_classes(
         ValueError: empty class lists, a non-finite threshold, only one of the embedding matrices,
             neither an embedder nor embeddings, or embeddings of the wrong shape.
     """
-    from ..zeroshot import cosine_similarity_matrix
-
     train, target = [str(c) for c in train_classes], [str(c) for c in target_classes]
     if not train or not target:
         raise ValueError("train_classes and target_classes must be non-empty")

@@ -40,8 +40,10 @@ from ..text import embedder_from_spec
 from ..train.config import TrainConfig
 from ..train.pipeline import Pipeline
 from ..zeroshot import HEADS, encode_loader
-from .avca import GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl, run_avca_protocol
+from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl,
+                   run_avca_protocol)
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
+from .protocols import write_results_json
 
 __all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint", "encode_videos",
            "REPORT_FILE", "PLOT_FILE"]
@@ -262,8 +264,6 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
         ValueError: no ``data``, bad stages (see :func:`zsar.eval.avca_stages`), an embedder or model
             that cannot be built, or as the trainer raises.
     """
-    from .protocols import write_results_json
-
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
     videos = config.data.read()
@@ -284,8 +284,7 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
                   config=config.to_dict())
     if config.plot:
-        from .avca import AVCA_BENCHMARKS
-        from .plots import plot_gzsl_tradeoff
+        from .plots import plot_gzsl_tradeoff  # lazy: plots load matplotlib, an optional dependency
 
         title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
         report["plot"] = str(plot_gzsl_tradeoff(report["stage_2"]["curve"], out / PLOT_FILE,

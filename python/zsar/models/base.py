@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..data.audio import AudioSpec
+from ..data.transforms import ClipSpec
 
 __all__ = ["ModelInputs", "TrainingStage", "ZeroShotModel", "ZERO_SHOT_HEADS"]
 
@@ -63,8 +64,6 @@ class ModelInputs:
 
     def clip_spec(self, **overrides: Any):
         """A :class:`zsar.data.ClipSpec` matching these inputs (``overrides``: stride, train, ...)."""
-        from ..data.transforms import ClipSpec
-
         return ClipSpec(**{"frames": self.frames, "size": self.image_size, **overrides})
 
 

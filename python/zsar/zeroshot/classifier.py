@@ -25,8 +25,10 @@ from typing import Any, Sequence
 import torch
 
 from .._utils import read_json_object
+from ..data import ClipSpec, VideoClipDataset, VideoList, VideoRecord, collate
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
+from ..text import embedder_from_spec
 from ..text.labels import check_labels
 from .encoding import EncodedSet, encode_loader
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead
@@ -143,9 +145,6 @@ class ZeroShotClassifier:
             ValueError: an unreadable or inconsistent ``zeroshot.json`` or head state (one line, naming
                 the file).
         """
-        from ..data import ClipSpec
-        from ..text import embedder_from_spec
-
         directory = resolve(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = directory / SETTINGS_FILE
@@ -229,8 +228,6 @@ class ZeroShotClassifier:
     def _load(self, paths) -> Batch:
         """Video files as a batch: clips by :attr:`clip_spec`, audio when the model takes it (the
         dataset code the loaders use, so files read here and in training agree)."""
-        from ..data import VideoClipDataset, VideoList, VideoRecord, collate
-
         videos = VideoList([VideoRecord(str(p), -1, str(p)) for p in paths])
         dataset = VideoClipDataset(videos, self.clip_spec, backend="auto", audio=self.model.inputs.audio)
         return collate([dataset.sample(i) for i in range(len(videos))])
