@@ -21,7 +21,7 @@ import numpy as np
 from ..zeroshot.encoding import EncodedSet
 from ..zeroshot.transfer import cosine_similarity_matrix
 from .metrics import top_k_accuracy
-from .protocols import evaluate_protocol, format_results_table
+from .protocols import evaluate_protocol, format_results_table, get_protocol
 
 __all__ = ["zero_shot_report", "seen_accuracy", "format_zero_shot_report"]
 
@@ -39,7 +39,8 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
         clf: a :class:`~zsar.zeroshot.ZeroShotClassifier` (its labels are set per split).
         encoded: the test videos (:func:`zsar.zeroshot.encode_loader` with ``clf.model`` and ``with_seen_logits=True``).
         class_names: the dataset's classes, which ``encoded.labels`` index; the candidates.
-        protocol: ``"0/100"`` or ``"0/50"`` (``n_splits`` half-class splits).
+        protocol: a registered protocol (:data:`zsar.eval.PROTOCOLS`): ``"0/100"`` or ``"0/50"``
+            (``n_splits`` half-class splits).
         dataset: a name recorded in the report.
 
     Returns:
@@ -63,18 +64,17 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
         relatedness = cosine_similarity_matrix(clf.embedder.embed(candidates), seen_embeddings)
         return relatedness[:, seen_pred].T
 
-    splits = n_splits if protocol == "0/50" else 1
-    n_candidates = len(names) if protocol == "0/100" else len(names) // 2
+    n_candidates = get_protocol(protocol).candidates(len(names))
     return {
         "protocol": protocol,
         "dataset": dataset,
         "videos": int(len(encoded.labels)),
         "skipped_videos": int(encoded.skipped),
         "classes": len(names),
-        "transfer": evaluate_protocol(transfer, encoded.labels, names, protocol=protocol, n_splits=splits,
+        "transfer": evaluate_protocol(transfer, encoded.labels, names, protocol=protocol, n_splits=n_splits,
                                       dataset=dataset),
         "semantic_baseline": evaluate_protocol(baseline, encoded.labels, names, protocol=protocol,
-                                               n_splits=splits, dataset=dataset),
+                                               n_splits=n_splits, dataset=dataset),
         "chance": 1.0 / max(n_candidates, 1),
         "chance_top5": min(5, n_candidates) / max(n_candidates, 1),
     }
