@@ -176,3 +176,16 @@ def test_flops_and_params_of_any_registered_model():
 def _build_without_args(class_names=None, **args) -> MeanPoolAV:
     n = len(class_names) if class_names is not None else 2
     return MeanPoolAV(num_classes=n, embed_dim=EMBED, class_embeddings=[[0.0] * EMBED] * n)
+
+
+def test_a_model_file_registers_itself_without_being_named_elsewhere():
+    # Adding a model is adding its file: importing zsar imports every module of zsar/models.
+    import pkgutil
+    import sys
+
+    import zsar.models
+
+    files = [m.name for m in pkgutil.iter_modules(zsar.models.__path__) if not m.name.startswith("_")]
+    assert {"rest", "mzst", "registry"} <= set(files)
+    assert [f for f in files if f"zsar.models.{f}" not in sys.modules] == []
+    assert {"rest18", "mzst_tiny"} <= set(zsar.list_models())
