@@ -1,10 +1,10 @@
 """GZSL end to end for any registered model: the AVCA two-stage recipe and checkpoint evaluation.
 
-Both talk to the model only through its contract (:class:`zsar.models.ZeroShotModel`): training
-through :class:`zsar.train.Trainer`, representations through
-:func:`zsar.zeroshot.heads.encode_loader` over a :class:`zsar.data.VideoLoader`, and class
-embeddings through the model's zero-shot head (:data:`zsar.zeroshot.heads.HEADS`) and a label
-embedder (:func:`zsar.text.embedder_from_spec`):
+Both talk to the model only through its contract (:class:`zsar.models.ZeroShotModel`): training,
+representations and the zero-shot head through :class:`zsar.train.pipeline.Pipeline` (the run
+every caller shares), videos through :func:`zsar.data.evaluation_loader`, and class embeddings
+through the model's zero-shot head (:data:`zsar.zeroshot.heads.HEADS`) and a label embedder
+(:func:`zsar.text.embedder_from_spec`):
 
 * :func:`run_gzsl_recipe` (``zsar gzsl CONFIG``): a :class:`GZSLConfig` names the dataset, the AVCA
   split, the videos and the model; the six AVCA stages are cut from the videos
@@ -45,7 +45,7 @@ from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names,
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
 from .protocols import write_results_json
 
-__all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint", "encode_videos",
+__all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint",
            "REPORT_FILE", "PLOT_FILE"]
 
 #: Short split names of the config -> the AVCA split directories.
@@ -56,7 +56,7 @@ PLOT_FILE = "gzsl_tradeoff.png"
 
 # ---- shared plumbing -------------------------------------------------------------------------------
 
-def encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
+def _encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
                   on_error: str = "skip", num_workers: int | None = None, missing_audio: str = "zeros",
                   progress: bool = True, desc: str = "encoding videos") -> tuple[torch.Tensor, list[str]]:
     """Representations of ``videos`` read with ``spec`` (and the audio the model takes), in the form
@@ -347,7 +347,7 @@ def evaluate_gzsl_checkpoint(clf, test_seen: VideoList, test_unseen: VideoList, 
     grid = DEFAULT_BETA_GRID if grid is None else grid
 
     def encode(videos: VideoList):
-        return encode_videos(clf.model, videos, clf.clip_spec, batch_size=batch_size, backend=backend,
+        return _encode_videos(clf.model, videos, clf.clip_spec, batch_size=batch_size, backend=backend,
                              on_error=on_error, num_workers=num_workers, progress=progress)
 
     result = evaluate_gzsl(encode, lambda names: clf.set_labels(list(names)).class_matrix, test, beta=beta,
