@@ -63,8 +63,9 @@ class DemoConfig(DemoSettings):
     Training: ``warmup_*`` (stage 1, SGD on the frame encoder) and ``joint_*`` (stage 2, AdamW on
     everything); clips of ``model_args["frames"]`` frames at ``stride``. Transfer: ``(theta, k,
     rho)`` of the integer program (ResT Eq. 2-5) are chosen by 5-fold cross-validation over the
-    seen classes on the grids ``cv_*`` (as in the paper), or fixed to ``theta``, ``k``, ``rho``
-    with ``select=False``.
+    seen classes on the grids ``cv_*`` (as in the paper; the folds are scored on the held-out test
+    videos of the seen classes, or on their training videos when ``data.test_per_class`` is 0), or
+    fixed to ``theta``, ``k``, ``rho`` with ``select=False``.
 
     Why these defaults: a 3-layer CNN needs a few thousand SGD steps before it tells shapes apart
     (colour comes first, then motion, then shape), so the budget goes to many short warm-up epochs
@@ -184,8 +185,7 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
 
     with steps("transfer", "semantic transfer: (ϑ, K, ρ) by cross-validation, integer program (HiGHS), "
                            "composite prototypes"):
-        if selection is not None and seen_test is None:
-            pipeline.config.head_selection = None  # nothing held out to cross-validate on
+        # Folds are scored on held-out videos of the seen classes (on the training videos without them).
         clf = pipeline.classifier(seen_train, validation=seen_test, clip_spec=eval_spec)
         params = {k: clf.head.settings()[k] for k in ("theta", "k", "rho")}
         if verbose:
