@@ -76,7 +76,7 @@ def _imports(modules: dict[str, Path]) -> list[tuple[str, int, str]]:
                 else:
                     source = node.module or ""
                 # `from pkg import sub` imports the module pkg.sub; `from pkg import name`, pkg itself.
-                targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules or f"{source}.{a.name}" in COMPILED else source
+                targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in {*modules, *COMPILED} else source
                            for a in node.names]
             else:
                 continue
@@ -192,7 +192,8 @@ def test_deferred_imports_say_why():
                 if isinstance(node, ast.ImportFrom) and node.level:
                     around = lines[node.lineno - 2:node.end_lineno]
                     if not any("#" in line for line in around):
-                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+                        where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+                        silent.append(f"{where}: {lines[node.lineno - 1].strip()}")
     assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(sorted(set(silent)))
 
 

@@ -306,8 +306,9 @@ class VideoLoader:
         self.backend = self.decoder.name
         self.epoch = 0
         self._next_epoch = 0
-        self.dataset = VideoClipDataset(videos, spec, fallback_decoder() if self.decoder.has_clip_pipeline else self.backend,
-                                        seed, policy.on_error, audio=audio, missing_audio=policy.missing_audio)
+        per_file = fallback_decoder() if self.decoder.has_clip_pipeline else self.backend
+        self.dataset = VideoClipDataset(videos, spec, per_file, seed, policy.on_error, audio=audio,
+                                        missing_audio=policy.missing_audio)
         self._pipeline: tuple | None = None  # (feed, DALI iterator) of the batch pipeline
         self._feed: _PipelineFeed | None = None
         self._workers: DataLoader | None = None

@@ -30,8 +30,8 @@ class DemoSettings:
     ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
     picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
     ``split_seed`` are replaced by the demo's). ``decoder``: the backend that decodes the videos
-    once into memory (default: the one that reads any codec); ``workers``: processes rendering and threads decoding (default: the CPU
-    count, at most 8).
+    once into memory (default: the registry's decoder that reads any codec); ``workers``: processes
+    rendering and threads decoding (default: the CPU count, at most 8).
     """
 
     out_dir: str = "runs/demo"

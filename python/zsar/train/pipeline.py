@@ -102,8 +102,9 @@ class Pipeline:
             seen = self.encode(seen, "seen-class representations") if needed else None
         if validation is not None and not isinstance(validation, EncodedSet):
             validation = self.encode(validation, "held-out videos of the seen classes") if selection else None
-        return ZeroShotClassifier.fit(self.model, seen, self.classes, self.embedder, head_settings=self.config.head_settings,
-                                      selection=selection, validation=validation, **kwargs)
+        return ZeroShotClassifier.fit(self.model, seen, self.classes, self.embedder,
+                                      head_settings=self.config.head_settings, selection=selection,
+                                      validation=validation, **kwargs)
 
     def save(self, clf: ZeroShotClassifier, directory: str | Path | None = None,
              metadata: dict[str, Any] | None = None) -> Path:
