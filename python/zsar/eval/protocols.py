@@ -121,12 +121,13 @@ def get_protocol(name: str) -> ZeroShotProtocol:
     return _PROTOCOLS[name]
 
 
-@register_protocol("0/50", "E2E's (Brattoli et al. 2020): 10 random splits of half the classes, mean and std")
+@register_protocol("0/50", "E2E's (Brattoli et al. 2020; ResT Table 2): 10 random splits of half the "
+                           "classes, mean and std")
 def _half_splits(n_classes: int, n_splits: int) -> list[np.ndarray]:
     return half_class_splits(n_classes, n_splits)
 
 
-@register_protocol("0/100", "every class of the dataset a candidate, one split (ResT Table 5)")
+@register_protocol("0/100", "every class of the dataset a candidate, one split (E2E; ResT Table 2)")
 def _all_classes(n_classes: int, n_splits: int) -> list[np.ndarray]:
     return [np.arange(n_classes)]
 
