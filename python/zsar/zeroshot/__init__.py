@@ -1,5 +1,7 @@
-"""Zero-shot inference: heads that build class matrices from label text (ResT's semantic transfer,
-MZST's semantic embedding), the classifier that serves them, model selection and baselines."""
+"""Zero-shot inference: encoding a loader once (:func:`encode_loader`), heads that build class
+matrices from label text (ResT's semantic transfer, MZST's semantic embedding), the classifier that
+serves them and builds them (:meth:`ZeroShotClassifier.fit`, where a head's settings are chosen),
+cross-validation of the transfer parameters (ResT §4.1) and baselines."""
 
 from .baselines import semantic_space_baseline
 from .classifier import ZeroShotClassifier
