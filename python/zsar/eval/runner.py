@@ -1,5 +1,5 @@
-"""The one evaluation runner that ``zsar demo`` and ``zsar eval`` share: encode a dataset once,
-then report zero-shot accuracy of a classifier next to the semantic-space baseline and chance.
+"""The one evaluation runner that ``zsar demo`` and ``zsar eval`` share: zero-shot accuracy of a
+classifier on a dataset encoded once, next to the semantic-space baseline and chance.
 
     encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     report = zero_shot_report(clf, encoded, class_names, protocol="0/100")
