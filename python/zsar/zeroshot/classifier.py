@@ -223,7 +223,7 @@ class ZeroShotClassifier:
         if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
             raise TypeError("videos must be clips, a zsar.data.Batch or video file path(s)")
         return self._encode_batches((self._load(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)),
-                                    progress, total=math.ceil(len(paths) / batch_size))
+                                    progress)
 
     def _load(self, paths) -> Batch:
         """Video files as a batch: clips by :attr:`clip_spec`, audio when the model takes it (the
@@ -232,14 +232,8 @@ class ZeroShotClassifier:
         dataset = VideoClipDataset(videos, self.clip_spec, backend="auto", audio=self.model.inputs.audio)
         return collate([dataset.sample(i) for i in range(len(videos))])
 
-    def _encode_batches(self, batches, progress: bool, total: int | None = None) -> torch.Tensor:
-        self.model.eval()
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding videos", unit="batch", total=total)
-        device = self.model.device
-        return torch.cat([self.model.encode(b.to(device)).float().cpu() for b in batches])
+    def _encode_batches(self, batches, progress: bool) -> torch.Tensor:
+        return encode_loader(self.model, batches, progress).x
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, num_labels)`` head scores (higher is better) of representations ``x`` ``(N, D)``."""
