@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..zeroshot.encoding import EncodedSet
+from ..zeroshot.baselines import semantic_space_scores
 from ..zeroshot.transfer import cosine_similarity_matrix
 from .metrics import top_k_accuracy
 from .protocols import evaluate_protocol, format_results_table, get_protocol
@@ -59,10 +60,8 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
     seen_embeddings = clf.embedder.embed(clf.seen_labels)
 
     def baseline(candidates: list[str]) -> np.ndarray:
-        # Each video's predicted seen class, then the candidates ranked by their label's relatedness
-        # to it (argmax: the semantic-space baseline's prediction; the ranking gives its top-5).
         relatedness = cosine_similarity_matrix(clf.embedder.embed(candidates), seen_embeddings)
-        return relatedness[:, seen_pred].T
+        return semantic_space_scores(seen_pred, relatedness)
 
     n_candidates = get_protocol(protocol).candidates(len(names))
     return {

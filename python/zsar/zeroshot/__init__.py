@@ -3,7 +3,7 @@ matrices from label text (ResT's semantic transfer, MZST's semantic embedding), 
 serves them and builds them (:meth:`ZeroShotClassifier.fit`, where a head's settings are chosen),
 cross-validation of the transfer parameters (ResT §4.1) and baselines."""
 
-from .baselines import semantic_space_baseline
+from .baselines import semantic_space_baseline, semantic_space_scores
 from .classifier import ZeroShotClassifier
 from .encoding import EncodedSet, encode_loader
 from .heads import (
@@ -38,6 +38,7 @@ __all__ = [
     "transfer_assignment",
     "transfer_assignment_closed_form",
     "semantic_space_baseline",
+    "semantic_space_scores",
     "SelectionResult",
     "select_transfer_params",
 ]
