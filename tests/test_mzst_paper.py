@@ -210,16 +210,17 @@ def test_mvit_kinetics_weights_by_name_set_the_kinetics_normalisation(tmp_path, 
 
 
 def test_model_inputs_carry_the_normalisation_and_views_every_loader_uses():
-    from zsar.data.config import DataConfig
-    from zsar.train.pipeline import clip_specs
+    from zsar.train.config import TrainConfig as Config
+    from zsar.train.pipeline import Pipeline
 
     model = tiny()
     spec = model.inputs.clip_spec()
     assert spec.mean == (0.45, 0.45, 0.45) and spec.std == (0.225, 0.225, 0.225)  # Kinetics MViT's
     assert spec.views == 12 and spec.num_clips == 4 and spec.crop_mode == "three"  # the paper's 4 x 3
-    train, evaluation = clip_specs(model, DataConfig(root="x", format="list", annotations="x"))
-    assert train.views == 1 and train.mean == spec.mean and evaluation.views == 12
-    assert clip_specs(model, DataConfig(root="x", format="list", annotations="x"), eval_clips=1)[1].views == 1
+    pipeline = Pipeline(Config(model="mzst_tiny", device="cpu"), CLASSES, embedder=None, model=model)
+    train, evaluation = pipeline.clip_specs(stride=2)
+    assert train.views == 1 and train.mean == spec.mean and evaluation.views == 12 and evaluation.stride == 2
+    assert pipeline.clip_specs(1, stride=2)[1].views == 1
     assert tiny(eval_clips=2, eval_crops=1).inputs.clip_spec().views == 2
     rest = create_model("rest_tiny", class_names=CLASSES)
     assert rest.inputs.clip_spec().views == 1 and rest.inputs.clip_spec().mean == (0.485, 0.456, 0.406)

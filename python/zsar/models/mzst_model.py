@@ -14,7 +14,8 @@ from torch import nn
 
 from ..text.vocab import WordVocab, mask_words
 from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
-from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
+from ..data.audio import AudioSpec
+from .base import ModelInputs, TrainingStage, ZeroShotModel
 from .fusion import AVTFusion, BranchHeads, LateFusion, TextStream
 from .layers import MaskedWordHead, init_transformer_weights
 from .mzst_config import MZSTConfig

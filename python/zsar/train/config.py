@@ -14,6 +14,7 @@ from .. import config as _config
 from ..data.config import DataConfig
 from ..models.base import TrainingStage
 from ..models.registry import default_embedder_spec
+from ..zeroshot.selection import HeadSelection
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")  # learning rate over a stage: cosine decay to 0, or fixed (the MZST paper)
@@ -95,6 +96,10 @@ class TrainConfig:
     def embedder_spec(self) -> dict[str, Any]:
         """``embedder``, or the registered default of ``model`` when it is None."""
         return dict(self.embedder) if self.embedder is not None else default_embedder_spec(self.model)
+    # The zero-shot head saved with the model: its settings (ResT: k, theta, rho), or a grid to choose
+    # them on by cross-validation over the seen classes (ResT §4.1; `head_selection: {}` is the default grid).
+    head_settings: dict[str, Any] = field(default_factory=dict)
+    head_selection: HeadSelection | None = None
 
     def __post_init__(self):
         self.stages = {name: (_config.from_dict(StageConfig, value, prefix=f"stages.{name}.")
