@@ -15,7 +15,7 @@ Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CU
 4. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
    forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
    FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
-5. bottleneck_attention (issue 13), bf16, MZST shapes: audio-video stream B=32, H=12, L=1609,
+5. bottleneck_attention, bf16, MZST shapes: audio-video stream B=32, H=12, L=1609,
    Dh=64, n_fusion=4, (a) no padding, (b) half the batch without audio (n_valid=393); text stream
    B=256, H=12, L=21, n_valid in 2..17 (n_fusion=4). Contenders: zsar cuda, zsar triton, SDPA with
    a boolean key mask, SDPA on unpadded tensors without a mask (case a: the whole batch; case b:
@@ -57,18 +57,19 @@ def gpu_backends() -> list[tuple[str, torch.dtype]]:
             for device, dtype in b.declared() if device == "cuda"]
 
 
-def check_correctness(device) -> list[dict]:
+def check_correctness(device, backends: list[tuple[str, torch.dtype]] | None = None) -> list[dict]:
+    """Each (backend, dtype) (default: :func:`gpu_backends`) against the float64 reference."""
     rows = []
-    for backend, dtype in gpu_backends():
+    for backend, dtype in gpu_backends() if backends is None else backends:
         for B, H, L, D, nv, mode in CHECK_SHAPES:
             gen = torch.Generator().manual_seed(B * 1000 + L)
             q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
             n_text = torch.randint(0, L - nv + 1, (B,), generator=gen, dtype=torch.int32)
             n_text[0] = L - nv
-            leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+            leaves = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
             out = masked_attention(*leaves, nv, n_text.to(device), mode=mode, backend=backend)
             out.backward(dout.to(device))
-            ref_leaves = [t.double().to(device).requires_grad_() for t in (q, k, v)]
+            ref_leaves = [t.detach().double().to(device).requires_grad_() for t in (q, k, v)]
             ref = masked_attention(*ref_leaves, nv, n_text.to(device), mode=mode, backend="reference")
             ref.backward(dout.double().to(device))
             atol, rtol = TOL[dtype]
@@ -233,11 +234,11 @@ def run_op_tests() -> bool:
     return result.returncode == 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--no-tests", action="store_true", help="do not run the op tests")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
         return 2
