@@ -15,7 +15,7 @@ import torch
 
 from benchmode import pick
 from zsar.ops import masked_attention
-from zsar.ops.rest_attention import key_end
+from zsar.ops.masked_attention import key_end
 
 B, H, N_VISUAL, MAX_WORDS, D = pick(64, 2), 12, 17, 8, 64
 L = N_VISUAL + MAX_WORDS

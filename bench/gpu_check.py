@@ -38,7 +38,7 @@ import torch
 
 from zsar import _ext
 from zsar.ops import bottleneck_attention
-from zsar.ops.rest_attention import dispatcher, key_end, masked_attention
+from zsar.ops.masked_attention import dispatcher, key_end, masked_attention
 
 TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 2e-2), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
 CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dense_reference import bottleneck_mask, dense_bottleneck_attention
 from ops_params import backend_names, declared_backend_params, skip_unless_usable, usable_device
 from zsar.ops import BackendUnavailableError, bottleneck_attention
-from zsar.ops.bottleneck import dispatcher
+from zsar.ops.bottleneck_attention import dispatcher
 
 
 @dataclass(frozen=True)

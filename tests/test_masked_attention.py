@@ -11,7 +11,7 @@ import torch
 from dense_reference import dense_attention
 from ops_params import declared_backend_params, skip_unless_usable
 from zsar.ops import BackendUnavailableError, masked_attention
-from zsar.ops.rest_attention import MaskedAttentionInputs, dispatcher
+from zsar.ops.masked_attention import MaskedAttentionInputs, dispatcher
 
 
 @dataclass(frozen=True)

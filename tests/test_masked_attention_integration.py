@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dense_reference import allowed_mask, dense_attention
 from ops_params import backend_names, usable_device
 from zsar.ops import masked_attention
-from zsar.ops.rest_attention import dispatcher
+from zsar.ops.masked_attention import dispatcher
 
 
 def _inputs(seed, B=3, H=2, L=13, D=32, n_visual=5, dtype=torch.float32, requires_grad=False, device="cpu"):

@@ -18,7 +18,7 @@ import torch
 from dense_reference import masked_attention_bounds
 from ops_params import declared_backend_params, skip_unless_usable
 from zsar.ops import masked_attention
-from zsar.ops.rest_attention import dispatcher
+from zsar.ops.masked_attention import dispatcher
 
 # The Triton interpreter computes with numpy, which warns about every NaN/inf it meets.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
