@@ -1,4 +1,4 @@
-// SIMD helpers shared by the CPU attention kernels (masked_attention.cpp, tiled_attention.cpp):
+// SIMD helpers shared by the CPU attention kernels (prefix_attention.cpp, tiled_attention.cpp):
 // portable 32-byte vectors, a vectorised exp, a small register-tiled gemm, dot and transpose.
 // Included inside each kernel file's per-ISA namespace (every helper is inline or a template).
 #pragma once

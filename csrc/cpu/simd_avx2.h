@@ -1,5 +1,5 @@
 // AVX2 + FMA float helpers shared by the CPU attention kernels' float32 fast paths
-// (masked_attention.cpp, tiled_attention.cpp): exp, log, horizontal reductions, lane masks.
+// (prefix_attention.cpp, tiled_attention.cpp): exp, log, horizontal reductions, lane masks.
 // Included inside each kernel file's per-ISA namespace; empty unless the build targets AVX2 + FMA.
 #pragma once
 

@@ -1,8 +1,8 @@
 // Tiled CPU kernels of the fused attention for mask kinds whose valid tokens all see each other
 // (today: Bottleneck, MZST's attention-bottleneck fusion); kinds and arguments are in
-// csrc/include/zsar/masked_attention.h.
+// csrc/include/zsar/attention.h.
 //
-// Compiled once per instruction set like masked_attention.cpp (whose register-tiled gemm and exp
+// Compiled once per instruction set like prefix_attention.cpp (whose register-tiled gemm and exp
 // helpers, simd.h, these share). A sample's valid tokens (a prefix and a suffix of the sequence)
 // are seen as one dense block of n tokens ("compact" indices t -> position(t)), so padding is never
 // read and never computed, and every product is a dense gemm without masking.
@@ -191,7 +191,7 @@ inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols
 #endif
 
 template <typename T>
-void forward(const MaskedAttentionForward& a) {
+void forward(const AttentionForward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads, Lp = round_up(L, kPanel);
   const T scale = static_cast<T>(s.scale);
@@ -279,7 +279,7 @@ struct BackwardScratch {
 };
 
 template <typename T>
-void backward(const MaskedAttentionBackward& a) {
+void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
   const T scale = static_cast<T>(s.scale);
@@ -333,12 +333,12 @@ void backward(const MaskedAttentionBackward& a) {
 
 }  // namespace
 
-void tiled_fwd(const MaskedAttentionForward& args) {
+void tiled_fwd(const AttentionForward& args) {
   if (args.problem.dtype == ScalarType::Float32) return forward<float>(args);
   forward<double>(args);
 }
 
-void tiled_bwd(const MaskedAttentionBackward& args) {
+void tiled_bwd(const AttentionBackward& args) {
   if (args.problem.dtype == ScalarType::Float32) return backward<float>(args);
   backward<double>(args);
 }

@@ -1,5 +1,5 @@
 // CPU kernels of the fused masked attention; the mask kinds and arguments are in
-// csrc/include/zsar/masked_attention.h.
+// csrc/include/zsar/attention.h.
 //
 // Compiled once per instruction set (see CMakeLists.txt: ZSAR_CPU_ISA = avx2 / baseline); the
 // entry points in dispatch.cpp pick the best one the running CPU supports.
@@ -128,7 +128,7 @@ void for_each_slice(const AttentionProblem& s, int num_threads, bool backward, B
 }
 
 template <typename T>
-void forward(const MaskedAttentionForward& a) {
+void forward(const AttentionForward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   for_each_slice<T>(s, a.exec.num_threads, /*backward=*/false,
@@ -152,7 +152,7 @@ void forward(const MaskedAttentionForward& a) {
 }
 
 template <typename T>
-void backward(const MaskedAttentionBackward& a) {
+void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   const T scale = static_cast<T>(s.scale);
@@ -435,7 +435,7 @@ void for_each_slice_fast(const AttentionProblem& s, int num_threads, bool backwa
   }
 }
 
-void forward(const MaskedAttentionForward& a) {
+void forward(const AttentionForward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   const float scale = static_cast<float>(s.scale);
@@ -495,7 +495,7 @@ void forward(const MaskedAttentionForward& a) {
   });
 }
 
-void backward(const MaskedAttentionBackward& a) {
+void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   const float scale = static_cast<float>(s.scale);
@@ -584,7 +584,7 @@ void backward(const MaskedAttentionBackward& a) {
 
 }  // namespace
 
-void fwd(const MaskedAttentionForward& args) {
+void fwd(const AttentionForward& args) {
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_fwd(args);
   const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -594,7 +594,7 @@ void fwd(const MaskedAttentionForward& args) {
   return forward<double>(args);
 }
 
-void bwd(const MaskedAttentionBackward& args) {
+void bwd(const AttentionBackward& args) {
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_bwd(args);
   const ScalarType dtype = args.problem.dtype;
 #if defined(__AVX2__) && defined(__FMA__)
