@@ -107,7 +107,7 @@ class _EagerFusedOp(torch.autograd.Function):
 
     ``forward(ctx, op, backend, inputs, *tensors)``: ``tensors`` are the tensor fields of
     ``inputs``, passed again so that autograd sees them. Each op gets a subclass named after it,
-    so ``grad_fn`` names the op (e.g. ``_EagerAttentionBackward``).
+    so ``grad_fn`` names the op (e.g. ``_EagerMaskedAttentionBackward``).
     """
 
     @staticmethod
