@@ -33,7 +33,7 @@ from benchmode import pick
 
 from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, probe_video, write_video
 from zsar.data.decoders import unavailable_reason
-from zsar.models.base import AudioSpec
+from zsar.data import AudioSpec
 
 N_VIDEOS, N_FRAMES, H, W = pick((12, 120, 240, 320), (2, 20, 48, 64))
 SPEC = pick(ClipSpec(frames=16, stride=6, size=224, train=True), ClipSpec(frames=4, stride=2, size=32, train=True))

@@ -14,9 +14,10 @@ Each module is named after its op; the package exports the functions, so ``zsar.
 is the function and ``zsar.ops.masked_attention.<name>`` imports reach the module.
 """
 
-from ._dispatch import BackendUnavailableError
+from ._dispatch import BackendUnavailableError, Dispatcher
 from .attention import ATTENTION_OPS
 from .bottleneck_attention import bottleneck_attention
 from .masked_attention import check_n_text_range, masked_attention
 
-__all__ = ["ATTENTION_OPS", "BackendUnavailableError", "bottleneck_attention", "check_n_text_range", "masked_attention"]
+__all__ = ["ATTENTION_OPS", "BackendUnavailableError", "Dispatcher", "bottleneck_attention", "check_n_text_range",
+           "masked_attention"]
