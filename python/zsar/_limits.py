@@ -1,0 +1,81 @@
+"""Limits on the sizes zsar reads from files, configs and the command line, checked before allocating.
+
+A media header, a ``config.json``, a ``zeroshot.json`` or a command-line option can state any
+number; zsar would otherwise allocate what it states (a 28 KB VP9 file whose header says 8192×8192
+frames takes ``predict`` past 5 GB). Every such size is checked here first, against a limit that
+is far above what the papers' models and datasets use, with a one-line :class:`LimitError` naming
+the setting, its value and the limit.
+
+Each limit can be changed with the environment variable ``ZSAR_LIMIT_<NAME>`` (upper case), e.g.
+``ZSAR_LIMIT_FRAME_PIXELS=70000000`` to read 8192×8192 video.
+
+======================  ==============  ====================================================================
+name                    default         what it bounds
+======================  ==============  ====================================================================
+``frame_pixels``        35,389,440      width × height of a decoded video frame (DCI 8K, 8192×4320)
+``clip_frames``         1,024           frames per clip (``frames`` of a clip spec, a model or ``--frames``)
+``clips``               1,024           clips per video (``num_clips``, ``--clips``)
+``image_size``          4,096           crop size and short-side resize of a clip spec, a model's image size
+``clip_bytes``          4 GiB           float32 memory of one video's clips, as a clip spec asks for them
+``labels``              100,000         class names scored at once (``predict``, ``eval``, a checkpoint's classes)
+``vocabulary``          3,000,000       words of a word vocabulary (word2vec's Google News vocabulary)
+``audio_frames``        65,536          log-mel frames of an audio input (AST uses 1,024)
+``mel_bins``            1,024           mel bands of an audio input (AST uses 128)
+``model_dim``           65,536          a model's width, MLP width, embedding size
+``model_blocks``        1,024           layers / fusion blocks / heads / tokens of a model
+``model_parameters``    4e9             parameters of a model, estimated from its arguments before it is built
+======================  ==============  ====================================================================
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["LIMITS", "LimitError", "check_limit", "limit"]
+
+#: name -> (default, what it bounds).
+LIMITS: dict[str, tuple[int, str]] = {
+    "frame_pixels": (8192 * 4320, "pixels per decoded video frame"),
+    "clip_frames": (1024, "frames per clip"),
+    "clips": (1024, "clips per video"),
+    "image_size": (4096, "pixels of a crop or resized short side"),
+    "clip_bytes": (4 << 30, "bytes of one video's float32 clips"),
+    "labels": (100_000, "class names scored at once"),
+    "vocabulary": (3_000_000, "words of a vocabulary"),
+    "audio_frames": (65_536, "log-mel frames of an audio input"),
+    "mel_bins": (1024, "mel bands of an audio input"),
+    "model_dim": (65_536, "width of a model layer"),
+    "model_blocks": (1024, "layers, blocks, heads or tokens of a model"),
+    "model_parameters": (4_000_000_000, "parameters of a model"),
+}
+
+
+class LimitError(ValueError):
+    """A size read from a file, a config or the command line is above its limit (see :mod:`zsar._limits`)."""
+
+
+def limit(name: str) -> int:
+    """The current value of the limit ``name``: ``ZSAR_LIMIT_<NAME>`` when set, else the default."""
+    default, _ = LIMITS[name]
+    env = f"ZSAR_LIMIT_{name.upper()}"
+    text = os.environ.get(env)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise LimitError(f"{env}={text!r}: expected a whole number") from None
+    if value < 1:
+        raise LimitError(f"{env}={text!r}: expected a positive number")
+    return value
+
+
+def check_limit(name: str, value, setting: str, where: str = "") -> int:
+    """``value`` when it is at most the limit ``name``; else :class:`LimitError`, one line naming
+    ``setting`` (and ``where``: a file or command), the value and the limit."""
+    bound = limit(name)
+    if value > bound:
+        prefix = f"{where}: " if where else ""
+        raise LimitError(f"{prefix}{setting}={value} is above the limit of {bound:,} {LIMITS[name][1]} "
+                         f"(set ZSAR_LIMIT_{name.upper()} to raise it)")
+    return value
