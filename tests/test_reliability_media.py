@@ -118,3 +118,36 @@ def test_over_loud_float_audio_is_an_error_not_nan_features(tmp_path):
         c.mux(a.encode())
     with pytest.raises(VideoError, match=r"loud\.mkv.*not finite"):
         zaudio.audio_features(path)
+
+
+def test_video_header_beyond_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """The limit is checked on the header; ZSAR_LIMIT_FRAME_PIXELS moves it (here down to 32×32,
+    so the test stays small: the mechanism is the same at 8192×8192)."""
+    path = write_video(tmp_path / "big.avi", np.zeros((2, 48, 64, 3), np.uint8))
+    assert probe_video(path).width == 64
+    monkeypatch.setenv("ZSAR_LIMIT_FRAME_PIXELS", str(32 * 32))
+    with pytest.raises(VideoError, match=r"big\.avi: pixels per frame \(64×48\)=3072 is above the limit of 1,024"):
+        probe_video(path)
+
+
+def test_clip_spec_sizes_are_bounded_together():
+    from zsar.data import ClipSpec
+
+    with pytest.raises(LimitError, match="short_side=8192 is above"):
+        ClipSpec(frames=16, size=4096, short_side=8192)
+    with pytest.raises(LimitError, match="memory of one video's clips"):
+        ClipSpec(frames=1000, size=1024, num_clips=10)
+    with pytest.raises(LimitError, match="ClipSpec.num_clips=100000"):
+        ClipSpec(num_clips=100000)
+    ClipSpec(frames=32, size=224, num_clips=10, crop="three")  # the papers' largest evaluation
+
+
+def test_clip_memory_of_a_large_video_is_checked_per_file(tmp_path, monkeypatch):
+    from zsar.data import ClipSpec, plan_clip
+
+    path = write_video(tmp_path / "v.avi", np.zeros((4, 64, 64, 3), np.uint8))
+    spec = ClipSpec(frames=4, size=32)
+    plan_clip(spec, probe_video(path), None)
+    monkeypatch.setenv("ZSAR_LIMIT_CLIP_BYTES", str(spec.memory_bytes(32, 32)))
+    with pytest.raises(VideoError, match=r"v\.avi: memory of the clips of this 64×64 video"):
+        plan_clip(spec, probe_video(path), None)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._limits import LimitError, check_limit
 from .._utils import as_numpy
 
 #: Video file extensions (lower case), in order of preference when one stem has several.
@@ -318,6 +319,11 @@ def probe_video(path) -> VideoInfo:
             raise VideoError(f"{path}: contains no video stream")
         vs = container.streams.video[0]
         stated = int(vs.frames) if vs.frames > 0 else None
+        width, height = vs.codec_context.width, vs.codec_context.height
+        try:  # before any frame is decoded: a few bytes of header can state gigapixel frames
+            check_limit("frame_pixels", width * height, f"pixels per frame ({width}×{height})", path)
+        except LimitError as e:
+            raise VideoError(str(e)) from None
         try:  # PyAV ends the demux with an empty flush packet per stream: count real packets only
             held = sum(1 for p in container.demux(vs) if p.size > 0)
         except Exception as e:  # FFmpeg's demuxer errors on damaged containers
@@ -326,7 +332,7 @@ def probe_video(path) -> VideoInfo:
         fps = float(vs.average_rate or vs.guessed_rate or 0.0)
         info = VideoInfo(path=path, codec=vs.codec_context.name,
                          num_frames=held if stated is None else min(held, stated), fps=fps,
-                         width=vs.codec_context.width, height=vs.codec_context.height,
+                         width=width, height=height,
                          has_audio=bool(audio),
                          audio_sample_rate=audio[0].rate if audio else None, stated_frames=stated)
     if info.num_frames <= 0:
