@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._utils import read_json
 from .video import (AUDIO_CODECS, VIDEO_EXTENSIONS, VideoError, _require_av, audio_encoder_rate, probe_video,
                     write_video)
 
@@ -347,7 +348,7 @@ def _read_truncations(dst_dir: Path) -> dict[str, dict]:
     dropped (those sources are converted again)."""
     path = dst_dir / RECORD_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
         records = data["truncated_sources"]
         if not isinstance(records, dict):
             raise TypeError("not an object")

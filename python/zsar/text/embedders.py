@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._utils import read_json
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -235,15 +236,13 @@ def _sentence_model_path(model: str | Path) -> Path:
 def _check_sentence_model_folder(path: Path) -> None:
     """Refuses a model folder whose ``modules.json`` names modules outside sentence-transformers:
     loading would import them (sentence-transformers before 6.0 did so without asking)."""
-    import json
-
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return  # a plain transformers folder: sentence-transformers adds mean pooling itself
     try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"sentence model {modules_file} is not valid JSON: {exc}") from None
+        modules = read_json(modules_file, ValueError)
+    except OSError as exc:
+        raise ValueError(f"sentence model {modules_file} cannot be read ({exc.strerror})") from None
     types = [m.get("type") if isinstance(m, dict) else m for m in modules] if isinstance(modules, list) else [modules]
     foreign = [t for t in types if not (isinstance(t, str) and t.startswith("sentence_transformers."))]
     if foreign:
