@@ -23,7 +23,7 @@ name                    default         what it bounds
 ``mel_bins``            1,024           mel bands of an audio input (AST uses 128)
 ``model_dim``           65,536          a model's width, MLP width, embedding size
 ``model_blocks``        1,024           layers / fusion blocks / heads / tokens of a model
-``model_parameters``    4e9             parameters of a model, estimated from its arguments before it is built
+``model_parameters``    1e9             parameters of a model, estimated from its arguments before it is built
 ======================  ==============  ====================================================================
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["LIMITS", "LimitError", "check_limit", "limit"]
+__all__ = ["LIMITS", "MODEL_ARG_LIMITS", "LimitError", "check_limit", "check_model_args", "limit"]
 
 #: name -> (default, what it bounds).
 LIMITS: dict[str, tuple[int, str]] = {
@@ -46,8 +46,41 @@ LIMITS: dict[str, tuple[int, str]] = {
     "mel_bins": (1024, "mel bands of an audio input"),
     "model_dim": (65_536, "width of a model layer"),
     "model_blocks": (1024, "layers, blocks, heads or tokens of a model"),
-    "model_parameters": (4_000_000_000, "parameters of a model"),
+    "model_parameters": (1_000_000_000, "parameters of a model"),
 }
+
+
+#: Builder arguments of the registered models -> the limit each is checked against, wherever they
+#: come from (a checkpoint's config.json, a run config, the command line): see :func:`check_model_args`.
+MODEL_ARG_LIMITS: dict[str, str] = {
+    "frames": "clip_frames", "image_size": "image_size", "audio_length": "audio_frames", "mel_bins": "mel_bins",
+    "dim": "model_dim", "mlp_dim": "model_dim", "embed_dim": "model_dim", "fusion_blocks": "model_blocks",
+    "depth": "model_blocks", "heads": "model_blocks", "fusion_tokens": "model_blocks", "max_words": "model_blocks",
+    "num_classes": "labels", "class_names": "labels", "vocab": "vocabulary",
+}
+
+
+def check_model_args(args: dict, where: str = "") -> None:
+    """Checks the sizes among a model's builder ``args`` (ints, or lists by their length) against
+    :data:`MODEL_ARG_LIMITS`, and the width × blocks product against ``model_parameters``, before
+    anything is built."""
+    for key, name in MODEL_ARG_LIMITS.items():
+        value = args.get(key)
+        if isinstance(value, (list, tuple)):
+            check_limit(name, len(value), f"len({key})", where)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            check_limit(name, value, key, where)
+    def size(key):
+        value = args.get(key)
+        if isinstance(value, (list, tuple)):
+            return len(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    # A transformer block holds about 4 dim^2 + 2 dim mlp_dim weights; word and class tables a row each.
+    width = max(size("dim"), size("embed_dim"))
+    params = (4 * size("dim") ** 2 + 2 * size("dim") * size("mlp_dim")) * max(size("fusion_blocks"), size("depth")) \
+        + (size("vocab") + max(size("num_classes"), size("class_names"))) * width
+    check_limit("model_parameters", params, "estimated parameters", where)
 
 
 class LimitError(ValueError):

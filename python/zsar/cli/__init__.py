@@ -63,13 +63,48 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (NonFiniteLossError, RunLockedError)
 
 
+def check_device(text: str, option: str = "--device") -> str:
+    """``text`` when it names a device zsar can run on here (``cpu``, ``cuda``, ``cuda:N`` of an
+    existing GPU); else :class:`CLIError` saying why."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise CLIError(f"{option} {text!r}: not a device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise CLIError(f"{option} {text!r}: zsar runs on cpu or cuda, not {device.type}")
+    if not torch.cuda.is_available():
+        raise CLIError(f"{option} {text!r}: torch sees no CUDA device here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"{option} {text!r}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                       f"cuda:{torch.cuda.device_count() - 1})")
+    return text
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (C++ errors carry backtraces), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            args.device = check_device(args.device)
         return importlib.import_module(args._module).run(args)
     except (CLIError, FileNotFoundError, ValueError, *_run_errors()) as exc:
-        print(f"zsar {args.command}: error: {exc}", file=sys.stderr)
+        print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, an output path that is a folder or a file, permissions
+        print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as exc:  # an allocation torch could not make, a kernel refusing
+        print(f"zsar {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
     except KeyboardInterrupt:

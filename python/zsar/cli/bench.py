@@ -138,6 +138,7 @@ def _model(args) -> int:
 
     import zsar
     from ..data.batch import Batch
+    from ..models.registry import needs_label_embeddings
 
     device, sync = _device(args)
     labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
@@ -149,6 +150,8 @@ def _model(args) -> int:
     model = zsar.create_model(args.model, class_names=labels, **overrides).to(device)
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
+    if needs_label_embeddings(args.model):  # its semantic loss trains towards them: any vectors do
+        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
     shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
         (inputs.frames, 3, inputs.image_size, inputs.image_size)
     y = torch.randint(0, len(labels), (B,), generator=gen)

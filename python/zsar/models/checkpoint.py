@@ -192,8 +192,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path / CONFIG}: unknown model {name!r}; registered: {', '.join(list_models())}")
     try:
         model = create_model(name, **config.get("model_args", {}))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args ({e})") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing a shape
+        raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args "
+                              f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     load_weights(model, path)
     return model.to(device).eval()
 
