@@ -38,6 +38,26 @@ def keep_freed_memory() -> str:
     return "glibc defaults (mallopt refused)"
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary file beside it, renamed over ``path``
+    once complete: a full disk or a kill leaves the previous file whole (and no temporary one)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueError) -> Any:
     """``json.loads(text)``, the one JSON parser of zsar's readers: invalid JSON and JSON nested too
     deeply for the parser (a RecursionError otherwise) raise ``error`` with one line naming

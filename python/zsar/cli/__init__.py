@@ -53,7 +53,26 @@ def load_run_config(config_cls, args):
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return None
+    out_dir = getattr(config, "out_dir", None)
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CLIError(f"out_dir {out_dir}: is a file, not a folder")
     return config
+
+
+def check_output_file(path: str | None, option: str) -> None:
+    """Refuses an output file path that names a folder, or whose parent is a file (before the work
+    that would write it)."""
+    import os
+
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path}: is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -90,8 +109,23 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line. ``key=value`` overrides may follow options (``zsar train CFG
+    --print-config key=v``): argparse ends a ``nargs="*"`` positional at the first option and would
+    refuse the rest, so those left over are added to the command's overrides."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all(
+                "=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.parse_args(argv)  # argparse's own error for what is left
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if getattr(args, "device", None) is not None:
             args.device = check_device(args.device)

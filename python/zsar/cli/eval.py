@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
 def _check_options(args) -> None:
     import os
 
-    from . import CLIError
+    from . import CLIError, check_output_file
 
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
@@ -95,6 +95,8 @@ def _check_options(args) -> None:
     for flag, path in paths.items():
         if not os.path.exists(path):
             raise CLIError(f"{flag} {path}: no such file or folder")
+    check_output_file(args.report, "--report")
+    check_output_file(args.plot, "--plot")
 
 
 def run(args) -> int:

@@ -8,8 +8,9 @@ states, history: plain tensors and Python values, read back with ``torch.load(we
 so a crafted file cannot run code).
 
 Writes are atomic at the folder level: a checkpoint is written to a temporary sibling and swapped in
-with renames, so a crash never leaves a half-written checkpoint in place of a good one; after a kill
-between the two renames, :func:`resolve` finds the previous one under ``NAME.old``.
+with renames (:func:`replace_checkpoint`), so a crash never leaves a half-written checkpoint in place
+of a good one; after a kill between the two renames, :func:`resolve` finds the previous one under
+``NAME.zsar-old``, a name only zsar writes (a user's own ``NAME.old`` is never touched).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from torch import nn
 
 from .._utils import read_json_object
 
-__all__ = ["CheckpointError", "save_checkpoint", "resolve", "read_config", "load_weights", "load_model",
+__all__ = ["CheckpointError", "save_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "trainer_state.pt"
+#: Suffix of the name a checkpoint is moved aside to while its replacement is renamed in.
+OLD_SUFFIX = ".zsar-old"
 FORMAT_VERSION = 2
 _HASH_CHUNK = 1 << 22
 
@@ -87,20 +90,29 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE)
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
 
 
+def replace_checkpoint(new: str | Path, directory: str | Path) -> Path:
+    """Renames the complete folder ``new`` to ``directory``, replacing what is there: the old folder is
+    moved aside to ``NAME.zsar-old`` first and deleted only once ``new`` is in place (after a kill in
+    between, :func:`resolve` reads the old one). Only that zsar-named twin is ever deleted."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + OLD_SUFFIX)
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(new, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
 def resolve(directory: str | Path) -> Path:
-    """The checkpoint folder to read: ``directory``, or its ``.old`` twin after an interrupted swap.
+    """The checkpoint folder to read: ``directory``, or its ``.zsar-old`` twin after an interrupted swap.
 
     Raises:
         FileNotFoundError: neither holds a ``config.json``.
@@ -108,7 +120,7 @@ def resolve(directory: str | Path) -> Path:
     directory = Path(directory)
     if (directory / CONFIG).is_file():
         return directory
-    old = directory.with_name(directory.name + ".old")
+    old = directory.with_name(directory.name + OLD_SUFFIX)
     if (old / CONFIG).is_file():
         return old
     raise FileNotFoundError(f"no checkpoint at {directory} (expected {CONFIG} and {WEIGHTS} there)")

@@ -9,6 +9,8 @@ saves a :class:`~zsar.zeroshot.ZeroShotClassifier` beside the best checkpoint, s
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,17 @@ import torch
 from ..data import ClipSpec, VideoClipDataset, VideoList, VideoLoader
 from ..data.config import DataConfig
 from ..models import create_model, load_model
-from ..models.checkpoint import resolve
+from ..models.checkpoint import replace_checkpoint, resolve
 from ..text import embedder_from_spec
 from ..zeroshot import ZeroShotClassifier
+from ..zeroshot.classifier import SETTINGS_FILE as ZERO_SHOT_SETTINGS
 from .config import TrainConfig
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+#: Where a run into a finished run's folder saves its best epochs until it is complete.
+STAGED_BEST = "best.next"
 
 
 def clip_specs(model, data: DataConfig, eval_clips: int = 1) -> tuple[ClipSpec, ClipSpec]:
@@ -65,13 +71,24 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
                                   else config.data.backend, seed=config.seed, on_error=config.data.on_error,
                                   audio=model.inputs.audio, missing_audio=config.data.missing_audio)
     trainer = Trainer(config, train_data, videos.classes, model=model)
+    root = Path(config.out_dir) / "checkpoints"
+    # A finished run (its best has zero-shot files) stays whole until this one is: the new best
+    # epochs go to best.next, which is completed and then swapped in.
+    finished = (root / "best" / ZERO_SHOT_SETTINGS).is_file()
+    if finished:
+        trainer.best_name = STAGED_BEST
     summary = trainer.fit(resume=resume)
     if not trainer.dist.is_main:
         return summary
-    best = resolve(Path(config.out_dir) / "checkpoints" / "best")
-    model = load_model(best, trainer.device)
-    save_zero_shot(model, videos, eval_spec, embedder, best, batch_size=config.batch_size,
+    if finished and not (root / STAGED_BEST).is_dir():  # no better epoch: rebuild the zero-shot files on a copy
+        shutil.rmtree(root / f".{STAGED_BEST}.copy", ignore_errors=True)
+        shutil.copytree(resolve(root / "best"), root / f".{STAGED_BEST}.copy")
+        os.replace(root / f".{STAGED_BEST}.copy", root / STAGED_BEST)
+    target = resolve(root / (STAGED_BEST if finished else "best"))
+    model = load_model(target, trainer.device)
+    save_zero_shot(model, videos, eval_spec, embedder, target, batch_size=config.batch_size,
                    backend=config.data.backend, on_error=config.data.on_error,
                    missing_audio=config.data.missing_audio, progress=config.progress)
+    best = replace_checkpoint(target, root / "best") if finished else target
     log.info("zero-shot checkpoint: %s", best)
     return {**summary, "checkpoint": str(best)}

@@ -138,6 +138,9 @@ class Trainer:
             self.label_words = (ids.to(self.device), n.to(self.device, torch.int32))
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(config.out_dir)
+        #: The folder under ``out_dir/checkpoints`` the best epoch is saved to. A caller keeping a
+        #: finished run's ``best`` until the new run is complete points it elsewhere.
+        self.best_name = "best"
         self.autocast_dtype = torch.bfloat16 if (
             config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")) else None
         self.stages: list[tuple[TrainingStage, StageConfig]] = config.stage_plan(self.model.training_stages())
@@ -200,6 +203,12 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
         if state is not None:
+            recorded = ckpt.read_config(last).get("class_names")
+            if recorded is not None and list(recorded) != list(self.class_names):
+                raise ValueError(f"{self.out_dir} holds a run over other classes ({len(recorded)} classes, "
+                                 f"{recorded[:3]}...) than this one ({len(self.class_names)}, "
+                                 f"{list(self.class_names)[:3]}...): resuming would reuse its weights; start over "
+                                 "with --no-resume (resume=False) or choose another out_dir")
             ckpt.load_weights(self.model, last)
             start, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
             torch.set_rng_state(state["rng_cpu"])
@@ -372,7 +381,7 @@ class Trainer:
         root = self.out_dir / "checkpoints"
         ckpt.save_checkpoint(root / "last", self.model, extra, state)
         if is_best:
-            ckpt.save_checkpoint(root / "best", self.model, extra)
+            ckpt.save_checkpoint(root / self.best_name, self.model, extra)
         if self.config.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(f"epoch {epoch + 1} ({stage}): {shown}", flush=True)
@@ -380,12 +389,12 @@ class Trainer:
 
 def _remove_leftovers(root: Path, keep_last: bool) -> None:
     """Temporary checkpoint folders of a killed run (``.NAME.*``) go; without ``keep_last`` (a fresh
-    run) so do ``last`` and its ``last.old`` twin, which would otherwise be resumed later."""
+    run) so do ``last`` and its ``last.zsar-old`` twin, which would otherwise be resumed later."""
     if not root.is_dir():
         return
     for path in root.iterdir():
         if path.is_dir() and path.name.startswith((".last.", ".best.")):
             shutil.rmtree(path, ignore_errors=True)
     if not keep_last:
-        for name in ("last", "last.old"):
+        for name in ("last", "last" + ckpt.OLD_SUFFIX):
             shutil.rmtree(root / name, ignore_errors=True)
