@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +36,7 @@ from .. import config as _config
 from ..data.config import DataConfig
 from ..data.records import VideoList
 from ..train.config import TrainConfig
+from ..train.lock import RunLock
 from .avca import GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl, run_avca_protocol
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
 
@@ -175,8 +178,9 @@ class _RegisteredModelRunner:
     registered model: a fresh model and :class:`~zsar.train.Trainer` per protocol stage, writing
     into ``out_dir/stage_<n>``."""
 
-    def __init__(self, config: GZSLConfig, embedder):
+    def __init__(self, config: GZSLConfig, embedder, out_dir: str | Path | None = None):
         self.config, self.embedder = config, embedder
+        self.out_dir = Path(config.out_dir if out_dir is None else out_dir)
         self.trainer = None
         self.videos: VideoList | None = None
         self.eval_spec = None
@@ -194,7 +198,7 @@ class _RegisteredModelRunner:
 
         cfg = self.config
         self._built += 1
-        train_cfg = cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}")
+        train_cfg = cfg.train_config(self.out_dir / f"stage_{self._built}")
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, class_names=videos.classes, label_embedder=self.embedder, **cfg.model_args)
         train_spec, self.eval_spec = clip_specs(model, cfg.data, cfg.eval_clips)
@@ -266,7 +270,9 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     Writes into ``config.out_dir``: ``stage_1/`` and ``stage_2/`` (each a training run, as
     ``zsar train`` writes it), ``gzsl_report.json``, ``gzsl_tradeoff.png`` (``plot``), and the
     zero-shot classifier of stage 2's model beside its checkpoint ``stage_2/checkpoints/last``
-    (for ``zsar eval --protocol gzsl``/``zsar predict``).
+    (for ``zsar eval --protocol gzsl``/``zsar predict``). The folder is locked for the whole run
+    (another run into it fails at once). A finished run there (its report) stays as it is until the
+    new one is complete: the new run works in ``.gzsl-next/`` and is then moved into place.
 
     Returns:
         The report of :func:`zsar.eval.run_avca_protocol` plus ``checkpoint``, ``embedder``
@@ -287,26 +293,54 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
                          test_videos=None if test_config is None else test_config.read(),
                          val_fraction=config.val_fraction, seed=config.seed)
     embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
-    runner = _RegisteredModelRunner(config, embedder)
-    epochs = runner.epochs(stages["stage_1_train"])
-    metric = config.metric or runner.head_metric
-    report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
-                               metric=metric, grid=config.beta_grid,
-                               dataset=config.dataset, split=config.avca_split, model=config.model)
     out = Path(config.out_dir)
-    checkpoint = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
-    spec = getattr(embedder, "spec", lambda: None)()
-    report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
-                  config=config.to_dict())
-    if config.plot:
-        from .avca import AVCA_BENCHMARKS
-        from .plots import plot_gzsl_tradeoff
+    with RunLock(out):
+        finished = (out / REPORT_FILE).is_file()
+        work = out / _STAGING if finished else out
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)  # a killed re-run's work (zsar's own folder)
+        runner = _RegisteredModelRunner(config, embedder, work)
+        epochs = runner.epochs(stages["stage_1_train"])
+        metric = config.metric or runner.head_metric
+        report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
+                                   metric=metric, grid=config.beta_grid,
+                                   dataset=config.dataset, split=config.avca_split, model=config.model)
+        saved = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
+        checkpoint = out / saved.relative_to(work)
+        spec = getattr(embedder, "spec", lambda: None)()
+        report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
+                      config=config.to_dict())
+        if config.plot:
+            from .avca import AVCA_BENCHMARKS
+            from .plots import plot_gzsl_tradeoff
 
-        title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
-        report["plot"] = str(plot_gzsl_tradeoff(report["stage_2"]["curve"], out / PLOT_FILE,
-                                                chosen_beta=report["stage_2"]["beta"], title=title))
-    write_results_json(out / REPORT_FILE, report)
+            title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
+            plot_gzsl_tradeoff(report["stage_2"]["curve"], work / PLOT_FILE, chosen_beta=report["stage_2"]["beta"],
+                               title=title)
+            report["plot"] = str(out / PLOT_FILE)
+        write_results_json(work / REPORT_FILE, report)
+        if finished:
+            _move_into_place(work, out, ["stage_1", "stage_2", PLOT_FILE, REPORT_FILE])
     return report
+
+
+#: Where a re-run into a finished GZSL run's folder works until it is complete.
+_STAGING = ".gzsl-next"
+
+
+def _move_into_place(work: Path, out: Path, names: list[str]) -> None:
+    """Moves ``names`` from ``work`` to ``out``, replacing the old ones, the report last (its
+    presence marks a finished run); the old entries are kept aside until all new ones are in."""
+    old = out / ".gzsl-old"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    for name in names:
+        if (out / name).exists():
+            os.replace(out / name, old / name)
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- a saved checkpoint ----------------------------------------------------------------------------
