@@ -188,12 +188,14 @@ def test_checkpoints_of_the_first_format_still_load(checkpoint):
     config = json.loads((path / "config.json").read_text())
     legacy = {"architecture": "ResT", "model_config": config["model_args"], "class_names": CLASS_NAMES}
     (path / "config.json").write_text(json.dumps(legacy))
-    loaded = load_model(path)
+    with pytest.raises(CheckpointError, match="records no weights_sha256.*--no-verify"):
+        load_model(path)  # no checksum: loaded only when the user says so
+    loaded = load_model(path, verify=False)
     assert loaded.registry_name == "rest_tiny"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     (path / "config.json").write_text(json.dumps({**legacy, "architecture": "Other"}))
     with pytest.raises(CheckpointError, match="old-format checkpoint of architecture 'Other'"):
-        load_model(path)
+        load_model(path, verify=False)
 
 
 def test_the_cli_reports_a_damaged_checkpoint_in_one_line(checkpoint, tmp_path):

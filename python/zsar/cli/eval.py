@@ -60,6 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", help="decoder backend (default auto)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
+                             "checkpoints): only one you trust")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -114,7 +117,8 @@ def run(args) -> int:
         return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
                           subset=args.subset, classes=args.classes, backend=args.backend).read()
 
-    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
+    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
+                                  verify=not args.no_verify)
     if args.clips is not None:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips)
     if args.protocol == "gzsl":

@@ -47,6 +47,9 @@ class AudioSpec:
     target_length: int = 1024
     mel_bins: int = 128
     sample_rate: int = 16000
+    #: The model takes nothing else (no video): a file without audio cannot be scored, whatever
+    #: ``missing_audio`` says (zeros would give an answer from nothing), only skipped or refused.
+    required: bool = False
 
 
 @dataclass(frozen=True)

@@ -147,29 +147,42 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_weights(directory: Path, config: dict[str, Any], verify: bool = True) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path}: missing or not a file (the model's weights)")
     expected = config.get("weights_sha256")
+    if expected is None and verify:
+        raise CheckpointError(f"{directory / CONFIG} records no weights_sha256, so {WEIGHTS} cannot be checked (a "
+                              "checkpoint of the first format, or one whose hash was removed); load it only if you "
+                              "trust it, with --no-verify (verify=False)")
     if expected is not None and _sha256(path) != expected:
         raise CheckpointError(f"{path}: SHA-256 differs from the one recorded in {CONFIG}: the file is corrupted "
                               "or was changed")
     try:
-        return load_file(path)
+        state = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    for name, tensor in state.items():  # a NaN weight gives NaN answers, never an error
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: weight {name} holds {bad} non-finite values (NaN or Inf) of "
+                                  f"{tensor.numel()}")
+    return state
 
 
-def load_weights(model: nn.Module, directory: str | Path) -> None:
+def load_weights(model: nn.Module, directory: str | Path, verify: bool = True) -> None:
     """Loads the checkpoint's weights into ``model``.
+
+    ``verify``: refuse weights whose SHA-256 ``config.json`` does not record (False: load them
+    unchecked; a recorded hash is always checked).
 
     Raises:
         CheckpointError: unreadable or corrupted weights, or names/shapes that differ from the model's
             (the message says what differs).
     """
     path = resolve(directory)
-    state = _read_weights(path, read_config(path))
+    state = _read_weights(path, read_config(path), verify)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -187,8 +200,10 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu"):
+def load_model(directory: str | Path, device: str | torch.device = "cpu", verify: bool = True):
     """Rebuilds the registered model saved in a checkpoint folder, with its weights, in eval mode.
+
+    ``verify``: see :func:`load_weights`.
 
     Raises:
         FileNotFoundError: no checkpoint there.
@@ -207,7 +222,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
     except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing a shape
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args "
                               f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    load_weights(model, path)
+    load_weights(model, path, verify)
     return model.to(device).eval()
 
 

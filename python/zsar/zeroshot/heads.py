@@ -191,6 +191,22 @@ def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
     return (sums / counts[:, None]).float()
 
 
+class NonFiniteError(ValueError):
+    """A model gave NaN or Inf for a video (its input or the weights are not finite)."""
+
+
+def require_finite(x: torch.Tensor, video_ids, what: str = "representation") -> torch.Tensor:
+    """``x`` ``(N, ...)`` when every row is finite; else :class:`NonFiniteError` naming the first
+    video (``video_ids[i]``) whose row is not: a NaN representation or score never becomes an answer."""
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        name = video_ids[i] if video_ids is not None and i < len(video_ids) else f"video {i}"
+        raise NonFiniteError(f"{name}: the model's {what} holds NaN or Inf ({int(bad.sum())} of {len(bad)} videos "
+                             "of its batch); its frames, audio or the checkpoint's weights are not finite")
+    return x
+
+
 @torch.no_grad()
 def encode_loader(model, loader, progress: bool = True, desc: str = "encoding videos",
                   with_seen_logits: bool = False):
@@ -215,10 +231,10 @@ def encode_loader(model, loader, progress: bool = True, desc: str = "encoding vi
         batch = batch.to(device)
         if with_seen_logits:
             x, scores = model.encode_and_score(batch)
-            logits.append(scores.float().cpu())
+            logits.append(require_finite(scores.float().cpu(), batch.video_ids, "seen-class scores"))
         else:
             x = model.encode(batch)
-        xs.append(x.float().cpu())
+        xs.append(require_finite(x.float().cpu(), batch.video_ids))
         ys.append(batch.labels.cpu())
         ids.extend(batch.video_ids)
     if not xs:
