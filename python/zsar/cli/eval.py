@@ -60,6 +60,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", help="decoder backend (default auto)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read list entries that resolve outside --root (../, absolute paths); refused otherwise")
     parser.add_argument("--no-verify", action="store_true",
                         help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
                              "checkpoints): only one you trust")
@@ -115,7 +117,8 @@ def run(args) -> int:
 
     def read(annotations):
         return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
-                          subset=args.subset, classes=args.classes, backend=args.backend).read()
+                          subset=args.subset, classes=args.classes, backend=args.backend,
+                          allow_outside_root=args.allow_outside_root).read()
 
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
                                   verify=not args.no_verify)

@@ -413,6 +413,10 @@ def _plan(src_dir: Path, dst_dir: Path, codec: str, rels: list[Path]) -> list[tu
             raise ValueError(f"the output for {src} would be {out}, inside the source folder "
                              f"{src_dir} or onto a source file; choose a destination that does not "
                              "overlap it")
+        if dst_real not in out_real.parents:  # a linked folder (or output) inside the destination
+            raise ValueError(f"the output for {src} would be {out}, which links to {out_real} outside the "
+                             f"destination folder {dst_dir}; remove the link (prepare writes only inside the "
+                             "destination)")
         if out_real in by_output:
             raise ValueError(f"{by_output[out_real]} and {src} would both become {out}; rename "
                              "one of them")

@@ -115,9 +115,19 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
             raise ValueError("a word2vec binary file starts with a '<count> <dim>' line")
         return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
     except _PARSE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"word-vector file {path} could not be read as word2vec, fastText or GloVe "
-                         f"vectors: {reason}") from exc
+                         f"vectors: {_reason_without_content(exc)}") from exc
+
+
+def _reason_without_content(exc: BaseException) -> str:
+    """The first line of a parser's error with the text it quotes from the file cut out: a spec in
+    a checkpoint can name any file, and its content must not reach the message."""
+    import re
+
+    first = (str(exc).splitlines() or [""])[0]
+    first = re.sub(r"(['\"]).*?\1", "<...>", first)
+    first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 class WordVectorEmbedder:
