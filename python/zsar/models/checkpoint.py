@@ -84,7 +84,10 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        try:
+            save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        except SafetensorError as e:  # a full disk, a file-size limit: an OSError like any other write's
+            raise OSError(f"{directory}: cannot write the checkpoint ({str(e).splitlines()[0]})") from None
         config = {"format_version": FORMAT_VERSION, "model": name, "model_args": model.model_args(),
                   "weights_sha256": _sha256(tmp / WEIGHTS), **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
