@@ -82,9 +82,11 @@ def test_a_users_own_best_old_is_never_deleted(run, tmp_path):
     assert not (tmp_path / "ckpt.zsar-old").exists()
 
 
-def test_resuming_a_finished_run_keeps_it_whole_until_the_new_one_is_complete(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", [[], ["--no-resume"]], ids=["resumed", "started-over"])
+def test_a_finished_run_stays_whole_until_the_new_one_is_complete(run, tmp_path, monkeypatch, how):
     """Killed before its zero-shot files exist (here: the zero-shot step raises), a longer run into a
-    finished run's folder leaves that run's best checkpoint and its zeroshot.json as they were."""
+    finished run's folder leaves that run's best checkpoint and its zeroshot.json as they were
+    (started over, its first epoch is its best so far, and used to replace them at once)."""
     import zsar.train.pipeline as pipeline
     from zsar.zeroshot import ZeroShotClassifier
 
@@ -99,11 +101,11 @@ def test_resuming_a_finished_run_keeps_it_whole_until_the_new_one_is_complete(ru
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "save_zero_shot", killed)
-    assert main(["train", str(_config(tmp_path, "run", epochs=2))]) == 130  # "interrupted"
+    assert main(["train", str(_config(tmp_path, "run", epochs=2)), *how]) == 130  # "interrupted"
     assert {p.name: p.read_bytes() for p in best.iterdir()} == before
     ZeroShotClassifier.load(best, device="cpu")
     monkeypatch.undo()
-    assert main(["train", str(_config(tmp_path, "run", epochs=2))]) == 0
+    assert main(["train", str(_config(tmp_path, "run", epochs=2)), *how]) == 0
     assert (best / "zeroshot.json").is_file() and not (best.parent / "best.next").exists()
     ZeroShotClassifier.load(best, device="cpu")
     last = json.loads((best.parent / "last" / "config.json").read_text())
