@@ -52,3 +52,15 @@ def test_first_order_gradients_still_work(op):
     out = out[0] if isinstance(out, tuple) else out
     out.square().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_the_reference_path_refuses_dense_scores_that_would_not_fit(monkeypatch):
+    """The limit is lowered so that the test stays small; by default L=32768 (12 GiB of scores) is refused."""
+    from zsar.ops._dispatch import BackendUnavailableError
+
+    q, k, v = _inputs()
+    monkeypatch.setenv("ZSAR_LIMIT_ATTENTION_DENSE_BYTES", str(3 * B * H * L * L * 4 - 1))
+    with pytest.raises(BackendUnavailableError, match=r"reference: its dense L x L scores at L=12"):
+        masked_attention(q, k, v, 8, torch.tensor([2, 3], dtype=torch.int32), backend="reference")
+    monkeypatch.setenv("ZSAR_LIMIT_ATTENTION_DENSE_BYTES", str(3 * B * H * L * L * 4))
+    masked_attention(q, k, v, 8, torch.tensor([2, 3], dtype=torch.int32), backend="reference")

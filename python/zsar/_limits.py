@@ -23,6 +23,7 @@ name                    default         what it bounds
 ``mel_bins``            1,024           mel bands of an audio input (AST uses 128)
 ``model_dim``           65,536          a model's width, MLP width, embedding size
 ``model_blocks``        1,024           layers / fusion blocks / heads / tokens of a model
+``attention_dense_bytes`` 4 GiB         memory of the reference attention's dense L × L scores (else refused)
 ``model_parameters``    1e9             parameters of a model, estimated from its arguments before it is built
 ======================  ==============  ====================================================================
 """
@@ -47,6 +48,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "model_dim": (65_536, "width of a model layer"),
     "model_blocks": (1024, "layers, blocks, heads or tokens of a model"),
     "model_parameters": (1_000_000_000, "parameters of a model"),
+    "attention_dense_bytes": (4 << 30, "bytes of dense attention scores"),
 }
 
 
