@@ -328,3 +328,27 @@ def test_print_config_before_overrides(run, capsys):
 def test_bench_model_mzst_tiny(capsys):
     assert main(["bench", "model", "--model", "mzst_tiny", "--batch", "1", "--repeats", "1", "--device", "cpu"]) == 0
     assert "training step" in capsys.readouterr().out
+
+
+def test_skipping_every_step_of_an_epoch_is_an_error_not_a_missing_checkpoint(tmp_path):
+    from training_data import CLASS_NAMES, FEATURE_MODEL_ARGS, SeparableFeatures
+    from zsar.train import NonFiniteLossError, StageConfig, Trainer, TrainConfig
+
+    data = SeparableFeatures(16)
+    data.x[:] = float("nan")
+    config = TrainConfig(model="rest_tiny", model_args=FEATURE_MODEL_ARGS,
+                         stages={"joint": StageConfig(1, "adamw", 1e-3, 0.0)}, batch_size=8, seed=0,
+                         out_dir=str(tmp_path / "run"), progress=False, device="cpu", nonfinite_loss="skip")
+    with pytest.raises(NonFiniteLossError, match=r"every step of epoch 1 .* nothing was trained"):
+        Trainer(config, data, CLASS_NAMES).fit()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--noise", "nan"], "argument --noise: expected a finite number, got 'nan'"),
+    (["bench", "model", "--frames", "0"], "argument --frames: must be at least 1, got 0"),
+])
+def test_argument_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in _one_line_error(capsys)

@@ -16,6 +16,8 @@ TARGETS = ("attention", "model", "decode")
 
 
 def add_arguments(parser) -> None:
+    from . import positive_int
+
     parser.add_argument("target", choices=TARGETS, nargs="?", default="attention",
                         help="what to measure (default: attention)")
     parser.add_argument("--batch", type=int, default=None,
@@ -29,7 +31,7 @@ def add_arguments(parser) -> None:
                              "decided by page faults on memory glibc just returned to the kernel; "
                              "default: leave glibc's allocator settings alone")
     parser.add_argument("--model", default="rest_tiny", help="model for `model` (default rest_tiny)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per clip for `model` (default: the model's)")
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames per clip for `model` (default: the model's)")
     parser.add_argument("--backend", default=None,
                         help="decode: one decoder backend (default: every usable one); model: attention backend")
 

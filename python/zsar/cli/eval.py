@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
     import argparse
     import textwrap
 
+    from . import finite_float
+
     parser.description = textwrap.fill(_DESCRIPTION, 100)  # the raw formatter keeps the example's layout
     parser.epilog = _EXAMPLE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -47,7 +49,7 @@ def add_arguments(parser) -> None:
     gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
     gzsl.add_argument("--val-seen", default=None, metavar="PATH", help="validation videos of seen classes")
     gzsl.add_argument("--val-unseen", default=None, metavar="PATH", help="validation videos of unseen classes")
-    gzsl.add_argument("--beta", type=float, default=None, help="fixed calibration instead of --val-seen/--val-unseen")
+    gzsl.add_argument("--beta", type=finite_float, default=None, help="fixed calibration instead of --val-seen/--val-unseen")
     gzsl.add_argument("--metric", default=None, choices=("l2", "cosine"),
                       help="distance to the class embeddings (default: the zero-shot head's)")
     gzsl.add_argument("--dataset", default=None,

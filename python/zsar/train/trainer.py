@@ -301,7 +301,7 @@ class Trainer:
             self.train_data.set_epoch(epoch)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        start, n_batches, n_steps = time.perf_counter(), len(loader), 0
+        start, n_batches, n_steps, n_nonfinite = time.perf_counter(), len(loader), 0, 0
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
         for step, item in enumerate(progress):
@@ -320,6 +320,7 @@ class Trainer:
                         f"non-finite training loss ({out['loss'].item()}) at epoch {epoch + 1}, step {step + 1} "
                         f"(stage {stage}); lower the learning rate, set grad_clip, or nonfinite_loss=skip")
                 opt.zero_grad(set_to_none=True)
+                n_nonfinite += 1
                 continue
             with sync:
                 (out["loss"] / cfg.grad_accum).backward()
@@ -337,6 +338,10 @@ class Trainer:
                 self._log_row(writer, epoch, stage, step, n_batches, out, opt)
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{out['loss'].item():.3f}")
+        if n_steps == 0 and n_nonfinite:  # the epoch trained nothing: its checkpoint would be no better
+            raise NonFiniteLossError(f"every step of epoch {epoch + 1} (stage {stage}) had a non-finite loss "
+                                     f"({n_nonfinite} skipped under nonfinite_loss=skip): nothing was trained; check "
+                                     "the inputs and weights for NaN/Inf, lower the learning rate or set grad_clip")
         keys = sorted(sums, key=lambda k: (k != "loss", k))
         totals = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
         means = all_reduce_mean(totals / max(n_steps, 1), self.dist).tolist()
