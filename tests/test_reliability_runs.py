@@ -352,3 +352,10 @@ def test_argument_errors_are_one_line(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in _one_line_error(capsys)
+
+
+def test_audio_weights_of_the_wrong_kind(tmp_path):
+    import zsar
+
+    with pytest.raises(ValueError, match="a state dict maps parameter names to tensors"):
+        zsar.create_model("mzst_tiny", audio_weights={"a": 1})

@@ -30,6 +30,7 @@ import bisect
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -229,7 +230,13 @@ def load_audio_weights(encoder: ASTTokens, source) -> None:
     own_cfg = encoder.net.config
     with _quiet_model_loading():
         if isinstance(source, dict):
+            bad = [k for k, v in source.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+            if bad:
+                raise ValueError(f"audio_weights: a state dict maps parameter names to tensors; {bad[0]!r} does not")
             state, name = source, "the given state dict"
+        elif not isinstance(source, (str, os.PathLike)):
+            raise ValueError(f"audio_weights: expected a folder, a weights file or a state dict, got "
+                             f"{type(source).__name__}")
         elif Path(source).is_dir():
             state, name = None, str(source)
         else:
