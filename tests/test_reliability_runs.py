@@ -359,3 +359,41 @@ def test_audio_weights_of_the_wrong_kind(tmp_path):
 
     with pytest.raises(ValueError, match="a state dict maps parameter names to tensors"):
         zsar.create_model("mzst_tiny", audio_weights={"a": 1})
+
+
+def test_sizes_recorded_in_a_checkpoint_are_bounded(run, tmp_path):
+    """A config.json or zeroshot.json stating huge sizes is refused before anything is allocated."""
+    from zsar.models import CheckpointError, load_model
+    from zsar.zeroshot import ZeroShotClassifier
+
+    _, _, best = run
+    ckpt = _copy(best, tmp_path)
+    settings = json.loads((ckpt / "zeroshot.json").read_text())
+    settings["clip_spec"].update(short_side=8192, size=4096)
+    (ckpt / "zeroshot.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"zeroshot.json: .*short_side=8192 is above the limit"):
+        ZeroShotClassifier.load(ckpt, device="cpu")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model_args"]["num_classes"] = 3_000_000
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"num_classes=3000000 is above the limit"):
+        load_model(ckpt)
+
+
+def test_predict_clips_beyond_the_limit(run, capsys):
+    root, _, best = run
+    video = next((root / "videos").iterdir())
+    assert main(["predict", str(video), "--checkpoint", str(best), "--labels", "a b,c d", "--clips", "100000"]) == 2
+    assert "num_clips=100000 is above the limit" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("args,message", [
+    (dict(fusion_blocks=100_000), "fusion_blocks=100000 is above the limit"),
+    (dict(vocab=["[PAD]", "[MASK]", "[UNK]"] + [f"w{i}" for i in range(100_000)], dim=4096, heads=64,
+          mlp_dim=4096, embed_dim=4096, fusion_blocks=8), "estimated parameters"),
+])
+def test_model_sizes_from_a_config_are_bounded(args, message):
+    import zsar
+
+    with pytest.raises(ValueError, match=message):
+        zsar.create_model("mzst_tiny", **args)
