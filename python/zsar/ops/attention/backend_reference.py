@@ -47,6 +47,8 @@ class ReferenceBackend(Backend):
 
     def _reasons(self, inputs):
         yield from super()._reasons(inputs)
+        if not hasattr(inputs, "shape"):  # asked about a device and dtype only
+            return
         b, h, length, _ = inputs.shape  # its dense (B, H, L, L) scores, probabilities and mask, at once
         need = 3 * b * h * length * length * torch.finfo(accum_dtype(inputs.dtype)).bits // 8
         if need > limit("attention_dense_bytes"):
