@@ -100,7 +100,7 @@ def test_a_finished_run_stays_whole_until_the_new_one_is_complete(run, tmp_path,
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "save_zero_shot", killed)
+    monkeypatch.setattr(pipeline.Pipeline, "save", killed)
     assert main(["train", str(_config(tmp_path, "run", epochs=2)), *how]) == 130  # "interrupted"
     assert {p.name: p.read_bytes() for p in best.iterdir()} == before
     ZeroShotClassifier.load(best, device="cpu")

@@ -138,8 +138,8 @@ def _attention(args) -> int:
 def _model(args) -> int:
     import torch
 
-    import zsar
     from ..data.batch import Batch
+    from ..models import create_model
     from ..models.registry import needs_label_embeddings
 
     device, sync = _device(args)
@@ -149,7 +149,7 @@ def _model(args) -> int:
         overrides["frames"] = args.frames
     if args.backend:
         overrides["attention_backend"] = args.backend
-    model = zsar.create_model(args.model, class_names=labels, **overrides).to(device)
+    model = create_model(args.model, class_names=labels, **overrides).to(device)
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
     if needs_label_embeddings(args.model):  # its semantic loss trains towards them: any vectors do

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._utils import read_json_object
+from .registry import create_model, list_models
 
 __all__ = ["CheckpointError", "save_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
@@ -213,8 +214,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", verify
         CheckpointError: the config or weights are unreadable, name an unknown model or arguments the
             model does not take, or do not match.
     """
-    from .registry import create_model, list_models
-
     path = resolve(directory)
     config = read_config(path)
     name = config["model"]
