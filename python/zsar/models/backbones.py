@@ -178,6 +178,11 @@ def _mvit_tiny(frames: int, image_size: int) -> MViTTokens:
     """Two MViTv2 blocks (widths 32 -> 64, one query pooling) over 2x8x8 patches: 64 tokens from 8x64x64."""
     from torchvision.models.video.mvit import MSBlockConfig, MViT
 
+    # 2x8x8 patches, then a 2x spatial query pooling: the grid must divide and keep a token.
+    if frames < 2 or frames % 2 or image_size < 16 or image_size % 8:
+        raise ValueError(f"mvit_tiny takes an even number of frames >= 2 and an image_size that is a multiple of 8, "
+                         f">= 16 (its 2x8x8 patches); got frames={frames}, image_size={image_size}")
+
     def block(heads, c_in, c_out, stride_q, stride_kv):
         return MSBlockConfig(num_heads=heads, input_channels=c_in, output_channels=c_out, kernel_q=[3, 3, 3],
                              kernel_kv=[3, 3, 3], stride_q=stride_q, stride_kv=stride_kv)
@@ -212,6 +217,9 @@ def _ast(audio_length: int, mel_bins: int, patch_stride: int, **sizes) -> ASTTok
     ``patch_stride`` in both axes; its position embeddings are sized from the resulting grid."""
     from transformers import ASTConfig
 
+    if audio_length < 16 or mel_bins < 16:  # AST's 16x16 patches
+        raise ValueError(f"the AST audio backbone takes audio_length >= 16 and mel_bins >= 16 (its 16x16 patches); "
+                         f"got audio_length={audio_length}, mel_bins={mel_bins}")
     return ASTTokens(ASTConfig(max_length=audio_length, num_mel_bins=mel_bins, frequency_stride=patch_stride,
                                time_stride=patch_stride, **sizes))
 

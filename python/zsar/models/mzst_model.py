@@ -122,7 +122,8 @@ class MZST(ZeroShotModel):
     @property
     def inputs(self) -> ModelInputs:
         c = self.config
-        audio = AudioSpec(target_length=c.audio_length, mel_bins=c.mel_bins) if self.use_audio else None
+        audio = (AudioSpec(target_length=c.audio_length, mel_bins=c.mel_bins, required=not self.use_video)
+                 if self.use_audio else None)
         return ModelInputs(frames=c.frames, image_size=c.image_size, audio=audio, label_words=self.with_text,
                            mean=c.pixel_mean, std=c.pixel_std, eval_clips=c.eval_clips,
                            eval_crop="three" if c.eval_crops == 3 else "center")

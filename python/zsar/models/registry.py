@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .._limits import check_model_args
 from .base import ZeroShotModel
 
 _REGISTRY: dict[str, Callable[..., ZeroShotModel]] = {}
@@ -75,6 +76,7 @@ def create_model(name: str, label_embedder=None, **overrides: Any) -> ZeroShotMo
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if label_embedder is not None and name in _LABEL_EMBEDDINGS and overrides.get("class_names") is not None:
         overrides.setdefault("class_embeddings", label_embedder.embed(list(overrides["class_names"])))
+    check_model_args(overrides, f"model {name}")
     model = _REGISTRY[name](**overrides)
     if not isinstance(model, ZeroShotModel):
         raise TypeError(f"the builder of {name!r} returned a {type(model).__name__}, not a ZeroShotModel")

@@ -154,7 +154,12 @@ def load_audio_weights(encoder: ASTTokens, source) -> str:
         adapt_vit_to_ast(encoder, _timm_state(str(source)[len("timm/"):]), str(source))
         return "imagenet"
     if isinstance(source, dict):
+        bad = [k for k, v in source.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+        if bad:
+            raise ValueError(f"audio_weights: a state dict maps parameter names to tensors; {bad[0]!r} does not")
         state, name = source, "the given state dict"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"audio_weights: expected a folder, a weights file or a state dict, got {type(source).__name__}")
     elif Path(source).is_dir() or (isinstance(source, str) and source.count("/") == 1 and not Path(source).exists()
                                    and not Path(source).suffix):
         state, name = None, str(source)  # a Hugging Face folder or repo id

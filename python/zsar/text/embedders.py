@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._utils import quiet_model_loading
+from .._utils import quiet_model_loading, read_json
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,19 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
             raise ValueError("a word2vec binary file starts with a '<count> <dim>' line")
         return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
     except _PARSE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"word-vector file {path} could not be read as word2vec, fastText or GloVe "
-                         f"vectors: {reason}") from exc
+                         f"vectors: {_reason_without_content(exc)}") from exc
+
+
+def _reason_without_content(exc: BaseException) -> str:
+    """The first line of a parser's error with the text it quotes from the file cut out: a spec in
+    a checkpoint can name any file, and its content must not reach the message."""
+    import re
+
+    first = (str(exc).splitlines() or [""])[0]
+    first = re.sub(r"(['\"]).*?\1", "<...>", first)
+    first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 class WordVectorEmbedder:
@@ -235,15 +245,13 @@ def _sentence_model_path(model: str | Path) -> Path:
 def _check_sentence_model_folder(path: Path) -> None:
     """Refuses a model folder whose ``modules.json`` names modules outside sentence-transformers:
     loading would import them (sentence-transformers before 6.0 did so without asking)."""
-    import json
-
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return  # a plain transformers folder: sentence-transformers adds mean pooling itself
     try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"sentence model {modules_file} is not valid JSON: {exc}") from None
+        modules = read_json(modules_file, ValueError)
+    except OSError as exc:
+        raise ValueError(f"sentence model {modules_file} cannot be read ({exc.strerror})") from None
     types = [m.get("type") if isinstance(m, dict) else m for m in modules] if isinstance(modules, list) else [modules]
     foreign = [t for t in types if not (isinstance(t, str) and t.startswith("sentence_transformers."))]
     if foreign:

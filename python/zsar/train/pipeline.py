@@ -17,6 +17,8 @@ AVCA GZSL recipe (:mod:`zsar.eval.recipes`) runs them per protocol stage and epo
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,16 +26,20 @@ from ..data import ClipSpec, VideoClipDataset, VideoList, evaluation_loader
 from ..data.decoders import fallback_decoder
 from ..data.video_labels import WithVideoLabels, embed_video_labels, read_video_labels
 from ..models import load_model, save_checkpoint
-from ..models.checkpoint import resolve
+from ..models.checkpoint import replace_checkpoint, resolve
 from ..models.video_labels import VideoLabeler, label_videos
 from ..text import embedder_from_spec
 from ..zeroshot import HEADS, EncodedSet, ZeroShotClassifier, encode_loader
+from ..zeroshot.classifier import SETTINGS_FILE as ZERO_SHOT_SETTINGS
 from .config import TrainConfig
 from .trainer import Trainer, build_model
 
 __all__ = ["Pipeline", "train_from_config"]
 
 log = logging.getLogger(__name__)
+
+#: Where a run into a finished run's folder saves its best epochs until it is complete.
+STAGED_BEST = "best.next"
 
 
 class Pipeline:
@@ -69,12 +75,15 @@ class Pipeline:
         shared = {k: v for k, v in overrides.items() if k != "crop"}
         return train, self.model.inputs.clip_spec(**shared, **views)
 
-    def fit(self, train_set, resume: bool = False, stop_after: int | None = None, val_set=None) -> dict[str, Any]:
+    def fit(self, train_set, resume: bool = False, stop_after: int | None = None, val_set=None,
+            best_name: str = "best") -> dict[str, Any]:
         """Trains the model on ``train_set`` (a dataset of samples of the seen classes) with the
-        :class:`Trainer`, creating it on the first call; see :meth:`Trainer.fit`."""
+        :class:`Trainer`, creating it on the first call; see :meth:`Trainer.fit`. ``best_name``:
+        the folder under ``checkpoints/`` the best epoch goes to (:attr:`Trainer.best_name`)."""
         if self.trainer is None:
             self.trainer = Trainer(self.config, train_set, self.classes, val_data=val_set, model=self.model,
                                    embedder=self.embedder)
+        self.trainer.best_name = best_name
         summary = self.trainer.fit(resume=resume, stop_after=stop_after)
         self.model = self.trainer.model
         self.checkpoint = self.trainer.out_dir / "checkpoints" / "last"
@@ -167,13 +176,24 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
                                  on_error=data.on_error, audio=audio, missing_audio=data.missing_audio)
     if config.video_labels or config.video_classifier:
         train_set = with_video_labels(train_set, videos, config, embedder)
-    summary = pipeline.fit(train_set, resume=resume)
+    root = Path(config.out_dir) / "checkpoints"
+    # A finished run (its best has zero-shot files) stays whole until this one is: the new best
+    # epochs go to best.next, which is completed and then swapped in.
+    finished = (root / "best" / ZERO_SHOT_SETTINGS).is_file()
+    summary = pipeline.fit(train_set, resume=resume, best_name=STAGED_BEST if finished else "best")
     if not pipeline.trainer.dist.is_main:
         return summary
-    best = pipeline.use_checkpoint("best")
+    if finished and not (root / STAGED_BEST).is_dir():  # no better epoch: rebuild the zero-shot files on a copy
+        copy = root / f".{STAGED_BEST}.copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(resolve(root / "best"), copy)
+        os.replace(copy, root / STAGED_BEST)
+    best = pipeline.use_checkpoint(STAGED_BEST if finished else "best")
     seen = evaluation_loader(videos, eval_spec, config.batch_size, audio=audio, backend=data.backend,
                              on_error=data.on_error, missing_audio=data.missing_audio)
     clf = pipeline.classifier(seen, clip_spec=eval_spec)
     pipeline.save(clf)
+    if finished:
+        best = replace_checkpoint(best, root / "best")
     log.info("zero-shot checkpoint: %s", best)
     return {**summary, "checkpoint": str(best), "selection": clf.selection}
