@@ -7,7 +7,31 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from . import ops  # noqa: E402
-from .models import create_model, list_models, load_model  # noqa: E402
-
 __all__ = ["__version__", "create_model", "list_models", "load_model", "ops"]
+
+# The package's own attributes are loaded on first use (PEP 562), so that `import zsar.cli` (the
+# `zsar` command, whose --help must answer at once) does not import torch.
+_LAZY = {"ops": ("zsar.ops", None), "create_model": ("zsar.models", "create_model"),
+         "list_models": ("zsar.models", "list_models"), "load_model": ("zsar.models", "load_model")}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'zsar' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+import sys as _sys  # noqa: E402
+
+if "torch" in _sys.modules:  # torch already paid for: register torch.ops.zsar.* now, as before
+    from . import ops  # noqa: E402,F401

@@ -9,6 +9,7 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
+    "list": ("zsar.cli.list", "list the registered models, ops, decoders, dataset formats and protocols"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
     "train": ("zsar.cli.train", "train a model (ResT, ...) on a video dataset and save a zero-shot checkpoint"),
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
@@ -63,8 +64,21 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (NonFiniteLossError, RunLockedError)
 
 
+def _log_to_stderr() -> None:
+    """Show zsar's info-level messages (e.g. the decoder chosen for each kind of file) on stderr."""
+    import logging
+
+    logger = logging.getLogger("zsar")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("zsar: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         return importlib.import_module(args._module).run(args)
     except (CLIError, FileNotFoundError, ValueError, *_run_errors()) as exc:

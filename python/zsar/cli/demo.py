@@ -44,12 +44,32 @@ _ONLY_FOR = {"colors": "rest", "unseen_fraction": "rest", "warmup_epochs": "rest
              "transfer": "rest", "sounds": "mzst", "epochs": "mzst"}
 
 
+#: The defaults of DemoConfig ("rest") and MZSTDemoConfig ("mzst") that --help shows, mirrored here so that
+#: `zsar demo --help` does not import torch (tests/test_cli_fast.py checks they equal the configs').
+HELP_DEFAULTS = {
+    "rest": {"out_dir": "runs/demo", "seed": 0, "colors": ("red", "green", "blue", "yellow", "purple"),
+             "shapes": ("circle", "square", "triangle", "star"),
+             "motions": ("falling", "sliding", "shaking", "growing", "blinking"), "unseen_fraction": 0.25,
+             "train_per_class": 12, "unseen_per_class": 8, "size": 48, "noise": 0.04, "distractors": 2,
+             "ext": ".webm", "warmup_epochs": 50, "joint_epochs": 15, "batch_size": 16},
+    "mzst": {"out_dir": "runs/demo-mzst", "shapes": ("circle", "square", "triangle"),
+             "motions": ("falling", "sliding", "growing"), "sounds": ("beeping", "humming", "buzzing"),
+             "train_per_class": 12, "unseen_per_class": 8, "size": 64, "epochs": 45, "batch_size": 8},
+}
+
+
+class _Defaults:
+    """Attribute access to one demo's HELP_DEFAULTS (``d.data.shapes`` and ``d.seed`` alike)."""
+
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+        self.data = self
+
+
 def add_arguments(parser) -> None:
     import argparse
 
-    from ..demo import DemoConfig, MZSTDemoConfig
-
-    d, m = DemoConfig(), MZSTDemoConfig()
+    d, m = _Defaults(HELP_DEFAULTS["rest"]), _Defaults(HELP_DEFAULTS["mzst"])
     parser.description = _DESCRIPTION
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..data.config import FORMATS
-
 _DESCRIPTION = (
     "Evaluate a zero-shot checkpoint on labelled videos. 0/100 (default) and 0/50: the classes of "
     "--annotations are the candidate labels (0/50: 10 random half-class splits); prints top-1, top-5 and "
@@ -36,7 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--annotations", default=None, metavar="PATH",
                         help="0/100, 0/50: list file, splits folder, CSV or JSON (see --format)")
     parser.add_argument("--root", default=None, help="video folder (default: paths as written)")
-    parser.add_argument("--format", default="list", choices=FORMATS, help="annotation format (default list)")
+    parser.add_argument("--format", default="list",
+                        help="annotation format: list, folder, ucf101, ... (`zsar list formats`; default list)")
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
@@ -97,6 +96,19 @@ def _check_options(args) -> None:
             raise CLIError(f"{flag} {path}: no such file or folder")
 
 
+def _check_class_names(annotations: str, classes, classes_file: str | None) -> None:
+    """Zero-shot evaluation embeds the class *names*: a list of integer labels without --classes has
+    only the numbers as names, which scores at chance (0% top-1 by name match), so it is refused."""
+    from . import CLIError
+
+    if not classes:
+        raise CLIError(f"{annotations}: no labelled videos (zero-shot evaluation needs labels)")
+    if classes_file is None and all(str(name).strip().lstrip("-").isdigit() for name in classes):
+        raise CLIError(f"{annotations}: the labels are class numbers ({classes[0]}..{classes[-1]}) and no class "
+                       f"names were given: pass --classes FILE (one class name per line, in label order), or "
+                       f"write class names in the list")
+
+
 def run(args) -> int:
     from . import CLIError
 
@@ -109,9 +121,12 @@ def run(args) -> int:
     from ..zeroshot import ZeroShotClassifier
 
     def read(annotations):
-        return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
-                          subset=args.subset, classes=args.classes, backend=args.backend).read()
+        videos = DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
+                            subset=args.subset, classes=args.classes, backend=args.backend).read()
+        _check_class_names(annotations, videos.classes, args.classes)
+        return videos
 
+    videos = read(args.annotations) if args.protocol != "gzsl" else None  # a bad list fails before loading
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
     if args.clips is not None:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips)
@@ -120,7 +135,7 @@ def run(args) -> int:
     else:
         if clf.seen_labels is None:
             raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
-        results = _zero_shot(args, clf, read(args.annotations))
+        results = _zero_shot(args, clf, videos)
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")

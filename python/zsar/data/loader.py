@@ -367,10 +367,7 @@ class VideoLoader:
         if backend == "auto" and info is None:
             log.info("first video unreadable; loading with pyav")
             return get_decoder("pyav")
-        decoder = select_decoder(info, backend, self.device)
-        if backend == "auto":
-            log.info("loading %s videos with %s", info.codec, decoder.name)
-        return decoder
+        return select_decoder(info, backend, self.device)  # logs the choice, once per kind of file
 
     # ---- per-file decoders in DataLoader workers ------------------------------------------------
 

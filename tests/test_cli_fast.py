@@ -1,0 +1,88 @@
+"""The `zsar` command answers at once: `--help` of every command parses without importing torch
+(checked in a fresh interpreter, not timed), and the `list` command reads the registries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zsar.cli import COMMANDS
+
+_PARSE_HELP = """
+import sys
+from zsar.cli import build_parser
+try:
+    build_parser().parse_args({argv!r})
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "numpy", "av", "scipy", "highspy", "transformers") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[cmd, "--help"] for cmd in COMMANDS])
+def test_help_imports_no_heavy_module(argv):
+    result = subprocess.run([sys.executable, "-c", _PARSE_HELP.format(argv=argv)], capture_output=True, text=True,
+                            check=True)
+    assert "usage: zsar" in result.stdout
+    assert "HEAVY=\n" in result.stderr, result.stderr
+
+
+def test_demo_help_defaults_mirror_the_configs():
+    """`zsar demo --help` shows defaults mirrored in zsar.cli.demo (to stay torch-free): they must be the configs'."""
+    from zsar.cli.demo import HELP_DEFAULTS
+    from zsar.demo import DemoConfig, MZSTDemoConfig
+
+    for name, config in (("rest", DemoConfig()), ("mzst", MZSTDemoConfig())):
+        for key, value in HELP_DEFAULTS[name].items():
+            actual = getattr(config, key) if hasattr(config, key) else getattr(config.data, key)
+            assert actual == value, (name, key)
+
+
+def test_list_reads_the_registries(capsys):
+    from zsar.cli import main
+    from zsar.data.formats import FORMATS
+    from zsar.models import list_models
+
+    assert main(["list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed["models"]] == list_models()
+    assert [f["name"] for f in listed["formats"]] == list(FORMATS)
+    assert {"pyav", "dali-cpu"} <= {d["name"] for d in listed["decoders"]}
+    assert {"masked_attention", "bottleneck_attention"} == {o["name"] for o in listed["ops"]}
+    assert {"0/100", "0/50", "gzsl"} <= {p["name"] for p in listed["protocols"]}
+
+
+def test_eval_refuses_number_labels_without_class_names(tmp_path, capsys):
+    """Without names the classes are '0', '1', ...: refused in one line instead of scoring 0%."""
+    from zsar.cli import main
+
+    for i in range(2):
+        (tmp_path / f"v{i}.webm").write_bytes(b"")
+    (tmp_path / "test.txt").write_text("v0.webm 0\nv1.webm 1\n")
+    (tmp_path / "ckpt").mkdir()
+    code = main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--annotations", str(tmp_path / "test.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--classes" in err and err.count("\n") == 1
+
+
+def test_decoder_choice_is_said_once_per_kind_of_file(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from videos import make_video
+    from zsar.data import probe_video
+    from zsar.data.decoders import base
+
+    monkeypatch.setattr(base, "_SAID", set())
+    paths = [tmp_path / f"v{i}.webm" for i in range(2)] + [tmp_path / "v.mp4"]
+    for p in paths:
+        make_video(p, t=4)
+    with caplog.at_level(logging.INFO, logger="zsar"):
+        for p in paths + paths:
+            base.select_decoder(probe_video(p), "auto", "cpu")
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(said) == 2, said  # one for VP9, one for H.264
+    assert any("vp9" in s for s in said) and any("h264" in s for s in said)
