@@ -56,19 +56,6 @@ def test_list_reads_the_registries(capsys):
     assert {"0/100", "0/50", "gzsl"} <= {p["name"] for p in listed["protocols"]}
 
 
-def test_eval_refuses_number_labels_without_class_names(tmp_path, capsys):
-    """Without names the classes are '0', '1', ...: refused in one line instead of scoring 0%."""
-    from zsar.cli import main
-
-    for i in range(2):
-        (tmp_path / f"v{i}.webm").write_bytes(b"")
-    (tmp_path / "test.txt").write_text("v0.webm 0\nv1.webm 1\n")
-    (tmp_path / "ckpt").mkdir()
-    code = main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--annotations", str(tmp_path / "test.txt")])
-    err = capsys.readouterr().err
-    assert code == 2 and "--classes" in err and err.count("\n") == 1
-
-
 def test_decoder_choice_is_said_once_per_kind_of_file(tmp_path, caplog, monkeypatch):
     import logging
 

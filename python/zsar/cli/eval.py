@@ -96,17 +96,28 @@ def _check_options(args) -> None:
             raise CLIError(f"{flag} {path}: no such file or folder")
 
 
-def _check_class_names(annotations: str, classes, classes_file: str | None) -> None:
-    """Zero-shot evaluation embeds the class *names*: a list of integer labels without --classes has
-    only the numbers as names, which scores at chance (0% top-1 by name match), so it is refused."""
+def _name_classes(annotations: str, videos, classes_file: str | None, clf):
+    """Zero-shot evaluation embeds the class *names*: a list of integer labels without --classes has only
+    the numbers as names, which scored 0% top-1 without a word. Such labels are read as the checkpoint's
+    seen classes when it records exactly that many (said on stderr); otherwise the run is refused."""
+    import sys
+
     from . import CLIError
 
+    classes = videos.classes
     if not classes:
         raise CLIError(f"{annotations}: no labelled videos (zero-shot evaluation needs labels)")
-    if classes_file is None and all(str(name).strip().lstrip("-").isdigit() for name in classes):
-        raise CLIError(f"{annotations}: the labels are class numbers ({classes[0]}..{classes[-1]}) and no class "
-                       f"names were given: pass --classes FILE (one class name per line, in label order), or "
-                       f"write class names in the list")
+    if classes_file is not None or not all(str(name).strip().lstrip("-").isdigit() for name in classes):
+        return videos
+    seen = list(clf.seen_labels or [])
+    if len(seen) == len(classes):
+        print(f"note: {annotations}: labels 0..{len(classes) - 1} read as the checkpoint's {len(seen)} seen classes "
+              f"({seen[0]!r}, ...); pass --classes FILE to name them otherwise", file=sys.stderr)
+        videos.classes = seen
+        return videos
+    raise CLIError(f"{annotations}: the labels are class numbers ({classes[0]}..{classes[-1]}) and no class names "
+                   f"were given (the checkpoint records {len(seen)} seen classes, not {len(classes)}): pass --classes "
+                   f"FILE (one class name per line, in label order), or write class names in the list")
 
 
 def run(args) -> int:
@@ -123,10 +134,8 @@ def run(args) -> int:
     def read(annotations):
         videos = DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
                             subset=args.subset, classes=args.classes, backend=args.backend).read()
-        _check_class_names(annotations, videos.classes, args.classes)
-        return videos
+        return _name_classes(annotations, videos, args.classes, clf)
 
-    videos = read(args.annotations) if args.protocol != "gzsl" else None  # a bad list fails before loading
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
     if args.clips is not None:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips)
@@ -135,7 +144,7 @@ def run(args) -> int:
     else:
         if clf.seen_labels is None:
             raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
-        results = _zero_shot(args, clf, videos)
+        results = _zero_shot(args, clf, read(args.annotations))
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")
