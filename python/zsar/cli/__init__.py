@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
     "gzsl": ("zsar.cli.gzsl", "the AVCA two-stage GZSL benchmark (UCF/ActivityNet/VGGSound) of a model, from a config"),
     "predict": ("zsar.cli.predict", "zero-shot labels for video files against any labels"),
+    "encode": ("zsar.cli.encode", "write one embedding per video (and per clip) with its path and label to Parquet"),
     "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),
     "prepare": ("zsar.cli.prepare", "transcode a dataset folder into H.264 or VP9 for fast decoding"),

@@ -59,6 +59,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", help="decoder backend (default auto)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--embeddings", default=None, metavar="PATH",
+                        help="0/100, 0/50: encode through this Parquet file (zsar encode's columns plus seen_logits): "
+                             "resumable after a kill, reused when complete, and split across torchrun ranks "
+                             "(needed under torchrun)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -145,19 +149,37 @@ def run(args) -> int:
         if clf.seen_labels is None:
             raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
         results = _zero_shot(args, clf, read(args.annotations))
+        if results is None:  # a rank other than 0 under torchrun
+            return 0
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")
     return 0
 
 
-def _zero_shot(args, clf, videos) -> dict:
-    from ..data import VideoLoader
-    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
+def _zero_shot(args, clf, videos) -> dict | None:
+    import os
 
-    loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
-                         audio=clf.model.inputs.audio)
-    encoded = encode_dataset(clf.model, loader)
+    from ..eval.runner import format_zero_shot_report, zero_shot_report
+    from . import CLIError
+
+    if args.embeddings is not None:
+        from ..eval.embeddings import encode_videos, encoded_set_from_table
+
+        table = encode_videos(clf, videos, args.embeddings, seen_logits=True, batch_size=args.batch,
+                              backend=args.backend, checkpoint=os.path.abspath(args.checkpoint))
+        if int(os.environ.get("RANK", "0")) != 0:
+            return None  # rank 0 reports
+        encoded = encoded_set_from_table(table)
+    else:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("under torchrun, give --embeddings PATH (the file the ranks' encodings merge into)")
+        from ..data import VideoLoader
+        from ..eval.runner import encode_dataset
+
+        loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
+                             audio=clf.model.inputs.audio)
+        encoded = encode_dataset(clf.model, loader)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")
     results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}

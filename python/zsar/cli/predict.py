@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
                         help="clips per video, averaged (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--embeddings", default=None, metavar="PATH",
+                        help="encode through this Parquet file (as zsar encode writes): resumable, reused when "
+                             "complete, split across torchrun ranks (needed under torchrun; rank 0 prints)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -79,6 +82,8 @@ def run(args) -> int:
 
     from dataclasses import replace
 
+    import torch
+
     from ..zeroshot import ZeroShotClassifier
 
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
@@ -88,7 +93,10 @@ def run(args) -> int:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips, train=False)
     clf.set_labels(labels)
     k = min(args.top_k, len(labels))
-    probs = clf.predict_proba(args.videos)
+    x = _encode(args, clf)
+    if x is None:  # a rank other than 0 under torchrun
+        return 0
+    probs = torch.softmax(clf.scores(x) / clf.temperature, dim=1)
     top = probs.topk(k, dim=1)
     results = [{"video": video, "predictions": [{"label": labels[j], "probability": round(float(p), 6)}
                                                 for p, j in zip(top.values[i].tolist(), top.indices[i].tolist())]}
@@ -102,3 +110,29 @@ def run(args) -> int:
         for rank, pred in enumerate(r["predictions"], 1):
             print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}")
     return 0
+
+
+def _encode(args, clf):
+    """The videos' representations ``(N, D)`` in argument order: in this process, or through
+    ``--embeddings`` (split across torchrun ranks; None on ranks other than 0)."""
+    from . import CLIError
+
+    if args.embeddings is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("under torchrun, give --embeddings PATH (the file the ranks' encodings merge into)")
+        return clf.encode(args.videos)
+    import torch
+
+    from ..data import VideoList, VideoRecord
+    from ..eval.embeddings import encode_videos, read_embeddings
+
+    videos = VideoList([VideoRecord(os.path.abspath(v), -1, v) for v in dict.fromkeys(args.videos)], [])
+    encode_videos(clf, videos, args.embeddings, checkpoint=os.path.abspath(args.checkpoint))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    data = read_embeddings(args.embeddings)
+    row = {vid: i for i, (vid, clip) in enumerate(zip(data["video_id"], data["clip"])) if clip == -1}
+    missing = [v for v in args.videos if v not in row]
+    if missing:
+        raise CLIError(f"{missing[0]}: could not be read (skipped while encoding)")
+    return torch.from_numpy(data["embedding"][[row[v] for v in args.videos]])
