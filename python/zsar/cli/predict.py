@@ -3,7 +3,8 @@
 Each video is read as the checkpoint's clip spec says (its clips averaged, its audio when the model
 takes audio), scored by the checkpoint's zero-shot head against the given labels (ResT: composite
 visual prototypes by semantic transfer from the seen classes; MZST: the labels' embeddings), and the
-top-k labels are printed with softmax probabilities.
+top-k labels are printed with softmax probabilities and, for a checkpoint with an open-set calibration
+(:mod:`zsar.zeroshot.open_set`), each label's own match probability and "none of these".
 """
 
 from __future__ import annotations
@@ -96,19 +97,33 @@ def run(args) -> int:
     x = _encode(args, clf)
     if x is None:  # a rank other than 0 under torchrun
         return 0
-    probs = torch.softmax(clf.scores(x) / clf.temperature, dim=1)
+    scores = clf.scores(x)
+    probs = torch.softmax(scores / clf.temperature, dim=1)
+    match = clf.open_set.probability(scores) if clf.open_set is not None else None
     top = probs.topk(k, dim=1)
-    results = [{"video": video, "predictions": [{"label": labels[j], "probability": round(float(p), 6)}
-                                                for p, j in zip(top.values[i].tolist(), top.indices[i].tolist())]}
-               for i, video in enumerate(args.videos)]
+    results = []
+    for i, video in enumerate(args.videos):
+        preds = []
+        for p, j in zip(top.values[i].tolist(), top.indices[i].tolist()):
+            pred = {"label": labels[j], "probability": round(float(p), 6), "similarity": round(float(scores[i, j]), 6)}
+            if match is not None:  # this label's own calibrated probability: unchanged by the other labels
+                pred["match"] = round(float(match[i, j]), 6)
+            preds.append(pred)
+        result = {"video": video, "predictions": preds}
+        if match is not None:
+            result["none_of_these"] = bool(match[i].max() < 0.5)
+        results.append(result)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
         return 0
+    if match is None:
+        print("note: the checkpoint has no open-set calibration: no 'match' scores or 'none of these'", file=sys.stderr)
     for r in results:
-        print(r["video"])
+        print(r["video"] + ("  -> none of these (no label's match reaches 0.5)" if r.get("none_of_these") else ""))
         for rank, pred in enumerate(r["predictions"], 1):
-            print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}")
+            extra = f"  match {pred['match']:.3f}" if "match" in pred else ""
+            print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}{extra}")
     return 0
 
 

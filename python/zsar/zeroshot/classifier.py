@@ -16,6 +16,7 @@ against its rows (softmax with a temperature for probabilities).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict
@@ -29,9 +30,12 @@ from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
 from ..text.labels import check_labels
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
+from .open_set import OpenSetCalibration, calibrate_open_set
+
+log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "zeroshot.json"
-_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels"}
+_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "open_set"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
@@ -62,6 +66,8 @@ class ZeroShotClassifier:
         self.seen_labels: list[str] | None = list(seen_labels) if seen_labels is not None else None
         self.labels: list[str] = []
         self.class_matrix: torch.Tensor | None = None
+        #: Per-label probabilities and "none of these" (:mod:`zsar.zeroshot.open_set`); None: not calibrated.
+        self.open_set: OpenSetCalibration | None = None
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -75,7 +81,25 @@ class ZeroShotClassifier:
         if head_cls.needs_seen_representations:
             x, labels, _, _ = encode_loader(model, loader, progress, desc="seen-class representations")
         head = head_cls.from_seen(x, labels, list(seen_labels), **(head_settings or {}))
-        return cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
+        clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
+        if x is not None:
+            try:
+                clf.calibrate_open_set(x, labels)
+            except ValueError as e:  # too few classes, or a representation that does not separate them
+                log.warning("no open-set calibration: %s", e)
+        return clf
+
+    def calibrate_open_set(self, x: torch.Tensor, labels: torch.Tensor, folds: int = 5,
+                           seed: int = 0) -> OpenSetCalibration:
+        """Fit the open-set calibration on representations ``x`` ``(N, D)`` of videos of the seen
+        classes (``labels`` index :attr:`seen_labels`), holding classes out fold by fold; kept in
+        :attr:`open_set` and saved with the checkpoint. See :mod:`zsar.zeroshot.open_set`."""
+        if not self.seen_labels:
+            raise ValueError("open-set calibration needs the seen labels")
+        with torch.no_grad():
+            self.open_set = calibrate_open_set(self.head, self.embedder, self.model, x, labels, self.seen_labels,
+                                               folds=folds, seed=seed)
+        return self.open_set
 
     def save(self, directory: str | Path) -> Path:
         """Stores everything but the model beside its checkpoint: the head's state and settings, the
@@ -85,6 +109,8 @@ class ZeroShotClassifier:
         spec = getattr(self.embedder, "spec", lambda: None)()
         settings = {"head": self.head.name, "head_settings": self.head.settings(), "temperature": self.temperature,
                     "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels}
+        if self.open_set is not None:
+            settings["open_set"] = self.open_set.to_dict()
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return directory
 
@@ -137,7 +163,10 @@ class ZeroShotClassifier:
                              f"{model.zero_shot_head!r}")
         kwargs = {"temperature": settings["temperature"], "clip_spec": clip_spec,
                   "seen_labels": settings.get("seen_labels"), **overrides}
-        return cls(model, head, embedder, **kwargs)
+        clf = cls(model, head, embedder, **kwargs)
+        if settings.get("open_set") is not None:
+            clf.open_set = OpenSetCalibration.from_dict(settings["open_set"], where=f"{path} open_set")
+        return clf
 
     # ---- classification ----------------------------------------------------------------------------
 
@@ -220,6 +249,21 @@ class ZeroShotClassifier:
     def predict_proba(self, videos) -> torch.Tensor:
         """Softmax over the scores / temperature, ``(N, num_labels)``."""
         return torch.softmax(self.similarities(videos) / self.temperature, dim=1)
+
+    def _require_open_set(self) -> OpenSetCalibration:
+        if self.open_set is None:
+            raise ValueError("this classifier has no open-set calibration (calibrate_open_set on held-out seen-class "
+                             "videos, or a checkpoint saved with one)")
+        return self.open_set
+
+    def match_proba(self, videos) -> torch.Tensor:
+        """``(N, num_labels)`` open-set probability that each video shows each label, each from that
+        label's similarity alone (unchanged when other labels are added); needs :attr:`open_set`."""
+        return self._require_open_set().probability(self.similarities(videos))
+
+    def predict_open(self, videos) -> torch.Tensor:
+        """``(N,)`` indices into the labels, -1 where no label's :meth:`match_proba` reaches 0.5 ("none of these")."""
+        return self._require_open_set().answer(self.similarities(videos))
 
     def predict(self, videos, top_k: int = 1) -> torch.Tensor:
         """Indices into the labels of :meth:`set_labels`: ``(N,)`` for top_k=1, else ``(N, top_k)``."""
