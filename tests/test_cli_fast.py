@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,20 @@ def test_decoder_choice_is_said_once_per_kind_of_file(tmp_path, caplog, monkeypa
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(said) == 2, said  # one for VP9, one for H.264
     assert any("vp9" in s for s in said) and any("h264" in s for s in said)
+
+
+def test_demo_pins_cpu_kernels_before_torch_loads():
+    """`zsar demo` asks for AVX2 kernels (torch, MKL, oneDNN) before torch is imported, so that a seed gives
+    the same numbers on AVX2 and AVX-512 CPUs; the environment can still say otherwise."""
+    code = ("import os, sys\n"
+            "from zsar.cli.demo import pin_cpu_kernels\n"
+            "pinned = pin_cpu_kernels()\n"
+            "import torch\n"
+            "print(pinned['ATEN_CPU_CAPABILITY'], pinned['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out[:2] == ["avx2", "AVX2"]
+    assert out[2] in ("AVX2", "DEFAULT")  # DEFAULT only on a CPU without AVX2
+    env["ATEN_CPU_CAPABILITY"] = "default"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out[0] == "default" and out[2] == "DEFAULT"

@@ -121,6 +121,9 @@ def add_arguments(parser) -> None:
     train.add_argument("--workers", type=int, default=None,
                        help="processes rendering and threads decoding videos (default: CPU count)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--native-cpu-kernels", action="store_true",
+                        help="let torch, MKL and oneDNN use this CPU's widest vector instructions (e.g. AVX-512) "
+                             "instead of AVX2 kernels; faster on some CPUs, but the numbers then depend on the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 unless the targets are met (rest: unseen top-1 >= 3x chance and "
@@ -171,7 +174,28 @@ def build_config(args):
     return dataclasses.replace(cfg, data=data, plots=not args.no_plots, progress=not args.no_progress, **changes)
 
 
+#: Kernels every x86-64 CPU with AVX2 runs alike: torch's vectorised ops, MKL's BLAS (conditional numerical
+#: reproducibility) and oneDNN's convolutions otherwise pick AVX-512 code where the CPU has it, whose different
+#: summation order changed the MZST demo's weights (max |diff| 9e-5 after one epoch) and so its accuracies.
+REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_cpu_kernels() -> dict[str, str]:
+    """Ask torch, MKL and oneDNN for AVX2 kernels (unless the environment already says otherwise), so that a
+    seed gives the same numbers on any AVX2 CPU. Takes effect only before torch is imported (the `zsar`
+    command parses its options without importing it); returns the settings in force."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        for key, value in REPRODUCIBLE_CPU_KERNELS.items():
+            os.environ.setdefault(key, value)
+    return {key: os.environ.get(key, "") for key in REPRODUCIBLE_CPU_KERNELS}
+
+
 def run(args) -> int:
+    if not args.native_cpu_kernels:
+        pin_cpu_kernels()
     from ..demo import DEMOS
 
     report = DEMOS[getattr(args, "model", "rest")][2](build_config(args))
