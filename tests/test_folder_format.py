@@ -141,3 +141,13 @@ def test_eval_refuses_number_labels_it_cannot_name(trained_on_folder, tmp_path, 
                  "--annotations", str(tmp_path / "test.txt")])
     err = capsys.readouterr().err
     assert code == 2 and "--classes" in err and err.count("\n") == 1
+
+
+def test_gzsl_config_reads_train_and_test_subfolders(tmp_path):
+    """`zsar gzsl`'s config: data and test_data on one folder with train/ and test/ sub-folders."""
+    from zsar.eval.recipes import GZSLConfig
+
+    _touch_tree(tmp_path / "v", ["train/a/1.mp4", "train/b/2.mp4", "test/a/3.mp4", "test/c/4.mp4"])
+    config = GZSLConfig.from_dict({"model": "rest_tiny", "data": {"format": "folder", "annotations": str(tmp_path / "v")},
+                                   "test_data": {"subset": "test"}})
+    assert config.data.read().classes == ["a", "b"] and config.test_data_config().read().classes == ["a", "c"]
