@@ -172,6 +172,9 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
     if not len(videos):
         raise ValueError("encode_videos: the video list is empty")
+    if per_clip and spec.num_clips < 2:
+        log.warning("per-clip rows need several clips per video; the clip spec takes %d (e.g. --clips 4)",
+                    spec.num_clips)
     work = _Work(videos, model, spec, per_clip, seen_logits, batch_size, backend)
     use_dist = int(os.environ.get("WORLD_SIZE", "1")) > 1 if distributed is None else distributed
     info = init_from_env(torch.device(model.device)) if use_dist else None
