@@ -40,7 +40,7 @@ def save_zero_shot(model, videos: VideoList, spec: ClipSpec, embedder, directory
     read with evaluation clips when the head needs them), saved in ``directory``."""
     loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1, on_error=on_error,
                          audio=model.inputs.audio, missing_audio=missing_audio)
-    clf = ZeroShotClassifier.from_loader(model, loader, videos.classes, embedder, progress=progress,
+    clf = ZeroShotClassifier.from_loader(model, loader, videos.classes, embedder, progress=progress, open_set=True,
                                          head_settings=head_settings, clip_spec=spec)
     clf.save(directory)
     return clf

@@ -73,16 +73,21 @@ class ZeroShotClassifier:
 
     @classmethod
     def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
-                    head_settings: dict[str, Any] | None = None, **kwargs) -> "ZeroShotClassifier":
+                    head_settings: dict[str, Any] | None = None, open_set: bool | None = None,
+                    **kwargs) -> "ZeroShotClassifier":
         """The classifier of a trained model, with its head built from the seen classes (the
-        head's seen-class representations are computed from ``loader`` when it needs them)."""
+        head's seen-class representations are computed from ``loader`` when it needs them) and, with
+        ``open_set``, its open-set calibration fitted on the same videos, classes held out fold by fold
+        (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted). ``open_set`` None:
+        when the head needs the representations anyway (ResT); True also costs other heads a pass."""
         head_cls = HEADS[model.zero_shot_head]
+        open_set = head_cls.needs_seen_representations if open_set is None else open_set
         x = labels = None
-        if head_cls.needs_seen_representations:
+        if head_cls.needs_seen_representations or open_set:
             x, labels, _, _ = encode_loader(model, loader, progress, desc="seen-class representations")
         head = head_cls.from_seen(x, labels, list(seen_labels), **(head_settings or {}))
         clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
-        if x is not None:
+        if open_set:
             try:
                 clf.calibrate_open_set(x, labels)
             except ValueError as e:  # too few classes, or a representation that does not separate them
