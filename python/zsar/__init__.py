@@ -1,11 +1,8 @@
 """zsar: zero-shot action recognition in video (ResT, MZST) with fused C++/CUDA/Triton kernels."""
 
-from importlib.metadata import PackageNotFoundError, version
+import sys as _sys
 
-try:
-    __version__ = version("zsar")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = ["__version__", "create_model", "list_models", "load_model", "ops"]
 
@@ -18,7 +15,7 @@ _LAZY = {"ops": ("zsar.ops", None), "create_model": ("zsar.models", "create_mode
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'zsar' has no attribute {name!r}")
-    import importlib
+    import importlib  # deferred: only for the lazy attributes
 
     module, attr = _LAZY[name]
     value = importlib.import_module(module)
@@ -31,7 +28,5 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-import sys as _sys  # noqa: E402
-
 if "torch" in _sys.modules:  # torch already paid for: register torch.ops.zsar.* now, as before
-    from . import ops  # noqa: E402,F401
+    from . import ops  # noqa: F401

@@ -40,7 +40,9 @@ def add_arguments(parser) -> None:
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
     parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
-    parser.add_argument("--protocol", default="0/100", choices=("0/100", "0/50", "gzsl"), help="default 0/100")
+    parser.add_argument("--protocol", default="0/100",
+                        help="a registered class-split protocol (0/100, 0/50, ...: `zsar list protocols`), or gzsl "
+                             "(seen and unseen test lists; default 0/100)")
     gzsl = parser.add_argument_group("gzsl")
     gzsl.add_argument("--test-seen", default=None, metavar="PATH", help="test videos of seen classes")
     gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
@@ -75,6 +77,10 @@ def _check_options(args) -> None:
 
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
+    from ..eval.protocols import PROTOCOLS  # deferred: torch, which --help does not need
+
+    if args.protocol not in (*PROTOCOLS, "gzsl"):
+        raise CLIError(f"--protocol must be one of {(*PROTOCOLS, 'gzsl')}, got {args.protocol!r}")
     given = [name for name in _GZSL_LISTS if getattr(args, name) is not None]
     if args.protocol != "gzsl":
         if given or args.beta is not None or args.plot is not None:
@@ -174,12 +180,12 @@ def _zero_shot(args, clf, videos) -> dict | None:
     else:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise CLIError("under torchrun, give --embeddings PATH (the file the ranks' encodings merge into)")
-        from ..data import VideoLoader
-        from ..eval.runner import encode_dataset
+        from ..data import evaluation_loader
+        from ..zeroshot import encode_loader
 
-        loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
-                             audio=clf.model.inputs.audio)
-        encoded = encode_dataset(clf.model, loader)
+        loader = evaluation_loader(videos, clf.clip_spec, args.batch, audio=clf.model.inputs.audio,
+                                   backend=args.backend, on_error="raise")
+        encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")
     results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}

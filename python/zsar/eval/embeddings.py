@@ -30,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from ..data import VideoList, VideoLoader
+from ..data.batch import as_batch
+from ..train.distributed import barrier, init_from_env
+from ..zeroshot.encoding import EncodedSet
 
 __all__ = ["EMBEDDING_COLUMNS", "encode_videos", "encoded_set_from_table", "read_embeddings"]
 
@@ -61,7 +70,6 @@ def _fingerprint(work: _Work, chunk_size: int, model_id: str) -> str:
 
 
 def _fixed_list(values: np.ndarray):
-    import pyarrow as pa
 
     values = np.ascontiguousarray(values, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
@@ -70,11 +78,7 @@ def _fixed_list(values: np.ndarray):
 def _encode_chunk(work: _Work, start: int, stop: int):
     """The Parquet table of videos ``start:stop`` in list order, each video's average (``clip`` -1)
     before its clips; unreadable files are skipped and counted. Returns ``(table or None, skipped)``."""
-    import pyarrow as pa
-    import torch
 
-    from ..data import VideoList, VideoLoader
-    from ..data.batch import as_batch
 
     records = work.videos.records[start:stop]
     position = {r.video_id: i for i, r in enumerate(records)}
@@ -122,7 +126,6 @@ def _encode_chunk(work: _Work, start: int, stop: int):
 
 
 def _write_atomic(table, path: Path, metadata: dict[str, str]) -> None:
-    import pyarrow.parquet as pq
 
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
                                                                               for k, v in metadata.items()}})
@@ -159,12 +162,7 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     Returns:
         The merged ``pyarrow.Table`` (every rank gets it, after the merge).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-    from tqdm.auto import tqdm
 
-    from ..train.distributed import barrier, init_from_env
 
     model = getattr(model_or_classifier, "model", model_or_classifier)
     spec = clip_spec or getattr(model_or_classifier, "clip_spec", None) or model.inputs.clip_spec()
@@ -245,7 +243,6 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
 
 
 def _empty_schema(seen_logits: bool):
-    import pyarrow as pa
 
     fields = [("path", pa.string()), ("video_id", pa.string()), ("label", pa.int64()), ("class", pa.string()),
               ("clip", pa.int32()), ("embedding", pa.list_(pa.float32(), 1))]
@@ -258,7 +255,6 @@ def _empty_schema(seen_logits: bool):
 def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
     """An embeddings file as numpy arrays: ``{"path", "video_id", "label", "class", "clip"}`` lists/arrays,
     ``embedding`` ``(N, D)`` float32 (and ``seen_logits`` ``(N, S)`` when present), ``metadata`` dict."""
-    import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     return _as_arrays(table)
@@ -279,9 +275,7 @@ def _as_arrays(table) -> dict[str, Any]:
 def encoded_set_from_table(table):
     """The video-level rows (``clip == -1``) of an embeddings table with ``seen_logits`` as an
     :class:`~zsar.eval.runner.EncodedSet` (for :func:`~zsar.eval.runner.zero_shot_report`)."""
-    import torch
 
-    from .runner import EncodedSet
 
     data = _as_arrays(table)
     keep = np.flatnonzero(data["clip"] == -1)

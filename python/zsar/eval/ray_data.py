@@ -21,6 +21,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from ..data import media_file_problem
+from ..zeroshot import ZeroShotClassifier
 
 __all__ = ["VideoClassifier"]
 
@@ -39,18 +43,12 @@ class VideoClassifier:
 
     def __init__(self, checkpoint: str, labels: Sequence[str], device: str | None = None, batch_size: int = 8,
                  path_column: str = "path"):
-        from ..zeroshot import ZeroShotClassifier
-
         self.clf = ZeroShotClassifier.load(checkpoint, device=device)
         self.clf.set_labels(list(labels))
         self.batch_size = batch_size
         self.path_column = path_column
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        from ..data import media_file_problem
-
         paths = [str(p) for p in batch[self.path_column]]
         ok = [i for i, p in enumerate(paths) if media_file_problem(p) is None]
         n, labels = len(paths), self.clf.labels

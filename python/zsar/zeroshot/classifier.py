@@ -1,6 +1,6 @@
 """A small zero-shot classifier API over any registered model (in the spirit of open_clip's).
 
-    clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)
+    clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)  # or .fit(model, encoded, ...)
     clf.set_labels(["juggling balls", "playing harp"])
     probs = clf.predict_proba(clips)            # (N, 2); clips, a Batch, or video file paths
     top = clf.predict(["a.mp4", "b.webm"], top_k=1)
@@ -26,16 +26,21 @@ from typing import Any, Sequence
 import torch
 
 from .._utils import read_json_object
+from ..data import ClipSpec, VideoClipDataset, VideoList, VideoRecord, collate
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
+from ..text import embedder_from_spec
 from ..text.labels import check_labels
-from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
+from .encoding import EncodedSet, encode_loader
+from .heads import HEADS, PrototypeTransferHead, ZeroShotHead
 from .open_set import OpenSetCalibration, calibrate_open_set
+from .selection import HeadSelection
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "zeroshot.json"
-_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "open_set"}
+_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "selection",
+                  "open_set"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
@@ -66,30 +71,53 @@ class ZeroShotClassifier:
         self.seen_labels: list[str] | None = list(seen_labels) if seen_labels is not None else None
         self.labels: list[str] = []
         self.class_matrix: torch.Tensor | None = None
+        #: How the head's settings were chosen (:meth:`fit`): ``{"method": "fixed"}``, or the
+        #: cross-validation's method, chosen settings and fold top-1.
+        self.selection: dict[str, Any] = {"method": "fixed"}
         #: Per-label probabilities and "none of these" (:mod:`zsar.zeroshot.open_set`); None: not calibrated.
         self.open_set: OpenSetCalibration | None = None
 
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
-                    head_settings: dict[str, Any] | None = None, open_set: bool | None = None,
-                    **kwargs) -> "ZeroShotClassifier":
-        """The classifier of a trained model, with its head built from the seen classes (the
-        head's seen-class representations are computed from ``loader`` when it needs them) and, with
-        ``open_set``, its open-set calibration fitted on the same videos, classes held out fold by fold
-        (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted). ``open_set`` None:
-        when the head needs the representations anyway (ResT); True also costs other heads a pass."""
+    def fit(cls, model, seen: EncodedSet | None, seen_labels: Sequence[str], embedder, *,
+            head_settings: dict[str, Any] | None = None, selection: HeadSelection | None = None,
+            validation: EncodedSet | None = None, progress: bool = False, open_set: bool = True,
+            **kwargs) -> "ZeroShotClassifier":
+        """The classifier of a trained model: the one place where its head is built and the head's
+        parameters are chosen.
+
+        Args:
+            model: the trained model; its :attr:`~zsar.models.ZeroShotModel.zero_shot_head` names the head.
+            seen: the seen classes' videos encoded with ``model`` (:func:`encode_loader`); only heads
+                that need seen-class representations use it (None is fine for the others).
+            seen_labels: the seen classes, which ``seen.labels`` index.
+            embedder: the label embedder.
+            head_settings: the head's settings (ResT's ``k``, ``theta``, ``rho``).
+            selection: choose the head's parameters by cross-validation over the seen classes on
+                this grid (:class:`~zsar.zeroshot.selection.HeadSelection`), overriding
+                ``head_settings``; None keeps them fixed. What the choice found is :attr:`selection`,
+                saved in ``zeroshot.json``.
+            validation: held-out videos of the seen classes the folds are scored on (default ``seen``).
+            open_set: with ``seen``, also fit the open-set calibration on it, seen classes held out fold
+                by fold (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted).
+            **kwargs: ``temperature``, ``clip_spec`` (see the class).
+        """
         head_cls = HEADS[model.zero_shot_head]
-        open_set = head_cls.needs_seen_representations if open_set is None else open_set
-        x = labels = None
-        if head_cls.needs_seen_representations or open_set:
-            x, labels, _, _ = encode_loader(model, loader, progress, desc="seen-class representations")
-        head = head_cls.from_seen(x, labels, list(seen_labels), **(head_settings or {}))
+        if head_cls.needs_seen_representations and seen is None:
+            raise ValueError(f"the {head_cls.name} head of {model.registry_name or type(model).__name__} is built "
+                             "from representations of the seen classes' videos; pass seen=")
+        settings, record = dict(head_settings or {}), {"method": "fixed"}
+        if selection is not None:
+            settings, record = head_cls.select_settings(seen, validation if validation is not None else seen,
+                                                        seen_labels, embedder, settings, selection, progress)
+        x, labels = (seen.x, torch.as_tensor(seen.labels)) if seen is not None else (None, None)
+        head = head_cls.from_seen(x, labels, list(seen_labels), **settings)
         clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
-        if open_set:
+        clf.selection = record
+        if open_set and seen is not None:
             try:
-                clf.calibrate_open_set(x, labels)
+                clf.calibrate_open_set(seen.x, torch.as_tensor(seen.labels))
             except ValueError as e:  # too few classes, or a representation that does not separate them
                 log.warning("no open-set calibration: %s", e)
         return clf
@@ -106,6 +134,14 @@ class ZeroShotClassifier:
                                                folds=folds, seed=seed)
         return self.open_set
 
+    @classmethod
+    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
+                    **kwargs) -> "ZeroShotClassifier":
+        """:meth:`fit` on a loader of the seen classes' videos (encoded only when the head needs them)."""
+        needed = HEADS[model.zero_shot_head].needs_seen_representations or kwargs.get("selection") is not None
+        seen = encode_loader(model, loader, progress, desc="seen-class representations") if needed else None
+        return cls.fit(model, seen, seen_labels, embedder, progress=progress, **kwargs)
+
     def save(self, directory: str | Path) -> Path:
         """Stores everything but the model beside its checkpoint: the head's state and settings, the
         temperature, the clip spec and how to rebuild the embedder (``zeroshot.json``)."""
@@ -113,7 +149,8 @@ class ZeroShotClassifier:
         self.head.save_state(directory)
         spec = getattr(self.embedder, "spec", lambda: None)()
         settings = {"head": self.head.name, "head_settings": self.head.settings(), "temperature": self.temperature,
-                    "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels}
+                    "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels,
+                    "selection": self.selection}
         if self.open_set is not None:
             settings["open_set"] = self.open_set.to_dict()
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
@@ -137,9 +174,6 @@ class ZeroShotClassifier:
             ValueError: an unreadable or inconsistent ``zeroshot.json`` or head state (one line, naming
                 the file).
         """
-        from ..data import ClipSpec
-        from ..text import embedder_from_spec
-
         directory = resolve(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = directory / SETTINGS_FILE
@@ -169,6 +203,7 @@ class ZeroShotClassifier:
         kwargs = {"temperature": settings["temperature"], "clip_spec": clip_spec,
                   "seen_labels": settings.get("seen_labels"), **overrides}
         clf = cls(model, head, embedder, **kwargs)
+        clf.selection = settings.get("selection") or {"method": "fixed"}
         if settings.get("open_set") is not None:
             clf.open_set = OpenSetCalibration.from_dict(settings["open_set"], where=f"{path} open_set")
         return clf
@@ -219,25 +254,17 @@ class ZeroShotClassifier:
         if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
             raise TypeError("videos must be clips, a zsar.data.Batch or video file path(s)")
         return self._encode_batches((self._load(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)),
-                                    progress, total=math.ceil(len(paths) / batch_size))
+                                    progress)
 
     def _load(self, paths) -> Batch:
         """Video files as a batch: clips by :attr:`clip_spec`, audio when the model takes it (the
         dataset code the loaders use, so files read here and in training agree)."""
-        from ..data import VideoClipDataset, VideoList, VideoRecord, collate
-
         videos = VideoList([VideoRecord(str(p), -1, str(p)) for p in paths])
         dataset = VideoClipDataset(videos, self.clip_spec, backend="auto", audio=self.model.inputs.audio)
         return collate([dataset.sample(i) for i in range(len(videos))])
 
-    def _encode_batches(self, batches, progress: bool, total: int | None = None) -> torch.Tensor:
-        self.model.eval()
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding videos", unit="batch", total=total)
-        device = self.model.device
-        return torch.cat([self.model.encode(b.to(device)).float().cpu() for b in batches])
+    def _encode_batches(self, batches, progress: bool) -> torch.Tensor:
+        return encode_loader(self.model, batches, progress).x
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, num_labels)`` head scores (higher is better) of representations ``x`` ``(N, D)``."""
@@ -279,13 +306,6 @@ class ZeroShotClassifier:
         return top[:, 0] if top_k == 1 else top
 
 
-def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int = 5, theta: float = 0.5,
-                         rho: int = 3, **kwargs) -> ZeroShotClassifier:
-    """A classifier with a :class:`~zsar.zeroshot.heads.PrototypeTransferHead` from given prototypes."""
-    return ZeroShotClassifier(model, PrototypeTransferHead(seen_prototypes, seen_labels, k, theta, rho), embedder,
-                              **kwargs)
-
-
 #: Bounds on a recorded clip spec: a file must not make a reader allocate without limit.
 _CLIP_LIMITS = {"frames": 4096, "size": 4096, "short_side": 8192, "num_clips": 1024, "stride": 4096}
 
@@ -323,6 +343,8 @@ def _read_settings(path: Path) -> dict[str, Any]:
     seen = settings.get("seen_labels")
     if seen is not None and not (isinstance(seen, list) and all(isinstance(x, str) for x in seen)):
         raise ValueError(f"{path}: 'seen_labels' must be a list of strings or null")
+    if not isinstance(settings.get("selection") or {}, dict):
+        raise ValueError(f"{path}: 'selection' must be an object or null, got {type(settings['selection']).__name__}")
     embedder = settings.get("embedder")
     if embedder is not None and not isinstance(embedder, dict):
         raise ValueError(f"{path}: 'embedder' must be an object (an embedder spec) or null, got "
