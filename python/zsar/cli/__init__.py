@@ -14,11 +14,13 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
+    "list": ("zsar.cli.list", "list the registered models, ops, decoders, dataset formats and protocols"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
     "train": ("zsar.cli.train", "train a model (ResT, ...) on a video dataset and save a zero-shot checkpoint"),
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),
     "gzsl": ("zsar.cli.gzsl", "the AVCA two-stage GZSL benchmark (UCF/ActivityNet/VGGSound) of a model, from a config"),
     "predict": ("zsar.cli.predict", "zero-shot labels for video files against any labels"),
+    "encode": ("zsar.cli.encode", "write one embedding per video (and per clip) with its path and label to Parquet"),
     "bench": ("zsar.cli.bench", "quick throughput measurements (attention op, model, video decoding)"),
     "flops": ("zsar.cli.flops", "per-clip multiply-adds (the papers' GFLOPs) and parameters of a model"),
     "prepare": ("zsar.cli.prepare", "transcode a dataset folder into H.264 or VP9 for fast decoding"),
@@ -118,6 +120,19 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (NonFiniteLossError, RunLockedError)
 
 
+def _log_to_stderr() -> None:
+    """Show zsar's info-level messages (e.g. the decoder chosen for each kind of file) on stderr."""
+    import logging
+
+    logger = logging.getLogger("zsar")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("zsar: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+
 def check_device(text: str, option: str = "--device") -> str:
     """``text`` when it names a device zsar can run on here (``cpu``, ``cuda``, ``cuda:N`` of an
     existing GPU); else :class:`CLIError` saying why."""
@@ -162,6 +177,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    _log_to_stderr()
     try:
         if getattr(args, "device", None) is not None:
             args.device = check_device(args.device)

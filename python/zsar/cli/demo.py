@@ -44,14 +44,34 @@ _ONLY_FOR = {"colors": "rest", "unseen_fraction": "rest", "warmup_epochs": "rest
              "transfer": "rest", "sounds": "mzst", "epochs": "mzst"}
 
 
+#: The defaults of DemoConfig ("rest") and MZSTDemoConfig ("mzst") that --help shows, mirrored here so that
+#: `zsar demo --help` does not import torch (tests/test_cli_fast.py checks they equal the configs').
+HELP_DEFAULTS = {
+    "rest": {"out_dir": "runs/demo", "seed": 0, "colors": ("red", "green", "blue", "yellow", "purple"),
+             "shapes": ("circle", "square", "triangle", "star"),
+             "motions": ("falling", "sliding", "shaking", "growing", "blinking"), "unseen_fraction": 0.25,
+             "train_per_class": 12, "unseen_per_class": 8, "size": 48, "noise": 0.04, "distractors": 2,
+             "ext": ".webm", "warmup_epochs": 50, "joint_epochs": 15, "batch_size": 16},
+    "mzst": {"out_dir": "runs/demo-mzst", "shapes": ("circle", "square", "triangle"),
+             "motions": ("falling", "sliding", "growing"), "sounds": ("beeping", "humming", "buzzing"),
+             "train_per_class": 12, "unseen_per_class": 8, "size": 64, "epochs": 45, "batch_size": 8},
+}
+
+
+class _Defaults:
+    """Attribute access to one demo's HELP_DEFAULTS (``d.data.shapes`` and ``d.seed`` alike)."""
+
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+        self.data = self
+
+
 def add_arguments(parser) -> None:
     import argparse
 
     from . import finite_float
 
-    from ..demo import DemoConfig, MZSTDemoConfig
-
-    d, m = DemoConfig(), MZSTDemoConfig()
+    d, m = _Defaults(HELP_DEFAULTS["rest"]), _Defaults(HELP_DEFAULTS["mzst"])
     parser.description = _DESCRIPTION
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -103,6 +123,9 @@ def add_arguments(parser) -> None:
     train.add_argument("--workers", type=int, default=None,
                        help="processes rendering and threads decoding videos (default: CPU count)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--native-cpu-kernels", action="store_true",
+                        help="let torch, MKL and oneDNN use this CPU's widest vector instructions (e.g. AVX-512) "
+                             "instead of AVX2 kernels; faster on some CPUs, but the numbers then depend on the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 unless the targets are met (rest: unseen top-1 >= 3x chance and "
@@ -153,7 +176,28 @@ def build_config(args):
     return dataclasses.replace(cfg, data=data, plots=not args.no_plots, progress=not args.no_progress, **changes)
 
 
+#: Kernels every x86-64 CPU with AVX2 runs alike: torch's vectorised ops, MKL's BLAS (conditional numerical
+#: reproducibility) and oneDNN's convolutions otherwise pick AVX-512 code where the CPU has it, whose different
+#: summation order changed the MZST demo's weights (max |diff| 9e-5 after one epoch) and so its accuracies.
+REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_cpu_kernels() -> dict[str, str]:
+    """Ask torch, MKL and oneDNN for AVX2 kernels (unless the environment already says otherwise), so that a
+    seed gives the same numbers on any AVX2 CPU. Takes effect only before torch is imported (the `zsar`
+    command parses its options without importing it); returns the settings in force."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        for key, value in REPRODUCIBLE_CPU_KERNELS.items():
+            os.environ.setdefault(key, value)
+    return {key: os.environ.get(key, "") for key in REPRODUCIBLE_CPU_KERNELS}
+
+
 def run(args) -> int:
+    if not args.native_cpu_kernels:
+        pin_cpu_kernels()
     from ..demo import DEMOS
 
     report = DEMOS[getattr(args, "model", "rest")][2](build_config(args))

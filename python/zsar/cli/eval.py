@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from ..data.config import FORMATS
-from ..eval.protocols import PROTOCOLS
-
 _DESCRIPTION = (
     "Evaluate a zero-shot checkpoint on labelled videos. 0/100 (default) and 0/50: the classes of "
     "--annotations are the candidate labels (0/50: 10 random half-class splits); prints top-1, top-5 and "
@@ -39,13 +36,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--annotations", default=None, metavar="PATH",
                         help="0/100, 0/50: list file, splits folder, CSV or JSON (see --format)")
     parser.add_argument("--root", default=None, help="video folder (default: paths as written)")
-    parser.add_argument("--format", default="list", choices=FORMATS, help="annotation format (default list)")
+    parser.add_argument("--format", default="list",
+                        help="annotation format: list, folder, ucf101, ... (`zsar list formats`; default list)")
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
     parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
-    parser.add_argument("--protocol", default="0/100", choices=(*PROTOCOLS, "gzsl"),
-                        help="a registered class-split protocol, or gzsl (seen and unseen test lists; default 0/100)")
+    parser.add_argument("--protocol", default="0/100",
+                        help="a registered class-split protocol (0/100, 0/50, ...: `zsar list protocols`), or gzsl "
+                             "(seen and unseen test lists; default 0/100)")
     gzsl = parser.add_argument_group("gzsl")
     gzsl.add_argument("--test-seen", default=None, metavar="PATH", help="test videos of seen classes")
     gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
@@ -69,6 +68,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
                              "checkpoints): only one you trust")
+    parser.add_argument("--embeddings", default=None, metavar="PATH",
+                        help="0/100, 0/50: encode through this Parquet file (zsar encode's columns plus seen_logits): "
+                             "resumable after a kill, reused when complete, and split across torchrun ranks "
+                             "(needed under torchrun)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -81,6 +84,10 @@ def _check_options(args) -> None:
 
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
+    from ..eval.protocols import PROTOCOLS  # deferred: torch, which --help does not need
+
+    if args.protocol not in (*PROTOCOLS, "gzsl"):
+        raise CLIError(f"--protocol must be one of {(*PROTOCOLS, 'gzsl')}, got {args.protocol!r}")
     given = [name for name in _GZSL_LISTS if getattr(args, name) is not None]
     if args.protocol != "gzsl":
         if given or args.beta is not None or args.plot is not None:
@@ -108,6 +115,30 @@ def _check_options(args) -> None:
     check_output_file(args.plot, "--plot")
 
 
+def _name_classes(annotations: str, videos, classes_file: str | None, clf):
+    """Zero-shot evaluation embeds the class *names*: a list of integer labels without --classes has only
+    the numbers as names, which scored 0% top-1 without a word. Such labels are read as the checkpoint's
+    seen classes when it records exactly that many (said on stderr); otherwise the run is refused."""
+    import sys
+
+    from . import CLIError
+
+    classes = videos.classes
+    if not classes:
+        raise CLIError(f"{annotations}: no labelled videos (zero-shot evaluation needs labels)")
+    if classes_file is not None or not all(str(name).strip().lstrip("-").isdigit() for name in classes):
+        return videos
+    seen = list(clf.seen_labels or [])
+    if len(seen) == len(classes):
+        print(f"note: {annotations}: labels 0..{len(classes) - 1} read as the checkpoint's {len(seen)} seen classes "
+              f"({seen[0]!r}, ...); pass --classes FILE to name them otherwise", file=sys.stderr)
+        videos.classes = seen
+        return videos
+    raise CLIError(f"{annotations}: the labels are class numbers ({classes[0]}..{classes[-1]}) and no class names "
+                   f"were given (the checkpoint records {len(seen)} seen classes, not {len(classes)}): pass --classes "
+                   f"FILE (one class name per line, in label order), or write class names in the list")
+
+
 def run(args) -> int:
     from . import CLIError
 
@@ -120,9 +151,10 @@ def run(args) -> int:
     from ..zeroshot import ZeroShotClassifier
 
     def read(annotations):
-        return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
-                          subset=args.subset, classes=args.classes, backend=args.backend,
-                          allow_outside_root=args.allow_outside_root).read()
+        videos = DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
+                            subset=args.subset, classes=args.classes, backend=args.backend,
+                            allow_outside_root=args.allow_outside_root).read()
+        return _name_classes(annotations, videos, args.classes, clf)
 
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
                                   verify=not args.no_verify)
@@ -134,20 +166,37 @@ def run(args) -> int:
         if clf.seen_labels is None:
             raise CLIError(f"--checkpoint {args.checkpoint}: records no seen classes (needed for the semantic-space baseline)")
         results = _zero_shot(args, clf, read(args.annotations))
+        if results is None:  # a rank other than 0 under torchrun
+            return 0
     if args.report:
         write_results_json(args.report, results)
         print(f"report: {args.report}")
     return 0
 
 
-def _zero_shot(args, clf, videos) -> dict:
-    from ..data import evaluation_loader
-    from ..eval.runner import format_zero_shot_report, zero_shot_report
-    from ..zeroshot import encode_loader
+def _zero_shot(args, clf, videos) -> dict | None:
+    import os
 
-    loader = evaluation_loader(videos, clf.clip_spec, args.batch, audio=clf.model.inputs.audio, backend=args.backend,
-                               on_error="raise")
-    encoded = encode_loader(clf.model, loader, with_seen_logits=True)
+    from ..eval.runner import format_zero_shot_report, zero_shot_report
+    from . import CLIError
+
+    if args.embeddings is not None:
+        from ..eval.embeddings import encode_videos, encoded_set_from_table
+
+        table = encode_videos(clf, videos, args.embeddings, seen_logits=True, batch_size=args.batch,
+                              backend=args.backend, checkpoint=os.path.abspath(args.checkpoint))
+        if int(os.environ.get("RANK", "0")) != 0:
+            return None  # rank 0 reports
+        encoded = encoded_set_from_table(table)
+    else:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("under torchrun, give --embeddings PATH (the file the ranks' encodings merge into)")
+        from ..data import evaluation_loader
+        from ..zeroshot import encode_loader
+
+        loader = evaluation_loader(videos, clf.clip_spec, args.batch, audio=clf.model.inputs.audio,
+                                   backend=args.backend, on_error="raise")
+        encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")
     results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}

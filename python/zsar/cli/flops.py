@@ -29,7 +29,7 @@ _DESCRIPTION = (
 
 def add_arguments(parser) -> None:
     parser.description = _DESCRIPTION
-    parser.add_argument("model", help="a registered model (zsar info lists them), e.g. rest18, rest34, rest101, "
+    parser.add_argument("model", help="a registered model (`zsar list models` lists them), e.g. rest18, rest34, rest101, "
                         "rest_vgg16, rest_mobilenet_v2, rest_googlenet, rest_r2plus1d")
     parser.add_argument("--frames", type=int, default=None, metavar="T",
                         help="frames per clip (default: the model's, e.g. 16 for rest18)")

@@ -3,7 +3,8 @@
 Each video is read as the checkpoint's clip spec says (its clips averaged, its audio when the model
 takes audio), scored by the checkpoint's zero-shot head against the given labels (ResT: composite
 visual prototypes by semantic transfer from the seen classes; MZST: the labels' embeddings), and the
-top-k labels are printed with softmax probabilities.
+top-k labels are printed with softmax probabilities and, for a checkpoint with an open-set calibration
+(:mod:`zsar.zeroshot.open_set`), each label's own match probability and "none of these".
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
                              "checkpoints): only one you trust")
+    parser.add_argument("--embeddings", default=None, metavar="PATH",
+                        help="encode through this Parquet file (as zsar encode writes): resumable, reused when "
+                             "complete, split across torchrun ranks (needed under torchrun; rank 0 prints)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -82,6 +86,8 @@ def run(args) -> int:
 
     from dataclasses import replace
 
+    import torch
+
     from ..zeroshot import ZeroShotClassifier
 
     clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
@@ -92,17 +98,60 @@ def run(args) -> int:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips, train=False)
     clf.set_labels(labels)
     k = min(args.top_k, len(labels))
-    probs = clf.predict_proba(args.videos)
+    x = _encode(args, clf)
+    if x is None:  # a rank other than 0 under torchrun
+        return 0
+    scores = clf.scores(x)
+    probs = torch.softmax(scores / clf.temperature, dim=1)
+    match = clf.open_set.probability(scores) if clf.open_set is not None else None
     top = probs.topk(k, dim=1)
-    results = [{"video": video, "predictions": [{"label": labels[j], "probability": round(float(p), 6)}
-                                                for p, j in zip(top.values[i].tolist(), top.indices[i].tolist())]}
-               for i, video in enumerate(args.videos)]
+    results = []
+    for i, video in enumerate(args.videos):
+        preds = []
+        for p, j in zip(top.values[i].tolist(), top.indices[i].tolist()):
+            pred = {"label": labels[j], "probability": round(float(p), 6), "similarity": round(float(scores[i, j]), 6)}
+            if match is not None:  # this label's own calibrated probability: unchanged by the other labels
+                pred["match"] = round(float(match[i, j]), 6)
+            preds.append(pred)
+        result = {"video": video, "predictions": preds}
+        if match is not None:
+            result["none_of_these"] = bool(match[i].max() < 0.5)
+        results.append(result)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
         return 0
+    if match is None:
+        print("note: the checkpoint has no open-set calibration: no 'match' scores or 'none of these'", file=sys.stderr)
     for r in results:
-        print(r["video"])
+        print(r["video"] + ("  -> none of these (no label's match reaches 0.5)" if r.get("none_of_these") else ""))
         for rank, pred in enumerate(r["predictions"], 1):
-            print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}")
+            extra = f"  match {pred['match']:.3f}" if "match" in pred else ""
+            print(f"  {rank}. {pred['label']:<40} {pred['probability']:.3f}{extra}")
     return 0
+
+
+def _encode(args, clf):
+    """The videos' representations ``(N, D)`` in argument order: in this process, or through
+    ``--embeddings`` (split across torchrun ranks; None on ranks other than 0)."""
+    from . import CLIError
+
+    if args.embeddings is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("under torchrun, give --embeddings PATH (the file the ranks' encodings merge into)")
+        return clf.encode(args.videos)
+    import torch
+
+    from ..data import VideoList, VideoRecord
+    from ..eval.embeddings import encode_videos, read_embeddings
+
+    videos = VideoList([VideoRecord(os.path.abspath(v), -1, v) for v in dict.fromkeys(args.videos)], [])
+    encode_videos(clf, videos, args.embeddings, checkpoint=os.path.abspath(args.checkpoint))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    data = read_embeddings(args.embeddings)
+    row = {vid: i for i, (vid, clip) in enumerate(zip(data["video_id"], data["clip"])) if clip == -1}
+    missing = [v for v in args.videos if v not in row]
+    if missing:
+        raise CLIError(f"{missing[0]}: could not be read (skipped while encoding)")
+    return torch.from_numpy(data["embedding"][[row[v] for v in args.videos]])

@@ -54,7 +54,6 @@ def run(args) -> int:
     from ..train.pipeline import train_from_config
 
     summary = train_from_config(config, resume=not args.no_resume, trust_pickle=args.trust_pickle)
-    if "checkpoint" in summary:
-        print(f"zero-shot checkpoint: {summary['checkpoint']}")
+    if "checkpoint" in summary:  # its path is logged on stderr (zsar: zero-shot checkpoint: ...)
         print(f"try: zsar predict VIDEO --checkpoint {summary['checkpoint']} --labels \"label one,label two\"")
     return 0

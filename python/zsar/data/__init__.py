@@ -27,6 +27,7 @@ from .formats import (
     read_kinetics,
     read_ucf101,
     read_vggsound,
+    read_video_folder,
     read_video_list,
     write_class_list,
 )
@@ -46,7 +47,7 @@ __all__ = [
     "audio_features", "fbank", "find_videos", "load_audio", "match_class_names", "normalize_class_name",
     "normalize_fbank", "prepare_dataset", "read_activitynet", "read_avca_classes", "read_avca_split",
     "read_avca_word_names", "read_class_list", "read_hmdb51", "read_kinetics", "read_ucf101", "read_vggsound",
-    "read_video_list", "transcode_video", "waveform_features", "write_class_list",
+    "read_video_folder", "read_video_list", "transcode_video", "waveform_features", "write_class_list",
     "Batch", "CachedClipDataset", "Decoder", "MediaCache", "evaluation_loader",
     "FilePolicy", "MissingAudioError", "Sample", "as_batch", "clip_audio", "collate",
     "decoder_names", "media_file_problem", "register_decoder",

@@ -19,7 +19,8 @@ class DataConfig:
     ``kinetics``, ``activitynet``, ``vggsound`` and any registered since). ``annotations`` is the
     format's annotation source: the list file (``list``), the folder with classInd/trainlist/testlist
     (``ucf101``) or the split files (``hmdb51``), the CSV (``kinetics``, ``vggsound``) or the JSON
-    (``activitynet``). ``root`` is the video folder. ``split``: 1-3 for UCF101/HMDB51, the split
+    (``activitynet``), the class-per-subfolder video folder (``folder``; its ``split`` is a spec such
+    as ``"test=0.2,val=0.1,seed=0"``, see :mod:`zsar.data.formats.folder`). ``root`` is the video folder. ``split``: 1-3 for UCF101/HMDB51, the split
     name for Kinetics/VGGSound. ``subset``: train/test (UCF101, HMDB51), training/validation
     (ActivityNet). ``classes``: a class-list file fixing label order (``list``, ``hmdb51``,
     ``kinetics``, ``activitynet``, ``vggsound``).

@@ -365,10 +365,7 @@ class VideoLoader:
             fallback = get_decoder(fallback_decoder())
             log.info("first video unreadable; loading with %s", fallback.name)
             return fallback
-        decoder = select_decoder(info, backend, self.device)
-        if backend == "auto":
-            log.info("loading %s videos with %s", info.codec, decoder.name)
-        return decoder
+        return select_decoder(info, backend, self.device)  # logs the choice, once per kind of file
 
     # ---- per-file decoders in DataLoader workers ------------------------------------------------
 

@@ -96,8 +96,13 @@ def torch_threads(threads: int | None):
 
 def environment(device) -> dict[str, Any]:
     """Where a demo ran (recorded in its report)."""
+    import os
+
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-            "python": platform.python_version(), "machine": platform.machine()}
+            "python": platform.python_version(), "machine": platform.machine(),
+            # which vector kernels ran (zsar demo pins them to AVX2 for numbers that do not depend on the CPU)
+            "cpu_kernels": {k: os.environ.get(k, "") for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")},
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def finish_report(report: dict[str, Any], config: DemoSettings, steps: Steps, start: float, table,

@@ -347,7 +347,9 @@ class Trainer:
             for key, value in out.items():
                 if key == "loss" or key.startswith("loss_"):
                     sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach().float()
-            if self.dist.is_main and (step + 1) % cfg.log_every == 0:
+            # Every log_every steps and at each epoch's last step, so that a run shorter than log_every
+            # still writes metrics.csv.
+            if self.dist.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == n_batches):
                 self._log_row(writer, epoch, stage, step, n_batches, out, opt)
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{out['loss'].item():.3f}")

@@ -16,6 +16,7 @@ against its rows (softmax with a temperature for probabilities).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict
@@ -33,10 +34,14 @@ from ..text.labels import check_label_texts, check_labels
 from ..text.vocab import split_label
 from .encoding import EncodedSet, NonFiniteError, encode_loader, require_finite
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead
+from .open_set import OpenSetCalibration, calibrate_open_set
 from .selection import HeadSelection
 
+log = logging.getLogger(__name__)
+
 SETTINGS_FILE = "zeroshot.json"
-_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "selection"}
+_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "selection",
+                  "open_set"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
@@ -70,13 +75,16 @@ class ZeroShotClassifier:
         #: How the head's settings were chosen (:meth:`fit`): ``{"method": "fixed"}``, or the
         #: cross-validation's method, chosen settings and fold top-1.
         self.selection: dict[str, Any] = {"method": "fixed"}
+        #: Per-label probabilities and "none of these" (:mod:`zsar.zeroshot.open_set`); None: not calibrated.
+        self.open_set: OpenSetCalibration | None = None
 
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
     def fit(cls, model, seen: EncodedSet | None, seen_labels: Sequence[str], embedder, *,
             head_settings: dict[str, Any] | None = None, selection: HeadSelection | None = None,
-            validation: EncodedSet | None = None, progress: bool = False, **kwargs) -> "ZeroShotClassifier":
+            validation: EncodedSet | None = None, progress: bool = False, open_set: bool = True,
+            **kwargs) -> "ZeroShotClassifier":
         """The classifier of a trained model: the one place where its head is built and the head's
         parameters are chosen.
 
@@ -92,6 +100,8 @@ class ZeroShotClassifier:
                 ``head_settings``; None keeps them fixed. What the choice found is :attr:`selection`,
                 saved in ``zeroshot.json``.
             validation: held-out videos of the seen classes the folds are scored on (default ``seen``).
+            open_set: with ``seen``, also fit the open-set calibration on it, seen classes held out fold
+                by fold (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted).
             **kwargs: ``temperature``, ``clip_spec`` (see the class).
         """
         head_cls = HEADS[model.zero_shot_head]
@@ -106,7 +116,24 @@ class ZeroShotClassifier:
         head = head_cls.from_seen(x, labels, list(seen_labels), **settings)
         clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
         clf.selection = record
+        if open_set and seen is not None:
+            try:
+                clf.calibrate_open_set(seen.x, torch.as_tensor(seen.labels))
+            except ValueError as e:  # too few classes, or a representation that does not separate them
+                log.warning("no open-set calibration: %s", e)
         return clf
+
+    def calibrate_open_set(self, x: torch.Tensor, labels: torch.Tensor, folds: int = 5,
+                           seed: int = 0) -> OpenSetCalibration:
+        """Fit the open-set calibration on representations ``x`` ``(N, D)`` of videos of the seen
+        classes (``labels`` index :attr:`seen_labels`), holding classes out fold by fold; kept in
+        :attr:`open_set` and saved with the checkpoint. See :mod:`zsar.zeroshot.open_set`."""
+        if not self.seen_labels:
+            raise ValueError("open-set calibration needs the seen labels")
+        with torch.no_grad():
+            self.open_set = calibrate_open_set(self.head, self.embedder, self.model, x, labels, self.seen_labels,
+                                               folds=folds, seed=seed)
+        return self.open_set
 
     @classmethod
     def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
@@ -125,6 +152,8 @@ class ZeroShotClassifier:
         settings = {"head": self.head.name, "head_settings": self.head.settings(), "temperature": self.temperature,
                     "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels,
                     "selection": self.selection}
+        if self.open_set is not None:
+            settings["open_set"] = self.open_set.to_dict()
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return directory
 
@@ -178,6 +207,8 @@ class ZeroShotClassifier:
                   "seen_labels": settings.get("seen_labels"), **overrides}
         clf = cls(model, head, embedder, **kwargs)
         clf.selection = settings.get("selection") or {"method": "fixed"}
+        if settings.get("open_set") is not None:
+            clf.open_set = OpenSetCalibration.from_dict(settings["open_set"], where=f"{path} open_set")
         return clf
 
     # ---- classification ----------------------------------------------------------------------------
@@ -269,6 +300,21 @@ class ZeroShotClassifier:
         """Softmax over the scores / temperature, ``(N, num_labels)``."""
         return require_finite(torch.softmax(self.similarities(videos) / self.temperature, dim=1), None,
                               f"probabilities (temperature {self.temperature})")
+
+    def _require_open_set(self) -> OpenSetCalibration:
+        if self.open_set is None:
+            raise ValueError("this classifier has no open-set calibration (calibrate_open_set on held-out seen-class "
+                             "videos, or a checkpoint saved with one)")
+        return self.open_set
+
+    def match_proba(self, videos) -> torch.Tensor:
+        """``(N, num_labels)`` open-set probability that each video shows each label, each from that
+        label's similarity alone (unchanged when other labels are added); needs :attr:`open_set`."""
+        return self._require_open_set().probability(self.similarities(videos))
+
+    def predict_open(self, videos) -> torch.Tensor:
+        """``(N,)`` indices into the labels, -1 where no label's :meth:`match_proba` reaches 0.5 ("none of these")."""
+        return self._require_open_set().answer(self.similarities(videos))
 
     def predict(self, videos, top_k: int = 1) -> torch.Tensor:
         """Indices into the labels of :meth:`set_labels`: ``(N,)`` for top_k=1, else ``(N, top_k)``."""

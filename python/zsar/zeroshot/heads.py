@@ -62,6 +62,12 @@ class ZeroShotHead:
         """JSON-able settings (saved in ``zeroshot.json``)."""
         return {"metric": self.metric}
 
+    def holding_out(self, seen_classes: Sequence[int]) -> "ZeroShotHead":
+        """The head as if the seen classes ``seen_classes`` (indices) had not been trained on, for
+        calibrating on them as unseen labels (:mod:`zsar.zeroshot.open_set`); heads that keep nothing
+        per seen class return themselves."""
+        return self
+
     def save_state(self, directory: Path) -> None:
         """Writes the head's tensors beside a checkpoint (none by default)."""
 
@@ -130,6 +136,11 @@ class PrototypeTransferHead(ZeroShotHead):
 
     def settings(self) -> dict[str, Any]:
         return {"k": self.k, "theta": self.theta, "rho": self.rho}
+
+    def holding_out(self, seen_classes: Sequence[int]) -> "PrototypeTransferHead":
+        keep = [i for i in range(len(self.seen_labels)) if i not in set(seen_classes)]
+        return PrototypeTransferHead(self.seen_prototypes[keep], [self.seen_labels[i] for i in keep], k=self.k,
+                                     theta=self.theta, rho=self.rho)
 
     def save_state(self, directory: Path) -> None:
         save_file({"prototypes": self.seen_prototypes.contiguous()}, Path(directory) / PROTOTYPES_FILE,

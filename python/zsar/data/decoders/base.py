@@ -189,6 +189,22 @@ def get_decoder(name: str) -> Decoder:
     return _REGISTRY[name]
 
 
+_SAID: set[tuple] = set()  # the kinds of file (codec, device type, decoder) whose decoder was already said
+
+
+def _say_choice(info: VideoInfo, request: DecodeRequest, chosen: str, passed: list[str]) -> None:
+    """Log the decoder ``auto`` chose, at info level once per kind of file (codec and device), so that a
+    run says which decoder its numbers came from (decoders' pixels differ slightly, e.g. DALI's VP9 vs
+    PyAV's); the per-file detail stays at debug level."""
+    kind = (info.codec, str(request.device), chosen)
+    if kind not in _SAID:
+        _SAID.add(kind)
+        why = f" (passed over {'; '.join(passed)})" if passed else ""
+        log.info("decoding %s videos with %s%s (e.g. %s; --backend/backend= picks another)", info.codec, chosen,
+                 why, info.path)
+    log.debug("%s: decoding %s with %s", info.path, info.codec, chosen)
+
+
 def select_decoder(info: VideoInfo | None, backend: str = "auto",
                    device: str | torch.device | None = None) -> Decoder:
     """The decoder for the file ``info`` (None: the decoder alone): ``backend="auto"`` takes the
@@ -206,8 +222,8 @@ def select_decoder(info: VideoInfo | None, backend: str = "auto",
         chosen = dispatcher.select(request)
         passed = [f"{name}: {'; '.join(why)}" for name, why in dispatcher.reasons(request).items()
                   if why and dispatcher.names.index(name) < dispatcher.names.index(chosen.name)]
-        if passed and info is not None:
-            log.debug("%s: decoding %s with %s (%s)", info.path, info.codec, chosen.name, "; ".join(passed))
+        if info is not None:
+            _say_choice(info, request, chosen.name, passed)
         return chosen
     decoder = get_decoder(backend)
     why = decoder.not_supported_reasons(request)

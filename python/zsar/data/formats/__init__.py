@@ -12,6 +12,8 @@ a ``video_id`` unique within the list. One module per format, each registering i
 * ``kinetics`` (:mod:`.kinetics`): Kinetics CSVs (``label,youtube_id,time_start,time_end,split``).
 * ``activitynet`` (:mod:`.activitynet`): ActivityNet v1.3 JSON (one record per video).
 * ``vggsound`` (:mod:`.vggsound`): VGGSound CSV (``youtube_id,start_seconds,label,split``).
+* ``folder`` (:mod:`.folder`): ``<folder>/<class>/<video>``, split by ``train/ val/ test/``
+  sub-folders or a seeded fraction, :func:`read_video_folder`.
 
 :mod:`.avca` applies the AVCA-GZSL benchmark's class (and, where present, video) splits to one of
 these lists; :mod:`.common` holds what the formats share (class lists, the file finder, the
@@ -19,7 +21,7 @@ missing-file policy). How to add a format: write a module with its reader and a 
 registry's one signature decorated with ``@register_format("name", ...)``, and import it here.
 """
 
-from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound  # noqa: F401,I001  (registers, in this order)
+from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound, folder  # noqa: F401,I001  (registers, in this order)
 from .activitynet import read_activitynet
 from .avca import AVCA_STAGES, read_avca_classes, read_avca_split, read_avca_word_names
 from .common import (
@@ -29,6 +31,7 @@ from .common import (
     read_class_list,
     write_class_list,
 )
+from .folder import read_video_folder
 from .hmdb51 import read_hmdb51
 from .kinetics import read_kinetics
 from .registry import FORMATS, DatasetFormat, get_format, register_format
@@ -53,6 +56,7 @@ __all__ = [
     "read_kinetics",
     "read_ucf101",
     "read_vggsound",
+    "read_video_folder",
     "read_video_list",
     "register_format",
     "write_class_list",

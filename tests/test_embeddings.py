@@ -1,0 +1,159 @@
+"""Embeddings out (`zsar encode`, zsar.eval.embeddings): Parquet rows per video and clip, the same through
+the API, resumable after a kill, and split across torchrun ranks into one file (CPU, gloo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tiny_checkpoint import make_checkpoint, make_video_folder
+
+TESTS = Path(__file__).parent
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "python"), str(TESTS),
+                                                     os.environ.get("PYTHONPATH", "")]),
+       "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emb")
+    ckpt = make_checkpoint(root)
+    folder = make_video_folder(root / "videos", classes=("red", "blue", "green"), per_class=2)
+    return root, ckpt, folder
+
+
+def _videos(folder):
+    from zsar.data.formats import read_video_folder
+
+    return read_video_folder(folder)
+
+
+def test_cli_file_matches_the_api_and_the_classifier(setup, tmp_path):
+    from zsar.cli import main
+    from zsar.eval.embeddings import encode_videos, read_embeddings
+    from zsar.zeroshot import ZeroShotClassifier
+
+    _, ckpt, folder = setup
+    out = tmp_path / "e.parquet"
+    assert main(["encode", "--checkpoint", str(ckpt), "--format", "folder", "--annotations", str(folder),
+                 "--out", str(out), "--per-clip", "--chunk-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    data = read_embeddings(out)
+    videos = _videos(folder)
+    assert pq.read_schema(out).names[:6] == ["path", "video_id", "label", "class", "clip", "embedding"]
+    assert data["path"][::3] == [r.path for r in videos.records]  # list order, average then clips 0, 1
+    assert list(data["clip"]) == [-1, 0, 1] * len(videos)
+    assert data["class"][::3] == [videos.classes[r.label] for r in videos.records]
+    assert data["metadata"]["zsar.dim"] == "32" and not any(p.name.startswith("e.parquet.parts") for p in tmp_path.iterdir())
+
+    clf = ZeroShotClassifier.load(ckpt, device="cpu")
+    direct = clf.encode([r.path for r in videos.records]).numpy()  # the same decoder (auto) as the file's
+    np.testing.assert_allclose(data["embedding"][data["clip"] == -1], direct, rtol=1e-4, atol=1e-5)
+    # The clips' mean is the video's representation for ResT (its encode averages clip features).
+    clips = data["embedding"][data["clip"] >= 0].reshape(len(videos), 2, -1)
+    assert np.isfinite(clips).all()
+
+    table = encode_videos(clf, videos, per_clip=True, chunk_size=4, progress=False)  # in memory
+    np.testing.assert_allclose(read_embeddings_table(table), data["embedding"], rtol=1e-5, atol=1e-6)
+
+
+def read_embeddings_table(table):
+    col = table.column("embedding").combine_chunks()
+    return col.values.to_numpy().reshape(len(col), -1)
+
+
+def _encode_cmd(ckpt, folder, out, chunk_size=1):
+    return [sys.executable, "-m", "zsar.cli", "encode", "--checkpoint", str(ckpt), "--format", "folder",
+            "--annotations", str(folder), "--out", str(out), "--chunk-size", str(chunk_size), "--device", "cpu",
+            "--backend", "pyav", "--no-progress"]
+
+
+def test_resumes_after_a_kill(setup, tmp_path):
+    """SIGKILL once the first parts exist; the rerun encodes only the rest and writes the same file."""
+    _, ckpt, folder = setup
+    out = tmp_path / "e.parquet"
+    proc = subprocess.Popen(_encode_cmd(ckpt, folder, out), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(tmp_path.glob("e.parquet.parts-*/part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in tmp_path.glob("e.parquet.parts-*/part-*.parquet"))
+    assert 2 <= len(done) < 6 and not out.exists()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("e.parquet.parts-*/part-*.parquet")}
+    resumed = subprocess.run(_encode_cmd(ckpt, folder, out), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming, {len(done)} of 6 chunks already encoded" in resumed.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.exists()) or not any(p.exists() for p in before)
+
+    from zsar.eval.embeddings import encode_videos
+    from zsar.zeroshot import ZeroShotClassifier
+
+    fresh = encode_videos(ZeroShotClassifier.load(ckpt, device="cpu"), _videos(folder), backend="pyav",
+                          progress=False)
+    a = pq.read_table(out)
+    assert a.column("path").to_pylist() == fresh.column("path").to_pylist()
+    np.testing.assert_allclose(read_embeddings_table(a), read_embeddings_table(fresh), rtol=1e-5, atol=1e-6)
+
+
+def _torchrun(*args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "zsar.cli", *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_two_ranks_write_one_file(setup, tmp_path):
+    """Two gloo ranks split the chunks (0, 2, 4 / 1, 3, 5) and rank 0 merges them in list order."""
+    from zsar.eval.embeddings import encode_videos
+    from zsar.zeroshot import ZeroShotClassifier
+
+    _, ckpt, folder = setup
+    out = tmp_path / "e.parquet"
+    result = _torchrun(*_encode_cmd(ckpt, folder, out)[3:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(" rows, ") == 1 and "6 rows" in result.stdout  # rank 0 alone reports
+    clf = ZeroShotClassifier.load(ckpt, device="cpu")
+    single = encode_videos(clf, _videos(folder), backend="pyav", progress=False)
+    merged = pq.read_table(out)
+    assert merged.column("path").to_pylist() == single.column("path").to_pylist()
+    np.testing.assert_allclose(read_embeddings_table(merged), read_embeddings_table(single), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_eval_and_predict(setup, tmp_path):
+    """`zsar eval` and `zsar predict` under torchrun give what one process gives."""
+    import json
+
+    from zsar.cli import main
+
+    _, ckpt, folder = setup
+    base = ["eval", "--checkpoint", str(ckpt), "--format", "folder", "--annotations", str(folder), "--subset", "all",
+            "--backend", "pyav", "--device", "cpu"]
+    result = _torchrun(*base, "--embeddings", str(tmp_path / "ev.parquet"), "--report", str(tmp_path / "dist.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*base, "--report", str(tmp_path / "one.json")]) == 0
+    dist, one = (json.loads((tmp_path / f).read_text()) for f in ("dist.json", "one.json"))
+    assert dist["videos"] == one["videos"] == 6
+    for key in ("top1", "mean_class_accuracy"):
+        assert dist["transfer"][key]["mean"] == pytest.approx(one["transfer"][key]["mean"])
+
+    videos = [str(p) for p in sorted(folder.glob("*/*.webm"))]
+    pred = ["predict", *videos, "--checkpoint", str(ckpt), "--labels", "red light,blue glow,dark room", "--json",
+            "--device", "cpu"]
+    result = _torchrun(*pred, "--embeddings", str(tmp_path / "pr.parquet"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "zsar.cli", *pred], env=ENV, capture_output=True, text=True,
+                            check=True)
+    a, b = json.loads(result.stdout), json.loads(single.stdout)
+    assert [r["video"] for r in a] == videos and [[p["label"] for p in r["predictions"]] for r in a] == \
+        [[p["label"] for p in r["predictions"]] for r in b]
