@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "info": ("zsar.cli.info", "show how zsar was built and which kernel backends work here"),
-    "list": ("zsar.cli.list", "list the registered models, ops, decoders, dataset formats and protocols"),
+    "list": ("zsar.cli.listing", "list the registered models, ops, decoders, dataset formats and protocols"),
     "demo": ("zsar.cli.demo", "run the main demonstration on data zsar generates itself"),
     "train": ("zsar.cli.train", "train a model (ResT, ...) on a video dataset and save a zero-shot checkpoint"),
     "eval": ("zsar.cli.eval", "zero-shot accuracy of a checkpoint on labelled videos"),

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 
-from .._utils import read_json
 
 _DESCRIPTION = (
     "Semantic relatedness (SR, MZST paper Eq. 1) of each class in CLASSES_FILE (one per line) to the "
@@ -78,6 +77,8 @@ def _csv_accuracy(path: str, classes: list[str]) -> dict[str, float]:
 
 def _json_accuracy(path: str) -> dict[str, float]:
     from . import CLIError
+
+    from .._utils import read_json
 
     data = read_json(path, CLIError)
     if isinstance(data, dict) and isinstance(data.get("per_class_accuracy"), dict):

@@ -22,11 +22,9 @@ def collect(kinds=KINDS) -> dict[str, list[dict]]:
 
         out["models"] = [{"name": name} for name in list_models()]
     if "ops" in kinds:
-        from ..ops import bottleneck, rest_attention
+        from ..ops.attention import ATTENTION_OPS
 
-        out["ops"] = [{"name": name, "backends": list(module.dispatcher.names)}
-                      for name, module in (("masked_attention", rest_attention),
-                                           ("bottleneck_attention", bottleneck))]
+        out["ops"] = [{"name": name, "backends": list(op.dispatcher.names)} for name, op in ATTENTION_OPS.items()]
     if "decoders" in kinds:
         from ..data.decoders import decoder_names, unavailable_reason
 
