@@ -187,7 +187,6 @@ class _RegisteredModelRunner:
         """The trainer of a fresh model for ``videos`` (kept until another stage's videos come)."""
         if self.trainer is not None and videos is self.videos:
             return self.trainer
-        from ..data import VideoClipDataset
         from ..models import create_model
         from ..train import Trainer
         from ..train.pipeline import clip_specs
@@ -198,12 +197,27 @@ class _RegisteredModelRunner:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, class_names=videos.classes, label_embedder=self.embedder, **cfg.model_args)
         train_spec, self.eval_spec = clip_specs(model, cfg.data, cfg.eval_clips)
-        backend = "pyav" if cfg.data.backend == "auto" else cfg.data.backend
-        dataset = VideoClipDataset(videos, train_spec, backend=backend, seed=cfg.seed, on_error=cfg.data.on_error,
-                                   audio=model.inputs.audio, missing_audio=cfg.data.missing_audio)
-        self.trainer = Trainer(train_cfg, dataset, videos.classes, model=model)
+        self.trainer = Trainer(train_cfg, self._train_dataset(model, videos, train_spec), videos.classes, model=model)
         self.videos, self._classifier = videos, None
         return self.trainer
+
+    def _train_dataset(self, model, videos: VideoList, spec):
+        """The training dataset of ``videos`` for ``model`` (decoded clips; feature runs read features)."""
+        from ..data import VideoClipDataset
+
+        data = self.config.data
+        backend = "pyav" if data.backend == "auto" else data.backend
+        return VideoClipDataset(videos, spec, backend=backend, seed=self.config.seed, on_error=data.on_error,
+                                audio=model.inputs.audio, missing_audio=data.missing_audio)
+
+    def _eval_loader(self, videos: VideoList):
+        """An evaluation loader of ``videos`` (in order) for the current model."""
+        from ..data import VideoLoader
+
+        data, model = self.config.data, self.trainer.model
+        return VideoLoader(videos, self.eval_spec, self.config.batch_size, backend=data.backend, shuffle=False,
+                           num_shards=1, num_workers=self.config.num_workers, on_error=data.on_error,
+                           audio=model.inputs.audio, missing_audio=data.missing_audio)
 
     def epochs(self, videos: VideoList) -> int:
         """Epochs of one full training run on ``videos``: all the model's stages."""
@@ -243,16 +257,10 @@ class _RegisteredModelRunner:
         """The zero-shot classifier of the model as trained so far (its head built from this
         stage's training videos when the head needs seen-class representations)."""
         if self._classifier is None:
-            from ..data import VideoLoader
             from ..zeroshot import ZeroShotClassifier
 
-            data, model = self.config.data, self.trainer.model
-            loader = VideoLoader(self.videos, self.eval_spec, self.config.batch_size, backend=data.backend,
-                                 shuffle=False, num_shards=1, num_workers=self.config.num_workers,
-                                 on_error=data.on_error,
-                                 audio=model.inputs.audio, missing_audio=data.missing_audio)
             self._classifier = ZeroShotClassifier.from_loader(
-                model, loader, self.videos.classes, self.embedder, progress=self.config.progress,
+                self.trainer.model, self._eval_loader(self.videos), self.videos.classes, self.embedder, progress=self.config.progress,
                 head_settings=self.config.head_settings, clip_spec=self.eval_spec)
         return self._classifier
 
@@ -270,7 +278,12 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
 
     Returns:
         The report of :func:`zsar.eval.run_avca_protocol` plus ``checkpoint``, ``embedder``
-        (its spec), ``report``, ``plot`` and ``config``.
+        (its spec), ``report``, ``plot``, ``config`` and ``published`` (the papers' rows for this benchmark,
+        :func:`zsar.eval.published.published_reports`).
+
+    With ``data.format: avca_features`` the videos are the released AVCA-GZSL features
+    (:mod:`zsar.eval.feature_recipe`): the six stages come from the dataset folder's own split files and
+    feature files, and the labels are embedded with its released word2vec table.
 
     Raises:
         ValueError: no ``data``, bad stages (see :func:`zsar.eval.avca_stages`), an embedder or model
@@ -281,13 +294,18 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
 
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
-    videos = config.data.read()
-    test_config = config.test_data_config()
-    stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
-                         test_videos=None if test_config is None else test_config.read(),
-                         val_fraction=config.val_fraction, seed=config.seed)
-    embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
-    runner = _RegisteredModelRunner(config, embedder)
+    if config.data.format == "avca_features":  # the released features: their own stages, word2vec and reader
+        from .feature_recipe import feature_recipe_parts
+
+        stages, embedder, runner = feature_recipe_parts(config)
+    else:
+        videos = config.data.read()
+        test_config = config.test_data_config()
+        stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
+                             test_videos=None if test_config is None else test_config.read(),
+                             val_fraction=config.val_fraction, seed=config.seed)
+        embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
+        runner = _RegisteredModelRunner(config, embedder)
     epochs = runner.epochs(stages["stage_1_train"])
     metric = config.metric or runner.head_metric
     report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
@@ -296,8 +314,10 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     out = Path(config.out_dir)
     checkpoint = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
     spec = getattr(embedder, "spec", lambda: None)()
+    from .published import published_reports
+
     report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
-                  config=config.to_dict())
+                  config=config.to_dict(), published=published_reports(config.dataset, config.avca_split))
     if config.plot:
         from .avca import AVCA_BENCHMARKS
         from .plots import plot_gzsl_tradeoff

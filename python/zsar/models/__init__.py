@@ -8,7 +8,8 @@ from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .registry import create_model, list_models, needs_label_embeddings, register_model
 from .rest import REST_VARIANTS, ResT, ResTConfig  # noqa: F401  (importing registers the variants)
 from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
+from .feature_input import MZSTFeatures, MZSTFeaturesConfig  # noqa: F401  (registers mzst_features*, rest_features*)
 
-__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "REST_VARIANTS", "ResT", "ResTConfig",
+__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "MZSTFeatures", "MZSTFeaturesConfig", "REST_VARIANTS", "ResT", "ResTConfig",
            "TrainingStage",
            "ZeroShotModel", "create_model", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]

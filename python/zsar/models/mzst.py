@@ -530,8 +530,7 @@ class MZST(ZeroShotModel):
         self.with_text = "mlm" in c.losses
         D = c.dim
 
-        self.video_encoder = VIDEO_BACKBONES[c.video_backbone](c.frames, c.image_size) if self.use_video else None
-        self.audio_encoder = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins) if self.use_audio else None
+        self.video_encoder, self.audio_encoder = self._build_encoders(c)
         self.num_video_tokens = self.video_encoder.num_tokens if self.use_video else 0
         self.num_audio_tokens = self.audio_encoder.num_tokens if self.use_audio else 0
         self.video_proj = nn.Linear(self.video_encoder.dim, D) if self.use_video else None
@@ -564,6 +563,13 @@ class MZST(ZeroShotModel):
         self._init_weights()
         if class_embeddings is not None:
             self.set_class_embeddings(class_embeddings)
+
+    def _build_encoders(self, c: MZSTConfig) -> tuple[nn.Module | None, nn.Module | None]:
+        """The modules that turn each stream's input into tokens (``num_tokens``, ``dim``): the backbones.
+        Feature-input models (:mod:`zsar.models.feature_input`) put their feature stems here instead."""
+        video = VIDEO_BACKBONES[c.video_backbone](c.frames, c.image_size) if self.use_video else None
+        audio = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins) if self.use_audio else None
+        return video, audio
 
     def _init_weights(self):
         # Everything but the backbones (their own init) and the fusion tokens (N(0, 0.02), set above).
@@ -829,7 +835,8 @@ MZST_VARIANTS: dict[str, dict] = {
 
 
 def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_embeddings=None,
-               video_weights: str | Path | None = None, audio_weights=None, **overrides) -> MZST:
+               video_weights: str | Path | None = None, audio_weights=None, *, model_cls: type[MZST] | None = None,
+               config_cls: type[MZSTConfig] = MZSTConfig, **overrides) -> MZST:
     """An :class:`MZST` from a variant's defaults and ``overrides`` (fields of :class:`MZSTConfig`).
 
     Args:
@@ -839,6 +846,8 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
             ``embed_dim`` is taken from them. May be set later with :meth:`MZST.set_class_embeddings`.
         video_weights: a local MViT weights file (torchvision state dict; safetensors or PyTorch).
         audio_weights: a local Hugging Face AST folder, weights file or state dict.
+        model_cls, config_cls: the model class and its config class (subclasses such as the feature-input
+            models of :mod:`zsar.models.feature_input`; default :class:`MZST`, :class:`MZSTConfig`).
     Weights files are read once at construction and not recorded in :meth:`MZST.model_args`.
     """
     args = {**defaults, **overrides}
@@ -854,7 +863,7 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
             raise ValueError(f"class_embeddings must be (num_classes, embed_dim), got shape {tuple(class_embeddings.shape)}")
         args.setdefault("embed_dim", class_embeddings.shape[1])
         args.setdefault("num_classes", class_embeddings.shape[0])
-    model = MZST(MZSTConfig.from_dict(args), class_embeddings)
+    model = (model_cls or MZST)(config_cls.from_dict(args), class_embeddings)
     if video_weights is not None:
         if model.video_encoder is None:
             raise ValueError("video_weights given to a model without the video modality")

@@ -320,6 +320,7 @@ class SentenceEmbedder:
 _SPEC_KEYS = {
     "sentence": {"type", "model", "name_map"},
     "word_vectors": {"type", "path", "binary", "name_map", "stop_words"},
+    "class_vectors": {"type", "path", "name_map"},  # a {class: vector} table (zsar.text.class_vectors)
 }
 
 
@@ -351,7 +352,7 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         raise ValueError(f"{where}: expected an object with a 'type', got {type(spec).__name__} {spec!r:.80}")
     kind = spec.get("type")
     if kind not in _SPEC_KEYS:
-        raise ValueError(f"{where}: unknown embedder type {kind!r} (expected 'sentence' or 'word_vectors')")
+        raise ValueError(f"{where}: unknown embedder type {kind!r} (expected one of {sorted(_SPEC_KEYS)})")
     unknown = sorted(map(str, set(spec) - _SPEC_KEYS[kind]))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for type {kind!r}; known: {sorted(_SPEC_KEYS[kind])}")
@@ -364,6 +365,14 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         if not isinstance(model, str) or not model:
             raise ValueError(f"{where}: 'model' must be a model folder or package name, got {model!r}")
         return SentenceEmbedder(model, name_map=name_map)
+    if kind == "class_vectors":
+        from .class_vectors import ClassVectorEmbedder
+
+        path = spec.get("path")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise FileNotFoundError(f"class-vector file {path!r} (recorded in the {where}) does not exist; "
+                                    f"pass an embedder explicitly")
+        return ClassVectorEmbedder(path, name_map)
     path, binary = spec.get("path"), spec.get("binary")
     stop_words = spec.get("stop_words", STOP_WORDS)
     if not isinstance(path, str) or not path:

@@ -12,6 +12,8 @@ a ``video_id`` unique within the list. One module per format, each registering i
 * ``kinetics`` (:mod:`.kinetics`): Kinetics CSVs (``label,youtube_id,time_start,time_end,split``).
 * ``activitynet`` (:mod:`.activitynet`): ActivityNet v1.3 JSON (one record per video).
 * ``vggsound`` (:mod:`.vggsound`): VGGSound CSV (``youtube_id,start_seconds,label,split``).
+* ``avca_features`` (:mod:`.avca_features`): the released AVCA-GZSL features (one HDF5 file per class
+  and stage), :func:`read_avca_features`; records name feature files, not videos.
 
 :mod:`.avca` applies the AVCA-GZSL benchmark's class (and, where present, video) splits to one of
 these lists; :mod:`.common` holds what the formats share (class lists, the file finder, the
@@ -19,8 +21,9 @@ missing-file policy). How to add a format: write a module with its reader and a 
 registry's one signature decorated with ``@register_format("name", ...)``, and import it here.
 """
 
-from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound  # noqa: F401,I001  (registers, in this order)
+from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound, avca_features  # noqa: F401,I001  (registers, in this order)
 from .activitynet import read_activitynet
+from .avca_features import avca_class_vectors, avca_feature_layout, avca_feature_stages, read_avca_features
 from .avca import AVCA_STAGES, read_avca_classes, read_avca_split, read_avca_word_names
 from .common import (
     AnnotationError,
@@ -40,6 +43,10 @@ __all__ = [
     "AVCA_STAGES",
     "FORMATS",
     "AnnotationError",
+    "avca_class_vectors",
+    "avca_feature_layout",
+    "avca_feature_stages",
+    "read_avca_features",
     "DatasetFormat",
     "get_format",
     "match_class_names",

@@ -1,0 +1,112 @@
+"""``zsar gzsl`` on the released AVCA-GZSL features: the same two-stage protocol
+(:func:`zsar.eval.run_avca_protocol`, driven by :func:`zsar.eval.recipes.run_gzsl_recipe`), fed from the
+feature files instead of decoded videos.
+
+A config with ``data: {format: avca_features, annotations: <DS folder>}`` (``root``: the features
+folder, default the split's: ``features/main_features`` for ``split: main``, ``features/cls_features``
+for ``cls``) gets:
+
+* the six stages read from the dataset folder's own ``class-split/<split>/stage_*`` files and the
+  ``.h5`` files (:func:`zsar.data.formats.avca_feature_stages`; ``data.on_missing: skip`` keeps only
+  videos present in every file and list instead of stopping at the first disagreement);
+* the labels embedded with the released word2vec table (``features/<name>/text/*.npy``, read without
+  running pickle code, class names mapped through ``*_w2v_class_names.csv``), vectors as stored (the
+  release normalises them; MZST's targets are not normalised again, ``normalize_targets: false``),
+  unless the config names another ``embedder`` than the default sentence model;
+* a runner that trains and encodes from :class:`zsar.data.AVCAFeatureDataset` (video and audio features
+  for models that take audio, video features only for the others, e.g. ``rest_features``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .._utils import torch_threads
+from ..data.records import VideoList
+from .recipes import GZSLConfig, _RegisteredModelRunner, recipe_embedder
+
+__all__ = ["feature_recipe_parts", "feature_modalities"]
+
+_DEFAULT_EMBEDDER = {"type": "sentence"}
+
+
+def feature_modalities(model) -> tuple[str, ...]:
+    """The feature streams a model reads: video when it takes features as clips, audio when it takes audio."""
+    inputs = model.inputs
+    mods = (("video",) if inputs.feature_dim is not None else ()) + (("audio",) if inputs.audio is not None else ())
+    if inputs.feature_dim is None:
+        raise ValueError(f"model {getattr(model, 'registry_name', type(model).__name__)!r} takes pixels, not "
+                         f"precomputed features; use a feature-input model (mzst_features, mzst_features_cls, "
+                         f"rest_features, rest_features_cls)")
+    return mods
+
+
+class _FeatureRunner(_RegisteredModelRunner):
+    """:class:`_RegisteredModelRunner` reading :class:`~zsar.data.AVCAFeatureDataset` s.
+
+    Trains and encodes with one intra-op thread: a feature batch is a few tokens per video, so each op is
+    tiny and thread hand-offs cost more than they save (a LayerNorm of 8 x 11 x 32 values took 6.1 ms with
+    2 threads and 0.07 ms with 1 on a 2-core machine at load 9).
+    """
+
+    threads = 1
+
+    def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
+        with torch_threads(self.threads):
+            super().train(videos, epochs, after_epoch)
+
+    def classifier(self):
+        with torch_threads(self.threads):
+            return super().classifier()
+
+    def _dataset(self, model, videos: VideoList):
+        from ..data import AVCAFeatureDataset
+
+        return AVCAFeatureDataset(videos, feature_modalities(model))
+
+    def _train_dataset(self, model, videos: VideoList, spec):
+        return self._dataset(model, videos)
+
+    def _eval_loader(self, videos: VideoList):
+        from torch.utils.data import DataLoader
+
+        dataset = self._dataset(self.trainer.model, videos)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                          num_workers=self.config.num_workers, collate_fn=dataset.collate_fn)
+
+    def encode(self, videos: VideoList):
+        from ..zeroshot.heads import encode_loader
+
+        with torch_threads(self.threads):
+            x, _, _, ids = encode_loader(self.trainer.model, self._eval_loader(videos), self.config.progress,
+                                         desc="encoding features")
+        return x, ids
+
+
+def feature_recipe_parts(config: GZSLConfig) -> tuple[dict[str, VideoList], object, _FeatureRunner]:
+    """The stages, label embedder and runner of a ``zsar gzsl`` run on released features.
+
+    Raises:
+        FileNotFoundError: a missing folder or file of the layout (named).
+        ValueError: features that disagree with the split files (every disagreement named), or a model that
+            takes pixels.
+    """
+    from ..data.formats.avca_features import avca_class_vectors, avca_feature_stages
+    from ..models import create_model
+
+    data = config.data
+    if config.split_dir is not None or config.test_data is not None:
+        raise ValueError("config keys 'split_dir' and 'test_data' do not apply to data.format avca_features: the "
+                         "dataset folder's class-split/ holds the stages")
+    # The model decides which feature files must exist: build one (cheap without backbones) to ask.
+    probe = create_model(config.model, class_names=["a", "b"], **{k: v for k, v in config.model_args.items()
+                                                                if k not in ("num_classes", "vocab")})
+    modalities = feature_modalities(probe)
+    stages = avca_feature_stages(data.annotations, config.avca_split, features=data.root, modalities=modalities,
+                                 on_missing=data.on_missing)
+    if dict(config.embedder) == _DEFAULT_EMBEDDER:
+        embedder = avca_class_vectors(data.annotations, config.avca_split, features=data.root)
+    else:
+        classes: Sequence[str] = list(dict.fromkeys(c for s in stages.values() for c in s.classes))
+        embedder = recipe_embedder(config, classes)
+    return stages, embedder, _FeatureRunner(config, embedder)
