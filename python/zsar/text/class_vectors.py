@@ -122,11 +122,15 @@ def read_class_vectors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 return _as_table({k: npz[k] for k in npz.files}, str(path))
         if head != b"\x93NUMPY":
             raise ValueError(f"{path}: not a .npy or .npz file (starts with {head!r})")
-        version = np.lib.format.read_magic(f)
-        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if reader is None:
-            raise ValueError(f"{path}: unsupported .npy format version {version}")
-        shape, fortran, dtype = reader(f)
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = reader(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable .npy header ({e})") from None
         if dtype.hasobject:
             try:
                 obj = _ArrayUnpickler(f, str(path)).load()
