@@ -52,6 +52,13 @@ _SUBSET_ALIASES = {"train": ("stage_2_train",), "test": ("stage_2_test_seen", "s
 MAX_LISTED = 50  # mismatches named per message before "... and N more" (the count is always exact)
 
 
+def _modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    mods = tuple(modalities)
+    if not mods or any(m not in FEATURE_MODALITIES for m in mods) or len(set(mods)) != len(mods):
+        raise ValueError(f"modalities must be a non-empty subset of {FEATURE_MODALITIES}, got {list(modalities)}")
+    return mods
+
+
 def _split_name(split) -> str:
     name = "main" if split is None else str(split)
     name = name if name.endswith("_split") else f"{name}_split"
@@ -200,8 +207,8 @@ def _describe(names: Sequence[str]) -> str:
     return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-def _stage_videos(layout: AVCAFeatureLayout, stage: str, modalities: Sequence[str], on_missing: str,
-                  problems: list[str]) -> VideoList:
+def _stage_videos(layout: AVCAFeatureLayout, stage: str, modalities: Sequence[str], problems: list[str]) -> VideoList:
+    """The videos of one stage present in every modality's file (and its CSV); disagreements go to ``problems``."""
     classes = read_avca_classes(layout.split_dir, stage)
     listed = _stage_csv(layout.split_dir, stage)
     listed_by_key = None if listed is None else {normalize_class_name(c): v for c, v in listed.items()}
@@ -243,11 +250,19 @@ def _stage_videos(layout: AVCAFeatureLayout, stage: str, modalities: Sequence[st
             keep &= set(want)
         path = str(files[modalities[0]])
         records.extend(VideoRecord(path, label, u) for u in first if u in keep)
-    if on_missing == "error" and problems:
-        raise ValueError(f"AVCA features of {stage} ({layout.features}) disagree with the split: {len(problems)} "
-                         f"problem(s): " + " | ".join(problems) + ". Pass on_missing='skip' to use only the videos "
-                         f"present in every file and list.")
     return VideoList(records, classes)
+
+
+def _check_problems(layout: AVCAFeatureLayout, stages: Sequence[str], problems: list[str], on_missing: str) -> None:
+    """Every disagreement of ``stages`` in one error (``on_missing="error"``) or one warning (``skip``)."""
+    if not problems:
+        return
+    what = f"AVCA features in {layout.features} disagree with the split {layout.split_dir} ({'+'.join(stages)})"
+    if on_missing == "error":
+        raise ValueError(f"{what}: {len(problems)} problem(s): " + " | ".join(problems) + ". Pass on_missing='skip' "
+                         f"to use only the videos present in every file and list.")
+    logger.warning("%s: %d problem(s); kept only the videos present everywhere: %s", what, len(problems),
+                   " | ".join(problems))
 
 
 def read_avca_features(root: PathLike, split: str = "main", stage: str | Sequence[str] = "stage_1_train", *,
@@ -271,22 +286,18 @@ def read_avca_features(root: PathLike, split: str = "main", stage: str | Sequenc
         ``path`` the ``.h5`` file of its class in the first modality and ``video_id`` its ``video_urls`` entry.
     """
     check_on_missing(on_missing)
-    mods = tuple(modalities)
-    if not mods or any(m not in FEATURE_MODALITIES for m in mods) or len(set(mods)) != len(mods):
-        raise ValueError(f"modalities must be a non-empty subset of {FEATURE_MODALITIES}, got {list(modalities)}")
+    mods = _modalities(modalities)
     layout = avca_feature_layout(root, split, features)
     stages = [stage] if isinstance(stage, str) else list(stage)
     bad = [s for s in stages if s not in AVCA_STAGES]
     if not stages or bad:
         raise ValueError(f"stage must be one or more of {AVCA_STAGES}, got {stage!r}")
+    problems: list[str] = []
+    parts = [_stage_videos(layout, s, mods, problems) for s in stages]
+    _check_problems(layout, stages, problems, on_missing)
     records: list[VideoRecord] = []
     classes: list[str] = []
-    for s in stages:
-        problems: list[str] = []
-        part = _stage_videos(layout, s, mods, on_missing, problems)
-        if problems:
-            logger.warning("%s: %d disagreement(s) between the features and the split; kept the %d videos present "
-                           "everywhere: %s", s, len(problems), len(part), " | ".join(problems[:5]))
+    for part in parts:
         offset = {i: len(classes) + i for i in range(len(part.classes))}
         twice = sorted(set(classes) & set(part.classes))
         if twice:
@@ -298,9 +309,15 @@ def read_avca_features(root: PathLike, split: str = "main", stage: str | Sequenc
 
 def avca_feature_stages(root: PathLike, split: str = "main", *, features: PathLike | None = None,
                         modalities: Sequence[str] = FEATURE_MODALITIES, on_missing: str = "error") -> dict[str, VideoList]:
-    """All six stages (:data:`AVCA_STAGES`) of :func:`read_avca_features`, each labelled over its own classes."""
-    return {s: read_avca_features(root, split, s, features=features, modalities=modalities, on_missing=on_missing)
-            for s in AVCA_STAGES}
+    """All six stages (:data:`AVCA_STAGES`) of :func:`read_avca_features`, each labelled over its own classes;
+    with ``on_missing="error"`` one error names the disagreements of all six."""
+    check_on_missing(on_missing)
+    mods = _modalities(modalities)
+    layout = avca_feature_layout(root, split, features)
+    problems: list[str] = []
+    stages = {s: _stage_videos(layout, s, mods, problems) for s in AVCA_STAGES}
+    _check_problems(layout, AVCA_STAGES, problems, on_missing)  # every stage's problems at once
+    return stages
 
 
 def avca_class_vectors(root: PathLike, split: str = "main", *, features: PathLike | None = None):
