@@ -326,6 +326,27 @@ def test_zsar_gzsl_runs_rest_on_the_video_features(corpus, tmp_path):
     assert report["stage_2"]["videos"]["test_unseen"] == 24
 
 
+@pytest.mark.slow
+def test_zsar_gzsl_on_the_cls_split_of_another_dataset(tmp_path):
+    """VGGSound's cls split: C3D/VGGish-sized features in features/cls_features, the cls model variant."""
+    root = write_synthetic_avca_features(tmp_path / "VGGSound", dataset="vggsound", n_seen=3, n_val_unseen=2,
+                                         n_test_unseen=2, videos_per_class=3, video_dim=4096, audio_dim=128,
+                                         features="cls_features", split="cls_split")
+    config = tmp_path / "vgg.yaml"
+    config.write_text(f"dataset: vggsound\nsplit: cls\nmodel: mzst_features_cls\nbatch_size: 4\nprogress: false\n"
+                      f"plot: false\nout_dir: {tmp_path / 'run'}\nstages: {{joint: {{epochs: 1}}}}\n"
+                      f"model_args: {{dim: 32, mlp_dim: 64, heads: 2, fusion_blocks: 1}}\n"
+                      f"data: {{format: avca_features, annotations: {root}}}\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["gzsl", str(config)]) == 0
+    report = json.loads((tmp_path / "run" / "gzsl_report.json").read_text())
+    assert (report["dataset"], report["split"]) == ("vggsound", "cls_split")
+    assert report["stage_2"]["classes"] == {"seen": 5, "unseen": 2}
+    assert "VGGSound-GZSL (cls)" in out.getvalue().splitlines()[0]
+    assert {r["model"] for r in report["published"]} == {"AVCA (published)", "TCaF (published)"}
+
+
 def test_feature_runs_name_what_is_wrong(corpus, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"dataset: ucf\nmodel: rest_tiny\nout_dir: {tmp_path}\n"

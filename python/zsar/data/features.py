@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batch import Sample, collate
-from .formats.avca_features import FEATURE_MODALITIES, _modalities, decode_video_urls
+from .formats.avca_features import FEATURE_MODALITIES, check_feature_modalities, decode_video_urls
 from .records import VideoList
 
 __all__ = ["AVCAFeatureDataset"]
@@ -52,7 +52,7 @@ class AVCAFeatureDataset(Dataset):
         import h5py  # noqa: F401  (fail here, not in a worker, when it is not installed)
 
         self.videos = videos
-        self.modalities = _modalities(modalities)
+        self.modalities = check_feature_modalities(modalities)
         self.cache_bytes = int(cache_bytes)
         rows: dict[str, dict[str, int]] = {}
         # Per video, (file, row) of each modality: the files of a class list the same videos (checked when

@@ -334,8 +334,9 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
     caller passes ``trust_pickle=True``.
 
     Args:
-        spec: ``{"type": "sentence", "model": ..., "name_map": ...}`` or ``{"type": "word_vectors",
-            "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}``.
+        spec: ``{"type": "sentence", "model": ..., "name_map": ...}``, ``{"type": "word_vectors",
+            "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}`` or ``{"type": "class_vectors",
+            "path": ..., "name_map": ...}`` (a class-vector table, :class:`zsar.text.ClassVectorEmbedder`).
         trust_pickle: allow a gensim pickle (``.kv``, ``.model``), which runs code when loaded.
         where: how to name the spec in error messages (e.g. the ``zeroshot.json`` it came from).
 

@@ -52,7 +52,8 @@ _SUBSET_ALIASES = {"train": ("stage_2_train",), "test": ("stage_2_test_seen", "s
 MAX_LISTED = 50  # mismatches named per message before "... and N more" (the count is always exact)
 
 
-def _modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+def check_feature_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    """``modalities`` as a tuple: a non-empty subset of :data:`FEATURE_MODALITIES`, else a ValueError."""
     mods = tuple(modalities)
     if not mods or any(m not in FEATURE_MODALITIES for m in mods) or len(set(mods)) != len(mods):
         raise ValueError(f"modalities must be a non-empty subset of {FEATURE_MODALITIES}, got {list(modalities)}")
@@ -286,7 +287,7 @@ def read_avca_features(root: PathLike, split: str = "main", stage: str | Sequenc
         ``path`` the ``.h5`` file of its class in the first modality and ``video_id`` its ``video_urls`` entry.
     """
     check_on_missing(on_missing)
-    mods = _modalities(modalities)
+    mods = check_feature_modalities(modalities)
     layout = avca_feature_layout(root, split, features)
     stages = [stage] if isinstance(stage, str) else list(stage)
     bad = [s for s in stages if s not in AVCA_STAGES]
@@ -312,7 +313,7 @@ def avca_feature_stages(root: PathLike, split: str = "main", *, features: PathLi
     """All six stages (:data:`AVCA_STAGES`) of :func:`read_avca_features`, each labelled over its own classes;
     with ``on_missing="error"`` one error names the disagreements of all six."""
     check_on_missing(on_missing)
-    mods = _modalities(modalities)
+    mods = check_feature_modalities(modalities)
     layout = avca_feature_layout(root, split, features)
     problems: list[str] = []
     stages = {s: _stage_videos(layout, s, mods, problems) for s in AVCA_STAGES}
