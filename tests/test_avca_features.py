@@ -188,7 +188,7 @@ def test_other_unpickled_globals_and_malformed_tables_are_refused(tmp_path):
 # ---- the dataset and the models -----------------------------------------------------------------------
 
 
-def test_feature_dataset_reads_rows_on_demand(corpus):
+def test_feature_dataset_reads_rows_on_demand(corpus, tmp_path):
     videos = read_avca_features(corpus, "main", "stage_1_val_unseen")
     lazy = AVCAFeatureDataset(videos, cache_bytes=0)
     sample = lazy[5]
@@ -197,7 +197,11 @@ def test_feature_dataset_reads_rows_on_demand(corpus):
         row = [u.decode() for u in hf["video_urls"][()]].index(r.video_id)
         np.testing.assert_array_equal(sample.clip[0].numpy(), hf["data"][row])
     assert sample.clip.shape == (1, 512) and sample.audio.shape == (1, 512) and sample.label == r.label
-    assert lazy._cache == {}  # nothing loaded whole
+    assert all(isinstance(v, np.memmap) for v in lazy._cache.values()) and lazy._cached == 0  # nothing loaded whole
+    with h5py.File(tmp_path / "chunked.h5", "w") as hf:  # chunked and compressed: read through h5py
+        hf.create_dataset("data", data=np.arange(12, dtype=np.float32).reshape(3, 4), chunks=(1, 4), compression="gzip")
+        hf.create_dataset("video_urls", dtype="S80", data=np.array([b"a", b"b", b"c"], "S80"))
+    assert lazy._row(str(tmp_path / "chunked.h5"), 2).tolist() == [[8, 9, 10, 11]]
     cached = AVCAFeatureDataset(videos)
     assert torch.equal(cached[5].clip, sample.clip) and cached._cache
     video_only = AVCAFeatureDataset(videos, ("video",))

@@ -4,9 +4,10 @@
 :func:`zsar.data.formats.read_avca_features` (records naming an ``.h5`` class file and a ``video_urls``
 entry) as :class:`~zsar.data.batch.Sample` s: ``clip`` the video features ``(T, F_v)`` (``T = 1`` for the
 released per-video averages, one row per segment for ``(N, T, F)`` files) and ``audio`` the audio
-features ``(T, F_a)``. Rows are read on demand through h5py; a class file's ``data`` is kept in memory
-after its first read while the cache stays under ``cache_bytes``, so small corpora (UCF-GZSL) are read
-once and large ones (VGGSound-GZSL) row by row.
+features ``(T, F_a)``. A class file's ``data`` is kept in memory after its first read while the cache
+stays under ``cache_bytes``, so small corpora (UCF-GZSL) are read once; beyond that, rows are read on
+demand (VGGSound-GZSL is never loaded whole): through a memory map of the file when ``data`` is stored
+contiguous and uncompressed (how the release's ``create_dataset(data=...)`` writes it), else through h5py.
 """
 
 from __future__ import annotations
@@ -105,10 +106,16 @@ class AVCAFeatureDataset(Dataset):
             self._cache[path] = data[()]
             self._cached += size
             return self._cache[path]
+        offset = data.id.get_offset()
+        if offset is not None and data.chunks is None and data.compression is None and data.dtype.isnative:
+            # Contiguous and uncompressed (as h5py writes the release's arrays): map the bytes, read pages on demand.
+            mapped = np.memmap(path, dtype=data.dtype, mode="r", offset=offset, shape=data.shape)
+            self._cache[path] = mapped  # costs address space, not memory
+            return mapped
         return data
 
     def _row(self, path: str, row: int) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(self._data(path)[row], dtype=np.float32))
+        x = torch.from_numpy(np.array(self._data(path)[row], dtype=np.float32))  # a copy: maps are read-only
         return x[None] if x.dim() == 1 else x  # one token per video for averaged features
 
     def __getitem__(self, i: int) -> Sample:
