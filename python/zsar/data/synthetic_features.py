@@ -8,7 +8,8 @@
 (``np.save`` of a pickled dict {manual class name: L2-normalised 300-d vector}).
 
 Class structure a model can learn, including for unseen classes: each class has a random unit word
-vector w_c in a ``latent_dim``-dimensional subspace that the seen classes span; a video's video and audio features are fixed random linear maps of w_c plus Gaussian noise
+vector w_c in a ``latent_dim``-dimensional subspace that the seen classes span; a video's video and
+audio features are fixed random linear maps of w_c plus Gaussian noise
 (``noise`` relative to the signal's scale), so a map from features to the word space learnt on the seen
 classes transfers to the unseen ones.
 """
@@ -36,7 +37,8 @@ def _atomic(path: Path, write) -> None:
 def write_synthetic_avca_features(root: str | os.PathLike, *, dataset: str = "ucf", n_seen: int = 6,
                                   n_val_unseen: int = 3, n_test_unseen: int = 3, videos_per_class: int = 8,
                                   video_dim: int = 512, audio_dim: int = 512, segments: int = 1, word_dim: int = 300,
-                                  latent_dim: int = 4, noise: float = 0.5, features: str = "main_features", split: str = "main_split",
+                                  latent_dim: int = 4, noise: float = 0.5, features: str = "main_features",
+                                  split: str = "main_split",
                                   seed: int = 0) -> Path:
     """Writes a synthetic dataset folder in the released AVCA-GZSL layout (see the module docstring).
 
@@ -78,7 +80,7 @@ def write_synthetic_avca_features(root: str | os.PathLike, *, dataset: str = "uc
     label_code = {c: i for i, c in enumerate(sorted(names))}
     counter = {c: 0 for c in names}
     videos: dict[str, dict[str, list[str]]] = {}
-    for stage in ("stage_1_train", "stage_1_val_seen", "stage_1_val_unseen", "stage_2_test_seen", "stage_2_test_unseen"):
+    for stage in (s for s in AVCA_STAGES if s != "stage_2_train"):
         videos[stage] = {}
         for c in stage_classes[stage]:
             videos[stage][c] = [f"v_{c}_g{counter[c] + k + 1:02d}_c01" for k in range(videos_per_class)]
@@ -99,7 +101,8 @@ def write_synthetic_avca_features(root: str | os.PathLike, *, dataset: str = "uc
     features_dir = root / "features" / features
     vector_of = {c: words[i] for i, c in enumerate(names)}
     for stage in AVCA_STAGES:
-        _atomic(class_dir / split / f"{stage}.txt", lambda p, s=stage: p.write_text("".join(c + "\n" for c in stage_classes[s])))
+        _atomic(class_dir / split / f"{stage}.txt",
+                lambda p, s=stage: p.write_text("".join(c + "\n" for c in stage_classes[s])))
 
         def write_csv(p, s=stage):
             with open(p, "w", newline="") as f:

@@ -260,7 +260,8 @@ class _RegisteredModelRunner:
             from ..zeroshot import ZeroShotClassifier
 
             self._classifier = ZeroShotClassifier.from_loader(
-                self.trainer.model, self._eval_loader(self.videos), self.videos.classes, self.embedder, progress=self.config.progress,
+                self.trainer.model, self._eval_loader(self.videos), self.videos.classes, self.embedder,
+                progress=self.config.progress,
                 head_settings=self.config.head_settings, clip_spec=self.eval_spec)
         return self._classifier
 

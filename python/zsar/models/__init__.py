@@ -10,6 +10,7 @@ from .rest import REST_VARIANTS, ResT, ResTConfig  # noqa: F401  (importing regi
 from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
 from .feature_input import MZSTFeatures, MZSTFeaturesConfig  # noqa: F401  (registers mzst_features*, rest_features*)
 
-__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "MZSTFeatures", "MZSTFeaturesConfig", "REST_VARIANTS", "ResT", "ResTConfig",
+__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "REST_VARIANTS", "ResT", "ResTConfig",
            "TrainingStage",
            "ZeroShotModel", "create_model", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
+__all__ += ["MZSTFeatures", "MZSTFeaturesConfig"]

@@ -119,8 +119,8 @@ class MZSTFeatures(MZST):
     def inputs(self) -> ModelInputs:
         c = self.config
         audio = AudioSpec(target_length=c.audio_segments, mel_bins=c.audio_feature_dim) if self.use_audio else None
-        return ModelInputs(frames=c.video_segments, image_size=1, feature_dim=c.video_feature_dim if self.use_video else None,
-                           audio=audio, label_words=self.with_text)
+        return ModelInputs(frames=c.video_segments, image_size=1, audio=audio, label_words=self.with_text,
+                           feature_dim=c.video_feature_dim if self.use_video else None)
 
     def describe(self) -> dict[str, Any]:
         c = self.config

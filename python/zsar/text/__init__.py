@@ -5,5 +5,6 @@ from .embedders import STOP_WORDS, SentenceEmbedder, WordVectorEmbedder, embedde
 from .labels import check_labels
 from .vocab import SPECIAL_TOKENS, WordVocab, split_label
 
-__all__ = ["ClassVectorEmbedder", "UnsafePickleError", "read_class_vectors", "SPECIAL_TOKENS", "STOP_WORDS", "SentenceEmbedder", "WordVectorEmbedder", "check_labels",
+__all__ = ["SPECIAL_TOKENS", "STOP_WORDS", "SentenceEmbedder", "WordVectorEmbedder", "check_labels",
            "embedder_from_spec", "WordVocab", "load_name_map", "split_label"]
+__all__ += ["ClassVectorEmbedder", "UnsafePickleError", "read_class_vectors"]

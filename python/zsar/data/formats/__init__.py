@@ -21,7 +21,8 @@ missing-file policy). How to add a format: write a module with its reader and a 
 registry's one signature decorated with ``@register_format("name", ...)``, and import it here.
 """
 
-from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound, avca_features  # noqa: F401,I001  (registers, in this order)
+from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound  # noqa: F401,I001  (registers, in this order)
+from . import avca_features  # noqa: F401,I001  (registers the released AVCA-GZSL features)
 from .activitynet import read_activitynet
 from .avca_features import avca_class_vectors, avca_feature_layout, avca_feature_stages, read_avca_features
 from .avca import AVCA_STAGES, read_avca_classes, read_avca_split, read_avca_word_names

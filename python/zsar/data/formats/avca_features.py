@@ -309,7 +309,8 @@ def read_avca_features(root: PathLike, split: str = "main", stage: str | Sequenc
 
 
 def avca_feature_stages(root: PathLike, split: str = "main", *, features: PathLike | None = None,
-                        modalities: Sequence[str] = FEATURE_MODALITIES, on_missing: str = "error") -> dict[str, VideoList]:
+                        modalities: Sequence[str] = FEATURE_MODALITIES,
+                        on_missing: str = "error") -> dict[str, VideoList]:
     """All six stages (:data:`AVCA_STAGES`) of :func:`read_avca_features`, each labelled over its own classes;
     with ``on_missing="error"`` one error names the disagreements of all six."""
     check_on_missing(on_missing)
