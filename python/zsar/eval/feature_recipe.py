@@ -45,8 +45,9 @@ class _FeatureRunner(_RegisteredModelRunner):
     """:class:`_RegisteredModelRunner` reading :class:`~zsar.data.AVCAFeatureDataset` s.
 
     Trains and encodes with one intra-op thread: a feature batch is a few tokens per video, so each op is
-    tiny and thread hand-offs cost more than they save (a LayerNorm of 8 x 11 x 32 values took 6.1 ms with
-    2 threads and 0.07 ms with 1 on a 2-core machine at load 9).
+    tiny and thread hand-offs cost more than they save (``bench/bench_avca_features.py``: an
+    ``mzst_features`` training step at batch 64 took 1.08 s with 1 thread and 11.7 s with 2 on the 2-core
+    development machine at load 14-16, ratio 10.5x, min-max 7.2-12.6x over 4 interleaved rounds).
     """
 
     threads = 1
