@@ -301,6 +301,11 @@ def test_zsar_gzsl_on_released_features_learns_unseen_classes(corpus, tmp_path):
     report, printed = _gzsl(corpus, tmp_path / "run", "mzst_features_tiny", "stages.joint.epochs=5",
                             "stages.joint.lr=0.01", "seed=1")
     test, s2 = report["test"], report["stage_2"]
+    assert set(report) == {"protocol", "dataset", "split", "model", "metric", "beta_grid", "test", "stage_1", "stage_2",
+                           "checkpoint", "embedder", "report", "plot", "config", "published"}
+    assert (report["protocol"], report["dataset"], report["split"], report["metric"]) == ("avca-gzsl", "ucf",
+                                                                                        "main_split", "l2")
+    assert set(s2) >= {"epochs", "beta", "curve", "per_class_accuracy"} and len(report["stage_1"]["history"]) == 5
     assert s2["classes"] == {"seen": 12, "unseen": 4}
     assert s2["videos"] == {"train": 120, "test_seen": 72, "test_unseen": 24}
     assert report["stage_1"]["videos"] == {"train": 48, "val_seen": 48, "val_unseen": 24}
