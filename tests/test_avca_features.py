@@ -111,6 +111,13 @@ def test_video_urls_that_disagree_are_all_named(corpus, tmp_path):
     np.testing.assert_array_equal(sample.audio[0].numpy(), data[row])
     with pytest.raises(FileNotFoundError, match="class-split"):
         read_avca_features(tmp_path, "main", stage)
+    # A class file missing in another stage is named in the same error as the disagreements above.
+    gone = root / "features" / "main_features" / "video" / "stage_2_test_unseen"
+    victim = sorted(gone.glob("*.h5"))[0]
+    victim.unlink()
+    with pytest.raises(ValueError) as err:
+        avca_feature_stages(root, "main")
+    assert f"{victim}: missing" in str(err.value) and "v_stranger" in str(err.value)
 
 
 # ---- the word2vec table ------------------------------------------------------------------------------
@@ -364,3 +371,5 @@ def test_feature_runs_name_what_is_wrong(corpus, tmp_path, capsys):
                       f"data: {{format: avca_features, annotations: {corpus}}}\n")
     assert main(["gzsl", str(config)]) != 0
     assert "takes pixels" in capsys.readouterr().err
+    assert main(["gzsl", str(config), "model=mzst_features_tiny", "data.split=cls"]) != 0
+    assert "'data.split' ('cls') disagrees with 'split' ('main')" in capsys.readouterr().err

@@ -96,6 +96,9 @@ def feature_recipe_parts(config: GZSLConfig) -> tuple[dict[str, VideoList], obje
     from ..models import create_model
 
     data = config.data
+    if data.split is not None and str(data.split) not in (config.split, config.avca_split):
+        raise ValueError(f"config key 'data.split' ({data.split!r}) disagrees with 'split' ({config.split!r}); "
+                         f"for avca_features the recipe's 'split' chooses the split (leave data.split out)")
     if config.split_dir is not None or config.test_data is not None:
         raise ValueError("config keys 'split_dir' and 'test_data' do not apply to data.format avca_features: the "
                          "dataset folder's class-split/ holds the stages")
