@@ -94,6 +94,10 @@ def test_video_urls_that_disagree_are_all_named(corpus, tmp_path):
         hf.create_dataset("video_urls", dtype="S80", data=np.concatenate([urls[1:], np.array([b"v_stranger"], "S80")]))
     with open(root / "class-split" / "main_split" / f"{stage}.csv", "a", newline="") as f:
         csv.writer(f).writerow(["v_listed_only", c, 0])
+    # A file name with folder and extension in the CSV still names the same video.
+    csv_path = root / "class-split" / "main_split" / f"{stage}.csv"
+    text = csv_path.read_text().replace(urls[1].decode() + ",", f"UCF-101/{c}/{urls[1].decode()}.avi,", 1)
+    csv_path.write_text(text)
     with pytest.raises(ValueError) as err:
         read_avca_features(root, "main", stage)
     message = str(err.value)

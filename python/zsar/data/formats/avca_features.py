@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..records import VideoList, VideoRecord
+from ..video import VIDEO_EXTENSIONS
 from .avca import AVCA_STAGES, read_avca_classes
 from .common import AnnotationError, PathLike, check_on_missing, normalize_class_name, open_csv
 from .registry import register_format
@@ -193,6 +195,13 @@ def _stage_csv(split_dir: Path, stage: str) -> dict[str, list[str]] | None:
     return out
 
 
+def _video_key(name: str) -> str:
+    """A video name without its folders and video extension."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, ext = os.path.splitext(base)
+    return stem if ext.lower() in VIDEO_EXTENSIONS else base
+
+
 def _class_file(layout: AVCAFeatureLayout, modality: str, stage: str, name: str) -> Path | None:
     path = layout.h5(modality, stage, name)
     if path.is_file():
@@ -239,8 +248,10 @@ def _stage_videos(layout: AVCAFeatureLayout, stage: str, modalities: Sequence[st
                 keep &= set(urls[m])
         if listed_by_key is not None:
             want = listed_by_key.get(normalize_class_name(name), [])
-            absent = [v for v in want if v not in set(first)]
-            extra = [u for u in first if u not in set(want)]
+            # Names compare without folders and video extensions (a CSV "v_X_g01_c01", a file "v_X_g01_c01.avi").
+            have_keys, want_keys = {_video_key(u) for u in first}, {_video_key(v) for v in want}
+            absent = [v for v in want if _video_key(v) not in have_keys]
+            extra = [u for u in first if _video_key(u) not in want_keys]
             csv_path = layout.split_dir / f"{stage}.csv"
             if absent:
                 problems.append(f"{csv_path}: {len(absent)} video(s) of {name!r} without features in "
@@ -248,7 +259,7 @@ def _stage_videos(layout: AVCAFeatureLayout, stage: str, modalities: Sequence[st
             if extra:
                 problems.append(f"{files[modalities[0]]}: {len(extra)} video(s) not listed for {name!r} in {csv_path}: "
                                 f"{_describe(extra)}")
-            keep &= set(want)
+            keep -= set(extra)
         path = str(files[modalities[0]])
         records.extend(VideoRecord(path, label, u) for u in first if u in keep)
     return VideoList(records, classes)
