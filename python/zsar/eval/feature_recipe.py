@@ -52,6 +52,10 @@ class _FeatureRunner(_RegisteredModelRunner):
 
     threads = 1
 
+    def __init__(self, config: GZSLConfig, embedder):
+        super().__init__(config, embedder)
+        self._datasets: dict[tuple, tuple] = {}  # (id of a list, modalities) -> (the list, its dataset)
+
     def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
         with torch_threads(self.threads):
             super().train(videos, epochs, after_epoch)
@@ -61,9 +65,14 @@ class _FeatureRunner(_RegisteredModelRunner):
             return super().classifier()
 
     def _dataset(self, model, videos: VideoList):
+        """The dataset of ``videos``, kept for the run: the protocol evaluates the same lists every epoch,
+        and a kept dataset keeps its open files and cached class files."""
         from ..data import AVCAFeatureDataset
 
-        return AVCAFeatureDataset(videos, feature_modalities(model))
+        key = (id(videos), feature_modalities(model))
+        if key not in self._datasets:  # the list is kept with it, so its id is never reused meanwhile
+            self._datasets[key] = (videos, AVCAFeatureDataset(videos, key[1]))
+        return self._datasets[key][1]
 
     def _train_dataset(self, model, videos: VideoList, spec):
         return self._dataset(model, videos)
