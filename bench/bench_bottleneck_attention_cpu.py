@@ -1,7 +1,7 @@
 """CPU: zsar's fused bottleneck_attention (cpu backend, tiled kernels) vs torch SDPA with a boolean
 key mask.
 
-Shape (issue 13): B=8, H=4, L=256 with ``n_valid`` drawn in 100..252 per sample, ``n_fusion``=4,
+Shape: B=8, H=4, L=256 with ``n_valid`` drawn in 100..252 per sample, ``n_fusion``=4,
 Dh=32, float32. SDPA gets the equivalent (B, 1, 1, L) boolean key mask (precomputed, not timed);
 its padding rows attend every key (so they stay finite), ours are exact zeros. Both sides get
 identical inputs and torch's thread count. Target: forward+backward >= 2x SDPA. Results in

@@ -31,7 +31,7 @@ import torch
 
 from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, probe_video, write_video
 from zsar.data.decoders import unavailable_reason
-from zsar.models.base import AudioSpec
+from zsar.data import AudioSpec
 
 N_VIDEOS, N_FRAMES, H, W = 12, 120, 240, 320
 SPEC = ClipSpec(frames=16, stride=6, size=224, train=True)

@@ -2,7 +2,7 @@
 
 ResT shape: B=64 clips, H=12 heads, L = 1 CLS + 16 frames + 8 word slots, n_text in 1..8 per
 sample, Dh=64, float32. Both sides get identical inputs and use torch's thread count.
-Target (issue 2): forward+backward >= 3x SDPA. Measure on an idle machine; results and the reason
+Target: forward+backward >= 3x SDPA. Measure on an idle machine; results and the reason
 for ``--malloc=steady`` (the default, see ``conftest.py``) are in ``RESULTS.md``.
 Run: ``pytest bench/bench_masked_attention_cpu.py --benchmark-only``.
 """

@@ -15,7 +15,7 @@ Run on a machine with a CUDA GPU, after `pip install .` (nvcc present, so the CU
 4. Timing at ResT shapes (B=256, H=12, L=1+16+8, Dh=64, bf16; n_text in 1..8): forward and
    forward+backward of zsar cuda / zsar triton / torch SDPA with a dense boolean mask / compiled
    FlexAttention with a mask_mod for the same pattern. Prints one table with ratios.
-5. bottleneck_attention (issue 13), bf16, MZST shapes: audio-video stream B=32, H=12, L=1609,
+5. bottleneck_attention (MZST's fusion, DESIGN §2.2), bf16, MZST shapes: audio-video stream B=32, H=12, L=1609,
    Dh=64, n_fusion=4, (a) no padding, (b) half the batch without audio (n_valid=393); text stream
    B=256, H=12, L=21, n_valid in 2..17 (n_fusion=4). Contenders: zsar cuda, zsar triton, SDPA with
    a boolean key mask, SDPA on unpadded tensors without a mask (case a: the whole batch; case b:

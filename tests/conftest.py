@@ -1,9 +1,20 @@
 """Shared fixtures. Triton kernels run on the CPU through the interpreter when there is no GPU."""
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 
 import pytest
+
+# torch.compile's on-disk caches are keyed without the vector ISA that inductor generated code for
+# (ATEN_CPU_CAPABILITY), so a kernel cached by an earlier run under another ISA setting is reused
+# with the wrong vector width and gives wrong sums. The tests compile into a cache of their own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="zsar-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 # Must be set before triton.jit decorates anything, i.e. before zsar is imported.
 try:

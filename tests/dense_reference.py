@@ -2,8 +2,8 @@
 (python/zsar/ops/rest_attention.py) and bottleneck_attention (python/zsar/ops/bottleneck.py).
 
 Written from the spec, not from zsar's code: the mask is spelled out element by element, and
-gradients come from torch.autograd through a dense masked softmax. For non-finite inputs,
-:func:`masked_attention_bounds` states the two computations every backend must lie between.
+gradients come from torch.autograd through a dense masked softmax. For non-finite inputs and
+extreme scales, :func:`attention_bounds` states the two computations every backend must lie between.
 """
 
 import torch
@@ -59,7 +59,23 @@ def dense_masked_attention(q, k, v, allowed: torch.Tensor, scale=None):
 
 
 def masked_attention_bounds(q, k, v, dout, n_visual: int, n_text: list[int], mode: str, scale: float):
-    """Outputs and gradients ``(out, dq, dk, dv)`` of two float64 computations, explicit (no autograd):
+    """:func:`attention_bounds` of masked_attention (valid tokens ``[0, n_visual + n_text[b])``)."""
+    B, _, L, _ = q.shape
+    valid = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        valid[b, : n_visual + n_text[b]] = True
+    return attention_bounds(q, k, v, dout, allowed_mask(B, L, n_visual, n_text, mode), valid, scale)
+
+
+def bottleneck_attention_bounds(q, k, v, dout, n_valid: list[int], n_fusion: int, scale: float):
+    """:func:`attention_bounds` of bottleneck_attention."""
+    allowed = bottleneck_mask(q.shape[2], n_valid, n_fusion)
+    return attention_bounds(q, k, v, dout, allowed, allowed.any(-1), scale)
+
+
+def attention_bounds(q, k, v, dout, allowed: torch.Tensor, valid: torch.Tensor, scale: float):
+    """Outputs and gradients ``(out, dq, dk, dv)`` of two float64 computations, explicit (no autograd),
+    for the ``(B, L, L)`` ``allowed`` pairs over the ``(B, L)`` ``valid`` tokens:
 
     * ``exact``: a (query, key) pair the mask excludes contributes nothing, even where a value is
       non-finite (every product is taken pair by pair and masked before the sums);
@@ -68,12 +84,8 @@ def masked_attention_bounds(q, k, v, dout, n_visual: int, n_text: list[int], mod
 
     Padding positions are never read by either, and padding rows are 0. Returns ``(exact, dense)``.
     """
-    B, _, L, _ = q.shape
     q, k, v, dout = (t.double() for t in (q, k, v, dout))
-    allowed = allowed_mask(B, L, n_visual, n_text, mode)[:, None]  # (B, 1, L, L)
-    valid = torch.zeros(B, L, dtype=torch.bool)
-    for b in range(B):
-        valid[b, : n_visual + n_text[b]] = True
+    allowed = allowed[:, None]  # (B, 1, L, L)
     tok = valid[:, None, :, None]  # (B, 1, L, 1)
     pair = tok & valid[:, None, None, :]  # both tokens valid
     q, k, v, dout = (torch.where(tok, t, 0.0) for t in (q, k, v, dout))  # padding is never read
@@ -99,3 +111,17 @@ def masked_attention_bounds(q, k, v, dout, n_visual: int, n_text: list[int], mod
         dv = masked_sum(p.transpose(-1, -2)[..., None] * dout[:, :, None, :, :], keep.transpose(-1, -2), -2)
         results.append(tuple(torch.where(tok, t, 0.0) for t in (out, dq, dk, dv)))
     return results[0], results[1]
+
+
+def separated_rows(q, k, allowed: torch.Tensor, scale: float, margin: float = 1e-3) -> torch.Tensor:
+    """``(B, H, L)`` bool: rows whose best allowed score beats the runner-up by more than ``margin``
+    relative to its size, in float64 over the given (float32) inputs. At a huge scale such a row's
+    softmax is one-hot on the same key in every precision, so its output and the value gradient it
+    sends are exact whatever the rounding; rows with near ties may legitimately pick either key."""
+    q, k = q.double(), k.double()
+    scores = ((q @ k.transpose(-1, -2)) * scale).masked_fill(~allowed[:, None], float("-inf"))
+    top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+    if top2.shape[-1] < 2:
+        return torch.isfinite(top2[..., 0])
+    gap = top2[..., 0] - top2[..., 1]
+    return torch.isfinite(top2[..., 0]) & (gap > margin * top2[..., 0].abs().clamp_min(1e-30))

@@ -314,7 +314,7 @@ def test_out_of_range_n_valid_is_clamped_alike_by_every_backend(backend, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "triton")])
 def test_long_sequence_4096(backend, seed):
-    """L = 4096 (the kernels' tiling at the length the issue asks for), float32, one sample."""
+    """L = 4096 (the kernels' tiling at the longest length DESIGN §2.2 asks for), float32, one sample."""
     skip_unless_usable(dispatcher, backend, "cpu", torch.float32)
     case = Case("L4096", 1, 1, 4096, 64, 4, "mixed")
     gen = torch.Generator().manual_seed(seed)

@@ -38,6 +38,7 @@ def trained(tmp_path_factory):
             "  warmup: {epochs: 2, optimizer: sgd, lr: 0.05, weight_decay: 0.0}\n"
             "  joint: {epochs: 2, optimizer: adamw, lr: 0.001, weight_decay: 0.0}\n"
             "batch_size: 4\nprogress: false\ndevice: cpu\n"
+            "head_selection: {n_folds: 2, thetas: [0.0], ks: [1, 2], rhos: [1]}\n"
         f"out_dir: {root / 'run'}\n"
         f"data: {{format: list, annotations: {root / 'train.txt'}, root: {root}, classes: {root / 'classes.txt'}, "
         "short_side: 36}\n")
@@ -51,6 +52,10 @@ def test_train_writes_a_zero_shot_checkpoint(trained):
     assert {"model.safetensors", "config.json", "seen_prototypes.safetensors", "zeroshot.json"} <= names
     settings = json.loads((ckpt / "zeroshot.json").read_text())
     assert settings["embedder"]["type"] == "sentence" and settings["clip_spec"]["frames"] == 4
+    # zsar train chooses the head's settings where the demos do (ZeroShotClassifier.fit) and records
+    # how: 3 seen classes are too few for 2 folds of at least 2 classes, so the defaults stay.
+    assert settings["selection"]["method"] == "fixed" and "fold" in settings["selection"]["reason"]
+    assert settings["head_settings"] == {"k": 5, "theta": 0.5, "rho": 3}
 
 
 def test_predict_json_stdout_parses_from_a_subprocess(trained, tmp_path):

@@ -180,7 +180,7 @@ def test_write_video_rejects_bad_frames(tmp_path):
 
 
 def test_truncated_file_is_an_error_not_repeated_frames(tmp_path, clips):
-    """Issue 12, finding 15: a file cut short after a header stating 30 frames was padded with copies."""
+    """A file cut short after a header stating 30 frames was once padded with copies of its last frame."""
     make_video(tmp_path / "whole.avi", t=30, seed=4)
     cut_after_packet(tmp_path / "whole.avi", tmp_path / "cut.avi", 11)
     info = probe_video(tmp_path / "cut.avi")
@@ -298,3 +298,32 @@ def test_a_registered_decoder_serves_read_frames_and_the_loaders(own_registry, c
     assert batch.video_ids == ["g"] and loader.skipped.count == 1  # the H.264 file is a bad file for it
     assert torch.equal(batch.clips[0, :, 0], batch.clips[0, :, 1])  # (T, 3, H, W): grey channels
     assert VideoClipDataset(videos, spec, backend="grey")[0].clip.shape == spec.output_shape()
+
+
+def test_the_fallback_decoder_comes_from_the_registry(tmp_path):
+    # Readers that cannot choose per codec take the first registered decoder, in dispatch order,
+    # that decodes every codec on the CPU: pyav among the built-ins; a faster catch-all registered
+    # later takes its place, with nothing else changed.
+    from zsar.data import ClipSpec, VideoClipDataset, VideoList, VideoRecord
+    from zsar.data.decoders import base, fallback_decoder, register_decoder
+
+    spec = ClipSpec(frames=2, size=16)
+
+    assert fallback_decoder() == "pyav" and fallback_decoder("pyav") == "pyav"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fallback_decoder("nope")
+    make_video(tmp_path / "a.avi", t=4, seed=1)
+    videos = VideoList([VideoRecord(str(tmp_path / "a.avi"), 0, "a")], ["a"])
+
+    class CatchAll(PyAVDecoder):
+        name = "catch-all"
+        priority = 50
+
+    register_decoder(CatchAll)
+    try:
+        assert fallback_decoder() == "catch-all"
+        assert VideoClipDataset(videos, spec).backend == "catch-all"
+    finally:
+        del base._REGISTRY["catch-all"]
+        base._dispatcher = None
+    assert fallback_decoder() == "pyav" and VideoClipDataset(videos, spec).backend == "pyav"

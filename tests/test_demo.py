@@ -2,7 +2,7 @@
 
 The quick run exercises every step (render, decode, train both stages, prototypes, cross-validated
 transfer, baseline, figures, report, checkpoint) in well under a minute. The slow tests run the
-default demo, as the README's first command does, and check the issue's targets on the default
+default demo, as the README's first command does, and check the demo's targets on the default
 split and on a composition split chosen by another seed.
 """
 

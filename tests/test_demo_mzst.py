@@ -5,7 +5,7 @@ audio windows once, train mzst_tiny with audio + video, video only and audio onl
 with beta calibrated on held-out videos, figures, report and checkpoint. Its checkpoint then
 classifies real video files with sound, in-process and through ``zsar predict`` in a fresh
 interpreter, and ``zsar eval`` reproduces the demo's numbers. The slow test runs the default demo
-and checks the issue's targets.
+and checks the demo's targets.
 """
 
 from __future__ import annotations
@@ -196,16 +196,13 @@ def test_eval_on_the_checkpoint_reproduces_the_demo(quick_demo, tmp_path, capsys
 def test_cached_samples_equal_uncached_ones(tmp_path):
     """The demo's media cache changes nothing: frames and audio windows of training clips (random
     starts, several epochs) and of evaluation clips equal VideoClipDataset's own decoding."""
-    from zsar.data import VideoClipDataset
+    from zsar.data import AudioSpec, CachedClipDataset, ClipSpec, MediaCache, VideoClipDataset
     from zsar.data.synthetic import SyntheticConfig, generate_benchmark
-    from zsar.demo._common import CachedClipDataset, MediaCache
-    from zsar.models.base import AudioSpec
 
     bench = generate_benchmark(SyntheticConfig.audio_visual(train_per_class=1, test_per_class=0, unseen_per_class=1,
                                                             frames=30), tmp_path / "data", workers=2, progress=False)
     videos = type(bench.seen_train)(bench.seen_train.records[:4], bench.seen_train.classes)
     audio = AudioSpec(target_length=128)  # 1.28 s windows in 2.5 s tracks: the window moves with the clip
-    from zsar.data import ClipSpec
 
     for spec in (ClipSpec(frames=4, stride=3, size=48, train=True), ClipSpec(frames=4, stride=2, size=48, num_clips=2)):
         cache = MediaCache("pyav")

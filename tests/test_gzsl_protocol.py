@@ -44,7 +44,7 @@ def names_of(videos):
 @pytest.mark.parametrize("dataset", ["ucf", "activitynet", "vggsound"])
 @pytest.mark.parametrize("split", ["main_split", "cls_split"])
 def test_avca_stages_from_packaged_splits(dataset, split):
-    from zsar.data.datasets import match_class_names
+    from zsar.data.formats import match_class_names
 
     classes = DATASET_CLASSES[dataset]()
     train, test = make_videos(classes, 5, "train"), make_videos(classes, 3, "test")

@@ -165,6 +165,23 @@ def test_evaluation_order_is_stable_and_uint8_output(videos):
     assert _epoch(loader)[2] == ids
 
 
+def test_evaluation_loader_reads_each_video_once_in_order(videos):
+    # The one evaluation-loader builder: a video list through VideoLoader (no shuffling, no
+    # sharding, bad files skipped and counted), a dataset of samples through a DataLoader.
+    from zsar.data import VideoClipDataset, evaluation_loader
+
+    spec = ClipSpec(frames=4, stride=3, size=32, short_side=40, output_dtype="uint8")
+    loader = evaluation_loader(videos, spec, 4, backend="pyav", num_workers=0)
+    assert isinstance(loader, VideoLoader) and not loader.shuffle and loader.num_shards == 1
+    assert loader.on_error == "skip"
+    clips, _, ids, _ = _epoch(loader)
+    assert ids == [r.video_id for r in videos]
+    from_dataset = _epoch(evaluation_loader(VideoClipDataset(videos, spec), batch_size=3))
+    assert from_dataset[2] == ids and torch.equal(from_dataset[0], clips)
+    with pytest.raises(ValueError, match="needs a clip spec"):
+        evaluation_loader(videos)
+
+
 @pytest.mark.parametrize("n,shards", [(11, 2), (10, 3), (2, 4)])
 def test_shards_are_disjoint_and_cover(n, shards):
     for epoch in range(2):
@@ -268,8 +285,8 @@ def test_trainer_skips_bad_files(folder_with_bad_files, tmp_path):
     assert summary["epochs"] == 2 and np.isfinite(summary["history"][-1]["loss"])
 
 
-# A file that probes fine and fails inside DALI's decoder (issue 12, finding 5), and files cut short
-# after their container header states more frames (finding 15).
+# A file that probes fine and fails inside DALI's decoder, and files cut short after their container
+# header states more frames.
 
 @pytest.fixture
 def folder_with_undecodable_files(tmp_path, videos):

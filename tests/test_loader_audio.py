@@ -23,7 +23,7 @@ from zsar.data import (
 from zsar.data.audio import window_samples
 from zsar.data.decoders import unavailable_reason
 from zsar.data.transforms import plan_clip
-from zsar.models.base import AudioSpec
+from zsar.data import AudioSpec
 
 from videos import make_video, make_video_with_tones, tone_of
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from zsar.resources import AVCA_STAGES, avca_name_map, avca_split, class_list
+from zsar.resources import AVCA_STAGES, avca_name_map_file, avca_split, class_list
+from zsar.text import load_name_map
 
 
 # ---------------------------------------------------------------- packaged class lists
@@ -35,7 +36,8 @@ def test_avca_splits(dataset, total):
         # Stage 2: train and test-seen are the same classes, disjoint from test-unseen.
         assert set(stages["stage_2_train"]) == set(stages["stage_2_test_seen"])
         assert not set(stages["stage_2_train"]) & set(stages["stage_2_test_unseen"])
-    name_map = avca_name_map(dataset)
+    with avca_name_map_file(dataset) as path:
+        name_map = load_name_map(path)
     assert set(avca_split(dataset, "all")) <= set(name_map)
 
 
@@ -148,6 +150,32 @@ def test_protocol_0_50_splits_and_metrics(seed):
     assert r["top1"]["std"] == pytest.approx(np.std(top1))
     assert r["top5"]["mean"] == pytest.approx(np.mean(top5))
     assert r["mean_class_accuracy"]["std"] == pytest.approx(np.std(mca))
+
+
+def test_a_registered_protocol_is_offered_everywhere():
+    # A new class-split protocol is one registered function: evaluate_protocol runs it, the runner's
+    # chance comes from it and `zsar eval --protocol` lists it.
+    from zsar.cli import build_parser
+    from zsar.eval import PROTOCOLS, get_protocol, register_protocol
+    from zsar.eval.protocols import _PROTOCOLS
+
+    @register_protocol("first-third", "the first third of the classes")
+    def first_third(n_classes, n_splits):
+        return [np.arange(n_classes // 3)]
+
+    try:
+        names = [f"c{i}" for i in range(6)]
+        labels = np.array([0, 1, 2, 3, 4, 5])
+        seen = []
+        r = evaluate_protocol(lambda c: seen.append(c) or np.eye(6)[:, :len(c)], labels, names, protocol="first-third")
+        assert seen == [["c0", "c1"]] and r["splits"][0]["n_videos"] == 2 and r["top1"]["mean"] == 1.0
+        assert "first-third" in PROTOCOLS and get_protocol("first-third").candidates(6) == 2
+        args = build_parser().parse_args(["eval", "--checkpoint", "x", "--protocol", "first-third"])
+        assert args.protocol == "first-third"
+    finally:
+        del _PROTOCOLS["first-third"]
+    with pytest.raises(ValueError, match=r"protocol must be one of \('0/50', '0/100'\)"):
+        get_protocol("first-third")
 
 
 def test_protocol_errors():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsar.zeroshot import semantic_space_baseline
+from zsar.zeroshot import semantic_space_baseline, semantic_space_scores
 
 
 def _random_relatedness(rng, n_unseen, n_seen):
@@ -20,6 +20,11 @@ def test_semantic_space_baseline_matches_loop(seed):
     expected = [max(range(7), key=lambda j: (m[j, i], -j)) for i in pred]
     assert out.dtype == np.int64 and out.shape == (40,)
     assert out.tolist() == expected
+    # The scores rank every unseen label by its relatedness to the predicted seen class (top-5 and
+    # the evaluation runner use them); their argmax is the baseline's prediction.
+    scores = semantic_space_scores(pred, m)
+    assert scores.shape == (40, 7) and np.array_equal(scores, m[:, pred].T)
+    assert scores.argmax(axis=1).tolist() == expected
 
 
 def test_semantic_space_baseline_scores_and_ties(seed):

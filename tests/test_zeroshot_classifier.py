@@ -109,3 +109,40 @@ def test_save_load_and_video_files(setup, tmp_path):
     save_checkpoint(tmp_path / "bare", clf.model)
     with pytest.raises(FileNotFoundError, match="zeroshot.json"):
         ZeroShotClassifier.load(tmp_path / "bare")
+
+
+def test_fit_chooses_the_head_settings_by_cross_validation_and_records_them(tmp_path):
+    # The one place a head's parameters are chosen: fit with a HeadSelection runs the ResT §4.1
+    # cross-validation (real HiGHS solves) and records what it found in zeroshot.json.
+    from zsar.models import save_checkpoint
+    from zsar.zeroshot import EncodedSet, HeadSelection, class_means, select_transfer_params
+
+    rng = np.random.default_rng(3)
+    labels = [f"word{i}" for i in range(10)]
+    kv = KeyedVectors(vector_size=8)
+    kv.add_vectors(labels, (rng.standard_normal((10, 8)) + 2.0).astype(np.float32))
+    embedder = WordVectorEmbedder(kv)
+    centres = rng.standard_normal((10, 12))
+    y = np.repeat(np.arange(10), 4)
+    seen = EncodedSet(torch.as_tensor(centres[y] + 0.3 * rng.standard_normal((40, 12)), dtype=torch.float32), None, y)
+    model = zsar.create_model("rest_tiny", class_names=labels, frames=4, dim=32, depth=1, heads=4, mlp_dim=64)
+    grid = HeadSelection(thetas=(0.0, 0.5), ks=(1, 3), rhos=(1, 2), n_folds=5, seed=1)
+
+    clf = ZeroShotClassifier.fit(model, seen, labels, embedder, head_settings={"k": 5, "theta": 0.9, "rho": 4},
+                                 selection=grid)
+    expected = select_transfer_params(seen.x, y, embedder.embed(labels), class_means(seen.x, torch.as_tensor(y), 10),
+                                      thetas=grid.thetas, ks=grid.ks, rhos=grid.rhos, n_folds=5, seed=1,
+                                      progress=False)
+    assert clf.head.settings() == {"k": expected.k, "theta": expected.theta, "rho": expected.rho}
+    assert clf.selection["cv_top1"] == expected.score and clf.selection["method"].startswith("5-fold")
+
+    save_checkpoint(tmp_path / "ckpt", model)
+    clf.save(tmp_path / "ckpt")
+    loaded = ZeroShotClassifier.load(tmp_path / "ckpt", embedder=embedder, device="cpu")
+    assert loaded.selection == clf.selection and loaded.head.settings() == clf.head.settings()
+
+    # Too few classes for the folds: the given settings stay, and the record says why.
+    few = ZeroShotClassifier.fit(model, EncodedSet(seen.x[:12], None, y[:12]), labels[:3], embedder,
+                                 head_settings={"k": 2, "theta": 0.0, "rho": 1}, selection=grid)
+    assert few.head.settings() == {"k": 2, "theta": 0.0, "rho": 1}
+    assert few.selection["method"] == "fixed" and "fold" in few.selection["reason"]

@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from . import __version__, _ext
+from . import _ext
+from ._version import __version__
 from .ops.rest_attention import AttentionInputs, dispatcher
 
 
@@ -74,7 +75,18 @@ def render(info: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    from .cli import main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zsar.info [--json]``: prints :func:`collect` as a table (or one JSON object)."""
+    import argparse
+    import json
 
-    sys.exit(main(["info", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="python -m zsar.info", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    data = collect()
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,9 @@
-"""The ``zsar`` command. Each subcommand lives in its own module and is imported only when run."""
+"""The ``zsar`` command. Each subcommand lives in its own module (``COMMANDS``).
+
+Building the parser imports every subcommand's module (for its options), so a module imports at its
+top only what its options need; what a command runs is imported inside its ``run``, so that
+``zsar --help`` and each command load only their own layers (the one place in the package where
+deferred imports need no comment of their own: ``tests/test_layers.py``)."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ class CLIError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zsar", description="Zero-shot action recognition in video.")
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"zsar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

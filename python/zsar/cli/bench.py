@@ -136,8 +136,8 @@ def _attention(args) -> int:
 def _model(args) -> int:
     import torch
 
-    import zsar
     from ..data.batch import Batch
+    from ..models import create_model
 
     device, sync = _device(args)
     labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
@@ -146,7 +146,7 @@ def _model(args) -> int:
         overrides["frames"] = args.frames
     if args.backend:
         overrides["attention_backend"] = args.backend
-    model = zsar.create_model(args.model, class_names=labels, **overrides).to(device)
+    model = create_model(args.model, class_names=labels, **overrides).to(device)
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
     shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \

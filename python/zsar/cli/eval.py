@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..data.config import FORMATS
+from ..eval.protocols import PROTOCOLS
 
 _DESCRIPTION = (
     "Evaluate a zero-shot checkpoint on labelled videos. 0/100 (default) and 0/50: the classes of "
@@ -41,7 +42,8 @@ def add_arguments(parser) -> None:
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
     parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
-    parser.add_argument("--protocol", default="0/100", choices=("0/100", "0/50", "gzsl"), help="default 0/100")
+    parser.add_argument("--protocol", default="0/100", choices=(*PROTOCOLS, "gzsl"),
+                        help="a registered class-split protocol, or gzsl (seen and unseen test lists; default 0/100)")
     gzsl = parser.add_argument_group("gzsl")
     gzsl.add_argument("--test-seen", default=None, metavar="PATH", help="test videos of seen classes")
     gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
@@ -128,12 +130,13 @@ def run(args) -> int:
 
 
 def _zero_shot(args, clf, videos) -> dict:
-    from ..data import VideoLoader
-    from ..eval.runner import encode_dataset, format_zero_shot_report, zero_shot_report
+    from ..data import evaluation_loader
+    from ..eval.runner import format_zero_shot_report, zero_shot_report
+    from ..zeroshot import encode_loader
 
-    loader = VideoLoader(videos, clf.clip_spec, args.batch, backend=args.backend, shuffle=False, num_shards=1,
-                         audio=clf.model.inputs.audio)
-    encoded = encode_dataset(clf.model, loader)
+    loader = evaluation_loader(videos, clf.clip_spec, args.batch, audio=clf.model.inputs.audio, backend=args.backend,
+                               on_error="raise")
+    encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     if encoded.skipped:
         print(f"skipped {encoded.skipped} unreadable video(s)")
     results = {"checkpoint": args.checkpoint, **zero_shot_report(clf, encoded, videos.classes, protocol=args.protocol)}

@@ -32,7 +32,8 @@ _EXAMPLE = """example config (YAML), UCF101 in its own folder layout:
 other keys: split_dir (own <stage>.txt class files, or the AVCA per-video <stage>.csv lists, with which
 `data` is the whole dataset and test_data is left out), val_fraction (0.2: share of each seen class held
 out for stage-1 validation), metric (l2 or cosine; default the model's zero-shot head's), beta_grid
-(default 16 values evenly in [0, 3]), head_settings (e.g. {k: 5, theta: 0.5, rho: 3}), eval_clips (1),
+(default 16 values evenly in [0, 3]), head_settings (e.g. {k: 5, theta: 0.5, rho: 3}) or head_selection (a
+cross-validation grid, {} for the default one), eval_clips (1),
 plot (true). With word vectors and a packaged split, labels are embedded through the packaged
 *_w2v_class_names.csv maps.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -12,6 +10,4 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .. import info
 
-    data = info.collect()
-    print(json.dumps(data, indent=2) if args.json else info.render(data))
-    return 0
+    return info.main(["--json"] if args.json else [])

@@ -126,7 +126,7 @@ def render(rows: list[dict], score: dict | None, embedder: str, n_references: in
 
 
 def run(args) -> int:
-    from ..data.datasets import read_class_list
+    from ..data.formats import read_class_list
     from ..eval.relatedness import bucket_counts, class_relatedness, default_reference_classes, mzsl50_score
     from . import CLIError
 

@@ -24,6 +24,9 @@ _EXAMPLE = """example config (YAML):
   out_dir: runs/my_run
   data: {format: list, annotations: train.txt, root: videos/, stride: 2}
   embedder: {type: sentence}        # or {type: word_vectors, path: vectors.bin}
+  head_settings: {k: 5, theta: 0.5, rho: 3}    # the zero-shot head's (ResT: the transfer program's)
+  head_selection: {}                # or choose them by 5-fold cross-validation over the seen classes
+                                    # (ResT 4.1; grid: {thetas: [...], ks: [...], rhos: [...]})
 """
 
 

@@ -7,7 +7,7 @@ The pipeline, in order: a registered dataset format (:mod:`zsar.data.formats`) g
 audio features when asked.
 """
 
-from .audio import (AST_MEAN, AST_STD, MissingAudioError, audio_features, fbank, load_audio, normalize_fbank,
+from .audio import (AST_MEAN, AST_STD, AudioSpec, MissingAudioError, audio_features, fbank, load_audio, normalize_fbank,
                     waveform_features)
 from .batch import Batch, Sample, as_batch, collate
 from .formats import (
@@ -34,7 +34,9 @@ from .features import AVCAFeatureDataset
 from .formats import avca_class_vectors, avca_feature_stages, read_avca_features
 from .decoders import BACKENDS as DECODER_BACKENDS
 from .decoders import Decoder, choose_backend, decoder_names, read_frames, register_decoder
-from .loader import ClipBatch, FilePolicy, VideoClipDataset, VideoLoader, clip_audio, load_clip, shard_positions
+from .loader import (FilePolicy, VideoClipDataset, VideoLoader, clip_audio, evaluation_loader, load_clip,
+                     shard_positions)
+from .cache import CachedClipDataset, MediaCache
 from .records import VideoList, VideoRecord
 from .sampling import random_clip_indices, sample_rng, uniform_clip_indices
 from .transforms import ClipPlan, ClipSpec, apply_plan, plan_clip
@@ -48,9 +50,10 @@ __all__ = [
     "normalize_fbank", "prepare_dataset", "read_activitynet", "read_avca_classes", "read_avca_split",
     "read_avca_word_names", "read_class_list", "read_hmdb51", "read_kinetics", "read_ucf101", "read_vggsound",
     "read_video_list", "transcode_video", "waveform_features", "write_class_list",
-    "Batch", "Decoder", "FilePolicy", "MissingAudioError", "Sample", "as_batch", "clip_audio", "collate",
+    "Batch", "CachedClipDataset", "Decoder", "MediaCache", "evaluation_loader",
+    "FilePolicy", "MissingAudioError", "Sample", "as_batch", "clip_audio", "collate",
     "decoder_names", "media_file_problem", "register_decoder",
-    "DECODER_BACKENDS", "ClipBatch", "ClipPlan", "ClipSpec", "VideoClipDataset", "VideoError", "VideoInfo",
+    "DECODER_BACKENDS", "AudioSpec", "ClipPlan", "ClipSpec", "VideoClipDataset", "VideoError", "VideoInfo",
     "VideoList", "VideoLoader", "VideoRecord", "apply_plan", "choose_backend", "plan_clip", "probe_video",
     "load_clip", "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "write_video",
 ]

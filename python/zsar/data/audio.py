@@ -25,12 +25,25 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._utils import as_numpy
 from .video import VideoError, _require_av, open_media
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """The audio input a model takes: AST log-mel features ``(target_length, mel_bins)`` of a
+    ``sample_rate`` waveform (:func:`audio_features`). A data description: models declare it in
+    their :class:`~zsar.models.ModelInputs`, loaders read it."""
+
+    target_length: int = 1024
+    mel_bins: int = 128
+    sample_rate: int = 16000
+
 
 class MissingAudioError(VideoError):
     """A media file has no audio stream where audio was required."""

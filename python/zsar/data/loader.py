@@ -32,32 +32,25 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import MissingAudioError, audio_features
+from .audio import AudioSpec, MissingAudioError, audio_features
 from .batch import Batch, Sample, collate
-from .decoders import DecodeRequest, Decoder, dali, get_decoder, read_frames, select_decoder
+from .decoders import DecodeRequest, Decoder, dali, fallback_decoder, get_decoder, read_frames, select_decoder
 from .records import VideoList
 from .sampling import sample_rng
 from .transforms import ClipPlan, ClipSpec, apply_plan, plan_clip
 from .video import VideoError, VideoInfo, probe_video
-
-if TYPE_CHECKING:  # zsar.models imports zsar.data lazily; keep this direction lazy too
-    from ..models.base import AudioSpec
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 MISSING_AUDIO = ("zeros", "skip", "error")
 T = TypeVar("T")
-
-#: Deprecated name of :class:`~zsar.data.Batch` (the loaders' batch type before the one batch type).
-ClipBatch = Batch
-
 
 @dataclass(frozen=True)
 class FilePolicy:
@@ -121,7 +114,7 @@ def clip_centre_seconds(plan: ClipPlan, info: VideoInfo) -> float:
     return (int(plan.indices.min()) + int(plan.indices.max()) + 1) / 2 / info.fps
 
 
-def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: "AudioSpec",
+def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: AudioSpec,
                missing: str = "zeros") -> tuple[torch.Tensor, bool]:
     """The audio features that go with a clip: ``audio``'s window centred on the clip's centre
     (:func:`clip_centre_seconds`), as ``(features (target_length, mel_bins), present)``.
@@ -141,10 +134,8 @@ def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: "AudioSpec",
 def _check_audio_spec(audio):
     if audio is None:
         return None
-    from ..models.base import AudioSpec
-
     if not isinstance(audio, AudioSpec):
-        raise TypeError(f"audio must be a zsar.models.AudioSpec or None, got {type(audio).__name__}")
+        raise TypeError(f"audio must be a zsar.data.AudioSpec or None, got {type(audio).__name__}")
     return audio
 
 
@@ -161,13 +152,13 @@ class VideoClipDataset(Dataset):
         videos: the split to read.
         spec: clip sampling and transform; training clips are random per (``seed``, epoch, index):
             call :meth:`set_epoch` each epoch (the trainer does).
-        backend: a registered decoder name (default ``"pyav"``: any codec) or ``"auto"`` (per file,
-            kept on the CPU).
+        backend: a registered decoder name, ``"auto"`` (per file, kept on the CPU) or None (the
+            default: :func:`~zsar.data.decoders.fallback_decoder`, the decoder that reads any codec; pyav).
         seed: seed of the random clips.
         on_error: ``"raise"`` or ``"skip"``: a bad file then yields ``None``, which
             :meth:`collate_fn` drops (pass it to your DataLoader), and is counted in :attr:`skipped`
             (in the process that loaded it).
-        audio: the audio features to load with each clip (:class:`zsar.models.AudioSpec`), or None.
+        audio: the audio features to load with each clip (:class:`zsar.data.AudioSpec`), or None.
         missing_audio: ``"zeros"``, ``"skip"`` or ``"error"`` for files without an audio track.
 
     :meth:`load` is the clip-only hook that subclasses override (e.g. to read frames from a cache).
@@ -175,12 +166,12 @@ class VideoClipDataset(Dataset):
 
     collate_fn = staticmethod(collate)
 
-    def __init__(self, videos: VideoList, spec: ClipSpec, backend: str = "pyav", seed: int = 0,
-                 on_error: str = "raise", *, audio: "AudioSpec | None" = None, missing_audio: str = "zeros"):
+    def __init__(self, videos: VideoList, spec: ClipSpec, backend: str | None = None, seed: int = 0,
+                 on_error: str = "raise", *, audio: AudioSpec | None = None, missing_audio: str = "zeros"):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
         self.videos, self.spec, self.seed = videos, spec, seed
-        self.backend = _check_backend(backend)
+        self.backend = _check_backend(fallback_decoder() if backend is None else backend)
         self.policy = FilePolicy(on_error, missing_audio)
         self.audio = _check_audio_spec(audio)
         self.epoch = 0
@@ -286,7 +277,7 @@ class VideoLoader:
         on_error: ``"raise"`` (default) stops at the first bad file with an error naming it;
             ``"skip"`` skips it, counts it in :attr:`skipped` and logs it.
         device: where decoding may run (default: the current CUDA device when there is one).
-        audio: the audio features each batch carries (:class:`zsar.models.AudioSpec`), or None.
+        audio: the audio features each batch carries (:class:`zsar.data.AudioSpec`), or None.
         missing_audio: ``"zeros"`` (default), ``"skip"`` or ``"error"`` for files without audio.
 
     Iterating runs one epoch; the next ``for`` runs the next epoch (or call :meth:`set_epoch`).
@@ -296,7 +287,7 @@ class VideoLoader:
                  shuffle: bool | None = None, seed: int = 0, shard_id: int | None = None,
                  num_shards: int | None = None, num_workers: int | None = None, drop_last: bool = False,
                  on_error: str = "raise", device: str | torch.device | None = None, *,
-                 audio: "AudioSpec | None" = None, missing_audio: str = "zeros"):
+                 audio: AudioSpec | None = None, missing_audio: str = "zeros"):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
         if len(videos) == 0:
@@ -315,8 +306,9 @@ class VideoLoader:
         self.backend = self.decoder.name
         self.epoch = 0
         self._next_epoch = 0
-        self.dataset = VideoClipDataset(videos, spec, "pyav" if self.decoder.has_clip_pipeline else self.backend,
-                                        seed, policy.on_error, audio=audio, missing_audio=policy.missing_audio)
+        per_file = fallback_decoder() if self.decoder.has_clip_pipeline else self.backend
+        self.dataset = VideoClipDataset(videos, spec, per_file, seed, policy.on_error, audio=audio,
+                                        missing_audio=policy.missing_audio)
         self._pipeline: tuple | None = None  # (feed, DALI iterator) of the batch pipeline
         self._feed: _PipelineFeed | None = None
         self._workers: DataLoader | None = None
@@ -330,7 +322,7 @@ class VideoLoader:
         return self.dataset.skipped
 
     @property
-    def audio(self) -> "AudioSpec | None":
+    def audio(self) -> AudioSpec | None:
         return self.dataset.audio
 
     def set_epoch(self, epoch: int) -> None:
@@ -365,8 +357,9 @@ class VideoLoader:
         except VideoError:
             info = None
         if backend == "auto" and info is None:
-            log.info("first video unreadable; loading with pyav")
-            return get_decoder("pyav")
+            fallback = get_decoder(fallback_decoder())
+            log.info("first video unreadable; loading with %s", fallback.name)
+            return fallback
         decoder = select_decoder(info, backend, self.device)
         if backend == "auto":
             log.info("loading %s videos with %s", info.codec, decoder.name)
@@ -578,3 +571,28 @@ class _PipelineFeed:
             raise StopIteration
         self.in_flight.append(positions)
         return tuple(list(col) for col in zip(*samples))
+
+
+def evaluation_loader(source: VideoList | Dataset, spec: ClipSpec | None = None, batch_size: int = 8, *,
+                      audio: AudioSpec | None = None, backend: str = "auto", on_error: str = "skip",
+                      missing_audio: str = "zeros", num_workers: int | None = None):
+    """The loader every evaluation reads with: each video once, in order, on this process alone.
+
+    Args:
+        source: a :class:`VideoList` (read with ``spec`` by a :class:`VideoLoader`), or a map-style
+            dataset of samples that already holds its clip spec (e.g. a
+            :class:`~zsar.data.cache.CachedClipDataset`; read by a ``DataLoader`` with its ``collate_fn``).
+        spec: how clips are read from a video list (``spec.train`` False: centred clips).
+        batch_size: videos per batch.
+        audio, backend, on_error, missing_audio, num_workers: as :class:`VideoLoader` takes them
+            (``on_error`` defaults to ``"skip"``: an evaluation counts unreadable files and goes on).
+
+    Returns:
+        An iterable of :class:`~zsar.data.Batch` es.
+    """
+    if isinstance(source, VideoList):
+        if spec is None:
+            raise ValueError("evaluation_loader: a video list needs a clip spec (spec=...)")
+        return VideoLoader(source, spec, batch_size, backend=backend, shuffle=False, num_shards=1,
+                           num_workers=num_workers, on_error=on_error, audio=audio, missing_audio=missing_audio)
+    return DataLoader(source, batch_size=batch_size, collate_fn=getattr(source, "collate_fn", None))

@@ -7,9 +7,10 @@
   motion drawn, sound heard); audio + video against video only and audio only, ZSL and GZSL with
   calibrated stacking.
 
-Both render real video files, decode them once (:mod:`zsar.demo._common`), train with
-:class:`zsar.train.Trainer`, evaluate through :mod:`zsar.eval.runner`, and write a JSON report,
-figures and a zero-shot checkpoint for ``zsar predict``.
+Both render real video files, decode them once (:mod:`zsar.data.cache`), run the pipeline every
+run goes through (:class:`zsar.train.pipeline.Pipeline`: train, encode, zero-shot head, save),
+evaluate through :mod:`zsar.eval.runner`, and write a JSON report, figures and a zero-shot
+checkpoint for ``zsar predict``; what is theirs is the benchmark, the step timer and the report.
 
     from zsar.demo import DemoConfig, run_demo                  # ResT
     from zsar.demo import MZSTDemoConfig, run_mzst_demo         # MZST

@@ -1,10 +1,7 @@
-"""What the demos share: decoded-media caching, the step timer, loaders, report writing.
+"""What the demos share: their settings, the step timer, report writing.
 
-The demos train small models for many short epochs on a few hundred tiny videos, where decoding
-costs more than training: :class:`MediaCache` decodes every file once (frames, and the audio
-features of each clip window), and :class:`CachedClipDataset` plans and transforms clips exactly
-as :class:`~zsar.data.VideoClipDataset` does, reading from the cache.
-"""
+Their videos are decoded once into memory by :class:`zsar.data.cache.MediaCache` (decoding costs
+more than training a tiny model on a few hundred small videos)."""
 
 from __future__ import annotations
 
@@ -12,22 +9,18 @@ import dataclasses
 import json
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
 from .._utils import torch_threads  # noqa: F401  (re-exported: the demos use it)
-from ..data.decoders import read_frames
-from ..data.loader import VideoClipDataset, clip_audio, clip_centre_seconds
+from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
-from ..data.transforms import ClipSpec, apply_plan
 
-__all__ = ["DemoSettings", "MediaCache", "CachedClipDataset", "Steps", "loader", "default_workers", "torch_threads",
+__all__ = ["DemoSettings", "Steps", "default_workers", "torch_threads",
            "environment", "finish_report", "percent", "time_and_files"]
 
 
@@ -38,8 +31,8 @@ class DemoSettings:
     ``seed`` drives everything: the rendered videos, the held-out split (unless ``split_seed``
     picks another one) and training. ``data`` sizes the benchmark (its own ``seed`` and
     ``split_seed`` are replaced by the demo's). ``decoder``: the backend that decodes the videos
-    once into memory; ``workers``: processes rendering and threads decoding (default: the CPU
-    count, at most 8).
+    once into memory (default: the registry's decoder that reads any codec); ``workers``: processes
+    rendering and threads decoding (default: the CPU count, at most 8).
     """
 
     out_dir: str = "runs/demo"
@@ -48,7 +41,7 @@ class DemoSettings:
     split_seed: int | None = None
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     device: str = "auto"
-    decoder: str = "pyav"
+    decoder: str | None = None  # default: the decoder that reads any codec (zsar.data.decoders.fallback_decoder)
     workers: int | None = None
     plots: bool = True
     progress: bool = True
@@ -56,6 +49,7 @@ class DemoSettings:
     def __post_init__(self):
         if isinstance(self.data, dict):
             self.data = SyntheticConfig.from_dict(self.data)
+        self.decoder = fallback_decoder(self.decoder or "auto")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -65,98 +59,6 @@ class DemoSettings:
     @property
     def report_path(self) -> Path:
         return Path(self.report) if self.report else Path(self.out_dir) / "report.json"
-
-
-class MediaCache:
-    """Every frame of each video file, decoded once, and the audio features of each clip window.
-
-    Decoding dominates a CPU epoch of a small model: a 24-frame VP9 video takes longer to decode
-    than its clip takes to train on, and its audio window longer still. Frames are decoded through
-    :func:`zsar.data.read_frames`; audio features through :func:`zsar.data.loader.clip_audio`, keyed
-    by the clip's centre (the window is centred there), so a cached sample equals an uncached one.
-    """
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.frames: dict[str, torch.Tensor] = {}
-        self.audio: dict[tuple, tuple[torch.Tensor, bool]] = {}
-
-    def get(self, path: str, info) -> torch.Tensor:
-        """All frames of ``path`` ``(T, H, W, 3)`` uint8."""
-        frames = self.frames.get(path)
-        if frames is None:
-            frames = read_frames(path, np.arange(info.num_frames), self.backend, device="cpu", info=info)
-            self.frames[path] = frames
-        return frames
-
-    def get_audio(self, path: str, info, plan, spec, missing: str) -> tuple[torch.Tensor, bool]:
-        """``(features, present)`` of the audio window of clip ``plan`` (see :func:`clip_audio`)."""
-        key = (path, clip_centre_seconds(plan, info), spec, missing)
-        found = self.audio.get(key)
-        if found is None:
-            found = self.audio[key] = clip_audio(path, info, plan, spec, missing)
-        return found
-
-    def fill(self, datasets: Sequence["CachedClipDataset"], workers: int, progress: bool,
-             epochs: Iterable[int] = (0,)) -> None:
-        """Decodes every video of ``datasets`` and, for those that load audio, the audio window of
-        each of their clips in ``epochs`` (threads: FFmpeg decodes without holding the GIL)."""
-        from tqdm.auto import tqdm
-
-        epochs = list(epochs)
-        frames, windows = {}, {}
-        for ds in datasets:
-            for i, record in enumerate(ds.videos):
-                frames.setdefault(record.path, (ds, i))
-                if ds.audio is not None:
-                    info = ds.info(i)
-                    for epoch in epochs:
-                        plan = ds.plan(i, epoch)
-                        windows.setdefault((record.path, clip_centre_seconds(plan, info)), (ds, i, plan))
-        bar = tqdm(total=len(frames) + len(windows), desc="decoding videos", unit="file", disable=not progress,
-                   dynamic_ncols=True)
-
-        def video(item):
-            ds, i = item
-            self.get(ds.videos[i].path, ds.info(i))
-
-        def audio(item):
-            ds, i, plan = item
-            self.get_audio(ds.videos[i].path, ds.info(i), plan, ds.audio, ds.policy.missing_audio)
-
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for work, items in ((video, frames.values()), (audio, windows.values())):
-                for _ in pool.map(work, items):
-                    bar.update(1)
-        bar.close()
-
-
-class CachedClipDataset(VideoClipDataset):
-    """:class:`~zsar.data.VideoClipDataset` whose videos (and audio windows) are decoded once into a
-    shared :class:`MediaCache`; clips are then planned and transformed exactly as the uncached
-    dataset does (same :func:`~zsar.data.plan_clip` draws for a given seed, epoch and index)."""
-
-    def __init__(self, videos, spec: ClipSpec, cache: MediaCache, seed: int = 0, audio=None):
-        super().__init__(videos, spec, backend=cache.backend, seed=seed, audio=audio)
-        self.cache = cache
-
-    def load(self, i: int, epoch: int | None = None) -> torch.Tensor:
-        plan = self.plan(i, epoch)
-        frames = self.cache.get(self.videos[i].path, self.info(i))
-        return apply_plan(frames[torch.from_numpy(plan.indices.ravel())], plan, self.spec)
-
-    def load_audio(self, i: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
-        if self.audio is None:
-            return super().load_audio(i, epoch)  # raises: this dataset loads no audio
-        return self.cache.get_audio(self.videos[i].path, self.info(i), self.plan(i, epoch), self.audio,
-                                    self.policy.missing_audio)
-
-
-def loader(dataset, batch_size: int = 64):
-    """An in-order DataLoader over a dataset of samples (evaluation)."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate_fn", None))
 
 
 class Steps:

@@ -7,7 +7,7 @@ synthetic benchmark (:meth:`zsar.data.SyntheticConfig.audio_visual`), on a CPU i
    the shape and motion are drawn and never heard and the sound is heard and never drawn; the
    crossed split holds out 2 x 2 blocks (two visible compositions x two sounds), so on the unseen
    classes neither modality alone names the class;
-2. decode every video and every clip's audio window once (:class:`~zsar.demo._common.MediaCache`);
+2. decode every video and every clip's audio window once (:class:`~zsar.data.cache.MediaCache`);
 3. train ``mzst_tiny`` on the seen classes three times with the same budget: audio + video, video
    only and audio only (the MZST paper's Table 4 rows), each with its task, semantic (L_SE) and
    masked-word losses;
@@ -34,15 +34,24 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment,
-                      finish_report, loader, percent, time_and_files, torch_threads)
+from ..data.transforms import CROPS
+from ..eval.avca import GZSLEvalSet, evaluate_gzsl
+from ..eval.runner import seen_accuracy, zero_shot_report
+from ..models import create_model
+from ..text import SentenceEmbedder
+from ..train.config import StageConfig, TrainConfig
+from ..train.pipeline import Pipeline
+from ..zeroshot.heads import METRICS
+from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files,
+                      torch_threads)
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
 
@@ -116,9 +125,6 @@ class MZSTDemoConfig(DemoSettings):
     threads: int | None = 1  # torch CPU threads while the demo runs (None: torch's default)
 
     def __post_init__(self):
-        from ..data.transforms import CROPS
-        from ..zeroshot.heads import METRICS
-
         super().__post_init__()
         self.runs, self.beta_grid = tuple(self.runs), tuple(float(b) for b in self.beta_grid)
         if not self.data.sounds or not self.data.audio:
@@ -194,15 +200,6 @@ def _write_list(path: Path, root: Path, videos: VideoList) -> str:
     return str(path)
 
 
-def _select(encoded, video_ids: Sequence[str]):
-    """The rows of an :class:`~zsar.eval.runner.EncodedSet` for ``video_ids``, in that order."""
-    from ..eval.runner import EncodedSet
-
-    row = {v: i for i, v in enumerate(encoded.video_ids)}
-    rows = [row[v] for v in video_ids]
-    return EncodedSet(encoded.x[rows], encoded.seen_logits[rows], encoded.labels[rows], list(video_ids))
-
-
 # ---- the demo ------------------------------------------------------------------------------------
 
 
@@ -225,15 +222,6 @@ def run_mzst_demo(config: MZSTDemoConfig | None = None, verbose: bool = True) ->
 
 
 def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
-    from ..eval.avca import GZSLEvalSet, evaluate_gzsl
-    from ..eval.runner import encode_dataset, seen_accuracy, zero_shot_report
-    from ..models import create_model, save_checkpoint
-    from ..text import SentenceEmbedder
-    from ..train.config import StageConfig, TrainConfig
-    from ..train.trainer import Trainer
-    from ..zeroshot import ZeroShotClassifier
-    from ..zeroshot.heads import SemanticEmbeddingHead
-
     start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,10 +261,6 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
         cache.fill(list(eval_sets.values()), workers, cfg.progress)
     steps.seconds["decode"] = round(steps.seconds["decode"] - steps.seconds["load_embedder"], 2)
 
-    def class_matrix(model):
-        head = SemanticEmbeddingHead(cfg.metric)
-        return lambda labels: head.class_matrix(list(labels), embedder, model)
-
     results: dict[str, dict[str, Any]] = {}
     models: dict[str, Any] = {}
     encoded_unseen: dict[str, Any] = {}
@@ -290,21 +274,19 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
                 model=cfg.model, model_args=overrides,
                 stages={"joint": StageConfig(cfg.epochs, "adamw", cfg.lr, cfg.weight_decay)},
                 batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, num_workers=0,
-                out_dir=str(out / "train" / run), progress=cfg.progress, log_every=10)
-            torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone, as in Trainer
-            model = create_model(cfg.model, class_names=seen, label_embedder=embedder, **overrides)
+                out_dir=str(out / "train" / run), progress=cfg.progress, log_every=10,
+                head_settings={"metric": cfg.metric})
+            pipeline = Pipeline(train_cfg, seen, embedder)
             shutil.rmtree(out / "train" / run, ignore_errors=True)  # a fresh run, not a resumed one
             trained = time.perf_counter()
-            trainer = Trainer(train_cfg, train_set, seen, model=model)
-            trainer.fit(resume=False)
-            model = trainer.model.eval()
+            pipeline.fit(train_set)
+            model = pipeline.model.eval()
             train_seconds = round(time.perf_counter() - trained, 2)
 
-            encoded = {name: encode_dataset(model, loader(ds), cfg.progress, f"{name} videos")
-                       for name, ds in eval_sets.items()}
-            clf = ZeroShotClassifier(model, SemanticEmbeddingHead(cfg.metric), embedder, clip_spec=eval_spec,
-                                     seen_labels=seen)
-            zsl_set = _select(encoded["unseen_test"], [r.video_id for r in test_unseen])
+            encoded = {name: pipeline.encode(evaluation_loader(ds, batch_size=64), f"{name} videos",
+                                             with_seen_logits=True) for name, ds in eval_sets.items()}
+            clf = pipeline.classifier(None, clip_spec=eval_spec)
+            zsl_set = encoded["unseen_test"].select([r.video_id for r in test_unseen])
             zsl = zero_shot_report(clf, zsl_set, unseen, protocol="0/100", dataset="synthetic audio-visual")
             by_id = {v: x for e in encoded.values() for v, x in zip(e.video_ids, e.x)}
 
@@ -312,14 +294,14 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
                 ids = [r.video_id for r in videos]
                 return torch.stack([by_id[v] for v in ids]), ids
 
-            gzsl = evaluate_gzsl(encode, class_matrix(model), GZSLEvalSet(seen, test_seen, test_unseen),
+            gzsl = evaluate_gzsl(encode, _class_matrix(clf), GZSLEvalSet(seen, test_seen, test_unseen),
                                  val=GZSLEvalSet(seen, calibration_seen, calibration_unseen), metric=cfg.metric,
                                  grid=cfg.beta_grid)
-            results[run] = _run_summary(zsl, gzsl, seen_accuracy(_select(encoded["seen_test"],
-                                                                          [r.video_id for r in test_seen])))
+            results[run] = _run_summary(zsl, gzsl, seen_accuracy(encoded["seen_test"].select(
+                [r.video_id for r in test_seen])))
             results[run].update(modalities=list(modalities), train_seconds=train_seconds,
                                 parameters=sum(p.numel() for p in model.parameters()))
-            models[run], encoded_unseen[run] = (model, clf), zsl_set
+            models[run], encoded_unseen[run] = (pipeline, clf), zsl_set
         if verbose:
             r = results[run]
             print(f"      unseen top-1 {percent(r['unseen_top1']).strip()} (chance {percent(zsl['chance']).strip()}); "
@@ -327,10 +309,9 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
                   f"HM {percent(r['gzsl']['HM']).strip()} at beta {r['gzsl']['beta']:g}", flush=True)
 
     with steps("report", "writing the checkpoint, figures and the report"):
-        model, clf = models[MAIN_RUN]
+        pipeline, clf = models[MAIN_RUN]
         # The audio-video model with its zero-shot head: `zsar predict` reads it.
-        checkpoint = save_checkpoint(out / "checkpoint", model, {"class_names": seen})
-        clf.save(checkpoint)
+        checkpoint = pipeline.save(clf, out / "checkpoint")
         files = {"report": str(cfg.report_path), "checkpoint": str(checkpoint), "data": str(bench.root)}
         if cfg.plots:
             files.update(_plots(out, cfg, models, encoded_unseen, unseen, results, verbose))
@@ -362,9 +343,15 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
             "lists": lists,
             "files": files,
             "config": cfg.to_dict(),
-            "environment": environment(trainer.device),
+            "environment": environment(pipeline.trainer.device),
         }
     return finish_report(report, cfg, steps, start, format_mzst_report, verbose)
+
+
+def _class_matrix(clf):
+    """Labels -> their class matrix in the model's space (the classifier's head and embedder),
+    without changing the classifier's labels."""
+    return lambda labels: clf.head.class_matrix(list(labels), clf.embedder, clf.model)
 
 
 def _run_summary(zsl: dict, gzsl: dict, seen_top1: float) -> dict[str, Any]:
@@ -393,7 +380,7 @@ def _plots(out: Path, cfg: MZSTDemoConfig, models: dict, encoded_unseen: dict, u
     paper's Fig. 6: the modalities side by side), and the audio-video model's GZSL trade-off on
     the test videos with the calibrated beta. Skipped without matplotlib/scikit-learn."""
     try:
-        from ..eval.plots import plot_gzsl_tradeoff, plot_tsne
+        from ..eval.plots import plot_gzsl_tradeoff, plot_tsne  # lazy: matplotlib is optional
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:
@@ -401,7 +388,7 @@ def _plots(out: Path, cfg: MZSTDemoConfig, models: dict, encoded_unseen: dict, u
             print(f"      figures skipped: {e}", flush=True)
         return {}
     files = {}
-    for run, (model, clf) in models.items():
+    for run, (_, clf) in models.items():
         encoded = encoded_unseen[run]
         clf.set_labels(unseen)
         path = plot_tsne(encoded.x, encoded.labels, out / f"fig6_tsne_{run}.png", prototypes=clf.class_matrix,

@@ -32,16 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
-from ._common import (CachedClipDataset, DemoSettings, MediaCache, Steps, default_workers, environment,
-                      finish_report, loader, percent, time_and_files)
+from ..eval.runner import seen_accuracy, zero_shot_report
+from ..text import SentenceEmbedder
+from ..train.config import StageConfig, TrainConfig
+from ..train.pipeline import Pipeline
+from ..zeroshot import HeadSelection, cosine_similarity_matrix
+from ._common import DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
 
-#: The targets the demo is expected to reach (issue 6): unseen top-1 at least this many times
-#: chance, and above the semantic-space baseline.
+#: The demo's targets: unseen top-1 at least this many times chance, and above the semantic-space
+#: baseline (the comparison of ResT Table 3(b)).
 CHANCE_FACTOR = 3.0
 
 
@@ -59,8 +63,9 @@ class DemoConfig(DemoSettings):
     Training: ``warmup_*`` (stage 1, SGD on the frame encoder) and ``joint_*`` (stage 2, AdamW on
     everything); clips of ``model_args["frames"]`` frames at ``stride``. Transfer: ``(theta, k,
     rho)`` of the integer program (ResT Eq. 2-5) are chosen by 5-fold cross-validation over the
-    seen classes on the grids ``cv_*`` (as in the paper), or fixed to ``theta``, ``k``, ``rho``
-    with ``select=False``.
+    seen classes on the grids ``cv_*`` (as in the paper; the folds are scored on the held-out test
+    videos of the seen classes, or on their training videos when ``data.test_per_class`` is 0), or
+    fixed to ``theta``, ``k``, ``rho`` with ``select=False``.
 
     Why these defaults: a 3-layer CNN needs a few thousand SGD steps before it tells shapes apart
     (colour comes first, then motion, then shape), so the budget goes to many short warm-up epochs
@@ -128,13 +133,6 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     baseline), the classes, the transfer edges, the files written and the configuration.
     ``verbose`` prints step headers and the results table.
     """
-    from ..eval.runner import encode_dataset, seen_accuracy, zero_shot_report
-    from ..models import create_model, save_checkpoint
-    from ..text import SentenceEmbedder
-    from ..train.config import StageConfig, TrainConfig
-    from ..train.trainer import Trainer
-    from ..zeroshot import class_means, cosine_similarity_matrix, prototype_classifier
-
     cfg = config or DemoConfig()
     start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -155,16 +153,16 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
         loaded = time.perf_counter()
         embedder = SentenceEmbedder()
         steps.seconds["load_embedder"] = round(time.perf_counter() - loaded, 2)
+        selection = HeadSelection(cfg.cv_thetas, cfg.cv_ks, cfg.cv_rhos, seed=cfg.seed) if cfg.select else None
         train_cfg = TrainConfig(
             model=cfg.model, model_args={"image_size": data_cfg.size, **cfg.model_args},
             stages={"warmup": StageConfig(cfg.warmup_epochs, "sgd", cfg.warmup_lr, 1e-4),
                     "joint": StageConfig(cfg.joint_epochs, "adamw", cfg.joint_lr, 0.05)},
             batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, num_workers=0,
-            out_dir=str(out / "train"), progress=cfg.progress, log_every=10)
-        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone, as in Trainer
-        model = create_model(cfg.model, class_names=bench.seen_classes, **train_cfg.model_args)
-        train_spec = model.inputs.clip_spec(stride=cfg.stride, size=data_cfg.size, train=True)
-        eval_spec = dataclasses.replace(train_spec, train=False, num_clips=cfg.eval_clips)
+            out_dir=str(out / "train"), progress=cfg.progress, log_every=10,
+            head_settings={"theta": cfg.theta, "k": cfg.k, "rho": cfg.rho}, head_selection=selection)
+        pipeline = Pipeline(train_cfg, bench.seen_classes, embedder)
+        train_spec, eval_spec = pipeline.clip_specs(cfg.eval_clips, stride=cfg.stride, size=data_cfg.size)
         cache = MediaCache(cfg.decoder)
         train_set = CachedClipDataset(bench.seen_train, train_spec, cache, seed=cfg.seed)
         eval_sets = {name: CachedClipDataset(getattr(bench, name), eval_spec, cache)
@@ -175,28 +173,29 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
     with steps("train", f"training {cfg.model} on the seen classes: {cfg.warmup_epochs} warm-up + "
                         f"{cfg.joint_epochs} joint epochs"):
         shutil.rmtree(out / "train", ignore_errors=True)  # a fresh run, not a resumed one
-        trainer = Trainer(train_cfg, train_set, bench.seen_classes, model=model)
-        trainer.fit(resume=False)
-        model = trainer.model.eval()
+        pipeline.fit(train_set)
+
+    def encode(name: str, desc: str):
+        return pipeline.encode(evaluation_loader(eval_sets[name], batch_size=64), desc, with_seen_logits=True)
 
     with steps("encode", "seen-class prototypes and test-video representations"):
-        seen_train = encode_dataset(model, loader(eval_sets["seen_train"]), cfg.progress, "seen training videos")
-        prototypes = class_means(seen_train.x, torch.as_tensor(seen_train.labels), n_seen)
-        seen_test = encode_dataset(model, loader(eval_sets["seen_test"]), cfg.progress, "seen test videos") \
-            if len(bench.seen_test) else None
-        unseen_test = encode_dataset(model, loader(eval_sets["unseen_test"]), cfg.progress, "unseen test videos")
+        seen_train = encode("seen_train", "seen training videos")
+        seen_test = encode("seen_test", "seen test videos") if len(bench.seen_test) else None
+        unseen_test = encode("unseen_test", "unseen test videos")
 
     with steps("transfer", "semantic transfer: (ϑ, K, ρ) by cross-validation, integer program (HiGHS), "
                            "composite prototypes"):
-        params, selection = _transfer_params(cfg, seen_test, prototypes, embedder.embed(bench.seen_classes), verbose)
-        clf = prototype_classifier(model, prototypes, bench.seen_classes, embedder, clip_spec=eval_spec, **params)
+        # Folds are scored on held-out videos of the seen classes (on the training videos without them).
+        clf = pipeline.classifier(seen_train, validation=seen_test, clip_spec=eval_spec)
+        params = {k: clf.head.settings()[k] for k in ("theta", "k", "rho")}
+        if verbose:
+            _print_selection(clf.selection, params)
         # The same runner as `zsar eval`: the classifier's labels are the unseen classes (0/100).
         results = zero_shot_report(clf, unseen_test, bench.unseen_classes, protocol="0/100", dataset="demo")
         relatedness = cosine_similarity_matrix(embedder.embed(bench.unseen_classes), embedder.embed(bench.seen_classes))
         transfer, baseline = _metrics(results["transfer"]), _metrics(results["semantic_baseline"])
         # The evaluated model with its prototypes and transfer settings: `zsar predict` reads it.
-        checkpoint = save_checkpoint(out / "checkpoint", model, {"class_names": bench.seen_classes})
-        clf.save(checkpoint)
+        checkpoint = pipeline.save(clf, out / "checkpoint")
 
     with steps("report", "writing figures and the report"):
         files = {"report": str(cfg.report_path), "checkpoint": str(checkpoint), "data": str(bench.root)}
@@ -225,12 +224,12 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
             "seen_classes": bench.seen_classes,
             "unseen_classes": bench.unseen_classes,
             "transfer_params": params,
-            "transfer_selection": selection,
+            "transfer_selection": clf.selection,
             "transfer_edges": {u: [bench.seen_classes[i] for i in np.flatnonzero(clf.assignment[j])]
                                for j, u in enumerate(bench.unseen_classes)},
             "files": files,
             "config": cfg.to_dict(),
-            "environment": environment(trainer.device),
+            "environment": environment(pipeline.trainer.device),
         }
     return finish_report(report, cfg, steps, start, format_report, verbose)
 
@@ -242,35 +241,21 @@ def _metrics(result: dict) -> dict[str, float]:
     return metrics
 
 
-def _transfer_params(cfg: DemoConfig, seen_test, prototypes, seen_embeddings, verbose: bool):
-    """(ϑ, K, ρ) by 5-fold cross-validation over the seen classes (ResT §4.1) on held-out videos of
-    the seen classes, or the configured ones. Returns (params, what the selection found)."""
-    fixed = {"theta": cfg.theta, "k": cfg.k, "rho": cfg.rho}
-    if not cfg.select:
-        return fixed, {"method": "fixed"}
-    if seen_test is None:
-        return fixed, {"method": "fixed", "reason": "no held-out videos of seen classes to cross-validate on"}
-    from ..zeroshot.selection import select_transfer_params
-
-    try:
-        result = select_transfer_params(seen_test.x, seen_test.labels, seen_embeddings, prototypes, thetas=cfg.cv_thetas,
-                                        ks=cfg.cv_ks, rhos=cfg.cv_rhos, seed=cfg.seed, progress=False)
-    except ValueError as e:  # e.g. too few seen classes for 5 folds in a tiny run
-        if verbose:
-            print(f"      cross-validation not possible ({e}); using theta={cfg.theta}, K={cfg.k}, rho={cfg.rho}")
-        return fixed, {"method": "fixed", "reason": str(e)}
-    params = {"theta": float(result.theta), "k": int(result.k), "rho": int(result.rho)}
-    if verbose:
-        print(f"      chosen by 5-fold cross-validation over the seen classes: theta={params['theta']:g}, "
-              f"K={params['k']}, rho={params['rho']} (fold top-1 {100 * result.score:.1f}%)", flush=True)
-    return params, {"method": "5-fold cross-validation over the seen classes", "cv_top1": float(result.score)}
+def _print_selection(selection: dict[str, Any], params: dict[str, Any]) -> None:
+    """What the head's cross-validation chose (or why the settings stayed fixed)."""
+    if "cv_top1" in selection:
+        print(f"      chosen by {selection['method']}: theta={params['theta']:g}, K={params['k']}, "
+              f"rho={params['rho']} (fold top-1 {100 * selection['cv_top1']:.1f}%)", flush=True)
+    elif "reason" in selection:
+        print(f"      cross-validation not possible ({selection['reason']}); using theta={params['theta']}, "
+              f"K={params['k']}, rho={params['rho']}", flush=True)
 
 
 def _plots(out: Path, relatedness, assignment, bench, features, labels, prototypes, verbose: bool) -> dict:
     """ResT Fig. 3 (relatedness and adjacency) and Fig. 4 (t-SNE of unseen videos and their
     composite prototypes). Plotting is optional: without matplotlib/scikit-learn it is skipped."""
     try:
-        from ..eval.plots import plot_transfer_matrices, plot_tsne
+        from ..eval.plots import plot_transfer_matrices, plot_tsne  # lazy: matplotlib is optional
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:

@@ -1,10 +1,12 @@
 """Evaluation: zero-shot protocols and metrics.
 
-* :mod:`zsar.eval.protocols`: the ResT/E2E 0/50 and 0/100 protocols and E2E class removal.
+* :mod:`zsar.eval.protocols`: the registry of class-split protocols (ResT/E2E 0/50 and 0/100) and
+  E2E class removal.
 * :mod:`zsar.eval.gzsl`: GZSL/ZSL metrics with calibrated stacking (S, U, HM, ZSL, beta).
 * :mod:`zsar.eval.avca`: the AVCA two-stage protocol (UCF/ActivityNet/VGGSound-GZSL) for any model.
 * :mod:`zsar.eval.relatedness`: MZSL-50 semantic relatedness, buckets and score.
-* :mod:`zsar.eval.runner`: encode a dataset once and report 0/100 or 0/50 zero-shot accuracy.
+* :mod:`zsar.eval.runner`: 0/100 or 0/50 zero-shot accuracy of a dataset encoded once
+  (:func:`zsar.zeroshot.encode_loader`), beside the semantic-space baseline and chance.
 
 Imported on demand: :mod:`zsar.eval.plots` (it loads matplotlib) and :mod:`zsar.eval.recipes`
 (the GZSL recipe and checkpoint evaluation of registered models, behind ``zsar gzsl`` and
@@ -34,10 +36,13 @@ from .protocols import (
     E2E_REMOVAL_THRESHOLD,
     PROTOCOLS,
     ClassRemoval,
+    ZeroShotProtocol,
     embedding_predictor,
     evaluate_protocol,
     format_results_table,
+    get_protocol,
     half_class_splits,
+    register_protocol,
     remove_overlapping_classes,
     transfer_predictor,
     write_results_json,
@@ -59,6 +64,9 @@ __all__ = [
     "mean_class_accuracy",
     "harmonic_mean",
     "PROTOCOLS",
+    "ZeroShotProtocol",
+    "get_protocol",
+    "register_protocol",
     "E2E_REMOVAL_THRESHOLD",
     "half_class_splits",
     "evaluate_protocol",

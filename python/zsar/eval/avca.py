@@ -37,7 +37,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from ..data.formats import AVCA_STAGES, match_class_names, read_avca_split
 from ..data.records import VideoList, VideoRecord
+from ..resources import AVCA_DATASETS, avca_name_map_file
+from ..text import load_name_map
 from .gzsl import DEFAULT_BETA_GRID, class_distances, gzsl_curve, gzsl_per_class_accuracy, gzsl_scores
 
 __all__ = [
@@ -58,8 +61,6 @@ _TRAIN_STAGES = ("stage_1_train", "stage_2_train")
 
 
 def _dataset_key(dataset: str) -> str:
-    from ..resources import AVCA_DATASETS
-
     key = str(dataset).lower()
     if key not in AVCA_DATASETS:
         raise ValueError(f"unknown AVCA dataset {dataset!r}; expected one of {', '.join(AVCA_DATASETS)}")
@@ -68,8 +69,6 @@ def _dataset_key(dataset: str) -> str:
 
 def _packaged_split_dir(dataset: str, split: str) -> Path:
     from importlib import resources
-
-    from ..resources import AVCA_DATASETS
 
     if split not in ("main_split", "cls_split"):
         raise ValueError(f"unknown AVCA split {split!r}; expected main_split or cls_split")
@@ -143,8 +142,6 @@ def avca_stages(
         ValueError: unknown dataset/split, class names that match no dataset class, a missing
             ``test_videos``, a stage without videos, or a training video that is also evaluated.
     """
-    from ..data.datasets import AVCA_STAGES, read_avca_split
-
     key = _dataset_key(dataset)
     directory = _packaged_split_dir(key, split) if split_dir is None else Path(split_dir)
     per_video = all((directory / f"{s}.csv").is_file() for s in AVCA_STAGES)
@@ -180,8 +177,6 @@ def avca_stages(
 
 
 def _check_stages(stages: Mapping[str, VideoList], where: str) -> None:
-    from ..data.datasets import AVCA_STAGES
-
     missing = [s for s in AVCA_STAGES if s not in stages]
     if missing:
         raise ValueError(f"stages: missing {missing} (need all of {list(AVCA_STAGES)})")
@@ -215,10 +210,8 @@ def avca_label_names(dataset: str, classes: Sequence[str]) -> dict[str, str]:
     Returns:
         ``{class name: words to embed}``, for :class:`zsar.text.WordVectorEmbedder` ``(name_map=...)``.
     """
-    from ..data.datasets import match_class_names
-    from ..resources import avca_name_map
-
-    name_map = avca_name_map(_dataset_key(dataset))
+    with avca_name_map_file(_dataset_key(dataset)) as path:
+        name_map = load_name_map(path)
     originals = list(name_map)
     matched = match_class_names(list(classes), originals, source=f"{dataset} w2v class names")
     return {c: name_map[o] for c, o in zip(classes, matched)}

@@ -74,23 +74,19 @@ class _FeatureRunner(_RegisteredModelRunner):
             self._datasets[key] = (videos, AVCAFeatureDataset(videos, key[1]))
         return self._datasets[key][1]
 
-    def _train_dataset(self, model, videos: VideoList, spec):
-        return self._dataset(model, videos)
+    def _train_dataset(self, videos: VideoList, spec):
+        return self._dataset(self.pipeline.model, videos)
 
-    def _eval_loader(self, videos: VideoList):
+    def _loader(self, videos: VideoList):
         from torch.utils.data import DataLoader
 
-        dataset = self._dataset(self.trainer.model, videos)
+        dataset = self._dataset(self.pipeline.model, videos)
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
                           num_workers=self.config.num_workers, collate_fn=dataset.collate_fn)
 
     def encode(self, videos: VideoList):
-        from ..zeroshot.heads import encode_loader
-
         with torch_threads(self.threads):
-            x, _, _, ids = encode_loader(self.trainer.model, self._eval_loader(videos), self.config.progress,
-                                         desc="encoding features")
-        return x, ids
+            return super().encode(videos)
 
 
 def feature_recipe_parts(config: GZSLConfig) -> tuple[dict[str, VideoList], object, _FeatureRunner]:

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from ..zeroshot import cosine_similarity_matrix
 from .metrics import harmonic_mean, mean_class_accuracy
 
 __all__ = [
@@ -77,8 +78,6 @@ def class_distances(x, class_embeddings, metric: str = "l2") -> np.ndarray:
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("x or class_embeddings contains NaN or inf")
     if metric == "cosine":
-        from ..zeroshot import cosine_similarity_matrix
-
         return 1.0 - cosine_similarity_matrix(a.numpy(), b.numpy())
     # The exact form sqrt(sum((x - c)^2)), not |x|^2 + |c|^2 - 2x.c, so that near-ties are decided
     # like an independent implementation decides them.

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from .relatedness import MZSL50_BUCKETS
 
 __all__ = ["plot_transfer_matrices", "plot_tsne", "plot_bucket_accuracy", "plot_gzsl_tradeoff"]
 
@@ -214,8 +215,6 @@ def plot_bucket_accuracy(scores, path, title: str | None = None) -> Path:
     Raises:
         ValueError: no results, or a result without the ``easy``/``medium``/``hard``/``score`` keys.
     """
-    from .relatedness import MZSL50_BUCKETS
-
     runs = {"": scores} if isinstance(scores, dict) and "score" in scores else dict(scores)
     if not runs:
         raise ValueError("scores: no results to plot")

@@ -5,6 +5,10 @@
   videos of the chosen classes with those classes as the only candidates; metrics are reported per
   split and as mean ± std (population std, ``ddof=0``) over the splits.
 * **0/100**: one "split" with every class of the target dataset.
+
+Both are registered (:func:`register_protocol`, :data:`PROTOCOLS`); a new class-split protocol is
+one registered ``splits(n_classes, n_splits)`` function, which :func:`evaluate_protocol`, the
+evaluation runner and ``zsar eval --protocol`` then offer.
 * **E2E training-class removal** (Brattoli et al. 2020): a training class is removed when the cosine
   distance between its L2-normalised label embedding and that of ANY target class (the union of the
   target datasets) is ``< 0.05``.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from numbers import Integral
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,10 +39,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 from .metrics import mean_class_accuracy, top_k_accuracy
 
 __all__ = [
     "PROTOCOLS",
+    "ZeroShotProtocol",
+    "get_protocol",
+    "register_protocol",
     "E2E_REMOVAL_THRESHOLD",
     "half_class_splits",
     "evaluate_protocol",
@@ -49,7 +58,6 @@ __all__ = [
     "format_results_table",
 ]
 
-PROTOCOLS = ("0/50", "0/100")
 E2E_REMOVAL_THRESHOLD = 0.05
 _METRICS = ("top1", "top5", "mean_class_accuracy")
 
@@ -67,6 +75,61 @@ def half_class_splits(n_classes: int, n_splits: int = 10) -> list[np.ndarray]:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     half = n_classes // 2  # E2E: 50 of UCF101's classes, 25 of HMDB51's
     return [np.sort(np.random.default_rng(i).permutation(n_classes)[:half]) for i in range(n_splits)]
+
+
+@dataclass(frozen=True)
+class ZeroShotProtocol:
+    """A zero-shot protocol over a target dataset's classes: which classes are the candidates of
+    each evaluation split (every class is unseen; the model never trained on any of them).
+
+    Attributes:
+        name: the registry name (``--protocol`` of ``zsar eval``).
+        splits: ``splits(n_classes, n_splits) -> [sorted class indices per split]``.
+        description: one line for help texts and reports.
+    """
+
+    name: str
+    splits: Callable[[int, int], list[np.ndarray]]
+    description: str = ""
+
+    def candidates(self, n_classes: int) -> int:
+        """How many classes each split offers (chance top-1 is its inverse)."""
+        return len(self.splits(n_classes, 1)[0])
+
+
+_PROTOCOLS: dict[str, ZeroShotProtocol] = {}
+#: The registered protocols by name (read-only view; add one with :func:`register_protocol`).
+PROTOCOLS = MappingProxyType(_PROTOCOLS)
+
+
+def register_protocol(name: str, description: str = ""):
+    """Decorator: registers ``splits(n_classes, n_splits) -> [class indices per split]`` as the
+    protocol ``name`` (replacing an earlier one of that name); :func:`evaluate_protocol`,
+    :func:`zsar.eval.runner.zero_shot_report` and ``zsar eval --protocol`` then offer it."""
+
+    def register(splits: Callable[[int, int], list[np.ndarray]]):
+        _PROTOCOLS[name] = ZeroShotProtocol(name, splits, description)
+        return splits
+
+    return register
+
+
+def get_protocol(name: str) -> ZeroShotProtocol:
+    """The registered protocol ``name``; ``ValueError`` listing the names otherwise."""
+    if name not in _PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(_PROTOCOLS)}, got {name!r}")
+    return _PROTOCOLS[name]
+
+
+@register_protocol("0/50", "E2E's (Brattoli et al. 2020; ResT Table 2): 10 random splits of half the "
+                           "classes, mean and std")
+def _half_splits(n_classes: int, n_splits: int) -> list[np.ndarray]:
+    return half_class_splits(n_classes, n_splits)
+
+
+@register_protocol("0/100", "every class of the dataset a candidate, one split (E2E; ResT Table 2)")
+def _all_classes(n_classes: int, n_splits: int) -> list[np.ndarray]:
+    return [np.arange(n_classes)]
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -103,8 +166,7 @@ def evaluate_protocol(
         ValueError: unknown protocol, repeated class names, labels that are not indices into
             ``class_names``, a split without test videos, or predictions of the wrong shape.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    chosen = get_protocol(protocol)
     names = [str(n) for n in class_names]
     if len(set(names)) != len(names):
         raise ValueError("class_names must be distinct")
@@ -114,10 +176,7 @@ def evaluate_protocol(
     if y.min() < 0 or y.max() >= len(names):
         raise ValueError(f"labels must be in [0, {len(names)}) (indices into class_names), got [{y.min()}, {y.max()}]")
 
-    if protocol == "0/100":
-        splits = [np.arange(len(names))]
-    else:
-        splits = half_class_splits(len(names), n_splits)
+    splits = chosen.splits(len(names), n_splits)
     per_split = []
     for i, classes in enumerate(splits):
         candidates = [names[c] for c in classes]
@@ -217,8 +276,6 @@ def transfer_predictor(
         ValueError: shapes that do not match, or ``class_names`` not distinct or not one per row of
             ``class_embeddings``.
     """
-    from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
-
     x = as_numpy(features).astype(np.float64, copy=False)
     protos = as_numpy(seen_prototypes).astype(np.float64, copy=False)
     seen = as_numpy(seen_embeddings).astype(np.float64, copy=False)
@@ -245,8 +302,6 @@ def embedding_predictor(projected, class_embeddings, class_names: Sequence[str])
     ``projected`` is ``(N, E)`` (e.g. MZST's semantic head output, or any video embedding in the
     label space); ``class_embeddings`` ``(C, E)`` with rows matching ``class_names``.
     """
-    from ..zeroshot import cosine_similarity_matrix
-
     x = as_numpy(projected).astype(np.float64, copy=False)
     emb = as_numpy(class_embeddings).astype(np.float64, copy=False)
     if x.ndim != 2 or emb.ndim != 2 or x.shape[1] != emb.shape[1]:
@@ -305,8 +360,6 @@ def remove_overlapping_classes(
         ValueError: empty class lists, a non-finite threshold, only one of the embedding matrices,
             neither an embedder nor embeddings, or embeddings of the wrong shape.
     """
-    from ..zeroshot import cosine_similarity_matrix
-
     train, target = [str(c) for c in train_classes], [str(c) for c in target_classes]
     if not train or not target:
         raise ValueError("train_classes and target_classes must be non-empty")

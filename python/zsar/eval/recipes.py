@@ -1,10 +1,10 @@
 """GZSL end to end for any registered model: the AVCA two-stage recipe and checkpoint evaluation.
 
-Both talk to the model only through its contract (:class:`zsar.models.ZeroShotModel`): training
-through :class:`zsar.train.Trainer`, representations through
-:func:`zsar.zeroshot.heads.encode_loader` over a :class:`zsar.data.VideoLoader`, and class
-embeddings through the model's zero-shot head (:data:`zsar.zeroshot.heads.HEADS`) and a label
-embedder (:func:`zsar.text.embedder_from_spec`):
+Both talk to the model only through its contract (:class:`zsar.models.ZeroShotModel`): training,
+representations and the zero-shot head through :class:`zsar.train.pipeline.Pipeline` (the run
+every caller shares), videos through :func:`zsar.data.evaluation_loader`, and class embeddings
+through the model's zero-shot head (:data:`zsar.zeroshot.heads.HEADS`) and a label embedder
+(:func:`zsar.text.embedder_from_spec`):
 
 * :func:`run_gzsl_recipe` (``zsar gzsl CONFIG``): a :class:`GZSLConfig` names the dataset, the AVCA
   split, the videos and the model; the six AVCA stages are cut from the videos
@@ -24,20 +24,28 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .. import config as _config
+from ..data import VideoClipDataset, evaluation_loader
 from ..data.config import DataConfig
+from ..data.decoders import fallback_decoder
+from ..data.formats import AVCA_STAGES
 from ..data.records import VideoList
+from ..text import embedder_from_spec
 from ..train.config import TrainConfig
-from .avca import GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl, run_avca_protocol
+from ..train.pipeline import Pipeline
+from ..zeroshot import HEADS, encode_loader
+from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl,
+                   run_avca_protocol)
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
+from .protocols import write_results_json
 
-__all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint", "encode_videos",
+__all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint",
            "REPORT_FILE", "PLOT_FILE"]
 
 #: Short split names of the config -> the AVCA split directories.
@@ -48,23 +56,16 @@ PLOT_FILE = "gzsl_tradeoff.png"
 
 # ---- shared plumbing -------------------------------------------------------------------------------
 
-def encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
-                  on_error: str = "skip", num_workers: int | None = None, missing_audio: str | None = None,
+def _encode_videos(model, videos: VideoList, spec, *, batch_size: int = 8, backend: str = "auto",
+                  on_error: str = "skip", num_workers: int | None = None, missing_audio: str = "zeros",
                   progress: bool = True, desc: str = "encoding videos") -> tuple[torch.Tensor, list[str]]:
-    """Representations of ``videos`` read with ``spec`` (and the audio the model takes).
-
-    Returns:
-        ``(x (N, D), video_ids)`` of the videos read, in list order; with ``on_error="skip"``
-        unreadable files are left out (the form :meth:`zsar.eval.GZSLEvalSet.encode` accepts).
-    """
-    from ..data import VideoLoader
-    from ..zeroshot.heads import encode_loader
-
-    loader = VideoLoader(videos, spec, batch_size, backend=backend, shuffle=False, num_shards=1,
-                         num_workers=num_workers, on_error=on_error,
-                         audio=model.inputs.audio, missing_audio=missing_audio or "zeros")
-    x, _, _, ids = encode_loader(model, loader, progress, desc=desc)
-    return x, ids
+    """Representations of ``videos`` read with ``spec`` (and the audio the model takes), in the form
+    :meth:`zsar.eval.GZSLEvalSet.encode` accepts: ``(x (N, D), video_ids)`` of the videos read, in
+    list order; with ``on_error="skip"`` unreadable files are left out."""
+    loader = evaluation_loader(videos, spec, batch_size, audio=model.inputs.audio, backend=backend,
+                               on_error=on_error, missing_audio=missing_audio, num_workers=num_workers)
+    encoded = encode_loader(model, loader, progress, desc=desc)
+    return encoded.x, encoded.video_ids
 
 
 def _head_metric(head_cls, settings: dict[str, Any]) -> str:
@@ -103,7 +104,8 @@ class GZSLConfig(TrainConfig):
         val_fraction: share of each seen class's training videos held out as ``stage_1_val_seen``.
         metric: ``l2`` or ``cosine`` GZSL distance (default: the model's zero-shot head's).
         beta_grid: calibration betas (default: AVCA's 16 values evenly in [0, 3]).
-        head_settings: settings of the zero-shot head (e.g. ResT's ``k``, ``theta``, ``rho``).
+        head_settings, head_selection: the zero-shot head's settings (e.g. ResT's ``k``, ``theta``,
+            ``rho``) or the grid to choose them on (see :class:`zsar.train.TrainConfig`).
         eval_clips: clips per video when evaluating.
         plot: write the S/U trade-off plot beside the report.
     """
@@ -115,7 +117,6 @@ class GZSLConfig(TrainConfig):
     val_fraction: float = 0.2
     metric: str | None = None
     beta_grid: list[float] | None = None
-    head_settings: dict[str, Any] = field(default_factory=dict)
     eval_clips: int = 1
     plot: bool = True
     out_dir: str = "runs/gzsl"
@@ -162,8 +163,6 @@ class GZSLConfig(TrainConfig):
 def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
     """The label embedder of ``config.embedder``; word vectors with a packaged split get the packaged
     ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win)."""
-    from ..text import embedder_from_spec
-
     spec = dict(config.embedder)
     if spec.get("type") == "word_vectors" and config.split_dir is None:
         spec["name_map"] = {**avca_label_names(config.dataset, classes), **(spec.get("name_map") or {})}
@@ -172,74 +171,60 @@ def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
 
 class _RegisteredModelRunner:
     """The ``train``/``encode``/``class_embeddings`` callables of :func:`run_avca_protocol` for a
-    registered model: a fresh model and :class:`~zsar.train.Trainer` per protocol stage, writing
+    registered model: a fresh :class:`~zsar.train.pipeline.Pipeline` per protocol stage, writing
     into ``out_dir/stage_<n>``."""
 
     def __init__(self, config: GZSLConfig, embedder):
         self.config, self.embedder = config, embedder
-        self.trainer = None
+        self.pipeline: Pipeline | None = None
         self.videos: VideoList | None = None
+        self.train_set = None
         self.eval_spec = None
         self._classifier = None
         self._built = 0
 
-    def _prepare(self, videos: VideoList):
-        """The trainer of a fresh model for ``videos`` (kept until another stage's videos come)."""
-        if self.trainer is not None and videos is self.videos:
-            return self.trainer
-        from ..models import create_model
-        from ..train import Trainer
-        from ..train.pipeline import clip_specs
-
-        cfg = self.config
+    def _prepare(self, videos: VideoList) -> Pipeline:
+        """The pipeline of a fresh model for ``videos`` (kept until another stage's videos come)."""
+        if self.pipeline is not None and videos is self.videos:
+            return self.pipeline
+        cfg, data = self.config, self.config.data
         self._built += 1
-        train_cfg = cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}")
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, class_names=videos.classes, label_embedder=self.embedder, **cfg.model_args)
-        train_spec, self.eval_spec = clip_specs(model, cfg.data, cfg.eval_clips)
-        self.trainer = Trainer(train_cfg, self._train_dataset(model, videos, train_spec), videos.classes, model=model)
+        self.pipeline = Pipeline(cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}"), videos.classes,
+                                 self.embedder)
+        train_spec, self.eval_spec = self.pipeline.clip_specs(cfg.eval_clips, stride=data.stride,
+                                                              short_side=data.short_side)
+        self.train_set = self._train_dataset(videos, train_spec)
         self.videos, self._classifier = videos, None
-        return self.trainer
+        return self.pipeline
 
-    def _train_dataset(self, model, videos: VideoList, spec):
-        """The training dataset of ``videos`` for ``model`` (decoded clips; feature runs read features)."""
-        from ..data import VideoClipDataset
-
+    def _train_dataset(self, videos: VideoList, spec):
+        """The training dataset of ``videos`` for the current model (decoded clips; feature runs read features)."""
         data = self.config.data
-        backend = "pyav" if data.backend == "auto" else data.backend
-        return VideoClipDataset(videos, spec, backend=backend, seed=self.config.seed, on_error=data.on_error,
-                                audio=model.inputs.audio, missing_audio=data.missing_audio)
-
-    def _eval_loader(self, videos: VideoList):
-        """An evaluation loader of ``videos`` (in order) for the current model."""
-        from ..data import VideoLoader
-
-        data, model = self.config.data, self.trainer.model
-        return VideoLoader(videos, self.eval_spec, self.config.batch_size, backend=data.backend, shuffle=False,
-                           num_shards=1, num_workers=self.config.num_workers, on_error=data.on_error,
-                           audio=model.inputs.audio, missing_audio=data.missing_audio)
+        return VideoClipDataset(videos, spec, backend=fallback_decoder(data.backend), seed=self.config.seed,
+                                on_error=data.on_error, audio=self.pipeline.model.inputs.audio,
+                                missing_audio=data.missing_audio)
 
     def epochs(self, videos: VideoList) -> int:
         """Epochs of one full training run on ``videos``: all the model's stages."""
-        total = sum(stage_cfg.epochs for _, stage_cfg in self._prepare(videos).stages)
+        pipeline = self._prepare(videos)
+        stages = pipeline.config.stage_plan(pipeline.model.training_stages())
+        total = sum(stage_cfg.epochs for _, stage_cfg in stages)
         if total < 1:
             raise ValueError(f"the stages of {self.config.model!r} add up to {total} epochs; set stages.<name>.epochs")
         return total
 
     @property
     def head_metric(self) -> str:
-        from ..zeroshot.heads import HEADS
-
-        return _head_metric(HEADS[self.trainer.model.zero_shot_head], self.config.head_settings)
+        return _head_metric(HEADS[self.pipeline.model.zero_shot_head], self.config.head_settings)
 
     def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
-        trainer = self._prepare(videos)
+        pipeline = self._prepare(videos)
         if after_epoch is None:
-            trainer.fit(resume=False, stop_after=epochs)
+            pipeline.fit(self.train_set, resume=False, stop_after=epochs)
             self._classifier = None
             return
         for epoch in range(1, epochs + 1):
-            trainer.fit(resume=epoch > 1, stop_after=epoch)
+            pipeline.fit(self.train_set, resume=epoch > 1, stop_after=epoch)
             self._classifier = None
             scores = after_epoch()
             if self.config.progress:
@@ -247,22 +232,22 @@ class _RegisteredModelRunner:
                       f"U {100 * scores['U']:.2f}) at beta {scores['beta']:.2f}, ZSL {100 * scores['ZSL']:.2f}",
                       flush=True)
 
-    def encode(self, videos: VideoList) -> tuple[torch.Tensor, list[str]]:
+    def _loader(self, videos: VideoList):
+        """An evaluation loader of ``videos`` (in order) for the current model (feature runs read features)."""
         data = self.config.data
-        return encode_videos(self.trainer.model, videos, self.eval_spec, batch_size=self.config.batch_size,
-                             backend=data.backend, on_error=data.on_error, num_workers=self.config.num_workers,
-                             missing_audio=getattr(data, "missing_audio", None), progress=self.config.progress)
+        return evaluation_loader(videos, self.eval_spec, self.config.batch_size,
+                                 audio=self.pipeline.model.inputs.audio, backend=data.backend, on_error=data.on_error,
+                                 missing_audio=data.missing_audio, num_workers=self.config.num_workers)
+
+    def encode(self, videos: VideoList) -> tuple[torch.Tensor, list[str]]:
+        encoded = self.pipeline.encode(self._loader(videos))
+        return encoded.x, encoded.video_ids
 
     def classifier(self):
         """The zero-shot classifier of the model as trained so far (its head built from this
         stage's training videos when the head needs seen-class representations)."""
         if self._classifier is None:
-            from ..zeroshot import ZeroShotClassifier
-
-            self._classifier = ZeroShotClassifier.from_loader(
-                self.trainer.model, self._eval_loader(self.videos), self.videos.classes, self.embedder,
-                progress=self.config.progress,
-                head_settings=self.config.head_settings, clip_spec=self.eval_spec)
+            self._classifier = self.pipeline.classifier(self._loader(self.videos), clip_spec=self.eval_spec)
         return self._classifier
 
     def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
@@ -290,9 +275,6 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
         ValueError: no ``data``, bad stages (see :func:`zsar.eval.avca_stages`), an embedder or model
             that cannot be built, or as the trainer raises.
     """
-    from ..data.datasets import AVCA_STAGES
-    from .protocols import write_results_json
-
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
     if config.data.format == "avca_features":  # the released features: their own stages, word2vec and reader
@@ -313,15 +295,14 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
                                metric=metric, grid=config.beta_grid,
                                dataset=config.dataset, split=config.avca_split, model=config.model)
     out = Path(config.out_dir)
-    checkpoint = runner.classifier().save(Path(runner.trainer.out_dir) / "checkpoints" / "last")
+    checkpoint = runner.pipeline.save(runner.classifier())
     spec = getattr(embedder, "spec", lambda: None)()
     from .published import published_reports
 
     report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
                   config=config.to_dict(), published=published_reports(config.dataset, config.avca_split))
     if config.plot:
-        from .avca import AVCA_BENCHMARKS
-        from .plots import plot_gzsl_tradeoff
+        from .plots import plot_gzsl_tradeoff  # lazy: plots load matplotlib, an optional dependency
 
         title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
         report["plot"] = str(plot_gzsl_tradeoff(report["stage_2"]["curve"], out / PLOT_FILE,
@@ -384,7 +365,7 @@ def evaluate_gzsl_checkpoint(clf, test_seen: VideoList, test_unseen: VideoList, 
     grid = DEFAULT_BETA_GRID if grid is None else grid
 
     def encode(videos: VideoList):
-        return encode_videos(clf.model, videos, clf.clip_spec, batch_size=batch_size, backend=backend,
+        return _encode_videos(clf.model, videos, clf.clip_spec, batch_size=batch_size, backend=backend,
                              on_error=on_error, num_workers=num_workers, progress=progress)
 
     result = evaluate_gzsl(encode, lambda names: clf.set_labels(list(names)).class_matrix, test, beta=beta,

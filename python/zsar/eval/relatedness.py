@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from .._utils import as_numpy
+from ..resources import avca_split, class_list
+from ..zeroshot import cosine_similarity_matrix
 from .protocols import E2E_REMOVAL_THRESHOLD, ClassRemoval, remove_overlapping_classes
 
 __all__ = [
@@ -50,8 +52,6 @@ MZST_TARGET_DATASETS = ("ucf101", "activitynet200", "vggsound")
 
 
 def _dataset_classes(name: str) -> list[str]:
-    from ..resources import avca_split, class_list
-
     # VGGSound has no list of its own among the packaged classes; the AVCA split ships all 309.
     return avca_split("vggsound", "all") if name.lower() == "vggsound" else class_list(name)
 
@@ -115,8 +115,6 @@ def _names(what: str, names) -> list[str]:
 
 
 def _distances(t: np.ndarray, r: np.ndarray) -> np.ndarray:
-    from ..zeroshot import cosine_similarity_matrix
-
     return 1.0 - cosine_similarity_matrix(t, r)
 
 
@@ -226,8 +224,6 @@ def mzst_class_removal(
     Returns:
         The :class:`ClassRemoval` (kept classes, removed ones with their nearest target class).
     """
-    from ..resources import class_list
-
     train = class_list("kinetics700") if train_classes is None else list(train_classes)
     targets = default_reference_classes(target_datasets) if target_classes is None else list(target_classes)
     return remove_overlapping_classes(train, targets, embedder, threshold=threshold)

@@ -1,7 +1,7 @@
-"""The one evaluation runner that ``zsar demo`` and ``zsar eval`` share: encode a dataset once,
-then report zero-shot accuracy of a classifier next to the semantic-space baseline and chance.
+"""The one evaluation runner that ``zsar demo`` and ``zsar eval`` share: zero-shot accuracy of a
+classifier on a dataset encoded once, next to the semantic-space baseline and chance.
 
-    encoded = encode_dataset(clf.model, loader)
+    encoded = encode_loader(clf.model, loader, with_seen_logits=True)
     report = zero_shot_report(clf, encoded, class_names, protocol="0/100")
     print(format_zero_shot_report(report))
 
@@ -14,39 +14,17 @@ relatedness of their label to that seen label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
+from ..zeroshot.encoding import EncodedSet
+from ..zeroshot.baselines import semantic_space_scores
+from ..zeroshot.transfer import cosine_similarity_matrix
 from .metrics import top_k_accuracy
-from .protocols import evaluate_protocol, format_results_table
+from .protocols import evaluate_protocol, format_results_table, get_protocol
 
-__all__ = ["EncodedSet", "encode_dataset", "zero_shot_report", "seen_accuracy", "format_zero_shot_report"]
-
-
-@dataclass
-class EncodedSet:
-    """A dataset encoded once: representations ``x`` ``(N, D)``, seen-class scores ``seen_logits``
-    ``(N, S)``, true ``labels`` ``(N,)`` (indices into the dataset's classes), video ids and how many
-    unreadable files were skipped."""
-
-    x: torch.Tensor
-    seen_logits: torch.Tensor
-    labels: np.ndarray
-    video_ids: list[str] = field(default_factory=list)
-    skipped: int = 0
-
-
-def encode_dataset(model, loader, progress: bool = True, desc: str = "encoding videos") -> EncodedSet:
-    """Encodes every batch of ``loader`` once with a model's contract (representation and seen-class
-    scores from one pass, :meth:`zsar.models.ZeroShotModel.encode_and_score`)."""
-    from ..zeroshot.heads import encode_loader
-
-    x, labels, logits, ids = encode_loader(model, loader, progress, desc=desc, with_seen_logits=True)
-    skipped = getattr(getattr(loader, "skipped", None), "count", 0)
-    return EncodedSet(x, logits, labels.numpy(), ids, skipped)
+__all__ = ["zero_shot_report", "seen_accuracy", "format_zero_shot_report"]
 
 
 def seen_accuracy(encoded: EncodedSet) -> float:
@@ -60,9 +38,10 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
 
     Args:
         clf: a :class:`~zsar.zeroshot.ZeroShotClassifier` (its labels are set per split).
-        encoded: the test videos (:func:`encode_dataset` with ``clf.model``).
+        encoded: the test videos (:func:`zsar.zeroshot.encode_loader` with ``clf.model`` and ``with_seen_logits=True``).
         class_names: the dataset's classes, which ``encoded.labels`` index; the candidates.
-        protocol: ``"0/100"`` or ``"0/50"`` (``n_splits`` half-class splits).
+        protocol: a registered protocol (:data:`zsar.eval.PROTOCOLS`): ``"0/100"`` or ``"0/50"``
+            (``n_splits`` half-class splits).
         dataset: a name recorded in the report.
 
     Returns:
@@ -70,8 +49,6 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
         "chance_top5"}``; ``transfer`` and ``semantic_baseline`` are :func:`evaluate_protocol`
         results (``top1``/``top5``/``mean_class_accuracy`` as ``{"mean", "std"}``).
     """
-    from ..zeroshot.transfer import cosine_similarity_matrix
-
     names = [str(c) for c in class_names]
     x = encoded.x
 
@@ -83,23 +60,20 @@ def zero_shot_report(clf, encoded: EncodedSet, class_names: Sequence[str], proto
     seen_embeddings = clf.embedder.embed(clf.seen_labels)
 
     def baseline(candidates: list[str]) -> np.ndarray:
-        # Each video's predicted seen class, then the candidates ranked by their label's relatedness
-        # to it (argmax: the semantic-space baseline's prediction; the ranking gives its top-5).
         relatedness = cosine_similarity_matrix(clf.embedder.embed(candidates), seen_embeddings)
-        return relatedness[:, seen_pred].T
+        return semantic_space_scores(seen_pred, relatedness)
 
-    splits = n_splits if protocol == "0/50" else 1
-    n_candidates = len(names) if protocol == "0/100" else len(names) // 2
+    n_candidates = get_protocol(protocol).candidates(len(names))
     return {
         "protocol": protocol,
         "dataset": dataset,
         "videos": int(len(encoded.labels)),
         "skipped_videos": int(encoded.skipped),
         "classes": len(names),
-        "transfer": evaluate_protocol(transfer, encoded.labels, names, protocol=protocol, n_splits=splits,
+        "transfer": evaluate_protocol(transfer, encoded.labels, names, protocol=protocol, n_splits=n_splits,
                                       dataset=dataset),
         "semantic_baseline": evaluate_protocol(baseline, encoded.labels, names, protocol=protocol,
-                                               n_splits=splits, dataset=dataset),
+                                               n_splits=n_splits, dataset=dataset),
         "chance": 1.0 / max(n_candidates, 1),
         "chance_top5": min(5, n_candidates) / max(n_candidates, 1),
     }

@@ -1,7 +1,14 @@
 """Models: the model contract, the registry (``create_model``), checkpoints, and the registered
-models (ResT; each model's file registers its variants)."""
+models (each model's file registers its variants).
+
+Every module of this folder is imported with the package, so a model's file registers its variants
+without being named anywhere else: adding a model is adding its file (``docs/architecture.md``).
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import CheckpointError, load_model, save_checkpoint
@@ -14,3 +21,13 @@ __all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", 
            "TrainingStage",
            "ZeroShotModel", "create_model", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
 __all__ += ["MZSTFeatures", "MZSTFeaturesConfig"]
+
+
+def _import_model_files() -> None:
+    """Imports every module of this folder not imported above (each registers its models)."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_model_files()

@@ -32,21 +32,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["AudioSpec", "ModelInputs", "TrainingStage", "ZeroShotModel", "ZERO_SHOT_HEADS"]
+from ..data.audio import AudioSpec
+from ..data.transforms import ClipSpec
+
+__all__ = ["ModelInputs", "TrainingStage", "ZeroShotModel", "ZERO_SHOT_HEADS"]
 
 #: The zero-shot heads a model may name (implemented in :mod:`zsar.zeroshot.heads`): semantic transfer
 #: of seen-class visual prototypes (ResT), or nearest label embedding of a projected representation.
 ZERO_SHOT_HEADS = ("prototype_transfer", "semantic_embedding")
-
-
-@dataclass(frozen=True)
-class AudioSpec:
-    """The audio input a model takes: AST log-mel features ``(target_length, mel_bins)`` of a
-    ``sample_rate`` waveform (:func:`zsar.data.audio_features`)."""
-
-    target_length: int = 1024
-    mel_bins: int = 128
-    sample_rate: int = 16000
 
 
 @dataclass(frozen=True)
@@ -71,8 +64,6 @@ class ModelInputs:
 
     def clip_spec(self, **overrides: Any):
         """A :class:`zsar.data.ClipSpec` matching these inputs (``overrides``: stride, train, ...)."""
-        from ..data.transforms import ClipSpec
-
         return ClipSpec(**{"frames": self.frames, "size": self.image_size, **overrides})
 
 

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._utils import read_json_object
+from .registry import create_model, list_models
 
 __all__ = ["CheckpointError", "save_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
@@ -183,8 +184,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
         CheckpointError: the config or weights are unreadable, name an unknown model or arguments the
             model does not take, or do not match.
     """
-    from .registry import create_model, list_models
-
     path = resolve(directory)
     config = read_config(path)
     name = config["model"]

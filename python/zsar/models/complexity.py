@@ -62,6 +62,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from ..data.batch import Batch
+from .base import ZeroShotModel
+from .registry import create_model
 
 __all__ = ["CONVENTIONS", "DEFAULT_CONVENTION", "count_flops", "count_params"]
 
@@ -171,9 +174,6 @@ def _materialize_on_cpu(root: nn.Module, skip: list[nn.Module]) -> None:
 def _build_on_meta(model, frames: int | None):
     """(name, the model rebuilt on the meta device with ``frames`` frames) for a registered name or a
     registered model (only its architecture is used)."""
-    from .base import ZeroShotModel
-    from .registry import create_model
-
     overrides = {} if frames is None else {"frames": frames}
     if isinstance(model, str):
         name, args = model, overrides
@@ -210,8 +210,6 @@ def _replace_module(root: nn.Module, target: nn.Module, replacement: nn.Module) 
 
 
 def _example_batch(inputs):
-    from ..data.batch import Batch
-
     if inputs.feature_dim is not None:
         clip = torch.zeros(1, inputs.frames, inputs.feature_dim)
     else:

@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import ops as fused_ops
 from ..config import from_dict as config_from_dict
+from ..text.embedders import _quiet_model_loading
 from ..text.vocab import WordVocab, mask_words
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .layers import Mlp, init_transformer_weights
@@ -215,8 +216,6 @@ def load_audio_weights(encoder: ASTTokens, source) -> None:
         ValueError: the weights do not fit the encoder's configuration.
     """
     from transformers import ASTModel
-
-    from ..text.embedders import _quiet_model_loading
 
     own_cfg = encoder.net.config
     with _quiet_model_loading():

@@ -1,9 +1,9 @@
 """Model registry (in the style of timm): each model's file registers its builders with
-:func:`register_model`; :func:`create_model` builds any of them by name, fresh or from a checkpoint."""
+:func:`register_model`; :func:`create_model` builds any of them by name (checkpoints rebuild theirs
+through it: :func:`zsar.models.load_model`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from .base import ZeroShotModel
@@ -46,31 +46,18 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, label_embedder=None,
-                 **overrides: Any) -> ZeroShotModel:
-    """Builds the registered model ``name``.
+def create_model(name: str, label_embedder=None, **overrides: Any) -> ZeroShotModel:
+    """Builds the registered model ``name`` with fresh weights (a saved one: :func:`zsar.models.load_model`).
 
     Args:
         name: a name from :func:`list_models`.
-        checkpoint: a checkpoint folder to load the weights from (its recorded arguments are used;
-            ``overrides`` must then be empty). See :func:`zsar.models.load_model`.
         label_embedder: for models registered with ``label_embeddings=True``: embeds ``class_names``
             into their ``class_embeddings`` (ignored by other models).
         **overrides: builder arguments, e.g. ``class_names=[...]`` and fields of the model's config.
 
     Raises:
-        ValueError: unknown name, or ``name`` differs from the checkpoint's model.
+        ValueError: unknown name.
     """
-    if checkpoint is not None:
-        from .checkpoint import load_model
-
-        if overrides:
-            raise ValueError(f"create_model(checkpoint=...) rebuilds the recorded model; got extra arguments "
-                             f"{sorted(overrides)}")
-        model = load_model(checkpoint)
-        if model.registry_name != name:
-            raise ValueError(f"checkpoint {checkpoint} holds model {model.registry_name!r}, not {name!r}")
-        return model
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if label_embedder is not None and name in _LABEL_EMBEDDINGS and overrides.get("class_names") is not None:

@@ -9,8 +9,8 @@
 * ``bottleneck.py``: MZST's ``bottleneck_attention`` (attention-bottleneck fusion) on the same kernels.
 """
 
-from ._dispatch import BackendUnavailableError
+from ._dispatch import BackendUnavailableError, Dispatcher
 from .bottleneck import bottleneck_attention
 from .rest_attention import check_n_text_range, masked_attention
 
-__all__ = ["BackendUnavailableError", "bottleneck_attention", "check_n_text_range", "masked_attention"]
+__all__ = ["BackendUnavailableError", "Dispatcher", "bottleneck_attention", "check_n_text_range", "masked_attention"]

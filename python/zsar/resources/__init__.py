@@ -11,9 +11,12 @@ Files are read through :mod:`importlib.resources`, so they work from an installe
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
+from typing import Iterator
 
-__all__ = ["CLASS_LISTS", "AVCA_DATASETS", "AVCA_STAGES", "class_list", "avca_split", "avca_name_map"]
+__all__ = ["CLASS_LISTS", "AVCA_DATASETS", "AVCA_STAGES", "class_list", "avca_split", "avca_name_map_file"]
 
 CLASS_LISTS = ("ucf101", "hmdb51", "kinetics400", "kinetics600", "kinetics700", "activitynet200")
 # Lower-case key -> directory name under avgzsl_splits/, and the name map file in it.
@@ -90,10 +93,11 @@ def avca_split(dataset: str, stage: str, split: str = "main_split") -> list[str]
     return _read_lines("avgzsl_splits", directory, split, f"{stage}.txt")
 
 
-def avca_name_map(dataset: str) -> dict[str, str]:
-    """The manual word2vec name map of an AVCA dataset: ``{original class name: words to embed}``.
-
-    Parsed by :func:`zsar.text.load_name_map`, so it can be passed as ``WordVectorEmbedder(name_map=...)``.
+@contextmanager
+def avca_name_map_file(dataset: str) -> Iterator[Path]:
+    """The path, while the block runs, of the manual word2vec name map of an AVCA dataset: an
+    ``original,manual`` CSV (``{original class name: words to embed}``; read it with
+    :func:`zsar.text.load_name_map`).
 
     Args:
         dataset: ``ucf``, ``activitynet`` or ``vggsound`` (case-insensitive).
@@ -101,8 +105,6 @@ def avca_name_map(dataset: str) -> dict[str, str]:
     Raises:
         ValueError: an unknown dataset.
     """
-    from ..text import load_name_map
-
     directory, filename = _avca_dir(dataset)
     with resources.as_file(resources.files(__name__).joinpath("avgzsl_splits", directory, filename)) as path:
-        return load_name_map(path)
+        yield Path(path)

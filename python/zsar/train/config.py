@@ -13,6 +13,7 @@ import torch
 from .. import config as _config
 from ..data.config import DataConfig
 from ..models.base import TrainingStage
+from ..zeroshot.selection import HeadSelection
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -79,6 +80,10 @@ class TrainConfig:
     data: DataConfig | None = None  # the training videos (for `zsar train`; the Python API takes datasets)
     # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec).
     embedder: dict[str, Any] = field(default_factory=lambda: {"type": "sentence"})
+    # The zero-shot head saved with the model: its settings (ResT: k, theta, rho), or a grid to choose
+    # them on by cross-validation over the seen classes (ResT §4.1; `head_selection: {}` is the default grid).
+    head_settings: dict[str, Any] = field(default_factory=dict)
+    head_selection: HeadSelection | None = None
 
     def __post_init__(self):
         self.stages = {name: (_config.from_dict(StageConfig, value, prefix=f"stages.{name}.")

@@ -96,6 +96,21 @@ class _MetricsLog:
         self._write(self._read() + [row], fields)
 
 
+def build_model(config: TrainConfig, class_names: Sequence[str], embedder=None) -> nn.Module:
+    """``config.model`` built for ``class_names`` from ``config.model_args``, after seeding torch with
+    ``config.seed``: the initial weights depend on the seed alone (identical on every rank of a
+    distributed run, and in every run of the same config).
+
+    Args:
+        embedder: the label embedder of models that train towards their classes' label embeddings
+            (default: ``config.embedder``'s, built only for such models).
+    """
+    if embedder is None and needs_label_embeddings(config.model):
+        embedder = embedder_from_spec(config.embedder)
+    torch.manual_seed(config.seed)
+    return create_model(config.model, class_names=list(class_names), label_embedder=embedder, **config.model_args)
+
+
 class Trainer:
     """Trains a registered model on ``train_data`` whose labels index ``class_names``.
 
@@ -125,12 +140,10 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
         if model is None:
-            if embedder is None and needs_label_embeddings(config.model):
-                embedder = embedder_from_spec(config.embedder)
-            model = create_model(config.model, class_names=self.class_names, label_embedder=embedder,
-                                 **config.model_args)
+            model = build_model(config, self.class_names, embedder)
+        else:
+            torch.manual_seed(config.seed)  # the same global random state after this as with a model built here
         self.model = model.to(self.device)
         self.label_words = None
         if self.model.inputs.label_words:

@@ -13,7 +13,7 @@ import numpy as np
 from .._utils import as_numpy
 from .transfer import _check_relatedness
 
-__all__ = ["semantic_space_baseline"]
+__all__ = ["semantic_space_baseline", "semantic_space_scores"]
 
 
 def semantic_space_baseline(seen_pred, relatedness) -> np.ndarray:
@@ -39,13 +39,21 @@ def semantic_space_baseline(seen_pred, relatedness) -> np.ndarray:
             out-of-range indices.
     """
     m = _check_relatedness(relatedness)
-    n_seen = m.shape[1]
+    # One argmax per seen class (argmax keeps the lowest j on ties), then a lookup per video.
+    nearest_unseen = m.argmax(axis=0)
+    return nearest_unseen[_seen_prediction(seen_pred, m.shape)].astype(np.int64, copy=False)
+
+
+def _seen_prediction(seen_pred, shape: tuple[int, int]) -> np.ndarray:
+    """``(N,)`` predicted seen-class indices from indices or ``(N, S)`` scores, checked against the
+    relatedness matrix's ``shape``."""
+    n_seen = shape[1]
     pred = as_numpy(seen_pred)
     if pred.ndim == 2:
         if pred.shape[1] != n_seen:
             raise ValueError(
                 f"seen_pred scores must have one column per seen class: shape (N, {n_seen}) to match "
-                f"relatedness {m.shape}, got {pred.shape}"
+                f"relatedness {shape}, got {pred.shape}"
             )
         if not (np.issubdtype(pred.dtype, np.floating) or np.issubdtype(pred.dtype, np.integer)):
             raise TypeError(f"seen_pred scores must be real-valued, got dtype {pred.dtype}")
@@ -61,11 +69,18 @@ def semantic_space_baseline(seen_pred, relatedness) -> np.ndarray:
         pred = pred.astype(np.int64, copy=False)
         if pred.size and (pred.min() < 0 or pred.max() >= n_seen):
             raise ValueError(
-                f"seen_pred indices must be in [0, {n_seen}) (seen classes of relatedness {m.shape}), "
+                f"seen_pred indices must be in [0, {n_seen}) (seen classes of relatedness {shape}), "
                 f"got range [{pred.min()}, {pred.max()}]"
             )
     else:
         raise ValueError(f"seen_pred must be (N,) seen-class indices or (N, S) scores, got shape {pred.shape}")
-    # One argmax per seen class (argmax keeps the lowest j on ties), then a lookup per video.
-    nearest_unseen = m.argmax(axis=0)
-    return nearest_unseen[pred].astype(np.int64, copy=False)
+    return pred
+
+
+def semantic_space_scores(seen_pred, relatedness) -> np.ndarray:
+    """``(N, U)`` scores of the "semantic space" baseline: row ``n`` ranks the unseen labels by their
+    relatedness ``m_{j, i*}`` to the video's predicted seen class ``i*`` (its argmax is
+    :func:`semantic_space_baseline`; the ranking gives the baseline's top-5). Arguments and errors as
+    :func:`semantic_space_baseline`."""
+    m = _check_relatedness(relatedness)
+    return m[:, _seen_prediction(seen_pred, m.shape)].T

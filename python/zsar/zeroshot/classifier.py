@@ -1,6 +1,6 @@
 """A small zero-shot classifier API over any registered model (in the spirit of open_clip's).
 
-    clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)
+    clf = ZeroShotClassifier.from_loader(model, train_loader, seen_labels, embedder)  # or .fit(model, encoded, ...)
     clf.set_labels(["juggling balls", "playing harp"])
     probs = clf.predict_proba(clips)            # (N, 2); clips, a Batch, or video file paths
     top = clf.predict(["a.mp4", "b.webm"], top_k=1)
@@ -25,13 +25,17 @@ from typing import Any, Sequence
 import torch
 
 from .._utils import read_json_object
+from ..data import ClipSpec, VideoClipDataset, VideoList, VideoRecord, collate
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
+from ..text import embedder_from_spec
 from ..text.labels import check_labels
-from .heads import HEADS, PrototypeTransferHead, ZeroShotHead, encode_loader
+from .encoding import EncodedSet, encode_loader
+from .heads import HEADS, PrototypeTransferHead, ZeroShotHead
+from .selection import HeadSelection
 
 SETTINGS_FILE = "zeroshot.json"
-_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels"}
+_SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "selection"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
@@ -62,20 +66,54 @@ class ZeroShotClassifier:
         self.seen_labels: list[str] | None = list(seen_labels) if seen_labels is not None else None
         self.labels: list[str] = []
         self.class_matrix: torch.Tensor | None = None
+        #: How the head's settings were chosen (:meth:`fit`): ``{"method": "fixed"}``, or the
+        #: cross-validation's method, chosen settings and fold top-1.
+        self.selection: dict[str, Any] = {"method": "fixed"}
 
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
-                    head_settings: dict[str, Any] | None = None, **kwargs) -> "ZeroShotClassifier":
-        """The classifier of a trained model, with its head built from the seen classes (the
-        head's seen-class representations are computed from ``loader`` when it needs them)."""
+    def fit(cls, model, seen: EncodedSet | None, seen_labels: Sequence[str], embedder, *,
+            head_settings: dict[str, Any] | None = None, selection: HeadSelection | None = None,
+            validation: EncodedSet | None = None, progress: bool = False, **kwargs) -> "ZeroShotClassifier":
+        """The classifier of a trained model: the one place where its head is built and the head's
+        parameters are chosen.
+
+        Args:
+            model: the trained model; its :attr:`~zsar.models.ZeroShotModel.zero_shot_head` names the head.
+            seen: the seen classes' videos encoded with ``model`` (:func:`encode_loader`); only heads
+                that need seen-class representations use it (None is fine for the others).
+            seen_labels: the seen classes, which ``seen.labels`` index.
+            embedder: the label embedder.
+            head_settings: the head's settings (ResT's ``k``, ``theta``, ``rho``).
+            selection: choose the head's parameters by cross-validation over the seen classes on
+                this grid (:class:`~zsar.zeroshot.selection.HeadSelection`), overriding
+                ``head_settings``; None keeps them fixed. What the choice found is :attr:`selection`,
+                saved in ``zeroshot.json``.
+            validation: held-out videos of the seen classes the folds are scored on (default ``seen``).
+            **kwargs: ``temperature``, ``clip_spec`` (see the class).
+        """
         head_cls = HEADS[model.zero_shot_head]
-        x = labels = None
-        if head_cls.needs_seen_representations:
-            x, labels, _, _ = encode_loader(model, loader, progress, desc="seen-class representations")
-        head = head_cls.from_seen(x, labels, list(seen_labels), **(head_settings or {}))
-        return cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
+        if head_cls.needs_seen_representations and seen is None:
+            raise ValueError(f"the {head_cls.name} head of {model.registry_name or type(model).__name__} is built "
+                             "from representations of the seen classes' videos; pass seen=")
+        settings, record = dict(head_settings or {}), {"method": "fixed"}
+        if selection is not None:
+            settings, record = head_cls.select_settings(seen, validation if validation is not None else seen,
+                                                        seen_labels, embedder, settings, selection, progress)
+        x, labels = (seen.x, torch.as_tensor(seen.labels)) if seen is not None else (None, None)
+        head = head_cls.from_seen(x, labels, list(seen_labels), **settings)
+        clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
+        clf.selection = record
+        return clf
+
+    @classmethod
+    def from_loader(cls, model, loader, seen_labels: Sequence[str], embedder, progress: bool = True,
+                    **kwargs) -> "ZeroShotClassifier":
+        """:meth:`fit` on a loader of the seen classes' videos (encoded only when the head needs them)."""
+        needed = HEADS[model.zero_shot_head].needs_seen_representations or kwargs.get("selection") is not None
+        seen = encode_loader(model, loader, progress, desc="seen-class representations") if needed else None
+        return cls.fit(model, seen, seen_labels, embedder, progress=progress, **kwargs)
 
     def save(self, directory: str | Path) -> Path:
         """Stores everything but the model beside its checkpoint: the head's state and settings, the
@@ -84,7 +122,8 @@ class ZeroShotClassifier:
         self.head.save_state(directory)
         spec = getattr(self.embedder, "spec", lambda: None)()
         settings = {"head": self.head.name, "head_settings": self.head.settings(), "temperature": self.temperature,
-                    "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels}
+                    "clip_spec": asdict(self.clip_spec), "embedder": spec, "seen_labels": self.seen_labels,
+                    "selection": self.selection}
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return directory
 
@@ -106,9 +145,6 @@ class ZeroShotClassifier:
             ValueError: an unreadable or inconsistent ``zeroshot.json`` or head state (one line, naming
                 the file).
         """
-        from ..data import ClipSpec
-        from ..text import embedder_from_spec
-
         directory = resolve(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = directory / SETTINGS_FILE
@@ -137,7 +173,9 @@ class ZeroShotClassifier:
                              f"{model.zero_shot_head!r}")
         kwargs = {"temperature": settings["temperature"], "clip_spec": clip_spec,
                   "seen_labels": settings.get("seen_labels"), **overrides}
-        return cls(model, head, embedder, **kwargs)
+        clf = cls(model, head, embedder, **kwargs)
+        clf.selection = settings.get("selection") or {"method": "fixed"}
+        return clf
 
     # ---- classification ----------------------------------------------------------------------------
 
@@ -185,25 +223,17 @@ class ZeroShotClassifier:
         if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
             raise TypeError("videos must be clips, a zsar.data.Batch or video file path(s)")
         return self._encode_batches((self._load(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)),
-                                    progress, total=math.ceil(len(paths) / batch_size))
+                                    progress)
 
     def _load(self, paths) -> Batch:
         """Video files as a batch: clips by :attr:`clip_spec`, audio when the model takes it (the
         dataset code the loaders use, so files read here and in training agree)."""
-        from ..data import VideoClipDataset, VideoList, VideoRecord, collate
-
         videos = VideoList([VideoRecord(str(p), -1, str(p)) for p in paths])
         dataset = VideoClipDataset(videos, self.clip_spec, backend="auto", audio=self.model.inputs.audio)
         return collate([dataset.sample(i) for i in range(len(videos))])
 
-    def _encode_batches(self, batches, progress: bool, total: int | None = None) -> torch.Tensor:
-        self.model.eval()
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding videos", unit="batch", total=total)
-        device = self.model.device
-        return torch.cat([self.model.encode(b.to(device)).float().cpu() for b in batches])
+    def _encode_batches(self, batches, progress: bool) -> torch.Tensor:
+        return encode_loader(self.model, batches, progress).x
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, num_labels)`` head scores (higher is better) of representations ``x`` ``(N, D)``."""
@@ -228,13 +258,6 @@ class ZeroShotClassifier:
             raise ValueError(f"top_k must be in [1, {len(self.labels)}], got {top_k}")
         top = self.similarities(videos).topk(top_k, dim=1).indices
         return top[:, 0] if top_k == 1 else top
-
-
-def prototype_classifier(model, seen_prototypes, seen_labels, embedder, k: int = 5, theta: float = 0.5,
-                         rho: int = 3, **kwargs) -> ZeroShotClassifier:
-    """A classifier with a :class:`~zsar.zeroshot.heads.PrototypeTransferHead` from given prototypes."""
-    return ZeroShotClassifier(model, PrototypeTransferHead(seen_prototypes, seen_labels, k, theta, rho), embedder,
-                              **kwargs)
 
 
 #: Bounds on a recorded clip spec: a file must not make a reader allocate without limit.
@@ -274,6 +297,8 @@ def _read_settings(path: Path) -> dict[str, Any]:
     seen = settings.get("seen_labels")
     if seen is not None and not (isinstance(seen, list) and all(isinstance(x, str) for x in seen)):
         raise ValueError(f"{path}: 'seen_labels' must be a list of strings or null")
+    if not isinstance(settings.get("selection") or {}, dict):
+        raise ValueError(f"{path}: 'selection' must be an object or null, got {type(settings['selection']).__name__}")
     embedder = settings.get("embedder")
     if embedder is not None and not isinstance(embedder, dict):
         raise ValueError(f"{path}: 'embedder' must be an object (an embedder spec) or null, got "

@@ -24,11 +24,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..data.batch import as_batch
+from .encoding import EncodedSet
+from .selection import HeadSelection, select_transfer_params
 from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 
-__all__ = ["ZeroShotHead", "PrototypeTransferHead", "SemanticEmbeddingHead", "HEADS", "seen_prototypes_from_loader",
-           "encode_loader"]
+__all__ = ["ZeroShotHead", "PrototypeTransferHead", "SemanticEmbeddingHead", "HEADS", "class_means"]
 
 PROTOTYPES_FILE = "seen_prototypes.safetensors"
 METRICS = ("cosine", "l2")
@@ -76,6 +76,16 @@ class ZeroShotHead:
     def load(cls, directory: Path, settings: dict[str, Any]) -> "ZeroShotHead":
         """The head saved by :meth:`save_state` and :meth:`settings`."""
         raise NotImplementedError
+
+    @classmethod
+    def select_settings(cls, seen: EncodedSet, validation: EncodedSet, seen_labels: Sequence[str], embedder,
+                        settings: dict[str, Any], selection: HeadSelection,
+                        progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(settings, record)``: ``settings`` with the parameters cross-validation chooses on
+        ``validation`` (videos of the seen classes; ``seen``: the videos the head is built from),
+        and what the choice found (recorded in ``zeroshot.json``). Heads without parameters to
+        choose return ``settings`` unchanged."""
+        return dict(settings), {"method": "fixed", "reason": f"the {cls.name} head has no parameters to select"}
 
 
 class PrototypeTransferHead(ZeroShotHead):
@@ -134,6 +144,23 @@ class PrototypeTransferHead(ZeroShotHead):
         prototypes, labels = load_prototypes(directory)
         return cls(prototypes, labels, **_known(settings, ("k", "theta", "rho"), directory))
 
+    @classmethod
+    def select_settings(cls, seen, validation, seen_labels, embedder, settings, selection, progress=False):
+        """(ϑ, K, ρ) by k-fold cross-validation over the seen classes (ResT §4.1,
+        :func:`~zsar.zeroshot.select_transfer_params`): prototypes from ``seen``, folds scored on
+        ``validation``. When the classes are too few for the folds, ``settings`` stay as given
+        and the record says why."""
+        prototypes = class_means(seen.x, torch.as_tensor(seen.labels), len(seen_labels))
+        try:
+            result = select_transfer_params(validation.x, validation.labels, embedder.embed(list(seen_labels)),
+                                            prototypes, thetas=selection.thetas, ks=selection.ks, rhos=selection.rhos,
+                                            n_folds=selection.n_folds, seed=selection.seed, progress=progress)
+        except ValueError as e:  # e.g. too few seen classes for the folds in a tiny run
+            return dict(settings), {"method": "fixed", "reason": str(e)}
+        chosen = {"theta": float(result.theta), "k": int(result.k), "rho": int(result.rho)}
+        return {**settings, **chosen}, {"method": f"{selection.n_folds}-fold cross-validation over the seen classes",
+                                        "cv_top1": float(result.score), **chosen}
+
 
 class SemanticEmbeddingHead(ZeroShotHead):
     """MZST's head: the class matrix is the label embeddings; the model's representation is its
@@ -189,47 +216,6 @@ def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
     if empty:
         raise ValueError(f"seen classes {empty[:10]} have no videos in the loader")
     return (sums / counts[:, None]).float()
-
-
-@torch.no_grad()
-def encode_loader(model, loader, progress: bool = True, desc: str = "encoding videos",
-                  with_seen_logits: bool = False):
-    """Runs a model's :meth:`~zsar.models.ZeroShotModel.encode` over a loader of batches.
-
-    Returns:
-        ``(x (N, D) float32, labels (N,) int64, seen_logits (N, S) or None, video_ids)`` on the CPU,
-        in loader order; batches of skipped files are left out.
-
-    Raises:
-        ValueError: the loader yielded no batch.
-    """
-    from tqdm.auto import tqdm
-
-    model.eval()
-    device = model.device
-    xs, ys, logits, ids = [], [], [], []
-    for item in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        batch = as_batch(item)
-        if batch is None:  # a batch of skipped bad files
-            continue
-        batch = batch.to(device)
-        if with_seen_logits:
-            x, scores = model.encode_and_score(batch)
-            logits.append(scores.float().cpu())
-        else:
-            x = model.encode(batch)
-        xs.append(x.float().cpu())
-        ys.append(batch.labels.cpu())
-        ids.extend(batch.video_ids)
-    if not xs:
-        raise ValueError("the loader yielded no batches")
-    return torch.cat(xs), torch.cat(ys), (torch.cat(logits) if with_seen_logits else None), ids
-
-
-def seen_prototypes_from_loader(model, loader, num_classes: int, progress: bool = True) -> torch.Tensor:
-    """Mean representation per seen class over a loader of batches: ``(C, D)``."""
-    x, labels, _, _ = encode_loader(model, loader, progress, desc="seen prototypes")
-    return class_means(x, labels, num_classes)
 
 
 def load_prototypes(directory: str | Path) -> tuple[torch.Tensor, list[str]]:

@@ -31,13 +31,37 @@ import numpy as np
 from .._utils import as_numpy
 from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 
-__all__ = ["SelectionResult", "select_transfer_params", "DEFAULT_THETAS", "DEFAULT_KS", "DEFAULT_RHOS"]
+__all__ = ["HeadSelection", "SelectionResult", "select_transfer_params", "DEFAULT_THETAS", "DEFAULT_KS", "DEFAULT_RHOS"]
 
 DEFAULT_THETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10)
 DEFAULT_RHOS: tuple[int, ...] = (1, 2, 3, 4, 5)
 _TIE_TOL = 1e-12
 _SCORE_TIE = 1e-12
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """How a zero-shot head's parameters are chosen by cross-validation over the seen classes (ResT
+    §4.1: "5-fold cross-validation on the training class labels"); a config section (``head_selection``).
+
+    Attributes:
+        thetas, ks, rhos: the grid of the transfer program's (ϑ, K, ρ) (see the module docstring).
+        n_folds: folds of seen classes, each in turn playing "unseen".
+        seed: permutes the classes before they are cut into folds.
+    """
+
+    thetas: tuple[float, ...] = DEFAULT_THETAS
+    ks: tuple[int, ...] = DEFAULT_KS
+    rhos: tuple[int, ...] = DEFAULT_RHOS
+    n_folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("thetas", "ks", "rhos"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.n_folds < 2:
+            raise ValueError(f"head_selection.n_folds must be >= 2, got {self.n_folds}")
 
 
 @dataclass(frozen=True)

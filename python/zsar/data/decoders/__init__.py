@@ -27,6 +27,7 @@ from .base import (
     DecoderUnavailableError,
     decoder_dispatcher,
     decoder_names,
+    fallback_decoder,
     get_decoder,
     register_decoder,
     select_decoder,
@@ -83,5 +84,5 @@ def read_frames(path: str | os.PathLike, indices, backend: str = "auto", *,
 
 
 __all__ = ["BACKENDS", "DecodeRequest", "Decoder", "DecoderUnavailableError", "VideoError", "choose_backend",
-           "decoder_dispatcher", "decoder_names", "get_decoder", "read_frames", "register_decoder",
+           "decoder_dispatcher", "decoder_names", "fallback_decoder", "get_decoder", "read_frames", "register_decoder",
            "select_decoder", "unavailable_reason"]

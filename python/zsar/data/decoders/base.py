@@ -23,13 +23,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...ops._dispatch import Dispatcher
+from ...ops import Dispatcher
 from ..video import VideoInfo
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodeRequest", "Decoder", "DecoderUnavailableError", "decoder_dispatcher", "decoder_names",
-           "get_decoder", "register_decoder", "select_decoder"]
+           "fallback_decoder", "get_decoder", "register_decoder", "select_decoder"]
 
 
 class DecoderUnavailableError(ValueError):
@@ -152,7 +152,7 @@ def register_decoder(cls: type[Decoder]) -> type[Decoder]:
 
 
 def decoder_dispatcher() -> Dispatcher[Decoder]:
-    """The registered decoders in dispatch order, as an op :class:`~zsar.ops._dispatch.Dispatcher`."""
+    """The registered decoders in dispatch order, as an op :class:`~zsar.ops.Dispatcher`."""
     global _dispatcher
     if _dispatcher is None:
         _dispatcher = Dispatcher("read_frames", sorted(_REGISTRY.values(), key=lambda d: d.priority))
@@ -162,6 +162,24 @@ def decoder_dispatcher() -> Dispatcher[Decoder]:
 def decoder_names() -> tuple[str, ...]:
     """The registered decoders' names, in dispatch order."""
     return decoder_dispatcher().names
+
+
+def fallback_decoder(backend: str = "auto") -> str:
+    """``backend``, or for ``"auto"`` the decoder that reads any file without looking at it first:
+    the first registered decoder, in dispatch order, that decodes every codec on the CPU and is
+    installed (built-in: ``pyav``). Readers that cannot choose per codec use it (a dataset whose
+    workers open files one by one, a loader whose first file is unreadable).
+
+    Raises:
+        ValueError: an unknown ``backend``, or no registered decoder decodes every codec on the CPU.
+    """
+    if backend != "auto":
+        return get_decoder(backend).name
+    request = DecodeRequest(None, torch.device("cpu"))
+    for decoder in decoder_dispatcher().backends:
+        if decoder.codecs is None and decoder.device_type == "cpu" and decoder.can_serve(request):
+            return decoder.name
+    raise ValueError(f"no registered decoder decodes every codec on the CPU (registered: {', '.join(decoder_names())})")
 
 
 def get_decoder(name: str) -> Decoder:

@@ -1,21 +1,24 @@
-"""Triton backend of the fused attention: FlashAttention-2 style kernels tuned for short sequences.
+"""Triton backend of the fused attention: one FlashAttention-2 style kernel family for every mask kind.
 
-Mask kind bottleneck (MZST) has its own kernels below (``_bn_*``): the same algorithm, with each
-tile loop split into the sample's prefix tiles and tail tiles so padding-only tiles are skipped.
-
-Mask kinds rest and full (see ``masks.py``): every query row attends a prefix ``[0, key_end(i))`` of
-the keys, so the kernels compute ``key_end`` per row from the mask descriptor (``n_fixed``, the
-per-sample ``lengths``, full or not) and stop their key (or query) loops at the last tile any row
-of the current tile can reach.
+Three kernels (forward; backward dK/dV per key tile; backward dQ per query tile) take the mask kind
+as a compile-time parameter (``MASK``, the kind's ``code`` in ``masks.py``), flash-attention style.
+A sample's valid positions are a prefix ``[0, n_valid)`` and a tail ``[tail, L)``: the tail is
+empty for the prefix kinds (rest, full) and holds the ``n_fixed`` fusion tokens of the bottleneck
+kind. Every tile loop runs over two ranges of tiles, the prefix range and the tail range, with one
+step function, so tiles that hold only padding are never visited; in rest mode the prefix range
+also stops at the last key (or starts at the first query) any row of the tile can reach.
 
 Scores are kept in natural units, rounded once (``q . k * scale``), and only the exponent is taken
-in base 2: the backward recomputes exactly the scores whose maximum the forward subtracted, so even
-a huge scale cannot push an exponent above 0 (a log2-domain lse saved and rescaled would be off by
-its rounding, ~1e4 at scale 1e10). A ``tl.where`` stands between each ``* scale`` and the
-subtraction that follows, so the compiler cannot fuse them into an FMA that would skip the rounding.
+in base 2. Every kernel computes a tile's scores in one orientation, ``dot(q_tile, trans(k_tile))``
+(the backward works on ``trans(p)`` rather than recomputing ``k . q``), so the backward recomputes
+bit for bit the scores whose maximum the forward subtracted; and the backward's exponent is
+clamped at 0 (``p <= 1``), so no rounding difference can overflow it (see :func:`_bwd_tile`).
+A ``tl.where`` stands between each ``* scale`` and the subtraction that follows, so the compiler
+cannot fuse them into an FMA that would skip the rounding.
 
-Padding data (query rows and keys at or beyond ``n_valid``) is never read: those loads are masked
-to zero, so even non-finite values in padding positions cannot leak into outputs or gradients.
+Padding data (query rows and keys outside the valid positions) is never read: those loads are
+masked to zero, so even non-finite values in padding positions cannot leak into outputs or
+gradients.
 
 Runs on CUDA, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``), which has no
 bfloat16 arithmetic.
@@ -30,6 +33,7 @@ import torch
 
 from .._backend import CUDA_DEVICE, Backend, Requirement, Support
 from .inputs import AttentionInputs
+from .masks import MASK_KINDS
 
 try:
     import triton
@@ -46,86 +50,145 @@ _LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the hardware has exp2
 
 if _TRITON_IMPORT_ERROR is None:
     _LOG2E_TL = tl.constexpr(_LOG2E)
+    _REST = tl.constexpr(MASK_KINDS["rest"].code)
+    _BOTTLENECK = tl.constexpr(MASK_KINDS["bottleneck"].code)
 
     @triton.jit
-    def _row_key_end(offs_m, n_visual, n_valid, FULL: tl.constexpr):
-        """Per-row number of attended keys (0 for padding rows); twin of ``masks.key_end``."""
-        if FULL:
-            end = tl.zeros_like(offs_m) + n_valid
+    def _layout(LENGTHS, b, n_fixed, L, MASK: tl.constexpr):
+        """``(n_valid, tail)`` of sample b: its valid positions are ``[0, n_valid)`` and ``[tail, L)``.
+
+        The length is clamped to ``[0, L - n_fixed]`` so that a bad value can never index out of
+        bounds (``masks.MaskKind.clamp``)."""
+        length = tl.load(LENGTHS + b)
+        length = tl.minimum(tl.maximum(length, 0), L - n_fixed)
+        if MASK == _BOTTLENECK:
+            n_valid = length
+            tail = L - n_fixed
         else:
-            end = tl.where(offs_m < n_visual, n_visual, offs_m + 1)
-        return tl.where(offs_m < n_valid, end, 0)
+            n_valid = n_fixed + length
+            tail = L
+        return n_valid, tail
 
     @triton.jit
-    def _tile_key_end(start_m, n_visual, n_valid, BLOCK_M: tl.constexpr, FULL: tl.constexpr):
-        """Largest ``key_end`` over the query rows ``[start_m, start_m + BLOCK_M)`` (0: all padding)."""
-        if FULL:
-            end = n_valid
+    def _valid(pos, n_valid, tail, L):
+        return (pos < n_valid) | ((pos >= tail) & (pos < L))
+
+    @triton.jit
+    def _attended(rows, cols, n_fixed, n_valid, tail, L, MASK: tl.constexpr):
+        """``(rows, cols)`` bool: query ``rows[i]`` attends key ``cols[j]`` (``masks.MaskKind.allowed``)."""
+        ok = _valid(rows, n_valid, tail, L)[:, None] & _valid(cols, n_valid, tail, L)[None, :]
+        if MASK == _REST:
+            # Visual rows see the visual keys; word row i sees the visual keys and words j <= i.
+            ok = ok & ((cols[None, :] < n_fixed) | ((rows[:, None] >= n_fixed) & (cols[None, :] <= rows[:, None])))
+        return ok
+
+    @triton.jit
+    def _tile_has_valid(start, n_valid, tail, L, BLOCK: tl.constexpr):
+        return (start < n_valid) | ((start + BLOCK > tail) & (tail < L))
+
+    @triton.jit
+    def _tail_start(prefix_end, tail, L, BLOCK: tl.constexpr):
+        """First tile of the tail range: after the prefix range's last tile; L (empty) without a tail."""
+        start = tl.maximum((tail // BLOCK) * BLOCK, tl.cdiv(prefix_end, BLOCK) * BLOCK)
+        return tl.where(tail < L, start, L)
+
+    @triton.jit
+    def _key_tiles(start_m, n_fixed, n_valid, tail, L, MASK: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Key ranges the query tile at start_m reaches: ``[0, prefix_end)`` and ``[tail_start, L)``."""
+        if MASK == _REST:
+            # Visual rows reach n_fixed, word rows i + 1: the last valid row of the tile decides.
+            prefix_end = tl.maximum(n_fixed, tl.minimum(start_m + BLOCK_M, n_valid))
         else:
-            # Visual rows reach n_visual, word rows i + 1: the last valid row of the tile decides.
-            end = tl.maximum(n_visual, tl.minimum(start_m + BLOCK_M, n_valid))
-        return tl.where(start_m < n_valid, end, 0)
+            prefix_end = n_valid
+        any_row = _tile_has_valid(start_m, n_valid, tail, L, BLOCK_M)
+        prefix_end = tl.where(any_row, prefix_end, 0)
+        tail_start = tl.where(any_row, _tail_start(prefix_end, tail, L, BLOCK_N), L)
+        return prefix_end, tail_start
 
     @triton.jit
-    def _n_valid(n_text_ptr, b, n_visual, L):
-        # Clamped so that a bad n_text can never index out of bounds.
-        n_text = tl.load(n_text_ptr + b)
-        n_text = tl.minimum(tl.maximum(n_text, 0), L - n_visual)
-        return n_visual + n_text
+    def _query_tiles(start_n, n_fixed, n_valid, tail, L, MASK: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Query ranges that attend the key tile at start_n: ``[lo, prefix_end)``, ``[tail_start, L)``."""
+        if MASK == _REST:
+            # A word key j is seen only by rows i >= j; a visual key by every valid row.
+            lo = tl.where(start_n < n_fixed, 0, (start_n // BLOCK_M) * BLOCK_M)
+        else:
+            lo = 0
+        any_key = _tile_has_valid(start_n, n_valid, tail, L, BLOCK_N)
+        prefix_end = tl.where(any_key, n_valid, 0)
+        tail_start = tl.where(any_key, _tail_start(prefix_end, tail, L, BLOCK_M), L)
+        return lo, prefix_end, tail_start
+
+    @triton.jit
+    def _scores(q, k, attended, scale, DOT_PREC: tl.constexpr):
+        """Scores of a (query tile, key tile) pair, -inf where not attended. The one orientation
+        every kernel computes them in (see the module docstring)."""
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+        return tl.where(attended, s, float("-inf"))  # (also keeps `* scale` out of an FMA)
+
+    @triton.jit
+    def _load_rows(PTR, base, rows, offs_d, D, row_ok):
+        return tl.load(PTR + base + rows[:, None] * D + offs_d[None, :],
+                       mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+
+    @triton.jit
+    def _fwd_step(q, acc, m_i, l_i, K, V, base, rows, start_n, offs_n, offs_d, D,
+                  n_fixed, n_valid, tail, prefix_end, L, scale, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        """One online-softmax step of a query tile over the key tile at start_n."""
+        cols = start_n + offs_n
+        # Keys beyond the range's end are not read (no row of the tile attends them).
+        kv_ok = _valid(cols, prefix_end, tail, L)
+        k = _load_rows(K, base, cols, offs_d, D, kv_ok)
+        v = _load_rows(V, base, cols, offs_d, D, kv_ok)
+        s = _scores(q, k, _attended(rows, cols, n_fixed, n_valid, tail, L, MASK), scale, DOT_PREC)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows with no allowed key so far keep m = -inf; shift by 0 to avoid -inf - -inf = NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2((m_i - m_safe) * _LOG2E_TL)
+        p = tl.exp2((s - m_safe[:, None]) * _LOG2E_TL)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        return acc, m_new, l_i
 
     @triton.jit
     def _fwd_kernel(
-        Q, K, V, N_TEXT, OUT, LSE,
-        H, L, D, n_visual, scale,
-        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
+        Q, K, V, LENGTHS, OUT, LSE,
+        H, L, D, n_fixed, scale,
+        MASK: tl.constexpr, DOT_PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         pid_bh = tl.program_id(0)
         start_m = tl.program_id(1) * BLOCK_M
-        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
+        n_valid, tail = _layout(LENGTHS, pid_bh // H, n_fixed, L, MASK)
         base = pid_bh.to(tl.int64) * L * D
-
-        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        ke = _row_key_end(offs_m, n_visual, n_valid, FULL)
-        hi = _tile_key_end(start_m, n_visual, n_valid, BLOCK_M, FULL)
+        row_ok = _valid(rows, n_valid, tail, L)
+        prefix_end, tail_start = _key_tiles(start_m, n_fixed, n_valid, tail, L, MASK, BLOCK_M, BLOCK_N)
 
-        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :],
-                    mask=(offs_m[:, None] < n_valid) & d_mask, other=0.0)
+        q = _load_rows(Q, base, rows, offs_d, D, row_ok)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for start_n in range(0, hi, BLOCK_N):
-            cols = start_n + offs_n
-            kv_off = base + cols[:, None] * D + offs_d[None, :]
-            kv_mask = (cols[:, None] < hi) & d_mask
-            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-            s = tl.where(cols[None, :] < ke[:, None], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            # Rows with no allowed key so far keep m = -inf; shift by 0 to avoid -inf - -inf = NaN.
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2((m_i - m_safe) * _LOG2E_TL)
-            p = tl.exp2((s - m_safe[:, None]) * _LOG2E_TL)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-            m_i = m_new
+        for start_n in range(0, prefix_end, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(q, acc, m_i, l_i, K, V, base, rows, start_n, offs_n, offs_d, D,
+                                      n_fixed, n_valid, tail, prefix_end, L, scale, MASK, DOT_PREC)
+        for start_n in range(tail_start, L, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(q, acc, m_i, l_i, K, V, base, rows, start_n, offs_n, offs_d, D,
+                                      n_fixed, n_valid, tail, prefix_end, L, scale, MASK, DOT_PREC)
 
-        # Padding rows store out = 0 and lse = 0. A valid row whose scores are all -inf has l = 0
-        # and gives 0 / 0 = NaN, like the reference.
-        # A +inf score gives m = +inf and l = NaN: lse is +inf then, as in torch.logsumexp. Padding
-        # rows are written as 0 explicitly (acc may hold 0 * inf from a non-finite value).
-        valid = ke > 0
-        out = tl.where(valid[:, None], acc / tl.where(valid, l_i, 1.0)[:, None], 0.0)
-        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(valid, l_i, 1.0)))
-        lse = tl.where(valid, lse, 0.0)
-        row_mask = offs_m < L
-        tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-                 mask=row_mask[:, None] & d_mask)
-        tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=row_mask)
+        # Padding rows store out = 0 and lse = 0 (acc may hold 0 * inf from a non-finite value).
+        # A valid row whose scores are all -inf has l = 0 and gives 0 / 0 = NaN, like the
+        # reference; a +inf score gives m = +inf and l = NaN: lse is +inf then, as torch.logsumexp.
+        out = tl.where(row_ok[:, None], acc / tl.where(row_ok, l_i, 1.0)[:, None], 0.0)
+        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(row_ok, l_i, 1.0)))
+        lse = tl.where(row_ok, lse, 0.0)
+        in_range = rows < L
+        tl.store(OUT + base + rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=in_range[:, None] & (offs_d[None, :] < D))
+        tl.store(LSE + pid_bh.to(tl.int64) * L + rows, lse, mask=in_range)
 
     @triton.jit
     def _bwd_delta_kernel(
@@ -144,299 +207,125 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, tl.sum(o * do, axis=1), mask=offs_m < L)
 
     @triton.jit
-    def _bwd_dkdv_kernel(
-        Q, K, V, N_TEXT, LSE, DELTA, DOUT, DK, DV,
-        H, L, D, n_visual, scale,
-        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """One key tile; loops over the query tiles that can attend it (works in transposed form)."""
-        pid_bh = tl.program_id(0)
-        start_n = tl.program_id(1) * BLOCK_N
-        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
-        base = pid_bh.to(tl.int64) * L * D
-        row_base = pid_bh.to(tl.int64) * L
+    def _bwd_tile(q, do, lse, delta, k, v, attended, scale, DOT_PREC: tl.constexpr):
+        """``(p, ds)`` of a (query tile, key tile) pair, both ``(BLOCK_M, BLOCK_N)``.
 
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        kv_off = base + offs_n[:, None] * D + offs_d[None, :]
-        # Padding keys (>= n_valid) are attended by no query: they stay 0 and are never read.
-        k = tl.load(K + kv_off, mask=(offs_n[:, None] < n_valid) & d_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=(offs_n[:, None] < n_valid) & d_mask, other=0.0)
-
-        # Queries able to attend this tile: in rest mode a word key j is only seen by rows i >= j,
-        # a visual key by every valid row; in full mode every valid row sees every valid key.
-        if FULL:
-            lo = 0
-        else:
-            lo = tl.where(start_n < n_visual, 0, (start_n // BLOCK_M) * BLOCK_M)
-        hi = tl.where(start_n < n_valid, n_valid, 0)
-
-        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        for start_m in range(lo, hi, BLOCK_M):
-            rows = start_m + offs_m
-            row_ok = rows < n_valid
-            q_off = base + rows[:, None] * D + offs_d[None, :]
-            q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-            do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-            lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0)
-            delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
-            ke = _row_key_end(rows, n_visual, n_valid, FULL)
-
-            # Excluded pairs get p = 0 even when the row's lse is NaN (-inf - NaN would be NaN).
-            attended = offs_n[:, None] < ke[None, :]
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
-            s_t = tl.where(attended, s_t, float("-inf"))  # (also keeps `* scale` out of an FMA below)
-            p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
-
-        # Padding keys get exactly 0 (the sums may hold 0 * inf from a non-finite q or dout).
-        key_ok = offs_n[:, None] < n_valid
-        st_mask = (offs_n[:, None] < L) & d_mask
-        tl.store(DK + kv_off, tl.where(key_ok, dk * scale, 0.0).to(DK.dtype.element_ty), mask=st_mask)
-        tl.store(DV + kv_off, tl.where(key_ok, dv, 0.0).to(DV.dtype.element_ty), mask=st_mask)
+        ``p = exp(s - lse)`` with the exponent clamped at 0. Mathematically lse >= every attended
+        score, so p <= 1; but at a huge scale (1e20) one float32 ulp of a score is ~1e13, and any
+        difference between the forward's and the backward's rounding of a score (a BLAS kernel
+        summing in another order, as the Triton interpreter's numpy matmul does on an AVX2 host
+        when one kernel computed ``k . q`` and the other ``q . k``; an MMA accumulation order on a
+        GPU) gave exp(+1e13) = inf and a non-finite dK where the math is finite. The clamp
+        (``where``, so a NaN exponent stays NaN) bounds p by construction on any device.
+        """
+        s = _scores(q, k, attended, scale, DOT_PREC)
+        x = s - lse[:, None]
+        x = tl.where(x > 0.0, 0.0, x)
+        # Excluded pairs get p = 0 even when the row's lse is NaN (-inf - NaN would be NaN).
+        p = tl.where(attended, tl.exp2(x * _LOG2E_TL), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        return p, p * (dp - delta[:, None])
 
     @triton.jit
-    def _bwd_dq_kernel(
-        Q, K, V, N_TEXT, LSE, DELTA, DOUT, DQ,
-        H, L, D, n_visual, scale,
-        FULL: tl.constexpr, DOT_PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """One query tile; loops over the key tiles its rows attend (same bound as the forward)."""
-        pid_bh = tl.program_id(0)
-        start_m = tl.program_id(1) * BLOCK_M
-        n_valid = _n_valid(N_TEXT, pid_bh // H, n_visual, L)
-        base = pid_bh.to(tl.int64) * L * D
-        row_base = pid_bh.to(tl.int64) * L
-
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        row_ok = offs_m < n_valid
-        q_off = base + offs_m[:, None] * D + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-        do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-        ke = _row_key_end(offs_m, n_visual, n_valid, FULL)
-        hi = _tile_key_end(start_m, n_visual, n_valid, BLOCK_M, FULL)
-
-        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for start_n in range(0, hi, BLOCK_N):
-            cols = start_n + offs_n
-            kv_off = base + cols[:, None] * D + offs_d[None, :]
-            kv_mask = (cols[:, None] < hi) & d_mask
-            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-            attended = cols[None, :] < ke[:, None]
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-            s = tl.where(attended, s, float("-inf"))  # (also keeps `* scale` out of an FMA below)
-            p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-
-        # Padding rows get exactly 0 (the sums may hold 0 * inf from a non-finite k).
-        tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
-                 mask=(offs_m[:, None] < L) & d_mask)
-
-    # ---- mask kind bottleneck: valid tokens [0, n_valid) and [L - n_fusion, L), all see each other ----
-    #
-    # The same FlashAttention-2 algorithm; each loop over key (or query) tiles runs over two ranges,
-    # the prefix tiles and the tail tiles, so tiles that hold only padding are never visited (a tile
-    # holding both ends of a short gap is visited once, in the first range).
-
-    @triton.jit
-    def _bn_bounds(n_valid_ptr, b, n_fusion, L, BLOCK: tl.constexpr):
-        """(n_valid clamped to [0, L - n_fusion], tail start, end of the prefix tiles, start of the
-        remaining tail tiles) of sample b."""
-        n_valid = tl.load(n_valid_ptr + b)
-        n_valid = tl.minimum(tl.maximum(n_valid, 0), L - n_fusion)
-        tail = L - n_fusion
-        prefix_end = tl.cdiv(n_valid, BLOCK) * BLOCK
-        tail_start = tl.maximum((tail // BLOCK) * BLOCK, prefix_end)
-        return n_valid, tail, prefix_end, tail_start
-
-    @triton.jit
-    def _bn_valid(pos, n_valid, tail, L):
-        return (pos < n_valid) | ((pos >= tail) & (pos < L))
-
-    @triton.jit
-    def _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail, L, scale,
-                     DOT_PREC: tl.constexpr):
-        """One online-softmax step over the key tile at start_n."""
-        cols = start_n + offs_n
-        col_ok = _bn_valid(cols, n_valid, tail, L)
-        kv_off = base + cols[:, None] * D + offs_d[None, :]
-        kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2((m_i - m_safe) * _LOG2E_TL)
-        p = tl.exp2((s - m_safe[:, None]) * _LOG2E_TL)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        return acc, m_new, l_i
-
-    @triton.jit
-    def _bn_fwd_kernel(
-        Q, K, V, N_VALID, OUT, LSE,
-        H, L, D, n_fusion, scale,
-        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        pid_bh = tl.program_id(0)
-        start_m = tl.program_id(1) * BLOCK_M
-        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_N)
-        base = pid_bh.to(tl.int64) * L * D
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        row_ok = _bn_valid(offs_m, n_valid, tail, L)
-        # A query tile of padding only skips both key loops (its rows are written as zeros).
-        any_row = (start_m < n_valid) | (start_m + BLOCK_M > tail)
-        prefix_end = tl.where(any_row, prefix_end, 0)
-        tail_start = tl.where(any_row, tail_start, L)
-
-        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_mask, other=0.0)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for start_n in range(0, prefix_end, BLOCK_N):
-            acc, m_i, l_i = _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail,
-                                         L, scale, DOT_PREC)
-        for start_n in range(tail_start, L, BLOCK_N):
-            acc, m_i, l_i = _bn_fwd_tile(q, acc, m_i, l_i, K, V, base, start_n, offs_n, offs_d, D, n_valid, tail,
-                                         L, scale, DOT_PREC)
-        out = tl.where(row_ok[:, None], acc / tl.where(row_ok, l_i, 1.0)[:, None], 0.0)
-        lse = tl.where(m_i == float("inf"), m_i, m_i + tl.log(tl.where(row_ok, l_i, 1.0)))
-        lse = tl.where(row_ok, lse, 0.0)
-        in_range = offs_m < L
-        tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-                 mask=in_range[:, None] & d_mask)
-        tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=in_range)
-
-    @triton.jit
-    def _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D, key_ok,
-                      n_valid, tail, L, scale, DOT_PREC: tl.constexpr):
-        """dK, dV of one key tile from the query tile at start_m (transposed form)."""
+    def _dkdv_step(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D, keys,
+                   n_fixed, n_valid, tail, L, scale, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        """dK, dV of one key tile from the query tile at start_m."""
         rows = start_m + offs_m
-        row_ok = _bn_valid(rows, n_valid, tail, L)
-        q_off = base + rows[:, None] * D + offs_d[None, :]
-        q_mask = row_ok[:, None] & (offs_d[None, :] < D)
-        q = tl.load(Q + q_off, mask=q_mask, other=0.0)
-        do = tl.load(DOUT + q_off, mask=q_mask, other=0.0)
+        row_ok = _valid(rows, n_valid, tail, L)
+        q = _load_rows(Q, base, rows, offs_d, D, row_ok)
+        do = _load_rows(DOUT, base, rows, offs_d, D, row_ok)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
-        attended = key_ok[:, None] & row_ok[None, :]
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale
-        s_t = tl.where(attended, s_t, float("-inf"))
-        p_t = tl.where(attended, tl.exp2((s_t - lse[None, :]) * _LOG2E_TL), 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+        attended = _attended(rows, keys, n_fixed, n_valid, tail, L, MASK)
+        p, ds = _bwd_tile(q, do, lse, delta, k, v, attended, scale, DOT_PREC)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PREC)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PREC)
         return dk, dv
 
     @triton.jit
-    def _bn_bwd_dkdv_kernel(
-        Q, K, V, N_VALID, LSE, DELTA, DOUT, DK, DV,
-        H, L, D, n_fusion, scale,
-        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _bwd_dkdv_kernel(
+        Q, K, V, LENGTHS, LSE, DELTA, DOUT, DK, DV,
+        H, L, D, n_fixed, scale,
+        MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
+        """One key tile; loops over the query tiles that can attend it."""
         pid_bh = tl.program_id(0)
         start_n = tl.program_id(1) * BLOCK_N
-        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_M)
+        n_valid, tail = _layout(LENGTHS, pid_bh // H, n_fixed, L, MASK)
         base = pid_bh.to(tl.int64) * L * D
         row_base = pid_bh.to(tl.int64) * L
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keys = start_n + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        key_ok = _bn_valid(offs_n, n_valid, tail, L)
-        kv_off = base + offs_n[:, None] * D + offs_d[None, :]
-        k = tl.load(K + kv_off, mask=key_ok[:, None] & d_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=key_ok[:, None] & d_mask, other=0.0)
-        any_key = (start_n < n_valid) | (start_n + BLOCK_N > tail)
-        prefix_end = tl.where(any_key, prefix_end, 0)
-        tail_start = tl.where(any_key, tail_start, L)
+        key_ok = _valid(keys, n_valid, tail, L)
+        # Padding keys are attended by no query: they stay 0 and are never read.
+        k = _load_rows(K, base, keys, offs_d, D, key_ok)
+        v = _load_rows(V, base, keys, offs_d, D, key_ok)
+        lo, prefix_end, tail_start = _query_tiles(start_n, n_fixed, n_valid, tail, L, MASK, BLOCK_M, BLOCK_N)
 
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        for start_m in range(0, prefix_end, BLOCK_M):
-            dk, dv = _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
-                                   key_ok, n_valid, tail, L, scale, DOT_PREC)
+        for start_m in range(lo, prefix_end, BLOCK_M):
+            dk, dv = _dkdv_step(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
+                                keys, n_fixed, n_valid, tail, L, scale, MASK, DOT_PREC)
         for start_m in range(tail_start, L, BLOCK_M):
-            dk, dv = _bn_dkdv_tile(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
-                                   key_ok, n_valid, tail, L, scale, DOT_PREC)
-        st_mask = (offs_n[:, None] < L) & d_mask
+            dk, dv = _dkdv_step(k, v, dk, dv, Q, DOUT, LSE, DELTA, base, row_base, start_m, offs_m, offs_d, D,
+                                keys, n_fixed, n_valid, tail, L, scale, MASK, DOT_PREC)
+
+        # Padding keys get exactly 0 (the sums may hold 0 * inf from a non-finite q or dout).
+        kv_off = base + keys[:, None] * D + offs_d[None, :]
+        st_mask = (keys[:, None] < L) & (offs_d[None, :] < D)
         tl.store(DK + kv_off, tl.where(key_ok[:, None], dk * scale, 0.0).to(DK.dtype.element_ty), mask=st_mask)
         tl.store(DV + kv_off, tl.where(key_ok[:, None], dv, 0.0).to(DV.dtype.element_ty), mask=st_mask)
 
     @triton.jit
-    def _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail, L,
-                    scale, DOT_PREC: tl.constexpr):
+    def _dq_step(q, do, lse, delta, dq, K, V, base, rows, start_n, offs_n, offs_d, D,
+                 n_fixed, n_valid, tail, prefix_end, L, scale, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
         """dQ of one query tile from the key tile at start_n."""
         cols = start_n + offs_n
-        col_ok = _bn_valid(cols, n_valid, tail, L)
-        kv_off = base + cols[:, None] * D + offs_d[None, :]
-        kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        attended = row_ok[:, None] & col_ok[None, :]
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-        s = tl.where(attended, s, float("-inf"))
-        p = tl.where(attended, tl.exp2((s - lse[:, None]) * _LOG2E_TL), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-        return dq
+        kv_ok = _valid(cols, prefix_end, tail, L)
+        k = _load_rows(K, base, cols, offs_d, D, kv_ok)
+        v = _load_rows(V, base, cols, offs_d, D, kv_ok)
+        attended = _attended(rows, cols, n_fixed, n_valid, tail, L, MASK)
+        p, ds = _bwd_tile(q, do, lse, delta, k, v, attended, scale, DOT_PREC)
+        return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
     @triton.jit
-    def _bn_bwd_dq_kernel(
-        Q, K, V, N_VALID, LSE, DELTA, DOUT, DQ,
-        H, L, D, n_fusion, scale,
-        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _bwd_dq_kernel(
+        Q, K, V, LENGTHS, LSE, DELTA, DOUT, DQ,
+        H, L, D, n_fixed, scale,
+        MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
+        """One query tile; loops over the key tiles its rows attend (the forward's ranges)."""
         pid_bh = tl.program_id(0)
         start_m = tl.program_id(1) * BLOCK_M
-        n_valid, tail, prefix_end, tail_start = _bn_bounds(N_VALID, pid_bh // H, n_fusion, L, BLOCK_N)
+        n_valid, tail = _layout(LENGTHS, pid_bh // H, n_fixed, L, MASK)
         base = pid_bh.to(tl.int64) * L * D
         row_base = pid_bh.to(tl.int64) * L
-        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d[None, :] < D
-        row_ok = _bn_valid(offs_m, n_valid, tail, L)
-        q_off = base + offs_m[:, None] * D + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-        do = tl.load(DOUT + q_off, mask=row_ok[:, None] & d_mask, other=0.0)
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-        any_row = (start_m < n_valid) | (start_m + BLOCK_M > tail)
-        prefix_end = tl.where(any_row, prefix_end, 0)
-        tail_start = tl.where(any_row, tail_start, L)
+        row_ok = _valid(rows, n_valid, tail, L)
+        q = _load_rows(Q, base, rows, offs_d, D, row_ok)
+        do = _load_rows(DOUT, base, rows, offs_d, D, row_ok)
+        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        prefix_end, tail_start = _key_tiles(start_m, n_fixed, n_valid, tail, L, MASK, BLOCK_M, BLOCK_N)
 
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for start_n in range(0, prefix_end, BLOCK_N):
-            dq = _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail,
-                             L, scale, DOT_PREC)
+            dq = _dq_step(q, do, lse, delta, dq, K, V, base, rows, start_n, offs_n, offs_d, D,
+                          n_fixed, n_valid, tail, prefix_end, L, scale, MASK, DOT_PREC)
         for start_n in range(tail_start, L, BLOCK_N):
-            dq = _bn_dq_tile(q, do, lse, delta, dq, K, V, base, start_n, offs_n, offs_d, D, row_ok, n_valid, tail,
-                             L, scale, DOT_PREC)
-        tl.store(DQ + q_off, tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
-                 mask=(offs_m[:, None] < L) & d_mask)
+            dq = _dq_step(q, do, lse, delta, dq, K, V, base, rows, start_n, offs_n, offs_d, D,
+                          n_fixed, n_valid, tail, prefix_end, L, scale, MASK, DOT_PREC)
+
+        # Padding rows get exactly 0 (the sums may hold 0 * inf from a non-finite k).
+        tl.store(DQ + base + rows[:, None] * D + offs_d[None, :],
+                 tl.where(row_ok[:, None], dq * scale, 0.0).to(DQ.dtype.element_ty),
+                 mask=(rows[:, None] < L) & (offs_d[None, :] < D))
 
 
 def _interpreting() -> bool:
@@ -508,23 +397,10 @@ class TritonBackend(Backend):
         B, H, L, D = inp.shape
         out = torch.empty_like(inp.q)
         lse = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
-        block, block_d, num_warps = _launch_config(L, D)
-        grid = (B * H, triton.cdiv(L, block))  # B*H first: grid dim 1 is limited to 65535
-        if inp.mask_kind == "bottleneck":
-            with _on_device(inp.device):
-                _bn_fwd_kernel[grid](
-                    inp.q, inp.k, inp.v, inp.lengths, out, lse, H, L, D, inp.n_fixed, inp.scale,
-                    DOT_PREC=_dot_precision(inp.dtype), BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
-                    num_warps=num_warps,
-                )
-            return out, lse
+        params = _kernel_params(inp)
+        grid = (B * H, triton.cdiv(L, params["BLOCK_M"]))  # B*H first: grid dim 1 is limited to 65535
         with _on_device(inp.device):
-            _fwd_kernel[grid](
-                inp.q, inp.k, inp.v, inp.lengths, out, lse,
-                H, L, D, inp.n_fixed, inp.scale,
-                FULL=inp.mask_kind == "full", DOT_PREC=_dot_precision(inp.dtype),
-                BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
-            )
+            _fwd_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, out, lse, H, L, D, inp.n_fixed, inp.scale, **params)
         return out, lse
 
     def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
@@ -534,28 +410,22 @@ class TritonBackend(Backend):
         dk = torch.empty_like(inp.k)
         dv = torch.empty_like(inp.v)
         delta = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
-        block, block_d, num_warps = _launch_config(L, D)
+        params = _kernel_params(inp)
+        block = params["BLOCK_M"]
         grid = (B * H, triton.cdiv(L, block))
-        common = dict(
-            FULL=inp.mask_kind == "full", DOT_PREC=_dot_precision(inp.dtype),
-            BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
-        )
+        sizes = (H, L, D, inp.n_fixed, inp.scale)
         with _on_device(inp.device):
-            _bwd_delta_kernel[grid](
-                out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=block_d, num_warps=num_warps
-            )
-            if inp.mask_kind == "bottleneck":
-                del common["FULL"]
-                args = (H, L, D, inp.n_fixed, inp.scale)
-                _bn_bwd_dkdv_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv, *args, **common)
-                _bn_bwd_dq_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq, *args, **common)
-                return dq, dk, dv
-            _bwd_dkdv_kernel[grid](
-                inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv,
-                H, L, D, inp.n_fixed, inp.scale, **common,
-            )
-            _bwd_dq_kernel[grid](
-                inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq,
-                H, L, D, inp.n_fixed, inp.scale, **common,
-            )
+            _bwd_delta_kernel[grid](out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=params["BLOCK_D"],
+                                    num_warps=params["num_warps"])
+            _bwd_dkdv_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv, *sizes, **params)
+            _bwd_dq_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq, *sizes, **params)
         return dq, dk, dv
+
+
+def _kernel_params(inp: AttentionInputs) -> dict:
+    """Compile-time parameters of the three kernels: mask kind, dot precision, tiles, warps."""
+    block, block_d, num_warps = _launch_config(inp.shape[2], inp.shape[3])
+    return dict(
+        MASK=MASK_KINDS[inp.mask_kind].code, DOT_PREC=_dot_precision(inp.dtype),
+        BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=num_warps,
+    )
