@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from .. import config as _config
-from ..data import VideoClipDataset, evaluation_loader
+from .._utils import torch_threads
+from ..data import AVCAFeatureDataset, VideoClipDataset, evaluation_loader
 from ..data.config import DataConfig
 from ..data.decoders import fallback_decoder
 from ..data.formats import AVCA_STAGES
@@ -42,8 +44,10 @@ from ..train.pipeline import Pipeline
 from ..zeroshot import HEADS, encode_loader
 from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl,
                    run_avca_protocol)
+from .feature_recipe import feature_modalities, feature_stages
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
 from .protocols import write_results_json
+from .published import published_reports
 
 __all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint",
            "REPORT_FILE", "PLOT_FILE"]
@@ -254,6 +258,50 @@ class _RegisteredModelRunner:
         return self.classifier().set_labels(list(names)).class_matrix
 
 
+class FeatureRunner(_RegisteredModelRunner):
+    """The runner of a ``zsar gzsl`` run on released features (:mod:`zsar.eval.feature_recipe`): datasets and
+    loaders of :class:`~zsar.data.AVCAFeatureDataset`, one per list for the run (the protocol evaluates the
+    same lists every epoch; a kept dataset keeps its files open and cached).
+
+    Trains and encodes with one intra-op thread: a feature batch is a few tokens per video, so each op is
+    tiny and thread hand-offs cost more than they save (``bench/bench_avca_features.py``: an
+    ``mzst_features`` training step at batch 64 took 1.08 s with 1 thread and 11.7 s with 2 on the 2-core
+    development machine at load 14-16, ratio 10.5x, min-max 7.2-12.6x over 4 interleaved rounds).
+    """
+
+    threads = 1
+
+    def __init__(self, config: GZSLConfig, embedder):
+        super().__init__(config, embedder)
+        self._datasets: dict[tuple, tuple] = {}  # (id of a list, modalities) -> (the list, its dataset)
+
+    def _dataset(self, videos: VideoList):
+        key = (id(videos), feature_modalities(self.pipeline.model))
+        if key not in self._datasets:  # the list is kept with it, so its id is not reused meanwhile
+            self._datasets[key] = (videos, AVCAFeatureDataset(videos, key[1]))
+        return self._datasets[key][1]
+
+    def _train_dataset(self, videos: VideoList, spec):
+        return self._dataset(videos)
+
+    def _loader(self, videos: VideoList):
+        dataset = self._dataset(videos)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                          num_workers=self.config.num_workers, collate_fn=dataset.collate_fn)
+
+    def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
+        with torch_threads(self.threads):
+            super().train(videos, epochs, after_epoch)
+
+    def encode(self, videos: VideoList):
+        with torch_threads(self.threads):
+            return super().encode(videos)
+
+    def classifier(self):
+        with torch_threads(self.threads):
+            return super().classifier()
+
+
 def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     """Runs the AVCA two-stage protocol for ``config.model`` on ``config``'s videos.
 
@@ -278,9 +326,8 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
     if config.data.format == "avca_features":  # the released features: their own stages, word2vec and reader
-        from .feature_recipe import feature_recipe_parts
-
-        stages, embedder, runner = feature_recipe_parts(config)
+        stages, embedder = feature_stages(config)
+        runner = FeatureRunner(config, embedder)
     else:
         videos = config.data.read()
         test_config = config.test_data_config()
@@ -297,8 +344,6 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     out = Path(config.out_dir)
     checkpoint = runner.pipeline.save(runner.classifier())
     spec = getattr(embedder, "spec", lambda: None)()
-    from .published import published_reports
-
     report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
                   config=config.to_dict(), published=published_reports(config.dataset, config.avca_split))
     if config.plot:

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .class_vectors import ClassVectorEmbedder
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -367,8 +368,6 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
             raise ValueError(f"{where}: 'model' must be a model folder or package name, got {model!r}")
         return SentenceEmbedder(model, name_map=name_map)
     if kind == "class_vectors":
-        from .class_vectors import ClassVectorEmbedder
-
         path = spec.get("path")
         if not isinstance(path, str) or not Path(path).is_file():
             raise FileNotFoundError(f"class-vector file {path!r} (recorded in the {where}) does not exist; "

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...text.class_vectors import ClassVectorEmbedder
+from ...text.embedders import load_name_map
 from ..records import VideoList, VideoRecord
 from ..video import VIDEO_EXTENSIONS
 from .avca import AVCA_STAGES, read_avca_classes
@@ -342,9 +344,6 @@ def avca_class_vectors(root: PathLike, split: str = "main", *, features: PathLik
     Returns:
         A :class:`zsar.text.ClassVectorEmbedder`; vectors as stored (the release's are L2-normalised).
     """
-    from ...text.class_vectors import ClassVectorEmbedder
-    from ...text.embedders import load_name_map
-
     layout = avca_feature_layout(root, split, features)
     csv_file = layout.name_map_file()
     name_map = load_name_map(csv_file) if csv_file is not None else {}
