@@ -1,41 +1,94 @@
-"""CPU: zsar's fused bottleneck_attention (cpu backend, tiled kernels) vs torch SDPA with a boolean
-key mask.
+"""CPU: zsar's fused bottleneck_attention (cpu backend, tiled kernels) vs torch SDPA, float32.
 
-Shape: B=8, H=4, L=256 with ``n_valid`` drawn in 100..252 per sample, ``n_fusion``=4,
-Dh=32, float32. SDPA gets the equivalent (B, 1, 1, L) boolean key mask (precomputed, not timed);
-its padding rows attend every key (so they stay finite), ours are exact zeros. Both sides get
-identical inputs and torch's thread count. Target: forward+backward >= 2x SDPA. Results in
-``RESULTS.md``.
-Run: ``pytest bench/bench_bottleneck_attention_cpu.py --benchmark-only``.
+Shapes (MZST's streams; ``n_fusion`` = 4 fusion tokens at the end of each sample):
+
+* ``text``: B=8, H=4, L=256, Dh=32, ``n_valid`` drawn in 100..252 per sample;
+* ``av 1216``: B=2, H=12, L=1216, Dh=64, ``n_valid`` 1212 / 1200;
+* ``av 400``: B=2, H=12, L=400, Dh=64, ``n_valid`` 392 for both;
+* ``av 1609``: B=2, H=12, L=1609, Dh=64, ``n_valid`` 1605 / 393 (one sample without audio);
+* ``long 4096``: B=1, H=8, L=4096, Dh=64, ``n_valid`` 4092;
+* ``dense quarter pad`` L in 64 / 1024 / 2048, Dh 32 / 64 / 128: a quarter of the batch (B=4) is
+  padding (one sample with ``n_valid`` = 0); the peer is SDPA with the dense (B, 1, L, L) mask.
+
+SDPA gets the equivalent boolean key mask (B, 1, 1, L) (precomputed, not timed); its padding rows
+attend every key so they stay finite, ours are exact zeros. Every ratio comes from one process:
+the two contenders alternate call by call, the order flipped each pair, so both see the same load;
+ratio = SDPA time / zsar time per pair, median (min-max) over the pairs; ``uptime``'s load is
+printed beside each line. Results and the OpenMP settings measured are in ``RESULTS.md``.
+
+Run: ``pytest bench/bench_bottleneck_attention_cpu.py --benchmark-only -s`` (full sizes); without
+``--benchmark-only`` every case runs once at a tiny size (see ``benchmode.py``).
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
+
 import pytest
 import torch
 
+from benchmode import full, pick
 from zsar.ops import bottleneck_attention
 
-B, H, L, D, N_FUSION = 8, 4, 256, 32, 4
-ROUNDS = dict(rounds=100, warmup=10)
+N_FUSION = 4
+PAIRS = pick(7, 1)
 
 
-@pytest.fixture(scope="module")
-def batch():
+def _n_valid(spec, B, L, gen):
+    if spec == "random":
+        return torch.randint(min(100, L - N_FUSION), L - N_FUSION + 1, (B,), generator=gen, dtype=torch.int32)
+    return torch.tensor(spec, dtype=torch.int32)
+
+
+# name: (B, H, L, Dh, n_valid, dense peer mask)
+CASES = pick({
+    "text": (8, 4, 256, 32, "random", False),
+    "av 1216": (2, 12, 1216, 64, [1212, 1200], False),
+    "av 400": (2, 12, 400, 64, [392, 392], False),
+    "av 1609": (2, 12, 1609, 64, [1605, 393], False),
+    "long 4096": (1, 8, 4096, 64, [4092], False),
+    **{f"dense quarter pad L={L} Dh={D}": (4, 4, L, D, [L - N_FUSION, L - N_FUSION, L // 2, 0], True)
+       for L, D in ((64, 32), (1024, 64), (2048, 128))},
+}, {
+    "text": (2, 2, 40, 32, "random", False),
+    "dense quarter pad": (4, 1, 24, 16, [20, 20, 10, 0], True),
+})
+
+
+def _inputs(B, H, L, D, n_valid_spec, dense):
     gen = torch.Generator().manual_seed(0)
     q, k, v, dout = (torch.randn(B, H, L, D, generator=gen) for _ in range(4))
-    n_valid = torch.randint(100, 253, (B,), generator=gen, dtype=torch.int32)
+    n_valid = _n_valid(n_valid_spec, B, L, gen)
     pos = torch.arange(L)
-    keys = (pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - N_FUSION)
-    return q, k, v, dout, n_valid, keys[:, None, None, :]
+    valid = (pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - N_FUSION)  # (B, L)
+    if dense:  # valid query x valid key; padding rows see everything (finite, like the key mask)
+        mask = (valid[:, :, None] & valid[:, None, :]) | ~valid[:, :, None]
+        mask = mask[:, None]
+    else:
+        mask = valid[:, None, None, :]
+    return q, k, v, dout, n_valid, mask
 
 
-def _fused(q, k, v, n_valid):
-    return bottleneck_attention(q, k, v, n_valid, N_FUSION, backend="cpu")
+def interleaved(ours, peer, pairs: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``ours`` and ``peer``, alternating, the order flipped each pair."""
+    for _ in range(warmup):
+        ours(), peer()
+    t_ours, t_peer = [], []
+    for i in range(pairs):
+        for fn, times in ((ours, t_ours), (peer, t_peer)) if i % 2 == 0 else ((peer, t_peer), (ours, t_ours)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return t_ours, t_peer
 
 
-def _sdpa(q, k, v, mask):
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def summary(t_ours, t_peer) -> dict:
+    ratios = [p / o for o, p in zip(t_ours, t_peer)]
+    return dict(zsar_ms=statistics.median(t_ours) * 1e3, peer_ms=statistics.median(t_peer) * 1e3,
+                ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                load=os.getloadavg()[0])
 
 
 def _step(attention, leaves, dout):
@@ -45,59 +98,26 @@ def _step(attention, leaves, dout):
     attention(*leaves).backward(dout)
 
 
-def test_forward_zsar(record, batch):
-    q, k, v, _, n_valid, _ = batch
-    with torch.no_grad():
-        record("bottleneck cpu forward", "zsar cpu", lambda: _fused(q, k, v, n_valid), ours=True, **ROUNDS)
-
-
-def test_forward_sdpa(record, batch):
-    q, k, v, _, _, mask = batch
-    with torch.no_grad():
-        record("bottleneck cpu forward", "sdpa key mask", lambda: _sdpa(q, k, v, mask), **ROUNDS)
-
-
-def test_forward_backward_zsar(record, batch):
-    q, k, v, dout, n_valid, _ = batch
+@pytest.mark.parametrize("case", list(CASES))
+def test_interleaved(benchmark, case):
+    B, H, L, D, spec, dense = CASES[case]
+    q, k, v, dout, n_valid, mask = _inputs(B, H, L, D, spec, dense)
+    fused = lambda q, k, v: bottleneck_attention(q, k, v, n_valid, N_FUSION, backend="cpu")  # noqa: E731
+    sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+    if not full():  # the quick run checks that the contenders agree on the valid rows
+        pos = torch.arange(L)
+        rows = ((pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - N_FUSION))[:, None, :, None]
+        torch.testing.assert_close(fused(q, k, v) * rows, sdpa(q, k, v) * rows, atol=1e-4, rtol=1e-4)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    record("bottleneck cpu forward+backward", "zsar cpu",
-           lambda: _step(lambda *a: _fused(*a, n_valid), leaves, dout), ours=True, **ROUNDS)
-
-
-def test_forward_backward_sdpa(record, batch):
-    q, k, v, dout, _, mask = batch
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    record("bottleneck cpu forward+backward", "sdpa key mask",
-           lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout), **ROUNDS)
-
-
-def test_interleaved_ratios(benchmark, batch):
-    """One call of each contender per round, alternating, 100 rounds: on a shared, loaded machine
-    both see the same load, so the ratio of medians is steadier than that of separate runs."""
-    import statistics
-    import time
-
-    q, k, v, dout, n_valid, mask = batch
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    contenders = {
-        "forward": (lambda: _fused(q, k, v, n_valid), lambda: _sdpa(q, k, v, mask)),
-        "forward+backward": (lambda: _step(lambda *a: _fused(*a, n_valid), leaves, dout),
-                             lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout)),
-    }
+    peer = "sdpa dense mask" if dense else "sdpa key mask"
     lines = []
-    for group, (ours, peer) in contenders.items():
-        times = {"zsar": [], "sdpa": []}
-        grad = torch.enable_grad() if group == "forward+backward" else torch.no_grad()
-        with grad:
-            for _ in range(10):
-                ours(), peer()
-            for _ in range(100):
-                for name, fn in (("zsar", ours), ("sdpa", peer)):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-        z, s = statistics.median(times["zsar"]), statistics.median(times["sdpa"])
-        benchmark.extra_info[group] = dict(zsar_ms=z * 1e3, sdpa_ms=s * 1e3, ratio=s / z)
-        lines.append(f"interleaved {group}: sdpa key mask {s * 1e3:.2f} ms / zsar cpu {z * 1e3:.2f} ms = {s / z:.2f}x")
+    with torch.no_grad():
+        fwd = summary(*interleaved(lambda: fused(q, k, v), lambda: sdpa(q, k, v), PAIRS))
+    fwd_bwd = summary(*interleaved(lambda: _step(fused, leaves, dout), lambda: _step(sdpa, leaves, dout), PAIRS))
+    for group, s in (("forward", fwd), ("forward+backward", fwd_bwd)):
+        benchmark.extra_info[group] = s
+        lines.append(f"{case} {group}: {peer} {s['peer_ms']:.2f} ms / zsar cpu {s['zsar_ms']:.2f} ms = "
+                     f"{s['ratio']:.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}), load {s['load']:.1f}, "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, threads {torch.get_num_threads()}")
     benchmark.pedantic(lambda: None, rounds=1)
     print("\n" + "\n".join(lines))

@@ -18,7 +18,8 @@ of the same backend is the reference for what audio costs.
 Probe: :func:`zsar.data.probe_video` of a 60 s (1500-frame) 320x240 file, which counts the video
 packets (a demux pass without decoding) to catch truncated files.
 
-Run: ``pytest bench/bench_decode.py --benchmark-only``.
+Run: ``pytest bench/bench_decode.py --benchmark-only``; without ``--benchmark-only`` one epoch of
+2 short 64x48 files per contender and a 30-frame probe (see ``benchmode.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ import os
 import numpy as np
 import pytest
 import torch
+from benchmode import pick
 
 from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, probe_video, write_video
 from zsar.data.decoders import unavailable_reason
 from zsar.data import AudioSpec
 
-N_VIDEOS, N_FRAMES, H, W = 12, 120, 240, 320
-SPEC = ClipSpec(frames=16, stride=6, size=224, train=True)
+N_VIDEOS, N_FRAMES, H, W = pick((12, 120, 240, 320), (2, 20, 48, 64))
+SPEC = pick(ClipSpec(frames=16, stride=6, size=224, train=True), ClipSpec(frames=4, stride=2, size=32, train=True))
+PROBE_FRAMES = pick(1500, 30)
 CORES = os.cpu_count() or 1
+
+
+def _workers(backend: str) -> int:
+    """All cores; the quick run loads PyAV in the main process (starting workers costs seconds)."""
+    return CORES if backend.startswith("dali") else pick(CORES, 0)
 
 
 def _frames(seed: int) -> np.ndarray:
@@ -97,7 +105,7 @@ def test_clips_per_second(record, files, group, backend, ext, ours):
         pytest.skip(why)
     if group.startswith("gpu") and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    workers = 16 if group.startswith("gpu") and backend == "pyav" else CORES
+    workers = 16 if group.startswith("gpu") and backend == "pyav" else _workers(backend)
     loader = VideoLoader(files[ext], SPEC, batch_size=4, backend=backend, num_workers=workers, seed=0)
     fn = _epoch_fn(loader)
     record(f"decode {group} ({N_VIDEOS} clips)", f"{backend} {codec}", fn, ours=ours, rounds=5, warmup=1)
@@ -112,7 +120,7 @@ def test_clips_per_second_with_audio(record, files, backend, audio, ours):
     why = unavailable_reason(backend, "vp9")
     if why:
         pytest.skip(why)
-    loader = VideoLoader(files["webm+audio"], SPEC, batch_size=4, backend=backend, num_workers=CORES, seed=0,
+    loader = VideoLoader(files["webm+audio"], SPEC, batch_size=4, backend=backend, num_workers=_workers(backend), seed=0,
                          audio=AudioSpec() if audio else None)
 
     def run():
@@ -130,9 +138,9 @@ def test_probe_counts_packets(record, tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_bench")
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (H // 8, W // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-    path = write_video(root / "long.mp4", (np.roll(base, 2 * t, axis=1) for t in range(1500)), fps=25)
+    path = write_video(root / "long.mp4", (np.roll(base, 2 * t, axis=1) for t in range(PROBE_FRAMES)), fps=25)
 
     def run():
-        assert probe_video(path).num_frames == 1500
+        assert probe_video(path).num_frames == PROBE_FRAMES
 
-    record("probe a 1500-frame H.264 file", "probe_video", run, ours=True, rounds=30, warmup=3)
+    record(f"probe a {PROBE_FRAMES}-frame H.264 file", "probe_video", run, ours=True, rounds=30, warmup=3)

@@ -2,9 +2,10 @@
 
 ResT shape: B=64 clips, H=12 heads, L = 1 CLS + 16 frames + 8 word slots, n_text in 1..8 per
 sample, Dh=64, float32. Both sides get identical inputs and use torch's thread count.
-Target: forward+backward >= 3x SDPA. Measure on an idle machine; results and the reason
-for ``--malloc=steady`` (the default, see ``conftest.py``) are in ``RESULTS.md``.
-Run: ``pytest bench/bench_masked_attention_cpu.py --benchmark-only``.
+Target: forward+backward >= 3x SDPA. Results and the reason for ``--malloc=steady`` (the default of
+full runs, see ``conftest.py``) are in ``RESULTS.md``.
+Run: ``pytest bench/bench_masked_attention_cpu.py --benchmark-only``; without ``--benchmark-only``
+one round at B=2 (see ``benchmode.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmode import pick
 from zsar.ops import masked_attention
-from zsar.ops.rest_attention import key_end
+from zsar.ops.masked_attention import key_end
 
-B, H, N_VISUAL, MAX_WORDS, D = 64, 12, 17, 8, 64
+B, H, N_VISUAL, MAX_WORDS, D = pick(64, 2), 12, 17, 8, 64
 L = N_VISUAL + MAX_WORDS
 # Milliseconds per call on a shared 2-core VM: many rounds, so the medians settle.
 ROUNDS = dict(rounds=200, warmup=20)

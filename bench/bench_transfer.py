@@ -8,18 +8,20 @@ allowed-edge computation and, for HiGHS, model building and the solve. "highs ca
 coupling constraint (each seen class serves at most one unseen class), which HiGHS must solve jointly.
 
 Targets: 101×664 < 50 ms, 1000×10000 < 2 s (HiGHS).
-Run: ``pytest bench/bench_transfer.py --benchmark-only``.
+Run: ``pytest bench/bench_transfer.py --benchmark-only``; without ``--benchmark-only`` one round at
+20 x 100 (see ``benchmode.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmode import pick
 
 from zsar.zeroshot import cosine_similarity_matrix, transfer_assignment, transfer_assignment_closed_form
 
 K, RHO, THETA = 5, 3, 0.9
-SIZES = [(101, 664), (1000, 10000)]
+SIZES = pick([(101, 664), (1000, 10000)], [(20, 100)])
 
 
 def _relatedness(n_unseen: int, n_seen: int) -> np.ndarray:

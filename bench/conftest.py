@@ -1,6 +1,8 @@
 """Side-by-side benchmarks: each test times one contender of a group; the summary prints ratios.
 
 Run: ``pytest bench/ --benchmark-only`` (add ``--benchmark-json=FILE`` to keep the raw numbers).
+Without ``--benchmark-only`` (e.g. the default ``python -m pytest``, which collects ``bench/``)
+every benchmark runs once at a tiny size (see ``benchmode.py``).
 """
 
 from __future__ import annotations
@@ -35,14 +37,21 @@ _MALLOC_STATE = "glibc defaults"
 
 def pytest_configure(config):
     global _MALLOC_STATE
-    if config.getoption("--malloc", "default") == "steady":
+    if config.getoption("benchmark_only", False):
+        os.environ.setdefault("ZSAR_BENCH", "full")
+    import benchmode
+
+    # The quick run shares its process with the test suite: leave glibc's allocator alone there.
+    if benchmode.full() and config.getoption("--malloc", "default") == "steady":
         from zsar._utils import keep_freed_memory
 
         _MALLOC_STATE = keep_freed_memory()
 
 
 def pytest_report_header(config):
-    return f"zsar bench: malloc {_MALLOC_STATE}"
+    import benchmode
+
+    return f"zsar bench: {'full' if benchmode.full() else 'quick (tiny sizes, one round)'}, malloc {_MALLOC_STATE}"
 
 
 # group -> contender -> median seconds
@@ -53,17 +62,24 @@ _BASELINE: dict[str, str] = {}
 
 @pytest.fixture
 def record(benchmark):
-    """``record(group, contender, fn, ours=False, rounds=20, warmup=3)``: benchmark ``fn`` and
-    remember its median."""
+    """``record(group, contender, fn, ours=False, rounds=20, warmup=3)``: benchmark ``fn``, remember
+    and return its median in seconds (None under ``--benchmark-disable``). In the quick mode ``fn``
+    runs once."""
+    import benchmode
 
     def _record(group: str, contender: str, fn, ours: bool = False, rounds: int = 20, warmup: int = 3):
+        if not benchmode.full():
+            rounds, warmup = 1, 0
         benchmark.group = group
         benchmark.name = contender
         benchmark.extra_info["contender"] = contender
         benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        if benchmark.stats is None:  # --benchmark-disable: fn ran once, untimed
+            return None
         _MEDIANS[group][contender] = benchmark.stats.stats.median
         if ours:
             _BASELINE[group] = contender
+        return benchmark.stats.stats.median
 
     return _record
 

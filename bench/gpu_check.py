@@ -38,7 +38,7 @@ import torch
 
 from zsar import _ext
 from zsar.ops import bottleneck_attention
-from zsar.ops.rest_attention import dispatcher, key_end, masked_attention
+from zsar.ops.masked_attention import dispatcher, key_end, masked_attention
 
 TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 2e-2), torch.bfloat16: (3e-2, 5e-2)}  # (atol, rtol) vs float64
 CHECK_SHAPES = [  # B, H, L, Dh, n_visual, mode
@@ -57,18 +57,19 @@ def gpu_backends() -> list[tuple[str, torch.dtype]]:
             for device, dtype in b.declared() if device == "cuda"]
 
 
-def check_correctness(device) -> list[dict]:
+def check_correctness(device, backends: list[tuple[str, torch.dtype]] | None = None) -> list[dict]:
+    """Each (backend, dtype) (default: :func:`gpu_backends`) against the float64 reference."""
     rows = []
-    for backend, dtype in gpu_backends():
+    for backend, dtype in gpu_backends() if backends is None else backends:
         for B, H, L, D, nv, mode in CHECK_SHAPES:
             gen = torch.Generator().manual_seed(B * 1000 + L)
             q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
             n_text = torch.randint(0, L - nv + 1, (B,), generator=gen, dtype=torch.int32)
             n_text[0] = L - nv
-            leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+            leaves = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
             out = masked_attention(*leaves, nv, n_text.to(device), mode=mode, backend=backend)
             out.backward(dout.to(device))
-            ref_leaves = [t.double().to(device).requires_grad_() for t in (q, k, v)]
+            ref_leaves = [t.detach().double().to(device).requires_grad_() for t in (q, k, v)]
             ref = masked_attention(*ref_leaves, nv, n_text.to(device), mode=mode, backend="reference")
             ref.backward(dout.double().to(device))
             atol, rtol = TOL[dtype]
@@ -233,11 +234,11 @@ def run_op_tests() -> bool:
     return result.returncode == 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--no-tests", action="store_true", help="do not run the op tests")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
         return 2

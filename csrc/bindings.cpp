@@ -1,4 +1,4 @@
-// pybind11 module zsar._C: the argument structs of csrc/include/zsar/masked_attention.h as Python
+// pybind11 module zsar._C: the argument structs of csrc/include/zsar/attention.h as Python
 // classes (pointers as integers), and one entry point per kernel taking one such struct.
 // Python allocates every buffer and validates every argument before calling in here.
 #include <pybind11/pybind11.h>
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "cpu/cpu_kernels.h"
-#include "zsar/masked_attention.h"
+#include "zsar/attention.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -20,8 +20,8 @@
 namespace py = pybind11;
 using zsar::AttentionMask;
 using zsar::AttentionProblem;
-using zsar::MaskedAttentionBackward;
-using zsar::MaskedAttentionForward;
+using zsar::AttentionBackward;
+using zsar::AttentionForward;
 using zsar::MaskKind;
 using zsar::ScalarType;
 
@@ -146,12 +146,12 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dtype", &AttentionProblem::dtype)
       .def_readwrite("mask", &AttentionProblem::mask);
 
-  py::class_<MaskedAttentionForward> fwd(m, "MaskedAttentionForward",
+  py::class_<AttentionForward> fwd(m, "AttentionForward",
                                          "Arguments of one forward call (tensor addresses as integers).");
   fwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
                       std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse, int num_threads,
                       int device, std::uintptr_t stream) {
-            MaskedAttentionForward a;
+            AttentionForward a;
             a.problem = problem;
             a.problem.mask.lengths = ptr<const int32_t>(lengths);
             a.exec.num_threads = num_threads;
@@ -166,20 +166,20 @@ PYBIND11_MODULE(_C, m) {
           }),
           py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
           py::arg("lse"), py::arg("num_threads") = 0, py::arg("device") = 0, py::arg("stream") = 0)
-      .def_readwrite("problem", &MaskedAttentionForward::problem);
-  pointer_property(fwd, "q", &MaskedAttentionForward::q);
-  pointer_property(fwd, "k", &MaskedAttentionForward::k);
-  pointer_property(fwd, "v", &MaskedAttentionForward::v);
-  pointer_property(fwd, "out", &MaskedAttentionForward::out);
-  pointer_property(fwd, "lse", &MaskedAttentionForward::lse);
+      .def_readwrite("problem", &AttentionForward::problem);
+  pointer_property(fwd, "q", &AttentionForward::q);
+  pointer_property(fwd, "k", &AttentionForward::k);
+  pointer_property(fwd, "v", &AttentionForward::v);
+  pointer_property(fwd, "out", &AttentionForward::out);
+  pointer_property(fwd, "lse", &AttentionForward::lse);
 
-  py::class_<MaskedAttentionBackward> bwd(m, "MaskedAttentionBackward",
+  py::class_<AttentionBackward> bwd(m, "AttentionBackward",
                                           "Arguments of one backward call (tensor addresses as integers).");
   bwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
                       std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse,
                       std::uintptr_t dout, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
                       std::uintptr_t workspace, int num_threads, int device, std::uintptr_t stream) {
-            MaskedAttentionBackward a;
+            AttentionBackward a;
             a.problem = problem;
             a.problem.mask.lengths = ptr<const int32_t>(lengths);
             a.exec.num_threads = num_threads;
@@ -201,34 +201,34 @@ PYBIND11_MODULE(_C, m) {
           py::arg("lse"), py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
           py::arg("workspace") = 0, py::arg("num_threads") = 0, py::arg("device") = 0,
           py::arg("stream") = 0)
-      .def_readwrite("problem", &MaskedAttentionBackward::problem);
-  pointer_property(bwd, "q", &MaskedAttentionBackward::q);
-  pointer_property(bwd, "k", &MaskedAttentionBackward::k);
-  pointer_property(bwd, "v", &MaskedAttentionBackward::v);
-  pointer_property(bwd, "out", &MaskedAttentionBackward::out);
-  pointer_property(bwd, "lse", &MaskedAttentionBackward::lse);
-  pointer_property(bwd, "dout", &MaskedAttentionBackward::dout);
-  pointer_property(bwd, "dq", &MaskedAttentionBackward::dq);
-  pointer_property(bwd, "dk", &MaskedAttentionBackward::dk);
-  pointer_property(bwd, "dv", &MaskedAttentionBackward::dv);
-  pointer_property(bwd, "workspace", &MaskedAttentionBackward::workspace);
+      .def_readwrite("problem", &AttentionBackward::problem);
+  pointer_property(bwd, "q", &AttentionBackward::q);
+  pointer_property(bwd, "k", &AttentionBackward::k);
+  pointer_property(bwd, "v", &AttentionBackward::v);
+  pointer_property(bwd, "out", &AttentionBackward::out);
+  pointer_property(bwd, "lse", &AttentionBackward::lse);
+  pointer_property(bwd, "dout", &AttentionBackward::dout);
+  pointer_property(bwd, "dq", &AttentionBackward::dq);
+  pointer_property(bwd, "dk", &AttentionBackward::dk);
+  pointer_property(bwd, "dv", &AttentionBackward::dv);
+  pointer_property(bwd, "workspace", &AttentionBackward::workspace);
 
   const auto release = py::call_guard<py::gil_scoped_release>();
-  m.def("masked_attention_fwd_cpu", &zsar::masked_attention_fwd_cpu, py::arg("args"), release);
-  m.def("masked_attention_bwd_cpu", &zsar::masked_attention_bwd_cpu, py::arg("args"), release);
+  m.def("attention_forward_cpu", &zsar::attention_forward_cpu, py::arg("args"), release);
+  m.def("attention_backward_cpu", &zsar::attention_backward_cpu, py::arg("args"), release);
 #ifdef ZSAR_WITH_CUDA
   m.def(
-      "masked_attention_fwd_cuda",
-      [](const MaskedAttentionForward& args) {
+      "attention_forward_cuda",
+      [](const AttentionForward& args) {
         DeviceGuard guard(args.exec.device);
-        zsar::masked_attention_fwd_cuda(args);
+        zsar::attention_forward_cuda(args);
       },
       py::arg("args"), release);
   m.def(
-      "masked_attention_bwd_cuda",
-      [](const MaskedAttentionBackward& args) {
+      "attention_backward_cuda",
+      [](const AttentionBackward& args) {
         DeviceGuard guard(args.exec.device);
-        zsar::masked_attention_bwd_cuda(args);
+        zsar::attention_backward_cuda(args);
       },
       py::arg("args"), release);
 #endif

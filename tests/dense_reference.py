@@ -1,5 +1,5 @@
 """Independent float64 statements of the attention ops' contracts: masked_attention
-(python/zsar/ops/rest_attention.py) and bottleneck_attention (python/zsar/ops/bottleneck.py).
+(python/zsar/ops/masked_attention.py) and bottleneck_attention (python/zsar/ops/bottleneck_attention.py).
 
 Written from the spec, not from zsar's code: the mask is spelled out element by element, and
 gradients come from torch.autograd through a dense masked softmax. For non-finite inputs and

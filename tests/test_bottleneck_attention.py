@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dense_reference import bottleneck_mask, dense_bottleneck_attention
 from ops_params import backend_names, declared_backend_params, skip_unless_usable, usable_device
 from zsar.ops import BackendUnavailableError, bottleneck_attention
-from zsar.ops.bottleneck import dispatcher
+from zsar.ops.bottleneck_attention import dispatcher
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,37 @@ def test_matches_dense_reference(backend, device, dtype, case, seed):
         pad = _padding(case.L, n, case.n_fusion)
         for t in (out, dq, dk, dv):
             assert torch.all(t[b, :, pad] == 0)
+
+
+# The cpu kernels' tiles (csrc/cpu/tiled_attention.cpp): 48-query blocks, 128-key tiles, 16-key
+# panels; (L, n_fusion, n_valid per sample, Dh): valid-token counts just under, at and over each
+# boundary, a fusion tail that starts inside a key tile (the P V product in two runs), one valid
+# token, none, and every head dim the models use.
+TILE_EDGES = [
+    (52, 4, [44, 45, 0, 1], 32),      # 48 / 49 / 4 / 5 valid tokens
+    (140, 4, [124, 125, 120, 136], 64),  # 128 / 129 / 124 / full (140)
+    (131, 3, [128, 113, 1, 0], 80),   # 131 / 116 (tail inside tile 0) / 4 / 3
+    (300, 4, [252, 253, 180, 296], 128),  # 256 / 257 / 184 / 300
+    (97, 0, [97, 96, 48, 16], 64),    # no fusion tokens: plain key padding at panel/block ends
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("L,n_fusion,n_valid,D", TILE_EDGES, ids=[f"L{e[0]}-d{e[3]}" for e in TILE_EDGES])
+def test_cpu_tile_edges_match_dense_reference(L, n_fusion, n_valid, D, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, dout = (torch.randn(len(n_valid), 2, L, D, generator=gen, dtype=torch.float64).to(dtype).double()
+                     for _ in range(4))
+    out, (dq, dk, dv) = _run("cpu", q, k, v, dout, n_valid, n_fusion, dtype, "cpu")
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ref = dense_bottleneck_attention(*ref_leaves, n_valid, n_fusion)
+    ref.backward(dout)
+    _close(out, ref.detach(), dtype, "output", seed)
+    for name, got, leaf in zip("qkv", (dq, dk, dv), ref_leaves):
+        _close(got, leaf.grad, dtype, f"d{name}", seed)
+    for b, n in enumerate(n_valid):
+        for t in (out, dq, dk, dv):
+            assert torch.all(t[b, :, _padding(L, n, n_fusion)] == 0)
 
 
 @pytest.mark.parametrize("backend,device,dtype", [p for p in BACKEND_PARAMS if p.values[2] == torch.float32])

@@ -11,7 +11,7 @@ import torch
 from dense_reference import dense_attention
 from ops_params import declared_backend_params, skip_unless_usable
 from zsar.ops import BackendUnavailableError, masked_attention
-from zsar.ops.rest_attention import MaskedAttentionInputs, dispatcher
+from zsar.ops.masked_attention import MaskedAttentionInputs, dispatcher
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def test_matches_dense_reference(backend, device, dtype, case, seed):
 
 
 # >= 4 MiB per output tensor (56 * 12 * 25 * 64 floats): the cpu backend's float32 path writes such
-# outputs with streaming stores (csrc/cpu/masked_attention.cpp, kStreamBytes).
+# outputs with streaming stores (csrc/cpu/prefix_attention.cpp, kStreamBytes).
 STREAM_CASE = Case("streamed_outputs", 56, 12, 25, 64, 17, "mixed")
 
 
@@ -140,10 +140,10 @@ def test_cpu_streamed_and_cached_stores_give_identical_bits(seed):
         bufs = [torch.empty(q.numel() + offset)[offset:].view(q.shape) for _ in range(4)]  # out, dq, dk, dv
         out, dq, dk, dv = bufs
         lse = torch.empty(q.shape[:3])
-        core.masked_attention_fwd_cpu(core.MaskedAttentionForward(
+        core.attention_forward_cpu(core.AttentionForward(
             problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
             lse=lse.data_ptr(), num_threads=2))
-        core.masked_attention_bwd_cpu(core.MaskedAttentionBackward(
+        core.attention_backward_cpu(core.AttentionBackward(
             problem, lengths=nt.data_ptr(), q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
             lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
             num_threads=2))

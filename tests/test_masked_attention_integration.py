@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dense_reference import allowed_mask, dense_attention
 from ops_params import backend_names, usable_device
 from zsar.ops import masked_attention
-from zsar.ops.rest_attention import dispatcher
+from zsar.ops.masked_attention import dispatcher
 
 
 def _inputs(seed, B=3, H=2, L=13, D=32, n_visual=5, dtype=torch.float32, requires_grad=False, device="cpu"):
@@ -109,7 +109,7 @@ def test_eager_path_matches_custom_op(backend, full, seed):
     q, k, v, nv, nt = _inputs(seed, requires_grad=True, device=device)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     out = masked_attention(q, k, v, nv, nt, mode="full" if full else "rest", scale=0.2, backend=backend)
-    assert type(out.grad_fn).__name__ == "_EagerMaskedAttentionBackward"
+    assert type(out.grad_fn).__name__ == "_EagerAttentionBackward"
     grads = torch.autograd.grad(out, (q, k, v), dout)
     op_out, _ = torch.ops.zsar.masked_attention(q, k, v, nt, nv, full, 0.2, backend)
     assert "_EagerMaskedAttention" not in type(op_out.grad_fn).__name__

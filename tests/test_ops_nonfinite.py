@@ -32,8 +32,8 @@ from dense_reference import (
 )
 from ops_params import declared_backend_params, skip_unless_usable
 from zsar.ops import bottleneck_attention, masked_attention
-from zsar.ops.bottleneck import dispatcher as bottleneck_dispatcher
-from zsar.ops.rest_attention import dispatcher as masked_dispatcher
+from zsar.ops.bottleneck_attention import dispatcher as bottleneck_dispatcher
+from zsar.ops.masked_attention import dispatcher as masked_dispatcher
 
 # The Triton interpreter computes with numpy, which warns about every NaN/inf it meets.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

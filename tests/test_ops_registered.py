@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ops_params import backend_names, usable_device
-from zsar.ops.rest_attention import dispatcher
+from zsar.ops.masked_attention import dispatcher
 
 B, H, L, D, N_VISUAL = 2, 2, 8, 16, 3
 BACKENDS = backend_names(dispatcher) + [""]  # "" = automatic dispatch
@@ -119,3 +119,50 @@ def test_out_of_range_n_text_is_clamped_alike_by_every_backend(backend, seed):
     args["n_text"] = torch.tensor([0, L - N_VISUAL], dtype=torch.int32, device=device)
     out_clamped, lse_clamped = _forward(args)
     assert torch.equal(out, out_clamped) and torch.equal(lse, lse_clamped)
+
+
+def test_every_attention_op_is_registered_and_listed_by_info_and_bench():
+    """The attention ops register themselves (``zsar.ops.ATTENTION_OPS``); ``zsar info`` reports the
+    backends of each and ``zsar bench attention`` checks and times each, without a list of its own."""
+    import argparse
+    import contextlib
+    import io
+
+    from zsar import info
+    from zsar.cli import bench
+    from zsar.ops import ATTENTION_OPS
+
+    assert set(ATTENTION_OPS) == {"masked_attention", "bottleneck_attention"}
+    for name, op in ATTENTION_OPS.items():
+        assert op.fused.qualname == f"zsar::{name}" and hasattr(torch.ops.zsar, name)
+    data = info.collect()
+    text = info.render(data)
+    for name in ATTENTION_OPS:
+        assert f"{name} backends" in text
+        cpu32 = next(r for r in data[name] if r["device"] == "cpu" and r["dtype"] == "float32")
+        assert cpu32["backends"]["cpu"] == [] and cpu32["backends"]["reference"] == []
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert bench.run(parser.parse_args(["attention", "--batch", "1", "--repeats", "1", "--malloc", "default",
+                                            "--device", "cpu"])) == 0
+    for name in ATTENTION_OPS:
+        assert f"zsar {name} (cpu)" in out.getvalue()
+
+
+def test_attention_ops_share_one_front_end():
+    """Scale, backend and range checks come from one place and name the op and its own argument."""
+    from zsar.ops import bottleneck_attention, masked_attention
+
+    q = torch.randn(1, 1, 6, 8)
+    with pytest.raises(ValueError, match=r"^bottleneck_attention: n_valid values must be in \[0, L - n_fusion = 4\]"):
+        bottleneck_attention(q, q, q, torch.tensor([5], dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match=r"^masked_attention: n_text values must be in \[0, L - n_visual = 4\]"):
+        masked_attention(q, q, q, 2, torch.tensor([5], dtype=torch.int32))
+    for op in (lambda **kw: bottleneck_attention(q, q, q, torch.tensor([1], dtype=torch.int32), 2, **kw),
+               lambda **kw: masked_attention(q, q, q, 2, torch.tensor([1], dtype=torch.int32), **kw)):
+        with pytest.raises(ValueError, match="scale must be a finite number or None, got nan"):
+            op(scale=float("nan"))
+        with pytest.raises(TypeError, match="backend must be a str or None, got int"):
+            op(backend=3)

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from zsar.ops import BackendUnavailableError
 from zsar.ops._backend import Backend, Requirement, Support
 from zsar.ops._custom_op import FusedOp, OpInputs, TensorSpec
-from zsar.ops.rest_attention import MaskedAttentionInputs, dispatcher
+from zsar.ops.masked_attention import MaskedAttentionInputs, dispatcher
 
 # ---- reasons derived from declarations -----------------------------------------------------------
 

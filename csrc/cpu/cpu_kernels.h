@@ -1,20 +1,20 @@
 // CPU kernel variants, one namespace per instruction set (built from the same source).
 #pragma once
 
-#include "zsar/masked_attention.h"
+#include "zsar/attention.h"
 
 namespace zsar {
 namespace cpu {
 
-// fwd / bwd: every mask kind (masked_attention.cpp); tiled_fwd / tiled_bwd: the tiled kernels of
+// fwd / bwd: every mask kind (prefix_attention.cpp); tiled_fwd / tiled_bwd: the tiled kernels of
 // the kinds where every valid token sees every valid token (tiled_attention.cpp), which fwd / bwd
 // hand Bottleneck to.
 #define ZSAR_DECLARE_CPU_VARIANT(isa)                 \
   namespace isa {                                     \
-  void fwd(const MaskedAttentionForward& args);       \
-  void bwd(const MaskedAttentionBackward& args);      \
-  void tiled_fwd(const MaskedAttentionForward& args); \
-  void tiled_bwd(const MaskedAttentionBackward& args); \
+  void fwd(const AttentionForward& args);       \
+  void bwd(const AttentionBackward& args);      \
+  void tiled_fwd(const AttentionForward& args); \
+  void tiled_bwd(const AttentionBackward& args); \
   }
 
 ZSAR_DECLARE_CPU_VARIANT(baseline)

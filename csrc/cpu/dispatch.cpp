@@ -23,7 +23,7 @@ const bool kUseAvx2 = has_avx2_fma();
 // called directly.
 void check(const AttentionProblem& p, const void* const* buffers, int n_buffers) {
   const auto fail = [](const std::string& what) {
-    throw std::invalid_argument("masked_attention (cpu): " + what);
+    throw std::invalid_argument("attention (cpu): " + what);
   };
   if (p.batch < 1 || p.heads < 1 || p.seq_len < 1 || p.head_dim < 1) fail("batch, heads, seq_len and head_dim must be >= 1");
   if (p.dtype != ScalarType::Float32 && p.dtype != ScalarType::Float64) fail("dtype must be float32 or float64");
@@ -45,7 +45,7 @@ const char* selected_isa() { return kUseAvx2 ? "avx2" : "baseline"; }
 
 }  // namespace cpu
 
-void masked_attention_fwd_cpu(const MaskedAttentionForward& args) {
+void attention_forward_cpu(const AttentionForward& args) {
   const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse};
   cpu::check(args.problem, buffers, 5);
 #if defined(ZSAR_CPU_HAVE_AVX2)
@@ -54,7 +54,7 @@ void masked_attention_fwd_cpu(const MaskedAttentionForward& args) {
   cpu::baseline::fwd(args);
 }
 
-void masked_attention_bwd_cpu(const MaskedAttentionBackward& args) {
+void attention_backward_cpu(const AttentionBackward& args) {
   const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse, args.dout, args.dq, args.dk, args.dv};
   cpu::check(args.problem, buffers, 9);
 #if defined(ZSAR_CPU_HAVE_AVX2)

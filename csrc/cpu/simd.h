@@ -1,4 +1,4 @@
-// SIMD helpers shared by the CPU attention kernels (masked_attention.cpp, tiled_attention.cpp):
+// SIMD helpers shared by the CPU attention kernels (prefix_attention.cpp, tiled_attention.cpp):
 // portable 32-byte vectors, a vectorised exp, a small register-tiled gemm, dot and transpose.
 // Included inside each kernel file's per-ISA namespace (every helper is inline or a template).
 #pragma once
@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,16 +29,21 @@ template <typename T>
 constexpr int64_t kWidth = 32 / sizeof(T);
 constexpr int64_t kPad = 8;  // key dimensions are padded to a multiple of 8 (>= one Vec of either type)
 
+// The same vector at element alignment, through which unaligned loads and stores are direct
+// register moves (a memcpy made GCC bounce register tiles through the stack).
+template <typename T>
+struct UnalignedVecOf {
+  typedef T type __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
+};
+
 template <typename T>
 inline Vec<T> loadu(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+  return *reinterpret_cast<const typename UnalignedVecOf<T>::type*>(p);
 }
 
 template <typename T>
 inline void storeu(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
+  *reinterpret_cast<typename UnalignedVecOf<T>::type*>(p) = v;
 }
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -141,6 +147,27 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const
     case 1: gemm_rows<1, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
     default: break;
   }
+}
+
+// Largest of x[0:n) (-inf for n = 0), ignoring NaN (a NaN score still reaches the output through
+// exp and the row sum). Vector lanes with a compare-select: `#pragma omp simd reduction(max)` over
+// std::max is left scalar by GCC (its NaN and signed-zero rules), a 4-cycle dependency per element.
+template <typename T>
+inline T max_of(const T* x, int64_t n) {
+  constexpr int64_t W = kWidth<T>;
+  const T lowest = -std::numeric_limits<T>::infinity();
+  Vec<T> m0 = Vec<T>{} + lowest, m1 = m0;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const Vec<T> a = loadu(x + j), b = loadu(x + j + W);
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  T m = lowest;
+  for (int64_t l = 0; l < W; ++l) m = m0[l] > m ? m0[l] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
 }
 
 template <typename T>

@@ -1,36 +1,47 @@
 // Tiled CPU kernels of the fused attention for mask kinds whose valid tokens all see each other
 // (today: Bottleneck, MZST's attention-bottleneck fusion); kinds and arguments are in
-// csrc/include/zsar/masked_attention.h.
+// csrc/include/zsar/attention.h.
 //
-// Compiled once per instruction set like masked_attention.cpp (whose small-gemm and exp helpers,
-// simd.h, these share). One OpenMP task per (batch, head) slice:
-//   * the slice's valid tokens (a prefix and a suffix of the sequence) are gathered into compact
-//     per-thread buffers, so padding is never read and never computed, and every product is a
-//     dense gemm without masking;
-//   * forward: blocks of kQueryRows queries; for each, key tiles of kKeyTile keys with an online
-//     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows),
-//     so memory stays O(L * Dh) per thread and no L x L matrix (or mask) exists for any L;
-//   * backward (FlashAttention-2 style): the probabilities of each (query block, key tile) are
-//     recomputed from the saved log-sum-exp, and dQ, dK, dV are accumulated tile by tile.
+// Compiled once per instruction set like prefix_attention.cpp (whose register-tiled gemm and exp
+// helpers, simd.h, these share). A sample's valid tokens (a prefix and a suffix of the sequence)
+// are seen as one dense block of n tokens ("compact" indices t -> position(t)), so padding is never
+// read and never computed, and every product is a dense gemm without masking.
+//   * K^T (and, for the backward, V^T) is packed once per (batch, head) slice into panels of
+//     kPanel keys, each a contiguous (Dh, kPanel) block: the score micro-kernel streams one 4 KiB
+//     panel (Dh = 64) from L1 while its query rows stay in registers, instead of striding by L
+//     through a transposed matrix (with L a multiple of 1024 every row of that hits the same L1
+//     set, and the tile thrashed the cache).
+//   * forward: one OpenMP task per (batch, head, block of kQueryRows queries), so one or two
+//     samples still keep every core busy; per block, key tiles of kKeyTile keys with an online
+//     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows):
+//     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L.
+//   * backward (FlashAttention-2 style): one task per (batch, head); the probabilities of each
+//     (query block, key tile) are recomputed from the saved log-sum-exp, and dQ, dK, dV are
+//     accumulated tile by tile in per-thread compact buffers.
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "simd.h"
+#include "simd_avx2.h"
 
 namespace zsar {
 namespace cpu {
 namespace ZSAR_CPU_ISA {
 namespace {
 
-constexpr int64_t kQueryRows = 32;  // queries per block
-constexpr int64_t kKeyTile = 256;   // keys per online-softmax step (a multiple of kPad)
+constexpr int64_t kQueryRows = 48;  // queries per block (a multiple of the 6-row register tile)
+constexpr int64_t kKeyTile = 128;   // keys per online-softmax step: a 48 x 128 score tile is 24 KiB
+constexpr int64_t kPanel = 16;      // keys per packed K^T / V^T panel (two 8-float vectors)
 constexpr int kTileRows = 6;        // register-tile rows of every product here (see gemm in simd.h)
+static_assert(kKeyTile % kPanel == 0, "key tiles are whole panels");
 
 // The products of these kernels: C (+)= A . B, A optionally transposed (see gemm in simd.h).
 template <bool ACC = false, bool TA = false, typename T>
@@ -39,200 +50,295 @@ inline void product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, co
   gemm<ACC, TA, kTileRows>(m, n, k, A, lda, B, ldb, C, ldc);
 }
 
-// Per-thread buffers for one slice of up to L tokens with head dim D; every size is O(L * D).
+// S[0:rows, 0:cols) = Q[0:rows, :] . K^T over the packed panels of keys [0, cols) (cols rounded up
+// to whole panels; the zero keys of a last partial panel give scores that are never read).
 template <typename T>
-struct TileScratch {
-  int64_t ld;                            // L rounded up to kPad: leading dim of K^T and V^T
-  std::vector<T> q, k, v, o, dout;       // (L, D) compact valid rows
-  std::vector<T> dq, dk, dv;             // (L, D) compact gradients
-  std::vector<T> kt, vt;                 // (D, ld)
-  std::vector<T> s, dp;                  // (kQueryRows, kKeyTile) scores / probabilities, dP / dS
-  std::vector<T> row_max, row_sum, lse, delta;  // (L,)
-  TileScratch(int64_t L, int64_t D, bool backward)
-      : ld(round_up(L, kPad)), q(L * D), k(L * D), v(L * D), o(L * D), dout(backward ? L * D : 0),
-        dq(backward ? L * D : 0), dk(backward ? L * D : 0), dv(backward ? L * D : 0), kt(D * ld),
-        vt(backward ? D * ld : 0), s(kQueryRows * kKeyTile), dp(backward ? kQueryRows * kKeyTile : 0),
-        row_max(L), row_sum(L), lse(L), delta(backward ? L : 0) {}
-};
-
-// Rows of the slice's valid tokens (prefix [0, n_valid), tail [tail_begin, L)) -> compact rows.
-template <typename T>
-void gather(const T* src, const SampleMask& m, int64_t D, T* dst) {
-  std::memcpy(dst, src, sizeof(T) * m.n_valid * D);
-  std::memcpy(dst + m.n_valid * D, src + m.tail_begin * D, sizeof(T) * (m.seq_len - m.tail_begin) * D);
+inline void scores(int64_t rows, int64_t cols, int64_t D, const T* q, const T* panels, T* s, int64_t lds) {
+  for (int64_t p = 0; p < cols; p += kPanel) product(rows, kPanel, D, q, D, panels + p * D, kPanel, s + p, lds);
 }
 
-// Compact rows -> the slice's valid rows, with exact zeros in the padding rows between.
+// Packs the slice's valid rows (compact order) as K^T panels: panel t0 / kPanel holds, at
+// [d * kPanel + j], element d of valid token t0 + j (zero past the last token).
 template <typename T>
-void scatter(const T* src, const SampleMask& m, int64_t D, T* dst) {
-  std::memcpy(dst, src, sizeof(T) * m.n_valid * D);
+void pack_panels(const T* src, const SampleMask& m, int64_t D, T* dst) {
+  const int64_t n = m.n_tokens();
+  for (int64_t t0 = 0; t0 < n; t0 += kPanel) {
+    T* __restrict panel = dst + t0 * D;
+    const int64_t cnt = std::min(kPanel, n - t0);
+    for (int64_t j = 0; j < cnt; ++j) {
+      const T* __restrict row = src + m.position(t0 + j) * D;
+      for (int64_t d = 0; d < D; ++d) panel[d * kPanel + j] = row[d];
+    }
+    for (int64_t j = cnt; j < kPanel; ++j)
+      for (int64_t d = 0; d < D; ++d) panel[d * kPanel + j] = T(0);
+  }
+}
+
+// Valid rows [t0, t0 + rows) (compact indices) of a slice -> dst rows 0..rows.
+template <typename T>
+void gather_rows(const T* src, const SampleMask& m, int64_t t0, int64_t rows, int64_t D, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * D, src + m.position(t0 + r) * D, sizeof(T) * D);
+}
+
+// src rows 0..rows -> valid rows [t0, t0 + rows) of a slice.
+template <typename T>
+void scatter_rows(const T* src, const SampleMask& m, int64_t t0, int64_t rows, int64_t D, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + m.position(t0 + r) * D, src + r * D, sizeof(T) * D);
+}
+
+// Zeros the padding rows [n_valid, tail_begin) of a slice (row length D).
+template <typename T>
+void zero_padding(const SampleMask& m, int64_t D, T* dst) {
   std::fill(dst + m.n_valid * D, dst + m.tail_begin * D, T(0));
-  std::memcpy(dst + m.tail_begin * D, src + m.n_valid * D, sizeof(T) * (m.seq_len - m.tail_begin) * D);
 }
 
-// Runs body(bh, sample mask, scratch) for every (batch, head) slice, OpenMP-parallel with one
-// scratch per thread (dynamic: slices differ in size and a core may be busy).
-template <typename T, typename Body>
-void for_each_tiled_slice(const AttentionProblem& s, int num_threads, bool backward, Body body) {
-  const int64_t BH = s.batch * s.heads;
-#pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    TileScratch<T> w(s.seq_len, s.head_dim, backward);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < BH; ++bh) body(bh, sample_mask(s.mask, bh / s.heads, s.seq_len), w);
+// C (+)= P[:, 0:cols) . V-rows of the keys [j0, j0 + cols) (compact), read in place from the slice
+// (at most two contiguous runs: the prefix and the fusion tail).
+template <typename T>
+void times_rows(int64_t rows, int64_t j0, int64_t cols, const T* p, int64_t ldp, const T* v, const SampleMask& m,
+                int64_t D, T* c) {
+  const int64_t j1 = j0 + cols;
+  if (j0 < m.n_valid) {
+    const int64_t e = std::min(j1, m.n_valid);
+    product<true>(rows, D, e - j0, p, ldp, v + j0 * D, D, c, D);
+  }
+  if (j1 > m.n_valid) {
+    const int64_t b = std::max(j0, m.n_valid);
+    product<true>(rows, D, j1 - b, p + (b - j0), ldp, v + m.position(b) * D, D, c, D);
   }
 }
 
-// s[0:rows, 0:cols) *= scale, rounded before any shift (a separate loop, so no fused multiply-add):
-// the backward must see exactly the scores whose maximum the forward subtracted.
+// Buffers that are allocated once per call and left uninitialised (every element read is written
+// first): a std::vector would zero hundreds of MB for nothing.
 template <typename T>
-inline void scale_scores(T* s, int64_t rows, int64_t cols, int64_t ld, T scale) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* __restrict row = s + r * ld;
+std::unique_ptr<T[]> uninitialised(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
+// One online-softmax step of a score row p[0:cols): p <- exp(scale * p - shift) where shift is
+// the new running maximum m_new = max(m_old, max_j scale * p[j]) (0 while every score is -inf, so
+// no -inf - -inf); returns m_new and sets `sum` to the row sum of the new p. Scores are scaled and
+// rounded before any shift (no fused multiply-add): the backward must see exactly the values the
+// forward took the maximum of.
+template <typename T>
+inline T online_softmax_row(T* __restrict p, int64_t cols, T scale, T m_old, T& sum) {
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) row[j] *= scale;
-  }
+  for (int64_t j = 0; j < cols; ++j) p[j] *= scale;
+  const T m_new = std::max(m_old, max_of(p, cols));
+  const T shift = m_new == -std::numeric_limits<T>::infinity() ? T(0) : m_new;
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) p[j] -= shift;
+  exp_inplace(p, cols);
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < cols; ++j) acc += p[j];
+  sum = acc;
+  return m_new;
 }
 
+// Backward of one score row: p <- exp(scale * p - lse), ds <- scale * p * (ds - delta) on [0, cols).
 template <typename T>
-void forward(const MaskedAttentionForward& a) {
+inline void backward_row(T* __restrict p, T* __restrict ds, int64_t cols, T scale, T lse, T delta) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) p[j] *= scale;
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) p[j] -= lse;
+  exp_inplace(p, cols);
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) ds[j] = scale * p[j] * (ds[j] - delta);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// The float rows in 8-lane vectors, two passes (the maximum; exp and the sum) instead of five
+// loops; the same values as the generic rows (exp8 is exp_inplace's polynomial). Score tiles are
+// computed for whole 16-key panels, so whole vectors up to round_up(cols, 8) are readable; lanes
+// past cols are masked to -inf (exp gives 0).
+inline float online_softmax_row(float* __restrict p, int64_t cols, float scale, float m_old, float& sum) {
+  using namespace vec8;
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const int64_t nvec = (cols + 7) / 8;
+  __m256 mx = ninf;
+  for (int64_t c = 0; c < nvec; ++c)
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, scaled(_mm256_loadu_ps(p + 8 * c), vscale), lane_mask(cols, c)));
+  const float m_new = std::max(m_old, hmax(mx));
+  const __m256 shift = _mm256_set1_ps(m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nvec; ++c) {
+    const __m256 x = _mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(p + 8 * c), vscale), shift),
+                                      lane_mask(cols, c));
+    const __m256 e = exp8(x);
+    acc = _mm256_add_ps(acc, e);
+    _mm256_storeu_ps(p + 8 * c, e);
+  }
+  sum = hsum(acc);
+  return m_new;
+}
+
+inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
+                         float delta) {
+  using namespace vec8;
+  const __m256 vscale = _mm256_set1_ps(scale), shift = _mm256_set1_ps(lse), vdelta = _mm256_set1_ps(delta);
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0, nvec = (cols + 7) / 8; c < nvec; ++c) {
+    const __m256 mask = lane_mask(cols, c);
+    const __m256 e = exp8(_mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(p + 8 * c), vscale), shift), mask));
+    const __m256 d = _mm256_and_ps(
+        _mm256_mul_ps(_mm256_mul_ps(e, vscale), _mm256_sub_ps(_mm256_loadu_ps(ds + 8 * c), vdelta)), mask);
+    _mm256_storeu_ps(p + 8 * c, e);
+    _mm256_storeu_ps(ds + 8 * c, d);
+  }
+}
+#endif
+
+template <typename T>
+void forward(const AttentionForward& a) {
   const auto& s = a.problem;
-  const int64_t L = s.seq_len, D = s.head_dim;
+  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads, Lp = round_up(L, kPanel);
   const T scale = static_cast<T>(s.scale);
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  for_each_tiled_slice<T>(s, a.exec.num_threads, /*backward=*/false,
-                          [&](int64_t bh, const SampleMask& m, TileScratch<T>& w) {
-    const int64_t off = bh * L * D, n = m.n_tokens(), ld = w.ld;
-    T* out = static_cast<T*>(a.out) + off;
-    T* lse = static_cast<T*>(a.lse) + bh * L;
-    gather(static_cast<const T*>(a.q) + off, m, D, w.q.data());
-    gather(static_cast<const T*>(a.k) + off, m, D, w.k.data());
-    gather(static_cast<const T*>(a.v) + off, m, D, w.v.data());
-    transpose(w.k.data(), n, D, D, w.kt.data(), ld);
+  const T* q_all = static_cast<const T*>(a.q);
+  const T* k_all = static_cast<const T*>(a.k);
+  const T* v_all = static_cast<const T*>(a.v);
+  T* out_all = static_cast<T*>(a.out);
+  T* lse_all = static_cast<T*>(a.lse);
 
-    for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
-      const int64_t rows = std::min(kQueryRows, n - i0);
-      T* o = w.o.data() + i0 * D;
-      T* row_max = w.row_max.data() + i0;
-      T* row_sum = w.row_sum.data() + i0;
-      std::fill(row_max, row_max + rows, kNegInf);
-      std::fill(row_sum, row_sum + rows, T(0));
+  // Tasks: (slice, first query) for every block of every slice, slices in order.
+  std::vector<std::pair<int64_t, int64_t>> tasks;
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    const int64_t n = sample_mask(s.mask, bh / s.heads, L).n_tokens();
+    for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) tasks.emplace_back(bh, i0);
+  }
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+  auto panels = uninitialised<T>(BH * Lp * D);
+
+#pragma omp parallel num_threads(resolve_threads(a.exec.num_threads))
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+      pack_panels(k_all + bh * L * D, m, D, panels.get() + bh * Lp * D);
+      zero_padding(m, D, out_all + bh * L * D);
+      zero_padding(m, 1, lse_all + bh * L);
+    }
+    std::vector<T> qb(kQueryRows * D), o(kQueryRows * D), st(kQueryRows * kKeyTile);
+    std::vector<T> row_max(kQueryRows), row_sum(kQueryRows), lse(kQueryRows);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < n_tasks; ++task) {
+      const int64_t bh = tasks[task].first, i0 = tasks[task].second;
+      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+      const int64_t n = m.n_tokens(), rows = std::min(kQueryRows, n - i0), off = bh * L * D;
+      const T* kp = panels.get() + bh * Lp * D;
+      gather_rows(q_all + off, m, i0, rows, D, qb.data());
+      std::fill(o.begin(), o.begin() + rows * D, T(0));
+      std::fill(row_max.begin(), row_max.begin() + rows, kNegInf);
+      std::fill(row_sum.begin(), row_sum.begin() + rows, T(0));
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, n - j0);
-        T* st = w.s.data();
-        product(rows, round_up(cols, kPad), D, w.q.data() + i0 * D, D, w.kt.data() + j0, ld, st, kKeyTile);
-        scale_scores(st, rows, cols, kKeyTile, scale);
+        T* sc = st.data();
+        scores(rows, cols, D, qb.data(), kp + j0 * D, sc, kKeyTile);
         for (int64_t r = 0; r < rows; ++r) {
-          T* __restrict p = st + r * kKeyTile;
-          T mx = kNegInf;
-#pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, p[j]);
-          const T m_new = std::max(row_max[r], mx);
-          // A row whose scores are all -inf so far keeps m = -inf; shift by 0 (no -inf - -inf).
-          const T shift = m_new == kNegInf ? T(0) : m_new;
-#pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) p[j] -= shift;
-          exp_inplace(p, cols);
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < cols; ++j) sum += p[j];
-          if (j0 > 0) {  // rescale what earlier key tiles accumulated
-            const T alpha = std::exp(row_max[r] - shift);
+          T sum;
+          const T m_new = online_softmax_row(sc + r * kKeyTile, cols, scale, row_max[r], sum);
+          if (j0 > 0 && row_max[r] != m_new) {  // rescale what earlier key tiles accumulated
+            const T alpha = std::exp(row_max[r] - m_new);
             row_sum[r] *= alpha;
-            T* __restrict orow = o + r * D;
+            T* __restrict orow = o.data() + r * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) orow[d] *= alpha;
           }
           row_sum[r] += sum;
           row_max[r] = m_new;
         }
-        if (j0 == 0) {
-          product<false>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
-        } else {
-          product<true>(rows, D, cols, st, kKeyTile, w.v.data() + j0 * D, D, o, D);
-        }
+        times_rows(rows, j0, cols, sc, kKeyTile, v_all + off, m, D, o.data());
       }
       for (int64_t r = 0; r < rows; ++r) {
         const T l = row_sum[r], inv_l = T(1) / l;
-        T* __restrict orow = o + r * D;
+        T* __restrict orow = o.data() + r * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) orow[d] *= inv_l;
         // A +inf score makes the maximum +inf and l NaN: the log-sum-exp is +inf then (as torch.logsumexp).
-        w.lse[i0 + r] = row_max[r] == std::numeric_limits<T>::infinity() ? row_max[r] : row_max[r] + std::log(l);
+        lse[r] = row_max[r] == std::numeric_limits<T>::infinity() ? row_max[r] : row_max[r] + std::log(l);
       }
+      scatter_rows(o.data(), m, i0, rows, D, out_all + off);
+      scatter_rows(lse.data(), m, i0, rows, 1, lse_all + bh * L);
     }
-    scatter(w.o.data(), m, D, out);
-    scatter(w.lse.data(), m, 1, lse);
-  });
+  }
 }
 
+// Per-thread buffers of the backward for one slice of up to L tokens; every size is O(L * D).
 template <typename T>
-void backward(const MaskedAttentionBackward& a) {
-  const auto& s = a.problem;
-  const int64_t L = s.seq_len, D = s.head_dim;
-  const T scale = static_cast<T>(s.scale);
-  for_each_tiled_slice<T>(s, a.exec.num_threads, /*backward=*/true,
-                          [&](int64_t bh, const SampleMask& m, TileScratch<T>& w) {
-    const int64_t off = bh * L * D, n = m.n_tokens(), ld = w.ld;
-    gather(static_cast<const T*>(a.q) + off, m, D, w.q.data());
-    gather(static_cast<const T*>(a.k) + off, m, D, w.k.data());
-    gather(static_cast<const T*>(a.v) + off, m, D, w.v.data());
-    gather(static_cast<const T*>(a.out) + off, m, D, w.o.data());
-    gather(static_cast<const T*>(a.dout) + off, m, D, w.dout.data());
-    gather(static_cast<const T*>(a.lse) + bh * L, m, 1, w.lse.data());
-    transpose(w.k.data(), n, D, D, w.kt.data(), ld);
-    transpose(w.v.data(), n, D, D, w.vt.data(), ld);
-    for (int64_t t = 0; t < n; ++t) w.delta[t] = dot(w.dout.data() + t * D, w.o.data() + t * D, D);
-    std::fill(w.dk.begin(), w.dk.begin() + n * D, T(0));
-    std::fill(w.dv.begin(), w.dv.begin() + n * D, T(0));
+struct BackwardScratch {
+  std::vector<T> q, k, dout;             // (L, D) compact valid rows
+  std::vector<T> dq, dk, dv;             // (L, D) compact gradients
+  std::vector<T> kp, vp;                 // K^T, V^T panels (round_up(L, kPanel) * D)
+  std::vector<T> s, dp;                  // (kQueryRows, kKeyTile) scores / probabilities, dP / dS
+  std::vector<T> lse, delta;             // (L,)
+  BackwardScratch(int64_t L, int64_t D)
+      : q(L * D), k(L * D), dout(L * D), dq(L * D), dk(L * D), dv(L * D), kp(round_up(L, kPanel) * D),
+        vp(round_up(L, kPanel) * D), s(kQueryRows * kKeyTile), dp(kQueryRows * kKeyTile), lse(L), delta(L) {}
+};
 
-    for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
-      const int64_t rows = std::min(kQueryRows, n - i0);
-      const T* q = w.q.data() + i0 * D;
-      const T* dout = w.dout.data() + i0 * D;
-      T* dq = w.dq.data() + i0 * D;
-      for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
-        const int64_t cols = std::min(kKeyTile, n - j0), padded = round_up(cols, kPad);
-        T* p = w.s.data();
-        T* ds = w.dp.data();
-        product(rows, padded, D, q, D, w.kt.data() + j0, ld, p, kKeyTile);       // S = Q K^T
-        product(rows, padded, D, dout, D, w.vt.data() + j0, ld, ds, kKeyTile);   // dP = dO V^T
-        scale_scores(p, rows, cols, kKeyTile, scale);
-        for (int64_t r = 0; r < rows; ++r) {  // P = exp(scale S - lse), dS = scale P (dP - delta)
-          T* __restrict pr = p + r * kKeyTile;
-          T* __restrict dsr = ds + r * kKeyTile;
-          const T shift = w.lse[i0 + r], delta = w.delta[i0 + r];
-#pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) pr[j] -= shift;
-          exp_inplace(pr, cols);
-#pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) dsr[j] = scale * pr[j] * (dsr[j] - delta);
+template <typename T>
+void backward(const AttentionBackward& a) {
+  const auto& s = a.problem;
+  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
+  const T scale = static_cast<T>(s.scale);
+#pragma omp parallel num_threads(resolve_threads(a.exec.num_threads))
+  {
+    BackwardScratch<T> w(L, D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+      const int64_t off = bh * L * D, n = m.n_tokens();
+      const T* o_in = static_cast<const T*>(a.out) + off;
+      gather_rows(static_cast<const T*>(a.q) + off, m, 0, n, D, w.q.data());
+      gather_rows(static_cast<const T*>(a.k) + off, m, 0, n, D, w.k.data());
+      gather_rows(static_cast<const T*>(a.dout) + off, m, 0, n, D, w.dout.data());
+      gather_rows(static_cast<const T*>(a.lse) + bh * L, m, 0, n, 1, w.lse.data());
+      pack_panels(static_cast<const T*>(a.k) + off, m, D, w.kp.data());
+      pack_panels(static_cast<const T*>(a.v) + off, m, D, w.vp.data());
+      for (int64_t t = 0; t < n; ++t) w.delta[t] = dot(w.dout.data() + t * D, o_in + m.position(t) * D, D);
+      std::fill(w.dk.begin(), w.dk.begin() + n * D, T(0));
+      std::fill(w.dv.begin(), w.dv.begin() + n * D, T(0));
+      std::fill(w.dq.begin(), w.dq.begin() + n * D, T(0));
+
+      for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
+        const int64_t rows = std::min(kQueryRows, n - i0);
+        const T* q = w.q.data() + i0 * D;
+        const T* dout = w.dout.data() + i0 * D;
+        T* dq = w.dq.data() + i0 * D;
+        for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
+          const int64_t cols = std::min(kKeyTile, n - j0);
+          T* p = w.s.data();
+          T* ds = w.dp.data();
+          scores(rows, cols, D, q, w.kp.data() + j0 * D, p, kKeyTile);      // S = Q K^T
+          scores(rows, cols, D, dout, w.vp.data() + j0 * D, ds, kKeyTile);  // dP = dO V^T
+          for (int64_t r = 0; r < rows; ++r)  // P = exp(scale S - lse), dS = scale P (dP - delta)
+            backward_row(p + r * kKeyTile, ds + r * kKeyTile, cols, scale, w.lse[i0 + r], w.delta[i0 + r]);
+          product<true>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);  // dQ += dS K
+          // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
+          product<true, true>(cols, D, rows, p, kKeyTile, dout, D, w.dv.data() + j0 * D, D);
+          product<true, true>(cols, D, rows, ds, kKeyTile, q, D, w.dk.data() + j0 * D, D);
         }
-        // dQ += dS K
-        if (j0 == 0) {
-          product<false>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
-        } else {
-          product<true>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);
-        }
-        // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
-        product<true, true>(cols, D, rows, p, kKeyTile, dout, D, w.dv.data() + j0 * D, D);
-        product<true, true>(cols, D, rows, ds, kKeyTile, q, D, w.dk.data() + j0 * D, D);
       }
+      scatter_rows(w.dq.data(), m, 0, n, D, static_cast<T*>(a.dq) + off);
+      scatter_rows(w.dk.data(), m, 0, n, D, static_cast<T*>(a.dk) + off);
+      scatter_rows(w.dv.data(), m, 0, n, D, static_cast<T*>(a.dv) + off);
+      zero_padding(m, D, static_cast<T*>(a.dq) + off);
+      zero_padding(m, D, static_cast<T*>(a.dk) + off);
+      zero_padding(m, D, static_cast<T*>(a.dv) + off);
     }
-    scatter(w.dq.data(), m, D, static_cast<T*>(a.dq) + off);
-    scatter(w.dk.data(), m, D, static_cast<T*>(a.dk) + off);
-    scatter(w.dv.data(), m, D, static_cast<T*>(a.dv) + off);
-  });
+  }
 }
 
 }  // namespace
 
-void tiled_fwd(const MaskedAttentionForward& args) {
+void tiled_fwd(const AttentionForward& args) {
   if (args.problem.dtype == ScalarType::Float32) return forward<float>(args);
   forward<double>(args);
 }
 
-void tiled_bwd(const MaskedAttentionBackward& args) {
+void tiled_bwd(const AttentionBackward& args) {
   if (args.problem.dtype == ScalarType::Float32) return backward<float>(args);
   backward<double>(args);
 }

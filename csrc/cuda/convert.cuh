@@ -1,4 +1,4 @@
-// Conversions shared by the CUDA attention kernels (masked_attention.cu, tiled_attention.cu): every
+// Conversions shared by the CUDA attention kernels (prefix_attention.cu, tiled_attention.cu): every
 // kernel computes in float, converting fp16/bf16 on load and rounding once on store.
 #pragma once
 

@@ -1,10 +1,10 @@
 // Tiled (flash-style) CUDA kernels for the mask kinds where every valid token sees every valid token
 // (Bottleneck, MZST's attention-bottleneck fusion); kinds and arguments are in
-// csrc/include/zsar/masked_attention.h.
+// csrc/include/zsar/attention.h.
 //
 // A block owns one tile of kRows query rows (forward, dq) or key rows (dk/dv) of one (batch, head)
 // and streams tiles of the other operand through shared memory, converted to float on load
-// (convert.cuh, shared with masked_attention.cu). Each loop over tiles runs over two ranges, the
+// (convert.cuh, shared with prefix_attention.cu). Each loop over tiles runs over two ranges, the
 // sample's prefix tiles and its tail (fusion-token) tiles, so tiles that hold only padding are
 // never loaded; a block whose own tile is padding only writes zeros. The forward keeps a running
 // maximum and normaliser per row (online softmax) and saves the log-sum-exp; the backward
@@ -355,7 +355,7 @@ size_t smem_bytes(const Params& p, int tiles, int squares, int vectors) {
 }
 
 template <typename T>
-void forward(const MaskedAttentionForward& a, cudaStream_t stream) {
+void forward(const AttentionForward& a, cudaStream_t stream) {
   const Params p = params(a.problem);
   const dim3 grid(static_cast<unsigned>(a.problem.batch * a.problem.heads), (p.seq_len + kRows - 1) / kRows);
   tiled_fwd_kernel<T><<<grid, kThreads, smem_bytes(p, 3, 1, 3), stream>>>(
@@ -365,7 +365,7 @@ void forward(const MaskedAttentionForward& a, cudaStream_t stream) {
 }
 
 template <typename T>
-void backward(const MaskedAttentionBackward& a, cudaStream_t stream) {
+void backward(const AttentionBackward& a, cudaStream_t stream) {
   const Params p = params(a.problem);
   const auto q = static_cast<const T*>(a.q);
   const auto k = static_cast<const T*>(a.k);
@@ -387,7 +387,7 @@ void backward(const MaskedAttentionBackward& a, cudaStream_t stream) {
 
 }  // namespace
 
-void tiled_attention_fwd_cuda(const MaskedAttentionForward& args) {
+void tiled_attention_fwd_cuda(const AttentionForward& args) {
   const auto stream = static_cast<cudaStream_t>(args.exec.stream);
   switch (args.problem.dtype) {
     case ScalarType::Float32: return forward<float>(args, stream);
@@ -397,7 +397,7 @@ void tiled_attention_fwd_cuda(const MaskedAttentionForward& args) {
   }
 }
 
-void tiled_attention_bwd_cuda(const MaskedAttentionBackward& args) {
+void tiled_attention_bwd_cuda(const AttentionBackward& args) {
   if (args.workspace == nullptr) throw std::invalid_argument("bottleneck attention (cuda): workspace is null");
   const auto stream = static_cast<cudaStream_t>(args.exec.stream);
   switch (args.problem.dtype) {

@@ -1,4 +1,5 @@
-"""``python -m zsar.info`` / ``zsar info``: how zsar was built and which op backends work here."""
+"""``python -m zsar.info`` / ``zsar info``: how zsar was built and which backends of every registered
+op (:data:`zsar.ops.ATTENTION_OPS`) work here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from . import _ext
 from ._version import __version__
-from .ops.rest_attention import AttentionInputs, dispatcher
+from .ops import ATTENTION_OPS
 
 
 def _probe_devices() -> list[torch.device]:
@@ -20,16 +21,16 @@ def _probe_devices() -> list[torch.device]:
     return devices
 
 
-def backend_table() -> list[dict]:
-    """For each device and dtype: every ``masked_attention`` backend with its reasons (empty = usable)."""
+def backend_table(op: str = "masked_attention") -> list[dict]:
+    """For each device and dtype: every backend of the registered op ``op`` with its reasons (empty = usable)."""
+    attention_op = ATTENTION_OPS[op]
     rows = []
     for device in _probe_devices():
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             q = torch.empty(1, 1, 4, 64, device=device, dtype=dtype)
-            n_text = torch.zeros(1, dtype=torch.int32, device=device)
-            inp = AttentionInputs(q, q, q, n_text, 2, False, 0.125)
+            lengths = torch.zeros(1, dtype=torch.int32, device=device)
             rows.append({"device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                         "backends": dispatcher.reasons(inp)})
+                         "backends": attention_op.dispatcher.reasons(attention_op.probe(q, lengths))})
     return rows
 
 
@@ -44,7 +45,8 @@ def collect() -> dict:
         if torch.cuda.is_available() else [],
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
         "build": _ext.build_info(),
-        "masked_attention": backend_table(),
+        "ops": list(ATTENTION_OPS),
+        **{op: backend_table(op) for op in ATTENTION_OPS},
     }
 
 
@@ -65,13 +67,14 @@ def render(info: dict) -> str:
             f"  OpenMP:   {'on (version %s, %s threads)' % (b['openmp_version'], b['openmp_max_threads']) if b['openmp'] else 'off'}",
             f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
         ]
-    lines += ["", "masked_attention backends (dispatch order; first usable one wins):"]
-    for row in info["masked_attention"]:
-        usable = [n for n, why in row["backends"].items() if not why]
-        lines.append(f"  {row['device']:<7} {row['dtype']:<9} usable: {', '.join(usable)}")
-        for name, why in row["backends"].items():
-            if why:
-                lines.append(f"      {name}: {'; '.join(why)}")
+    for op in info["ops"]:
+        lines += ["", f"{op} backends (dispatch order; first usable one wins):"]
+        for row in info[op]:
+            usable = [n for n, why in row["backends"].items() if not why]
+            lines.append(f"  {row['device']:<7} {row['dtype']:<9} usable: {', '.join(usable)}")
+            for name, why in row["backends"].items():
+                if why:
+                    lines.append(f"      {name}: {'; '.join(why)}")
     return "\n".join(lines)
 
 

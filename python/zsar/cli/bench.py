@@ -1,7 +1,8 @@
 """``zsar bench``: quick throughput measurements on this machine.
 
-* ``attention``: the fused ResT attention op (every usable backend checked against the float64
-  reference) against torch SDPA with the equivalent dense mask, forward + backward.
+* ``attention``: every registered attention op (``zsar.ops.ATTENTION_OPS``; ``--op`` picks one) at
+  its usual shape: every usable backend checked against the float64 reference, then the op against
+  torch SDPA with the equivalent dense mask, forward + backward.
 * ``model``: clips/s of a registered model's inference (``encode``) and training step.
 * ``decode``: clips/s of the video loader on generated UCF101-like files, per decoder backend.
 
@@ -19,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("target", choices=TARGETS, nargs="?", default="attention",
                         help="what to measure (default: attention)")
     parser.add_argument("--batch", type=int, default=None,
-                        help="batch size (default: 64 for attention, 8 for model, 4 for decode)")
+                        help="batch size (default: each attention op's usual one, 8 for model, 4 for decode)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repetitions (default: 50 for attention, interleaved, the median is "
@@ -28,6 +29,8 @@ def add_arguments(parser) -> None:
                         help="steady (default): keep freed memory in the process, so timings are not "
                              "decided by page faults on memory glibc just returned to the kernel; "
                              "default: leave glibc's allocator settings alone")
+    parser.add_argument("--op", default=None,
+                        help="attention: one registered attention op (default: every one, see `zsar info`)")
     parser.add_argument("--model", default="rest_tiny", help="model for `model` (default rest_tiny)")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip for `model` (default: the model's)")
     parser.add_argument("--backend", default=None,
@@ -87,50 +90,68 @@ def _median_times(fns: dict, repeats: int, sync, warmup: int = 5) -> dict:
 
 
 def _attention(args) -> int:
+    from ..ops import ATTENTION_OPS
+    from . import CLIError
+
+    if args.op is not None and args.op not in ATTENTION_OPS:
+        raise CLIError(f"--op: {args.op!r} is not a registered attention op; expected one of {list(ATTENTION_OPS)}")
+    device, sync = _device(args)
+    names = list(ATTENTION_OPS) if args.op is None else [args.op]
+    for i, name in enumerate(names):
+        if i:
+            print()
+        _attention_op(ATTENTION_OPS[name], args, device, sync)
+    return 0
+
+
+def _attention_op(op, args, device, sync) -> None:
+    """One registered attention op at its usual shape: each usable backend against the float64
+    reference, then forward+backward of the op (dispatch's choice) against SDPA with the dense mask
+    of the same pattern, interleaved."""
+    import dataclasses
+
     import torch
 
-    from ..ops.rest_attention import AttentionInputs, dispatcher, key_end, masked_attention
-
-    device, sync = _device(args)
-    B, H, L, D, n_visual = args.batch or 64, 12, 25, 64, 17  # ResT: 12 heads of 64, CLS + 16 frames + 8 words
     gen = torch.Generator().manual_seed(0)
-    n_text = torch.randint(1, L - n_visual + 1, (B,), generator=gen, dtype=torch.int32).to(device)
-    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(4))
-    print(f"masked_attention on {device}: B={B} H={H} L={L} (CLS + 16 frames + 1..8 words) Dh={D}\n")
+    inputs, shape = op.example(args.batch, device, gen)
+    q, k, v = inputs.q, inputs.k, inputs.v
+    dout = torch.randn(q.shape, generator=gen).to(device)
+    print(f"{op.name} on {device}: {shape}\n")
 
-    ref = masked_attention(q.double(), k.double(), v.double(), n_visual, n_text, backend="reference")
+    def run(backend, **tensors):
+        return op.fused(dataclasses.replace(inputs, **tensors), backend)[0]
+
+    ref = run("reference", q=q.double(), k=k.double(), v=v.double())
     print("backend      max |error| vs float64 reference")
-    inp = AttentionInputs(q, k, v, n_text, n_visual, False, D**-0.5)
-    for name, reasons in dispatcher.reasons(inp).items():
+    for name, reasons in op.dispatcher.reasons(inputs).items():
         if reasons:
             print(f"  {name:<10} not usable here: {reasons[0]}")
             continue
-        err = (masked_attention(q, k, v, n_visual, n_text, backend=name).double() - ref).abs().max().item()
-        print(f"  {name:<10} {err:.2e}")
+        print(f"  {name:<10} {(run(name).double() - ref).abs().max().item():.2e}")
 
-    end = key_end(L, n_visual, n_text, False)
-    mask = torch.arange(L, device=device)[None, None, :] < end[:, :, None]
-    mask = (mask | (end == 0)[:, :, None])[:, None]  # padding rows: any finite row for SDPA
+    L, mask_kind = inputs.seq_len, inputs.mask
+    allowed = mask_kind.allowed(L, inputs.n_fixed, inputs.lengths)
+    padding = ~mask_kind.valid(L, inputs.n_fixed, inputs.lengths)
+    mask = (allowed | padding[:, :, None])[:, None]  # padding rows: any finite row for SDPA
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
 
     def step(attention):
-        def run():
+        def go():
             for t in leaves:  # no contender pays for accumulating into old gradients
                 t.grad = None
             attention().backward(dout)
-        return run
+        return go
 
-    fused = step(lambda: masked_attention(*leaves, n_visual, n_text))
-    sdpa = step(lambda: torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask))
-    auto = dispatcher.select(inp).name
+    fused = step(lambda: run(None, q=leaves[0], k=leaves[1], v=leaves[2]))
+    sdpa = step(lambda: torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask, scale=inputs.scale))
+    auto = op.dispatcher.select(inputs).name
     repeats = args.repeats or 50
     times = _median_times({"fused": fused, "sdpa": sdpa}, repeats, sync)
     t_fused, t_sdpa = times["fused"], times["sdpa"]
     print(f"\nforward+backward, median of {repeats} (interleaved):")
-    print(f"  zsar masked_attention ({auto}): {t_fused * 1e3:8.2f} ms")
+    print(f"  zsar {op.name} ({auto}): {t_fused * 1e3:8.2f} ms")
     print(f"  torch SDPA + dense bool mask:  {t_sdpa * 1e3:8.2f} ms")
     print(f"  speed-up: {t_sdpa / t_fused:.2f}x")
-    return 0
 
 
 def _model(args) -> int:

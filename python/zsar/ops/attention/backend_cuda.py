@@ -37,13 +37,13 @@ class CudaBackend(Backend):
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
         lse = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
-        _ext.compiled().masked_attention_fwd_cuda(compiled.forward_args(inp, out, lse, **_execution(inp)))
+        _ext.compiled().attention_forward_cuda(compiled.forward_args(inp, out, lse, **_execution(inp)))
         return out, lse
 
     def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
         input_grads = tuple(torch.empty_like(inp.q) for _ in range(3))
         workspace = torch.empty(inp.q.shape[:3], dtype=torch.float32, device=inp.q.device)
-        _ext.compiled().masked_attention_bwd_cuda(
+        _ext.compiled().attention_backward_cuda(
             compiled.backward_args(inp, outputs, grads, input_grads, workspace, **_execution(inp))
         )
         return input_grads

@@ -1,4 +1,4 @@
-"""The argument structs of the compiled core (``csrc/include/zsar/masked_attention.h``), filled from
+"""The argument structs of the compiled core (``csrc/include/zsar/attention.h``), filled from
 :class:`~zsar.ops.attention.inputs.AttentionInputs` and the buffers a backend allocated. Shared by
 the ``cpu`` and ``cuda`` backends; ``execution`` is ``num_threads=`` (CPU) or ``device=, stream=``
 (CUDA)."""
@@ -38,8 +38,8 @@ def problem(inp: AttentionInputs):
 
 
 def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, **execution):
-    """``zsar._C.MaskedAttentionForward`` of one call."""
-    return _ext.compiled().MaskedAttentionForward(
+    """``zsar._C.AttentionForward`` of one call."""
+    return _ext.compiled().AttentionForward(
         problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
         out=out.data_ptr(), lse=lse.data_ptr(), **execution,
     )
@@ -47,10 +47,10 @@ def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, **e
 
 def backward_args(inp: AttentionInputs, outputs, grads, input_grads, workspace: torch.Tensor | None = None,
                   **execution):
-    """``zsar._C.MaskedAttentionBackward`` of one call: ``outputs = (out, lse)``, ``grads = (dout,)``,
+    """``zsar._C.AttentionBackward`` of one call: ``outputs = (out, lse)``, ``grads = (dout,)``,
     ``input_grads = (dq, dk, dv)`` (written by the kernels)."""
     (out, lse), (dout,), (dq, dk, dv) = outputs, grads, input_grads
-    return _ext.compiled().MaskedAttentionBackward(
+    return _ext.compiled().AttentionBackward(
         problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
         out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(),
         dv=dv.data_ptr(), workspace=0 if workspace is None else workspace.data_ptr(), **execution,

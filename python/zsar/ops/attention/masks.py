@@ -2,7 +2,7 @@
 
 A mask is a kind plus integers (never an ``L x L`` tensor): ``n_fixed`` (tokens every sample has)
 and ``lengths`` (an int32 ``(B,)`` per-sample count), the same descriptor the compiled core takes
-(``AttentionMask`` in ``csrc/include/zsar/masked_attention.h``, which states the kinds for the
+(``AttentionMask`` in ``csrc/include/zsar/attention.h``, which states the kinds for the
 kernels). Lengths are clamped to ``[0, L - n_fixed]`` by every backend, so a bad value can never
 index out of bounds.
 
@@ -23,7 +23,7 @@ class MaskKind:
     """One mask kind. Subclasses define :meth:`key_range` or override :meth:`allowed`."""
 
     name: str
-    code: int  # the zsar::MaskKind value in csrc/include/zsar/masked_attention.h
+    code: int  # the zsar::MaskKind value in csrc/include/zsar/attention.h
 
     def clamp(self, lengths: torch.Tensor, n_fixed: int, seq_len: int) -> torch.Tensor:
         """``lengths`` as int64, clamped to ``[0, seq_len - n_fixed]`` like the kernels do."""
@@ -103,7 +103,7 @@ MASK_KINDS: dict[str, MaskKind] = {kind.name: kind for kind in (RestMask(), Full
 def key_end(seq_len: int, n_visual: int, n_text: torch.Tensor, full: bool) -> torch.Tensor:
     """``(B, L)`` number of keys each query attends to (a prefix ``[0, key_end)``; 0 = padding row).
 
-    The torch twin of ``SampleMask::key_end`` in ``csrc/include/zsar/masked_attention.h``; ``n_text``
+    The torch twin of ``SampleMask::key_end`` in ``csrc/include/zsar/attention.h``; ``n_text``
     is clamped to ``[0, L - n_visual]`` like the kernels clamp it.
     """
     i = torch.arange(seq_len, device=n_text.device, dtype=torch.int64)[None, :]

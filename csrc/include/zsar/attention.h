@@ -63,7 +63,7 @@ struct Execution {
   void* stream = nullptr;  // CUDA: the cudaStream_t to launch on (torch's current stream)
 };
 
-struct MaskedAttentionForward {
+struct AttentionForward {
   AttentionProblem problem;
   Execution exec;
   const void* q = nullptr;  // (B, H, L, Dh), dtype
@@ -74,7 +74,7 @@ struct MaskedAttentionForward {
                         // double for Float64 inputs, float otherwise
 };
 
-struct MaskedAttentionBackward {
+struct AttentionBackward {
   AttentionProblem problem;
   Execution exec;
   const void* q = nullptr;
@@ -140,14 +140,14 @@ inline bool mask_kind_implemented(MaskKind kind) {
 inline int64_t min_n_fixed(MaskKind kind) { return kind == MaskKind::Bottleneck ? 0 : 1; }
 
 // CPU (C++/OpenMP). Float32 and Float64. Throws std::invalid_argument for invalid arguments.
-void masked_attention_fwd_cpu(const MaskedAttentionForward& args);
-void masked_attention_bwd_cpu(const MaskedAttentionBackward& args);
+void attention_forward_cpu(const AttentionForward& args);
+void attention_backward_cpu(const AttentionBackward& args);
 
 #ifdef ZSAR_WITH_CUDA
 // CUDA. Float32, Float16, BFloat16; head_dim <= 128. Launched on `exec.stream` of `exec.device`,
 // no host synchronisation and no allocation. Throws std::runtime_error on a launch error.
-void masked_attention_fwd_cuda(const MaskedAttentionForward& args);
-void masked_attention_bwd_cuda(const MaskedAttentionBackward& args);
+void attention_forward_cuda(const AttentionForward& args);
+void attention_backward_cuda(const AttentionBackward& args);
 #endif
 
 }  // namespace zsar

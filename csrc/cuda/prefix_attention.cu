@@ -1,5 +1,5 @@
 // CUDA kernels of the fused masked attention; the mask kinds and arguments are in
-// csrc/include/zsar/masked_attention.h.
+// csrc/include/zsar/attention.h.
 //
 // Tuned for short sequences (ResT: L ~ 25). All arithmetic is float (fp16/bf16 converted on load,
 // rounded once on store), so the kernels are bound by shared-memory bandwidth and FMA issue rather
@@ -21,7 +21,7 @@
 // so 8 float4 reads of 8 consecutive rows hit 8 different bank groups. Columns [Dh, stride) are
 // zeroed once so that dot products can run over whole float4.
 
-#include "zsar/masked_attention.h"
+#include "zsar/attention.h"
 #include "convert.cuh"
 #include "tiled_attention.h"
 
@@ -267,7 +267,7 @@ __device__ __forceinline__ void store_rows(T* dst, int row0, int L, int n_valid,
 // the key tiles; lse_i = log-sum-exp of the scaled scores. Padding rows: out = 0, lse = 0.
 template <typename T, int NC, int RB = quads_per_warp(NC)>
 __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
-    masked_attention_fwd_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+    prefix_attention_fwd_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
                                 const T* __restrict__ v, T* __restrict__ out,
                                 float* __restrict__ lse) {
   constexpr int R = kGroups * RB;
@@ -382,7 +382,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 // dq_i = scale * sum_j p_ij (dout_i . v_j - delta_i) k_j. Padding rows: dq = 0, delta = 0.
 template <typename T, int NC, int RB = quads_per_warp(NC)>
 __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
-    masked_attention_bwd_dq_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+    prefix_attention_bwd_dq_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
                                    const T* __restrict__ v, const T* __restrict__ out,
                                    const float* __restrict__ lse, const T* __restrict__ dout,
                                    T* __restrict__ dq, float* __restrict__ delta) {
@@ -492,7 +492,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 // queries i that attend j. Keys no query attends get dk = dv = 0.
 template <typename T, int NC, int RB = quads_per_warp(NC)>
 __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
-    masked_attention_bwd_dkv_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
+    prefix_attention_bwd_dkv_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const float* __restrict__ lse,
                                     const float* __restrict__ delta, const T* __restrict__ dout,
                                     T* __restrict__ dk, T* __restrict__ dv) {
@@ -624,7 +624,7 @@ Launch plan(const AttentionProblem& s, int rows_per_warp, const SmemLayout& layo
   const int64_t warps = cdiv(cdiv(s.seq_len, row_blocks), rows_per_warp);
   const int64_t blocks = s.batch * s.heads * row_blocks;
   if (blocks > std::numeric_limits<int32_t>::max()) {
-    throw std::invalid_argument("masked_attention (cuda): batch * heads * seq_len is too large for "
+    throw std::invalid_argument("attention (cuda): batch * heads * seq_len is too large for "
                                 "one launch");
   }
   Launch launch;
@@ -651,7 +651,7 @@ bool vec_ok(const AttentionProblem& s, const void* p) {
 void check_launch(const char* kernel) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("masked_attention (cuda): ") + kernel +
+    throw std::runtime_error(std::string("attention (cuda): ") + kernel +
                              " failed: " + cudaGetErrorString(err));
   }
 }
@@ -661,47 +661,47 @@ bool check_args(const AttentionProblem& s) {
   if (s.dtype != ScalarType::Float32 && s.dtype != ScalarType::Float16 &&
       s.dtype != ScalarType::BFloat16) {
     throw std::invalid_argument(
-        "masked_attention (cuda): unsupported dtype, expected float32, float16 or bfloat16");
+        "attention (cuda): unsupported dtype, expected float32, float16 or bfloat16");
   }
   if (s.head_dim < 1 || s.head_dim > kMaxHeadDim) {
-    throw std::invalid_argument("masked_attention (cuda): head_dim must be in [1, 128], got " +
+    throw std::invalid_argument("attention (cuda): head_dim must be in [1, 128], got " +
                                 std::to_string(s.head_dim));
   }
   if (s.batch <= 0 || s.heads <= 0 || s.seq_len <= 0) return false;
   if (s.seq_len > std::numeric_limits<int32_t>::max() / kMaxHeadDim) {
-    throw std::invalid_argument("masked_attention (cuda): seq_len too large, got " +
+    throw std::invalid_argument("attention (cuda): seq_len too large, got " +
                                 std::to_string(s.seq_len));
   }
   if (!mask_kind_implemented(s.mask.kind)) {
-    throw std::invalid_argument("masked_attention (cuda): mask kind " +
+    throw std::invalid_argument("attention (cuda): mask kind " +
                                 std::to_string(static_cast<int>(s.mask.kind)) + " is not implemented");
   }
   // The kernels index keys below key_end <= n_fixed + clamped length <= seq_len only if this holds.
   if (s.mask.n_fixed < 0 || s.mask.n_fixed > s.seq_len) {
-    throw std::invalid_argument("masked_attention (cuda): mask.n_fixed must be in [0, seq_len], got " +
+    throw std::invalid_argument("attention (cuda): mask.n_fixed must be in [0, seq_len], got " +
                                 std::to_string(s.mask.n_fixed));
   }
-  if (s.mask.lengths == nullptr) throw std::invalid_argument("masked_attention (cuda): mask.lengths is null");
+  if (s.mask.lengths == nullptr) throw std::invalid_argument("attention (cuda): mask.lengths is null");
   return true;
 }
 
 template <typename T, int NC>
 struct Fwd {
-  static void run(const MaskedAttentionForward& a, cudaStream_t stream) {
+  static void run(const AttentionForward& a, cudaStream_t stream) {
     constexpr int R = kGroups * quads_per_warp(NC);
     const AttentionProblem& s = a.problem;
     Launch l = plan(s, R, {1, (kTile + 1) * R});
     l.problem.vec = vec_ok<T>(s, a.q) && vec_ok<T>(s, a.k) && vec_ok<T>(s, a.v);
-    masked_attention_fwd_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+    prefix_attention_fwd_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
         l.problem, static_cast<const T*>(a.q), static_cast<const T*>(a.k),
         static_cast<const T*>(a.v), static_cast<T*>(a.out), static_cast<float*>(a.lse));
-    check_launch("masked_attention_fwd_kernel");
+    check_launch("prefix_attention_fwd_kernel");
   }
 };
 
 template <typename T, int NC>
 struct Bwd {
-  static void run(const MaskedAttentionBackward& a, cudaStream_t stream) {
+  static void run(const AttentionBackward& a, cudaStream_t stream) {
     constexpr int R = kGroups * quads_per_warp(NC);
     const AttentionProblem& s = a.problem;
     const auto q = static_cast<const T*>(a.q);
@@ -713,17 +713,17 @@ struct Bwd {
 
     Launch l = plan(s, R, {2, kTile * R});
     l.problem.vec = vec;
-    masked_attention_bwd_dq_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+    prefix_attention_bwd_dq_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
         l.problem, q, k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq),
         a.workspace);
-    check_launch("masked_attention_bwd_dq_kernel");
+    check_launch("prefix_attention_bwd_dq_kernel");
 
     // Same stream: runs after the dq kernel has written delta.
     l = plan(s, R, {2, 2 * kTile * R});
     l.problem.vec = vec;
-    masked_attention_bwd_dkv_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
+    prefix_attention_bwd_dkv_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
         l.problem, q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
-    check_launch("masked_attention_bwd_dkv_kernel");
+    check_launch("prefix_attention_bwd_dkv_kernel");
   }
 };
 
@@ -740,7 +740,7 @@ void dispatch_head_dim(const Args& a, cudaStream_t stream) {
 
 }  // namespace
 
-void masked_attention_fwd_cuda(const MaskedAttentionForward& args) {
+void attention_forward_cuda(const AttentionForward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_fwd_cuda(args);
   const auto s = static_cast<cudaStream_t>(args.exec.stream);
@@ -752,7 +752,7 @@ void masked_attention_fwd_cuda(const MaskedAttentionForward& args) {
   }
 }
 
-void masked_attention_bwd_cuda(const MaskedAttentionBackward& args) {
+void attention_backward_cuda(const AttentionBackward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_bwd_cuda(args);
   const auto s = static_cast<cudaStream_t>(args.exec.stream);

@@ -1,8 +1,5 @@
 """ResT's fused masked cross-modal attention ``masked_attention``: its arguments and semantics.
 
-The public entry point is :func:`zsar.ops.masked_attention` (this module is named differently so
-that the function does not shadow it).
-
 Tokens of each sample are ordered ``[CLS, frames..., words..., padding]``. With ``n_visual`` visual
 tokens (CLS + frames) and ``n_text[b]`` valid words, query ``i`` may attend key ``j`` iff
 
@@ -16,7 +13,8 @@ mask kinds ``rest`` and ``full`` of the fused attention kernels (``n_fixed = n_v
 kernel: no ``L x L`` tensor is built.
 
 The op is the ``torch.library`` custom op ``zsar::masked_attention`` (with
-``zsar::masked_attention_backward``), built by :class:`~zsar.ops._custom_op.FusedOp`: it works under
+``zsar::masked_attention_backward``), built by the attention ops' shared front end
+(:class:`~zsar.ops.attention.AttentionOp` over :class:`~zsar.ops._custom_op.FusedOp`): it works under
 autograd, ``torch.compile``, ``FlopCounterMode``, ``torch.jit.trace`` and
 ``torch.library.opcheck``, and both registered ops validate what they are given.
 
@@ -31,13 +29,11 @@ finite one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from ._custom_op import FusedOp
-from .attention import AttentionInputs, backends, key_end
+from .attention import AttentionInputs, AttentionOp, key_end
 
 __all__ = ["MaskedAttentionInputs", "check_n_text_range", "dispatcher", "key_end", "masked_attention"]
 
@@ -78,29 +74,27 @@ class MaskedAttentionInputs(AttentionInputs):
 
 
 #: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
-MASKED_ATTENTION = FusedOp(
-    _OP,
-    MaskedAttentionInputs,
-    outputs=("out", "lse"),
-    differentiable_outputs=("out",),
-    differentiable_inputs=("q", "k", "v"),
-    backends=backends(),
+MASKED_ATTENTION = AttentionOp(
+    _OP, MaskedAttentionInputs, lengths_name="n_text", n_fixed_name="n_visual",
+    probe=lambda q, lengths: MaskedAttentionInputs(q, q, q, lengths, 1, False, 0.125),
+    example=lambda batch, device, gen: _example(batch, device, gen),
 )
+
+
+def _example(batch: int | None, device, gen: torch.Generator) -> tuple[MaskedAttentionInputs, str]:
+    """ResT's shape: 12 heads of 64, CLS + 16 frames + up to 8 words (1..8 per sample), batch 64."""
+    B, H, L, D, n_visual = batch or 64, 12, 25, 64, 17
+    n_text = torch.randint(1, L - n_visual + 1, (B,), generator=gen, dtype=torch.int32).to(device)
+    q, k, v = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(3))
+    return (MaskedAttentionInputs(q, k, v, n_text, n_visual, False, D**-0.5),
+            f"B={B} H={H} L={L} (CLS + 16 frames + 1..8 words) Dh={D}, mode rest")
 #: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
 dispatcher = MASKED_ATTENTION.dispatcher
-
-#: Older name of :class:`MaskedAttentionInputs` (``zsar.info`` and ``zsar bench`` use it).
-AttentionInputs = MaskedAttentionInputs
 
 
 def check_n_text_range(n_text: torch.Tensor, n_visual: int, seq_len: int) -> None:
     """Raises ValueError unless ``0 <= n_text <= seq_len - n_visual``; reads the values (a sync on CUDA)."""
-    lo, hi = (int(x) for x in torch.aminmax(n_text))
-    if lo < 0 or hi > seq_len - n_visual:
-        raise ValueError(
-            f"{_OP}: n_text values must be in [0, L - n_visual = {seq_len - n_visual}], "
-            f"got values in [{lo}, {hi}]"
-        )
+    MASKED_ATTENTION.check_range(n_text, n_visual, seq_len)
 
 
 def masked_attention(
@@ -140,14 +134,5 @@ def masked_attention(
     """
     if mode not in MODES:
         raise ValueError(f"{_OP}: mode must be one of {MODES}, got {mode!r}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1]) if isinstance(q, torch.Tensor) and q.dim() > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{_OP}: scale must be a finite number or None, got {scale!r}")
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"{_OP}: backend must be a str or None, got {type(backend).__name__}")
-    inputs = MaskedAttentionInputs(q, k, v, n_text, n_visual, mode == "full", float(scale))
-    inputs.validate()
-    if check_n_text and not torch.compiler.is_compiling():
-        check_n_text_range(n_text, n_visual, q.shape[2])
-    return MASKED_ATTENTION(inputs, backend)[0]
+    return MASKED_ATTENTION(q, scale, backend, check_n_text,
+                            lambda scale: MaskedAttentionInputs(q, k, v, n_text, n_visual, mode == "full", scale))

@@ -1,8 +1,5 @@
 """MZST's attention-bottleneck fusion attention ``bottleneck_attention``: its arguments and semantics.
 
-The public entry point is :func:`zsar.ops.bottleneck_attention` (this module is named differently
-so that the function does not shadow it).
-
 A fusion stream of length ``L`` holds a modality's tokens, then padding, then ``n_fusion`` shared
 fusion tokens (MBT's attention bottlenecks; the second paper's Eq. 2). The valid positions of
 sample ``b`` are ``[0, n_valid[b])`` and ``[L - n_fusion, L)``; every valid query attends every
@@ -13,21 +10,19 @@ attended by no query. With ``n_fusion = 0`` this is plain key padding. This is t
 hold only padding.
 
 The op is the ``torch.library`` custom op ``zsar::bottleneck_attention`` (with
-``zsar::bottleneck_attention_backward``), built by :class:`~zsar.ops._custom_op.FusedOp` like
-``masked_attention``: autograd, ``torch.compile``, ``FlopCounterMode`` (only valid query-key pairs
+``zsar::bottleneck_attention_backward``), built by the same front end as ``masked_attention``
+(:class:`~zsar.ops.attention.AttentionOp`): autograd, ``torch.compile``, ``FlopCounterMode`` (only valid query-key pairs
 are counted), ``torch.jit.trace`` and ``torch.library.opcheck``; both registered ops validate what
 they are given.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from ._custom_op import FusedOp
-from .attention import AttentionInputs, backends
+from .attention import AttentionInputs, AttentionOp
 
 __all__ = ["BottleneckAttentionInputs", "bottleneck_attention", "check_n_valid_range", "dispatcher"]
 
@@ -64,26 +59,29 @@ class BottleneckAttentionInputs(AttentionInputs):
 
 
 #: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
-BOTTLENECK_ATTENTION = FusedOp(
-    _OP,
-    BottleneckAttentionInputs,
-    outputs=("out", "lse"),
-    differentiable_outputs=("out",),
-    differentiable_inputs=("q", "k", "v"),
-    backends=backends(),
+BOTTLENECK_ATTENTION = AttentionOp(
+    _OP, BottleneckAttentionInputs, lengths_name="n_valid", n_fixed_name="n_fusion",
+    probe=lambda q, lengths: BottleneckAttentionInputs(q, q, q, lengths, 1, 0.125),
+    example=lambda batch, device, gen: _example(batch, device, gen),
 )
+
+
+def _example(batch: int | None, device, gen: torch.Generator) -> tuple[BottleneckAttentionInputs, str]:
+    """MZST's audio-video stream at L=400: 12 heads of 64, 4 fusion tokens, a quarter of the batch
+    (rounded down) without audio (half the stream valid), batch 8."""
+    B, H, L, D, n_fusion = batch or 8, 12, 400, 64, 4
+    n_valid = torch.full((B,), L - n_fusion, dtype=torch.int32)
+    n_valid[: B // 4] = (L - n_fusion) // 2
+    q, k, v = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(3))
+    return (BottleneckAttentionInputs(q, k, v, n_valid.to(device), n_fusion, D**-0.5),
+            f"B={B} H={H} L={L} Dh={D}, {n_fusion} fusion tokens, {B // 4} of {B} samples half padding")
 #: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
 dispatcher = BOTTLENECK_ATTENTION.dispatcher
 
 
 def check_n_valid_range(n_valid: torch.Tensor, n_fusion: int, seq_len: int) -> None:
     """Raises ValueError unless ``0 <= n_valid <= seq_len - n_fusion``; reads the values (a sync on CUDA)."""
-    lo, hi = (int(x) for x in torch.aminmax(n_valid))
-    if lo < 0 or hi > seq_len - n_fusion:
-        raise ValueError(
-            f"{_OP}: n_valid values must be in [0, L - n_fusion = {seq_len - n_fusion}], "
-            f"got values in [{lo}, {hi}]"
-        )
+    BOTTLENECK_ATTENTION.check_range(n_valid, n_fusion, seq_len)
 
 
 def bottleneck_attention(
@@ -120,14 +118,5 @@ def bottleneck_attention(
         BackendUnavailableError: when ``backend`` (or every backend) cannot serve the inputs; the
             message lists each backend with its reason.
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1]) if isinstance(q, torch.Tensor) and q.dim() > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{_OP}: scale must be a finite number or None, got {scale!r}")
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"{_OP}: backend must be a str or None, got {type(backend).__name__}")
-    inputs = BottleneckAttentionInputs(q, k, v, n_valid, n_fusion, float(scale))
-    inputs.validate()
-    if check_n_valid and not torch.compiler.is_compiling():
-        check_n_valid_range(n_valid, n_fusion, q.shape[2])
-    return BOTTLENECK_ATTENTION(inputs, backend)[0]
+    return BOTTLENECK_ATTENTION(q, scale, backend, check_n_valid,
+                                lambda scale: BottleneckAttentionInputs(q, k, v, n_valid, n_fusion, scale))
