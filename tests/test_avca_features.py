@@ -313,7 +313,7 @@ def test_zsar_gzsl_on_released_features_learns_unseen_classes(corpus, tmp_path):
                             "stages.joint.lr=0.01", "seed=1")
     test, s2 = report["test"], report["stage_2"]
     assert set(report) == {"protocol", "dataset", "split", "model", "metric", "beta_grid", "test", "stage_1", "stage_2",
-                           "checkpoint", "embedder", "report", "plot", "config", "published"}
+                           "checkpoint", "embedder", "report", "plot", "config", "published", "uncalibrated"}
     assert (report["protocol"], report["dataset"], report["split"], report["metric"]) == ("avca-gzsl", "ucf",
                                                                                         "main_split", "l2")
     assert set(s2) >= {"epochs", "beta", "curve", "per_class_accuracy"} and len(report["stage_1"]["history"]) == 5

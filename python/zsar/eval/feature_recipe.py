@@ -30,7 +30,6 @@ from ..text import embedder_from_spec, load_name_map
 
 __all__ = ["feature_stages", "feature_modalities"]
 
-_DEFAULT_EMBEDDER = {"type": "sentence"}
 
 
 def feature_modalities(model) -> tuple[str, ...]:
@@ -64,7 +63,7 @@ def feature_stages(config) -> tuple[dict[str, VideoList], Any]:
                                                                 if k not in ("num_classes", "vocab")})
     stages = avca_feature_stages(data.annotations, config.avca_split, features=data.root,
                                  modalities=feature_modalities(probe), on_missing=data.on_missing)
-    if dict(config.embedder) == _DEFAULT_EMBEDDER:
+    if config.embedder is None:  # no embedder named: the release's own word2vec table, as AVCA embeds its labels
         return stages, avca_class_vectors(data.annotations, config.avca_split, features=data.root)
     spec = dict(config.embedder)
     name_map_file = avca_feature_layout(data.annotations, config.avca_split, data.root).name_map_file()

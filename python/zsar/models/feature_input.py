@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from .base import AudioSpec, ModelInputs
-from .mzst import AUDIO_BACKBONES, MZST, VIDEO_BACKBONES, MZSTConfig, build_mzst
+from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
+from .mzst import MZST, MZSTConfig, build_mzst
 from .registry import register_model
-from .rest import _register_variant
+from .rest import _create_rest
 
 __all__ = ["FEATURES", "FeatureTokens", "MZSTFeaturesConfig", "MZSTFeatures", "MZST_FEATURE_VARIANTS",
            "REST_FEATURE_VARIANTS"]
@@ -175,5 +176,15 @@ def _register_mzst(name: str, defaults: dict):
 
 for _name, _defaults in MZST_FEATURE_VARIANTS.items():
     _register_mzst(_name, _defaults)
-for _name, _defaults in REST_FEATURE_VARIANTS.items():
-    _register_variant(_name, _defaults)
+
+
+@register_model("rest_features")
+def rest_features(class_names=None, **overrides):
+    """ResT's feature-input mode on AVCA's 512-d SeLaVi video features (``main_split``)."""
+    return _create_rest(class_names, overrides, **REST_FEATURE_VARIANTS["rest_features"])
+
+
+@register_model("rest_features_cls")
+def rest_features_cls(class_names=None, **overrides):
+    """ResT's feature-input mode on AVCA's 4096-d C3D video features (``cls_split``)."""
+    return _create_rest(class_names, overrides, **REST_FEATURE_VARIANTS["rest_features_cls"])
