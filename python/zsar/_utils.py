@@ -92,6 +92,18 @@ def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> d
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Runs the block with ``threads`` intra-op threads (None: leaves torch's setting alone)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def quiet_model_loading():
     """No "Loading weights" progress bar from Hugging Face transformers while loading local models
     (a label embedder, a backbone): it would print on every ``zsar predict``/``eval``. Restores the

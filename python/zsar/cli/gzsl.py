@@ -36,6 +36,15 @@ out for stage-1 validation), metric (l2 or cosine; default the model's zero-shot
 cross-validation grid, {} for the default one), eval_clips (1),
 plot (true). With word vectors and a packaged split, labels are embedded through the packaged
 *_w2v_class_names.csv maps.
+
+the released AVCA-GZSL features (no videos needed), e.g. avgzsl_benchmark_datasets/UCF:
+  dataset: ucf
+  split: main                       # main: SeLaVi features; cls: C3D/VGGish (model: mzst_features_cls)
+  model: mzst_features              # or rest_features (video features only)
+  batch_size: 64
+  out_dir: runs/ucf_gzsl_features
+  data: {format: avca_features, annotations: avgzsl_benchmark_datasets/UCF}
+the stages come from the folder's class-split/, the label vectors from its features/<name>/text/*.npy.
 """
 
 
@@ -62,7 +71,10 @@ def run(args) -> int:
     from ..eval.recipes import run_gzsl_recipe
 
     report = run_gzsl_recipe(config)
-    print(format_gzsl_table(report))
+    published = report.get("published") or []
+    print(format_gzsl_table([report, *published]))
+    for row in published:
+        print(f"  {row['model']}: {row['source']}")
     stage_1 = report["stage_1"]
     print(f"stage 1 chose epoch {stage_1['best_epoch']} of {stage_1['epochs']} and beta {stage_1['beta']:.2f}")
     if "uncalibrated" in report:

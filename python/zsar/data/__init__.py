@@ -31,6 +31,8 @@ from .formats import (
     read_video_list,
     write_class_list,
 )
+from .features import AVCAFeatureDataset
+from .formats import avca_class_vectors, avca_feature_stages, read_avca_features
 from .decoders import BACKENDS as DECODER_BACKENDS
 from .decoders import Decoder, choose_backend, decoder_names, read_frames, register_decoder
 from .loader import (FilePolicy, VideoClipDataset, VideoLoader, clip_audio, evaluation_loader, load_clip,
@@ -43,6 +45,7 @@ from .prepare import PrepareSummary, find_videos, prepare_dataset, transcode_vid
 from .video import VIDEO_EXTENSIONS, VideoError, VideoInfo, media_file_problem, probe_video, write_video
 
 __all__ = [
+    "AVCAFeatureDataset", "avca_class_vectors", "avca_feature_stages", "read_avca_features",
     "AST_MEAN", "AST_STD", "AVCA_STAGES", "FORMATS", "DatasetFormat", "register_format", "AnnotationError", "PrepareSummary", "VIDEO_EXTENSIONS",
     "audio_features", "fbank", "find_videos", "load_audio", "match_class_names", "normalize_class_name",
     "normalize_fbank", "prepare_dataset", "read_activitynet", "read_avca_classes", "read_avca_split",

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .._utils import torch_threads  # noqa: F401  (re-exported: the demos use it)
 from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
 
@@ -80,18 +81,6 @@ class Steps:
 def default_workers(workers: int | None) -> int:
     """Processes rendering and threads decoding: ``workers``, or the CPU count (at most 8)."""
     return workers if workers is not None else min(torch.multiprocessing.cpu_count(), 8)
-
-
-@contextmanager
-def torch_threads(threads: int | None):
-    """Runs the block with ``threads`` intra-op threads (None: leaves torch's setting alone)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def environment(device) -> dict[str, Any]:

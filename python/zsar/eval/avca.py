@@ -466,7 +466,7 @@ def format_gzsl_table(reports) -> str:
 
     Returns:
         The table as text (two header lines, percents with two decimals, ``-`` where a model has no
-        run on a benchmark).
+        run on a benchmark or a score is None, e.g. published rows without S and U).
     """
     rows = [reports] if isinstance(reports, Mapping) else list(reports)
     columns = list(dict.fromkeys(_column(r) for r in rows))
@@ -478,7 +478,8 @@ def format_gzsl_table(reports) -> str:
         line = [m]
         for c in columns:
             scores = cells.get((m, c))
-            line += [f"{100 * scores[k]:.2f}" if scores and not math.isnan(scores[k]) else "-" for k in keys]
+            line += [f"{100 * scores[k]:.2f}" if scores and scores.get(k) is not None and not math.isnan(scores[k])
+                     else "-" for k in keys]
         body.append(line)
     width0 = max(len("model"), *(len(m) for m in models))
     widths = [max(6, *(len(line[i]) for line in body)) for i in range(1, len(body[0]))]

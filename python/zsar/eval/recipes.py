@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from .. import config as _config
-from ..data import VideoClipDataset, evaluation_loader
+from .._utils import torch_threads
+from ..data import AVCAFeatureDataset, VideoClipDataset, evaluation_loader
 from ..data.config import DataConfig
 from ..data.decoders import fallback_decoder
 from ..data.formats import AVCA_STAGES
@@ -45,8 +47,10 @@ from ..train.pipeline import Pipeline
 from ..zeroshot import HEADS, encode_loader
 from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl,
                    run_avca_protocol)
+from .feature_recipe import feature_modalities, feature_stages
 from .gzsl import DEFAULT_BETA_GRID, DISTANCE_METRICS
 from .protocols import write_results_json
+from .published import published_reports
 
 __all__ = ["GZSLConfig", "AVCA_SPLITS", "run_gzsl_recipe", "evaluate_gzsl_checkpoint",
            "REPORT_FILE", "PLOT_FILE"]
@@ -198,11 +202,16 @@ class _RegisteredModelRunner:
                                  self.embedder)
         train_spec, self.eval_spec = self.pipeline.clip_specs(cfg.eval_clips, stride=data.stride,
                                                               short_side=data.short_side)
-        self.train_set = VideoClipDataset(videos, train_spec, backend=fallback_decoder(data.backend), seed=cfg.seed,
-                                          on_error=data.on_error, audio=self.pipeline.model.inputs.audio,
-                                          missing_audio=data.missing_audio)
+        self.train_set = self._train_dataset(videos, train_spec)
         self.videos, self._classifier = videos, None
         return self.pipeline
+
+    def _train_dataset(self, videos: VideoList, spec):
+        """The training dataset of ``videos`` for the current model (decoded clips; feature runs read features)."""
+        data = self.config.data
+        return VideoClipDataset(videos, spec, backend=fallback_decoder(data.backend), seed=self.config.seed,
+                                on_error=data.on_error, audio=self.pipeline.model.inputs.audio,
+                                missing_audio=data.missing_audio)
 
     def epochs(self, videos: VideoList) -> int:
         """Epochs of one full training run on ``videos``: all the model's stages."""
@@ -233,6 +242,7 @@ class _RegisteredModelRunner:
                       flush=True)
 
     def _loader(self, videos: VideoList):
+        """An evaluation loader of ``videos`` (in order) for the current model (feature runs read features)."""
         data = self.config.data
         return evaluation_loader(videos, self.eval_spec, self.config.batch_size,
                                  audio=self.pipeline.model.inputs.audio, backend=data.backend, on_error=data.on_error,
@@ -253,6 +263,50 @@ class _RegisteredModelRunner:
         return self.classifier().set_labels(list(names)).class_matrix
 
 
+class FeatureRunner(_RegisteredModelRunner):
+    """The runner of a ``zsar gzsl`` run on released features (:mod:`zsar.eval.feature_recipe`): datasets and
+    loaders of :class:`~zsar.data.AVCAFeatureDataset`, one per list for the run (the protocol evaluates the
+    same lists every epoch; a kept dataset keeps its files open and cached).
+
+    Trains and encodes with one intra-op thread: a feature batch is a few tokens per video, so each op is
+    tiny and thread hand-offs cost more than they save (``bench/bench_avca_features.py``: an
+    ``mzst_features`` training step at batch 64 took 1.08 s with 1 thread and 11.7 s with 2 on the 2-core
+    development machine at load 14-16, ratio 10.5x, min-max 7.2-12.6x over 4 interleaved rounds).
+    """
+
+    threads = 1
+
+    def __init__(self, config: GZSLConfig, embedder, out_dir: str | Path | None = None):
+        super().__init__(config, embedder, out_dir)
+        self._datasets: dict[tuple, tuple] = {}  # (id of a list, modalities) -> (the list, its dataset)
+
+    def _dataset(self, videos: VideoList):
+        key = (id(videos), feature_modalities(self.pipeline.model))
+        if key not in self._datasets:  # the list is kept with it, so its id is not reused meanwhile
+            self._datasets[key] = (videos, AVCAFeatureDataset(videos, key[1]))
+        return self._datasets[key][1]
+
+    def _train_dataset(self, videos: VideoList, spec):
+        return self._dataset(videos)
+
+    def _loader(self, videos: VideoList):
+        dataset = self._dataset(videos)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                          num_workers=self.config.num_workers, collate_fn=dataset.collate_fn)
+
+    def train(self, videos: VideoList, epochs: int, after_epoch) -> None:
+        with torch_threads(self.threads):
+            super().train(videos, epochs, after_epoch)
+
+    def encode(self, videos: VideoList):
+        with torch_threads(self.threads):
+            return super().encode(videos)
+
+    def classifier(self):
+        with torch_threads(self.threads):
+            return super().classifier()
+
+
 def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     """Runs the AVCA two-stage protocol for ``config.model`` on ``config``'s videos.
 
@@ -263,7 +317,12 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
 
     Returns:
         The report of :func:`zsar.eval.run_avca_protocol` plus ``checkpoint``, ``embedder``
-        (its spec), ``report``, ``plot`` and ``config``.
+        (its spec), ``report``, ``plot``, ``config`` and ``published`` (the papers' rows for this benchmark,
+        :func:`zsar.eval.published.published_reports`).
+
+    With ``data.format: avca_features`` the videos are the released AVCA-GZSL features
+    (:mod:`zsar.eval.feature_recipe`): the six stages come from the dataset folder's own split files and
+    feature files, and the labels are embedded with its released word2vec table.
 
     Raises:
         ValueError: no ``data``, bad stages (see :func:`zsar.eval.avca_stages`), an embedder or model
@@ -271,19 +330,24 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
     """
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
-    videos = config.data.read()
-    test_config = config.test_data_config()
-    stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
-                         test_videos=None if test_config is None else test_config.read(),
-                         val_fraction=config.val_fraction, seed=config.seed)
-    embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
+    if config.data.format == "avca_features":  # the released features: their own stages, word2vec and reader
+        stages, embedder = feature_stages(config)
+        make_runner = FeatureRunner
+    else:
+        videos = config.data.read()
+        test_config = config.test_data_config()
+        stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
+                             test_videos=None if test_config is None else test_config.read(),
+                             val_fraction=config.val_fraction, seed=config.seed)
+        embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
+        make_runner = _RegisteredModelRunner
     out = Path(config.out_dir)
     with RunLock(out):
         finished = (out / REPORT_FILE).is_file()
         work = out / _STAGING if finished else out
         if finished:
             shutil.rmtree(work, ignore_errors=True)  # a killed re-run's work (zsar's own folder)
-        runner = _RegisteredModelRunner(config, embedder, work)
+        runner = make_runner(config, embedder, work)
         epochs = runner.epochs(stages["stage_1_train"])
         metric = config.metric or runner.head_metric
         report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
@@ -294,7 +358,7 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
         checkpoint = out / Path(saved).relative_to(work)
         spec = getattr(embedder, "spec", lambda: None)()
         report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
-                      config=config.to_dict())
+                      config=config.to_dict(), published=published_reports(config.dataset, config.avca_split))
         if config.plot:
             from .plots import plot_gzsl_tradeoff  # lazy: plots load matplotlib, an optional dependency
 

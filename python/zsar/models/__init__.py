@@ -15,10 +15,12 @@ from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .registry import create_model, default_embedder_spec, list_models, needs_label_embeddings, register_model
 from .rest import ResT, ResTConfig  # noqa: F401  (importing registers the ResT variants)
 from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
+from .feature_input import MZSTFeatures, MZSTFeaturesConfig  # noqa: F401  (registers mzst_features*, rest_features*)
 
 __all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "ResT", "ResTConfig",
            "TrainingStage",
            "ZeroShotModel", "create_model", "default_embedder_spec", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
+__all__ += ["MZSTFeatures", "MZSTFeaturesConfig"]
 
 
 def _import_model_files() -> None:

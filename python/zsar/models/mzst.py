@@ -29,7 +29,8 @@ __all__ = ["MZST", "MZSTConfig", "build_mzst"]
 
 
 def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_embeddings=None,
-               video_weights: str | Path | None = None, audio_weights=None, **overrides) -> MZST:
+               video_weights: str | Path | None = None, audio_weights=None, *, model_cls: type[MZST] | None = None,
+               config_cls: type[MZSTConfig] = MZSTConfig, **overrides) -> MZST:
     """An :class:`MZST` from a variant's defaults and ``overrides`` (fields of :class:`MZSTConfig`).
 
     Args:
@@ -43,6 +44,8 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
         audio_weights: a Hugging Face AST repo id or folder, an AST state dict or file, or ImageNet
             ViT/DeiT weights (``"timm/<name>"`` or a timm state-dict file) adapted to AST as its
             authors did. See :func:`zsar.models.weights.load_audio_weights`.
+        model_cls, config_cls: the model class and its config class (subclasses such as the feature-input
+            models of :mod:`zsar.models.feature_input`; default :class:`MZST`, :class:`MZSTConfig`).
     Weights are read once at construction and not recorded in :meth:`MZST.model_args` (the weights
     themselves are).
     """
@@ -59,7 +62,7 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
             raise ValueError(f"class_embeddings must be (num_classes, embed_dim), got shape {tuple(class_embeddings.shape)}")
         args.setdefault("embed_dim", class_embeddings.shape[1])
         args.setdefault("num_classes", class_embeddings.shape[0])
-    model = MZST(MZSTConfig.from_dict(args), class_embeddings)
+    model = (model_cls or MZST)(config_cls.from_dict(args), class_embeddings)
     if video_weights is not None:
         if model.video_encoder is None:
             raise ValueError("video_weights given to a model without the video modality")

@@ -70,8 +70,7 @@ class MZST(ZeroShotModel):
         self.with_text = c.text_stream if c.text_stream is not None else self.with_mlm
         D = c.dim
 
-        self.video_encoder = VIDEO_BACKBONES[c.video_backbone](c.frames, c.image_size) if self.use_video else None
-        self.audio_encoder = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins, c.audio_patch_stride) if self.use_audio else None
+        self.video_encoder, self.audio_encoder = self._build_encoders(c)
         self.num_video_tokens = self.video_encoder.num_tokens if self.use_video else 0
         self.num_audio_tokens = self.audio_encoder.num_tokens if self.use_audio else 0
         self.video_proj = nn.Linear(self.video_encoder.dim, D) if self.use_video else None
@@ -107,6 +106,13 @@ class MZST(ZeroShotModel):
         self._init_weights()
         if class_embeddings is not None:
             self.set_class_embeddings(class_embeddings)
+
+    def _build_encoders(self, c: MZSTConfig) -> tuple[nn.Module | None, nn.Module | None]:
+        """The modules that turn each stream's input into tokens (``num_tokens``, ``dim``): the backbones.
+        Feature-input models (:mod:`zsar.models.feature_input`) put their feature stems here instead."""
+        video = VIDEO_BACKBONES[c.video_backbone](c.frames, c.image_size) if self.use_video else None
+        audio = AUDIO_BACKBONES[c.audio_backbone](c.audio_length, c.mel_bins, c.audio_patch_stride) if self.use_audio else None
+        return video, audio
 
     def _init_weights(self):
         # Everything but the backbones (their own init) and the fusion tokens (N(0, 0.02), set above).

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .._utils import quiet_model_loading, read_json
+from .class_vectors import ClassVectorEmbedder
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,7 @@ class SentenceEmbedder:
 _SPEC_KEYS = {
     "sentence": {"type", "model", "name_map", "normalize"},
     "word_vectors": {"type", "path", "binary", "name_map", "stop_words"},
+    "class_vectors": {"type", "path", "name_map"},  # a {class: vector} table (zsar.text.class_vectors)
 }
 
 
@@ -341,8 +343,9 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
     caller passes ``trust_pickle=True``.
 
     Args:
-        spec: ``{"type": "sentence", "model": ..., "name_map": ..., "normalize": ...}`` or ``{"type": "word_vectors",
-            "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}``.
+        spec: ``{"type": "sentence", "model": ..., "name_map": ..., "normalize": ...}``, ``{"type": "word_vectors",
+            "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}`` or ``{"type": "class_vectors",
+            "path": ..., "name_map": ...}`` (a class-vector table, :class:`zsar.text.ClassVectorEmbedder`).
         trust_pickle: allow a gensim pickle (``.kv``, ``.model``), which runs code when loaded.
         where: how to name the spec in error messages (e.g. the ``zeroshot.json`` it came from).
 
@@ -359,7 +362,7 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         raise ValueError(f"{where}: expected an object with a 'type', got {type(spec).__name__} {spec!r:.80}")
     kind = spec.get("type")
     if kind not in _SPEC_KEYS:
-        raise ValueError(f"{where}: unknown embedder type {kind!r} (expected 'sentence' or 'word_vectors')")
+        raise ValueError(f"{where}: unknown embedder type {kind!r} (expected one of {sorted(_SPEC_KEYS)})")
     unknown = sorted(map(str, set(spec) - _SPEC_KEYS[kind]))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for type {kind!r}; known: {sorted(_SPEC_KEYS[kind])}")
@@ -375,6 +378,12 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         if normalize is not None and not isinstance(normalize, bool):
             raise ValueError(f"{where}: 'normalize' must be true, false or null, got {normalize!r}")
         return SentenceEmbedder(model, name_map=name_map, normalize=normalize)
+    if kind == "class_vectors":
+        path = spec.get("path")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise FileNotFoundError(f"class-vector file {path!r} (recorded in the {where}) does not exist; "
+                                    f"pass an embedder explicitly")
+        return ClassVectorEmbedder(path, name_map)
     path, binary = spec.get("path"), spec.get("binary")
     stop_words = spec.get("stop_words", STOP_WORDS)
     if not isinstance(path, str) or not path:

@@ -14,6 +14,8 @@ a ``video_id`` unique within the list. One module per format, each registering i
 * ``vggsound`` (:mod:`.vggsound`): VGGSound CSV (``youtube_id,start_seconds,label,split``).
 * ``folder`` (:mod:`.folder`): ``<folder>/<class>/<video>``, split by ``train/ val/ test/``
   sub-folders or a seeded fraction, :func:`read_video_folder`.
+* ``avca_features`` (:mod:`.avca_features`): the released AVCA-GZSL features (one HDF5 file per class
+  and stage), :func:`read_avca_features`; records name feature files, not videos.
 
 :mod:`.avca` applies the AVCA-GZSL benchmark's class (and, where present, video) splits to one of
 these lists; :mod:`.common` holds what the formats share (class lists, the file finder, the
@@ -22,7 +24,9 @@ registry's one signature decorated with ``@register_format("name", ...)``, and i
 """
 
 from . import video_list, ucf101, hmdb51, kinetics, activitynet, vggsound, folder  # noqa: F401,I001  (registers, in this order)
+from . import avca_features  # noqa: F401,I001  (registers the released AVCA-GZSL features)
 from .activitynet import read_activitynet
+from .avca_features import avca_class_vectors, avca_feature_layout, avca_feature_stages, read_avca_features
 from .avca import AVCA_STAGES, read_avca_classes, read_avca_split, read_avca_word_names
 from .common import (
     AnnotationError,
@@ -43,6 +47,10 @@ __all__ = [
     "AVCA_STAGES",
     "FORMATS",
     "AnnotationError",
+    "avca_class_vectors",
+    "avca_feature_layout",
+    "avca_feature_stages",
+    "read_avca_features",
     "DatasetFormat",
     "get_format",
     "match_class_names",
