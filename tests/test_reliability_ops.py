@@ -64,3 +64,51 @@ def test_the_reference_path_refuses_dense_scores_that_would_not_fit(monkeypatch)
         masked_attention(q, k, v, 8, torch.tensor([2, 3], dtype=torch.int32), backend="reference")
     monkeypatch.setenv("ZSAR_LIMIT_ATTENTION_DENSE_BYTES", str(3 * B * H * L * L * 4))
     masked_attention(q, k, v, 8, torch.tensor([2, 3], dtype=torch.int32), backend="reference")
+
+
+def test_the_cpu_prefix_kernels_refuse_scratch_that_would_not_fit(monkeypatch):
+    """The rest/full cpu kernels keep L x L scratch per thread (x4 with gradients): past the limit the
+    backend says so instead of allocating; the bottleneck kind (tiled, O(L)) is not affected."""
+    from zsar.ops._dispatch import BackendUnavailableError
+
+    q, k, v = _inputs()
+    need = min(torch.get_num_threads(), B * H) * 4 * L * 16 * 4  # ld = L rounded up to 8 = 16; float32
+    monkeypatch.setenv("ZSAR_LIMIT_ATTENTION_SCRATCH_BYTES", str(need - 1))
+    with pytest.raises(BackendUnavailableError, match=r"cpu: its rest-mask kernels keep L x L scratch per thread"):
+        _masked_backend(q, k, v, "cpu")
+    with torch.no_grad():  # one buffer without gradients
+        _masked_backend(q, k, v, "cpu")
+    bottleneck_attention(q, k, v, torch.tensor([5, 8], dtype=torch.int32), 2, backend="cpu").sum().backward()
+    monkeypatch.setenv("ZSAR_LIMIT_ATTENTION_SCRATCH_BYTES", str(need))
+    _masked_backend(q, k, v, "cpu").sum().backward()
+
+
+def _masked_backend(q, k, v, backend):
+    if not torch.is_grad_enabled():
+        q, k, v = (t.detach() for t in (q, k, v))
+    return masked_attention(q, k, v, 8, torch.tensor([2, 3], dtype=torch.int32), backend=backend)
+
+
+def test_a_long_masked_attention_is_refused_before_allocating():
+    """masked_attention at L = 32768 (3 MiB of inputs) once took more than 6 GB on the cpu backend:
+    with no backend able to serve it in bounded memory, the call fails at once, naming each reason."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch\n"
+        "from zsar.ops import masked_attention, BackendUnavailableError\n"
+        "q = torch.randn(1, 1, 32768, 8, requires_grad=True)\n"
+        "try:\n"
+        "    masked_attention(q, q, q, 1, torch.tensor([32767], dtype=torch.int32))\n"
+        "except BackendUnavailableError as e:\n"
+        "    print('REFUSED', str(e).replace(chr(10), ' | '))\n"
+        "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as a user runs it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REFUSED" in out.stdout and "cpu: its rest-mask kernels keep L x L scratch" in out.stdout, out.stdout
+    assert "reference: its dense L x L scores" in out.stdout, out.stdout
+    assert int(out.stdout.split("MAXRSS_KB")[1]) < 1_500_000, out.stdout  # torch itself is ~0.5 GB

@@ -24,6 +24,7 @@ name                    default         what it bounds
 ``model_dim``           65,536          a model's width, MLP width, embedding size
 ``model_blocks``        1,024           layers / fusion blocks / heads / tokens of a model
 ``attention_dense_bytes`` 4 GiB         memory of the reference attention's dense L × L scores (else refused)
+``attention_scratch_bytes`` 2 GiB       per-call scratch of the cpu backend's rest/full kernels (L × L per thread, ×4 with gradients; else refused)
 ``model_parameters``    1e9             parameters of a model, estimated from its arguments before it is built
 ======================  ==============  ====================================================================
 """
@@ -49,6 +50,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "model_blocks": (1024, "layers, blocks, heads or tokens of a model"),
     "model_parameters": (1_000_000_000, "parameters of a model"),
     "attention_dense_bytes": (4 << 30, "bytes of dense attention scores"),
+    "attention_scratch_bytes": (2 << 30, "bytes of the CPU prefix attention kernels' L x L scratch"),
 }
 
 

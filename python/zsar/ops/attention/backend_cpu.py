@@ -1,8 +1,10 @@
 """C++/OpenMP backend (``zsar._C``): float32 and float64 on the CPU, one task per (batch, head).
 
 Kinds rest and full run the prefix kernels of ``csrc/cpu/prefix_attention.cpp`` (tuned for ResT's
-short sequences); bottleneck runs the tiled kernels of ``csrc/cpu/tiled_attention.cpp`` (online
-softmax over key tiles, O(L) memory).
+short sequences: a whole (b, h) slice's L x L probabilities in per-thread scratch, four such
+buffers in the backward), so those kinds are refused above the ``attention_scratch_bytes`` limit
+(``zsar._limits``) rather than allocating what a long sequence would need; bottleneck runs the
+tiled kernels of ``csrc/cpu/tiled_attention.cpp`` (online softmax over key tiles, O(L) memory).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ... import _ext
+from ..._limits import limit
 from .._backend import COMPILED_CORE, Backend, Support
 from . import compiled
 from .inputs import AttentionInputs, accum_dtype
@@ -19,6 +22,20 @@ class CpuBackend(Backend):
     name = "cpu"
     supports = (Support("cpu", (torch.float32, torch.float64), requires=(COMPILED_CORE,)),)
     mask_kinds = ("rest", "full", "bottleneck")
+
+    def _reasons(self, inputs):
+        yield from super()._reasons(inputs)
+        if not hasattr(inputs, "shape") or inputs.mask_kind == "bottleneck":  # tiled kernels: O(L) memory
+            return
+        b, h, length, _ = inputs.shape
+        ld = -(-length // 8) * 8  # the kernels' padded row (csrc/cpu/prefix_attention.cpp, kPad)
+        buffers = 4 if any(t.requires_grad for t in (inputs.q, inputs.k, inputs.v)) else 1
+        threads = max(1, min(torch.get_num_threads(), b * h))
+        need = threads * buffers * length * ld * torch.finfo(inputs.dtype).bits // 8
+        if need > limit("attention_scratch_bytes"):
+            yield (f"its {inputs.mask_kind}-mask kernels keep L x L scratch per thread: {need / 2**30:.1f} GiB at "
+                   f"L={length} ({threads} threads{', with gradients' if buffers > 1 else ''}), above "
+                   f"ZSAR_LIMIT_ATTENTION_SCRATCH_BYTES={limit('attention_scratch_bytes')}")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
