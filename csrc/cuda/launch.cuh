@@ -16,8 +16,9 @@
 
 namespace zsar {
 
-template <typename I>
-__host__ __device__ __forceinline__ constexpr I cdiv(I a, I b) {
+// ceil(a / b) for positive integers, in the wider of their types.
+template <typename A, typename B>
+__host__ __device__ __forceinline__ constexpr auto cdiv(A a, B b) -> decltype(a + b) {
   return (a + b - 1) / b;
 }
 

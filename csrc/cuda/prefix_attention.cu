@@ -704,7 +704,7 @@ struct Bwd {
 // Runs Fn<T, NC>, NC = the column slices per lane that head_dim needs.
 template <typename T, template <typename, int> class Fn, typename Args>
 void dispatch_head_dim(const Args& a, cudaStream_t stream) {
-  switch (cdiv<int64_t>(a.problem.head_dim, kWarpSize)) {
+  switch (cdiv(a.problem.head_dim, kWarpSize)) {
     case 1: return Fn<T, 1>::run(a, stream);
     case 2: return Fn<T, 2>::run(a, stream);
     case 3: return Fn<T, 3>::run(a, stream);

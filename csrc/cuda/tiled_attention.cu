@@ -357,7 +357,7 @@ void backward(const AttentionBackward& a, cudaStream_t stream) {
   const auto lse = static_cast<const float*>(a.lse);
   const int64_t batch_heads = a.problem.batch * a.problem.heads;
   const int64_t rows = batch_heads * a.problem.seq_len;
-  launch("tiled_delta_kernel", tiled_delta_kernel<T>, {dim3(static_cast<unsigned>(cdiv<int64_t>(rows, 256))), dim3(256), 0},
+  launch("tiled_delta_kernel", tiled_delta_kernel<T>, {dim3(static_cast<unsigned>(cdiv(rows, 256))), dim3(256), 0},
          stream, p, rows, static_cast<const T*>(a.out), dout, a.workspace);
   launch("tiled_bwd_dq_kernel", tiled_bwd_dq_kernel<T>, tile_grid(p, batch_heads, smem_bytes(p, 4, 1, 2)), stream, p,
          q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dq));
