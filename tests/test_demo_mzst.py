@@ -22,8 +22,8 @@ import torch
 from zsar.cli import main
 
 RUN_KEYS = {"unseen_top1", "unseen_top5", "unseen_mean_class_accuracy", "semantic_baseline_top1", "seen_top1",
-            "gzsl", "modalities", "train_seconds", "parameters"}
-REPORT_KEYS = {"model", "unseen_top1", "gzsl", "chance", "chance_top5", "runs", "targets", "calibration", "lists",
+            "gzsl", "modalities", "train_seconds", "parameters", "beta_unit"}
+REPORT_KEYS = {"model", "unseen_top1", "gzsl", "chance", "chance_top5", "runs", "targets", "calibration", "views", "lists",
                "n_seen_classes", "n_unseen_classes", "n_test_videos", "seen_classes", "unseen_classes", "files",
                "config", "environment", "seconds", "seconds_by_step"}
 TARGETS = {"audio_video_top1_at_least_3x_chance", "audio_video_top1_above_video_only",
@@ -41,22 +41,23 @@ def _check_report(report: dict) -> None:
     assert set(report["runs"]) == {"audio_video", "video", "audio"} and set(report["targets"]) == TARGETS
     assert report["chance"] == pytest.approx(1 / len(report["unseen_classes"]))
     assert not set(report["seen_classes"]) & set(report["unseen_classes"])
-    grid = report["calibration"]["grid"]
     for name, run in report["runs"].items():
         assert RUN_KEYS <= set(run), (name, sorted(RUN_KEYS - set(run)))
         for key in ("unseen_top1", "unseen_top5", "unseen_mean_class_accuracy", "semantic_baseline_top1", "seen_top1"):
             assert 0.0 <= run[key] <= 1.0, (name, key, run[key])
         g = run["gzsl"]
-        assert g["beta"] in grid
+        # The grid is in units of the mean norm of the run's class targets (its beta_unit).
+        run_grid = [b * run["beta_unit"] for b in report["calibration"]["grid"]]
+        assert g["beta"] in run_grid
         for part in (g, g["calibration"], g["uncalibrated"]):
             assert all(0.0 <= part[k] <= 1.0 for k in ("S", "U", "HM")), (name, part)
             assert part["HM"] == pytest.approx(0.0 if part["S"] * part["U"] == 0 else
                                                2 * part["S"] * part["U"] / (part["S"] + part["U"]))
         # Beta is the calibration set's choice: the smallest beta of the grid with its highest HM.
         calibration = g["calibration"]["curve"]
-        assert calibration["beta"] == grid and g["curve"]["beta"] == grid
+        assert calibration["beta"] == run_grid and g["curve"]["beta"] == run_grid
         best = max(calibration["HM"])
-        assert g["beta"] == min(b for b, hm in zip(grid, calibration["HM"]) if hm == best)
+        assert g["beta"] == min(b for b, hm in zip(run_grid, calibration["HM"]) if hm == best)
         assert g["calibration"]["HM"] == best
     assert report["runs"]["video"]["modalities"] == ["video"] and report["runs"]["audio"]["modalities"] == ["audio"]
     assert report["unseen_top1"] == report["runs"]["audio_video"]["unseen_top1"]

@@ -232,7 +232,8 @@ def test_eval_gzsl_skips_unreadable_videos_and_checks_the_classes(recipe, tmp_pa
     path = tmp_path / "r.json"
     code, out = _run(["eval", "--protocol", "gzsl", "--checkpoint", ckpt, "--root", str(root),
                       "--classes", str(root / "classes.txt"), "--test-seen", str(root / "test_seen.txt"),
-                      "--test-unseen", str(unseen), "--beta", str(report["stage_2"]["beta"]), "--report", str(path)])
+                      "--test-unseen", str(unseen), "--beta", str(report["stage_2"]["beta"]), "--report", str(path),
+                      "--allow-outside-root"])  # the broken file lies outside --root
     assert code == 0, out
     result = json.loads(path.read_text())
     assert result["skipped_videos"] == 1 and result["videos"] == {"seen": 6, "unseen": 3}

@@ -16,7 +16,8 @@ from zsar.data.batch import Batch, Sample, collate
 from zsar.data.loader import load_clip
 from zsar.data.synthetic import SyntheticConfig, generate_benchmark
 from zsar.models import create_model
-from zsar.models.mzst import MZST, MZSTConfig, bottleneck_attention
+from zsar.models.mzst import MZST, MZSTConfig
+from zsar.ops import bottleneck_attention
 from zsar.text.vocab import WordVocab, mask_words
 
 from videos import make_video
@@ -64,23 +65,24 @@ def test_full_model_has_mvit_v2_s_and_ast_base_with_their_token_counts(full_on_m
     m = full_on_meta
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     with torch.device("meta"):
-        reference_mvit, reference_ast = mvit_v2_s(), ASTModel(ASTConfig())
+        # AST-base (ViT-B/16) with the MZST paper's non-overlapping patches (stride 16).
+        reference_mvit, reference_ast = mvit_v2_s(), ASTModel(ASTConfig(frequency_stride=16, time_stride=16))
     assert isinstance(m.video_encoder.net, MViT) and isinstance(m.audio_encoder.net, ASTModel)
     # MViTv2-S is 34.5 M parameters with its 400-way classifier, which MZST drops.
     assert count(reference_mvit) == 34_537_744
     assert count(m.video_encoder) == count(reference_mvit) - count(reference_mvit.head) == 34_230_144
-    assert count(m.audio_encoder) == count(reference_ast) == 86_187_264  # AST-base (ViT-B/16)
+    assert count(m.audio_encoder) == count(reference_ast) == 85_649_664  # 514 position embeddings, not 1,214
     c = m.config
     per_layer = 4 * c.dim * c.dim + 2 * c.dim * c.mlp_dim + 4 * c.dim + c.mlp_dim + c.dim + 4 * c.dim  # + biases, norms
     assert count(m.fusion) == c.fusion_blocks * per_layer + c.fusion_tokens * c.dim + 2 * c.dim
     assert count(m.text_stream) == c.fusion_blocks * per_layer + (1 + len(m.vocab) + c.max_words + 2) * c.dim
     assert (c.fusion_blocks, c.dim, c.heads, c.mlp_dim, c.fusion_tokens) == (4, 768, 12, 3072, 4)
     assert 175e6 < count(m) < 185e6
-    assert (m.num_video_tokens, m.num_audio_tokens) == (392, 1212)
-    assert m.video_encoder.grid == (8, 7, 7) and m.audio_encoder.grid == (12, 101)
+    assert (m.num_video_tokens, m.num_audio_tokens) == (392, 512)
+    assert m.video_encoder.grid == (8, 7, 7) and m.audio_encoder.grid == (8, 64)
     # The backbones really give those tokens (shapes only, on the meta device).
     assert m.video_encoder(torch.zeros(2, 16, 3, 224, 224, device="meta")).shape == (2, 392, 768)
-    assert m.audio_encoder(torch.zeros(2, 1024, 128, device="meta")).shape == (2, 1212, 768)
+    assert m.audio_encoder(torch.zeros(2, 1024, 128, device="meta")).shape == (2, 512, 768)
     assert m.inputs.frames == 16 and m.inputs.image_size == 224
     assert (m.inputs.audio.target_length, m.inputs.audio.mel_bins) == (1024, 128) and m.inputs.label_words
     with pytest.raises(ValueError, match="16 frames of 224"):
@@ -95,14 +97,14 @@ def test_zsar_flops_counts_torchvisions_mvit_v2_s_then_ast_and_the_fusion():
     report = count_flops("mzst", convention="macs")
     parts = report["parts_gflops"]
     assert parts["backbone_video"] == pytest.approx(64.224, abs=0.001)  # torchvision's MViT_V2_S "GFLOPS"
-    assert parts["backbone_audio"] == pytest.approx(130.51, abs=0.01)  # ViT-B over 2 + 1,212 tokens
-    # 4 layers of 768 over 1 + 392 + 1,212 + 4 tokens: 45.55 in linear layers + 15.91 in attention products
-    # (61.46; the attention part is counted where the counter knows the CPU SDPA kernel's formula).
-    assert parts["fusion"] == pytest.approx(45.55, abs=0.01) or parts["fusion"] == pytest.approx(61.46, abs=0.01)
+    assert parts["backbone_audio"] == pytest.approx(48.63, abs=0.01)  # ViT-B over 2 + 512 tokens (the paper's patches)
+    # 4 layers of 768 over 1 + 392 + 512 + 4 tokens: 25.74 in linear layers + 5.08 in attention products
+    # (30.81; the attention part is counted where the counter knows the CPU SDPA kernel's formula).
+    assert parts["fusion"] == pytest.approx(25.74, abs=0.01) or parts["fusion"] == pytest.approx(30.81, abs=0.01)
     assert report["gflops_per_clip"] == pytest.approx(sum(parts.values()))
-    assert report["video_tokens"] == 392 and report["audio_tokens"] == 1212 and report["audio"] == [1024, 128]
+    assert report["video_tokens"] == 392 and report["audio_tokens"] == 512 and report["audio"] == [1024, 128]
     assert report["params_parts"]["backbone_video"] == 34_230_144
-    assert report["params_parts"]["backbone_audio"] == 86_187_264
+    assert report["params_parts"]["backbone_audio"] == 85_649_664
     assert set(report["params_parts"]) >= {"fusion", "projection_video", "projection_audio", "semantic_head"}
     assert report["params_training_heads"] > 28e6  # the text stream (4 layers), MLM and task heads
 
@@ -123,7 +125,7 @@ def av_files(tmp_path_factory):
 
 def real_batch(model: MZST, classes, paths, labels) -> Batch:
     """Real files through zsar's decoding and audio features, collated like the loaders do."""
-    spec = model.inputs.clip_spec()
+    spec = model.inputs.clip_spec(num_clips=1, crop="center")  # one view (the model's default is 4 x 3)
     samples = []
     for i, (path, label) in enumerate(zip(paths, labels)):
         audio, present = audio_features(path, target_length=model.config.audio_length)
@@ -276,7 +278,8 @@ def test_every_option_trains_encodes_and_rebuilds_from_model_args(name):
     with torch.no_grad():
         f, logits = model.encode(batch), model.seen_logits(batch)
         both = model.encode_and_score(batch)  # one pass, for evaluation
-    assert f.shape == (4, 12) and logits.shape == (4, len(CLASSES))
+    branches = len(model.config.modalities) if model.config.fusion == "concat" else 1  # concatenated embeddings
+    assert f.shape == (4, 12 * branches) and logits.shape == (4, len(CLASSES))
     torch.testing.assert_close(both, (f, logits))
     # model_args is JSON and rebuilds the same architecture; the weights (class embeddings included) load back.
     args = json.loads(json.dumps(model.model_args()))
@@ -305,7 +308,7 @@ def test_concat_fusion_has_one_stream_per_modality_and_no_fusion_tokens():
     model = tiny(fusion="concat", losses=("task", "se"))
     assert set(model.fusion.streams) == {"video", "audio"} and not hasattr(model.fusion, "fusion_tokens")
     assert model.text_stream is None and model.cls_token is None
-    assert model.task_head.in_features == 2 * model.config.dim
+    assert {m: h.in_features for m, h in model.task_head.heads.items()} == {"video": 64, "audio": 64}  # per branch
     with pytest.raises(ValueError, match="concat"):
         tiny(fusion="concat")  # the MLM needs the fusion tokens
 

@@ -77,13 +77,13 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
 def test_no_resume_starts_over_after_a_kill(tmp_path):
     _fit(tmp_path, stop_after=2)
     root = tmp_path / "run" / "checkpoints"
-    # What a kill -9 between the renames of a checkpoint swap leaves: last.old and a temporary folder.
-    shutil.copytree(root / "last", root / "last.old")
+    # What a kill -9 between the renames of a checkpoint swap leaves: last.zsar-old and a temporary folder.
+    shutil.copytree(root / "last", root / "last.zsar-old")
     shutil.rmtree(root / "last")
     shutil.copytree(root / "best", root / ".last.abc123")
     trainer, summary = _fit(tmp_path, resume=False)
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]  # every epoch trained, none reused
-    assert not (root / "last.old").exists() and not (root / ".last.abc123").exists()
+    assert not (root / "last.zsar-old").exists() and not (root / ".last.abc123").exists()
 
 
 def test_metrics_have_no_repeated_steps_after_a_resume(tmp_path):
@@ -188,12 +188,14 @@ def test_checkpoints_of_the_first_format_still_load(checkpoint):
     config = json.loads((path / "config.json").read_text())
     legacy = {"architecture": "ResT", "model_config": config["model_args"], "class_names": CLASS_NAMES}
     (path / "config.json").write_text(json.dumps(legacy))
-    loaded = load_model(path)
+    with pytest.raises(CheckpointError, match="records no weights_sha256.*--no-verify"):
+        load_model(path)  # no checksum: loaded only when the user says so
+    loaded = load_model(path, verify=False)
     assert loaded.registry_name == "rest_tiny"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     (path / "config.json").write_text(json.dumps({**legacy, "architecture": "Other"}))
     with pytest.raises(CheckpointError, match="old-format checkpoint of architecture 'Other'"):
-        load_model(path)
+        load_model(path, verify=False)
 
 
 def test_the_cli_reports_a_damaged_checkpoint_in_one_line(checkpoint, tmp_path):

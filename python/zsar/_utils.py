@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,69 @@ def keep_freed_memory() -> str:
     return "glibc defaults (mallopt refused)"
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary file beside it, renamed over ``path``
+    once complete: a full disk or a kill leaves the previous file whole (and no temporary one)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueError) -> Any:
+    """``json.loads(text)``, the one JSON parser of zsar's readers: invalid JSON and JSON nested too
+    deeply for the parser (a RecursionError otherwise) raise ``error`` with one line naming
+    ``where`` (a file), never its content."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{where} is not valid JSON (not UTF-8 text at byte {e.start})") from None
+    except RecursionError:
+        raise error(f"{where} is not valid JSON here (nested too deeply)") from None
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError, encoding: str = "utf-8") -> Any:
+    """The JSON value in the file ``path``, read with :func:`parse_json` (``error`` on bad data)."""
+    try:
+        text = Path(path).read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not valid JSON (not UTF-8 text at byte {e.start})") from None
+    return parse_json(text, str(path), error)
+
+
 def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict[str, Any]:
     """The JSON object in ``path``; anything else (invalid JSON or UTF-8, an array, a number) raises
     ``error`` with one line naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, error)
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+@contextlib.contextmanager
+def quiet_model_loading():
+    """No "Loading weights" progress bar from Hugging Face transformers while loading local models
+    (a label embedder, a backbone): it would print on every ``zsar predict``/``eval``. Restores the
+    previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ._utils import parse_json
+
 T = TypeVar("T")
 
 #: Largest config file read. Real configs are a few kilobytes.
@@ -168,12 +170,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     kind = "JSON" if path.suffix == ".json" else "YAML"
     if kind == "JSON":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ValueError(f"config file {path} is nested too deeply") from None
+        data = parse_json(text, f"config file {path}")
     else:
         data = parse_yaml(text, f"config file {path}")
     if data is None:

@@ -30,8 +30,39 @@ class CLIError(Exception):
     """An error to report as one line (bad path, bad option), without a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (NaN and infinities are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zsar", description="Zero-shot action recognition in video.")
+    parser = _Parser(prog="zsar", description="Zero-shot action recognition in video.")
     from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"zsar {__version__}")
@@ -58,7 +89,26 @@ def load_run_config(config_cls, args):
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return None
+    out_dir = getattr(config, "out_dir", None)
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CLIError(f"out_dir {out_dir}: is a file, not a folder")
     return config
+
+
+def check_output_file(path: str | None, option: str) -> None:
+    """Refuses an output file path that names a folder, or whose parent is a file (before the work
+    that would write it)."""
+    import os
+
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path}: is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -68,13 +118,63 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (NonFiniteLossError, RunLockedError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_device(text: str, option: str = "--device") -> str:
+    """``text`` when it names a device zsar can run on here (``cpu``, ``cuda``, ``cuda:N`` of an
+    existing GPU); else :class:`CLIError` saying why."""
+    import torch
+
     try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise CLIError(f"{option} {text!r}: not a device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise CLIError(f"{option} {text!r}: zsar runs on cpu or cuda, not {device.type}")
+    if not torch.cuda.is_available():
+        raise CLIError(f"{option} {text!r}: torch sees no CUDA device here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"{option} {text!r}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                       f"cuda:{torch.cuda.device_count() - 1})")
+    return text
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (C++ errors carry backtraces), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line. ``key=value`` overrides may follow options (``zsar train CFG
+    --print-config key=v``): argparse ends a ``nargs="*"`` positional at the first option and would
+    refuse the rest, so those left over are added to the command's overrides."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all(
+                "=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.parse_args(argv)  # argparse's own error for what is left
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        if getattr(args, "device", None) is not None:
+            args.device = check_device(args.device)
         return importlib.import_module(args._module).run(args)
     except (CLIError, FileNotFoundError, ValueError, *_run_errors()) as exc:
-        print(f"zsar {args.command}: error: {exc}", file=sys.stderr)
+        print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, an output path that is a folder or a file, permissions
+        print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as exc:  # an allocation torch could not make, a kernel refusing
+        print(f"zsar {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
     except KeyboardInterrupt:

@@ -17,6 +17,8 @@ TARGETS = ("attention", "model", "decode")
 
 
 def add_arguments(parser) -> None:
+    from . import positive_int
+
     parser.add_argument("target", choices=TARGETS, nargs="?", default="attention",
                         help="what to measure (default: attention)")
     parser.add_argument("--batch", type=int, default=None,
@@ -32,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--op", default=None,
                         help="attention: one registered attention op (default: every one, see `zsar info`)")
     parser.add_argument("--model", default="rest_tiny", help="model for `model` (default rest_tiny)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per clip for `model` (default: the model's)")
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames per clip for `model` (default: the model's)")
     parser.add_argument("--backend", default=None,
                         help="decode: one decoder backend (default: every usable one); model: attention backend")
 
@@ -159,6 +161,7 @@ def _model(args) -> int:
 
     from ..data.batch import Batch
     from ..models import create_model
+    from ..models.registry import needs_label_embeddings
 
     device, sync = _device(args)
     labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
@@ -170,6 +173,8 @@ def _model(args) -> int:
     model = create_model(args.model, class_names=labels, **overrides).to(device)
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
+    if needs_label_embeddings(args.model):  # its semantic loss trains towards them: any vectors do
+        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
     shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
         (inputs.frames, 3, inputs.image_size, inputs.image_size)
     y = torch.randint(0, len(labels), (B,), generator=gen)

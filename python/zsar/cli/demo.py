@@ -47,6 +47,8 @@ _ONLY_FOR = {"colors": "rest", "unseen_fraction": "rest", "warmup_epochs": "rest
 def add_arguments(parser) -> None:
     import argparse
 
+    from . import finite_float
+
     from ..demo import DemoConfig, MZSTDemoConfig
 
     d, m = DemoConfig(), MZSTDemoConfig()
@@ -72,7 +74,7 @@ def add_arguments(parser) -> None:
                       help=f"motion phrases (default {','.join(d.data.motions)}; mzst {','.join(m.data.motions)})")
     size.add_argument("--sounds", default=None, metavar="A,B,..",
                       help=f"sound words (mzst; default {','.join(m.data.sounds)})")
-    size.add_argument("--unseen-fraction", type=float, default=None,
+    size.add_argument("--unseen-fraction", type=finite_float, default=None,
                       help=f"share of compositions held out (rest; default {d.data.unseen_fraction})")
     size.add_argument("--train-videos", type=int, default=None, metavar="N",
                       help=f"training videos per seen class (default {d.data.train_per_class}; "
@@ -82,7 +84,7 @@ def add_arguments(parser) -> None:
                            f"mzst {m.data.unseen_per_class})")
     size.add_argument("--frame-size", type=int, default=None, metavar="PX",
                       help=f"video width and height (default {d.data.size}; mzst {m.data.size})")
-    size.add_argument("--noise", type=float, default=None, help=f"pixel noise std (default {d.data.noise})")
+    size.add_argument("--noise", type=finite_float, default=None, help=f"pixel noise std (default {d.data.noise})")
     size.add_argument("--distractors", type=int, default=None, help=f"distractor objects per video (default {d.data.distractors})")
     size.add_argument("--format", default=None, choices=(".webm", ".mp4", ".avi", ".mkv"),
                       help=f"video container/codec (default {d.data.ext}: VP9)")

@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     import argparse
     import textwrap
 
+    from . import finite_float
+
     parser.description = textwrap.fill(_DESCRIPTION, 100)  # the raw formatter keeps the example's layout
     parser.epilog = _EXAMPLE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -49,7 +51,7 @@ def add_arguments(parser) -> None:
     gzsl.add_argument("--test-unseen", default=None, metavar="PATH", help="test videos of unseen classes")
     gzsl.add_argument("--val-seen", default=None, metavar="PATH", help="validation videos of seen classes")
     gzsl.add_argument("--val-unseen", default=None, metavar="PATH", help="validation videos of unseen classes")
-    gzsl.add_argument("--beta", type=float, default=None, help="fixed calibration instead of --val-seen/--val-unseen")
+    gzsl.add_argument("--beta", type=finite_float, default=None, help="fixed calibration instead of --val-seen/--val-unseen")
     gzsl.add_argument("--metric", default=None, choices=("l2", "cosine"),
                       help="distance to the class embeddings (default: the zero-shot head's)")
     gzsl.add_argument("--dataset", default=None,
@@ -62,6 +64,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", help="decoder backend (default auto)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read list entries that resolve outside --root (../, absolute paths); refused otherwise")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
+                             "checkpoints): only one you trust")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -70,7 +77,7 @@ def add_arguments(parser) -> None:
 def _check_options(args) -> None:
     import os
 
-    from . import CLIError
+    from . import CLIError, check_output_file
 
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
@@ -97,6 +104,8 @@ def _check_options(args) -> None:
     for flag, path in paths.items():
         if not os.path.exists(path):
             raise CLIError(f"{flag} {path}: no such file or folder")
+    check_output_file(args.report, "--report")
+    check_output_file(args.plot, "--plot")
 
 
 def run(args) -> int:
@@ -112,9 +121,11 @@ def run(args) -> int:
 
     def read(annotations):
         return DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
-                          subset=args.subset, classes=args.classes, backend=args.backend).read()
+                          subset=args.subset, classes=args.classes, backend=args.backend,
+                          allow_outside_root=args.allow_outside_root).read()
 
-    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
+    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
+                                  verify=not args.no_verify)
     if args.clips is not None:
         clf.clip_spec = replace(clf.clip_spec, num_clips=args.clips)
     if args.protocol == "gzsl":

@@ -65,6 +65,10 @@ def run(args) -> int:
     print(format_gzsl_table(report))
     stage_1 = report["stage_1"]
     print(f"stage 1 chose epoch {stage_1['best_epoch']} of {stage_1['epochs']} and beta {stage_1['beta']:.2f}")
+    if "uncalibrated" in report:
+        u = report["uncalibrated"]
+        print(f"uncalibrated (beta = 0, no calibrated stacking, as the MZST paper reports): S {100 * u['S']:.2f}, "
+              f"U {100 * u['U']:.2f}, HM {100 * u['HM']:.2f}")
     print(f"report: {report['report']}")
     if report["plot"]:
         print(f"plot: {report['plot']}")

@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
                         help="clips per video, averaged (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load a checkpoint whose config.json records no SHA-256 of its weights (first-format "
+                             "checkpoints): only one you trust")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow the checkpoint's label embedder to be a gensim pickle (.kv), which can run "
                              "code when loaded: only for checkpoints you trust")
@@ -81,7 +84,8 @@ def run(args) -> int:
 
     from ..zeroshot import ZeroShotClassifier
 
-    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle)
+    clf = ZeroShotClassifier.load(args.checkpoint, device=args.device, trust_pickle=args.trust_pickle,
+                                  verify=not args.no_verify)
     if args.clips is not None:
         if args.clips < 1:
             raise CLIError("--clips must be at least 1")

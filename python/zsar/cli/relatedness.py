@@ -14,6 +14,8 @@ import math
 import os
 import sys
 
+from .._utils import read_json
+
 _DESCRIPTION = (
     "Semantic relatedness (SR, MZST paper Eq. 1) of each class in CLASSES_FILE (one per line) to the "
     "classes of the benchmark training sets, its MZSL-50 bucket and the bucket counts; with "
@@ -77,11 +79,7 @@ def _csv_accuracy(path: str, classes: list[str]) -> dict[str, float]:
 def _json_accuracy(path: str) -> dict[str, float]:
     from . import CLIError
 
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise CLIError(f"--predictions {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, CLIError)
     if isinstance(data, dict) and isinstance(data.get("per_class_accuracy"), dict):
         data = data["per_class_accuracy"]
     if not isinstance(data, dict) or not all(

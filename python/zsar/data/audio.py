@@ -4,8 +4,8 @@ The pipeline (the AST input of the MZST paper): the first audio stream, decoded 
 resampled by FFmpeg to 16 kHz float and averaged over its channels; a Kaldi-compatible log-mel
 filterbank (128 bins, 25 ms Hanning window, 10 ms shift, HTK mel scale, no energy, no dither;
 Kaldi's defaults otherwise), the same definition as ``torchaudio.compliance.kaldi.fbank``
-(torchaudio is not needed); AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``; padded with
-zeros or cut to 1024 frames. Only the window
+(torchaudio is not needed); zero-padded or cut to 1024 frames, then AST's normalisation ``(x + 4.2677393) / (4.5689974 * 2)``
+(AST's recipe: padded frames read 0.467). Only the window
 that gives those frames is decoded (:func:`window_samples`; ``audio_features(..., centre=t)``
 centres it on a clip, as the loaders do).
 
@@ -17,8 +17,10 @@ Conventions worth knowing:
   :func:`audio_features` then returns all padding, with ``has_audio=True``.
 * AST's loader subtracts the waveform's mean first; that is a no-op here because every frame has
   its own mean removed before anything else.
-* Padding happens after normalisation, so padded frames are exactly 0; AST's
-  reference loader pads before normalising, where padded frames read 0.467.
+* Padding happens before normalisation, as in AST's reference loader and Hugging Face's
+  ``ASTFeatureExtractor``: padded frames read ``(0 + 4.2677393) / (2 x 4.5689974) = 0.467``. A
+  file without an audio stream gives all-zero features instead (it is padding for MZST anyway,
+  flagged by ``has_audio=False``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._limits import check_limit
 from .._utils import as_numpy
 from .video import VideoError, _require_av, open_media
 
@@ -43,6 +46,9 @@ class AudioSpec:
     target_length: int = 1024
     mel_bins: int = 128
     sample_rate: int = 16000
+    #: The model takes nothing else (no video): a file without audio cannot be scored, whatever
+    #: ``missing_audio`` says (zeros would give an answer from nothing), only skipped or refused.
+    required: bool = False
 
 
 class MissingAudioError(VideoError):
@@ -111,7 +117,11 @@ def _decode_audio(path, sample_rate: int, length: int | None = None, centre: flo
         except Exception as e:
             raise VideoError(f"{path}: cannot decode the audio stream "
                              f"({stream.codec_context.name}): {e}") from e
-    return wav if length is None else wav[:length]
+    wav = wav if length is None else wav[:length]
+    if not np.isfinite(wav).all():
+        bad = int(np.count_nonzero(~np.isfinite(wav)))
+        raise VideoError(f"{path}: the audio stream holds {bad} non-finite samples (NaN or Inf) of {wav.size}")
+    return wav
 
 
 def _track_seconds(container, stream) -> float | None:
@@ -136,9 +146,11 @@ def _decode_window(container, stream, sample_rate: int, start: float, length: in
         # without the previous frame's overlap, so that frame is pre-roll, not signal.
         container.seek(origin + int(max(0.0, start - _SEEK_PREROLL_S) / stream.time_base), stream=stream,
                        backward=True)
-    # Resample but keep the channels (planar float): FFmpeg's own stereo-to-mono matrix
-    # adds L and R at 0.707 each (louder, can clip); the plain channel mean is what we want.
-    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+    # Resample but keep the channels: FFmpeg's own stereo-to-mono matrix adds L and R at 0.707
+    # each (louder, can clip); the plain channel mean is what we want. Packed (interleaved) float,
+    # not planar: PyAV miscounts the planes of planar audio with 8 or more channels and reads past
+    # them (a segfault in to_ndarray); one packed plane holds any channel count.
+    resampler = av.AudioResampler(format="flt", rate=sample_rate)
     chunks, have, skip = [], 0, None
     for frame in container.decode(stream):
         if skip is None:  # where the seek landed, in samples before the window's start
@@ -147,16 +159,22 @@ def _decode_window(container, stream, sample_rate: int, start: float, length: in
             landed = float((frame.pts - origin) * stream.time_base) if frame.pts is not None else 0.0
             skip = max(0, int(round((start - landed) * sample_rate)))
         for f in resampler.resample(frame):
-            chunks.append(f.to_ndarray().mean(axis=0))
+            chunks.append(_downmix(f))
             have += chunks[-1].shape[0]
         if length is not None and have >= skip + length:
             break
     else:
-        chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(None))  # flush
+        chunks.extend(_downmix(f) for f in resampler.resample(None))  # flush
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     wav = np.concatenate(chunks).astype(np.float32, copy=False)[skip or 0:]
     return wav if length is None else wav[:length]
+
+
+def _downmix(frame) -> np.ndarray:
+    """The mean over the channels of a packed float audio frame: float32 ``(samples,)``."""
+    channels = frame.layout.nb_channels or len(frame.layout.channels) or 1
+    return frame.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
 def _mel(f):
@@ -244,14 +262,14 @@ def fbank(waveform, sample_rate: int = 16000, num_mel_bins: int = 128, frame_len
 
 
 def normalize_fbank(features: torch.Tensor, target_length: int = 1024) -> torch.Tensor:
-    """AST's normalisation ``(x - AST_MEAN) / (2 AST_STD)``, then zero-padded or cut to ``target_length`` frames."""
+    """Zero-padded or cut to ``target_length`` frames, then AST's normalisation ``(x - AST_MEAN) / (2 AST_STD)``
+    (padding first, as AST's recipe does: padded frames read 0.467)."""
     if target_length <= 0:
         raise ValueError(f"target_length must be positive, got {target_length}")
-    out = (features - AST_MEAN) / (AST_STD * 2)
-    n = out.shape[0]
-    if n >= target_length:
-        return out[:target_length]
-    return torch.nn.functional.pad(out, (0, 0, 0, target_length - n))
+    n = features.shape[0]
+    fitted = features[:target_length] if n >= target_length else \
+        torch.nn.functional.pad(features, (0, 0, 0, target_length - n))
+    return (fitted - AST_MEAN) / (AST_STD * 2)
 
 
 def waveform_features(waveform, sample_rate: int = 16000, target_length: int = 1024,
@@ -294,10 +312,16 @@ def audio_features(path, target_length: int = 1024, missing: str = "zeros", *, s
     """
     if missing not in ("zeros", "error"):
         raise ValueError(f"audio_features: missing must be 'zeros' or 'error', got {missing!r}")
+    check_limit("audio_frames", target_length, "target_length")
+    check_limit("mel_bins", num_mel_bins, "num_mel_bins")
     wav = _decode_audio(path, sample_rate, window_samples(target_length, sample_rate), centre)
     if wav is None:
         if missing == "error":
             raise MissingAudioError(f"{path}: has no audio stream (audio_features(..., missing='zeros') "
                                     "gives silent features and has_audio=False instead)")
         return torch.zeros(target_length, num_mel_bins, dtype=torch.float32), False
-    return waveform_features(wav, sample_rate, target_length, num_mel_bins), True
+    features = waveform_features(wav, sample_rate, target_length, num_mel_bins)
+    if not torch.isfinite(features).all():  # finite samples far outside [-1, 1] overflow the power spectrum
+        raise VideoError(f"{path}: the audio's log-mel features are not finite (samples up to "
+                         f"{float(np.abs(wav).max()):.3g}; float audio is expected in [-1, 1])")
+    return features, True

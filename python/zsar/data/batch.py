@@ -21,7 +21,9 @@ class Sample:
     """One video: ``clip`` ``(T, 3, H, W)`` (or ``(N, T, 3, H, W)`` for N clips, or ``(T, p)``
     features), its class index ``label`` (-1 when unknown), optional AST log-mel ``audio``
     ``(frames, mel_bins)`` with ``audio_present`` False when the file had no audio track (the
-    features are then zeros), its ``video_id`` and ``position`` in the source list."""
+    features are then zeros), its ``video_id`` and ``position`` in the source list, and
+    ``video_label_embedding`` ``(E,)``: the label embedding phi(s_v) of the class a pretrained video
+    classifier gave the video (the MZST paper's Eq. 4), None when it has none."""
 
     clip: torch.Tensor
     label: int
@@ -29,6 +31,7 @@ class Sample:
     audio_present: bool = True
     video_id: str = ""
     position: int = -1
+    video_label_embedding: torch.Tensor | None = None
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Batch:
         n_words: ``(B,)`` int32 number of valid words in each row of ``word_ids``.
         video_ids: the videos' ids (empty when the source has none).
         positions: ``(B,)`` int64 positions in the source list, or None.
+        video_label_embedding: ``(B, E)`` float phi(s_v), the label embedding of each video's class
+            as a pretrained video classifier predicts it (zeros where a video has none), or None.
+        video_label_present: ``(B,)`` bool, False where ``video_label_embedding`` is only a placeholder.
     """
 
     clips: torch.Tensor
@@ -55,6 +61,8 @@ class Batch:
     n_words: torch.Tensor | None = None
     video_ids: list[str] = field(default_factory=list)
     positions: torch.Tensor | None = None
+    video_label_embedding: torch.Tensor | None = None
+    video_label_present: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -80,6 +88,7 @@ def collate(samples: Sequence[Sample | None]) -> Batch | None:
     if any(with_audio) and not all(with_audio):
         raise ValueError("collate: some samples carry audio and others do not")
     audio = torch.stack([s.audio for s in kept]) if with_audio[0] else None
+    video_label, video_label_present = _stack_video_labels(kept)
     return Batch(
         clips=torch.stack([s.clip for s in kept]),
         labels=torch.tensor([int(s.label) for s in kept], dtype=torch.int64),
@@ -87,7 +96,23 @@ def collate(samples: Sequence[Sample | None]) -> Batch | None:
         audio_present=torch.tensor([bool(s.audio_present) for s in kept]) if audio is not None else None,
         video_ids=[s.video_id for s in kept],
         positions=torch.tensor([int(s.position) for s in kept], dtype=torch.int64),
+        video_label_embedding=video_label,
+        video_label_present=video_label_present,
     )
+
+
+def _stack_video_labels(samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(B, E)`` phi(s_v) with zeros where a sample has none, and the ``(B,)`` presence mask; both
+    None when no sample has one."""
+    given = [s.video_label_embedding for s in samples if s.video_label_embedding is not None]
+    if not given:
+        return None, None
+    shapes = {tuple(e.shape) for e in given}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"collate: video_label_embedding must be one (E,) vector per sample, got shapes {sorted(shapes)}")
+    zero = torch.zeros_like(given[0])
+    stacked = torch.stack([zero if s.video_label_embedding is None else s.video_label_embedding for s in samples])
+    return stacked, torch.tensor([s.video_label_embedding is not None for s in samples])
 
 
 def as_batch(item: Any) -> Batch | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .formats import FORMATS, get_format
+from .formats.common import outside_root_allowed
 from .records import VideoList
 
 __all__ = ["DataConfig", "FORMATS"]
@@ -36,6 +37,7 @@ class DataConfig:
     on_error: str = "skip"  # bad video files: skip (counted and logged) or raise
     on_missing: str = "error"  # files named by the annotations but absent: error or skip
     missing_audio: str = "zeros"  # videos without audio, for models that take audio: zeros, skip or error
+    allow_outside_root: bool = False  # read annotation entries that resolve outside root (../, absolute paths)
 
     def __post_init__(self):
         get_format(self.format)  # ValueError listing the registered formats
@@ -47,5 +49,6 @@ class DataConfig:
             raise ValueError(f"data.annotations is not set ({fmt.annotations} for format {self.format!r})")
         if self.root is None and fmt.needs_root:
             raise ValueError(f"data.root (the video folder) is required for format {self.format!r}")
-        return fmt.read(self.annotations, self.root, split=self.split, subset=subset or self.subset,
-                        classes=self.classes, on_missing=self.on_missing)
+        with outside_root_allowed(self.allow_outside_root):
+            return fmt.read(self.annotations, self.root, split=self.split, subset=subset or self.subset,
+                            classes=self.classes, on_missing=self.on_missing)

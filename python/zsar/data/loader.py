@@ -122,11 +122,16 @@ def clip_audio(path, info: VideoInfo, plan: ClipPlan, audio: AudioSpec,
     ``missing="zeros"`` gives zeros and ``present=False`` for a file without audio; otherwise such a
     file raises :class:`~zsar.data.audio.MissingAudioError`.
     """
+    if getattr(audio, "required", False) and missing == "zeros":
+        missing = "error"  # an audio-only model has nothing else to score a silent file by
     try:
         return audio_features(path, audio.target_length, "zeros" if missing == "zeros" else "error",
                               sample_rate=audio.sample_rate, num_mel_bins=audio.mel_bins,
                               centre=clip_centre_seconds(plan, info))
     except MissingAudioError as e:
+        if getattr(audio, "required", False):
+            raise MissingAudioError(f"{path}: has no audio stream, and the model takes only audio (missing_audio="
+                                    f"'skip' leaves such files out)") from e
         raise MissingAudioError(f"{path}: has no audio stream (missing_audio={missing!r}; 'zeros' loads "
                                 f"silence with audio_present=False instead)") from e
 

@@ -13,6 +13,7 @@ is gone: a killed ``zsar prepare`` leaves finished outputs and no process, no ha
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -29,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import VIDEO_EXTENSIONS, VideoError, _require_av, probe_video, write_video
+from .._utils import read_json
+from .video import (AUDIO_CODECS, VIDEO_EXTENSIONS, VideoError, _require_av, audio_encoder_rate, probe_video,
+                    write_video)
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +145,19 @@ def transcode_video(src, dst, codec: str = "h264", size: int | None = None) -> P
 
     Every frame is kept at the source frame rate; ``size`` resizes the short side (aspect kept);
     odd sizes lose their last row/column. The first audio track is kept (mono or stereo, at its
-    sample rate; more channels are downmixed to stereo). Frames are decoded and encoded one at a
-    time, so memory does not grow with the video's length (the audio track is read whole first).
+    sample rate, or the nearest one the audio encoder takes; more channels are downmixed to
+    stereo). Frames and audio are decoded and encoded a piece at a time, so memory does not grow
+    with the video's or the audio track's length.
     Raises :class:`VideoError` naming ``src`` when it cannot be read; ``dst`` then does not exist.
     """
     av = _require_av()
     info = probe_video(src)
     src = str(src)
     w, h = output_size(info.width, info.height, size)
-    try:
-        audio, rate = _read_audio_track(av, src) if info.has_audio else (None, 16000)
-    except Exception as e:  # FFmpeg's decode errors come in several flavours
-        raise VideoError(f"{src}: cannot decode the audio track ({e})") from e
+    audio, rate = None, 16000
+    if info.has_audio:
+        rate = audio_encoder_rate(AUDIO_CODECS[OUTPUT_EXTENSIONS[codec]], info.audio_sample_rate or 16000)
+        audio = _audio_track_chunks(av, src, rate)
     decoded = 0
 
     def frames(container):
@@ -182,20 +186,23 @@ def transcode_video(src, dst, codec: str = "h264", size: int | None = None) -> P
     return Path(dst)
 
 
-def _read_audio_track(av, path: str):
-    """The first audio stream as float32 ``(channels, samples)`` (1 or 2 channels) and its rate."""
-    with av.open(path) as container:
-        stream = container.streams.audio[0]
-        rate = stream.rate or stream.codec_context.sample_rate
-        layout = "mono" if stream.codec_context.channels == 1 else "stereo"
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray() for f in resampler.resample(None))
-    if not chunks:
-        return None, 16000
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
+def _audio_track_chunks(av, path: str, rate: int):
+    """The first audio stream of ``path`` as float32 ``(channels, samples)`` pieces (1 or 2
+    channels) at ``rate`` Hz, decoded as they are consumed. Raises :class:`VideoError` naming
+    ``path`` when it cannot be decoded."""
+    try:
+        with av.open(path) as container:
+            stream = container.streams.audio[0]
+            channels = 1 if stream.codec_context.channels == 1 else 2
+            # Packed float: PyAV miscounts the planes of planar audio with 8+ channels.
+            resampler = av.AudioResampler(format="flt", layout="mono" if channels == 1 else "stereo", rate=rate)
+            for frame in itertools.chain(container.decode(stream), [None]):
+                for f in resampler.resample(frame):
+                    yield f.to_ndarray().reshape(-1, channels).T.astype(np.float32)
+    except VideoError:
+        raise
+    except Exception as e:  # FFmpeg's decode errors come in several flavours
+        raise VideoError(f"{path}: cannot decode the audio track ({e})") from e
 
 
 def _source_stamp(src) -> dict:
@@ -341,7 +348,7 @@ def _read_truncations(dst_dir: Path) -> dict[str, dict]:
     dropped (those sources are converted again)."""
     path = dst_dir / RECORD_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
         records = data["truncated_sources"]
         if not isinstance(records, dict):
             raise TypeError("not an object")
@@ -406,6 +413,10 @@ def _plan(src_dir: Path, dst_dir: Path, codec: str, rels: list[Path]) -> list[tu
             raise ValueError(f"the output for {src} would be {out}, inside the source folder "
                              f"{src_dir} or onto a source file; choose a destination that does not "
                              "overlap it")
+        if dst_real not in out_real.parents:  # a linked folder (or output) inside the destination
+            raise ValueError(f"the output for {src} would be {out}, which links to {out_real} outside the "
+                             f"destination folder {dst_dir}; remove the link (prepare writes only inside the "
+                             "destination)")
         if out_real in by_output:
             raise ValueError(f"{by_output[out_real]} and {src} would both become {out}; rename "
                              "one of them")

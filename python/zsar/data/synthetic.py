@@ -59,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._utils import read_json
 from ..config import from_dict as config_from_dict
 from .records import VideoList, VideoRecord
 from .video import write_video
@@ -791,7 +792,7 @@ def load_benchmark(root: str | Path, check_files: bool = True) -> SyntheticBench
     meta_path = root / "split.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root} holds no synthetic benchmark ({meta_path} is missing)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     if meta.get("version") != _MANIFEST_VERSION:
         raise ValueError(f"{meta_path}: unsupported manifest version {meta.get('version')}")
     cfg = SyntheticConfig.from_dict(meta["config"])

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .sampling import CROPS, CropBox, crop_boxes, random_clip_indices, resized_shape, uniform_clip_indices
-from .video import VideoInfo
+from .._limits import LimitError, check_limit
+from .video import VideoError, VideoInfo
+
+#: Frames resized at once by apply_plan (each is float at its decoded size only while resized).
+_RESIZE_CHUNK = 4
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +57,14 @@ class ClipSpec:
             raise ValueError(f"ClipSpec.output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}")
         if self.short_side is not None and self.short_side < self.size:
             raise ValueError(f"ClipSpec.short_side ({self.short_side}) must be >= size ({self.size})")
+        check_limit("clip_frames", self.frames, "ClipSpec.frames")
+        check_limit("clips", self.num_clips, "ClipSpec.num_clips")
+        check_limit("image_size", self.size, "ClipSpec.size")
+        check_limit("image_size", self.resize_to, "ClipSpec.short_side")
+        # Together, for the smallest frames the short side allows (square ones).
+        check_limit("clip_bytes", self.memory_bytes(self.resize_to, self.resize_to, decoded=False),
+                    f"memory of one video's clips (frames={self.frames}, num_clips={self.num_clips}, "
+                    f"size={self.size}, short_side={self.resize_to}) in bytes")
 
     @property
     def crop_mode(self) -> str:
@@ -66,6 +78,15 @@ class ClipSpec:
     def views(self) -> int:
         """Clips × crops each video yields."""
         return (1 if self.train else self.num_clips) * (3 if self.crop_mode == "three" else 1)
+
+    def memory_bytes(self, height: int, width: int, decoded: bool = True) -> int:
+        """Bytes :func:`apply_plan` holds for one video of ``height`` × ``width`` frames, resized to
+        those frames' size: the decoded uint8 frames (with ``decoded``), the resized float32
+        frames and the float32 output."""
+        n = (1 if self.train else self.num_clips) * self.frames
+        h, w = resized_shape(height, width, self.resize_to)
+        out = self.views * self.frames * 3 * self.size * self.size * 4
+        return (n * height * width * 3 if decoded else 0) + n * 3 * h * w * 4 + out
 
     def output_shape(self) -> tuple[int, ...]:
         """Per-video output shape: (T, 3, S, S) for one view, else (views, T, 3, S, S)."""
@@ -91,6 +112,11 @@ def plan_clip(spec: ClipSpec, info: VideoInfo, rng: np.random.Generator | None) 
         indices = random_clip_indices(info.num_frames, spec.frames, spec.stride, rng)[None]
     else:
         indices = uniform_clip_indices(info.num_frames, spec.frames, spec.stride, spec.num_clips)
+    try:
+        check_limit("clip_bytes", spec.memory_bytes(info.height, info.width),
+                    f"memory of the clips of this {info.width}×{info.height} video in bytes", info.path)
+    except LimitError as e:
+        raise VideoError(str(e)) from None
     h, w = resized_shape(info.height, info.width, spec.resize_to)
     return ClipPlan(indices, (h, w), tuple(crop_boxes(h, w, spec.size, spec.crop_mode, rng)))
 
@@ -103,9 +129,11 @@ def apply_plan(frames, plan: ClipPlan, spec: ClipSpec) -> torch.Tensor:
     """
     x = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
     if tuple(x.shape[-2:]) != plan.resized:
-        # Bilinear with antialiasing, as DALI's linear resize does when shrinking.
-        x = F.interpolate(x.float(), size=plan.resized, mode="bilinear", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)
+        # Bilinear with antialiasing, as DALI's linear resize does when shrinking. A few frames
+        # at a time: only those are ever float at their decoded size.
+        x = torch.cat([F.interpolate(part.float(), size=plan.resized, mode="bilinear", antialias=True,
+                                     align_corners=False).round_().clamp_(0, 255)
+                       for part in x.split(_RESIZE_CHUNK)])
     else:
         x = x.float()
     crops = [x[:, :, b.top:b.top + b.height, b.left:b.left + b.width] for b in plan.boxes]

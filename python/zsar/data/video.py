@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._limits import LimitError, check_limit
 from .._utils import as_numpy
 
 #: Video file extensions (lower case), in order of preference when one stem has several.
@@ -155,15 +156,11 @@ def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audi
                 stream.options = {"preset": "veryfast"}
             astream = None
             if audio is not None:
-                audio = np.asarray(as_numpy(audio), dtype=np.float32)
-                if audio.ndim == 1:
-                    audio = audio[None]
                 acodec = AUDIO_CODECS.get(ext, "aac")
-                rate = 48000 if acodec == "libopus" else sample_rate  # Opus only encodes at 48 kHz
-                if rate != sample_rate:
-                    audio = _resample_linear(audio, sample_rate, rate)
+                rate = audio_encoder_rate(acodec, sample_rate)
+                audio, channels = _audio_chunks(audio, sample_rate, rate)
                 astream = container.add_stream(acodec, rate=rate)
-                astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
+                astream.layout = "mono" if channels == 1 else "stereo"
             for i, image in enumerate(frame_iter):
                 image = as_numpy(image)
                 if image.shape != first.shape or image.dtype != np.uint8:
@@ -181,18 +178,71 @@ def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audi
     return path
 
 
+def audio_encoder_rate(codec: str, sample_rate: int) -> int:
+    """The sample rate :func:`write_video` encodes ``sample_rate`` Hz audio at with the FFmpeg
+    encoder ``codec``: the same rate when the encoder takes it, else the nearest it takes (Opus
+    only 48 kHz, as its decoders expect; AAC 7.35-96 kHz)."""
+    if codec == "libopus":
+        return 48000
+    rates = _require_av().Codec(codec, "w").audio_rates
+    if not rates or sample_rate in rates:
+        return sample_rate
+    return min(rates, key=lambda r: (abs(r - sample_rate), -r))
+
+
+def _audio_chunks(audio, sample_rate: int, rate: int):
+    """``(chunks, channels)``: ``audio`` as an iterator of float32 ``(channels, samples)`` arrays at
+    ``rate`` Hz. ``audio`` is one array (``(samples,)`` or ``(channels, samples)``, resampled here
+    when ``rate`` differs), or an iterable of ``(channels, samples)`` chunks already at ``rate``
+    (streamed: a long track is never held whole)."""
+    if hasattr(audio, "shape") and hasattr(audio, "dtype"):
+        audio = np.asarray(as_numpy(audio), dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[None]
+        if rate != sample_rate:
+            audio = _resample_linear(audio, sample_rate, rate)
+        return iter([audio]), audio.shape[0]
+    if rate != sample_rate:
+        raise ValueError(f"write_video: streamed audio must come at a rate the encoder takes ({rate} Hz, "
+                         f"see audio_encoder_rate); got {sample_rate} Hz")
+    it = iter(audio)
+    first = next(it, None)
+    if first is None:
+        return iter(()), 1
+    return itertools.chain([first], it), np.asarray(first).shape[0]
+
+
 def _resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     n = int(round(x.shape[-1] * dst / src))
     t = np.arange(n) * (src / dst)
     return np.stack([np.interp(t, np.arange(x.shape[-1]), c) for c in x]).astype(np.float32)
 
 
-def _encode_audio(av, container, stream, audio: np.ndarray) -> None:
+def _encode_audio(av, container, stream, chunks) -> None:
+    """Encodes the ``(channels, samples)`` float arrays of ``chunks`` in frames of the encoder's size."""
     ctx = stream.codec_context
     fmt = ctx.format.name if ctx.format is not None else "fltp"
     chunk = ctx.frame_size or 1024
-    layout = "mono" if audio.shape[0] == 1 else "stereo"
     pts = 0
+    pending = None
+    for audio in itertools.chain(chunks, [None]):
+        if audio is not None:
+            audio = np.asarray(audio, dtype=np.float32)
+            pending = audio if pending is None else np.concatenate([pending, audio], axis=1)
+            if pending.shape[1] < chunk:
+                continue
+            end = pending.shape[1] - pending.shape[1] % chunk
+        elif pending is None:
+            break
+        else:
+            end = pending.shape[1]  # the last, short frame
+        pts = _encode_audio_frames(av, container, stream, pending[:, :end], fmt, chunk, pts)
+        pending = pending[:, end:]
+    container.mux(stream.encode())
+
+
+def _encode_audio_frames(av, container, stream, audio: np.ndarray, fmt: str, chunk: int, pts: int) -> int:
+    layout = "mono" if audio.shape[0] == 1 else "stereo"
     for start in range(0, audio.shape[1], chunk):
         part = audio[:, start:start + chunk]
         if fmt == "s16":  # interleaved 16-bit (pcm_s16le)
@@ -206,7 +256,7 @@ def _encode_audio(av, container, stream, audio: np.ndarray) -> None:
         frame.pts = pts
         pts += part.shape[1]
         container.mux(stream.encode(frame))
-    container.mux(stream.encode())
+    return pts
 
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -269,6 +319,11 @@ def probe_video(path) -> VideoInfo:
             raise VideoError(f"{path}: contains no video stream")
         vs = container.streams.video[0]
         stated = int(vs.frames) if vs.frames > 0 else None
+        width, height = vs.codec_context.width, vs.codec_context.height
+        try:  # before any frame is decoded: a few bytes of header can state gigapixel frames
+            check_limit("frame_pixels", width * height, f"pixels per frame ({width}×{height})", path)
+        except LimitError as e:
+            raise VideoError(str(e)) from None
         try:  # PyAV ends the demux with an empty flush packet per stream: count real packets only
             held = sum(1 for p in container.demux(vs) if p.size > 0)
         except Exception as e:  # FFmpeg's demuxer errors on damaged containers
@@ -277,7 +332,7 @@ def probe_video(path) -> VideoInfo:
         fps = float(vs.average_rate or vs.guessed_rate or 0.0)
         info = VideoInfo(path=path, codec=vs.codec_context.name,
                          num_frames=held if stated is None else min(held, stated), fps=fps,
-                         width=vs.codec_context.width, height=vs.codec_context.height,
+                         width=width, height=height,
                          has_audio=bool(audio),
                          audio_sample_rate=audio[0].rate if audio else None, stated_frames=stated)
     if info.num_frames <= 0:

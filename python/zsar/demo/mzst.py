@@ -45,8 +45,8 @@ from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_bench
 from ..data.transforms import CROPS
 from ..eval.avca import GZSLEvalSet, evaluate_gzsl
 from ..eval.runner import seen_accuracy, zero_shot_report
-from ..models import create_model
-from ..text import SentenceEmbedder
+from ..models import create_model, default_embedder_spec
+from ..text import embedder_from_spec
 from ..train.config import StageConfig, TrainConfig
 from ..train.pipeline import Pipeline
 from ..zeroshot.heads import METRICS
@@ -120,7 +120,8 @@ class MZSTDemoConfig(DemoSettings):
     weight_decay: float = 0.05
     batch_size: int = 8
     metric: str = "l2"
-    # f(x) regresses unit-norm sentence embeddings: the distances a beta trades lie within about 0.3.
+    # Calibration betas in units of the mean norm of the seen classes' targets (1 for unit-norm
+    # embeddings): f(x) lands near them, so the distances a beta trades scale with that norm.
     beta_grid: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 0.5, 101), 6).tolist())
     threads: int | None = 1  # torch CPU threads while the demo runs (None: torch's default)
 
@@ -245,13 +246,15 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
     with steps("decode", "loading the label embedder and decoding the videos and their sound"):
         # The embedder loads before training so that a broken install fails in seconds, not minutes.
         loaded = time.perf_counter()
-        embedder = SentenceEmbedder()
+        # The model's own label embedder (MZST: unnormalised sentence embeddings, as the paper).
+        embedder = embedder_from_spec(default_embedder_spec(cfg.model))
         steps.seconds["load_embedder"] = round(time.perf_counter() - loaded, 2)
         # Every run reads the same inputs (the modalities change the model, not its frames or audio
         # window), so one cache serves all: those of the audio-video model.
         inputs = create_model(cfg.model, class_names=seen, **cfg.model_overrides(MAIN_RUN)).inputs
         audio = inputs.audio
         train_spec = inputs.clip_spec(stride=cfg.stride, train=True, crop=cfg.crop)
+        # Fewer views than the paper's 4 clips x 3 crops (the model's default): cfg.eval_clips centred clips.
         eval_spec = dataclasses.replace(train_spec, train=False, num_clips=cfg.eval_clips, crop=None)
         cache = MediaCache(cfg.decoder)
         train_set = CachedClipDataset(bench.seen_train, train_spec, cache, seed=cfg.seed, audio=audio)
@@ -294,12 +297,13 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
                 ids = [r.video_id for r in videos]
                 return torch.stack([by_id[v] for v in ids]), ids
 
+            beta_unit = float(model.class_embedding_targets(model.class_embeddings).norm(dim=-1).mean())
             gzsl = evaluate_gzsl(encode, _class_matrix(clf), GZSLEvalSet(seen, test_seen, test_unseen),
                                  val=GZSLEvalSet(seen, calibration_seen, calibration_unseen), metric=cfg.metric,
-                                 grid=cfg.beta_grid)
+                                 grid=[b * beta_unit for b in cfg.beta_grid])
             results[run] = _run_summary(zsl, gzsl, seen_accuracy(encoded["seen_test"].select(
                 [r.video_id for r in test_seen])))
-            results[run].update(modalities=list(modalities), train_seconds=train_seconds,
+            results[run].update(modalities=list(modalities), train_seconds=train_seconds, beta_unit=beta_unit,
                                 parameters=sum(p.numel() for p in model.parameters()))
             models[run], encoded_unseen[run] = (pipeline, clf), zsl_set
         if verbose:
@@ -337,7 +341,11 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
                 "method": "beta of calibrated stacking with the highest HM on held-out calibration videos of the "
                           "seen and unseen classes (neither trained on nor tested), then applied to the test videos",
                 "videos": {"seen": len(calibration_seen), "unseen": len(calibration_unseen)},
-                "metric": cfg.metric, "grid": list(cfg.beta_grid)},
+                "metric": cfg.metric, "grid": list(cfg.beta_grid),
+                "grid_unit": "the mean norm of the seen classes' targets (per run)"},
+            "views": {"clips": cfg.eval_clips, "crops": 1,
+                      "note": f"the demo evaluates {cfg.eval_clips} centred clip(s) per video; the paper (and "
+                              f"{cfg.model}'s default) {inputs.eval_clips} clips x 3 crops"},
             "seen_classes": seen,
             "unseen_classes": unseen,
             "lists": lists,
@@ -431,5 +439,7 @@ def format_mzst_report(report: dict[str, Any]) -> str:
             parts.append(f"above {run} only: {'yes' if t[f'audio_video_top1_above_{run}_only'] else 'NO'} "
                          f"({margin:+.1f} points)")
     lines.append("targets: " + "; ".join(parts))
+    if "views" in report:
+        lines.append(f"views: {report['views']['note']}")
     lines += time_and_files(report)
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .._utils import as_numpy
+from .._utils import as_numpy, write_atomic
 from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 from .metrics import mean_class_accuracy, top_k_accuracy
 
@@ -405,10 +405,15 @@ def _jsonable(obj):
 
 
 def write_results_json(path, results) -> Path:
-    """Write protocol results (a dict, or a list of them) as indented JSON; returns the path."""
+    """Write protocol results (a dict, or a list of them) as indented JSON; returns the path.
+
+    Written to a temporary file beside ``path`` and renamed over it, so a failure (a full disk, a
+    kill) leaves the earlier report as it was."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a report file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(_jsonable(results), indent=2) + "\n")
     return path
 
 

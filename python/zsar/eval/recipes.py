@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +40,7 @@ from ..data.formats import AVCA_STAGES
 from ..data.records import VideoList
 from ..text import embedder_from_spec
 from ..train.config import TrainConfig
+from ..train.lock import RunLock
 from ..train.pipeline import Pipeline
 from ..zeroshot import HEADS, encode_loader
 from .avca import (AVCA_BENCHMARKS, GZSLEvalSet, _dataset_key, avca_label_names, avca_stages, evaluate_gzsl,
@@ -106,7 +109,8 @@ class GZSLConfig(TrainConfig):
         beta_grid: calibration betas (default: AVCA's 16 values evenly in [0, 3]).
         head_settings, head_selection: the zero-shot head's settings (e.g. ResT's ``k``, ``theta``,
             ``rho``) or the grid to choose them on (see :class:`zsar.train.TrainConfig`).
-        eval_clips: clips per video when evaluating.
+        eval_clips: centred clips per video when evaluating (default: the model's own views, e.g.
+            MZST's 4 clips x 3 crops).
         plot: write the S/U trade-off plot beside the report.
     """
 
@@ -117,7 +121,7 @@ class GZSLConfig(TrainConfig):
     val_fraction: float = 0.2
     metric: str | None = None
     beta_grid: list[float] | None = None
-    eval_clips: int = 1
+    eval_clips: int | None = None
     plot: bool = True
     out_dir: str = "runs/gzsl"
 
@@ -134,7 +138,7 @@ class GZSLConfig(TrainConfig):
                 self.beta_grid and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
                                        for b in self.beta_grid)):
             raise ValueError(f"config key 'beta_grid' must be a non-empty list of finite numbers, got {self.beta_grid!r}")
-        if self.eval_clips < 1:
+        if self.eval_clips is not None and self.eval_clips < 1:
             raise ValueError(f"config key 'eval_clips' must be >= 1, got {self.eval_clips}")
         if self.test_data is not None:
             self.test_data_config()  # unknown keys fail now, not after stage 1
@@ -163,7 +167,7 @@ class GZSLConfig(TrainConfig):
 def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
     """The label embedder of ``config.embedder``; word vectors with a packaged split get the packaged
     ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win)."""
-    spec = dict(config.embedder)
+    spec = config.embedder_spec()
     if spec.get("type") == "word_vectors" and config.split_dir is None:
         spec["name_map"] = {**avca_label_names(config.dataset, classes), **(spec.get("name_map") or {})}
     return embedder_from_spec(spec)
@@ -174,8 +178,9 @@ class _RegisteredModelRunner:
     registered model: a fresh :class:`~zsar.train.pipeline.Pipeline` per protocol stage, writing
     into ``out_dir/stage_<n>``."""
 
-    def __init__(self, config: GZSLConfig, embedder):
+    def __init__(self, config: GZSLConfig, embedder, out_dir: str | Path | None = None):
         self.config, self.embedder = config, embedder
+        self.out_dir = Path(config.out_dir if out_dir is None else out_dir)
         self.pipeline: Pipeline | None = None
         self.videos: VideoList | None = None
         self.train_set = None
@@ -189,7 +194,7 @@ class _RegisteredModelRunner:
             return self.pipeline
         cfg, data = self.config, self.config.data
         self._built += 1
-        self.pipeline = Pipeline(cfg.train_config(Path(cfg.out_dir) / f"stage_{self._built}"), videos.classes,
+        self.pipeline = Pipeline(cfg.train_config(self.out_dir / f"stage_{self._built}"), videos.classes,
                                  self.embedder)
         train_spec, self.eval_spec = self.pipeline.clip_specs(cfg.eval_clips, stride=data.stride,
                                                               short_side=data.short_side)
@@ -272,25 +277,64 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
                          test_videos=None if test_config is None else test_config.read(),
                          val_fraction=config.val_fraction, seed=config.seed)
     embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
-    runner = _RegisteredModelRunner(config, embedder)
-    epochs = runner.epochs(stages["stage_1_train"])
-    metric = config.metric or runner.head_metric
-    report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
-                               metric=metric, grid=config.beta_grid,
-                               dataset=config.dataset, split=config.avca_split, model=config.model)
     out = Path(config.out_dir)
-    checkpoint = runner.pipeline.save(runner.classifier())
-    spec = getattr(embedder, "spec", lambda: None)()
-    report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
-                  config=config.to_dict())
-    if config.plot:
-        from .plots import plot_gzsl_tradeoff  # lazy: plots load matplotlib, an optional dependency
+    with RunLock(out):
+        finished = (out / REPORT_FILE).is_file()
+        work = out / _STAGING if finished else out
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)  # a killed re-run's work (zsar's own folder)
+        runner = _RegisteredModelRunner(config, embedder, work)
+        epochs = runner.epochs(stages["stage_1_train"])
+        metric = config.metric or runner.head_metric
+        report = run_avca_protocol(stages, runner.train, runner.encode, runner.class_embeddings, epochs=epochs,
+                                   metric=metric, grid=config.beta_grid,
+                                   dataset=config.dataset, split=config.avca_split, model=config.model)
+        _add_uncalibrated(report)
+        saved = runner.pipeline.save(runner.classifier())
+        checkpoint = out / Path(saved).relative_to(work)
+        spec = getattr(embedder, "spec", lambda: None)()
+        report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,
+                      config=config.to_dict())
+        if config.plot:
+            from .plots import plot_gzsl_tradeoff  # lazy: plots load matplotlib, an optional dependency
 
-        title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
-        report["plot"] = str(plot_gzsl_tradeoff(report["stage_2"]["curve"], out / PLOT_FILE,
-                                                chosen_beta=report["stage_2"]["beta"], title=title))
-    write_results_json(out / REPORT_FILE, report)
+            title = f"{config.model} on {AVCA_BENCHMARKS[config.dataset]} ({config.avca_split}): S/U trade-off of stage 2"
+            plot_gzsl_tradeoff(report["stage_2"]["curve"], work / PLOT_FILE, chosen_beta=report["stage_2"]["beta"],
+                               title=title)
+            report["plot"] = str(out / PLOT_FILE)
+        write_results_json(work / REPORT_FILE, report)
+        if finished:
+            _move_into_place(work, out, ["stage_1", "stage_2", PLOT_FILE, REPORT_FILE])
     return report
+
+
+def _add_uncalibrated(report: dict[str, Any]) -> None:
+    """``report["uncalibrated"]``: stage 2's test S/U/HM at beta = 0, beside AVCA's calibrated ones. The
+    MZST paper presents its model this way (no calibrated stacking; its Tables 5 and 6)."""
+    curve = report["stage_2"]["curve"]
+    betas = [float(b) for b in curve["beta"]]
+    if 0.0 in betas:
+        i = betas.index(0.0)
+        report["uncalibrated"] = {"beta": 0.0, **{k: float(curve[k][i]) for k in ("S", "U", "HM")}}
+
+
+#: Where a re-run into a finished GZSL run's folder works until it is complete.
+_STAGING = ".gzsl-next"
+
+
+def _move_into_place(work: Path, out: Path, names: list[str]) -> None:
+    """Moves ``names`` from ``work`` to ``out``, replacing the old ones, the report last (its
+    presence marks a finished run); the old entries are kept aside until all new ones are in."""
+    old = out / ".gzsl-old"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    for name in names:
+        if (out / name).exists():
+            os.replace(out / name, old / name)
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- a saved checkpoint ----------------------------------------------------------------------------

@@ -12,13 +12,13 @@ import pkgutil
 
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import CheckpointError, load_model, save_checkpoint
-from .registry import create_model, list_models, needs_label_embeddings, register_model
-from .rest import REST_VARIANTS, ResT, ResTConfig  # noqa: F401  (importing registers the variants)
+from .registry import create_model, default_embedder_spec, list_models, needs_label_embeddings, register_model
+from .rest import ResT, ResTConfig  # noqa: F401  (importing registers the ResT variants)
 from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
 
-__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "REST_VARIANTS", "ResT", "ResTConfig",
+__all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "ResT", "ResTConfig",
            "TrainingStage",
-           "ZeroShotModel", "create_model", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
+           "ZeroShotModel", "create_model", "default_embedder_spec", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
 
 
 def _import_model_files() -> None:

@@ -1,14 +1,20 @@
-"""Frame encoders F of ResT: torchvision CNNs, randomly initialised (the paper's zero-shot rule).
+"""Backbones: ResT's frame encoders F and MZST's video and audio token encoders.
 
-A 2D backbone encodes every frame separately: ``(B, T, 3, H, W) -> (B, T, p)``. The 3D R(2+1)D-18
-encodes the clip and its temporal feature positions become the tokens: ``(B, T, 3, H, W) ->
-(B, T', p)``. User weights can be loaded with :func:`load_backbone_weights`.
+ResT (:class:`FrameEncoder`, :data:`BACKBONES`): torchvision CNNs, randomly initialised (the paper's
+zero-shot rule). A 2D backbone encodes every frame separately: ``(B, T, 3, H, W) -> (B, T, p)``.
+The 3D R(2+1)D-18 encodes the clip and its temporal feature positions become the tokens:
+``(B, T, 3, H, W) -> (B, T', p)``.
+
+MZST (:data:`VIDEO_BACKBONES`, :data:`AUDIO_BACKBONES`): torchvision's MViTv2 without its classifier
+(:class:`MViTTokens`) and Hugging Face transformers' ``ASTModel`` (:class:`ASTTokens`), each giving
+its final tokens. Pretrained weights: :mod:`zsar.models.weights`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -124,20 +130,110 @@ class FrameEncoder(nn.Module):
         return self.trunk(clips.flatten(0, 1)).view(B, T, -1)
 
 
-def load_backbone_weights(encoder: FrameEncoder, state_dict: dict, strict: bool = False) -> list[str]:
-    """Loads user weights (e.g. a torchvision checkpoint) into the trunk; returns the missing keys.
 
-    Classifier weights in ``state_dict`` (``fc.*``, ``classifier.*``) are ignored where the trunk
-    has none. A tensor whose shape differs from the trunk's is always an error; with
-    ``strict=True`` missing or unexpected keys are errors too.
-    """
-    own = encoder.trunk.state_dict()
-    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(k for k in set(state_dict) - set(own) if k.split(".")[0] not in ("fc", "classifier"))
-    if shapes or (strict and (missing or unexpected)):
-        raise ValueError(f"backbone weights do not match the {encoder.spec.name} trunk: shape mismatches "
-                         f"{shapes[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}")
-    encoder.trunk.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    return missing
+# ---- MZST: video and audio token encoders ------------------------------------------------------
+
+
+def _conv_out(size: Sequence[int], conv: nn.Module) -> list[int]:
+    return [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, conv.kernel_size, conv.stride, conv.padding)]
+
+
+class MViTTokens(nn.Module):
+    """A torchvision MViT without its classifier: clips ``(B, T, 3, H, W)`` -> the final stage's
+    tokens ``(B, T' H' W', C)`` after the final norm (its class token dropped)."""
+
+    def __init__(self, net: nn.Module, frames: int, image_size: int):
+        super().__init__()
+        net.head = nn.Identity()  # the Kinetics classifier is not used
+        self.net = net
+        thw = _conv_out((frames, image_size, image_size), net.conv_proj)
+        for block in net.blocks:
+            if block.attn.pool_q is not None:
+                thw = _conv_out(thw, block.attn.pool_q.pool)
+        self.grid = tuple(thw)
+        self.num_tokens = math.prod(thw)
+        self.dim = net.norm.normalized_shape[0]
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net.conv_proj(clips.transpose(1, 2))  # (B, C, T', H', W')
+        x = net.pos_encoding(x.flatten(2).transpose(1, 2))
+        thw = (net.pos_encoding.temporal_size,) + tuple(net.pos_encoding.spatial_size)
+        for block in net.blocks:
+            x, thw = block(x, thw)
+        return net.norm(x)[:, 1:]
+
+
+def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
+    from torchvision.models.video import mvit_v2_s
+
+    # torchvision builds MViTv2-S for 16 x 224^2 only (its relative position tables are sized for it).
+    if (frames, image_size) != (16, 224):
+        raise ValueError(f"mvit_v2_s takes 16 frames of 224 x 224 (torchvision's fixed input), got frames={frames}, "
+                         f"image_size={image_size}")
+    return MViTTokens(mvit_v2_s(weights=None), frames, image_size)
+
+
+def _mvit_tiny(frames: int, image_size: int) -> MViTTokens:
+    """Two MViTv2 blocks (widths 32 -> 64, one query pooling) over 2x8x8 patches: 64 tokens from 8x64x64."""
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+    # 2x8x8 patches, then a 2x spatial query pooling: the grid must divide and keep a token.
+    if frames < 2 or frames % 2 or image_size < 16 or image_size % 8:
+        raise ValueError(f"mvit_tiny takes an even number of frames >= 2 and an image_size that is a multiple of 8, "
+                         f">= 16 (its 2x8x8 patches); got frames={frames}, image_size={image_size}")
+
+    def block(heads, c_in, c_out, stride_q, stride_kv):
+        return MSBlockConfig(num_heads=heads, input_channels=c_in, output_channels=c_out, kernel_q=[3, 3, 3],
+                             kernel_kv=[3, 3, 3], stride_q=stride_q, stride_kv=stride_kv)
+
+    net = MViT(spatial_size=(image_size, image_size), temporal_size=frames,
+               block_setting=[block(1, 32, 64, [1, 2, 2], [1, 2, 2]), block(2, 64, 64, [1, 1, 1], [1, 1, 1])],
+               residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True,
+               dropout=0.0, num_classes=1, patch_embed_stride=(2, 8, 8))
+    return MViTTokens(net, frames, image_size)
+
+
+class ASTTokens(nn.Module):
+    """Hugging Face's ``ASTModel``: log-mel ``(B, frames, mel_bins)`` -> its patch tokens after the
+    final norm ``(B, F' x T', hidden)`` (the CLS and distillation tokens dropped)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import ASTModel
+
+        self.net = ASTModel(config)
+        f, t = self.net.embeddings.get_shape(config)
+        self.grid = (f, t)
+        self.num_tokens = f * t
+        self.dim = config.hidden_size
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.net(audio).last_hidden_state[:, 2:]
+
+
+def _ast(audio_length: int, mel_bins: int, patch_stride: int, **sizes) -> ASTTokens:
+    """Hugging Face's AST over ``(audio_length, mel_bins)`` log-mel input with 16 x 16 patches at
+    ``patch_stride`` in both axes; its position embeddings are sized from the resulting grid."""
+    from transformers import ASTConfig
+
+    if audio_length < 16 or mel_bins < 16:  # AST's 16x16 patches
+        raise ValueError(f"the AST audio backbone takes audio_length >= 16 and mel_bins >= 16 (its 16x16 patches); "
+                         f"got audio_length={audio_length}, mel_bins={mel_bins}")
+    return ASTTokens(ASTConfig(max_length=audio_length, num_mel_bins=mel_bins, frequency_stride=patch_stride,
+                               time_stride=patch_stride, **sizes))
+
+
+#: Video backbones: name -> builder ``(frames, image_size) -> MViTTokens``.
+VIDEO_BACKBONES: dict[str, Callable[[int, int], MViTTokens]] = {
+    "mvit_v2_s": _mvit_v2_s,  # 34.5 M parameters; 16 x 224^2 -> 8 x 7 x 7 = 392 tokens of 768
+    "mvit_tiny": _mvit_tiny,
+}
+#: Audio backbones: name -> builder ``(audio_length, mel_bins, patch_stride) -> ASTTokens``. ViT-B/16 over
+#: 128 x 1024 log-mel: stride 16 (the MZST paper's non-overlapping patches) gives 8 x 64 = 512 tokens of
+#: 768, stride 10 (AST's overlapping patches) 12 x 101 = 1,212.
+AUDIO_BACKBONES: dict[str, Callable[[int, int, int], ASTTokens]] = {
+    "ast_base": lambda length, mel, stride: _ast(length, mel, stride),
+    "ast_tiny": lambda length, mel, stride: _ast(length, mel, stride, hidden_size=64, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=128),
+}

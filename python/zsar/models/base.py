@@ -54,6 +54,10 @@ class ModelInputs:
         audio: the audio features it takes, or None (video only).
         label_words: whether :meth:`ZeroShotModel.forward_train` needs ``batch.word_ids`` (the
             trainer fills them from :meth:`ZeroShotModel.tokenize_labels`).
+        mean, std: the pixel normalisation its (pretrained) weights expect, as fractions of 255
+            (ImageNet's by default; torchvision's Kinetics video models: 0.45 / 0.225).
+        eval_clips, eval_crop: the views evaluation takes of each video by default (clips, and
+            ``"center"`` or ``"three"`` crops), over which :meth:`ZeroShotModel.encode` averages.
     """
 
     frames: int
@@ -61,22 +65,29 @@ class ModelInputs:
     feature_dim: int | None = None
     audio: AudioSpec | None = None
     label_words: bool = False
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    eval_clips: int = 1
+    eval_crop: str = "center"
 
     def clip_spec(self, **overrides: Any):
-        """A :class:`zsar.data.ClipSpec` matching these inputs (``overrides``: stride, train, ...)."""
-        return ClipSpec(**{"frames": self.frames, "size": self.image_size, **overrides})
+        """A :class:`zsar.data.ClipSpec` matching these inputs: their frames, size and normalisation,
+        and for evaluation (``train`` not set) their views; ``overrides``: stride, train, num_clips, ..."""
+        views = {} if overrides.get("train") else {"num_clips": self.eval_clips, "crop": self.eval_crop}
+        return ClipSpec(**{"frames": self.frames, "size": self.image_size, "mean": tuple(self.mean),
+                           "std": tuple(self.std), **views, **overrides})
 
 
 @dataclass(frozen=True)
 class TrainingStage:
-    """One training stage of a model, with its default optimiser and cosine schedule.
+    """One training stage of a model, with its default optimiser and learning-rate schedule.
 
     Attributes:
         name: the stage's name (what configs override, e.g. ``stages.joint.lr=1e-4``).
         trains: predicate on parameter names: which parameters this stage trains (the others are
             frozen; DDP needs every trainable parameter to get a gradient).
-        epochs, optimizer, lr, weight_decay, momentum: defaults of the stage's
-            :class:`zsar.train.StageConfig`.
+        epochs, optimizer, lr, weight_decay, momentum, schedule: defaults of the stage's
+            :class:`zsar.train.StageConfig` (``schedule``: ``"cosine"`` or ``"constant"``).
     """
 
     name: str
@@ -86,6 +97,7 @@ class TrainingStage:
     lr: float
     weight_decay: float
     momentum: float = 0.9
+    schedule: str = "cosine"
 
 
 class ZeroShotModel(nn.Module):

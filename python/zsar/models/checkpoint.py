@@ -8,8 +8,9 @@ states, history: plain tensors and Python values, read back with ``torch.load(we
 so a crafted file cannot run code).
 
 Writes are atomic at the folder level: a checkpoint is written to a temporary sibling and swapped in
-with renames, so a crash never leaves a half-written checkpoint in place of a good one; after a kill
-between the two renames, :func:`resolve` finds the previous one under ``NAME.old``.
+with renames (:func:`replace_checkpoint`), so a crash never leaves a half-written checkpoint in place
+of a good one; after a kill between the two renames, :func:`resolve` finds the previous one under
+``NAME.zsar-old``, a name only zsar writes (a user's own ``NAME.old`` is never touched).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from torch import nn
 from .._utils import read_json_object
 from .registry import create_model, list_models
 
-__all__ = ["CheckpointError", "save_checkpoint", "resolve", "read_config", "load_weights", "load_model",
+__all__ = ["CheckpointError", "save_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "trainer_state.pt"
+#: Suffix of the name a checkpoint is moved aside to while its replacement is renamed in.
+OLD_SUFFIX = ".zsar-old"
 FORMAT_VERSION = 2
 _HASH_CHUNK = 1 << 22
 
@@ -82,26 +85,38 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        try:
+            save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        except SafetensorError as e:  # a full disk, a file-size limit: an OSError like any other write's
+            raise OSError(f"{directory}: cannot write the checkpoint ({str(e).splitlines()[0]})") from None
         config = {"format_version": FORMAT_VERSION, "model": name, "model_args": model.model_args(),
                   "weights_sha256": _sha256(tmp / WEIGHTS), **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE)
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
 
 
+def replace_checkpoint(new: str | Path, directory: str | Path) -> Path:
+    """Renames the complete folder ``new`` to ``directory``, replacing what is there: the old folder is
+    moved aside to ``NAME.zsar-old`` first and deleted only once ``new`` is in place (after a kill in
+    between, :func:`resolve` reads the old one). Only that zsar-named twin is ever deleted."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + OLD_SUFFIX)
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(new, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
 def resolve(directory: str | Path) -> Path:
-    """The checkpoint folder to read: ``directory``, or its ``.old`` twin after an interrupted swap.
+    """The checkpoint folder to read: ``directory``, or its ``.zsar-old`` twin after an interrupted swap.
 
     Raises:
         FileNotFoundError: neither holds a ``config.json``.
@@ -109,7 +124,7 @@ def resolve(directory: str | Path) -> Path:
     directory = Path(directory)
     if (directory / CONFIG).is_file():
         return directory
-    old = directory.with_name(directory.name + ".old")
+    old = directory.with_name(directory.name + OLD_SUFFIX)
     if (old / CONFIG).is_file():
         return old
     raise FileNotFoundError(f"no checkpoint at {directory} (expected {CONFIG} and {WEIGHTS} there)")
@@ -136,29 +151,42 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_weights(directory: Path, config: dict[str, Any], verify: bool = True) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path}: missing or not a file (the model's weights)")
     expected = config.get("weights_sha256")
+    if expected is None and verify:
+        raise CheckpointError(f"{directory / CONFIG} records no weights_sha256, so {WEIGHTS} cannot be checked (a "
+                              "checkpoint of the first format, or one whose hash was removed); load it only if you "
+                              "trust it, with --no-verify (verify=False)")
     if expected is not None and _sha256(path) != expected:
         raise CheckpointError(f"{path}: SHA-256 differs from the one recorded in {CONFIG}: the file is corrupted "
                               "or was changed")
     try:
-        return load_file(path)
+        state = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    for name, tensor in state.items():  # a NaN weight gives NaN answers, never an error
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: weight {name} holds {bad} non-finite values (NaN or Inf) of "
+                                  f"{tensor.numel()}")
+    return state
 
 
-def load_weights(model: nn.Module, directory: str | Path) -> None:
+def load_weights(model: nn.Module, directory: str | Path, verify: bool = True) -> None:
     """Loads the checkpoint's weights into ``model``.
+
+    ``verify``: refuse weights whose SHA-256 ``config.json`` does not record (False: load them
+    unchecked; a recorded hash is always checked).
 
     Raises:
         CheckpointError: unreadable or corrupted weights, or names/shapes that differ from the model's
             (the message says what differs).
     """
     path = resolve(directory)
-    state = _read_weights(path, read_config(path))
+    state = _read_weights(path, read_config(path), verify)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -176,8 +204,10 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu"):
+def load_model(directory: str | Path, device: str | torch.device = "cpu", verify: bool = True):
     """Rebuilds the registered model saved in a checkpoint folder, with its weights, in eval mode.
+
+    ``verify``: see :func:`load_weights`.
 
     Raises:
         FileNotFoundError: no checkpoint there.
@@ -191,9 +221,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path / CONFIG}: unknown model {name!r}; registered: {', '.join(list_models())}")
     try:
         model = create_model(name, **config.get("model_args", {}))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args ({e})") from None
-    load_weights(model, path)
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing a shape
+        raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args "
+                              f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    load_weights(model, path, verify)
     return model.to(device).eval()
 
 

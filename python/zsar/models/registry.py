@@ -6,19 +6,25 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .._limits import check_model_args
 from .base import ZeroShotModel
 
 _REGISTRY: dict[str, Callable[..., ZeroShotModel]] = {}
 _LABEL_EMBEDDINGS: set[str] = set()
+_EMBEDDERS: dict[str, dict[str, Any]] = {}
+#: The label embedder a model gets when its config names none (:func:`zsar.text.embedder_from_spec`).
+DEFAULT_EMBEDDER: dict[str, Any] = {"type": "sentence"}
 
 
-def register_model(name: str, label_embeddings: bool = False):
+def register_model(name: str, label_embeddings: bool = False, embedder: dict[str, Any] | None = None):
     """Decorator: registers ``fn(class_names=None, **overrides) -> ZeroShotModel`` under ``name``.
 
     Args:
         name: the registry name.
         label_embeddings: the builder also takes ``class_embeddings`` ``(C, E)``, the seen labels'
             embeddings (models that train towards the label space, e.g. MZST).
+        embedder: the spec of the label embedder the model uses when a config names none
+            (:func:`default_embedder_spec`); default :data:`DEFAULT_EMBEDDER`.
 
     The builder takes the seen classes' label text as ``class_names`` (None when every argument,
     e.g. from a checkpoint's ``config.json``, is given explicitly) and keyword overrides of its
@@ -31,6 +37,8 @@ def register_model(name: str, label_embeddings: bool = False):
         _REGISTRY[name] = fn
         if label_embeddings:
             _LABEL_EMBEDDINGS.add(name)
+        if embedder is not None:
+            _EMBEDDERS[name] = dict(embedder)
         return fn
 
     return wrap
@@ -39,6 +47,12 @@ def register_model(name: str, label_embeddings: bool = False):
 def needs_label_embeddings(name: str) -> bool:
     """Whether the model ``name`` trains towards its classes' label embeddings (see :func:`register_model`)."""
     return name in _LABEL_EMBEDDINGS
+
+
+def default_embedder_spec(name: str) -> dict[str, Any]:
+    """The label-embedder spec model ``name`` uses when a config names none (e.g. MZST: the sentence
+    model's mean-pooled output without its final normalisation, the paper's unnormalised targets)."""
+    return dict(_EMBEDDERS.get(name, DEFAULT_EMBEDDER))
 
 
 def list_models() -> list[str]:
@@ -62,6 +76,7 @@ def create_model(name: str, label_embedder=None, **overrides: Any) -> ZeroShotMo
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if label_embedder is not None and name in _LABEL_EMBEDDINGS and overrides.get("class_names") is not None:
         overrides.setdefault("class_embeddings", label_embedder.embed(list(overrides["class_names"])))
+    check_model_args(overrides, f"model {name}")
     model = _REGISTRY[name](**overrides)
     if not isinstance(model, ZeroShotModel):
         raise TypeError(f"the builder of {name!r} returned a {type(model).__name__}, not a ZeroShotModel")

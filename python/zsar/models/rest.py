@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import check_n_text_range
-from ..text.vocab import WordVocab
+from ..text.vocab import WordVocab, mask_words
 from .backbones import BACKBONES, FrameEncoder
 from .base import ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import register_legacy_config
-from .layers import MaskedTransformer, init_transformer_weights
+from .layers import MaskedTransformer, MaskedWordHead, init_transformer_weights
 from .registry import register_model
+from .weights import load_backbone_weights
 
 OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
 
@@ -118,9 +119,7 @@ class ResT(ZeroShotModel):
         self.transformer = MaskedTransformer(c.dim, c.depth, c.heads, c.mlp_dim, c.attention, c.dropout,
                                              c.attention_backend)
         self.cls_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.num_classes))
-        self.mtl_head = nn.Sequential(
-            nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim), nn.Linear(c.dim, len(self.vocab))
-        )
+        self.mtl_head = MaskedWordHead(c.dim, len(self.vocab))
         # Stage 1 (warm-up): a classifier on temporally averaged frame features, F alone.
         self.warmup_head = nn.Linear(feature_dim, c.num_classes)
         self._init_weights()
@@ -258,40 +257,18 @@ class ResT(ZeroShotModel):
 
     # ---- training --------------------------------------------------------------------------------
 
-    def mask_words(self, word_ids: torch.Tensor, n_words: torch.Tensor, generator: torch.Generator | None = None):
-        """BERT-style masking: each valid word with prob. ``mask_prob``, at least one per sample with words.
-
-        Returns ``(masked_ids, targets)`` with targets ``-100`` where nothing is predicted.
-        """
-        B, W = word_ids.shape
-        device = word_ids.device
-        valid = torch.arange(W, device=device)[None, :] < n_words.to(device)[:, None]
-        draw = torch.rand(B, W, generator=generator, device="cpu").to(device)
-        masked = (draw < self.config.mask_prob) & valid
-        # At least one: in samples with no draw below p, mask the word with the smallest draw.
-        forced = torch.where(valid, draw, torch.full_like(draw, 2.0)).argmin(1)
-        need = (~masked.any(1)) & (n_words.to(device) > 0)
-        masked[need, forced[need]] = True
-        masked_ids = torch.where(masked, torch.full_like(word_ids, WordVocab.mask_id), word_ids)
-        targets = torch.where(masked, word_ids, torch.full_like(word_ids, -100))
-        return masked_ids, targets
-
     def forward_joint(self, clips: torch.Tensor, labels: torch.Tensor, word_ids: torch.Tensor,
                       n_words: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Joint-stage forward: ``{"loss", "loss_cls", "loss_mtl", "logits"}`` (unused losses are 0)."""
         c = self.config
-        masked_ids, targets = self.mask_words(word_ids, n_words, generator)
+        masked_ids, targets = mask_words(word_ids, n_words, c.mask_prob, generator)
         out = self.encode_tokens(self.frame_features(clips), masked_ids, n_words)
         logits = self.cls_head(out[:, 0])
         zero = out.new_zeros(())
         loss_cls = F.cross_entropy(logits, labels) if c.objective in ("both", "cls") else zero
         loss_mtl = zero
         if c.objective in ("both", "mlm"):
-            # Mean over the masked words; a sum over a count clamped at 1 keeps a batch without any
-            # words finite and needs no host sync.
-            word_logits = self.mtl_head(out[:, self.n_visual:]).flatten(0, 1)
-            total = F.cross_entropy(word_logits, targets.flatten(), ignore_index=-100, reduction="sum")
-            loss_mtl = total / (targets >= 0).sum().clamp(min=1)
+            loss_mtl = self.mtl_head.loss(out[:, self.n_visual:], targets)
         weight = c.mtl_weight if c.objective == "both" else 1.0
         return {"loss": loss_cls + weight * loss_mtl, "loss_cls": loss_cls, "loss_mtl": loss_mtl, "logits": logits}
 
@@ -302,44 +279,85 @@ class ResT(ZeroShotModel):
         return {"loss": loss, "loss_cls": loss, "logits": logits}
 
 
-# ---- registration --------------------------------------------------------------------------------
-
-# name -> ResTConfig defaults (paper §4.1 and Table 4). `rest_tiny` is for tests and CPU demos.
-REST_VARIANTS: dict[str, dict] = {
-    "rest18": dict(backbone="resnet18", frames=16),
-    "rest34": dict(backbone="resnet34", frames=8),
-    "rest101": dict(backbone="resnet101", frames=4),
-    "rest_vgg16": dict(backbone="vgg16", frames=16),
-    "rest_mobilenet_v2": dict(backbone="mobilenet_v2", frames=16),
-    "rest_googlenet": dict(backbone="googlenet", frames=16),
-    "rest_r2plus1d": dict(backbone="r2plus1d_18", frames=16, image_size=112),
-    "rest_tiny": dict(backbone="tiny", frames=8, image_size=64, dim=64, depth=2, heads=4, mlp_dim=128,
-                      dropout=0.0),
-}
+# ---- registration (paper §4.1 and Table 4; ``rest_tiny`` is for tests and CPU demos) -------------------
 
 
-def _register_variant(name: str, defaults: dict) -> None:
-    def build(class_names=None, **overrides) -> ResT:
-        if class_names is not None:
-            # The seen classes set the classifier's width and the masked-token vocabulary.
-            overrides.setdefault("num_classes", len(class_names))
-            overrides.setdefault("vocab", WordVocab.from_labels(list(class_names)).to_list())
-        return ResT(ResTConfig.from_dict({**defaults, **overrides}))
+def _create_rest(class_names, overrides: dict, **defaults) -> ResT:
+    """A ResT of ``defaults`` updated by ``overrides`` (fields of :class:`ResTConfig`, and
+    ``backbone_weights``: torchvision weights for the frame encoder, an enum name such as
+    ``"ResNet18_Weights.IMAGENET1K_V1"`` or a state-dict file; read once, not recorded in the config)."""
+    backbone_weights = overrides.pop("backbone_weights", None)
+    if class_names is not None:
+        # The seen classes set the classifier's width and the masked-token vocabulary.
+        overrides.setdefault("num_classes", len(class_names))
+        overrides.setdefault("vocab", WordVocab.from_labels(list(class_names)).to_list())
+    model = ResT(ResTConfig.from_dict({**defaults, **overrides}))
+    if backbone_weights is not None:
+        if model.encoder is None:
+            raise ValueError("backbone_weights given to a feature-input ResT (it has no frame encoder)")
+        load_backbone_weights(model.encoder, backbone_weights)
+    return model
 
-    build.__doc__ = f"ResT variant {name}: {defaults}"
-    register_model(name)(build)
+
+@register_model("rest18")
+def rest18(class_names=None, **overrides) -> ResT:
+    """ResT with a ResNet-18 frame encoder over 16 frames (the paper's main model)."""
+    return _create_rest(class_names, overrides, backbone="resnet18", frames=16)
 
 
-for _name, _defaults in REST_VARIANTS.items():
-    _register_variant(_name, _defaults)
+@register_model("rest34")
+def rest34(class_names=None, **overrides) -> ResT:
+    """ResT with a ResNet-34 frame encoder over 8 frames (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="resnet34", frames=8)
+
+
+@register_model("rest101")
+def rest101(class_names=None, **overrides) -> ResT:
+    """ResT with a ResNet-101 frame encoder over 4 frames (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="resnet101", frames=4)
+
+
+@register_model("rest_vgg16")
+def rest_vgg16(class_names=None, **overrides) -> ResT:
+    """ResT with a VGG-16 frame encoder over 16 frames (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="vgg16", frames=16)
+
+
+@register_model("rest_mobilenet_v2")
+def rest_mobilenet_v2(class_names=None, **overrides) -> ResT:
+    """ResT with a MobileNet-v2 frame encoder over 16 frames (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="mobilenet_v2", frames=16)
+
+
+@register_model("rest_googlenet")
+def rest_googlenet(class_names=None, **overrides) -> ResT:
+    """ResT with a GoogLeNet frame encoder over 16 frames (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="googlenet", frames=16)
+
+
+@register_model("rest_r2plus1d")
+def rest_r2plus1d(class_names=None, **overrides) -> ResT:
+    """ResT with an R(2+1)D-18 clip encoder over 16 frames of 112 x 112 (Table 4)."""
+    return _create_rest(class_names, overrides, backbone="r2plus1d_18", frames=16, image_size=112)
+
+
+@register_model("rest_tiny")
+def rest_tiny(class_names=None, **overrides) -> ResT:
+    """A small ResT (a few-layer CNN, width 64, 2 blocks) for tests and the CPU demo."""
+    return _create_rest(class_names, overrides, backbone="tiny", frames=8, image_size=64, dim=64, depth=2, heads=4,
+                        mlp_dim=128, dropout=0.0)
+
+
+#: The registered variant of each backbone, for checkpoints of the first format (which recorded no name).
+_VARIANT_OF_BACKBONE = {"resnet18": "rest18", "resnet34": "rest34", "resnet101": "rest101", "vgg16": "rest_vgg16",
+                        "mobilenet_v2": "rest_mobilenet_v2", "googlenet": "rest_googlenet",
+                        "r2plus1d_18": "rest_r2plus1d", "tiny": "rest_tiny"}
 
 
 def _legacy_config(model_config: dict) -> tuple[str, dict]:
     # Checkpoints of the first format stored the full ResTConfig, so any variant rebuilds them; the
     # one with the same backbone keeps the recorded name meaningful.
-    backbone = model_config.get("backbone")
-    name = next((n for n, d in REST_VARIANTS.items() if d["backbone"] == backbone), "rest18")
-    return name, model_config
+    return _VARIANT_OF_BACKBONE.get(model_config.get("backbone"), "rest18"), model_config
 
 
 register_legacy_config("ResT", _legacy_config)

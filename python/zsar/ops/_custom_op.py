@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 from ._dispatch import Dispatcher
@@ -120,6 +121,7 @@ class _EagerFusedOp(torch.autograd.Function):
         return outputs
 
     @staticmethod
+    @once_differentiable  # the backend backward records no graph: a second order would be silently wrong
     def backward(ctx, *grads):
         op: FusedOp = ctx.op
         saved = ctx.saved_tensors
@@ -207,6 +209,7 @@ class FusedOp:
         self.forward_op.register_fake(self._forward_fake)
         self.backward_op.register_fake(self._backward_fake)
         self.forward_op.register_autograd(self._autograd_backward, setup_context=self._setup_context)
+        self.backward_op.register_autograd(self._no_double_backward, setup_context=lambda ctx, inputs, output: None)
         ops = getattr(torch.ops, namespace)
         register_flop_formula(getattr(ops, name), get_raw=True)(self._forward_flops)
         register_flop_formula(getattr(ops, f"{name}_backward"), get_raw=True)(self._backward_flops)
@@ -307,6 +310,10 @@ class FusedOp:
         grads = [grads[i] for i in self._differentiable_outputs]
         input_grads = self.backward_op(*grads, *saved, *ctx.params)
         return (*self._place_input_grads(input_grads), *([None] * len(ctx.params)))
+
+    def _no_double_backward(self, ctx, *grads):
+        raise RuntimeError(f"{self.qualname}: double backward (the gradient of a gradient, e.g. a gradient penalty) "
+                           "is not supported; compute that term without the fused op")
 
     def _forward_flops(self, *args, out_val=None, **kwargs) -> int:
         return self.inputs_type(*args[:-1]).flops()

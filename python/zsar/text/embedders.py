@@ -15,7 +15,6 @@ from anywhere, a spec can only name these formats and packages, and never import
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import struct
@@ -24,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._utils import quiet_model_loading, read_json
 from .vocab import split_label
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,19 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
             raise ValueError("a word2vec binary file starts with a '<count> <dim>' line")
         return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
     except _PARSE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"word-vector file {path} could not be read as word2vec, fastText or GloVe "
-                         f"vectors: {reason}") from exc
+                         f"vectors: {_reason_without_content(exc)}") from exc
+
+
+def _reason_without_content(exc: BaseException) -> str:
+    """The first line of a parser's error with the text it quotes from the file cut out: a spec in
+    a checkpoint can name any file, and its content must not reach the message."""
+    import re
+
+    first = (str(exc).splitlines() or [""])[0]
+    first = re.sub(r"(['\"]).*?\1", "<...>", first)
+    first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 class WordVectorEmbedder:
@@ -235,35 +245,18 @@ def _sentence_model_path(model: str | Path) -> Path:
 def _check_sentence_model_folder(path: Path) -> None:
     """Refuses a model folder whose ``modules.json`` names modules outside sentence-transformers:
     loading would import them (sentence-transformers before 6.0 did so without asking)."""
-    import json
-
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return  # a plain transformers folder: sentence-transformers adds mean pooling itself
     try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"sentence model {modules_file} is not valid JSON: {exc}") from None
+        modules = read_json(modules_file, ValueError)
+    except OSError as exc:
+        raise ValueError(f"sentence model {modules_file} cannot be read ({exc.strerror})") from None
     types = [m.get("type") if isinstance(m, dict) else m for m in modules] if isinstance(modules, list) else [modules]
     foreign = [t for t in types if not (isinstance(t, str) and t.startswith("sentence_transformers."))]
     if foreign:
         raise ValueError(f"sentence model {modules_file} names modules outside sentence-transformers "
                          f"({', '.join(map(repr, foreign))}); zsar does not import them")
-
-
-@contextlib.contextmanager
-def _quiet_model_loading():
-    """No "Loading weights" progress bar from transformers: the model is small and local, and the
-    bar would print on every ``zsar predict``/``eval``. Restores the previous setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 class SentenceEmbedder:
@@ -275,10 +268,13 @@ class SentenceEmbedder:
         device: where the encoder runs (default: sentence-transformers' choice).
         name_map: {label: text to embed instead}; labels are otherwise split into words
             (CamelCase, underscores) and joined with spaces.
+        normalize: None: the model's own output (all-MiniLM-L6-v2 ends in a ``Normalize`` module, so
+            every vector has norm 1); False: its pooled output without a final ``Normalize`` (the
+            MZST paper's unnormalised targets, its Table 8); True: L2-normalised. Recorded in :meth:`spec`.
     """
 
     def __init__(self, model: str | Path = DEFAULT_SENTENCE_MODEL, device: str | None = None,
-                 name_map: Mapping[str, str] | None = None, batch_size: int = 64):
+                 name_map: Mapping[str, str] | None = None, batch_size: int = 64, normalize: bool | None = None):
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
@@ -287,9 +283,18 @@ class SentenceEmbedder:
 
         self.model_name = str(model)
         self.model_path = _sentence_model_path(model)
-        with _quiet_model_loading():
+        with quiet_model_loading():
             self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
                                              trust_remote_code=False)
+        if normalize is not None:
+            from sentence_transformers.models import Normalize
+
+            modules = [m for m in self.model if not isinstance(m, Normalize)]
+            if len(modules) != len(self.model) or normalize:
+                # A new pipeline of the same modules (the weights are shared), minus or plus Normalize.
+                self.model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []),
+                                                 device=str(self.model.device))
+        self.normalize = normalize
         self.name_map = dict(name_map or {})
         self.batch_size = batch_size
         self._cache: dict[str, np.ndarray] = {}
@@ -300,7 +305,10 @@ class SentenceEmbedder:
 
     def spec(self) -> dict:
         """How to rebuild this embedder (:func:`embedder_from_spec`)."""
-        return {"type": "sentence", "model": self.model_name, "name_map": self.name_map}
+        spec = {"type": "sentence", "model": self.model_name, "name_map": self.name_map}
+        if self.normalize is not None:
+            spec["normalize"] = self.normalize
+        return spec
 
     def text(self, label: str) -> str:
         return " ".join(split_label(self.name_map.get(label, label)))
@@ -318,7 +326,7 @@ class SentenceEmbedder:
 
 
 _SPEC_KEYS = {
-    "sentence": {"type", "model", "name_map"},
+    "sentence": {"type", "model", "name_map", "normalize"},
     "word_vectors": {"type", "path", "binary", "name_map", "stop_words"},
 }
 
@@ -333,7 +341,7 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
     caller passes ``trust_pickle=True``.
 
     Args:
-        spec: ``{"type": "sentence", "model": ..., "name_map": ...}`` or ``{"type": "word_vectors",
+        spec: ``{"type": "sentence", "model": ..., "name_map": ..., "normalize": ...}`` or ``{"type": "word_vectors",
             "path": ..., "binary": ..., "name_map": ..., "stop_words": ...}``.
         trust_pickle: allow a gensim pickle (``.kv``, ``.model``), which runs code when loaded.
         where: how to name the spec in error messages (e.g. the ``zeroshot.json`` it came from).
@@ -363,7 +371,10 @@ def embedder_from_spec(spec: Mapping, *, trust_pickle: bool = False,
         model = spec.get("model", DEFAULT_SENTENCE_MODEL)
         if not isinstance(model, str) or not model:
             raise ValueError(f"{where}: 'model' must be a model folder or package name, got {model!r}")
-        return SentenceEmbedder(model, name_map=name_map)
+        normalize = spec.get("normalize")
+        if normalize is not None and not isinstance(normalize, bool):
+            raise ValueError(f"{where}: 'normalize' must be true, false or null, got {normalize!r}")
+        return SentenceEmbedder(model, name_map=name_map, normalize=normalize)
     path, binary = spec.get("path"), spec.get("binary")
     stop_words = spec.get("stop_words", STOP_WORDS)
     if not isinstance(path, str) or not path:

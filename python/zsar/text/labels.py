@@ -6,6 +6,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from .._limits import check_limit
+
 
 def check_labels(labels, what: str = "labels") -> list[str]:
     """The labels as a list, after checking that they can name classes.
@@ -49,6 +51,28 @@ def check_labels(labels, what: str = "labels") -> list[str]:
     repeated = [label for label, count in Counter(labels).items() if count > 1]
     if repeated:
         raise ValueError(f"{what} must be distinct; repeated: {', '.join(map(repr, repeated))}")
+    return labels
+
+
+def check_label_texts(labels: list[str], text_of, what: str = "labels") -> list[str]:
+    """``labels`` when each reaches the embedder as its own text: ``text_of(label)`` is what an
+    embedder embeds (lower-cased words, separators and punctuation dropped). Distinct labels with the
+    same text would get identical scores, and a label with no words at all (only emoji or
+    punctuation) nothing to embed: both are refused, naming the labels."""
+    check_limit("labels", len(labels), "number of labels", what)
+    by_text: dict[str, list[str]] = {}
+    for label in labels:
+        by_text.setdefault(text_of(label), []).append(label)
+    empty = by_text.get("")
+    if empty:
+        raise ValueError(f"{what}: label {_preview(empty[0])} has no words to embed (only symbols, emoji or "
+                         "punctuation); name the class in words")
+    same = [group for group in by_text.values() if len(group) > 1]
+    if same:
+        first = same[0]
+        raise ValueError(f"{what}: labels {', '.join(_preview(x) for x in first)} all read as "
+                         f"{_preview(text_of(first[0]))} to the embedder and would score the same; make them differ "
+                         f"in words" + (f" ({len(same) - 1} more such groups)" if len(same) > 1 else ""))
     return labels
 
 

@@ -37,10 +37,11 @@ class WordVocab:
 
     def __init__(self, words: Iterable[str]):
         self.itos: list[str] = list(SPECIAL_TOKENS)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}  # membership in O(1): 3M words in seconds
         for w in words:
-            if w not in SPECIAL_TOKENS and w not in self.itos:
+            if w not in self.stoi:
+                self.stoi[w] = len(self.itos)
                 self.itos.append(w)
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
     def from_labels(cls, labels: Iterable[str]) -> "WordVocab":

@@ -13,9 +13,11 @@ import torch
 from .. import config as _config
 from ..data.config import DataConfig
 from ..models.base import TrainingStage
+from ..models.registry import default_embedder_spec
 from ..zeroshot.selection import HeadSelection
 
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")  # learning rate over a stage: cosine decay to 0, or fixed (the MZST paper)
 PRECISIONS = ("auto", "bf16", "fp32")
 NONFINITE = ("error", "skip")
 
@@ -32,20 +34,24 @@ def _check_number(key: str, value, low: float | None = None, *, strict: bool = F
 
 @dataclass
 class StageConfig:
-    """Overrides of one training stage's optimiser and cosine schedule; None keeps the model's default
-    (:meth:`zsar.models.ZeroShotModel.training_stages`)."""
+    """Overrides of one training stage's optimiser and learning-rate schedule; None keeps the model's
+    default (:meth:`zsar.models.ZeroShotModel.training_stages`). ``schedule``: ``"cosine"`` (decay to
+    0 over the stage) or ``"constant"``."""
 
     epochs: int | None = None
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float | None = None  # SGD only
+    schedule: str | None = None
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         _check_number("lr", self.lr, 0.0, strict=True)
         _check_number("weight_decay", self.weight_decay, 0.0)
         _check_number("momentum", self.momentum, 0.0)
@@ -53,7 +59,7 @@ class StageConfig:
     def resolve(self, stage: TrainingStage) -> "StageConfig":
         """These overrides over the model's defaults for ``stage``: every field set."""
         defaults = {"epochs": stage.epochs, "optimizer": stage.optimizer, "lr": stage.lr,
-                    "weight_decay": stage.weight_decay, "momentum": stage.momentum}
+                    "weight_decay": stage.weight_decay, "momentum": stage.momentum, "schedule": stage.schedule}
         return StageConfig(**{k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in defaults.items()})
 
 
@@ -78,8 +84,18 @@ class TrainConfig:
     log_every: int = 10  # steps between metric log rows
     progress: bool = True
     data: DataConfig | None = None  # the training videos (for `zsar train`; the Python API takes datasets)
-    # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec).
-    embedder: dict[str, Any] = field(default_factory=lambda: {"type": "sentence"})
+    # Label embedder for the zero-shot classifier saved with the model (zsar.text.embedder_from_spec);
+    # None: the model's default (zsar.models.default_embedder_spec), see embedder_spec().
+    embedder: dict[str, Any] | None = None
+    # phi(s_v) for models with a semantic loss (MZST's Eq. 4): a video_id,video_label CSV (an annotation
+    # column, or the cache), and/or the torchvision video classifier that fills it once per video
+    # (a weights enum name, e.g. MViT_V2_S_Weights.KINETICS400_V1; see zsar.models.video_labels).
+    video_labels: str | None = None
+    video_classifier: str | None = None
+
+    def embedder_spec(self) -> dict[str, Any]:
+        """``embedder``, or the registered default of ``model`` when it is None."""
+        return dict(self.embedder) if self.embedder is not None else default_embedder_spec(self.model)
     # The zero-shot head saved with the model: its settings (ResT: k, theta, rho), or a grid to choose
     # them on by cross-validation over the seen classes (ResT §4.1; `head_selection: {}` is the default grid).
     head_settings: dict[str, Any] = field(default_factory=dict)

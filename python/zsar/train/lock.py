@@ -14,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+from .._utils import parse_json
+
 LOCK_FILE = ".lock"
 
 
@@ -52,7 +54,7 @@ class RunLock:
 
 def _read_holder(fd: int) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        info = parse_json(os.pread(fd, 4096, 0).decode() or "{}", "lock file")
         return f"pid {info['pid']} on {info['host']} since {info['since']}"
     except (ValueError, KeyError, UnicodeDecodeError):
         return "holder unknown"

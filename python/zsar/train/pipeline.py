@@ -17,22 +17,29 @@ AVCA GZSL recipe (:mod:`zsar.eval.recipes`) runs them per protocol stage and epo
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import ClipSpec, VideoClipDataset, evaluation_loader
+from ..data import ClipSpec, VideoClipDataset, VideoList, evaluation_loader
 from ..data.decoders import fallback_decoder
+from ..data.video_labels import WithVideoLabels, embed_video_labels, read_video_labels
 from ..models import load_model, save_checkpoint
-from ..models.checkpoint import resolve
+from ..models.checkpoint import replace_checkpoint, resolve
+from ..models.video_labels import VideoLabeler, label_videos
 from ..text import embedder_from_spec
 from ..zeroshot import HEADS, EncodedSet, ZeroShotClassifier, encode_loader
+from ..zeroshot.classifier import SETTINGS_FILE as ZERO_SHOT_SETTINGS
 from .config import TrainConfig
 from .trainer import Trainer, build_model
 
 __all__ = ["Pipeline", "train_from_config"]
 
 log = logging.getLogger(__name__)
+
+#: Where a run into a finished run's folder saves its best epochs until it is complete.
+STAGED_BEST = "best.next"
 
 
 class Pipeline:
@@ -58,18 +65,25 @@ class Pipeline:
         self.trainer: Trainer | None = None
         self.checkpoint: Path | None = None
 
-    def clip_specs(self, eval_clips: int = 1, **overrides: Any) -> tuple[ClipSpec, ClipSpec]:
-        """Training (random) and evaluation (``eval_clips`` centred clips) specs matching the model's
-        inputs; ``overrides``: ``stride``, ``short_side``, ``size``, ``crop`` of the training spec."""
+    def clip_specs(self, eval_clips: int | None = None, **overrides: Any) -> tuple[ClipSpec, ClipSpec]:
+        """Training (random) and evaluation specs matching the model's inputs (frames, size, pixel
+        normalisation). Evaluation takes the model's own views (``inputs.eval_clips`` x ``eval_crop``,
+        e.g. MZST's 4 clips x 3 crops), or ``eval_clips`` centred clips when given. ``overrides``:
+        ``stride``, ``short_side``, ``size``, ``crop`` of the training spec."""
         train = self.model.inputs.clip_spec(train=True, **overrides)
-        return train, replace(train, train=False, num_clips=eval_clips, crop=None)
+        views = {} if eval_clips is None else {"num_clips": eval_clips, "crop": "center"}
+        shared = {k: v for k, v in overrides.items() if k != "crop"}
+        return train, self.model.inputs.clip_spec(**shared, **views)
 
-    def fit(self, train_set, resume: bool = False, stop_after: int | None = None, val_set=None) -> dict[str, Any]:
+    def fit(self, train_set, resume: bool = False, stop_after: int | None = None, val_set=None,
+            best_name: str = "best") -> dict[str, Any]:
         """Trains the model on ``train_set`` (a dataset of samples of the seen classes) with the
-        :class:`Trainer`, creating it on the first call; see :meth:`Trainer.fit`."""
+        :class:`Trainer`, creating it on the first call; see :meth:`Trainer.fit`. ``best_name``:
+        the folder under ``checkpoints/`` the best epoch goes to (:attr:`Trainer.best_name`)."""
         if self.trainer is None:
             self.trainer = Trainer(self.config, train_set, self.classes, val_data=val_set, model=self.model,
                                    embedder=self.embedder)
+        self.trainer.best_name = best_name
         summary = self.trainer.fit(resume=resume, stop_after=stop_after)
         self.model = self.trainer.model
         self.checkpoint = self.trainer.out_dir / "checkpoints" / "last"
@@ -120,6 +134,20 @@ class Pipeline:
         return Path(target)
 
 
+def with_video_labels(train_data, videos: VideoList, config: TrainConfig, embedder) -> WithVideoLabels:
+    """``train_data`` whose samples carry phi(s_v): the labels of ``config.video_labels`` (a CSV), the
+    missing ones classified once by ``config.video_classifier`` and cached in that CSV (default
+    ``out_dir/video_labels.csv``), embedded by the same ``embedder`` as the classes."""
+    cache = Path(config.video_labels or Path(config.out_dir) / "video_labels.csv")
+    if config.video_classifier:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        labels = label_videos(videos, cache, VideoLabeler(config.video_classifier), progress=config.progress)
+    else:
+        labels = read_video_labels(cache)
+    log.info("phi(s_v) for %d of %d training videos (%s)", len(labels), len(videos), cache)
+    return WithVideoLabels(train_data, embed_video_labels(labels, embedder))
+
+
 def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bool = False) -> dict[str, Any]:
     """What ``zsar train`` runs: trains on ``config.data`` and saves a zero-shot checkpoint (the best
     checkpoint with its classifier, built from the training videos read with evaluation clips).
@@ -139,20 +167,33 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
     if len(videos.classes) < 2:
         raise ValueError(f"{config.data.annotations}: need at least 2 classes to train, found {len(videos.classes)}")
     # Fail before training, not after.
-    embedder = embedder_from_spec(config.embedder, trust_pickle=trust_pickle, where="config key 'embedder'")
+    embedder = embedder_from_spec(config.embedder_spec(), trust_pickle=trust_pickle, where="config key 'embedder'")
     pipeline = Pipeline(config, videos.classes, embedder)
     data = config.data
     train_spec, eval_spec = pipeline.clip_specs(stride=data.stride, short_side=data.short_side)
     audio = pipeline.model.inputs.audio
     train_set = VideoClipDataset(videos, train_spec, backend=fallback_decoder(data.backend), seed=config.seed,
                                  on_error=data.on_error, audio=audio, missing_audio=data.missing_audio)
-    summary = pipeline.fit(train_set, resume=resume)
+    if config.video_labels or config.video_classifier:
+        train_set = with_video_labels(train_set, videos, config, embedder)
+    root = Path(config.out_dir) / "checkpoints"
+    # A finished run (its best has zero-shot files) stays whole until this one is: the new best
+    # epochs go to best.next, which is completed and then swapped in.
+    finished = (root / "best" / ZERO_SHOT_SETTINGS).is_file()
+    summary = pipeline.fit(train_set, resume=resume, best_name=STAGED_BEST if finished else "best")
     if not pipeline.trainer.dist.is_main:
         return summary
-    best = pipeline.use_checkpoint("best")
+    if finished and not (root / STAGED_BEST).is_dir():  # no better epoch: rebuild the zero-shot files on a copy
+        copy = root / f".{STAGED_BEST}.copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(resolve(root / "best"), copy)
+        os.replace(copy, root / STAGED_BEST)
+    best = pipeline.use_checkpoint(STAGED_BEST if finished else "best")
     seen = evaluation_loader(videos, eval_spec, config.batch_size, audio=audio, backend=data.backend,
                              on_error=data.on_error, missing_audio=data.missing_audio)
     clf = pipeline.classifier(seen, clip_spec=eval_spec)
     pipeline.save(clf)
+    if finished:
+        best = replace_checkpoint(best, root / "best")
     log.info("zero-shot checkpoint: %s", best)
     return {**summary, "checkpoint": str(best), "selection": clf.selection}

@@ -106,7 +106,7 @@ def build_model(config: TrainConfig, class_names: Sequence[str], embedder=None) 
             (default: ``config.embedder``'s, built only for such models).
     """
     if embedder is None and needs_label_embeddings(config.model):
-        embedder = embedder_from_spec(config.embedder)
+        embedder = embedder_from_spec(config.embedder_spec())
     torch.manual_seed(config.seed)
     return create_model(config.model, class_names=list(class_names), label_embedder=embedder, **config.model_args)
 
@@ -151,6 +151,9 @@ class Trainer:
             self.label_words = (ids.to(self.device), n.to(self.device, torch.int32))
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(config.out_dir)
+        #: The folder under ``out_dir/checkpoints`` the best epoch is saved to. A caller keeping a
+        #: finished run's ``best`` until the new run is complete points it elsewhere.
+        self.best_name = "best"
         self.autocast_dtype = torch.bfloat16 if (
             config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")) else None
         self.stages: list[tuple[TrainingStage, StageConfig]] = config.stage_plan(self.model.training_stages())
@@ -213,6 +216,12 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
         if state is not None:
+            recorded = ckpt.read_config(last).get("class_names")
+            if recorded is not None and list(recorded) != list(self.class_names):
+                raise ValueError(f"{self.out_dir} holds a run over other classes ({len(recorded)} classes, "
+                                 f"{recorded[:3]}...) than this one ({len(self.class_names)}, "
+                                 f"{list(self.class_names)[:3]}...): resuming would reuse its weights; start over "
+                                 "with --no-resume (resume=False) or choose another out_dir")
             ckpt.load_weights(self.model, last)
             start, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
             torch.set_rng_state(state["rng_cpu"])
@@ -277,7 +286,7 @@ class Trainer:
             raise ValueError(f"the training set ({len(self.train_data)} samples over {self.dist.world_size} "
                              f"process(es)) is smaller than one batch of {self.config.batch_size}")
         steps = cfg.epochs * math.ceil(len(loader) / self.config.grad_accum)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps) if cfg.schedule == "cosine" else lambda step: 1.0)
         # DDP wraps the model itself: its forward() is the contract's training forward.
         ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None) \
             if self.dist.enabled else self.model
@@ -305,7 +314,7 @@ class Trainer:
             self.train_data.set_epoch(epoch)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        start, n_batches, n_steps = time.perf_counter(), len(loader), 0
+        start, n_batches, n_steps, n_nonfinite = time.perf_counter(), len(loader), 0, 0
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
         for step, item in enumerate(progress):
@@ -324,6 +333,7 @@ class Trainer:
                         f"non-finite training loss ({out['loss'].item()}) at epoch {epoch + 1}, step {step + 1} "
                         f"(stage {stage}); lower the learning rate, set grad_clip, or nonfinite_loss=skip")
                 opt.zero_grad(set_to_none=True)
+                n_nonfinite += 1
                 continue
             with sync:
                 (out["loss"] / cfg.grad_accum).backward()
@@ -341,6 +351,10 @@ class Trainer:
                 self._log_row(writer, epoch, stage, step, n_batches, out, opt)
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{out['loss'].item():.3f}")
+        if n_steps == 0 and n_nonfinite:  # the epoch trained nothing: its checkpoint would be no better
+            raise NonFiniteLossError(f"every step of epoch {epoch + 1} (stage {stage}) had a non-finite loss "
+                                     f"({n_nonfinite} skipped under nonfinite_loss=skip): nothing was trained; check "
+                                     "the inputs and weights for NaN/Inf, lower the learning rate or set grad_clip")
         keys = sorted(sums, key=lambda k: (k != "loss", k))
         totals = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
         means = all_reduce_mean(totals / max(n_steps, 1), self.dist).tolist()
@@ -385,7 +399,7 @@ class Trainer:
         root = self.out_dir / "checkpoints"
         ckpt.save_checkpoint(root / "last", self.model, extra, state)
         if is_best:
-            ckpt.save_checkpoint(root / "best", self.model, extra)
+            ckpt.save_checkpoint(root / self.best_name, self.model, extra)
         if self.config.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(f"epoch {epoch + 1} ({stage}): {shown}", flush=True)
@@ -393,12 +407,12 @@ class Trainer:
 
 def _remove_leftovers(root: Path, keep_last: bool) -> None:
     """Temporary checkpoint folders of a killed run (``.NAME.*``) go; without ``keep_last`` (a fresh
-    run) so do ``last`` and its ``last.old`` twin, which would otherwise be resumed later."""
+    run) so do ``last`` and its ``last.zsar-old`` twin, which would otherwise be resumed later."""
     if not root.is_dir():
         return
     for path in root.iterdir():
         if path.is_dir() and path.name.startswith((".last.", ".best.")):
             shutil.rmtree(path, ignore_errors=True)
     if not keep_last:
-        for name in ("last", "last.old"):
+        for name in ("last", "last" + ckpt.OLD_SUFFIX):
             shutil.rmtree(root / name, ignore_errors=True)

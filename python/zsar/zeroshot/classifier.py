@@ -29,8 +29,9 @@ from ..data import ClipSpec, VideoClipDataset, VideoList, VideoRecord, collate
 from ..data.batch import Batch
 from ..models.checkpoint import load_model, resolve
 from ..text import embedder_from_spec
-from ..text.labels import check_labels
-from .encoding import EncodedSet, encode_loader
+from ..text.labels import check_label_texts, check_labels
+from ..text.vocab import split_label
+from .encoding import EncodedSet, NonFiniteError, encode_loader, require_finite
 from .heads import HEADS, PrototypeTransferHead, ZeroShotHead
 from .selection import HeadSelection
 
@@ -129,7 +130,7 @@ class ZeroShotClassifier:
 
     @classmethod
     def load(cls, directory: str | Path, embedder=None, device: str | torch.device | None = None,
-             trust_pickle: bool = False, **overrides) -> "ZeroShotClassifier":
+             trust_pickle: bool = False, verify: bool = True, **overrides) -> "ZeroShotClassifier":
         """The classifier saved with :meth:`save` in a checkpoint folder (model included).
 
         Args:
@@ -138,6 +139,8 @@ class ZeroShotClassifier:
             device: where the model goes (default: CUDA when available).
             trust_pickle: let the recorded embedder be a gensim pickle (``.kv``), which can run code
                 when loaded; only for checkpoints you trust.
+            verify: refuse weights whose hash the checkpoint does not record (False: load them
+                unchecked, see :func:`zsar.models.load_weights`).
             **overrides: ``temperature`` or ``clip_spec``, or the head's settings (e.g. ``k``).
 
         Raises:
@@ -167,7 +170,7 @@ class ZeroShotClassifier:
             clip_spec = ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["clip_spec"].items()})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
-        model = load_model(directory, device)
+        model = load_model(directory, device, verify=verify)
         if model.zero_shot_head != head.name:
             raise ValueError(f"{path}: head {head.name!r} does not fit model {model.registry_name!r}, whose head is "
                              f"{model.zero_shot_head!r}")
@@ -182,10 +185,25 @@ class ZeroShotClassifier:
     def set_labels(self, labels: Sequence[str]) -> "ZeroShotClassifier":
         """Builds the class matrix of ``labels`` (one row per label) with the head."""
         labels = check_labels(labels, what="set_labels")
+        check_label_texts(labels, self._label_text, what="set_labels")
         with torch.no_grad():
-            self.class_matrix = self.head.class_matrix(labels, self.embedder, self.model)
+            matrix = self.head.class_matrix(labels, self.embedder, self.model)
+        bad = ~torch.isfinite(matrix.reshape(matrix.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            raise NonFiniteError(f"set_labels: the class matrix of label {labels[int(bad.nonzero()[0])]!r} holds NaN "
+                                 f"or Inf ({int(bad.sum())} of {len(labels)} labels); the embedder's vectors or the "
+                                 "head's state are not finite")
+        self.class_matrix = matrix
         self.labels = labels
         return self
+
+    def _label_text(self, label: str) -> str:
+        """The text of ``label`` its embedder embeds (its words, as the embedder splits them)."""
+        if hasattr(self.embedder, "text"):
+            return self.embedder.text(label)
+        if hasattr(self.embedder, "words"):
+            return " ".join(self.embedder.words(label))
+        return " ".join(split_label(label))
 
     @property
     def prototypes(self) -> torch.Tensor | None:
@@ -238,7 +256,7 @@ class ZeroShotClassifier:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, num_labels)`` head scores (higher is better) of representations ``x`` ``(N, D)``."""
         self._require_labels()
-        return self.head.scores(torch.as_tensor(x), self.class_matrix).float()
+        return require_finite(self.head.scores(torch.as_tensor(x), self.class_matrix).float(), None, "scores")
 
     @torch.no_grad()
     def similarities(self, videos) -> torch.Tensor:
@@ -249,7 +267,8 @@ class ZeroShotClassifier:
 
     def predict_proba(self, videos) -> torch.Tensor:
         """Softmax over the scores / temperature, ``(N, num_labels)``."""
-        return torch.softmax(self.similarities(videos) / self.temperature, dim=1)
+        return require_finite(torch.softmax(self.similarities(videos) / self.temperature, dim=1), None,
+                              f"probabilities (temperature {self.temperature})")
 
     def predict(self, videos, top_k: int = 1) -> torch.Tensor:
         """Indices into the labels of :meth:`set_labels`: ``(N,)`` for top_k=1, else ``(N, top_k)``."""

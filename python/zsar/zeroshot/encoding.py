@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.batch import as_batch
 
-__all__ = ["EncodedSet", "encode_loader"]
+__all__ = ["EncodedSet", "NonFiniteError", "encode_loader", "require_finite"]
 
 
 @dataclass
@@ -37,6 +37,22 @@ class EncodedSet:
         rows = [row[v] for v in video_ids]
         logits = None if self.seen_logits is None else self.seen_logits[rows]
         return EncodedSet(self.x[rows], logits, self.labels[rows], list(video_ids))
+
+
+class NonFiniteError(ValueError):
+    """A model gave NaN or Inf for a video (its input or the weights are not finite)."""
+
+
+def require_finite(x: torch.Tensor, video_ids, what: str = "representation") -> torch.Tensor:
+    """``x`` ``(N, ...)`` when every row is finite; else :class:`NonFiniteError` naming the first
+    video (``video_ids[i]``) whose row is not: a NaN representation or score never becomes an answer."""
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        name = video_ids[i] if video_ids is not None and i < len(video_ids) else f"video {i}"
+        raise NonFiniteError(f"{name}: the model's {what} holds NaN or Inf ({int(bad.sum())} of {len(bad)} videos "
+                             "of its batch); its frames, audio or the checkpoint's weights are not finite")
+    return x
 
 
 @torch.no_grad()
@@ -62,10 +78,10 @@ def encode_loader(model, loader, progress: bool = True, desc: str = "encoding vi
         batch = batch.to(device)
         if with_seen_logits:
             x, scores = model.encode_and_score(batch)
-            logits.append(scores.float().cpu())
+            logits.append(require_finite(scores.float().cpu(), batch.video_ids, "seen-class scores"))
         else:
             x = model.encode(batch)
-        xs.append(x.float().cpu())
+        xs.append(require_finite(x.float().cpu(), batch.video_ids))
         ys.append(batch.labels.cpu())
         ids.extend(batch.video_ids)
     if not xs:

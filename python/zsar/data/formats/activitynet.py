@@ -49,10 +49,13 @@ def read_activitynet(json_path: PathLike, root: PathLike, subset: str | None = "
     path = Path(json_path)
     if not path.is_file():
         raise FileNotFoundError(f"ActivityNet JSON not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise AnnotationError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+    except RecursionError:  # the other readers go through zsar._utils.parse_json
+        raise AnnotationError(path, None, "invalid JSON: nested too deeply") from None
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise AnnotationError(path, None, "expected an object with a 'database' mapping of "

@@ -13,6 +13,8 @@ per-class layouts all work; the same search lets UCF101/HMDB51/generic lists fin
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import logging
 import os
@@ -278,6 +280,28 @@ class Pending:
     guess: str | None = None  # file name used with check_files=False (YouTube-id formats)
 
 
+#: Whether annotation entries may name files outside the video root (see :func:`outside_root_allowed`).
+_OUTSIDE_ROOT: contextvars.ContextVar[bool] = contextvars.ContextVar("zsar_outside_root", default=False)
+
+
+@contextlib.contextmanager
+def outside_root_allowed(allowed: bool = True):
+    """Within this block, annotation entries that resolve outside the video root (``../``,
+    absolute paths) are read instead of refused (``--allow-outside-root``, ``data.allow_outside_root``)."""
+    token = _OUTSIDE_ROOT.set(allowed)
+    try:
+        yield
+    finally:
+        _OUTSIDE_ROOT.reset(token)
+
+
+def _inside(root: Path, path: str) -> bool:
+    """Whether ``path`` lies under ``root`` by its name (``..`` collapsed; links inside the root,
+    as datasets stored elsewhere are often linked in, are not followed)."""
+    base = os.path.normpath(root)
+    return os.path.normpath(path).startswith(base.rstrip(os.sep) + os.sep)
+
+
 def resolve(pending: list[Pending], root: PathLike, classes: list[str], *, source: str,
             check_files: bool, on_missing: str, extensions) -> VideoList:
     """Turn parsed entries into records: locate (or, without checking, just name) each file
@@ -304,6 +328,10 @@ def resolve(pending: list[Pending], root: PathLike, classes: list[str], *, sourc
         if path is None:
             missing.append(p)
         else:
+            if not _inside(root, path) and not _OUTSIDE_ROOT.get():
+                raise ValueError(f"{p.where}: the entry names {os.path.normpath(path)}, outside the video root "
+                                 f"{root}; refused (allow it with --allow-outside-root or data.allow_outside_root: "
+                                 "true)")
             records.append(VideoRecord(path, p.label, p.video_id))
     if missing:
         shown = "; ".join(

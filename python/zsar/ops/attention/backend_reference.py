@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._limits import limit
 from .._backend import CUDA_DEVICE, Backend, Support
 from .inputs import AttentionInputs, accum_dtype
 from .masks import MASK_KINDS
@@ -43,6 +44,16 @@ class ReferenceBackend(Backend):
     name = "reference"
     supports = (Support("cpu", _ALL_FLOATS), Support("cuda", _ALL_FLOATS, requires=(CUDA_DEVICE,)))
     mask_kinds = tuple(MASK_KINDS)
+
+    def _reasons(self, inputs):
+        yield from super()._reasons(inputs)
+        if not hasattr(inputs, "shape"):  # asked about a device and dtype only
+            return
+        b, h, length, _ = inputs.shape  # its dense (B, H, L, L) scores, probabilities and mask, at once
+        need = 3 * b * h * length * length * torch.finfo(accum_dtype(inputs.dtype)).bits // 8
+        if need > limit("attention_dense_bytes"):
+            yield (f"its dense L x L scores at L={length} (B={b}, H={h}) need {need / 2**30:.1f} GiB, above "
+                   f"ZSAR_LIMIT_ATTENTION_DENSE_BYTES={limit('attention_dense_bytes')}")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         ct = accum_dtype(inp.dtype)
