@@ -92,6 +92,55 @@ void pointer_property(py::class_<Class>& cls, const char* name, Pointer Class::*
       });
 }
 
+// Binds each (name, pointer member) pair of `members` with pointer_property.
+template <typename Class>
+void pointer_properties(py::class_<Class>&) {}
+template <typename Class, typename Pointer, typename... Rest>
+void pointer_properties(py::class_<Class>& cls, const char* name, Pointer Class::*member, Rest... rest) {
+  pointer_property(cls, name, member);
+  pointer_properties(cls, rest...);
+}
+
+// An argument struct with the fields every call shares (problem, lengths, execution) filled in.
+template <typename Args>
+Args make_args(const AttentionProblem& problem, std::uintptr_t lengths, int num_threads, int device,
+               std::uintptr_t stream) {
+  Args a;
+  a.problem = problem;
+  a.problem.mask.lengths = ptr<const int32_t>(lengths);
+  a.exec.num_threads = num_threads;
+  a.exec.device = device;
+  a.exec.stream = ptr<void>(stream);
+  return a;
+}
+
+template <typename Args>
+using EntryPoint = void (*)(const Args&);
+
+// Binds the CPU entry point of one argument struct and, in CUDA builds (`cuda` not null), its CUDA
+// entry point, which runs with `args.exec.device` current. Both release the GIL: Python owns every
+// buffer and keeps it alive for the call.
+template <typename Args>
+void def_entry_points(py::module_& m, const char* cpu_name, EntryPoint<Args> cpu, const char* cuda_name,
+                      EntryPoint<Args> cuda) {
+  const auto release = py::call_guard<py::gil_scoped_release>();
+  m.def(cpu_name, cpu, py::arg("args"), release);
+#ifdef ZSAR_WITH_CUDA
+  if (cuda != nullptr) {
+    m.def(
+        cuda_name,
+        [cuda](const Args& args) {
+          DeviceGuard guard(args.exec.device);
+          cuda(args);
+        },
+        py::arg("args"), release);
+  }
+#else
+  (void)cuda_name;
+  (void)cuda;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -147,16 +196,11 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("mask", &AttentionProblem::mask);
 
   py::class_<AttentionForward> fwd(m, "AttentionForward",
-                                         "Arguments of one forward call (tensor addresses as integers).");
+                                   "Arguments of one forward call (tensor addresses as integers).");
   fwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
                       std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse, int num_threads,
                       int device, std::uintptr_t stream) {
-            AttentionForward a;
-            a.problem = problem;
-            a.problem.mask.lengths = ptr<const int32_t>(lengths);
-            a.exec.num_threads = num_threads;
-            a.exec.device = device;
-            a.exec.stream = ptr<void>(stream);
+            auto a = make_args<AttentionForward>(problem, lengths, num_threads, device, stream);
             a.q = ptr<const void>(q);
             a.k = ptr<const void>(k);
             a.v = ptr<const void>(v);
@@ -167,24 +211,16 @@ PYBIND11_MODULE(_C, m) {
           py::arg("problem"), py::arg("lengths"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
           py::arg("lse"), py::arg("num_threads") = 0, py::arg("device") = 0, py::arg("stream") = 0)
       .def_readwrite("problem", &AttentionForward::problem);
-  pointer_property(fwd, "q", &AttentionForward::q);
-  pointer_property(fwd, "k", &AttentionForward::k);
-  pointer_property(fwd, "v", &AttentionForward::v);
-  pointer_property(fwd, "out", &AttentionForward::out);
-  pointer_property(fwd, "lse", &AttentionForward::lse);
+  pointer_properties(fwd, "q", &AttentionForward::q, "k", &AttentionForward::k, "v", &AttentionForward::v, "out",
+                     &AttentionForward::out, "lse", &AttentionForward::lse);
 
   py::class_<AttentionBackward> bwd(m, "AttentionBackward",
-                                          "Arguments of one backward call (tensor addresses as integers).");
+                                    "Arguments of one backward call (tensor addresses as integers).");
   bwd.def(py::init([](const AttentionProblem& problem, std::uintptr_t lengths, std::uintptr_t q,
                       std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, std::uintptr_t lse,
                       std::uintptr_t dout, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
                       std::uintptr_t workspace, int num_threads, int device, std::uintptr_t stream) {
-            AttentionBackward a;
-            a.problem = problem;
-            a.problem.mask.lengths = ptr<const int32_t>(lengths);
-            a.exec.num_threads = num_threads;
-            a.exec.device = device;
-            a.exec.stream = ptr<void>(stream);
+            auto a = make_args<AttentionBackward>(problem, lengths, num_threads, device, stream);
             a.q = ptr<const void>(q);
             a.k = ptr<const void>(k);
             a.v = ptr<const void>(v);
@@ -202,34 +238,19 @@ PYBIND11_MODULE(_C, m) {
           py::arg("workspace") = 0, py::arg("num_threads") = 0, py::arg("device") = 0,
           py::arg("stream") = 0)
       .def_readwrite("problem", &AttentionBackward::problem);
-  pointer_property(bwd, "q", &AttentionBackward::q);
-  pointer_property(bwd, "k", &AttentionBackward::k);
-  pointer_property(bwd, "v", &AttentionBackward::v);
-  pointer_property(bwd, "out", &AttentionBackward::out);
-  pointer_property(bwd, "lse", &AttentionBackward::lse);
-  pointer_property(bwd, "dout", &AttentionBackward::dout);
-  pointer_property(bwd, "dq", &AttentionBackward::dq);
-  pointer_property(bwd, "dk", &AttentionBackward::dk);
-  pointer_property(bwd, "dv", &AttentionBackward::dv);
-  pointer_property(bwd, "workspace", &AttentionBackward::workspace);
+  pointer_properties(bwd, "q", &AttentionBackward::q, "k", &AttentionBackward::k, "v", &AttentionBackward::v,
+                     "out", &AttentionBackward::out, "lse", &AttentionBackward::lse, "dout",
+                     &AttentionBackward::dout, "dq", &AttentionBackward::dq, "dk", &AttentionBackward::dk, "dv",
+                     &AttentionBackward::dv, "workspace", &AttentionBackward::workspace);
 
-  const auto release = py::call_guard<py::gil_scoped_release>();
-  m.def("attention_forward_cpu", &zsar::attention_forward_cpu, py::arg("args"), release);
-  m.def("attention_backward_cpu", &zsar::attention_backward_cpu, py::arg("args"), release);
 #ifdef ZSAR_WITH_CUDA
-  m.def(
-      "attention_forward_cuda",
-      [](const AttentionForward& args) {
-        DeviceGuard guard(args.exec.device);
-        zsar::attention_forward_cuda(args);
-      },
-      py::arg("args"), release);
-  m.def(
-      "attention_backward_cuda",
-      [](const AttentionBackward& args) {
-        DeviceGuard guard(args.exec.device);
-        zsar::attention_backward_cuda(args);
-      },
-      py::arg("args"), release);
+  constexpr auto forward_cuda = &zsar::attention_forward_cuda;
+  constexpr auto backward_cuda = &zsar::attention_backward_cuda;
+#else
+  constexpr EntryPoint<AttentionForward> forward_cuda = nullptr;
+  constexpr EntryPoint<AttentionBackward> backward_cuda = nullptr;
 #endif
+  def_entry_points(m, "attention_forward_cpu", &zsar::attention_forward_cpu, "attention_forward_cuda", forward_cuda);
+  def_entry_points(m, "attention_backward_cpu", &zsar::attention_backward_cpu, "attention_backward_cuda",
+                   backward_cuda);
 }

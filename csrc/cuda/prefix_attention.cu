@@ -23,6 +23,7 @@
 
 #include "zsar/attention.h"
 #include "convert.cuh"
+#include "launch.cuh"
 #include "tiled_attention.h"
 
 #include <cuda_bf16.h>
@@ -62,15 +63,9 @@ __device__ __forceinline__ int tile_lane(int lane) { return (lane >> 1) & (kTile
 __device__ __forceinline__ int row_group(int lane) { return (lane & 1) | ((lane >> 3) & 2); }
 
 // Launch geometry and mask parameters shared by the kernels.
-struct Problem {
-  AttentionMask mask;  // lengths on the device
-  int64_t heads;
-  int seq_len;
-  int head_dim;
-  int stride;  // shared-memory row stride in floats
+struct Problem : KernelProblem {
   int row_blocks;  // blocks per (batch, head)
   bool vec;  // rows may be read 4 elements at a time (head_dim % 4 == 0 and aligned base pointers)
-  float scale;
 };
 
 // The (batch, head) and first row of this block, and the mask of its sample.
@@ -588,12 +583,8 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 
 struct Launch {
   Problem problem;
-  unsigned blocks;
-  int threads;
-  size_t smem;
+  LaunchConfig config;
 };
-
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Shared row stride: head_dim rounded up to float4, then to an odd number of float4.
 int64_t row_stride(int64_t head_dim) {
@@ -628,17 +619,12 @@ Launch plan(const AttentionProblem& s, int rows_per_warp, const SmemLayout& layo
                                 "one launch");
   }
   Launch launch;
-  launch.problem.mask = s.mask;
-  launch.problem.heads = s.heads;
-  launch.problem.seq_len = static_cast<int>(s.seq_len);
-  launch.problem.head_dim = static_cast<int>(s.head_dim);
-  launch.problem.stride = static_cast<int>(stride);
+  static_cast<KernelProblem&>(launch.problem) = kernel_problem(s, stride);
   launch.problem.row_blocks = static_cast<int>(row_blocks);
   launch.problem.vec = false;
-  launch.problem.scale = static_cast<float>(s.scale);
-  launch.blocks = static_cast<unsigned>(blocks);
-  launch.threads = static_cast<int>(warps) * kWarpSize;
-  launch.smem = static_cast<size_t>(layout.floats(stride, warps, rows_per_warp)) * sizeof(float);
+  launch.config.grid = dim3(static_cast<unsigned>(blocks));
+  launch.config.block = dim3(static_cast<unsigned>(warps) * kWarpSize);
+  launch.config.smem = static_cast<size_t>(layout.floats(stride, warps, rows_per_warp)) * sizeof(float);
   return launch;
 }
 
@@ -646,14 +632,6 @@ Launch plan(const AttentionProblem& s, int rows_per_warp, const SmemLayout& layo
 template <typename T>
 bool vec_ok(const AttentionProblem& s, const void* p) {
   return s.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("attention (cuda): ") + kernel +
-                             " failed: " + cudaGetErrorString(err));
-  }
 }
 
 // Validates the arguments; false when there is nothing to compute.
@@ -692,10 +670,9 @@ struct Fwd {
     const AttentionProblem& s = a.problem;
     Launch l = plan(s, R, {1, (kTile + 1) * R});
     l.problem.vec = vec_ok<T>(s, a.q) && vec_ok<T>(s, a.k) && vec_ok<T>(s, a.v);
-    prefix_attention_fwd_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
-        l.problem, static_cast<const T*>(a.q), static_cast<const T*>(a.k),
-        static_cast<const T*>(a.v), static_cast<T*>(a.out), static_cast<float*>(a.lse));
-    check_launch("prefix_attention_fwd_kernel");
+    launch("prefix_attention_fwd_kernel", prefix_attention_fwd_kernel<T, NC>, l.config, stream, l.problem,
+           static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+           static_cast<T*>(a.out), static_cast<float*>(a.lse));
   }
 };
 
@@ -713,17 +690,14 @@ struct Bwd {
 
     Launch l = plan(s, R, {2, kTile * R});
     l.problem.vec = vec;
-    prefix_attention_bwd_dq_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
-        l.problem, q, k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq),
-        a.workspace);
-    check_launch("prefix_attention_bwd_dq_kernel");
+    launch("prefix_attention_bwd_dq_kernel", prefix_attention_bwd_dq_kernel<T, NC>, l.config, stream, l.problem, q,
+           k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq), a.workspace);
 
     // Same stream: runs after the dq kernel has written delta.
     l = plan(s, R, {2, 2 * kTile * R});
     l.problem.vec = vec;
-    prefix_attention_bwd_dkv_kernel<T, NC><<<l.blocks, l.threads, l.smem, stream>>>(
-        l.problem, q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
-    check_launch("prefix_attention_bwd_dkv_kernel");
+    launch("prefix_attention_bwd_dkv_kernel", prefix_attention_bwd_dkv_kernel<T, NC>, l.config, stream, l.problem, q,
+           k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
   }
 };
 
@@ -743,25 +717,17 @@ void dispatch_head_dim(const Args& a, cudaStream_t stream) {
 void attention_forward_cuda(const AttentionForward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_fwd_cuda(args);
-  const auto s = static_cast<cudaStream_t>(args.exec.stream);
-  switch (args.problem.dtype) {
-    case ScalarType::Float32: return dispatch_head_dim<float, Fwd>(args, s);
-    case ScalarType::Float16: return dispatch_head_dim<__half, Fwd>(args, s);
-    case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Fwd>(args, s);
-    default: break;  // rejected by check_args
-  }
+  dispatch_dtype(args.problem.dtype, [&](auto type) {
+    dispatch_head_dim<typename decltype(type)::type, Fwd>(args, static_cast<cudaStream_t>(args.exec.stream));
+  });
 }
 
 void attention_backward_cuda(const AttentionBackward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_bwd_cuda(args);
-  const auto s = static_cast<cudaStream_t>(args.exec.stream);
-  switch (args.problem.dtype) {
-    case ScalarType::Float32: return dispatch_head_dim<float, Bwd>(args, s);
-    case ScalarType::Float16: return dispatch_head_dim<__half, Bwd>(args, s);
-    case ScalarType::BFloat16: return dispatch_head_dim<__nv_bfloat16, Bwd>(args, s);
-    default: break;  // rejected by check_args
-  }
+  dispatch_dtype(args.problem.dtype, [&](auto type) {
+    dispatch_head_dim<typename decltype(type)::type, Bwd>(args, static_cast<cudaStream_t>(args.exec.stream));
+  });
 }
 
 }  // namespace zsar

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "convert.cuh"
+#include "launch.cuh"
 
 namespace zsar {
 namespace {
@@ -34,13 +35,8 @@ constexpr int kColGroups = kThreads / kRows;  // threads sharing one output row:
 constexpr int kMaxHeadDim = 128;
 constexpr int kMaxCols = kMaxHeadDim / kColGroups;  // output columns per thread
 
-struct Params {
-  AttentionMask mask;
-  int heads, seq_len, head_dim, stride;  // stride: shared row length, head_dim + 1 (odd: no bank conflicts)
-  float scale;
-};
-
-__device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
+// Shared rows are head_dim + 1 floats long (odd: no bank conflicts).
+using Params = KernelProblem;
 
 // Whether position `pos` of the sample is a valid token (inside the sequence, not padding).
 __device__ __forceinline__ bool token_ok(const SampleMask& m, int pos) { return pos < m.seq_len && m.valid(pos); }
@@ -328,23 +324,12 @@ __global__ void __launch_bounds__(kThreads) tiled_bwd_dkdv_kernel(Params p, cons
   }
 }
 
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("bottleneck attention (cuda): ") + kernel + " failed: " +
-                             cudaGetErrorString(err));
-  }
-}
+Params params(const AttentionProblem& s) { return kernel_problem(s, s.head_dim + 1); }
 
-Params params(const AttentionProblem& s) {
-  Params p;
-  p.mask = s.mask;
-  p.heads = static_cast<int>(s.heads);
-  p.seq_len = static_cast<int>(s.seq_len);
-  p.head_dim = static_cast<int>(s.head_dim);
-  p.stride = p.head_dim + 1;
-  p.scale = static_cast<float>(s.scale);
-  return p;
+// A grid of one block per kRows-row tile of each (batch, head).
+LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem) {
+  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, kRows))), dim3(kThreads),
+          smem};
 }
 
 // Shared memory of a kernel with `tiles` (kRows, stride) tiles, `squares` (kRows, kRows + 1) and
@@ -357,11 +342,9 @@ size_t smem_bytes(const Params& p, int tiles, int squares, int vectors) {
 template <typename T>
 void forward(const AttentionForward& a, cudaStream_t stream) {
   const Params p = params(a.problem);
-  const dim3 grid(static_cast<unsigned>(a.problem.batch * a.problem.heads), (p.seq_len + kRows - 1) / kRows);
-  tiled_fwd_kernel<T><<<grid, kThreads, smem_bytes(p, 3, 1, 3), stream>>>(
-      p, static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v), static_cast<T*>(a.out),
-      static_cast<float*>(a.lse));
-  check_launch("tiled_fwd_kernel");
+  launch("tiled_fwd_kernel", tiled_fwd_kernel<T>, tile_grid(p, a.problem.batch * a.problem.heads, smem_bytes(p, 3, 1, 3)),
+         stream, p, static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+         static_cast<T*>(a.out), static_cast<float*>(a.lse));
 }
 
 template <typename T>
@@ -372,40 +355,29 @@ void backward(const AttentionBackward& a, cudaStream_t stream) {
   const auto v = static_cast<const T*>(a.v);
   const auto dout = static_cast<const T*>(a.dout);
   const auto lse = static_cast<const float*>(a.lse);
-  const int64_t rows = a.problem.batch * a.problem.heads * a.problem.seq_len;
-  tiled_delta_kernel<T><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
-      p, rows, static_cast<const T*>(a.out), dout, a.workspace);
-  check_launch("tiled_delta_kernel");
-  const dim3 grid(static_cast<unsigned>(a.problem.batch * a.problem.heads), (p.seq_len + kRows - 1) / kRows);
-  tiled_bwd_dq_kernel<T><<<grid, kThreads, smem_bytes(p, 4, 1, 2), stream>>>(p, q, k, v, lse, a.workspace, dout,
-                                                                             static_cast<T*>(a.dq));
-  check_launch("tiled_bwd_dq_kernel");
-  tiled_bwd_dkdv_kernel<T><<<grid, kThreads, smem_bytes(p, 4, 2, 2), stream>>>(
-      p, q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
-  check_launch("tiled_bwd_dkdv_kernel");
+  const int64_t batch_heads = a.problem.batch * a.problem.heads;
+  const int64_t rows = batch_heads * a.problem.seq_len;
+  launch("tiled_delta_kernel", tiled_delta_kernel<T>, {dim3(static_cast<unsigned>(cdiv(rows, 256))), dim3(256), 0},
+         stream, p, rows, static_cast<const T*>(a.out), dout, a.workspace);
+  launch("tiled_bwd_dq_kernel", tiled_bwd_dq_kernel<T>, tile_grid(p, batch_heads, smem_bytes(p, 4, 1, 2)), stream, p,
+         q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dq));
+  launch("tiled_bwd_dkdv_kernel", tiled_bwd_dkdv_kernel<T>, tile_grid(p, batch_heads, smem_bytes(p, 4, 2, 2)), stream,
+         p, q, k, v, lse, a.workspace, dout, static_cast<T*>(a.dk), static_cast<T*>(a.dv));
 }
 
 }  // namespace
 
 void tiled_attention_fwd_cuda(const AttentionForward& args) {
-  const auto stream = static_cast<cudaStream_t>(args.exec.stream);
-  switch (args.problem.dtype) {
-    case ScalarType::Float32: return forward<float>(args, stream);
-    case ScalarType::Float16: return forward<__half>(args, stream);
-    case ScalarType::BFloat16: return forward<__nv_bfloat16>(args, stream);
-    default: throw std::invalid_argument("bottleneck attention (cuda): unsupported dtype");
-  }
+  dispatch_dtype(args.problem.dtype, [&](auto type) {
+    forward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
+  });
 }
 
 void tiled_attention_bwd_cuda(const AttentionBackward& args) {
   if (args.workspace == nullptr) throw std::invalid_argument("bottleneck attention (cuda): workspace is null");
-  const auto stream = static_cast<cudaStream_t>(args.exec.stream);
-  switch (args.problem.dtype) {
-    case ScalarType::Float32: return backward<float>(args, stream);
-    case ScalarType::Float16: return backward<__half>(args, stream);
-    case ScalarType::BFloat16: return backward<__nv_bfloat16>(args, stream);
-    default: throw std::invalid_argument("bottleneck attention (cuda): unsupported dtype");
-  }
+  dispatch_dtype(args.problem.dtype, [&](auto type) {
+    backward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
+  });
 }
 
 }  // namespace zsar

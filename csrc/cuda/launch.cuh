@@ -1,0 +1,89 @@
+// Host-side launch helpers shared by the CUDA attention kernels (prefix_attention.cu,
+// tiled_attention.cu): the kernels' view of the problem, the dtype dispatch, and a launch that
+// checks for launch errors.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "zsar/attention.h"
+
+namespace zsar {
+
+// ceil(a / b) for positive integers, in the wider of their types.
+template <typename A, typename B>
+__host__ __device__ __forceinline__ constexpr auto cdiv(A a, B b) -> decltype(a + b) {
+  return (a + b - 1) / b;
+}
+
+// The mask and sizes every kernel reads, narrowed to the kernels' index types (the entry points
+// check that seq_len * head_dim fits an int).
+struct KernelProblem {
+  AttentionMask mask;  // lengths on the device
+  int64_t heads;
+  int seq_len;
+  int head_dim;
+  int stride;  // shared-memory row stride in floats
+  float scale;
+};
+
+inline KernelProblem kernel_problem(const AttentionProblem& s, int64_t stride) {
+  KernelProblem p;
+  p.mask = s.mask;
+  p.heads = s.heads;
+  p.seq_len = static_cast<int>(s.seq_len);
+  p.head_dim = static_cast<int>(s.head_dim);
+  p.stride = static_cast<int>(stride);
+  p.scale = static_cast<float>(s.scale);
+  return p;
+}
+
+// Grid, block and dynamic shared memory of one launch.
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  size_t smem = 0;
+};
+
+// Throws std::runtime_error naming `kernel` if its launch failed (no host synchronisation: errors
+// of the running kernel surface at the caller's next synchronising call).
+inline void check_launch(const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("attention (cuda): ") + kernel + " failed: " + cudaGetErrorString(err));
+  }
+}
+
+// Launches `kernel` with `config` on `stream` and checks the launch.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), const LaunchConfig& config, cudaStream_t stream,
+            Args&&... args) {
+  kernel<<<config.grid, config.block, config.smem, stream>>>(std::forward<Args>(args)...);
+  check_launch(name);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls fn(TypeTag<T>{}) with the element type T of `dtype` (float, __half or __nv_bfloat16).
+template <typename Fn>
+void dispatch_dtype(ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case ScalarType::Float32: return fn(TypeTag<float>{});
+    case ScalarType::Float16: return fn(TypeTag<__half>{});
+    case ScalarType::BFloat16: return fn(TypeTag<__nv_bfloat16>{});
+    default:
+      throw std::invalid_argument("attention (cuda): unsupported dtype " + std::to_string(static_cast<int>(dtype)) +
+                                  ", expected float32, float16 or bfloat16");
+  }
+}
+
+}  // namespace zsar
