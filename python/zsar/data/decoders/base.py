@@ -197,12 +197,12 @@ def _say_choice(info: VideoInfo, request: DecodeRequest, chosen: str, passed: li
     run says which decoder its numbers came from (decoders' pixels differ slightly, e.g. DALI's VP9 vs
     PyAV's); the per-file detail stays at debug level."""
     kind = (info.codec, str(request.device), chosen)
+    why = f" (passed over {'; '.join(passed)})" if passed else ""
     if kind not in _SAID:
         _SAID.add(kind)
-        why = f" (passed over {'; '.join(passed)})" if passed else ""
         log.info("decoding %s videos with %s%s (e.g. %s; --backend/backend= picks another)", info.codec, chosen,
                  why, info.path)
-    log.debug("%s: decoding %s with %s", info.path, info.codec, chosen)
+    log.debug("%s: decoding %s with %s%s", info.path, info.codec, chosen, why)
 
 
 def select_decoder(info: VideoInfo | None, backend: str = "auto",
