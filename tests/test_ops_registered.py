@@ -124,12 +124,7 @@ def test_out_of_range_n_text_is_clamped_alike_by_every_backend(backend, seed):
 def test_every_attention_op_is_registered_and_listed_by_info_and_bench():
     """The attention ops register themselves (``zsar.ops.ATTENTION_OPS``); ``zsar info`` reports the
     backends of each and ``zsar bench attention`` checks and times each, without a list of its own."""
-    import argparse
-    import contextlib
-    import io
-
     from zsar import info
-    from zsar.cli import bench
     from zsar.ops import ATTENTION_OPS
 
     assert set(ATTENTION_OPS) == {"masked_attention", "bottleneck_attention"}
@@ -141,6 +136,17 @@ def test_every_attention_op_is_registered_and_listed_by_info_and_bench():
         assert f"{name} backends" in text
         cpu32 = next(r for r in data[name] if r["device"] == "cpu" and r["dtype"] == "float32")
         assert cpu32["backends"]["cpu"] == [] and cpu32["backends"]["reference"] == []
+
+
+@pytest.mark.slow  # times every op at its model's shape (~20 s); `zsar bench attention --op` runs by default
+def test_bench_attention_times_every_registered_op():
+    import argparse
+    import contextlib
+    import io
+
+    from zsar.cli import bench
+    from zsar.ops import ATTENTION_OPS
+
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = io.StringIO()

@@ -284,7 +284,8 @@ def long_sources(tmp_path_factory):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_prepare_leaves_no_process_and_writes_nothing_after(long_sources, tmp_path, sig):
     dst = tmp_path / "dst"
     marker = f"ZSAR_TEST_PREPARE_RUN={uuid.uuid4().hex}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json, socket
     def refuse(*args, **kwargs):
@@ -36,6 +38,7 @@ def test_sentence_embedder_works_offline():
     assert out["repeat_equal"]
 
 
+@pytest.mark.slow  # a second load of the sentence model (~9 s); offline loading is tested by default
 def test_loading_prints_no_progress_bar_and_keeps_the_setting():
     """Loading the embedder (every `zsar predict`/`eval`) prints no "Loading weights" bar, and the
     caller's transformers progress-bar setting is left as it was."""
