@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the demos and their tests load the same model offline by default
 def test_sentence_embedder_works_offline():
     env_free = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
                               env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
