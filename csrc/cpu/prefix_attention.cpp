@@ -28,6 +28,7 @@
 #include "cpu_kernels.h"
 #include "simd.h"
 #include "simd_avx2.h"
+#include "slices.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -113,26 +114,15 @@ void probabilities(const AttentionProblem& s, const SampleMask& mask, const T* q
     }
   }
 }
-
-// Runs body(bh, sample mask, scratch) for every (batch, head) slice in parallel; each thread
-// owns one Scratch. Dynamic scheduling: tasks are microseconds each and a core may be busy.
-template <typename T, typename Body>
-void for_each_slice(const AttentionProblem& s, int num_threads, bool backward, Body body) {
-  const int64_t BH = s.batch * s.heads;
-#pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    Scratch<T> w(s.seq_len, s.head_dim, backward);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t bh = 0; bh < BH; ++bh) body(bh, sample_mask(s.mask, bh / s.heads, s.seq_len), w);
-  }
-}
+// Generic kernels: slices handed out 4 at a time, each thread with one Scratch.
+constexpr int64_t kSliceChunk = 4;
 
 template <typename T>
 void forward(const AttentionForward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
-  for_each_slice<T>(s, a.exec.num_threads, /*backward=*/false,
-                    [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
+  for_each_slice(s, a.exec.num_threads, kSliceChunk, [&] { return Scratch<T>(L, D, /*backward=*/false); },
+                 [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
       const int64_t off = bh * L * D, ld = w.ld, n_valid = m.n_valid;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
@@ -156,8 +146,8 @@ void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim;
   const T scale = static_cast<T>(s.scale);
-  for_each_slice<T>(s, a.exec.num_threads, /*backward=*/true,
-                    [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
+  for_each_slice(s, a.exec.num_threads, kSliceChunk, [&] { return Scratch<T>(L, D, /*backward=*/true); },
+                 [&](int64_t bh, const SampleMask& m, Scratch<T>& w) {
       const int64_t off = bh * L * D, ld = w.ld, n_valid = m.n_valid;
       const T* q = static_cast<const T*>(a.q) + off;
       const T* k = static_cast<const T*>(a.k) + off;
@@ -400,25 +390,25 @@ inline bool stream_outputs(const AttentionProblem& s, std::initializer_list<cons
   return true;
 }
 
-// Runs body(bh, sample mask, scratch) for every (batch, head) slice, OpenMP-parallel with one
-// Scratch per thread, in chunks of 8 consecutive slices handed out dynamically (a core may be busy
-// with something else). While a slice runs, the next one's inputs (and, unless the outputs are
-// streamed, its outputs) are prefetched. Scratch::stream tells the body how to store outputs.
+// Runs body(bh, sample mask, scratch) for every (batch, head) slice (for_each_slice), one Scratch
+// per thread, in chunks of 8 consecutive slices. While a slice runs, the next one's inputs (and,
+// unless the outputs are streamed, its outputs) are prefetched. Scratch::stream tells the body how
+// to store outputs.
 template <typename Body>
 void for_each_slice_fast(const AttentionProblem& s, int num_threads, bool backward,
                          std::initializer_list<const void*> inputs, std::initializer_list<const void*> outputs,
                          Body body) {
   const bool streamed_outputs = stream_outputs(s, outputs);
   const int64_t BH = s.batch * s.heads, slice = s.seq_len * s.head_dim * static_cast<int64_t>(sizeof(float));
-  const int64_t chunk = 8;
-#pragma omp parallel num_threads(resolve_threads(num_threads))
-  {
-    Scratch w(s.seq_len, backward);
-    w.stream = streamed_outputs;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c0 = 0; c0 < BH; c0 += chunk) {
-      const int64_t c1 = std::min(BH, c0 + chunk);
-      for (int64_t bh = c0; bh < c1; ++bh) {
+  constexpr int64_t kChunk = 8;
+  for_each_slice(
+      s, num_threads, kChunk,
+      [&] {
+        Scratch w(s.seq_len, backward);
+        w.stream = streamed_outputs;
+        return w;
+      },
+      [&](int64_t bh, const SampleMask& mask, Scratch& w) {
         w.pf.clear();
         if (bh + 1 < BH) {  // at a chunk end this may be another thread's slice: harmless
           const int64_t n_valid1 = sample_mask(s.mask, (bh + 1) / s.heads, s.seq_len).n_valid;
@@ -427,12 +417,12 @@ void for_each_slice_fast(const AttentionProblem& s, int num_threads, bool backwa
           if (!streamed_outputs)
             for (const void* t : outputs) w.pf.add(static_cast<const char*>(t) + (bh + 1) * slice, slice, true);
         }
-        body(bh, sample_mask(s.mask, bh / s.heads, s.seq_len), w);
+        body(bh, mask, w);
         w.pf.finish();
-      }
-    }
-    if (streamed_outputs) _mm_sfence();  // streaming stores are weakly ordered: drain before the barrier
-  }
+      },
+      [&](Scratch&) {
+        if (streamed_outputs) _mm_sfence();  // streaming stores are weakly ordered: drain before the barrier
+      });
 }
 
 void forward(const AttentionForward& a) {
@@ -580,28 +570,26 @@ void backward(const AttentionBackward& a) {
 }
 
 }  // namespace fast
+#else
+// Not built without AVX2 + FMA, where fast_path() is false: never called.
+namespace fast {
+inline void forward(const AttentionForward&) {}
+inline void backward(const AttentionBackward&) {}
+}  // namespace fast
 #endif  // __AVX2__ && __FMA__
 
 }  // namespace
 
 void fwd(const AttentionForward& args) {
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_fwd(args);
-  const ScalarType dtype = args.problem.dtype;
-#if defined(__AVX2__) && defined(__FMA__)
-  if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::forward(args);
-#endif
-  if (dtype == ScalarType::Float32) return forward<float>(args);
-  return forward<double>(args);
+  if (fast_path(args.problem)) return fast::forward(args);
+  dispatch_float(args.problem.dtype, [&](auto type) { forward<typename decltype(type)::type>(args); });
 }
 
 void bwd(const AttentionBackward& args) {
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_bwd(args);
-  const ScalarType dtype = args.problem.dtype;
-#if defined(__AVX2__) && defined(__FMA__)
-  if (dtype == ScalarType::Float32 && args.problem.head_dim % 8 == 0) return fast::backward(args);
-#endif
-  if (dtype == ScalarType::Float32) return backward<float>(args);
-  return backward<double>(args);
+  if (fast_path(args.problem)) return fast::backward(args);
+  dispatch_float(args.problem.dtype, [&](auto type) { backward<typename decltype(type)::type>(args); });
 }
 
 }  // namespace ZSAR_CPU_ISA

@@ -31,6 +31,7 @@
 #include "cpu_kernels.h"
 #include "simd.h"
 #include "simd_avx2.h"
+#include "slices.h"
 
 namespace zsar {
 namespace cpu {
@@ -213,13 +214,11 @@ void forward(const AttentionForward& a) {
 
 #pragma omp parallel num_threads(resolve_threads(a.exec.num_threads))
   {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
       pack_panels(k_all + bh * L * D, m, D, panels.get() + bh * Lp * D);
       zero_padding(m, D, out_all + bh * L * D);
       zero_padding(m, 1, lse_all + bh * L);
-    }
+    });
     std::vector<T> qb(kQueryRows * D), o(kQueryRows * D), st(kQueryRows * kKeyTile);
     std::vector<T> row_max(kQueryRows), row_sum(kQueryRows), lse(kQueryRows);
 #pragma omp for schedule(dynamic, 1)
@@ -281,14 +280,10 @@ struct BackwardScratch {
 template <typename T>
 void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
-  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
+  const int64_t L = s.seq_len, D = s.head_dim;
   const T scale = static_cast<T>(s.scale);
-#pragma omp parallel num_threads(resolve_threads(a.exec.num_threads))
-  {
-    BackwardScratch<T> w(L, D);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+  for_each_slice(s, a.exec.num_threads, 1, [&] { return BackwardScratch<T>(L, D); },
+                 [&](int64_t bh, const SampleMask& m, BackwardScratch<T>& w) {
       const int64_t off = bh * L * D, n = m.n_tokens();
       const T* o_in = static_cast<const T*>(a.out) + off;
       gather_rows(static_cast<const T*>(a.q) + off, m, 0, n, D, w.q.data());
@@ -327,20 +322,17 @@ void backward(const AttentionBackward& a) {
       zero_padding(m, D, static_cast<T*>(a.dq) + off);
       zero_padding(m, D, static_cast<T*>(a.dk) + off);
       zero_padding(m, D, static_cast<T*>(a.dv) + off);
-    }
-  }
+  });
 }
 
 }  // namespace
 
 void tiled_fwd(const AttentionForward& args) {
-  if (args.problem.dtype == ScalarType::Float32) return forward<float>(args);
-  forward<double>(args);
+  dispatch_float(args.problem.dtype, [&](auto type) { forward<typename decltype(type)::type>(args); });
 }
 
 void tiled_bwd(const AttentionBackward& args) {
-  if (args.problem.dtype == ScalarType::Float32) return backward<float>(args);
-  backward<double>(args);
+  dispatch_float(args.problem.dtype, [&](auto type) { backward<typename decltype(type)::type>(args); });
 }
 
 }  // namespace ZSAR_CPU_ISA
