@@ -19,9 +19,12 @@ namespace cpu {
 
 ZSAR_DECLARE_CPU_VARIANT(baseline)
 ZSAR_DECLARE_CPU_VARIANT(avx2)
+ZSAR_DECLARE_CPU_VARIANT(avx512)  // built with tiled_attention.cpp only: tiled_fwd / tiled_bwd
 #undef ZSAR_DECLARE_CPU_VARIANT
 
-// The variant the running CPU supports best: "avx2" (AVX2 + FMA) or "baseline".
+// The variant the running CPU supports best: "avx512" (AVX-512F: the tiled kernels; the others
+// run avx2), "avx2" (AVX2 + FMA) or "baseline". The environment variable ZSAR_CPU_ISA (read once)
+// caps it, e.g. ZSAR_CPU_ISA=avx2 runs what an AVX2-only processor runs.
 const char* selected_isa();
 
 }  // namespace cpu

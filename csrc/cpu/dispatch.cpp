@@ -1,5 +1,6 @@
 // Checks the arguments of the CPU entry points and picks the kernel variant the running processor
 // supports best (decided once).
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -9,15 +10,46 @@ namespace zsar {
 namespace cpu {
 namespace {
 
+// The variants allowed by ZSAR_CPU_ISA (unset: all): "baseline" < "avx2" < "avx512".
+int isa_cap() {
+  const char* env = std::getenv("ZSAR_CPU_ISA");
+  if (env == nullptr || *env == '\0') return 2;
+  const std::string v(env);
+  if (v == "baseline") return 0;
+  if (v == "avx2") return 1;
+  if (v == "avx512") return 2;
+  throw std::invalid_argument("ZSAR_CPU_ISA='" + v + "': expected baseline, avx2 or avx512");
+}
+
 bool has_avx2_fma() {
 #if defined(ZSAR_CPU_HAVE_AVX2)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return isa_cap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   return false;
 #endif
 }
 
-const bool kUseAvx2 = has_avx2_fma();
+bool has_avx512() {
+#if defined(ZSAR_CPU_HAVE_AVX512)
+  return has_avx2_fma() && isa_cap() >= 2 && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+// Decided on first use (an invalid ZSAR_CPU_ISA then surfaces as the call's error, not as a crash
+// while the module loads).
+bool use_avx2() {
+  static const bool use = has_avx2_fma();
+  return use;
+}
+
+bool use_avx512() {
+  static const bool use = has_avx512();
+  return use;
+}
 
 // Python validates every argument first; this is the last line against a crash when the core is
 // called directly.
@@ -41,15 +73,18 @@ void check(const AttentionProblem& p, const void* const* buffers, int n_buffers)
 
 }  // namespace
 
-const char* selected_isa() { return kUseAvx2 ? "avx2" : "baseline"; }
+const char* selected_isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
 
 }  // namespace cpu
 
 void attention_forward_cpu(const AttentionForward& args) {
   const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse};
   cpu::check(args.problem, buffers, 5);
+#if defined(ZSAR_CPU_HAVE_AVX512)
+  if (cpu::use_avx512() && args.problem.mask.kind == MaskKind::Bottleneck) return cpu::avx512::tiled_fwd(args);
+#endif
 #if defined(ZSAR_CPU_HAVE_AVX2)
-  if (cpu::kUseAvx2) return cpu::avx2::fwd(args);
+  if (cpu::use_avx2()) return cpu::avx2::fwd(args);
 #endif
   cpu::baseline::fwd(args);
 }
@@ -57,8 +92,11 @@ void attention_forward_cpu(const AttentionForward& args) {
 void attention_backward_cpu(const AttentionBackward& args) {
   const void* buffers[] = {args.q, args.k, args.v, args.out, args.lse, args.dout, args.dq, args.dk, args.dv};
   cpu::check(args.problem, buffers, 9);
+#if defined(ZSAR_CPU_HAVE_AVX512)
+  if (cpu::use_avx512() && args.problem.mask.kind == MaskKind::Bottleneck) return cpu::avx512::tiled_bwd(args);
+#endif
 #if defined(ZSAR_CPU_HAVE_AVX2)
-  if (cpu::kUseAvx2) return cpu::avx2::bwd(args);
+  if (cpu::use_avx2()) return cpu::avx2::bwd(args);
 #endif
   cpu::baseline::bwd(args);
 }

@@ -18,32 +18,33 @@ namespace cpu {
 namespace ZSAR_CPU_ISA {
 
 // Portable SIMD through GCC/Clang vector extensions: one Vec is 32 bytes (an AVX2 register in the
-// avx2 build; the baseline build splits it into two SSE2 registers).
-template <typename T>
+// avx2 build; the baseline build splits it into two SSE2 registers). The gemm below also takes
+// BYTES = 64 (one AVX-512 register in a build that has them; tiled_attention.cpp's avx512 variant).
+template <typename T, int BYTES = 32>
 struct VecOf {
-  typedef T type __attribute__((vector_size(32)));
+  typedef T type __attribute__((vector_size(BYTES)));
 };
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kWidth = 32 / sizeof(T);
+template <typename T, int BYTES = 32>
+using Vec = typename VecOf<T, BYTES>::type;
+template <typename T, int BYTES = 32>
+constexpr int64_t kWidth = BYTES / sizeof(T);
 constexpr int64_t kPad = 8;  // key dimensions are padded to a multiple of 8 (>= one Vec of either type)
 
 // The same vector at element alignment, through which unaligned loads and stores are direct
 // register moves (a memcpy made GCC bounce register tiles through the stack).
-template <typename T>
+template <typename T, int BYTES = 32>
 struct UnalignedVecOf {
-  typedef T type __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
+  typedef T type __attribute__((vector_size(BYTES), aligned(alignof(T)), may_alias));
 };
 
-template <typename T>
-inline Vec<T> loadu(const T* p) {
-  return *reinterpret_cast<const typename UnalignedVecOf<T>::type*>(p);
+template <int BYTES = 32, typename T>
+inline Vec<T, BYTES> loadu(const T* p) {
+  return *reinterpret_cast<const typename UnalignedVecOf<T, BYTES>::type*>(p);
 }
 
-template <typename T>
-inline void storeu(T* p, const Vec<T>& v) {
-  *reinterpret_cast<typename UnalignedVecOf<T>::type*>(p) = v;
+template <int BYTES = 32, typename T>
+inline void storeu(T* p, const Vec<T, BYTES>& v) {
+  *reinterpret_cast<typename UnalignedVecOf<T, BYTES>::type*>(p) = v;
 }
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -90,34 +91,40 @@ inline void exp_inplace(double* x, int64_t n) {
 // (8 for 4x2) hide the FMA latency; accumulators stay in registers for the whole k loop.
 // With ACC, C is accumulated into (C += A . B) instead of overwritten; with TA, A is read
 // transposed (A(r, p) = A[p * lda + r]), so P^T-style products need no transpose.
-template <int MR, int NV, bool ACC, bool TA, typename T>
+template <int MR, int NV, bool ACC, bool TA, int BYTES = 32, typename T>
 inline void gemm_tile(int64_t k, const T* __restrict A, int64_t lda, const T* __restrict B, int64_t ldb,
                       T* __restrict C, int64_t ldc) {
-  constexpr int64_t W = kWidth<T>;
-  Vec<T> acc[MR][NV];
+  constexpr int64_t W = kWidth<T, BYTES>;
+  Vec<T, BYTES> acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu(C + r * ldc + v * W) : Vec<T>{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu<BYTES>(C + r * ldc + v * W) : Vec<T, BYTES>{};
   for (int64_t p = 0; p < k; ++p) {
-    Vec<T> b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = loadu(B + p * ldb + v * W);
+    Vec<T, BYTES> b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = loadu<BYTES>(B + p * ldb + v * W);
     for (int r = 0; r < MR; ++r) {
       const T a = TA ? A[p * lda + r] : A[r * lda + p];
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) storeu(C + r * ldc + v * W, acc[r][v]);
+    for (int v = 0; v < NV; ++v) storeu<BYTES>(C + r * ldc + v * W, acc[r][v]);
 }
 
-template <int MR, bool ACC, bool TA, typename T>
+template <int MR, bool ACC, bool TA, int BYTES = 32, typename T>
 inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                       int64_t ldc) {
-  constexpr int64_t W = kWidth<T>;
+  constexpr int64_t W = kWidth<T, BYTES>;
   int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
+  for (; j + 2 * W <= n; j += 2 * W) gemm_tile<MR, 2, ACC, TA, BYTES>(k, A, lda, B + j, ldb, C + j, ldc);
   if (j + W <= n) {
-    gemm_tile<MR, 1, ACC, TA>(k, A, lda, B + j, ldb, C + j, ldc);
+    gemm_tile<MR, 1, ACC, TA, BYTES>(k, A, lda, B + j, ldb, C + j, ldc);
     j += W;
+  }
+  if constexpr (BYTES > 32) {  // a half-width vector: e.g. head dim 40 with 16-float vectors
+    if (j + W / 2 <= n) {
+      gemm_tile<MR, 1, ACC, TA, BYTES / 2>(k, A, lda, B + j, ldb, C + j, ldc);
+      j += W / 2;
+    }
   }
   for (; j < n; ++j) {  // a head dim that is not a multiple of the vector width
     for (int r = 0; r < MR; ++r) {
@@ -132,19 +139,20 @@ inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
 // small-matrix primitive of these kernels. k may be 0 (C is zeroed). With ACC: C += A . B; with
 // TA: A is stored transposed, (k, m) with row stride lda. MR: rows per register tile (4 or 6;
 // 6 x 2 vectors keeps 12 FMA chains in flight, which long inner products need to approach peak).
-template <bool ACC = false, bool TA = false, int MR = 4, typename T>
+// BYTES: the vector width (32, or 64 where the build has AVX-512).
+template <bool ACC = false, bool TA = false, int MR = 4, int BYTES = 32, typename T>
 inline void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc) {
   static_assert(MR == 4 || MR == 6, "register tile rows");
   const auto rows_of_a = [&](int64_t i) { return TA ? A + i : A + i * lda; };
   int64_t i = 0;
-  for (; i + MR <= m; i += MR) gemm_rows<MR, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
+  for (; i + MR <= m; i += MR) gemm_rows<MR, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
   switch (m - i) {
-    case 5: gemm_rows<5, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 4: gemm_rows<4, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 3: gemm_rows<3, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 2: gemm_rows<2, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 1: gemm_rows<1, ACC, TA>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 5: gemm_rows<5, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 4: gemm_rows<4, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 3: gemm_rows<3, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 2: gemm_rows<2, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
+    case 1: gemm_rows<1, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
     default: break;
   }
 }

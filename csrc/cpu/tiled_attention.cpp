@@ -15,9 +15,11 @@
 //     samples still keep every core busy; per block, key tiles of kKeyTile keys with an online
 //     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows):
 //     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L.
-//   * backward (FlashAttention-2 style): one task per (batch, head); the probabilities of each
-//     (query block, key tile) are recomputed from the saved log-sum-exp, and dQ, dK, dV are
-//     accumulated tile by tile in per-thread compact buffers.
+//   * backward (FlashAttention-2 style): one task per (batch, head, chunk of key tiles), see
+//     backward() below; the probabilities of each (query block, key tile) are recomputed from the
+//     saved log-sum-exp.
+//   * the avx512 variant (a build and a processor with AVX-512F) runs the same code with 16-float
+//     vectors in the products (kVecBytes); the softmax rows stay 8-wide.
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>
@@ -38,9 +40,15 @@ namespace cpu {
 namespace ZSAR_CPU_ISA {
 namespace {
 
+// Vector width of the products: one AVX-512 register in the avx512 variant, else 32 bytes.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#else
+constexpr int kVecBytes = 32;
+#endif
 constexpr int64_t kQueryRows = 48;  // queries per block (a multiple of the 6-row register tile)
 constexpr int64_t kKeyTile = 128;   // keys per online-softmax step: a 48 x 128 score tile is 24 KiB
-constexpr int64_t kPanel = 16;      // keys per packed K^T / V^T panel (two 8-float vectors)
+constexpr int64_t kPanel = 2 * kVecBytes / 4;  // keys per packed K^T / V^T panel: two float vectors
 constexpr int kTileRows = 6;        // register-tile rows of every product here (see gemm in simd.h)
 static_assert(kKeyTile % kPanel == 0, "key tiles are whole panels");
 
@@ -48,7 +56,7 @@ static_assert(kKeyTile % kPanel == 0, "key tiles are whole panels");
 template <bool ACC = false, bool TA = false, typename T>
 inline void product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc) {
-  gemm<ACC, TA, kTileRows>(m, n, k, A, lda, B, ldb, C, ldc);
+  gemm<ACC, TA, kTileRows, kVecBytes>(m, n, k, A, lda, B, ldb, C, ldc);
 }
 
 // S[0:rows, 0:cols) = Q[0:rows, :] . K^T over the packed panels of keys [0, cols) (cols rounded up
@@ -264,65 +272,98 @@ void forward(const AttentionForward& a) {
   }
 }
 
-// Per-thread buffers of the backward for one slice of up to L tokens; every size is O(L * D).
-template <typename T>
-struct BackwardScratch {
-  std::vector<T> q, k, dout;             // (L, D) compact valid rows
-  std::vector<T> dq, dk, dv;             // (L, D) compact gradients
-  std::vector<T> kp, vp;                 // K^T, V^T panels (round_up(L, kPanel) * D)
-  std::vector<T> s, dp;                  // (kQueryRows, kKeyTile) scores / probabilities, dP / dS
-  std::vector<T> lse, delta;             // (L,)
-  BackwardScratch(int64_t L, int64_t D)
-      : q(L * D), k(L * D), dout(L * D), dq(L * D), dk(L * D), dv(L * D), kp(round_up(L, kPanel) * D),
-        vp(round_up(L, kPanel) * D), s(kQueryRows * kKeyTile), dp(kQueryRows * kKeyTile), lse(L), delta(L) {}
-};
-
+// The backward (FlashAttention-2 style): tasks of (slice, chunk of key tiles), so that a batch of
+// one or two samples still gives every thread work. A task keeps its key tile's dK and dV in
+// thread-local buffers (L2-sized) while it sweeps every query block of the slice, recomputing the
+// probabilities from the saved log-sum-exp, and accumulates dQ of the whole slice into its chunk's
+// own compact buffer; the chunks' dQ are added in chunk order afterwards, so the result does not
+// depend on which thread ran what (deterministic for any thread count and schedule).
 template <typename T>
 void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
-  const int64_t L = s.seq_len, D = s.head_dim;
+  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads, Lp = round_up(L, kPanel);
+  const int threads = resolve_threads(a.exec.num_threads);
   const T scale = static_cast<T>(s.scale);
-  for_each_slice(s, a.exec.num_threads, 1, [&] { return BackwardScratch<T>(L, D); },
-                 [&](int64_t bh, const SampleMask& m, BackwardScratch<T>& w) {
-      const int64_t off = bh * L * D, n = m.n_tokens();
-      const T* o_in = static_cast<const T*>(a.out) + off;
-      gather_rows(static_cast<const T*>(a.q) + off, m, 0, n, D, w.q.data());
-      gather_rows(static_cast<const T*>(a.k) + off, m, 0, n, D, w.k.data());
-      gather_rows(static_cast<const T*>(a.dout) + off, m, 0, n, D, w.dout.data());
-      gather_rows(static_cast<const T*>(a.lse) + bh * L, m, 0, n, 1, w.lse.data());
-      pack_panels(static_cast<const T*>(a.k) + off, m, D, w.kp.data());
-      pack_panels(static_cast<const T*>(a.v) + off, m, D, w.vp.data());
-      for (int64_t t = 0; t < n; ++t) w.delta[t] = dot(w.dout.data() + t * D, o_in + m.position(t) * D, D);
-      std::fill(w.dk.begin(), w.dk.begin() + n * D, T(0));
-      std::fill(w.dv.begin(), w.dv.begin() + n * D, T(0));
-      std::fill(w.dq.begin(), w.dq.begin() + n * D, T(0));
+  const T* q_all = static_cast<const T*>(a.q);
+  const T* k_all = static_cast<const T*>(a.k);
+  const T* v_all = static_cast<const T*>(a.v);
+  const T* o_all = static_cast<const T*>(a.out);
+  const T* do_all = static_cast<const T*>(a.dout);
+  const T* lse_in = static_cast<const T*>(a.lse);
+  T* dq_all = static_cast<T*>(a.dq);
+  T* dk_all = static_cast<T*>(a.dk);
+  T* dv_all = static_cast<T*>(a.dv);
+  // Chunks of key tiles per slice: at least ~4 tasks per thread in all (load balance on a busy
+  // machine), never more chunks than a slice has key tiles.
+  const int64_t chunks = std::max<int64_t>(1, std::min((4 * threads + BH - 1) / BH, (L + kKeyTile - 1) / kKeyTile));
+  const int64_t n_tasks = BH * chunks;
+  auto kpanels = uninitialised<T>(BH * Lp * D);
+  auto vpanels = uninitialised<T>(BH * Lp * D);
+  auto lse_c = uninitialised<T>(BH * L), delta_c = uninitialised<T>(BH * L);  // compact per slice
+  auto dq_part = uninitialised<T>(BH * chunks * L * D);  // compact dQ of each (slice, chunk)
 
-      for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
-        const int64_t rows = std::min(kQueryRows, n - i0);
-        const T* q = w.q.data() + i0 * D;
-        const T* dout = w.dout.data() + i0 * D;
-        T* dq = w.dq.data() + i0 * D;
-        for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
-          const int64_t cols = std::min(kKeyTile, n - j0);
-          T* p = w.s.data();
-          T* ds = w.dp.data();
-          scores(rows, cols, D, q, w.kp.data() + j0 * D, p, kKeyTile);      // S = Q K^T
-          scores(rows, cols, D, dout, w.vp.data() + j0 * D, ds, kKeyTile);  // dP = dO V^T
-          for (int64_t r = 0; r < rows; ++r)  // P = exp(scale S - lse), dS = scale P (dP - delta)
-            backward_row(p + r * kKeyTile, ds + r * kKeyTile, cols, scale, w.lse[i0 + r], w.delta[i0 + r]);
-          product<true>(rows, D, cols, ds, kKeyTile, w.k.data() + j0 * D, D, dq, D);  // dQ += dS K
-          // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
-          product<true, true>(cols, D, rows, p, kKeyTile, dout, D, w.dv.data() + j0 * D, D);
-          product<true, true>(cols, D, rows, ds, kKeyTile, q, D, w.dk.data() + j0 * D, D);
-        }
+#pragma omp parallel num_threads(threads)
+  {
+    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
+      const int64_t off = bh * L * D, n = m.n_tokens();
+      pack_panels(k_all + off, m, D, kpanels.get() + bh * Lp * D);
+      pack_panels(v_all + off, m, D, vpanels.get() + bh * Lp * D);
+      gather_rows(lse_in + bh * L, m, 0, n, 1, lse_c.get() + bh * L);
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t row = m.position(t) * D;
+        delta_c[bh * L + t] = dot(do_all + off + row, o_all + off + row, D);
       }
-      scatter_rows(w.dq.data(), m, 0, n, D, static_cast<T*>(a.dq) + off);
-      scatter_rows(w.dk.data(), m, 0, n, D, static_cast<T*>(a.dk) + off);
-      scatter_rows(w.dv.data(), m, 0, n, D, static_cast<T*>(a.dv) + off);
-      zero_padding(m, D, static_cast<T*>(a.dq) + off);
-      zero_padding(m, D, static_cast<T*>(a.dk) + off);
-      zero_padding(m, D, static_cast<T*>(a.dv) + off);
-  });
+      zero_padding(m, D, dk_all + off);
+      zero_padding(m, D, dv_all + off);
+    });
+    std::vector<T> qb(kQueryRows * D), dob(kQueryRows * D), dk(kKeyTile * D), dv(kKeyTile * D);
+    std::vector<T> p(kQueryRows * kKeyTile), ds(kQueryRows * kKeyTile);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < n_tasks; ++task) {
+      const int64_t bh = task / chunks, chunk = task % chunks, off = bh * L * D;
+      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+      const int64_t n = m.n_tokens(), tiles = (n + kKeyTile - 1) / kKeyTile;
+      const int64_t j_begin = tiles * chunk / chunks * kKeyTile, j_end = std::min(n, tiles * (chunk + 1) / chunks * kKeyTile);
+      T* dq = dq_part.get() + (bh * chunks + chunk) * L * D;
+      std::fill(dq, dq + n * D, T(0));
+      const T* kp = kpanels.get() + bh * Lp * D;
+      const T* vp = vpanels.get() + bh * Lp * D;
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeyTile) {
+        const int64_t cols = std::min(kKeyTile, j_end - j0);
+        std::fill(dk.begin(), dk.begin() + cols * D, T(0));
+        std::fill(dv.begin(), dv.begin() + cols * D, T(0));
+        for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
+          const int64_t rows = std::min(kQueryRows, n - i0);
+          gather_rows(q_all + off, m, i0, rows, D, qb.data());
+          gather_rows(do_all + off, m, i0, rows, D, dob.data());
+          scores(rows, cols, D, qb.data(), kp + j0 * D, p.data(), kKeyTile);   // S = Q K^T
+          scores(rows, cols, D, dob.data(), vp + j0 * D, ds.data(), kKeyTile);  // dP = dO V^T
+          const T* lse = lse_c.get() + bh * L + i0;
+          const T* delta = delta_c.get() + bh * L + i0;
+          for (int64_t r = 0; r < rows; ++r)  // P = exp(scale S - lse), dS = scale P (dP - delta)
+            backward_row(p.data() + r * kKeyTile, ds.data() + r * kKeyTile, cols, scale, lse[r], delta[r]);
+          times_rows(rows, j0, cols, ds.data(), kKeyTile, k_all + off, m, D, dq + i0 * D);  // dQ += dS K
+          // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
+          product<true, true>(cols, D, rows, p.data(), kKeyTile, dob.data(), D, dv.data(), D);
+          product<true, true>(cols, D, rows, ds.data(), kKeyTile, qb.data(), D, dk.data(), D);
+        }
+        scatter_rows(dk.data(), m, j0, cols, D, dk_all + off);
+        scatter_rows(dv.data(), m, j0, cols, D, dv_all + off);
+      }
+    }
+    // dQ = the chunks' sums, in chunk order.
+    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
+      const int64_t off = bh * L * D, n = m.n_tokens();
+      T* dq0 = dq_part.get() + bh * chunks * L * D;
+      for (int64_t c = 1; c < chunks; ++c) {
+        const T* __restrict part = dq0 + c * L * D;
+#pragma omp simd
+        for (int64_t e = 0; e < n * D; ++e) dq0[e] += part[e];
+      }
+      scatter_rows(dq0, m, 0, n, D, dq_all + off);
+      zero_padding(m, D, dq_all + off);
+    });
+  }
 }
 
 }  // namespace
