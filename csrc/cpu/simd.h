@@ -135,26 +135,29 @@ inline void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
   }
 }
 
+// The last m < R rows of a gemm, as one register tile of exactly m rows.
+template <int R, bool ACC, bool TA, int BYTES, typename T>
+inline void gemm_last_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                           int64_t ldc) {
+  if constexpr (R > 1) {
+    if (m == R - 1) return gemm_rows<R - 1, ACC, TA, BYTES>(n, k, A, lda, B, ldb, C, ldc);
+    gemm_last_rows<R - 1, ACC, TA, BYTES>(m, n, k, A, lda, B, ldb, C, ldc);
+  }
+}
+
 // C[0:m, 0:n) = A[0:m, 0:k) . B[0:k, 0:n), all row-major with the given row strides: the one
 // small-matrix primitive of these kernels. k may be 0 (C is zeroed). With ACC: C += A . B; with
-// TA: A is stored transposed, (k, m) with row stride lda. MR: rows per register tile (4 or 6;
-// 6 x 2 vectors keeps 12 FMA chains in flight, which long inner products need to approach peak).
-// BYTES: the vector width (32, or 64 where the build has AVX-512).
+// TA: A is stored transposed, (k, m) with row stride lda. MR: rows per register tile (4 or 6 with
+// 16 vector registers: 6 x 2 vectors keeps 12 FMA chains in flight, which long inner products need
+// to approach peak; up to 12 with AVX-512's 32). BYTES: the vector width (32, or 64 with AVX-512).
 template <bool ACC = false, bool TA = false, int MR = 4, int BYTES = 32, typename T>
 inline void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc) {
-  static_assert(MR == 4 || MR == 6, "register tile rows");
+  static_assert(MR >= 4 && MR <= 12, "register tile rows");
   const auto rows_of_a = [&](int64_t i) { return TA ? A + i : A + i * lda; };
   int64_t i = 0;
   for (; i + MR <= m; i += MR) gemm_rows<MR, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
-  switch (m - i) {
-    case 5: gemm_rows<5, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 4: gemm_rows<4, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 3: gemm_rows<3, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 2: gemm_rows<2, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    case 1: gemm_rows<1, ACC, TA, BYTES>(n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc); break;
-    default: break;
-  }
+  if (i < m) gemm_last_rows<MR, ACC, TA, BYTES>(m - i, n, k, rows_of_a(i), lda, B, ldb, C + i * ldc, ldc);
 }
 
 // Largest of x[0:n) (-inf for n = 0), ignoring NaN (a NaN score still reaches the output through

@@ -33,6 +33,7 @@
 #include "cpu_kernels.h"
 #include "simd.h"
 #include "simd_avx2.h"
+#include "simd_avx512.h"
 #include "slices.h"
 
 namespace zsar {
@@ -46,10 +47,15 @@ constexpr int kVecBytes = 64;
 #else
 constexpr int kVecBytes = 32;
 #endif
-constexpr int64_t kQueryRows = 48;  // queries per block (a multiple of the 6-row register tile)
+#ifndef ZSAR_TILE_ROWS
+#define ZSAR_TILE_ROWS (kVecBytes == 64 ? 12 : 6)
+#endif
+constexpr int64_t kQueryRows = 48;  // queries per block (a multiple of the register tile's rows)
 constexpr int64_t kKeyTile = 128;   // keys per online-softmax step: a 48 x 128 score tile is 24 KiB
 constexpr int64_t kPanel = 2 * kVecBytes / 4;  // keys per packed K^T / V^T panel: two float vectors
-constexpr int kTileRows = 6;        // register-tile rows of every product here (see gemm in simd.h)
+// Register-tile rows of every product here (see gemm in simd.h): 6 x 2 vectors fill AVX2's 16
+// registers; AVX-512 has 32, and 12 x 2 halves the loads per FMA.
+constexpr int kTileRows = ZSAR_TILE_ROWS;
 static_assert(kKeyTile % kPanel == 0, "key tiles are whole panels");
 
 // The products of these kernels: C (+)= A . B, A optionally transposed (see gemm in simd.h).
@@ -157,7 +163,45 @@ inline void backward_row(T* __restrict p, T* __restrict ds, int64_t cols, T scal
   for (int64_t j = 0; j < cols; ++j) ds[j] = scale * p[j] * (ds[j] - delta);
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+// The float rows of the avx512 variant: the AVX2 rows below on 16 lanes (the same values per
+// lane; only the row sum adds its lanes in another order).
+inline float online_softmax_row(float* __restrict p, int64_t cols, float scale, float m_old, float& sum) {
+  using namespace vec16;
+  const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const int64_t nvec = (cols + 15) / 16;
+  __m512 mx = ninf;
+  for (int64_t c = 0; c < nvec; ++c)
+    mx = _mm512_max_ps(mx, _mm512_mask_blend_ps(lane_mask(cols, c), ninf, scaled(_mm512_loadu_ps(p + 16 * c), vscale)));
+  const float m_new = std::max(m_old, vec8::hmax(_mm256_max_ps(_mm512_castps512_ps256(mx), _mm512_extractf32x8_ps(mx, 1))));
+  const __m512 shift = _mm512_set1_ps(m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nvec; ++c) {
+    const __m512 x = _mm512_mask_blend_ps(lane_mask(cols, c), ninf,
+                                          _mm512_sub_ps(scaled(_mm512_loadu_ps(p + 16 * c), vscale), shift));
+    const __m512 e = exp16(x);
+    acc = _mm512_add_ps(acc, e);
+    _mm512_storeu_ps(p + 16 * c, e);
+  }
+  sum = vec8::hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1)));
+  return m_new;
+}
+
+inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
+                         float delta) {
+  using namespace vec16;
+  const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(lse), vdelta = _mm512_set1_ps(delta);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0, nvec = (cols + 15) / 16; c < nvec; ++c) {
+    const __mmask16 mask = lane_mask(cols, c);
+    const __m512 e = exp16(_mm512_mask_blend_ps(mask, ninf, _mm512_sub_ps(scaled(_mm512_loadu_ps(p + 16 * c), vscale), shift)));
+    const __m512 d = _mm512_maskz_mov_ps(
+        mask, _mm512_mul_ps(_mm512_mul_ps(e, vscale), _mm512_sub_ps(_mm512_loadu_ps(ds + 16 * c), vdelta)));
+    _mm512_storeu_ps(p + 16 * c, e);
+    _mm512_storeu_ps(ds + 16 * c, d);
+  }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
 // The float rows in 8-lane vectors, two passes (the maximum; exp and the sum) instead of five
 // loops; the same values as the generic rows (exp8 is exp_inplace's polynomial). Score tiles are
 // computed for whole 16-key panels, so whole vectors up to round_up(cols, 8) are readable; lanes
