@@ -108,19 +108,60 @@ void zero_padding(const SampleMask& m, int64_t D, T* dst) {
 }
 
 // C (+)= P[:, 0:cols) . V-rows of the keys [j0, j0 + cols) (compact), read in place from the slice
-// (at most two contiguous runs: the prefix and the fusion tail).
-template <typename T>
+// (at most two contiguous runs: the prefix and the fusion tail). With TA, P is stored transposed
+// (P^T: one row of ldp per key).
+template <bool TA = false, typename T>
 void times_rows(int64_t rows, int64_t j0, int64_t cols, const T* p, int64_t ldp, const T* v, const SampleMask& m,
                 int64_t D, T* c) {
   const int64_t j1 = j0 + cols;
   if (j0 < m.n_valid) {
     const int64_t e = std::min(j1, m.n_valid);
-    product<true>(rows, D, e - j0, p, ldp, v + j0 * D, D, c, D);
+    product<true, TA>(rows, D, e - j0, p, ldp, v + j0 * D, D, c, D);
   }
   if (j1 > m.n_valid) {
     const int64_t b = std::max(j0, m.n_valid);
-    product<true>(rows, D, j1 - b, p + (b - j0), ldp, v + m.position(b) * D, D, c, D);
+    product<true, TA>(rows, D, j1 - b, p + (b - j0) * (TA ? ldp : 1), ldp, v + m.position(b) * D, D, c, D);
   }
+}
+
+// C[0:cols, 0:n) = (rows of the keys [j0, j0 + cols), read in place like times_rows) . B[0:D, 0:n).
+template <typename T>
+void rows_times(int64_t j0, int64_t cols, const T* x, const SampleMask& m, int64_t D, const T* b, int64_t n,
+                T* c) {
+  const int64_t j1 = j0 + cols;
+  if (j0 < m.n_valid) product(std::min(j1, m.n_valid) - j0, n, D, x + j0 * D, D, b, n, c, n);
+  if (j1 > m.n_valid) {
+    const int64_t first = std::max(j0, m.n_valid);
+    product(j1 - first, n, D, x + m.position(first) * D, D, b, n, c + (first - j0) * n, n);
+  }
+}
+
+// e^x on a vector, the formula of exp_inplace (simd.h) in vector operations (float), so that the
+// column-wise softmax below needs no intrinsics; double: std::exp per lane.
+template <int BYTES>
+inline Vec<float, BYTES> vexp(Vec<float, BYTES> x) {
+  using V = Vec<float, BYTES>;
+  typedef int32_t VI __attribute__((vector_size(BYTES)));
+  const V c89 = V{} + 89.0f, cm87 = V{} + -87.0f, magic = V{} + 12582912.0f, zero = V{};
+  const V hi = x > c89 ? c89 : x;
+  const V v = hi < cm87 ? cm87 : hi;
+  const V k = (v * 1.44269504088896341f + magic) - magic;  // round to nearest
+  const V r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const V poly = x < cm87 ? zero : p * r * r + r + 1.0f;  // underflow (and -inf) to exactly 0
+  const VI bits = (__builtin_convertvector(v == v ? k : zero, VI) + 127) << 23;  // NaN: 2^0
+  return poly * (V)bits;  // a vector cast reinterprets the bits
+}
+
+template <int BYTES>
+inline Vec<double, BYTES> vexp(Vec<double, BYTES> x) {
+  for (int64_t l = 0; l < kWidth<double, BYTES>; ++l) x[l] = std::exp(x[l]);
+  return x;
 }
 
 // Buffers that are allocated once per call and left uninitialised (every element read is written
@@ -130,25 +171,11 @@ std::unique_ptr<T[]> uninitialised(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// One online-softmax step of a score row p[0:cols): p <- exp(scale * p - shift) where shift is
-// the new running maximum m_new = max(m_old, max_j scale * p[j]) (0 while every score is -inf, so
-// no -inf - -inf); returns m_new and sets `sum` to the row sum of the new p. Scores are scaled and
-// rounded before any shift (no fused multiply-add): the backward must see exactly the values the
-// forward took the maximum of.
-template <typename T>
-inline T online_softmax_row(T* __restrict p, int64_t cols, T scale, T m_old, T& sum) {
-#pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) p[j] *= scale;
-  const T m_new = std::max(m_old, max_of(p, cols));
-  const T shift = m_new == -std::numeric_limits<T>::infinity() ? T(0) : m_new;
-#pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) p[j] -= shift;
-  exp_inplace(p, cols);
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < cols; ++j) acc += p[j];
-  sum = acc;
-  return m_new;
+// Threads for a call of ~`work` multiply-adds: one below ~4M (a few hundred microseconds or less:
+// waking and joining a team costs more than it saves, and far more when a team member is
+// descheduled on a busy machine), else the caller's setting.
+inline int team_size(double work, int num_threads) {
+  return work < 4.0e6 ? 1 : resolve_threads(num_threads);
 }
 
 // Backward of one score row: p <- exp(scale * p - lse), ds <- scale * p * (ds - delta) on [0, cols).
@@ -164,29 +191,7 @@ inline void backward_row(T* __restrict p, T* __restrict ds, int64_t cols, T scal
 }
 
 #if defined(__AVX512F__)
-// The float rows of the avx512 variant: the AVX2 rows below on 16 lanes (the same values per
-// lane; only the row sum adds its lanes in another order).
-inline float online_softmax_row(float* __restrict p, int64_t cols, float scale, float m_old, float& sum) {
-  using namespace vec16;
-  const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const int64_t nvec = (cols + 15) / 16;
-  __m512 mx = ninf;
-  for (int64_t c = 0; c < nvec; ++c)
-    mx = _mm512_max_ps(mx, _mm512_mask_blend_ps(lane_mask(cols, c), ninf, scaled(_mm512_loadu_ps(p + 16 * c), vscale)));
-  const float m_new = std::max(m_old, vec8::hmax(_mm256_max_ps(_mm512_castps512_ps256(mx), _mm512_extractf32x8_ps(mx, 1))));
-  const __m512 shift = _mm512_set1_ps(m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new);
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t c = 0; c < nvec; ++c) {
-    const __m512 x = _mm512_mask_blend_ps(lane_mask(cols, c), ninf,
-                                          _mm512_sub_ps(scaled(_mm512_loadu_ps(p + 16 * c), vscale), shift));
-    const __m512 e = exp16(x);
-    acc = _mm512_add_ps(acc, e);
-    _mm512_storeu_ps(p + 16 * c, e);
-  }
-  sum = vec8::hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1)));
-  return m_new;
-}
-
+// The float rows of the avx512 variant: the AVX2 rows below on 16 lanes (the same values per lane).
 inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
                          float delta) {
   using namespace vec16;
@@ -202,31 +207,10 @@ inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols
   }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-// The float rows in 8-lane vectors, two passes (the maximum; exp and the sum) instead of five
-// loops; the same values as the generic rows (exp8 is exp_inplace's polynomial). Score tiles are
+// The float rows in 8-lane vectors, one pass instead of four loops; the same values as the
+// generic rows (exp8 is exp_inplace's polynomial). Score tiles are
 // computed for whole 16-key panels, so whole vectors up to round_up(cols, 8) are readable; lanes
 // past cols are masked to -inf (exp gives 0).
-inline float online_softmax_row(float* __restrict p, int64_t cols, float scale, float m_old, float& sum) {
-  using namespace vec8;
-  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  const int64_t nvec = (cols + 7) / 8;
-  __m256 mx = ninf;
-  for (int64_t c = 0; c < nvec; ++c)
-    mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, scaled(_mm256_loadu_ps(p + 8 * c), vscale), lane_mask(cols, c)));
-  const float m_new = std::max(m_old, hmax(mx));
-  const __m256 shift = _mm256_set1_ps(m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t c = 0; c < nvec; ++c) {
-    const __m256 x = _mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(p + 8 * c), vscale), shift),
-                                      lane_mask(cols, c));
-    const __m256 e = exp8(x);
-    acc = _mm256_add_ps(acc, e);
-    _mm256_storeu_ps(p + 8 * c, e);
-  }
-  sum = hsum(acc);
-  return m_new;
-}
-
 inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
                          float delta) {
   using namespace vec8;
@@ -243,12 +227,22 @@ inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols
 }
 #endif
 
+// The forward computes each score tile transposed, S^T = K . Q^T (keys x queries): K is read in
+// place (no packed panels, so no pass over the slice before the tasks and one parallel loop per
+// call), Q^T is packed once per task, and the online softmax runs down the key rows with one vector
+// lane per query (running maximum and sum in registers, no horizontal reductions, no lane masks).
+// O += P . V then reads P^T transposed. Queries per task: kQueryCols (whole vectors).
+constexpr int64_t kQueryCols = 64;
+
 template <typename T>
 void forward(const AttentionForward& a) {
+  using V = Vec<T, kVecBytes>;
+  constexpr int64_t W = kWidth<T, kVecBytes>, NQ = kQueryCols / W;
+  static_assert(kQueryCols % kWidth<double, kVecBytes> == 0, "query blocks are whole vectors");
   const auto& s = a.problem;
-  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads, Lp = round_up(L, kPanel);
+  const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads;
   const T scale = static_cast<T>(s.scale);
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity(), kInf = std::numeric_limits<T>::infinity();
   const T* q_all = static_cast<const T*>(a.q);
   const T* k_all = static_cast<const T*>(a.k);
   const T* v_all = static_cast<const T*>(a.v);
@@ -257,61 +251,87 @@ void forward(const AttentionForward& a) {
 
   // Tasks: (slice, first query) for every block of every slice, slices in order.
   std::vector<std::pair<int64_t, int64_t>> tasks;
+  double pairs = 0;
   for (int64_t bh = 0; bh < BH; ++bh) {
     const int64_t n = sample_mask(s.mask, bh / s.heads, L).n_tokens();
-    for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) tasks.emplace_back(bh, i0);
+    pairs += static_cast<double>(n) * static_cast<double>(n);
+    for (int64_t i0 = 0; i0 < n; i0 += kQueryCols) tasks.emplace_back(bh, i0);
   }
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-  auto panels = uninitialised<T>(BH * Lp * D);
 
-#pragma omp parallel num_threads(resolve_threads(a.exec.num_threads))
+#pragma omp parallel num_threads(team_size(pairs * static_cast<double>(D), a.exec.num_threads))
   {
-    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
-      pack_panels(k_all + bh * L * D, m, D, panels.get() + bh * Lp * D);
-      zero_padding(m, D, out_all + bh * L * D);
-      zero_padding(m, 1, lse_all + bh * L);
-    });
-    std::vector<T> qb(kQueryRows * D), o(kQueryRows * D), st(kQueryRows * kKeyTile);
-    std::vector<T> row_max(kQueryRows), row_sum(kQueryRows), lse(kQueryRows);
+    std::vector<T> qb(kQueryCols * D), qt(D * kQueryCols), o(kQueryCols * D), st(kKeyTile * kQueryCols);
+    alignas(64) T row_max[kQueryCols], row_sum[kQueryCols], alpha[kQueryCols];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < n_tasks; ++task) {
       const int64_t bh = tasks[task].first, i0 = tasks[task].second;
       const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
-      const int64_t n = m.n_tokens(), rows = std::min(kQueryRows, n - i0), off = bh * L * D;
-      const T* kp = panels.get() + bh * Lp * D;
+      const int64_t n = m.n_tokens(), rows = std::min(kQueryCols, n - i0), off = bh * L * D;
+      if (i0 == 0) {  // the padding rows of the slice, once
+        zero_padding(m, D, out_all + off);
+        zero_padding(m, 1, lse_all + bh * L);
+      }
       gather_rows(q_all + off, m, i0, rows, D, qb.data());
+      std::fill(qt.begin(), qt.end(), T(0));  // queries past `rows` score 0: finite, never read
+      transpose(qb.data(), rows, D, D, qt.data(), kQueryCols);
       std::fill(o.begin(), o.begin() + rows * D, T(0));
-      std::fill(row_max.begin(), row_max.begin() + rows, kNegInf);
-      std::fill(row_sum.begin(), row_sum.begin() + rows, T(0));
+      V mx[NQ], sum[NQ];
+      for (int64_t v = 0; v < NQ; ++v) mx[v] = V{} + kNegInf, sum[v] = V{};
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, n - j0);
-        T* sc = st.data();
-        scores(rows, cols, D, qb.data(), kp + j0 * D, sc, kKeyTile);
-        for (int64_t r = 0; r < rows; ++r) {
-          T sum;
-          const T m_new = online_softmax_row(sc + r * kKeyTile, cols, scale, row_max[r], sum);
-          if (j0 > 0 && row_max[r] != m_new) {  // rescale what earlier key tiles accumulated
-            const T alpha = std::exp(row_max[r] - m_new);
-            row_sum[r] *= alpha;
+        T* __restrict sc = st.data();
+        rows_times(j0, cols, k_all + off, m, D, qt.data(), kQueryCols, sc);  // S^T = K Q^T
+        // Scores scaled and rounded (stored) before any shift, as the backward sees them; the
+        // new running maximum per query ignores NaN (a NaN still reaches the output via exp).
+        V tile_max[NQ];
+        for (int64_t v = 0; v < NQ; ++v) tile_max[v] = mx[v];
+        for (int64_t c = 0; c < cols; ++c)
+          for (int64_t v = 0; v < NQ; ++v) {
+            const V x = loadu<kVecBytes>(sc + c * kQueryCols + v * W) * scale;
+            storeu<kVecBytes>(sc + c * kQueryCols + v * W, x);
+            tile_max[v] = x > tile_max[v] ? x : tile_max[v];
+          }
+        V shift[NQ];
+        bool grew = false;
+        for (int64_t v = 0; v < NQ; ++v) {
+          // alpha = e^(old max - new max) rescales what earlier tiles summed (1 where the maximum
+          // stayed, including -inf -> -inf).
+          const V al = mx[v] == tile_max[v] ? V{} + T(1) : vexp<kVecBytes>(mx[v] - tile_max[v]);
+          storeu<kVecBytes>(alpha + v * W, al);
+          sum[v] *= al;
+          for (int64_t l = 0; l < W; ++l) grew |= al[l] != T(1);
+          mx[v] = tile_max[v];
+          shift[v] = mx[v] == kNegInf ? V{} : mx[v];
+        }
+        for (int64_t c = 0; c < cols; ++c)
+          for (int64_t v = 0; v < NQ; ++v) {
+            const V e = vexp<kVecBytes>(loadu<kVecBytes>(sc + c * kQueryCols + v * W) - shift[v]);
+            storeu<kVecBytes>(sc + c * kQueryCols + v * W, e);
+            sum[v] += e;
+          }
+        if (j0 > 0 && grew) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const T al = alpha[r];
             T* __restrict orow = o.data() + r * D;
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d) orow[d] *= alpha;
+            for (int64_t d = 0; d < D; ++d) orow[d] *= al;
           }
-          row_sum[r] += sum;
-          row_max[r] = m_new;
         }
-        times_rows(rows, j0, cols, sc, kKeyTile, v_all + off, m, D, o.data());
+        times_rows<true>(rows, j0, cols, sc, kQueryCols, v_all + off, m, D, o.data());  // O += P V
       }
+      for (int64_t v = 0; v < NQ; ++v) storeu<kVecBytes>(row_max + v * W, mx[v]), storeu<kVecBytes>(row_sum + v * W, sum[v]);
+      T lse[kQueryCols];
       for (int64_t r = 0; r < rows; ++r) {
         const T l = row_sum[r], inv_l = T(1) / l;
         T* __restrict orow = o.data() + r * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) orow[d] *= inv_l;
         // A +inf score makes the maximum +inf and l NaN: the log-sum-exp is +inf then (as torch.logsumexp).
-        lse[r] = row_max[r] == std::numeric_limits<T>::infinity() ? row_max[r] : row_max[r] + std::log(l);
+        lse[r] = row_max[r] == kInf ? row_max[r] : row_max[r] + std::log(l);
       }
       scatter_rows(o.data(), m, i0, rows, D, out_all + off);
-      scatter_rows(lse.data(), m, i0, rows, 1, lse_all + bh * L);
+      scatter_rows(lse, m, i0, rows, 1, lse_all + bh * L);
     }
   }
 }
@@ -326,7 +346,12 @@ template <typename T>
 void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
   const int64_t L = s.seq_len, D = s.head_dim, BH = s.batch * s.heads, Lp = round_up(L, kPanel);
-  const int threads = resolve_threads(a.exec.num_threads);
+  double pairs = 0;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const double n = static_cast<double>(sample_mask(s.mask, b, L).n_tokens());
+    pairs += n * n * static_cast<double>(s.heads);
+  }
+  const int threads = team_size(2.5 * pairs * static_cast<double>(D), a.exec.num_threads);
   const T scale = static_cast<T>(s.scale);
   const T* q_all = static_cast<const T*>(a.q);
   const T* k_all = static_cast<const T*>(a.k);
