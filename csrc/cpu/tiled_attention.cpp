@@ -255,7 +255,8 @@ void forward(const AttentionForward& a) {
   for (int64_t bh = 0; bh < BH; ++bh) {
     const int64_t n = sample_mask(s.mask, bh / s.heads, L).n_tokens();
     pairs += static_cast<double>(n) * static_cast<double>(n);
-    for (int64_t i0 = 0; i0 < n; i0 += kQueryCols) tasks.emplace_back(bh, i0);
+    tasks.emplace_back(bh, 0);  // also for a slice without valid tokens: its padding is zeroed
+    for (int64_t i0 = kQueryCols; i0 < n; i0 += kQueryCols) tasks.emplace_back(bh, i0);
   }
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
 
@@ -271,6 +272,7 @@ void forward(const AttentionForward& a) {
       if (i0 == 0) {  // the padding rows of the slice, once
         zero_padding(m, D, out_all + off);
         zero_padding(m, 1, lse_all + bh * L);
+        if (n == 0) continue;
       }
       gather_rows(q_all + off, m, i0, rows, D, qb.data());
       std::fill(qt.begin(), qt.end(), T(0));  // queries past `rows` score 0: finite, never read
