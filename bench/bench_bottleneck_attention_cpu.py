@@ -16,6 +16,11 @@ the two contenders alternate call by call, the order flipped each pair, so both 
 ratio = SDPA time / zsar time per pair, median (min-max) over the pairs; ``uptime``'s load is
 printed beside each line. Results and the OpenMP settings measured are in ``RESULTS.md``.
 
+The zsar kernels run the best variant the processor has (``zsar info``: avx512 / avx2 /
+baseline). What an AVX2-only machine runs, on an AVX-512 one: ``ZSAR_CPU_ISA=avx2
+ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`` (both contenders
+restricted).
+
 Run: ``pytest bench/bench_bottleneck_attention_cpu.py --benchmark-only -s`` (full sizes); without
 ``--benchmark-only`` every case runs once at a tiny size (see ``benchmode.py``).
 """

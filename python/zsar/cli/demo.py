@@ -179,7 +179,9 @@ def build_config(args):
 #: Kernels every x86-64 CPU with AVX2 runs alike: torch's vectorised ops, MKL's BLAS (conditional numerical
 #: reproducibility) and oneDNN's convolutions otherwise pick AVX-512 code where the CPU has it, whose different
 #: summation order changed the MZST demo's weights (max |diff| 9e-5 after one epoch) and so its accuracies.
-REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: zsar's own CPU kernels likewise (ZSAR_CPU_ISA: its bottleneck attention has an AVX-512 variant).
+REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                            "ZSAR_CPU_ISA": "avx2"}
 
 
 def pin_cpu_kernels() -> dict[str, str]:

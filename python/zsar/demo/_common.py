@@ -90,7 +90,8 @@ def environment(device) -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
             "python": platform.python_version(), "machine": platform.machine(),
             # which vector kernels ran (zsar demo pins them to AVX2 for numbers that do not depend on the CPU)
-            "cpu_kernels": {k: os.environ.get(k, "") for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")},
+            "cpu_kernels": {k: os.environ.get(k, "") for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
+                                                                "ZSAR_CPU_ISA")},
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
