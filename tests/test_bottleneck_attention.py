@@ -360,3 +360,50 @@ def test_long_sequence_4096(backend, seed):
     _close(out, ref.detach(), torch.float32, "output", seed)
     for name, got, leaf in zip("qkv", grads, ref_leaves):
         _close(got, leaf.grad, torch.float32, f"d{name}", seed)
+
+
+_ISA_SCRIPT = """
+import sys, torch
+import zsar._ext as ext
+from zsar.ops import bottleneck_attention
+torch.manual_seed(0)
+worst = 0.0
+for B, H, L, D, n_valid, n_fusion in ((4, 2, 140, 64, [124, 125, 120, 0], 4), (1, 1, 300, 40, [296], 4)):
+    q, k, v, dout = (torch.randn(B, H, L, D, dtype=torch.float64) for _ in range(4))
+    nv = torch.tensor(n_valid, dtype=torch.int32)
+    res = []
+    for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = bottleneck_attention(*leaves, nv, n_fusion, backend=backend)
+        out.backward(dout.to(dtype))
+        res.append([out.detach().double()] + [t.grad.double() for t in leaves])
+    worst = max([worst] + [(a - b).abs().max().item() / (1 + b.abs().max().item()) for a, b in zip(*res)])
+print(ext.build_info()["cpu_isa"], worst)
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_cpu_variant_matches_float64_reference(isa):
+    """Each kernel variant the build has (the process picks one, capped by ZSAR_CPU_ISA) against the
+    float64 reference, output and gradients: the other tests see only the best one of this CPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ZSAR_CPU_ISA=isa)
+    got = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, check=True)
+    ran, worst = got.stdout.split()
+    order = ["baseline", "avx2", "avx512"]
+    assert order.index(ran) <= order.index(isa)  # lower where the CPU (or the build) lacks the ISA
+    assert float(worst) < 2e-4
+
+
+def test_cpu_variant_setting_is_checked():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ZSAR_CPU_ISA="avx9")
+    got = subprocess.run([sys.executable, "-c", "import zsar._ext as e; e.build_info()"], env=env,
+                         capture_output=True, text=True)
+    assert got.returncode != 0 and "ZSAR_CPU_ISA='avx9': expected baseline, avx2 or avx512" in got.stderr
