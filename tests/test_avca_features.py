@@ -256,7 +256,7 @@ def test_feature_models_take_features_and_keep_mzst_s_fusion_and_heads():
     torch.testing.assert_close(model.encode(one), model.encode(batch)[1:], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"video features must have shape \(B, 1, 512\)"):
         model.encode(Batch(clips=torch.randn(2, 1, 256), labels=torch.tensor([0, 1])))
-    assert MZST_FEATURE_VARIANTS["mzst_features"]["dim"] == 256
+    assert MZST_FEATURE_VARIANTS["mzst_features"].defaults["dim"] == 256
     cls_model = create_model("mzst_features_cls", class_names=names, class_embeddings=torch.randn(3, 300), **small)
     assert (cls_model.config.video_feature_dim, cls_model.config.audio_feature_dim) == (4096, 128)
     with pytest.raises(ValueError, match="feature-input models"):
@@ -266,7 +266,7 @@ def test_feature_models_take_features_and_keep_mzst_s_fusion_and_heads():
     assert rest.config.feature_input and rest.inputs.feature_dim == 512 and rest.inputs.audio is None
     assert [s.name for s in rest.training_stages()] == ["joint"]
     assert rest.encode(Batch(clips=torch.randn(2, 1, 512), labels=torch.tensor([0, 1]))).shape == (2, 32)
-    assert REST_FEATURE_VARIANTS["rest_features_cls"]["feature_dim"] == 4096
+    assert REST_FEATURE_VARIANTS["rest_features_cls"].defaults["feature_dim"] == 4096
 
 
 def test_feature_models_round_trip_through_checkpoints(tmp_path):

@@ -87,7 +87,7 @@ def _check_options(args) -> None:
     from ..eval.protocols import PROTOCOLS  # deferred: torch, which --help does not need
 
     if args.protocol not in (*PROTOCOLS, "gzsl"):
-        raise CLIError(f"--protocol must be one of {(*PROTOCOLS, 'gzsl')}, got {args.protocol!r}")
+        raise CLIError(PROTOCOLS.unknown(args.protocol, extra=("gzsl",), argument="--protocol"))
     given = [name for name in _GZSL_LISTS if getattr(args, name) is not None]
     if args.protocol != "gzsl":
         if given or args.beta is not None or args.plot is not None:

@@ -16,9 +16,9 @@ training config and in ``zsar eval --format``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Callable, Protocol
 
+from ..._registry import Registry
 from ..records import VideoList
 
 __all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format"]
@@ -48,18 +48,20 @@ class DatasetFormat:
     needs_root: bool = True
 
 
-_FORMATS: dict[str, DatasetFormat] = {}
-#: Name → :class:`DatasetFormat` of every registered format (a live, read-only view).
-FORMATS = MappingProxyType(_FORMATS)
+#: Name → :class:`DatasetFormat` of every registered format (add one with :func:`register_format`).
+FORMATS: Registry[DatasetFormat] = Registry("dataset format", "data.format")
 
 
 def register_format(name: str, *, annotations: str, needs_root: bool = True) -> Callable[[FormatReader], FormatReader]:
-    """Decorator registering a reader with the one signature under ``name`` (replacing an earlier one)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_format: the name must be a non-empty string, got {name!r}")
+    """Decorator registering a reader with the one signature under ``name``.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered (``FORMATS.unregister(name)`` first to
+            replace it).
+    """
 
     def register(read: FormatReader) -> FormatReader:
-        _FORMATS[name] = DatasetFormat(name, read, annotations, needs_root)
+        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root))
         return read
 
     return register
@@ -67,6 +69,4 @@ def register_format(name: str, *, annotations: str, needs_root: bool = True) -> 
 
 def get_format(name: str) -> DatasetFormat:
     """The registered format ``name``; ``ValueError`` listing the names otherwise."""
-    if name not in _FORMATS:
-        raise ValueError(f"data.format must be one of {tuple(_FORMATS)}, got {name!r}")
-    return _FORMATS[name]
+    return FORMATS.get(name)
