@@ -29,7 +29,7 @@ def collect(kinds=KINDS) -> dict[str, list[dict]]:
         from ..data.decoders import decoder_names, unavailable_reason
 
         out["decoders"] = [{"name": name, "unavailable": unavailable_reason(name, device="cpu")}
-                           for name in ("auto", *decoder_names()) if name != "auto"]
+                           for name in decoder_names()]
     if "formats" in kinds:
         from ..data.formats import FORMATS
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -85,8 +86,6 @@ def default_workers(workers: int | None) -> int:
 
 def environment(device) -> dict[str, Any]:
     """Where a demo ran (recorded in its report)."""
-    import os
-
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
             "python": platform.python_version(), "machine": platform.machine(),
             # which vector kernels ran (zsar demo pins them to AVX2 for numbers that do not depend on the CPU)

@@ -16,7 +16,10 @@ from anywhere, a spec can only name these formats and packages, and never import
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -122,8 +125,6 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
 def _reason_without_content(exc: BaseException) -> str:
     """The first line of a parser's error with the text it quotes from the file cut out: a spec in
     a checkpoint can name any file, and its content must not reach the message."""
-    import re
-
     first = (str(exc).splitlines() or [""])[0]
     first = re.sub(r"(['\"]).*?\1", "<...>", first)
     first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
@@ -231,8 +232,6 @@ def _sentence_model_path(model: str | Path) -> Path:
         raise ValueError(
             f"sentence model {str(model)!r} is neither a model folder nor a known model package "
             f"({', '.join(sorted(SENTENCE_MODEL_PACKAGES))}); pass the folder of a sentence-transformers model")
-    import importlib
-
     try:
         package = importlib.import_module(module_name)
     except ImportError:
@@ -276,8 +275,6 @@ class SentenceEmbedder:
 
     def __init__(self, model: str | Path = DEFAULT_SENTENCE_MODEL, device: str | None = None,
                  name_map: Mapping[str, str] | None = None, batch_size: int = 64, normalize: bool | None = None):
-        import os
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer

@@ -13,6 +13,7 @@ import math
 from typing import ClassVar
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .._custom_op import OpInputs, TensorSpec
 from .masks import MASK_KINDS, MaskKind
@@ -112,8 +113,6 @@ class AttentionInputs(OpInputs):
         Exact when ``lengths`` holds real values; for fake/meta tensors (under torch.compile or a
         meta-device FLOP count) every sample is assumed to have the maximum length.
         """
-        from torch._subclasses.fake_tensor import FakeTensor
-
         lengths, n_fixed, seq_len = self.lengths, self.n_fixed, self.seq_len
         if isinstance(lengths, FakeTensor) or lengths.device.type == "meta":
             counts = [seq_len - n_fixed] * lengths.shape[0]
