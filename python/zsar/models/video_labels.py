@@ -91,9 +91,10 @@ class VideoLabeler:
         top = probs.view(-1, n, probs.shape[-1]).mean(1).argmax(-1)
         return [self.categories[i] for i in top.tolist()]
 
-    def label(self, videos: VideoList, batch_size: int = 4, backend: str = "pyav",
+    def label(self, videos: VideoList, batch_size: int = 4, backend: str | None = None,
               progress: bool = True) -> dict[str, str]:
-        """``{video_id: top-1 class name}`` for every readable video of ``videos`` (bad files are skipped)."""
+        """``{video_id: top-1 class name}`` for every readable video of ``videos`` (bad files are skipped);
+        ``backend`` as in :class:`~zsar.data.VideoClipDataset` (default: the registry's fallback decoder)."""
         from tqdm.auto import tqdm
 
         data = VideoClipDataset(videos, self.spec, backend=backend, on_error="skip")
