@@ -1,6 +1,8 @@
-"""Model registry (in the style of timm): each model's file registers its builders with
-:func:`register_model`; :func:`create_model` builds any of them by name (checkpoints rebuild theirs
-through it: :func:`zsar.models.load_model`)."""
+"""Model registry (in the style of timm): each model's file registers its builders, one per variant,
+from a table of :class:`Variant` s (:func:`register_variants`) or one at a time
+(:func:`register_model`); :func:`create_model` builds any of them by name (checkpoints rebuild theirs
+through it: :func:`zsar.models.load_model`). :data:`MODELS` is the registry itself
+(:class:`zsar._registry.Registry`)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def register_model(name: str, label_embeddings: bool = False, embedder: dict[str
 
     def wrap(fn):
         MODELS.register(name, fn)
+        _LABEL_EMBEDDINGS.discard(name)  # left from an unregistered model of that name
+        _EMBEDDERS.pop(name, None)
         if label_embeddings:
             _LABEL_EMBEDDINGS.add(name)
         if embedder is not None:
