@@ -17,12 +17,10 @@ from typing import Any
 
 import torch
 
-from .._utils import torch_threads  # noqa: F401  (re-exported: the demos use it)
 from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
 
-__all__ = ["DemoSettings", "Steps", "default_workers", "torch_threads",
-           "environment", "finish_report", "percent", "time_and_files"]
+__all__ = ["DemoSettings", "Steps", "default_workers", "environment", "finish_report", "percent", "time_and_files"]
 
 
 @dataclass

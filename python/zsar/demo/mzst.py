@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._utils import torch_threads
 from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
@@ -50,8 +51,7 @@ from ..text import embedder_from_spec
 from ..train.config import StageConfig, TrainConfig
 from ..train.pipeline import Pipeline
 from ..zeroshot.heads import METRICS
-from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files,
-                      torch_threads)
+from ._common import DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
 

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import AudioSpec, ModelInputs
+from ..data.audio import AudioSpec
+from .base import ModelInputs
 from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
 from .mzst import MZST, MZSTConfig, build_mzst
 from .registry import Variant, register_variants
