@@ -106,6 +106,7 @@ def quiet_model_loading():
     """No "Loading weights" progress bar from Hugging Face transformers while loading local models
     (a label embedder, a backbone): it would print on every ``zsar predict``/``eval``. Restores the
     previous setting."""
+    # deferred: transformers takes ~2 s to import
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()

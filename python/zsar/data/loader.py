@@ -395,6 +395,7 @@ class VideoLoader:
     # ---- batch pipelines (DALI) -----------------------------------------------------------------
 
     def _pipeline_iterator(self):
+        # deferred: DALI is optional (the dali extra)
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         pipe = self.decoder.clip_pipeline(self._feed, self.spec, self.batch_size, max(1, self.num_workers),

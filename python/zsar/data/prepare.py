@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .._utils import read_json
 from .video import (AUDIO_CODECS, VIDEO_EXTENSIONS, VideoError, _require_av, audio_encoder_rate, probe_video,
@@ -495,8 +496,6 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
     _remove_stale_tmp({out.parent for _, _, out in jobs})
     earlier = _read_truncations(dst_dir)
     truncations = {str(rel): earlier[str(rel)] for rel, _, _ in jobs if str(rel) in earlier}
-
-    from tqdm.auto import tqdm
 
     summary = PrepareSummary(skipped_folders=skipped_folders)
     bar = tqdm(total=len(jobs), unit="video", desc=f"prepare -> {codec}", disable=not progress)

@@ -41,6 +41,7 @@ class VideoError(ValueError):
 
 def _require_av():
     try:
+        # deferred: PyAV (~0.2 s) is needed only when decoding
         import av
     except ImportError as e:  # pragma: no cover - av is a dependency
         raise ImportError("reading and writing video needs PyAV: pip install av") from e

@@ -30,6 +30,7 @@ class BackboneSpec:
 
 
 def _torchvision(name: str) -> nn.Module:
+    # deferred: torchvision.models takes ~5 s to import
     import torchvision.models as tvm
 
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
@@ -65,6 +66,7 @@ class _R2Plus1DTrunk(nn.Module):
 
     def __init__(self):
         super().__init__()
+        # deferred: torchvision.models takes ~5 s to import
         from torchvision.models.video import r2plus1d_18
 
         net = r2plus1d_18(weights=None)
@@ -165,6 +167,7 @@ class MViTTokens(nn.Module):
 
 
 def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models.video import mvit_v2_s
 
     # torchvision builds MViTv2-S for 16 x 224^2 only (its relative position tables are sized for it).
@@ -176,6 +179,7 @@ def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
 
 def _mvit_tiny(frames: int, image_size: int) -> MViTTokens:
     """Two MViTv2 blocks (widths 32 -> 64, one query pooling) over 2x8x8 patches: 64 tokens from 8x64x64."""
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models.video.mvit import MSBlockConfig, MViT
 
     # 2x8x8 patches, then a 2x spatial query pooling: the grid must divide and keep a token.
@@ -200,6 +204,7 @@ class ASTTokens(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        # deferred: transformers takes ~2 s to import
         from transformers import ASTModel
 
         self.net = ASTModel(config)
@@ -215,6 +220,7 @@ class ASTTokens(nn.Module):
 def _ast(audio_length: int, mel_bins: int, patch_stride: int, **sizes) -> ASTTokens:
     """Hugging Face's AST over ``(audio_length, mel_bins)`` log-mel input with 16 x 16 patches at
     ``patch_stride`` in both axes; its position embeddings are sized from the resulting grid."""
+    # deferred: transformers takes ~2 s to import
     from transformers import ASTConfig
 
     if audio_length < 16 or mel_bins < 16:  # AST's 16x16 patches

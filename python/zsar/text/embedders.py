@@ -70,6 +70,7 @@ def _word2vec_header(path: Path) -> tuple[int, int] | None:
     Raises ValueError when the header promises more values than an uncompressed file can hold
     (each takes at least a byte), before gensim allocates room for them.
     """
+    # deferred: gensim takes ~4 s to import
     from gensim import utils
 
     with utils.open(str(path), "rb") as f:  # .gz/.bz2 too
@@ -87,6 +88,7 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
     """gensim ``KeyedVectors`` from a vectors file, by suffix: ``.bin`` is word2vec binary, else
     fastText's binary; gensim pickles (:data:`PICKLE_SUFFIXES`) only with ``trust_pickle``; anything
     else is text, word2vec/fastText ``.vec`` (with a header line) or GloVe (without one)."""
+    # deferred: gensim takes ~4 s to import
     from gensim.models import KeyedVectors
 
     if not path.is_file():
@@ -277,6 +279,7 @@ class SentenceEmbedder:
                  name_map: Mapping[str, str] | None = None, batch_size: int = 64, normalize: bool | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # deferred: sentence-transformers takes ~16 s to import
         from sentence_transformers import SentenceTransformer
 
         self.model_name = str(model)
@@ -285,6 +288,7 @@ class SentenceEmbedder:
             self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
                                              trust_remote_code=False)
         if normalize is not None:
+            # deferred: sentence-transformers takes ~16 s to import
             from sentence_transformers.models import Normalize
 
             modules = [m for m in self.model if not isinstance(m, Normalize)]

@@ -155,6 +155,7 @@ def decode_video_urls(values, path: PathLike) -> list[str]:
 
 def _read_urls(path: Path) -> tuple[list[str], tuple[int, ...]]:
     """``video_urls`` and the shape of ``data`` of one class file (the features are not read)."""
+    # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
     import h5py
 
     try:
