@@ -105,3 +105,47 @@ def _rest_batch(model):
     spec = model.inputs
     clips = torch.randn(2, spec.frames, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
     return Batch(clips=clips, labels=torch.tensor([0, 1]))
+
+
+def test_an_attention_op_declared_in_a_test_file_runs_on_the_shared_front_end():
+    # "Where to add X", a mask kind step 4: an op is its inputs dataclass (which fields are the mask)
+    # and an AttentionOp; dispatch, checks, autograd and the registry come from the front end.
+    from dataclasses import dataclass
+
+    from zsar.ops import ATTENTION_OPS
+    from zsar.ops.attention import AttentionInputs, AttentionOp
+
+    @dataclass
+    class PrefixInputs(AttentionInputs):
+        q: torch.Tensor
+        k: torch.Tensor
+        v: torch.Tensor
+        n_more: torch.Tensor
+        n_first: int
+        scale: float
+
+        op, mask_kind = "test_prefix_attention", "full"
+        lengths_field, n_fixed_field, min_fixed = "n_more", "n_first", 0
+
+    op = AttentionOp(PrefixInputs, example=None)
+    try:
+        assert "test_prefix_attention" in ATTENTION_OPS and op.dispatcher.names[-1] == "reference"
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 3, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        n_more = torch.tensor([1, 4], dtype=torch.int32)
+        for backend in ("reference", "cpu"):
+            out = op(q, k, v, n_more=n_more, n_first=2, scale=0.3, backend=backend)
+            for b, valid in enumerate((3, 6)):  # every valid token sees every valid token; padding rows 0
+                p = torch.softmax(0.3 * q[b, :, :valid] @ k[b, :, :valid].transpose(-1, -2), -1)
+                torch.testing.assert_close(out[b, :, :valid], p @ v[b, :, :valid])
+                assert not out[b, :, valid:].any()
+        out.sum().backward()
+        assert q.grad is not None and not q.grad[0, :, 3:].any()
+        with pytest.raises(ValueError, match=r"test_prefix_attention: n_more values must be in \[0, L - n_first = 5\]"):
+            op(q, k, v, n_more=torch.tensor([1, 6], dtype=torch.int32), n_first=2)
+        with pytest.raises(TypeError, match="test_prefix_attention: n_more must have dtype torch.int32"):
+            op(q, k, v, n_more=n_more.long(), n_first=2)
+        probe = op.probe(q.detach(), n_more)
+        assert (probe.n_first, probe.mask_kind) == (1, "full") and op.dispatcher.reasons(probe)["cpu"] == []
+    finally:
+        ATTENTION_OPS.unregister("test_prefix_attention")
