@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..runtime import RuntimeSettings
 from .audio import AudioSpec, MissingAudioError, audio_features
 from .batch import Batch, Sample, collate
 from .decoders import DecodeRequest, Decoder, dali, fallback_decoder, get_decoder, read_frames, select_decoder
@@ -284,6 +285,8 @@ class VideoLoader:
         device: where decoding may run (default: the current CUDA device when there is one).
         audio: the audio features each batch carries (:class:`zsar.data.AudioSpec`), or None.
         missing_audio: ``"zeros"`` (default), ``"skip"`` or ``"error"`` for files without audio.
+        pin_memory: worker batches arrive in pinned host memory, so that their copy to the GPU does not
+            block (default: :class:`zsar.runtime.RuntimeSettings`'s, on when ``device`` is CUDA).
 
     Iterating runs one epoch; the next ``for`` runs the next epoch (or call :meth:`set_epoch`).
     """
@@ -292,7 +295,7 @@ class VideoLoader:
                  shuffle: bool | None = None, seed: int = 0, shard_id: int | None = None,
                  num_shards: int | None = None, num_workers: int | None = None, drop_last: bool = False,
                  on_error: str = "raise", device: str | torch.device | None = None, *,
-                 audio: AudioSpec | None = None, missing_audio: str = "zeros"):
+                 audio: AudioSpec | None = None, missing_audio: str = "zeros", pin_memory: bool | None = None):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
         if len(videos) == 0:
@@ -307,6 +310,7 @@ class VideoLoader:
         self.drop_last, self.on_error = drop_last, policy.on_error
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.device = DecodeRequest.of(None, device).device
+        self.pin_memory = RuntimeSettings.for_device(self.device).pin_memory if pin_memory is None else pin_memory
         self.decoder: Decoder = self._choose_decoder(backend)
         self.backend = self.decoder.name
         self.epoch = 0
@@ -383,7 +387,8 @@ class VideoLoader:
                 context = "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
             self._workers = DataLoader(_Reporting(self.dataset), batch_sampler=self._batches,
                                        num_workers=self.num_workers, collate_fn=_collate_reporting,
-                                       persistent_workers=self.num_workers > 0, multiprocessing_context=context)
+                                       persistent_workers=self.num_workers > 0, multiprocessing_context=context,
+                                       pin_memory=self.pin_memory)
         for bad, error, batch in self._workers:
             for path, reason in bad:  # skips seen in worker processes, counted here
                 self.skipped.add(path, reason)
