@@ -144,7 +144,8 @@ class FrameEncoder(nn.Module):
         frames = clips.flatten(0, 1)
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        trunk = self.__dict__.get("_compiled_trunk") or self.trunk
+        compiled = self.__dict__.get("_compiled_trunk")
+        trunk = self.trunk if compiled is None else compiled
         return trunk(frames).reshape(B, T, -1)
 
 
