@@ -474,6 +474,10 @@ class VideoLoader:
         import tempfile
 
         spec, B = self.spec, self.batch_size
+        if not all(dali.list_safe(os.path.abspath(self.videos[int(i)].path)) for i in positions):
+            log.info("a video path holds white space, which DALI's file list cannot; this epoch feeds encoded bytes")
+            yield from self._iter_pipeline(positions)
+            return
         usable = self._reader_clips(positions)
         if self.drop_last:
             usable = usable[:len(usable) // B * B]

@@ -204,13 +204,19 @@ def write_clip_list(path, lines) -> None:
     end exclusive), written to a new file and renamed into place."""
     import os
 
+    bad = next((file for file, *_ in lines if not list_safe(file)), None)
+    if bad is not None:
+        raise ValueError(f"{bad!r}: a path with a space or a line break cannot go into DALI's file list")
     tmp = f"{path}.{os.getpid()}.partial"
     with open(tmp, "w", encoding="utf-8") as f:
         for file, line_id, start, end in lines:
-            if any(c in str(file) for c in "\n\r"):
-                raise ValueError(f"{file!r}: a path with a line break cannot go into DALI's file list")
             f.write(f"{file} {int(line_id)} {int(start)} {int(end)}\n")
     os.replace(tmp, path)
+
+
+def list_safe(path) -> bool:
+    """Whether ``path`` can be a row of DALI's file list (its fields are separated by white space)."""
+    return not any(c.isspace() for c in str(path))
 
 
 def build_reader_pipeline(list_file: str, geometry, spec, batch_size: int, device: str, num_threads: int,
