@@ -5,6 +5,7 @@ skip without a GPU and run in the device script."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from videos import gradient_frames, make_video, nearest_frames
-from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord
+from zsar.data import ClipSpec, VideoList, VideoLoader, VideoRecord, write_video
 from zsar.data.decoders import read_frames, unavailable_reason
 from zsar.data.transforms import plan_clip
 from zsar.data.video import probe_video
@@ -144,3 +145,61 @@ def test_gpu_reader_on_h264_matches_pyav(tmp_path, spec):
     plan = plan_clip(spec, info, np.random.default_rng(0))
     frames = read_frames(info.path, plan.indices.ravel(), backend="dali-gpu")
     assert frames.is_cuda and frames.shape[0] == plan.indices.size
+
+
+# ---- `zsar prepare` for files that seek fast ------------------------------------------------------
+
+
+def _keyframes(path) -> list[int]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate)
+        return [round(float(p.pts * p.time_base) * rate) for p in container.demux(stream)
+                if p.is_keyframe and p.pts is not None]
+
+
+@pytest.mark.parametrize("codec, ext", [("h264", ".mp4"), ("vp9", ".webm")])
+def test_prepare_gop_fps_and_short_side_are_applied_and_recorded(tmp_path, codec, ext, capsys):
+    from zsar.cli import main
+    from zsar.data.prepare import PrepareSettings, output_frames
+
+    src = tmp_path / "src"
+    # flat frames 8 grey levels apart: which source frame an output frame shows survives any codec
+    source = np.repeat(np.arange(4, 244, 8, dtype=np.uint8)[:, None, None, None], 3, axis=3) * \
+        np.ones((1, 40, 56, 1), np.uint8)
+    write_video(src / "a" / "v.avi", source, fps=10)
+    dst = tmp_path / "dst"
+    argv = ["prepare", str(src), str(dst), "--codec", codec, "--gop", "6", "--fps", "25", "--short-side", "32",
+            "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    out = dst / "a" / f"v{ext}"
+    assert "gop 6" in capsys.readouterr().out
+    info = probe_video(out)
+    assert (info.codec, info.height, info.width, round(info.fps)) == (codec, 32, 44, 25)
+    assert info.num_frames == output_frames(30, 10, 25) == 75
+    assert _keyframes(out) == list(range(0, 75, 6))
+    assert PrepareSettings.of_output(out) == PrepareSettings(codec, 32, 6, 25.0)
+    # resampled by time: output frame j shows source frame floor(j * 10 / 25)
+    decoded = read_frames(out, np.arange(75), backend="pyav").numpy().astype(np.float32)
+    shown = np.round((decoded.mean(axis=(1, 2, 3)) - 4) / 8).astype(int)
+    assert shown.tolist() == [j * 10 // 25 for j in range(75)]
+    # the same settings again: prepared; another gop: converted again
+    assert main(argv) == 0 and "1 already prepared" in capsys.readouterr().out
+    assert main(argv[:6] + ["7"] + argv[7:]) == 0 and "1 converted" in capsys.readouterr().out
+    assert _keyframes(out) == list(range(0, 75, 7))
+
+
+def test_prepare_options_are_checked(tmp_path, capsys):
+    from zsar.cli import main
+    from zsar.data.prepare import PrepareSettings
+
+    (tmp_path / "src").mkdir()
+    for option, value, message in (("--gop", "0", "--gop must be a positive number of frames, got 0"),
+                                   ("--fps", "-3", r"--fps must be a frame rate in \(0, 1000\], got -3"),
+                                   ("--short-side", "31", r"--short-side \(--size\) must be an even number")):
+        assert main(["prepare", str(tmp_path / "src"), str(tmp_path / "dst"), option, value]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    with pytest.raises(ValueError, match="prepare: gop must be a positive number of frames, got 2.5"):
+        PrepareSettings(gop=2.5)
