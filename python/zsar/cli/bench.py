@@ -165,9 +165,6 @@ def _attention_op(op, args, device, sync) -> None:
 def _model(args) -> int:
     import torch
 
-    from ..data.batch import Batch
-    from ..models import create_model
-    from ..models.registry import needs_label_embeddings
     from ..runtime import RuntimeSettings
 
     device, sync = _device(args)
@@ -178,24 +175,12 @@ def _model(args) -> int:
         overrides["frames"] = args.frames
     if args.backend:
         overrides["attention_backend"] = args.backend
-    model = runtime.prepare_model(create_model(args.model, class_names=labels, **overrides))
+    model = runtime.prepare_model(bench_model(args.model, labels, **overrides))
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
-    if needs_label_embeddings(args.model):  # its semantic loss trains towards them: any vectors do
-        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
-    shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
-        (inputs.frames, 3, inputs.image_size, inputs.image_size)
 
     def make_batch(n: int):
-        y = torch.randint(0, len(labels), (n,), generator=gen)
-        batch = Batch(clips=torch.randn(n, *shape, generator=gen), labels=y)
-        if inputs.audio is not None:
-            batch = batch.replace(audio=torch.randn(n, inputs.audio.target_length, inputs.audio.mel_bins, generator=gen),
-                                  audio_present=torch.ones(n, dtype=torch.bool))
-        if inputs.label_words:
-            ids, words = model.tokenize_labels(labels)
-            batch = batch.replace(word_ids=ids[y], n_words=words[y].to(torch.int32))
-        return runtime.to_device(batch)
+        return runtime.to_device(synthetic_batch(model, labels, n, gen))
 
     stage = model.training_stages()[-1]  # the last stage trains the whole model
     for name, p in model.named_parameters():
@@ -226,6 +211,42 @@ def _model(args) -> int:
         t = _best_time(step(mode, batch), args.repeats or 5, sync)
         print(f"  {name:<22} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
     return 0
+
+
+def bench_model(name: str, labels: list[str], **overrides):
+    """The registered model ``name`` for ``labels``, with random class embeddings when its semantic
+    loss trains towards them (any vectors time the same); on the CPU."""
+    import torch
+
+    from ..models import create_model
+    from ..models.registry import needs_label_embeddings
+
+    model = create_model(name, class_names=labels, **overrides)
+    if needs_label_embeddings(name):
+        gen = torch.Generator().manual_seed(0)
+        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
+    return model
+
+
+def synthetic_batch(model, labels: list[str], n: int, generator):
+    """A random ``Batch`` of ``n`` clips shaped as ``model.inputs`` describes (audio and label words
+    when it takes them), on the CPU."""
+    import torch
+
+    from ..data.batch import Batch
+
+    inputs, gen = model.inputs, generator
+    shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
+        (inputs.frames, 3, inputs.image_size, inputs.image_size)
+    y = torch.randint(0, len(labels), (n,), generator=gen)
+    batch = Batch(clips=torch.randn(n, *shape, generator=gen), labels=y)
+    if inputs.audio is not None:
+        batch = batch.replace(audio=torch.randn(n, inputs.audio.target_length, inputs.audio.mel_bins, generator=gen),
+                              audio_present=torch.ones(n, dtype=torch.bool))
+    if inputs.label_words:
+        ids, words = model.tokenize_labels(labels)
+        batch = batch.replace(word_ids=ids[y], n_words=words[y].to(torch.int32))
+    return batch
 
 
 def _out_of_memory(error: BaseException) -> bool:
