@@ -509,7 +509,8 @@ class VideoLoader:
             dali.write_clip_list(list_file, rows)
             pipe = dali.build_reader_pipeline(
                 list_file, geometry_of, spec, per_run, self.decoder.dali_device, max(1, self.num_workers),
-                out_device.index if out_device.type == "cuda" else None, self.seed + self.epoch, n_crops)
+                out_device.index if out_device.type == "cuda" else None, self.seed + self.epoch, n_crops,
+                short_videos=any(info.num_frames < span for _, info, _ in usable))
             pipe.build()
             with ThreadPoolExecutor(max(1, self.num_workers), thread_name_prefix="zsar-audio") as pool:
                 for k in range(n_runs):

@@ -220,15 +220,17 @@ def list_safe(path) -> bool:
 
 
 def build_reader_pipeline(list_file: str, geometry, spec, batch_size: int, device: str, num_threads: int,
-                          device_id: int | None, seed: int, n_crops: int):
+                          device_id: int | None, seed: int, n_crops: int, short_videos: bool = True):
     """The loader's clip pipeline over DALI's video reader: ``list_file`` (:func:`write_clip_list`)
     names each clip's file and frame range, the reader opens the files itself and decodes
     ``batch_size`` clips per run (NVDEC for ``device="gpu"``), and the rows' order is kept.
 
-    Each row spans ``clip_span(T, stride)`` frames; the reader reads them at stride 1 with the last
-    frame repeated past the end of a short video, and every ``stride``-th frame is kept, which is
-    exactly the edge padding of :func:`zsar.data.sampling.random_clip_indices` (a reader stride
-    would repeat the last frame *of the stride*). ``geometry(info)`` returns, for the run
+    Each row spans ``clip_span(T, stride)`` frames, read at the clip's stride. With
+    ``short_videos`` (some video is shorter than that span) they are read at stride 1 with the last
+    frame repeated past the end, and every ``stride``-th frame is kept: exactly the edge padding of
+    :func:`zsar.data.sampling.random_clip_indices` (a reader stride repeats the last frame *of the
+    stride* instead), at the cost of converting the frames in between (about 2x slower on DALI's
+    CPU decoder). ``geometry(info)`` returns, for the run
     ``info.iteration``, the rows' resized sizes (int32 ``[H, W]``) and crop anchors (one float32
     ``[y, x]`` list per crop), in row order. Outputs ``clips`` (per row ``(crops, T, 3, S, S)``, or
     ``(T, 3, S, S)`` for one crop) and ``line`` (the row's id).
@@ -240,11 +242,12 @@ def build_reader_pipeline(list_file: str, geometry, spec, batch_size: int, devic
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   exec_dynamic=True, prefetch_queue_depth=2)
     def reader_pipeline():
+        exact_edge = short_videos and spec.stride > 1
         frames, line = fn.experimental.readers.video(
             device="gpu" if device == "gpu" else "cpu", file_list=list_file, file_list_format="frames",
-            file_list_include_end=False, sequence_length=span, stride=1, step=span, pad_mode="edge",
-            random_shuffle=False, name="clips")
-        if spec.stride > 1:
+            file_list_include_end=False, sequence_length=span if exact_edge else spec.frames,
+            stride=1 if exact_edge else spec.stride, step=span, pad_mode="edge", random_shuffle=False, name="clips")
+        if exact_edge:
             frames = fn.sequence_rearrange(frames, new_order=list(range(0, span, spec.stride)))
         size, *anchors = fn.external_source(source=geometry, num_outputs=1 + n_crops, batch=True, batch_info=True,
                                             dtype=[types.INT32] + [types.FLOAT] * n_crops)
