@@ -56,7 +56,7 @@ def test_reader_takes_the_planned_frames_in_order(vp9, spec, short):
     # with a video shorter than a clip the reader reads stride 1 and keeps every stride-th frame
     # (exact edge padding); without one it reads at the clip's stride
     vp9 = vp9 if short else VideoList(list(vp9)[1:], vp9.classes)
-    reader = VideoLoader(vp9, spec, batch_size=2, backend="dali-cpu", num_workers=1, seed=3)
+    reader = VideoLoader(vp9, spec, batch_size=2, backend="dali-cpu", num_workers=1, seed=3, dali_input="reader")
     clips, ids, sizes = _epoch(reader)
     assert sizes == ([2, 2, 1] if short else [2, 2]) and clips.shape == (len(vp9), *spec.output_shape())
     pyav_clips, pyav_ids, _ = _epoch(VideoLoader(vp9, spec, batch_size=2, backend="pyav", num_workers=0, seed=3))
@@ -82,7 +82,8 @@ def test_reader_takes_the_planned_frames_in_order(vp9, spec, short):
 def test_one_pipeline_per_epoch_not_per_file(vp9):
     from zsar.data.decoders import dali
 
-    loader = VideoLoader(vp9, EVAL, batch_size=2, backend="dali-cpu", num_workers=1)
+    loader = VideoLoader(vp9, EVAL, batch_size=2, backend="dali-cpu", num_workers=1, dali_input="reader")
+    assert loader.dali_input == "reader"
     before = dali.pipelines_built()
     _epoch(loader)
     _epoch(loader)
@@ -101,7 +102,8 @@ def test_reader_and_bytes_feed_agree_and_audio_rides_along(vp9):
 
     spec = ClipSpec(frames=4, stride=2, size=32, short_side=36, num_clips=2, crop="three")
     audio = AudioSpec(target_length=64, mel_bins=16)
-    reader = list(VideoLoader(vp9, spec, batch_size=3, backend="dali-cpu", num_workers=1, audio=audio))
+    reader = list(VideoLoader(vp9, spec, batch_size=3, backend="dali-cpu", num_workers=1, audio=audio,
+                              dali_input="reader"))
     feed = list(VideoLoader(vp9, spec, batch_size=3, backend="dali-cpu", num_workers=1, audio=audio,
                             dali_input="bytes"))
     assert [b.video_ids for b in reader] == [b.video_ids for b in feed]
@@ -113,8 +115,9 @@ def test_reader_and_bytes_feed_agree_and_audio_rides_along(vp9):
 
 
 def test_dali_input_is_checked(vp9):
-    with pytest.raises(ValueError, match=r"dali_input must be one of \('reader', 'bytes'\), got 'files'"):
+    with pytest.raises(ValueError, match=r"dali_input must be one of \('auto', 'reader', 'bytes'\), got 'files'"):
         VideoLoader(vp9, TRAIN, batch_size=2, backend="pyav", dali_input="files")
+    assert VideoLoader(vp9, TRAIN, batch_size=2, backend="pyav").dali_input is None
 
 
 @needs_dali
@@ -133,8 +136,9 @@ def test_clip_list_refuses_a_path_with_a_line_break(tmp_path, vp9):
         target = spaced / Path(rec.path).name
         target.write_bytes(Path(rec.path).read_bytes())
         recs.append(VideoRecord(str(target), rec.label, rec.video_id))
-    moved = _epoch(VideoLoader(VideoList(recs, vp9.classes), EVAL, batch_size=2, backend="dali-cpu", num_workers=1))
-    original = _epoch(VideoLoader(vp9, EVAL, batch_size=2, backend="dali-cpu", num_workers=1))
+    moved = _epoch(VideoLoader(VideoList(recs, vp9.classes), EVAL, batch_size=2, backend="dali-cpu", num_workers=1,
+                               dali_input="reader"))
+    original = _epoch(VideoLoader(vp9, EVAL, batch_size=2, backend="dali-cpu", num_workers=1, dali_input="reader"))
     assert moved[1] == original[1] and torch.equal(moved[0], original[0])
 
 
@@ -142,7 +146,9 @@ def test_clip_list_refuses_a_path_with_a_line_break(tmp_path, vp9):
 @pytest.mark.parametrize("spec", [TRAIN, EVAL], ids=["train", "eval"])
 def test_gpu_reader_on_h264_matches_pyav(tmp_path, spec):
     videos = _videos(tmp_path, ".mp4")
-    gpu, ids, _ = _epoch(VideoLoader(videos, spec, batch_size=2, backend="dali-gpu", num_workers=2, seed=1))
+    loader = VideoLoader(videos, spec, batch_size=2, backend="dali-gpu", num_workers=2, seed=1)
+    assert loader.dali_input == "reader"
+    gpu, ids, _ = _epoch(loader)
     cpu, cpu_ids, _ = _epoch(VideoLoader(videos, spec, batch_size=2, backend="pyav", num_workers=0, seed=1))
     assert ids == cpu_ids
     assert (gpu.float() - cpu.float()).abs().mean().item() < 4
@@ -208,3 +214,23 @@ def test_prepare_options_are_checked(tmp_path, capsys):
         assert re.search(message, capsys.readouterr().err)
     with pytest.raises(ValueError, match="prepare: gop must be a positive number of frames, got 2.5"):
         PrepareSettings(gop=2.5)
+
+
+@needs_dali
+def test_a_file_failing_inside_the_reader_goes_by_the_policy(vp9, tmp_path):
+    from videos import corrupt_packets
+    from zsar.data.video import VideoError
+
+    bad = tmp_path / "corrupt.webm"
+    corrupt_packets(vp9[2].path, bad, seed=0)
+    records = list(vp9)
+    records.insert(1, VideoRecord(str(bad), 0, "corrupt"))
+    videos = VideoList(records, vp9.classes)
+    loader = VideoLoader(videos, EVAL, batch_size=2, backend="dali-cpu", num_workers=1, on_error="skip",
+                         dali_input="reader")
+    clips, ids, _ = _epoch(loader)  # the reader fails; the bytes feed finds the file and skips it
+    assert ids == [r.video_id for r in vp9] and clips.shape[0] == len(vp9)
+    assert loader.skipped.count == 1 and "dali-cpu" in loader.skipped.examples[0][1]
+    strict = VideoLoader(videos, EVAL, batch_size=2, backend="dali-cpu", num_workers=1, dali_input="reader")
+    with pytest.raises(VideoError, match="corrupt.webm.*dali-cpu"):
+        _epoch(strict)
