@@ -176,3 +176,18 @@ def test_bench_find_batch_size_records_for_batch_size_auto(tmp_path, monkeypatch
         assert record["batch_size"] in (1, 2) and set(record["clips_per_s"]) <= {"1", "2"}
     assert TrainConfig(model="rest_tiny", batch_size="auto", device="cpu").batch_size == \
         records["rest_tiny|cpu|train|fp32"]["batch_size"]
+
+
+def test_channels_last_and_compiled_models_save_and_load(tmp_path):
+    from zsar import create_model
+    from zsar.models import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    model = create_model("rest_tiny", class_names=CLASS_NAMES)
+    assert model.encoder is not None and model.encoder.spec.kind == "2d"
+    RuntimeSettings.for_device("cpu", channels_last="on", compile="on", compile_backend="eager").prepare_model(model)
+    assert model.encoder.channels_last
+    ckpt.save_checkpoint(tmp_path / "ck", model, {})
+    loaded = ckpt.load_model(tmp_path / "ck")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
