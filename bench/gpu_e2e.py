@@ -38,7 +38,7 @@ Device run (the GPU machine has torch, Triton, CMake, nvcc, pybind11, scikit-bui
        carry: [".device/whl", ".device/parts/dali.part03"]
        mkdir -p /tmp/dali /tmp/site && cat .device/parts/dali.part0* > /tmp/dali/$(cat .device/parts/NAME) \
        && python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl /tmp/dali/*.whl \
-       && ZSAR_CUDA=ON CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90 python3 -m pip install -q --no-index --no-deps \
+       && ZSAR_CUDA=ON ZSAR_CUDA_ARCHS=90 python3 -m pip install -q --no-index --no-deps \
           --no-build-isolation --target /tmp/site . \
        && cd /tmp && PYTHONPATH=/tmp/site python3 $OLDPWD/bench/gpu_e2e.py --out $OUT --budget 420 \
        && PYTHONPATH=/tmp/site python3 -m pytest -q -x $OLDPWD/tests/test_dali_reader.py $OLDPWD/tests/test_runtime.py
