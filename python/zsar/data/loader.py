@@ -536,6 +536,7 @@ class VideoLoader:
                         del pipe
                         yield from self._iter_pipeline(np.array([i for i, _, _ in usable[k * B:]]))
                         return
+                    lines = lines.as_cpu() if hasattr(lines, "as_cpu") else lines  # the GPU reader's labels
                     lines = np.array(lines.as_tensor()).reshape(-1)
                     expected = np.arange(k * per_run, (k + 1) * per_run)
                     real = len(videos) * per_video
