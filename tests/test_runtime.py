@@ -54,24 +54,29 @@ def test_autocast_dtype_is_applied():
         assert layer(x).dtype == torch.float32
 
 
-def test_channels_last_reaches_the_resnet_and_keeps_its_output():
+# ResNet-18 is ResT's; building it takes seconds on a loaded CPU, so the default run checks the
+# same mechanism on the tiny CNN and -m slow on the ResNet.
+@pytest.mark.parametrize("backbone", ["tiny", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_channels_last_reaches_the_frame_encoder_and_keeps_its_output(backbone):
     torch.manual_seed(0)
-    encoder = FrameEncoder("resnet18").eval()
+    encoder = FrameEncoder(backbone).eval()
+    first_conv = encoder.trunk.conv1 if backbone == "resnet18" else encoder.trunk.features[0]
+    last_conv = encoder.trunk.layer4[1].conv2 if backbone == "resnet18" else encoder.trunk.features[6]
     clips = torch.randn(1, 2, 3, 32, 32)
     with torch.no_grad():
         reference = encoder(clips)
     seen = []
-    encoder.trunk.conv1.register_forward_pre_hook(
+    first_conv.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     RuntimeSettings.for_device("cpu", channels_last="on").prepare_model(encoder)
-    assert encoder.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert encoder.trunk.layer4[1].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert last_conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = encoder(clips)
     assert seen == [True]
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
     RuntimeSettings.for_device("cpu").prepare_model(encoder)  # switched back off
-    assert not encoder.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         encoder(clips)
     assert seen == [True, False]
