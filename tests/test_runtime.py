@@ -137,7 +137,8 @@ def test_trainer_reads_the_device_at_log_steps_only(tmp_path, monkeypatch):
 def test_a_nan_loss_found_at_the_next_log_step_stops_before_any_checkpoint(tmp_path):
     data = SeparableFeatures(16)
     data.x[5] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at epoch 1, step \d+ \(stage joint\)"):
+    message = r"non-finite training loss \(nan\) at epoch 1, step \d+ \(stage joint\)"
+    with pytest.raises(NonFiniteLossError, match=message):
         Trainer(_config(tmp_path, host_sync="log_steps"), data, CLASS_NAMES).fit()
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()
     assert not (tmp_path / "run" / "checkpoints" / "best").exists()

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["HOST_SYNC", "PRECISIONS", "SWITCHES", "RuntimeSettings", "batch_size_file", "device_name", "record_batch_size",
-           "recorded_batch_size", "resolve_device"]
+__all__ = ["HOST_SYNC", "PRECISIONS", "SWITCHES", "RuntimeSettings", "batch_size_file", "device_name",
+           "record_batch_size", "recorded_batch_size", "resolve_device"]
 
 SWITCHES = ("auto", "on", "off")
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -285,7 +285,8 @@ def _find_batch_sizes(args, start: int, make_batch, step, sync, device, precisio
                 break
             B *= 2
         if not measured:
-            raise CLIError(f"{args.model}: batch {start} does not fit in {device}'s memory for {mode}; try a smaller --batch")
+            raise CLIError(f"{args.model}: batch {start} does not fit in {device}'s memory for {mode}; "
+                           "try a smaller --batch")
         best = max(measured, key=measured.get)
         path = record_batch_size(args.model, device_name(device), mode, precision, best, measured)
         print(f"  {mode}: batch {best} ({measured[best]:.1f} clips/s) recorded in {path}")

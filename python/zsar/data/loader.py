@@ -294,8 +294,9 @@ class VideoLoader:
             frame indices fed to DALI's in-memory decoder, which decodes the batch's files on
             ``num_workers`` threads) or ``"auto"`` (default: the reader for ``dali-gpu``, the bytes
             for ``dali-cpu``, where the reader measured 1.4-1.9x slower: 3.3-3.4 against 4.8-6.2
-            videos/s on 320x240 VP9, 2 threads, load 10; bench/RESULTS.md). After a file fails inside a reader pipeline, the
-            rest of the epoch goes through ``"bytes"``, which finds the file and applies ``on_error``.
+            videos/s on 320x240 VP9, 2 threads, load 10; bench/RESULTS.md). After a file fails
+            inside a reader pipeline, the rest of the epoch goes through ``"bytes"``, which finds
+            the file and applies ``on_error``.
 
     Iterating runs one epoch; the next ``for`` runs the next epoch (or call :meth:`set_epoch`).
     """

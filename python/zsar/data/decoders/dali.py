@@ -177,8 +177,8 @@ def _views(frames, size, anchors, spec, n_clips: int):
     shape = [n_clips * n_crops, spec.frames, 3, spec.size, spec.size] if n_clips * n_crops > 1 else \
         [spec.frames, 3, spec.size, spec.size]
     if n_crops > 1:
-        return fn.reshape(fn.transpose(fn.reshape(clips, shape=[n_clips, spec.frames, n_crops, 3, spec.size, spec.size]),
-                                       perm=[0, 2, 1, 3, 4, 5]), shape=shape, layout="")
+        by_crop = fn.reshape(clips, shape=[n_clips, spec.frames, n_crops, 3, spec.size, spec.size])
+        return fn.reshape(fn.transpose(by_crop, perm=[0, 2, 1, 3, 4, 5]), shape=shape, layout="")
     return fn.reshape(clips, shape=shape, layout="")
 
 
