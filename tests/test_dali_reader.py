@@ -117,7 +117,9 @@ def test_reader_and_bytes_feed_agree_and_audio_rides_along(vp9):
 def test_dali_input_is_checked(vp9):
     with pytest.raises(ValueError, match=r"dali_input must be one of \('auto', 'reader', 'bytes'\), got 'files'"):
         VideoLoader(vp9, TRAIN, batch_size=2, backend="pyav", dali_input="files")
-    assert VideoLoader(vp9, TRAIN, batch_size=2, backend="pyav").dali_input is None
+    loader = VideoLoader(vp9, TRAIN, batch_size=2, backend="pyav")
+    assert loader.dali_input is None
+    assert loader.pin_memory is torch.cuda.is_available()  # the runtime's default: pinned for a GPU
 
 
 @needs_dali
