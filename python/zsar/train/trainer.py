@@ -48,9 +48,8 @@ class _NonFiniteWatch:
     naming that step. Under ``nonfinite_loss="error"`` the run then stops before any checkpoint holds
     the damaged weights, so resuming starts from the last good epoch."""
 
-    def __init__(self, device: torch.device, policy: str, epoch: int, stage: str):
+    def __init__(self, policy: str, epoch: int, stage: str):
         self.policy, self.epoch, self.stage = policy, epoch, stage
-        self.device = device
         self.first_bad: torch.Tensor | None = None  # created on the first note: no work on the CPU path
         self.bad_value: torch.Tensor | None = None
 
@@ -358,7 +357,7 @@ class Trainer:
         start, n_batches, n_steps, n_nonfinite = time.perf_counter(), len(loader), 0, 0
         # The first non-finite step since the last check, kept on the device (-1: none) when the host
         # reads device values at log steps only (runtime.sync_every_step False, CUDA's default).
-        watch = _NonFiniteWatch(self.device, cfg.nonfinite_loss, epoch, stage)
+        watch = _NonFiniteWatch(cfg.nonfinite_loss, epoch, stage)
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
         for step, item in enumerate(progress):
