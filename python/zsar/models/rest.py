@@ -159,9 +159,12 @@ class ResT(ZeroShotModel):
         """Transformer outputs ``(B, n_visual + W, D)`` for frame features and (masked) word ids."""
         if word_ids.shape[1] > self.config.max_words:
             raise ValueError(f"at most max_words={self.config.max_words} word slots, got {word_ids.shape[1]}")
-        n_words = n_words.to(device=features.device, dtype=torch.int32)
-        if not torch.compiler.is_compiling():
+        # The range check reads the values: free for host tensors (the loader's word counts are made
+        # on the host), a device sync per step for device ones, which are therefore not read here
+        # (masked_attention's kernels never index past L whatever n_text holds).
+        if n_words.device.type == "cpu" and not torch.compiler.is_compiling():
             check_n_text_range(n_words, self.n_visual, self.n_visual + word_ids.shape[1])
+        n_words = n_words.to(device=features.device, dtype=torch.int32, non_blocking=True)
         return self.transformer(self._tokens(features, word_ids), self.n_visual, n_words)
 
     @torch.no_grad()
