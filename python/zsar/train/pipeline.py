@@ -34,12 +34,15 @@ from ..zeroshot.classifier import SETTINGS_FILE as ZERO_SHOT_SETTINGS
 from .config import TrainConfig
 from .trainer import Trainer, build_model
 
-__all__ = ["Pipeline", "train_from_config"]
+__all__ = ["Pipeline", "first_per_class", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
 #: Where a run into a finished run's folder saves its best epochs until it is complete.
 STAGED_BEST = "best.next"
+#: Training videos per class that ``zsar train`` encodes for the open-set calibration of a head that
+#: needs no seen-class representations (MZST's); a head that does (ResT's) calibrates on all of them.
+OPEN_SET_VIDEOS_PER_CLASS = 10
 
 
 class Pipeline:
@@ -100,25 +103,32 @@ class Pipeline:
         return encode_loader(self.model, loader, self.config.progress, desc=desc, with_seen_logits=with_seen_logits)
 
     def classifier(self, seen: EncodedSet | Any | None, validation: EncodedSet | Any | None = None,
-                   **kwargs: Any) -> ZeroShotClassifier:
+                   calibration: EncodedSet | Any | None = None, **kwargs: Any) -> ZeroShotClassifier:
         """The zero-shot classifier of the model (:meth:`ZeroShotClassifier.fit`), with the config's
-        ``head_settings``, chosen on the ``head_selection`` grid when the config has one.
+        ``head_settings``, chosen on the ``head_selection`` grid when the config has one, and its
+        open-set calibration (:mod:`zsar.zeroshot.open_set`).
 
         Args:
-            seen: the seen classes' videos (encoded, or a loader; encoded only when the head or the
-                selection needs them).
+            seen: the seen classes' videos (encoded, or a loader; encoded only when the head, the
+                selection or the open-set calibration needs them).
             validation: held-out videos of the seen classes to cross-validate on (default ``seen``).
+            calibration: videos of the seen classes (encoded, or a loader) to fit the open-set
+                calibration on (default ``seen``; a loader ``seen`` is then encoded even for a head
+                that does not need it, such as MZST's).
             **kwargs: ``clip_spec``, ``temperature``.
         """
         selection = self.config.head_selection
+        if calibration is not None and not isinstance(calibration, EncodedSet):
+            calibration = self.encode(calibration, "seen-class videos for the open-set calibration")
         if seen is not None and not isinstance(seen, EncodedSet):
-            needed = selection is not None or HEADS[self.model.zero_shot_head].needs_seen_representations
+            needed = (selection is not None or HEADS[self.model.zero_shot_head].needs_seen_representations
+                      or calibration is None)
             seen = self.encode(seen, "seen-class representations") if needed else None
         if validation is not None and not isinstance(validation, EncodedSet):
             validation = self.encode(validation, "held-out videos of the seen classes") if selection else None
         return ZeroShotClassifier.fit(self.model, seen, self.classes, self.embedder,
                                       head_settings=self.config.head_settings, selection=selection,
-                                      validation=validation, **kwargs)
+                                      validation=validation, calibration=calibration, **kwargs)
 
     def save(self, clf: ZeroShotClassifier, directory: str | Path | None = None,
              metadata: dict[str, Any] | None = None) -> Path:
@@ -132,6 +142,16 @@ class Pipeline:
             target = save_checkpoint(directory, self.model, {"class_names": self.classes, **(metadata or {})})
         clf.save(target)
         return Path(target)
+
+
+def first_per_class(videos: VideoList, first: int) -> tuple[VideoList, VideoList]:
+    """(the first ``first`` videos of each class, the others), in list order."""
+    counts: dict[int, int] = {}
+    head, tail = [], []
+    for record in videos:
+        counts[record.label] = counts.get(record.label, 0) + 1
+        (head if counts[record.label] <= first else tail).append(record)
+    return VideoList(head, videos.classes), VideoList(tail, videos.classes)
 
 
 def with_video_labels(train_data, videos: VideoList, config: TrainConfig, embedder) -> WithVideoLabels:
@@ -189,9 +209,18 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
         shutil.copytree(resolve(root / "best"), copy)
         os.replace(copy, root / STAGED_BEST)
     best = pipeline.use_checkpoint(STAGED_BEST if finished else "best")
-    seen = evaluation_loader(videos, eval_spec, config.batch_size, audio=audio, backend=data.backend,
-                             on_error=data.on_error, missing_audio=data.missing_audio)
-    clf = pipeline.classifier(seen, clip_spec=eval_spec)
+    def loader(subset: VideoList):
+        return evaluation_loader(subset, eval_spec, config.batch_size, audio=audio, backend=data.backend,
+                                 on_error=data.on_error, missing_audio=data.missing_audio)
+
+    calibration = None
+    if not (HEADS[pipeline.model.zero_shot_head].needs_seen_representations or config.head_selection):
+        # The head needs no seen representations (MZST's): the open-set calibration encodes a few
+        # training videos per class, not all of them.
+        calibration = loader(first_per_class(videos, OPEN_SET_VIDEOS_PER_CLASS)[0])
+    clf = pipeline.classifier(loader(videos), calibration=calibration, clip_spec=eval_spec)
+    if clf.open_set is None and not clf.open_set_missing:
+        log.warning("the checkpoint has no open-set calibration: `zsar predict` will not answer 'none of these'")
     pipeline.save(clf)
     if finished:
         best = replace_checkpoint(best, root / "best")
