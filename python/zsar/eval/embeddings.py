@@ -16,6 +16,9 @@ not encoded again. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` of ``W`` e
 merges after a barrier, so every rank/node count gives the same single file (rows in list order).
 The fingerprint covers the video paths, the model checkpoint, the clip settings and the options,
 so a changed run never reuses another run's parts.
+
+``ZSAR_HOLD_AFTER_PARTS=N`` (for testing the resume): after writing its N-th part a process stops
+and waits to be killed, so that a kill lands at a known point whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,9 @@ from ..zeroshot.encoding import EncodedSet
 __all__ = ["EMBEDDING_COLUMNS", "encode_videos", "encoded_set_from_table", "read_embeddings"]
 
 log = logging.getLogger(__name__)
+
+#: The environment variable that makes a run stop after writing that many parts (see the module docstring).
+HOLD_ENV = "ZSAR_HOLD_AFTER_PARTS"
 
 #: The columns every embeddings file has (``seen_logits`` is added when asked for).
 EMBEDDING_COLUMNS = ("path", "video_id", "label", "class", "clip", "embedding")
@@ -212,6 +219,7 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     todo = [c for c in mine if not (parts / f"part-{c:06d}.parquet").is_file()]
     if len(todo) < len(mine):
         log.info("%s: resuming, %d of %d chunks already encoded", out, len(mine) - len(todo), len(mine))
+    written, hold = 0, _hold_after_parts()
     for c in tqdm(todo, desc=f"encoding videos (rank {rank})" if world > 1 else "encoding videos", unit="chunk",
                   disable=not progress):
         table, skipped = _encode_chunk(work, c * chunk_size, (c + 1) * chunk_size)
@@ -219,6 +227,9 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
             schema_src, _ = _empty_schema(seen_logits)
             table = schema_src
         _write_atomic(table, parts / f"part-{c:06d}.parquet", {"zsar.skipped": str(skipped)})
+        written += 1
+        if written == hold:
+            _wait_to_be_killed(parts, written)
     if info is not None:
         barrier(info)
     if rank == 0:
@@ -240,6 +251,21 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     if info is not None:
         barrier(info)
     return pq.read_table(out)
+
+
+def _hold_after_parts() -> int:
+    """``ZSAR_HOLD_AFTER_PARTS`` (0: unset), checked here rather than deep in the loop."""
+    value = os.environ.get(HOLD_ENV, "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{HOLD_ENV}={value!r}: expected a number of parts") from None
+
+
+def _wait_to_be_killed(parts: Path, written: int) -> None:
+    log.warning("%s: %s: holding after %d part(s) until killed", parts, HOLD_ENV, written)
+    while True:
+        time.sleep(60)
 
 
 def _empty_schema(seen_logits: bool):
