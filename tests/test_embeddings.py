@@ -162,3 +162,15 @@ def test_torchrun_eval_and_predict(setup, tmp_path):
     a, b = json.loads(result.stdout), json.loads(single.stdout)
     assert [r["video"] for r in a] == videos and [[p["label"] for p in r["predictions"]] for r in a] == \
         [[p["label"] for p in r["predictions"]] for r in b]
+
+
+def test_only_rank_0_says_info_under_torchrun():
+    """The CLI's log lines (e.g. the decoder `auto` chose) come from rank 0 alone; other ranks say warnings,
+    with their rank."""
+    code = ("import logging; from zsar.cli import _log_to_stderr; _log_to_stderr(); "
+            "log = logging.getLogger('zsar.data.decoders.base'); "
+            "log.info('decoding vp9 videos with pyav'); log.warning('a warning')")
+    said = {rank: subprocess.run([sys.executable, "-c", code], env={**ENV, "RANK": rank}, capture_output=True,
+                                 text=True, timeout=120).stderr for rank in ("0", "1")}
+    assert said["0"].splitlines() == ["zsar: decoding vp9 videos with pyav", "zsar: a warning"]
+    assert said["1"].splitlines() == ["zsar (rank 1): a warning"]

@@ -66,6 +66,7 @@ class _Work:
     seen_logits: bool
     batch_size: int
     backend: str
+    on_error: str = "skip"
 
 
 def _fingerprint(work: _Work, chunk_size: int, model_id: str) -> str:
@@ -84,14 +85,15 @@ def _fixed_list(values: np.ndarray):
 
 def _encode_chunk(work: _Work, start: int, stop: int):
     """The Parquet table of videos ``start:stop`` in list order, each video's average (``clip`` -1)
-    before its clips; unreadable files are skipped and counted. Returns ``(table or None, skipped)``."""
+    before its clips; unreadable files are skipped and counted (``work.on_error`` "skip") or raise.
+    Returns ``(table or None, skipped)``."""
 
 
     records = work.videos.records[start:stop]
     position = {r.video_id: i for i, r in enumerate(records)}
     loader = VideoLoader(VideoList(list(records), list(work.videos.classes)), work.spec, work.batch_size,
                          backend=work.backend, shuffle=False, num_shards=1, shard_id=0, num_workers=0,
-                         on_error="skip", device=work.model.device, audio=work.model.inputs.audio)
+                         on_error=work.on_error, device=work.model.device, audio=work.model.inputs.audio)
     rows = []  # (position, clip, embedding, seen logits or None)
     work.model.eval()
     with torch.no_grad():
@@ -148,7 +150,8 @@ def _model_id(model) -> str:
 
 def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = None, *, per_clip: bool = False,
                   seen_logits: bool = False, batch_size: int = 8, chunk_size: int = 64, backend: str = "auto",
-                  clip_spec=None, checkpoint: str | None = None, progress: bool = True, distributed: bool | None = None):
+                  clip_spec=None, checkpoint: str | None = None, progress: bool = True, distributed: bool | None = None,
+                  on_error: str = "skip"):
     """Encode every video of a list and return (and, with ``out``, write) the embeddings table.
 
     Args:
@@ -165,6 +168,8 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         checkpoint: the checkpoint the model came from (recorded, and part of the resume fingerprint).
         progress: a progress bar over chunks.
         distributed: split chunks across ``torchrun`` ranks (default: when ``WORLD_SIZE`` > 1).
+        on_error: an unreadable video is skipped and counted (``"skip"``, recorded as ``zsar.skipped``)
+            or stops the run naming the file (``"raise"``).
 
     Returns:
         The merged ``pyarrow.Table`` (every rank gets it, after the merge).
@@ -180,7 +185,9 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     if per_clip and spec.num_clips < 2:
         log.warning("per-clip rows need several clips per video; the clip spec takes %d (e.g. --clips 4)",
                     spec.num_clips)
-    work = _Work(videos, model, spec, per_clip, seen_logits, batch_size, backend)
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    work = _Work(videos, model, spec, per_clip, seen_logits, batch_size, backend, on_error)
     use_dist = int(os.environ.get("WORLD_SIZE", "1")) > 1 if distributed is None else distributed
     info = init_from_env(torch.device(model.device)) if use_dist else None
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from ..data import ClipSpec, VideoClipDataset, VideoList, evaluation_loader
 from ..data.decoders import fallback_decoder
+from ..data.formats import video_format
 from ..data.video_labels import WithVideoLabels, embed_video_labels, read_video_labels
 from ..models import load_model, save_checkpoint
 from ..models.checkpoint import replace_checkpoint, resolve
@@ -183,6 +184,7 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
     """
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
+    video_format(config.data.format, "data.format", "zsar train")
     videos = config.data.read()
     if len(videos.classes) < 2:
         raise ValueError(f"{config.data.annotations}: need at least 2 classes to train, found {len(videos.classes)}")
