@@ -114,22 +114,30 @@ class Pipeline:
                 selection or the open-set calibration needs them).
             validation: held-out videos of the seen classes to cross-validate on (default ``seen``).
             calibration: videos of the seen classes (encoded, or a loader) to fit the open-set
-                calibration on (default ``seen``; a loader ``seen`` is then encoded even for a head
-                that does not need it, such as MZST's).
+                calibration on (default: ``seen`` when it is encoded; a head that needs no seen
+                representations, such as MZST's, is calibrated only on these, see
+                :meth:`open_set_sample`).
             **kwargs: ``clip_spec``, ``temperature``.
         """
         selection = self.config.head_selection
         if calibration is not None and not isinstance(calibration, EncodedSet):
             calibration = self.encode(calibration, "seen-class videos for the open-set calibration")
         if seen is not None and not isinstance(seen, EncodedSet):
-            needed = (selection is not None or HEADS[self.model.zero_shot_head].needs_seen_representations
-                      or calibration is None)
+            needed = selection is not None or HEADS[self.model.zero_shot_head].needs_seen_representations
             seen = self.encode(seen, "seen-class representations") if needed else None
         if validation is not None and not isinstance(validation, EncodedSet):
             validation = self.encode(validation, "held-out videos of the seen classes") if selection else None
         return ZeroShotClassifier.fit(self.model, seen, self.classes, self.embedder,
                                       head_settings=self.config.head_settings, selection=selection,
                                       validation=validation, calibration=calibration, **kwargs)
+
+    def open_set_sample(self, videos: VideoList) -> VideoList | None:
+        """The training videos to fit the open-set calibration on when :meth:`classifier` does not
+        encode them anyway: for a head that needs no seen representations (MZST's), the first
+        :data:`OPEN_SET_VIDEOS_PER_CLASS` of each class; None for one that does (ResT's: all of them)."""
+        if HEADS[self.model.zero_shot_head].needs_seen_representations or self.config.head_selection is not None:
+            return None
+        return first_per_class(videos, OPEN_SET_VIDEOS_PER_CLASS)[0]
 
     def save(self, clf: ZeroShotClassifier, directory: str | Path | None = None,
              metadata: dict[str, Any] | None = None) -> Path:
@@ -215,12 +223,9 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
         return evaluation_loader(subset, eval_spec, config.batch_size, audio=audio, backend=data.backend,
                                  on_error=data.on_error, missing_audio=data.missing_audio)
 
-    calibration = None
-    if not (HEADS[pipeline.model.zero_shot_head].needs_seen_representations or config.head_selection):
-        # The head needs no seen representations (MZST's): the open-set calibration encodes a few
-        # training videos per class, not all of them.
-        calibration = loader(first_per_class(videos, OPEN_SET_VIDEOS_PER_CLASS)[0])
-    clf = pipeline.classifier(loader(videos), calibration=calibration, clip_spec=eval_spec)
+    sample = pipeline.open_set_sample(videos)
+    clf = pipeline.classifier(loader(videos), calibration=None if sample is None else loader(sample),
+                              clip_spec=eval_spec)
     if clf.open_set is None and not clf.open_set_missing:
         log.warning("the checkpoint has no open-set calibration: `zsar predict` will not answer 'none of these'")
     pipeline.save(clf)
