@@ -110,8 +110,8 @@ class Pipeline:
         open-set calibration (:mod:`zsar.zeroshot.open_set`).
 
         Args:
-            seen: the seen classes' videos (encoded, or a loader; encoded only when the head, the
-                selection or the open-set calibration needs them).
+            seen: the seen classes' videos (encoded, or a loader; encoded only when the head or the
+                selection needs them).
             validation: held-out videos of the seen classes to cross-validate on (default ``seen``).
             calibration: videos of the seen classes (encoded, or a loader) to fit the open-set
                 calibration on (default: ``seen`` when it is encoded; a head that needs no seen
@@ -219,6 +219,7 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
         shutil.copytree(resolve(root / "best"), copy)
         os.replace(copy, root / STAGED_BEST)
     best = pipeline.use_checkpoint(STAGED_BEST if finished else "best")
+
     def loader(subset: VideoList):
         return evaluation_loader(subset, eval_spec, config.batch_size, audio=audio, backend=data.backend,
                                  on_error=data.on_error, missing_audio=data.missing_audio)
