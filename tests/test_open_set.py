@@ -88,6 +88,13 @@ def test_predict_cli_reports_match_and_none_of_these(tmp_path, capsys):
     assert out[0]["none_of_these"] == (max(p["match"] for p in pred) < 0.5)
 
 
+@pytest.fixture(scope="module")
+def mzst_checkpoint(tmp_path_factory):
+    from tiny_checkpoint import make_mzst_checkpoint
+
+    return make_mzst_checkpoint(tmp_path_factory.mktemp("mzst"))
+
+
 def _reference_platt(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(scale, bias) minimising the fit's loss (class-balanced logistic + its ridge), by scipy."""
     from scipy.optimize import minimize
@@ -103,14 +110,14 @@ def _reference_platt(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 40000}).x
 
 
-def test_mzst_checkpoint_is_calibrated_and_answers_none_of_these(tmp_path):
+def test_mzst_checkpoint_is_calibrated_and_answers_none_of_these(mzst_checkpoint):
     """An MZST checkpoint (semantic-embedding head, L2) carries the calibration fitted on its seen-class
     videos, classes held out fold by fold (a float64 reference of the folds and the fit), and the API
     answers "none of these" far from every label."""
-    from tiny_checkpoint import SEEN, make_mzst_checkpoint
+    from tiny_checkpoint import SEEN
     from zsar.zeroshot import ZeroShotClassifier
 
-    ckpt, x, labels = make_mzst_checkpoint(tmp_path)
+    ckpt, x, labels = mzst_checkpoint
     clf = ZeroShotClassifier.load(ckpt, device="cpu")
     assert clf.model.zero_shot_head == "semantic_embedding" and clf.head.metric == "l2"
     assert clf.open_set is not None and (clf.open_set.videos, clf.open_set.classes) == (16, 4)
@@ -135,14 +142,13 @@ def test_mzst_checkpoint_is_calibrated_and_answers_none_of_these(tmp_path):
     assert clf.open_set.answer(clf.scores(torch.cat([at, far]))).tolist() == [0, 1, -1]
 
 
-def test_predict_cli_on_an_mzst_checkpoint(tmp_path, capsys):
+def test_predict_cli_on_an_mzst_checkpoint(mzst_checkpoint, tmp_path, capsys):
     """`zsar predict` on a video with sound: each label's match, "none of these", as the API gives them."""
-    from tiny_checkpoint import make_mzst_checkpoint
     from videos import make_video_with_tones
     from zsar.cli import main
     from zsar.zeroshot import ZeroShotClassifier
 
-    ckpt, _, _ = make_mzst_checkpoint(tmp_path)
+    ckpt, _, _ = mzst_checkpoint
     video = tmp_path / "tones.webm"
     make_video_with_tones(video, seconds=4, fps=8, h=64, w=64)
     labels = ["red light", "blue glow", "zebra tone"]
@@ -157,14 +163,14 @@ def test_predict_cli_on_an_mzst_checkpoint(tmp_path, capsys):
     assert row["none_of_these"] == (float(match.max()) < 0.5) == (int(clf.predict_open([str(video)])[0]) == -1)
 
 
-def test_a_checkpoint_without_calibration_says_why(tmp_path, capsys):
+def test_a_checkpoint_without_calibration_says_why(mzst_checkpoint, tmp_path, capsys):
     """When the seen classes cannot calibrate it (here: one class), the checkpoint records why and
     `zsar predict` says so instead of answering "none of these"."""
-    from tiny_checkpoint import SEEN, make_mzst_checkpoint
+    from tiny_checkpoint import SEEN
     from zsar.models import save_checkpoint
     from zsar.zeroshot import EncodedSet, ZeroShotClassifier
 
-    ckpt, x, labels = make_mzst_checkpoint(tmp_path)
+    ckpt, x, labels = mzst_checkpoint
     clf = ZeroShotClassifier.load(ckpt, device="cpu")
     one = labels == 0
     refit = ZeroShotClassifier.fit(clf.model, None, SEEN, clf.embedder, calibration=EncodedSet(x[one], None,
