@@ -339,6 +339,14 @@ def test_zsar_gzsl_on_released_features_learns_unseen_classes(corpus, tmp_path):
     batch = AVCAFeatureDataset.collate_fn([AVCAFeatureDataset(unseen)[i] for i in range(0, 24, 6)])
     clf.set_labels(unseen.classes)
     assert clf.predict(batch).shape[0] == 4
+    # ... and answers "none of these": calibrated on stage 2's training videos (10 per class, seen classes
+    # held out fold by fold), which this trained MZST separates.
+    assert clf.model.zero_shot_head == "semantic_embedding" and clf.open_set is not None
+    counts = np.bincount([r.label for r in read_avca_features(corpus, "main", "stage_2_train")])
+    assert (clf.open_set.videos, clf.open_set.classes) == (int(np.minimum(counts, 10).sum()), 12)
+    assert clf.open_set.scale > 0
+    answer, match = clf.predict_open(batch), clf.match_proba(batch)
+    assert torch.equal(answer, torch.where(match.max(1).values >= 0.5, match.argmax(1), torch.tensor(-1)))
 
 
 def test_zsar_gzsl_runs_rest_on_the_video_features(corpus, tmp_path):

@@ -33,7 +33,9 @@ def collect(kinds=KINDS) -> dict[str, list[dict]]:
     if "formats" in kinds:
         from ..data.formats import FORMATS
 
-        out["formats"] = [{"name": f.name, "annotations": f.annotations} for f in FORMATS.values()]
+        out["formats"] = [{"name": f.name, "annotations": f.annotations,
+                           "features": None if f.features is None else f"feature files, not videos: {f.features}"}
+                          for f in FORMATS.values()]
     if "protocols" in kinds:
         from ..eval.protocols import PROTOCOLS
 

@@ -20,7 +20,8 @@ import torch
 from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
 
-__all__ = ["DemoSettings", "Steps", "default_workers", "environment", "finish_report", "percent", "time_and_files"]
+__all__ = ["DemoSettings", "Steps", "default_workers", "environment", "finish_report", "open_set_summary", "percent",
+           "time_and_files"]
 
 
 @dataclass
@@ -103,6 +104,25 @@ def finish_report(report: dict[str, Any], config: DemoSettings, steps: Steps, st
     if verbose:
         print(table(report), flush=True)
     return report
+
+
+def open_set_summary(clf, unseen_x: torch.Tensor, seen_x: torch.Tensor | None,
+                     unseen_labels: list[str]) -> dict[str, Any] | None:
+    """How the classifier's open-set calibration answers among the unseen labels: the share of
+    unseen test videos it gives a label (``unseen_answered``; the rest are wrongly "none of these")
+    and the share of seen test videos, which show none of those labels, it answers "none of these"
+    (``seen_rejected``). None without a calibration."""
+    if clf.open_set is None:
+        return None
+    with torch.no_grad():
+        matrix = clf.head.class_matrix(list(unseen_labels), clf.embedder, clf.model)
+
+        def answered(x) -> float:
+            return float((clf.open_set.answer(clf.head.scores(x, matrix)) >= 0).double().mean())
+
+        return {**clf.open_set.to_dict(), "threshold": clf.open_set.threshold,
+                "unseen_answered": answered(unseen_x),
+                "seen_rejected": None if seen_x is None or not len(seen_x) else 1.0 - answered(seen_x)}
 
 
 def percent(value: float | None) -> str:

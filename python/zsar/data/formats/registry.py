@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 from ..._registry import Registry
 from ..records import VideoList
 
-__all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format"]
+__all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format", "video_format"]
 
 
 class FormatReader(Protocol):
@@ -40,20 +40,24 @@ class DatasetFormat:
         read: its reader (:class:`FormatReader`).
         annotations: what ``annotations`` names for this format, for messages and docs.
         needs_root: whether a video folder must be given (otherwise the reader has a default).
+        features: what to run instead when the records name feature files, not videos (None: videos).
     """
 
     name: str
     read: FormatReader
     annotations: str
     needs_root: bool = True
+    features: str | None = None
 
 
 #: Name → :class:`DatasetFormat` of every registered format (add one with :func:`register_format`).
 FORMATS: Registry[DatasetFormat] = Registry("dataset format", "data.format")
 
 
-def register_format(name: str, *, annotations: str, needs_root: bool = True) -> Callable[[FormatReader], FormatReader]:
-    """Decorator registering a reader with the one signature under ``name``.
+def register_format(name: str, *, annotations: str, needs_root: bool = True,
+                    features: str | None = None) -> Callable[[FormatReader], FormatReader]:
+    """Decorator registering a reader with the one signature under ``name``; ``features``: its records
+    name feature files, not videos, and this says what reads them.
 
     Raises:
         ValueError: ``name`` is empty or already registered (``FORMATS.unregister(name)`` first to
@@ -61,12 +65,25 @@ def register_format(name: str, *, annotations: str, needs_root: bool = True) -> 
     """
 
     def register(read: FormatReader) -> FormatReader:
-        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root))
+        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root, features))
         return read
 
     return register
 
 
-def get_format(name: str) -> DatasetFormat:
-    """The registered format ``name``; ``ValueError`` listing the names otherwise."""
-    return FORMATS.get(name)
+def get_format(name: str, where: str = "data.format") -> DatasetFormat:
+    """The registered format ``name``; ``ValueError`` naming ``where`` (the config key or option that
+    gave it) and listing the names otherwise."""
+    if name not in FORMATS:
+        raise ValueError(FORMATS.unknown(name, argument=where))
+    return FORMATS[name]
+
+
+def video_format(name: str, where: str, reader: str) -> DatasetFormat:
+    """:func:`get_format` for ``reader`` (e.g. "zsar train"), which decodes videos: a format whose
+    records name feature files is refused in one line saying what reads them instead."""
+    fmt = get_format(name, where)
+    if fmt.features is not None:
+        raise ValueError(f"{where} {name!r}: its records are feature files, not videos, which {reader} decodes; "
+                         f"{fmt.features}")
+    return fmt
