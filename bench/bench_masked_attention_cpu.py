@@ -71,3 +71,21 @@ def test_forward_backward_sdpa(record, batch):
     q, k, v, dout, _, mask = batch
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     record("cpu forward+backward", "sdpa dense mask", lambda: _step(lambda *a: _sdpa(*a, mask), leaves, dout), **ROUNDS)
+
+
+def test_cpu_time_script(monkeypatch, capsys):
+    """``cpu_time_masked_attention.py`` (the loaded-machine A/B of two builds) runs: one round of each case."""
+    import json
+    import sys
+
+    import cpu_time_masked_attention as script
+
+    monkeypatch.setattr(sys, "argv", ["cpu_time_masked_attention.py", "--rounds", "1", "--warmup", "0", "--bottleneck"])
+    threads = torch.get_num_threads()
+    try:
+        script.main()  # sets one thread: thread CPU time covers all the work only then
+    finally:
+        torch.set_num_threads(threads)
+    cases = json.loads(capsys.readouterr().out)
+    assert set(cases) == {f"{op} {kind}" for op in ("masked", "bottleneck") for kind in ("forward", "forward+backward")}
+    assert all(case["cpu_median_ms"] > 0 for case in cases.values())

@@ -256,7 +256,7 @@ def test_feature_models_take_features_and_keep_mzst_s_fusion_and_heads():
     torch.testing.assert_close(model.encode(one), model.encode(batch)[1:], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"video features must have shape \(B, 1, 512\)"):
         model.encode(Batch(clips=torch.randn(2, 1, 256), labels=torch.tensor([0, 1])))
-    assert MZST_FEATURE_VARIANTS["mzst_features"]["dim"] == 256
+    assert MZST_FEATURE_VARIANTS["mzst_features"].defaults["dim"] == 256
     cls_model = create_model("mzst_features_cls", class_names=names, class_embeddings=torch.randn(3, 300), **small)
     assert (cls_model.config.video_feature_dim, cls_model.config.audio_feature_dim) == (4096, 128)
     with pytest.raises(ValueError, match="feature-input models"):
@@ -266,7 +266,7 @@ def test_feature_models_take_features_and_keep_mzst_s_fusion_and_heads():
     assert rest.config.feature_input and rest.inputs.feature_dim == 512 and rest.inputs.audio is None
     assert [s.name for s in rest.training_stages()] == ["joint"]
     assert rest.encode(Batch(clips=torch.randn(2, 1, 512), labels=torch.tensor([0, 1]))).shape == (2, 32)
-    assert REST_FEATURE_VARIANTS["rest_features_cls"]["feature_dim"] == 4096
+    assert REST_FEATURE_VARIANTS["rest_features_cls"].defaults["feature_dim"] == 4096
 
 
 def test_feature_models_round_trip_through_checkpoints(tmp_path):
@@ -339,6 +339,14 @@ def test_zsar_gzsl_on_released_features_learns_unseen_classes(corpus, tmp_path):
     batch = AVCAFeatureDataset.collate_fn([AVCAFeatureDataset(unseen)[i] for i in range(0, 24, 6)])
     clf.set_labels(unseen.classes)
     assert clf.predict(batch).shape[0] == 4
+    # ... and answers "none of these": calibrated on stage 2's training videos (10 per class, seen classes
+    # held out fold by fold), which this trained MZST separates.
+    assert clf.model.zero_shot_head == "semantic_embedding" and clf.open_set is not None
+    counts = np.bincount([r.label for r in read_avca_features(corpus, "main", "stage_2_train")])
+    assert (clf.open_set.videos, clf.open_set.classes) == (int(np.minimum(counts, 10).sum()), 12)
+    assert clf.open_set.scale > 0
+    answer, match = clf.predict_open(batch), clf.match_proba(batch)
+    assert torch.equal(answer, torch.where(match.max(1).values >= 0.5, match.argmax(1), torch.tensor(-1)))
 
 
 def test_zsar_gzsl_runs_rest_on_the_video_features(corpus, tmp_path):

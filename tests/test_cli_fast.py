@@ -52,6 +52,9 @@ def test_list_reads_the_registries(capsys):
     listed = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in listed["models"]] == list_models()
     assert [f["name"] for f in listed["formats"]] == list(FORMATS)
+    # The one format of feature files says so, and what reads it.
+    assert [f["name"] for f in listed["formats"] if f["features"]] == ["avca_features"]
+    assert "zsar gzsl" in next(f["features"] for f in listed["formats"] if f["features"])
     assert {"pyav", "dali-cpu"} <= {d["name"] for d in listed["decoders"]}
     assert {"masked_attention", "bottleneck_attention"} == {o["name"] for o in listed["ops"]}
     assert {"0/100", "0/50", "gzsl"} <= {p["name"] for p in listed["protocols"]}

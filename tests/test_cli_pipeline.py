@@ -144,9 +144,53 @@ def test_train_config_errors(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     assert "no `data` section" in capsys.readouterr().err
     assert main(["train", str(config), "data.format=avi"]) == 2
-    assert "data.format must be one of" in capsys.readouterr().err
+    assert "data.format: unknown dataset format" in capsys.readouterr().err
     assert main(["train", str(config), "batch_size=x"]) == 2
     assert "batch_size" in capsys.readouterr().err
+    # The released AVCA features are not videos: `zsar train` says what reads them, before any work.
+    assert main(["train", str(config), "data.format=avca_features", f"data.annotations={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.format 'avca_features': its records are feature files, not videos, which zsar train decodes" in err
+    assert "zsar gzsl" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["eval", "encode"])
+def test_format_errors_name_the_option(command, trained, tmp_path, capsys):
+    root, ckpt = trained
+    extra = ["--out", str(tmp_path / "e.parquet")] if command == "encode" else []
+    for fmt, message in (("avi", "--format must be one of ("),
+                         ("avca_features", f"--format 'avca_features': its records are feature files, not videos, "
+                                           f"which zsar {command} decodes; run the AVCA GZSL protocol on them with "
+                                           "`zsar gzsl`")):
+        assert main([command, "--checkpoint", str(ckpt), "--format", fmt, "--annotations", str(root), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "data.format" not in err and "\n" not in err, err
+    assert main(["eval", "--checkpoint", str(ckpt), "--protocol", "gzsl", "--format", "avca_features", "--test-seen",
+                 str(root), "--test-unseen", str(root), "--beta", "0"]) == 2
+    assert "--format 'avca_features'" in capsys.readouterr().err
+
+
+def test_eval_skips_an_unreadable_video_or_stops_with_strict(trained, tmp_path, capsys):
+    """One damaged file among the test videos: skipped with a warning and counted in the report (the
+    accuracies over the others); --strict stops at it, naming it."""
+    import shutil
+
+    root, ckpt = trained
+    shutil.copytree(root / "videos", tmp_path / "videos")  # the module's folder stays as it is
+    (tmp_path / "videos" / "damaged.webm").write_bytes(b"\x1aE\xdf\xa3 not a webm file" * 50)
+    lines = (root / "train.txt").read_text().splitlines()
+    annotations = tmp_path / "test.txt"
+    annotations.write_text("\n".join([*lines, "videos/damaged.webm 0"]) + "\n")
+    report = tmp_path / "report.json"
+    base = ["eval", "--checkpoint", str(ckpt), "--annotations", str(annotations), "--root", str(tmp_path),
+            "--classes", str(root / "classes.txt")]
+    assert main([*base, "--report", str(report)]) == 0
+    results = json.loads(report.read_text())
+    assert results["skipped_videos"] == 1 and results["videos"] == 12
+    assert "warning: skipped 1 of 13 unreadable video(s)" in capsys.readouterr().err
+    assert main([*base, "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("zsar eval: error: ") and "damaged.webm" in err
 
 
 def test_every_command_has_help(capsys):

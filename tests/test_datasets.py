@@ -661,7 +661,7 @@ def test_data_config_reads_every_builtin_format_through_the_registry(ucf_tree, h
 def test_data_config_errors_name_the_formats_and_what_is_missing(tmp_path):
     from zsar.data.config import DataConfig
 
-    with pytest.raises(ValueError, match=r"data.format must be one of \('list', 'ucf101'.*got 'ucf"):
+    with pytest.raises(ValueError, match=r"data.format: unknown dataset format 'ucf'; expected one of list, ucf101, "):
         DataConfig(format="ucf")
     with pytest.raises(ValueError, match="data.annotations is not set .*the Kinetics CSV"):
         DataConfig(format="kinetics").read()
@@ -671,12 +671,12 @@ def test_data_config_errors_name_the_formats_and_what_is_missing(tmp_path):
 
 @pytest.fixture
 def own_formats():
-    from zsar.data.formats import registry
+    from zsar.data.formats import FORMATS
 
-    saved = dict(registry._FORMATS)
+    before = set(FORMATS)
     yield
-    registry._FORMATS.clear()
-    registry._FORMATS.update(saved)
+    for name in set(FORMATS) - before:
+        FORMATS.unregister(name)
 
 
 def test_a_registered_format_is_usable_from_configs(own_formats, tmp_path, place):

@@ -60,6 +60,9 @@ def test_quick_demo_writes_report_figures_and_a_usable_checkpoint(tmp_path, caps
     clf.set_labels(report["unseen_classes"])
     probs = clf.predict_proba([str(video)])
     assert probs.shape == (1, len(report["unseen_classes"])) and abs(float(probs.sum()) - 1) < 1e-5
+    # ... and carries its open-set calibration ("none of these"), which the report summarises.
+    assert clf.open_set is not None and clf.open_set.scale > 0
+    assert report["open_set"]["scale"] == clf.open_set.scale and 0 <= report["open_set"]["unseen_answered"] <= 1
 
 
 def test_eval_on_the_demo_checkpoint_reports_what_the_demo_reports(tmp_path, capsys):

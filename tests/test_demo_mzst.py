@@ -164,11 +164,66 @@ def test_quick_demo_checkpoint_predicts_videos_with_sound(quick_demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     predicted = json.loads(proc.stdout)
     assert [r["video"] for r in predicted] == [str(demo_video), str(outside)]
-    for row, expected in zip(predicted, probs):
+    match = clf.match_proba([str(demo_video), str(outside)]) if clf.open_set is not None else [None, None]
+    for row, expected, matched in zip(predicted, probs, match):
         got = {p["label"]: p["probability"] for p in row["predictions"]}
         assert set(got) == set(labels)
         for j, label in enumerate(labels):
             assert got[label] == pytest.approx(float(expected[j]), abs=2e-6), label
+        if matched is None:  # the one-epoch model did not separate its seen classes: no calibration
+            assert "none_of_these" not in row and "match" not in row["predictions"][0]
+            continue
+        # The checkpoint's open-set calibration: each label's own match probability and "none of these".
+        got_match = {p["label"]: p["match"] for p in row["predictions"]}
+        for j, label in enumerate(labels):
+            assert got_match[label] == pytest.approx(float(matched[j]), abs=2e-6), label
+        assert row["none_of_these"] == (float(matched.max()) < 0.5)
+
+
+def test_quick_demo_checkpoint_calibration_is_fitted_on_held_out_seen_videos(quick_demo):
+    """The demo fits the MZST checkpoint's open-set calibration on its held-out seen-class videos
+    (classes held out fold by fold): the fit on those videos, decoded from their files, gives the
+    stored calibration, or, for the quick run's one-epoch model, the fitted scale the checkpoint
+    records as why it has none (a representation that does not separate the classes)."""
+    from zsar.zeroshot import ZeroShotClassifier
+    from zsar.zeroshot.open_set import calibration_pairs, fit_platt
+
+    out, report, _, _ = quick_demo
+    clf = ZeroShotClassifier.load(report["files"]["checkpoint"], device="cpu")
+    assert clf.model.zero_shot_head == "semantic_embedding"
+    rows = _read_list(report["lists"]["calibration_seen"])
+    x = clf.encode([str(out / "data" / rel) for rel, _ in rows])
+    labels = torch.tensor([clf.seen_labels.index(name) for _, name in rows])
+    scale, bias = fit_platt(*calibration_pairs(clf.head, clf.embedder, clf.model, x, labels, clf.seen_labels))
+    summary = report["runs"]["audio_video"]["open_set"]
+    if clf.open_set is None:
+        assert summary is None and f"(fitted scale {scale:.3g})" in clf.open_set_missing
+    else:
+        assert (clf.open_set.videos, clf.open_set.classes) == (len(rows), len(report["seen_classes"]))
+        assert clf.open_set.scale == pytest.approx(scale, rel=1e-4) and clf.open_set.bias == pytest.approx(bias, rel=1e-4)
+        assert summary["scale"] == clf.open_set.scale
+
+
+def test_train_calibrates_an_mzst_checkpoint(quick_demo, tmp_path):
+    """`zsar train` of an MZST model fits the open-set calibration on its training videos (a head that
+    needs no seen representations: at most 10 per class are encoded), or records why it could not
+    (one epoch on two videos per class does not separate the classes); `zsar predict` says which."""
+    out, report, _, _ = quick_demo
+    data = out / "data"
+    rows = [line.rsplit(" ", 1) for line in (data / "seen_train.txt").read_text().splitlines()]
+    keep = [(rel, label) for rel, label in rows if int(label) < 4]
+    (tmp_path / "train.txt").write_text("".join(f"{rel}\t{report['seen_classes'][int(label)]}\n" for rel, label in keep))
+    config = tmp_path / "train.yaml"
+    config.write_text("model: mzst_tiny\nstages: {joint: {epochs: 1}}\nbatch_size: 8\nprogress: false\n"
+                      f"device: cpu\nout_dir: {tmp_path / 'run'}\n"
+                      f"data: {{format: list, annotations: {tmp_path / 'train.txt'}, root: {data}, stride: 1}}\n")
+    assert main(["train", str(config)]) == 0
+    settings = json.loads((tmp_path / "run" / "checkpoints" / "best" / "zeroshot.json").read_text())
+    assert settings["head"] == "semantic_embedding"
+    if settings.get("open_set") is not None:
+        assert (settings["open_set"]["videos"], settings["open_set"]["classes"]) == (len(keep), 4)
+    else:
+        assert "held-out seen classes" in settings["open_set_missing"]
 
 
 def test_eval_on_the_checkpoint_reproduces_the_demo(quick_demo, tmp_path, capsys):
@@ -270,5 +325,9 @@ def test_default_mzst_demo_reaches_the_targets(tmp_path):
     _check_lists(report, tmp_path / "demo" / "data")
     runs = report["runs"]
     assert runs["audio_video"]["unseen_top1"] >= 3 * report["chance"]
+    # The trained model separates its seen classes: its checkpoint answers "none of these".
+    assert runs["audio_video"]["open_set"]["scale"] > 0
+    settings = json.loads((Path(report["files"]["checkpoint"]) / "zeroshot.json").read_text())
+    assert settings["open_set"]["scale"] == runs["audio_video"]["open_set"]["scale"]
     assert runs["audio_video"]["unseen_top1"] > max(runs["video"]["unseen_top1"], runs["audio"]["unseen_top1"])
     assert report["seconds"] < 15 * 60

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,27 +74,32 @@ def _encode_cmd(ckpt, folder, out, chunk_size=1):
             "--backend", "pyav", "--no-progress"]
 
 
-@pytest.mark.slow  # kills on the second part file: on an idle fast machine the run can finish first (a race)
 def test_resumes_after_a_kill(setup, tmp_path):
-    """SIGKILL once the first parts exist; the rerun encodes only the rest and writes the same file."""
+    """SIGKILL of a real run after its second part (ZSAR_HOLD_AFTER_PARTS=2 holds it there, so the kill
+    lands at the same point on any machine); the rerun encodes only the other 4 and writes the same file."""
     _, ckpt, folder = setup
     out = tmp_path / "e.parquet"
-    proc = subprocess.Popen(_encode_cmd(ckpt, folder, out), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(tmp_path.glob("e.parquet.parts-*/part-*.parquet"))) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(_encode_cmd(ckpt, folder, out), env={**ENV, "ZSAR_HOLD_AFTER_PARTS": "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # the run says when it holds (after the second part's rename)
+            if "holding after 2 part(s) until killed" in line:
+                break
+        else:
+            pytest.fail(f"the run ended (exit {proc.wait()}) without holding after its second part")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     done = sorted(p.name for p in tmp_path.glob("e.parquet.parts-*/part-*.parquet"))
-    assert 2 <= len(done) < 6 and not out.exists()
+    assert done == ["part-000000.parquet", "part-000001.parquet"] and not out.exists()
+    assert not list(tmp_path.glob("e.parquet.parts-*/*.tmp*"))  # parts are written new, then renamed
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("e.parquet.parts-*/part-*.parquet")}
     resumed = subprocess.run(_encode_cmd(ckpt, folder, out), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming, {len(done)} of 6 chunks already encoded" in resumed.stderr
+    assert "resuming, 2 of 6 chunks already encoded" in resumed.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.exists()) or not any(p.exists() for p in before)
 
     from zsar.eval.embeddings import encode_videos
@@ -158,3 +162,15 @@ def test_torchrun_eval_and_predict(setup, tmp_path):
     a, b = json.loads(result.stdout), json.loads(single.stdout)
     assert [r["video"] for r in a] == videos and [[p["label"] for p in r["predictions"]] for r in a] == \
         [[p["label"] for p in r["predictions"]] for r in b]
+
+
+def test_only_rank_0_says_info_under_torchrun():
+    """The CLI's log lines (e.g. the decoder `auto` chose) come from rank 0 alone; other ranks say warnings,
+    with their rank."""
+    code = ("import logging; from zsar.cli import _log_to_stderr; _log_to_stderr(); "
+            "log = logging.getLogger('zsar.data.decoders.base'); "
+            "log.info('decoding vp9 videos with pyav'); log.warning('a warning')")
+    said = {rank: subprocess.run([sys.executable, "-c", code], env={**ENV, "RANK": rank}, capture_output=True,
+                                 text=True, timeout=120).stderr for rank in ("0", "1")}
+    assert said["0"].splitlines() == ["zsar: decoding vp9 videos with pyav", "zsar: a warning"]
+    assert said["1"].splitlines() == ["zsar (rank 1): a warning"]

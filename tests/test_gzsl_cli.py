@@ -230,14 +230,23 @@ def test_eval_gzsl_skips_unreadable_videos_and_checks_the_classes(recipe, tmp_pa
     unseen = tmp_path / "unseen.txt"
     unseen.write_text((root / "test_unseen.txt").read_text() + f"{tmp_path / 'broken.webm'} 3\n")
     path = tmp_path / "r.json"
-    code, out = _run(["eval", "--protocol", "gzsl", "--checkpoint", ckpt, "--root", str(root),
-                      "--classes", str(root / "classes.txt"), "--test-seen", str(root / "test_seen.txt"),
-                      "--test-unseen", str(unseen), "--beta", str(report["stage_2"]["beta"]), "--report", str(path),
-                      "--allow-outside-root"])  # the broken file lies outside --root
+    argv = ["eval", "--protocol", "gzsl", "--checkpoint", ckpt, "--root", str(root), "--classes",
+            str(root / "classes.txt"), "--test-seen", str(root / "test_seen.txt"), "--test-unseen", str(unseen),
+            "--beta", str(report["stage_2"]["beta"]), "--allow-outside-root"]  # the broken file lies outside --root
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, out = _run([*argv, "--report", str(path)])
     assert code == 0, out
     result = json.loads(path.read_text())
     assert result["skipped_videos"] == 1 and result["videos"] == {"seen": 6, "unseen": 3}
-    assert result["test"] == pytest.approx(report["test"], abs=1e-12) and "skipped 1 unreadable" in out
+    assert result["test"] == pytest.approx(report["test"], abs=1e-12)
+    total = len((root / "test_seen.txt").read_text().splitlines()) + len(unseen.read_text().splitlines())
+    assert f"warning: skipped 1 of {total} unreadable video(s)" in err.getvalue()
+    # --strict: the run stops at the broken file, naming it.
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, _ = _run([*argv, "--strict"])
+    assert code == 2 and "broken.webm" in err.getvalue().strip().splitlines()[-1]
 
     # Unseen test classes must be new to the checkpoint, seen ones known to it.
     err = io.StringIO()

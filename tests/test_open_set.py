@@ -86,3 +86,106 @@ def test_predict_cli_reports_match_and_none_of_these(tmp_path, capsys):
     pred = out[0]["predictions"]
     assert {"probability", "similarity", "match"} <= set(pred[0]) and isinstance(out[0]["none_of_these"], bool)
     assert out[0]["none_of_these"] == (max(p["match"] for p in pred) < 0.5)
+
+
+@pytest.fixture(scope="module")
+def mzst_checkpoint(tmp_path_factory):
+    from tiny_checkpoint import make_mzst_checkpoint
+
+    return make_mzst_checkpoint(tmp_path_factory.mktemp("mzst"))
+
+
+def _reference_platt(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(scale, bias) minimising the fit's loss (class-balanced logistic + its ridge), by scipy."""
+    from scipy.optimize import minimize
+
+    w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+    sd = np.sqrt(np.sum(w * (s - np.sum(w * s)) ** 2))
+
+    def loss(theta):
+        z = theta[0] * s + theta[1]
+        return float(np.sum(w * (np.logaddexp(0, z) - y * z)) + 0.5e-4 * (theta[0] * sd) ** 2)
+
+    start = [1.0 / sd, -np.sum(w * s) / sd]
+    return minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 40000}).x
+
+
+def test_mzst_checkpoint_is_calibrated_and_answers_none_of_these(mzst_checkpoint):
+    """An MZST checkpoint (semantic-embedding head, L2) carries the calibration fitted on its seen-class
+    videos, classes held out fold by fold (a float64 reference of the folds and the fit), and the API
+    answers "none of these" far from every label."""
+    from tiny_checkpoint import SEEN
+    from zsar.zeroshot import ZeroShotClassifier
+
+    ckpt, x, labels = mzst_checkpoint
+    clf = ZeroShotClassifier.load(ckpt, device="cpu")
+    assert clf.model.zero_shot_head == "semantic_embedding" and clf.head.metric == "l2"
+    assert clf.open_set is not None and (clf.open_set.videos, clf.open_set.classes) == (16, 4)
+
+    with torch.no_grad():
+        targets = clf.model.class_embedding_targets(torch.as_tensor(clf.embedder.embed(SEEN))).double().numpy()
+    xs = x.double().numpy()
+    order = np.random.default_rng(0).permutation(4)  # the default seed; 4 classes give 2 folds of 2
+    s, y = [], []
+    for fold in np.array_split(order, 2):
+        fold = sorted(fold)
+        rows = np.isin(labels, fold)
+        dist = np.sqrt(((xs[rows][:, None, :] - targets[fold][None]) ** 2).sum(-1))
+        s.append(-dist.ravel())
+        y.append((labels[rows][:, None] == np.array(fold)[None]).ravel())
+    scale, bias = _reference_platt(np.concatenate(s), np.concatenate(y))
+    np.testing.assert_allclose([clf.open_set.scale, clf.open_set.bias], [scale, bias], rtol=1e-4)
+
+    clf.set_labels(["red light", "blue light"])
+    at = torch.as_tensor(targets[[0, 2]]).float()  # on each label's target; then far from both
+    far = at[:1] + 50 * float(np.linalg.norm(targets, axis=1).mean()) * torch.ones(1, at.shape[1]) / at.shape[1] ** 0.5
+    assert clf.open_set.answer(clf.scores(torch.cat([at, far]))).tolist() == [0, 1, -1]
+
+
+def test_predict_cli_on_an_mzst_checkpoint(mzst_checkpoint, tmp_path, capsys):
+    """`zsar predict` on a video with sound: each label's match, "none of these", as the API gives them."""
+    from videos import make_video_with_tones
+    from zsar.cli import main
+    from zsar.zeroshot import ZeroShotClassifier
+
+    ckpt, _, _ = mzst_checkpoint
+    video = tmp_path / "tones.webm"
+    make_video_with_tones(video, seconds=4, fps=8, h=64, w=64)
+    labels = ["red light", "blue glow", "zebra tone"]
+    assert main(["predict", str(video), "--checkpoint", str(ckpt), "--labels", ",".join(labels), "--json",
+                 "--top-k", "3", "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    clf = ZeroShotClassifier.load(ckpt, device="cpu").set_labels(labels)
+    match = clf.match_proba([str(video)])[0]
+    got = {p["label"]: p["match"] for p in row["predictions"]}
+    for j, label in enumerate(labels):
+        assert got[label] == pytest.approx(float(match[j]), abs=2e-6), label
+    assert row["none_of_these"] == (float(match.max()) < 0.5) == (int(clf.predict_open([str(video)])[0]) == -1)
+
+
+def test_a_checkpoint_without_calibration_says_why(mzst_checkpoint, tmp_path, capsys):
+    """When the seen classes cannot calibrate it (here: one class), the checkpoint records why and
+    `zsar predict` says so instead of answering "none of these"."""
+    from tiny_checkpoint import SEEN
+    from zsar.models import save_checkpoint
+    from zsar.zeroshot import EncodedSet, ZeroShotClassifier
+
+    ckpt, x, labels = mzst_checkpoint
+    clf = ZeroShotClassifier.load(ckpt, device="cpu")
+    one = labels == 0
+    refit = ZeroShotClassifier.fit(clf.model, None, SEEN, clf.embedder, calibration=EncodedSet(x[one], None,
+                                                                                                labels[one]))
+    assert refit.open_set is None and "at least 2 seen classes" in refit.open_set_missing
+    out = tmp_path / "uncalibrated"
+    save_checkpoint(out, refit.model, {"class_names": SEEN})
+    refit.save(out)
+    assert ZeroShotClassifier.load(out, device="cpu").open_set_missing == refit.open_set_missing
+    from videos import make_video_with_tones
+    from zsar.cli import main
+
+    video = tmp_path / "tones.webm"
+    make_video_with_tones(video, seconds=4, fps=8, h=64, w=64)
+    assert main(["predict", str(video), "--checkpoint", str(out), "--labels", "red light,blue glow",
+                 "--device", "cpu"]) == 0
+    assert "no open-set calibration (open-set calibration needs videos of at least 2 seen classes" in \
+        capsys.readouterr().err

@@ -157,7 +157,6 @@ def test_a_registered_protocol_is_offered_everywhere():
     # chance comes from it and `zsar eval --protocol` lists it.
     from zsar.cli import build_parser
     from zsar.eval import PROTOCOLS, get_protocol, register_protocol
-    from zsar.eval.protocols import _PROTOCOLS
 
     @register_protocol("first-third", "the first third of the classes")
     def first_third(n_classes, n_splits):
@@ -173,8 +172,8 @@ def test_a_registered_protocol_is_offered_everywhere():
         args = build_parser().parse_args(["eval", "--checkpoint", "x", "--protocol", "first-third"])
         assert args.protocol == "first-third"
     finally:
-        del _PROTOCOLS["first-third"]
-    with pytest.raises(ValueError, match=r"protocol must be one of \('0/50', '0/100'\)"):
+        PROTOCOLS.unregister("first-third")
+    with pytest.raises(ValueError, match=r"protocol: unknown protocol 'first-third'; expected one of 0/50, 0/100$"):
         get_protocol("first-third")
 
 

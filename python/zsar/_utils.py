@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,6 @@ def keep_freed_memory() -> str:
     page fault per 4 KiB on it, ~0.5 ms per MB on a VM) depends on everything else the process
     allocated. That swamps the ops' own times, whichever op is measured.
     """
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
@@ -42,9 +43,6 @@ def keep_freed_memory() -> str:
 def write_atomic(path: str | Path, text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` through a temporary file beside it, renamed over ``path``
     once complete: a full disk or a kill leaves the previous file whole (and no temporary one)."""
-    import os
-    import tempfile
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
@@ -108,6 +106,7 @@ def quiet_model_loading():
     """No "Loading weights" progress bar from Hugging Face transformers while loading local models
     (a label embedder, a backbone): it would print on every ``zsar predict``/``eval``. Restores the
     previous setting."""
+    # deferred: transformers takes ~2 s to import
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()

@@ -3,6 +3,8 @@ op (:data:`zsar.ops.ATTENTION_OPS`) work here."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import sys
@@ -80,9 +82,6 @@ def render(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m zsar.info [--json]``: prints :func:`collect` as a table (or one JSON object)."""
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(prog="python -m zsar.info", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)

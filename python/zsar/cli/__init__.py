@@ -121,15 +121,19 @@ def _run_errors() -> tuple[type[Exception], ...]:
 
 
 def _log_to_stderr() -> None:
-    """Show zsar's info-level messages (e.g. the decoder chosen for each kind of file) on stderr."""
+    """Show zsar's info-level messages (e.g. the decoder chosen for each kind of file) on stderr. Under
+    torchrun only rank 0 says them (every rank would repeat them); the other ranks show warnings, with
+    their rank."""
     import logging
+    import os
 
     logger = logging.getLogger("zsar")
     if not logger.handlers:
+        rank = os.environ.get("RANK", "0")
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("zsar: %(message)s"))
+        handler.setFormatter(logging.Formatter("zsar: %(message)s" if rank == "0" else f"zsar (rank {rank}): %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.INFO if rank == "0" else logging.WARNING)
 
 
 

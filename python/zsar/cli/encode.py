@@ -80,7 +80,9 @@ def read_videos(args):
             records.append(VideoRecord(path, -1, v))
         return VideoList(records, [])
     from ..data.config import DataConfig
+    from ..data.formats import video_format
 
+    video_format(args.format, "--format", f"zsar {args.command}")  # one line naming the option, not data.format
     if not os.path.exists(args.annotations):
         raise CLIError(f"--annotations {args.annotations}: no such file or folder")
     return DataConfig(format=args.format, annotations=args.annotations, root=args.root, split=args.split,

@@ -29,11 +29,13 @@ def collect(kinds=KINDS) -> dict[str, list[dict]]:
         from ..data.decoders import decoder_names, unavailable_reason
 
         out["decoders"] = [{"name": name, "unavailable": unavailable_reason(name, device="cpu")}
-                           for name in ("auto", *decoder_names()) if name != "auto"]
+                           for name in decoder_names()]
     if "formats" in kinds:
         from ..data.formats import FORMATS
 
-        out["formats"] = [{"name": f.name, "annotations": f.annotations} for f in FORMATS.values()]
+        out["formats"] = [{"name": f.name, "annotations": f.annotations,
+                           "features": None if f.features is None else f"feature files, not videos: {f.features}"}
+                          for f in FORMATS.values()]
     if "protocols" in kinds:
         from ..eval.protocols import PROTOCOLS
 

@@ -122,7 +122,9 @@ def run(args) -> int:
         print()
         return 0
     if match is None:
-        print("note: the checkpoint has no open-set calibration: no 'match' scores or 'none of these'", file=sys.stderr)
+        why = f" ({clf.open_set_missing})" if clf.open_set_missing else ""
+        print(f"note: the checkpoint has no open-set calibration{why}: no 'match' scores or 'none of these'",
+              file=sys.stderr)
     for r in results:
         print(r["video"] + ("  -> none of these (no label's match reaches 0.5)" if r.get("none_of_these") else ""))
         for rank, pred in enumerate(r["predictions"], 1):

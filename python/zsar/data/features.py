@@ -77,6 +77,7 @@ class AVCAFeatureDataset(Dataset):
 
     @staticmethod
     def _rows(path: str) -> dict[str, int]:
+        # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
         import h5py
 
         with h5py.File(path, "r") as f:
@@ -92,6 +93,7 @@ class AVCAFeatureDataset(Dataset):
 
     def _data(self, path: str):
         """The ``data`` of a class file: an in-memory array, or the open h5py dataset."""
+        # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
         import h5py
 
         if os.getpid() != self._pid:  # a forked worker: never share the parent's HDF5 handles

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .._utils import read_json
 from ..config import from_dict as config_from_dict
@@ -734,8 +735,6 @@ def generate_benchmark(config: SyntheticConfig | None = None, root: str | Path =
     (root / "split.json").unlink(missing_ok=True)  # written last: its presence marks a complete benchmark
 
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(jobs), desc="rendering videos", unit="video", disable=not progress, dynamic_ncols=True)
     if workers <= 1:
         for job in jobs:

@@ -60,6 +60,7 @@ def write_synthetic_avca_features(root: str | os.PathLike, *, dataset: str = "uc
     Returns:
         ``root`` as a Path.
     """
+    # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
     import h5py
 
     root = Path(root)

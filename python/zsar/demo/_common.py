@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -16,12 +17,11 @@ from typing import Any
 
 import torch
 
-from .._utils import torch_threads  # noqa: F401  (re-exported: the demos use it)
 from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
 
-__all__ = ["DemoSettings", "Steps", "default_workers", "torch_threads",
-           "environment", "finish_report", "percent", "time_and_files"]
+__all__ = ["DemoSettings", "Steps", "default_workers", "environment", "finish_report", "open_set_summary", "percent",
+           "time_and_files"]
 
 
 @dataclass
@@ -85,8 +85,6 @@ def default_workers(workers: int | None) -> int:
 
 def environment(device) -> dict[str, Any]:
     """Where a demo ran (recorded in its report)."""
-    import os
-
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
             "python": platform.python_version(), "machine": platform.machine(),
             # which vector kernels ran (zsar demo pins them to AVX2 for numbers that do not depend on the CPU)
@@ -107,6 +105,25 @@ def finish_report(report: dict[str, Any], config: DemoSettings, steps: Steps, st
     if verbose:
         print(table(report), flush=True)
     return report
+
+
+def open_set_summary(clf, unseen_x: torch.Tensor, seen_x: torch.Tensor | None,
+                     unseen_labels: list[str]) -> dict[str, Any] | None:
+    """How the classifier's open-set calibration answers among the unseen labels: the share of
+    unseen test videos it gives a label (``unseen_answered``; the rest are wrongly "none of these")
+    and the share of seen test videos, which show none of those labels, it answers "none of these"
+    (``seen_rejected``). None without a calibration."""
+    if clf.open_set is None:
+        return None
+    with torch.no_grad():
+        matrix = clf.head.class_matrix(list(unseen_labels), clf.embedder, clf.model)
+
+        def answered(x) -> float:
+            return float((clf.open_set.answer(clf.head.scores(x, matrix)) >= 0).double().mean())
+
+        return {**clf.open_set.to_dict(), "threshold": clf.open_set.threshold,
+                "unseen_answered": answered(unseen_x),
+                "seen_rejected": None if seen_x is None or not len(seen_x) else 1.0 - answered(seen_x)}
 
 
 def percent(value: float | None) -> str:

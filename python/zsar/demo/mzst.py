@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._utils import torch_threads
 from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
@@ -48,10 +49,10 @@ from ..eval.runner import seen_accuracy, zero_shot_report
 from ..models import create_model, default_embedder_spec
 from ..text import embedder_from_spec
 from ..train.config import StageConfig, TrainConfig
-from ..train.pipeline import Pipeline
+from ..train.pipeline import Pipeline, first_per_class
 from ..zeroshot.heads import METRICS
-from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files,
-                      torch_threads)
+from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, open_set_summary, percent,
+                      time_and_files)
 
 __all__ = ["MZSTDemoConfig", "mzst_quick_config", "run_mzst_demo", "format_mzst_report", "RUNS"]
 
@@ -182,16 +183,6 @@ def mzst_quick_config(**overrides) -> MZSTDemoConfig:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _split_per_class(videos: VideoList, first: int) -> tuple[VideoList, VideoList]:
-    """(the first ``first`` videos of each class, the others), in list order."""
-    seen: dict[int, int] = {}
-    head, tail = [], []
-    for record in videos:
-        seen[record.label] = seen.get(record.label, 0) + 1
-        (head if seen[record.label] <= first else tail).append(record)
-    return VideoList(head, videos.classes), VideoList(tail, videos.classes)
-
-
 def _write_list(path: Path, root: Path, videos: VideoList) -> str:
     """A list file of the ``list`` format with class names (``relative/path<TAB>label``), so that
     each list names its own classes: ``zsar eval`` reads it without a class file, for ZSL
@@ -233,8 +224,8 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
     with steps("generate", f"rendering the audio-visual benchmark into {out / 'data'}"):
         bench: SyntheticBenchmark = generate_benchmark(data_cfg, out / "data", workers=workers, progress=cfg.progress)
         seen, unseen = bench.seen_classes, bench.unseen_classes
-        test_seen, calibration_seen = _split_per_class(bench.seen_test, cfg.data.test_per_class)
-        test_unseen, calibration_unseen = _split_per_class(bench.unseen_test, cfg.data.unseen_per_class)
+        test_seen, calibration_seen = first_per_class(bench.seen_test, cfg.data.test_per_class)
+        test_unseen, calibration_unseen = first_per_class(bench.unseen_test, cfg.data.unseen_per_class)
         lists = {name: _write_list(bench.root / f"{name}.txt", bench.root, videos) for name, videos in (
             ("test_seen", test_seen), ("test_unseen", test_unseen), ("calibration_seen", calibration_seen),
             ("calibration_unseen", calibration_unseen))}
@@ -288,7 +279,10 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
 
             encoded = {name: pipeline.encode(evaluation_loader(ds, batch_size=64), f"{name} videos",
                                              with_seen_logits=True) for name, ds in eval_sets.items()}
-            clf = pipeline.classifier(None, clip_spec=eval_spec)
+            # Open-set "none of these": calibrated on the held-out calibration videos of the seen
+            # classes (never trained on), the classes held out fold by fold.
+            calibration = encoded["seen_test"].select([r.video_id for r in calibration_seen])
+            clf = pipeline.classifier(None, calibration=calibration, clip_spec=eval_spec)
             zsl_set = encoded["unseen_test"].select([r.video_id for r in test_unseen])
             zsl = zero_shot_report(clf, zsl_set, unseen, protocol="0/100", dataset="synthetic audio-visual")
             by_id = {v: x for e in encoded.values() for v, x in zip(e.video_ids, e.x)}
@@ -304,7 +298,9 @@ def _run(cfg: MZSTDemoConfig, verbose: bool) -> dict[str, Any]:
             results[run] = _run_summary(zsl, gzsl, seen_accuracy(encoded["seen_test"].select(
                 [r.video_id for r in test_seen])))
             results[run].update(modalities=list(modalities), train_seconds=train_seconds, beta_unit=beta_unit,
-                                parameters=sum(p.numel() for p in model.parameters()))
+                                parameters=sum(p.numel() for p in model.parameters()),
+                                open_set=open_set_summary(clf, zsl_set.x, encoded["seen_test"].select(
+                                    [r.video_id for r in test_seen]).x, unseen))
             models[run], encoded_unseen[run] = (pipeline, clf), zsl_set
         if verbose:
             r = results[run]

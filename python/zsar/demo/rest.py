@@ -40,7 +40,8 @@ from ..text import SentenceEmbedder
 from ..train.config import StageConfig, TrainConfig
 from ..train.pipeline import Pipeline
 from ..zeroshot import HeadSelection, cosine_similarity_matrix
-from ._common import DemoSettings, Steps, default_workers, environment, finish_report, percent, time_and_files
+from ._common import (DemoSettings, Steps, default_workers, environment, finish_report, open_set_summary, percent,
+                      time_and_files)
 
 __all__ = ["DemoConfig", "quick_config", "run_demo", "format_report"]
 
@@ -225,6 +226,8 @@ def run_demo(config: DemoConfig | None = None, verbose: bool = True) -> dict[str
             "unseen_classes": bench.unseen_classes,
             "transfer_params": params,
             "transfer_selection": clf.selection,
+            "open_set": open_set_summary(clf, unseen_test.x, None if seen_test is None else seen_test.x,
+                                         bench.unseen_classes),
             "transfer_edges": {u: [bench.seen_classes[i] for i in np.flatnonzero(clf.assignment[j])]
                                for j, u in enumerate(bench.unseen_classes)},
             "files": files,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -68,8 +69,6 @@ def _dataset_key(dataset: str) -> str:
 
 
 def _packaged_split_dir(dataset: str, split: str) -> Path:
-    from importlib import resources
-
     if split not in ("main_split", "cls_split"):
         raise ValueError(f"unknown AVCA split {split!r}; expected main_split or cls_split")
     node = resources.files("zsar.resources").joinpath("avgzsl_splits", AVCA_DATASETS[dataset][0], split)

@@ -16,6 +16,9 @@ not encoded again. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` of ``W`` e
 merges after a barrier, so every rank/node count gives the same single file (rows in list order).
 The fingerprint covers the video paths, the model checkpoint, the clip settings and the options,
 so a changed run never reuses another run's parts.
+
+``ZSAR_HOLD_AFTER_PARTS=N`` (for testing the resume): after writing its N-th part a process stops
+and waits to be killed, so that a kill lands at a known point whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,9 @@ __all__ = ["EMBEDDING_COLUMNS", "encode_videos", "encoded_set_from_table", "read
 
 log = logging.getLogger(__name__)
 
+#: The environment variable that makes a run stop after writing that many parts (see the module docstring).
+HOLD_ENV = "ZSAR_HOLD_AFTER_PARTS"
+
 #: The columns every embeddings file has (``seen_logits`` is added when asked for).
 EMBEDDING_COLUMNS = ("path", "video_id", "label", "class", "clip", "embedding")
 
@@ -59,6 +66,7 @@ class _Work:
     seen_logits: bool
     batch_size: int
     backend: str
+    on_error: str = "skip"
 
 
 def _fingerprint(work: _Work, chunk_size: int, model_id: str) -> str:
@@ -77,14 +85,15 @@ def _fixed_list(values: np.ndarray):
 
 def _encode_chunk(work: _Work, start: int, stop: int):
     """The Parquet table of videos ``start:stop`` in list order, each video's average (``clip`` -1)
-    before its clips; unreadable files are skipped and counted. Returns ``(table or None, skipped)``."""
+    before its clips; unreadable files are skipped and counted (``work.on_error`` "skip") or raise.
+    Returns ``(table or None, skipped)``."""
 
 
     records = work.videos.records[start:stop]
     position = {r.video_id: i for i, r in enumerate(records)}
     loader = VideoLoader(VideoList(list(records), list(work.videos.classes)), work.spec, work.batch_size,
                          backend=work.backend, shuffle=False, num_shards=1, shard_id=0, num_workers=0,
-                         on_error="skip", device=work.model.device, audio=work.model.inputs.audio)
+                         on_error=work.on_error, device=work.model.device, audio=work.model.inputs.audio)
     rows = []  # (position, clip, embedding, seen logits or None)
     work.model.eval()
     with torch.no_grad():
@@ -141,7 +150,8 @@ def _model_id(model) -> str:
 
 def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = None, *, per_clip: bool = False,
                   seen_logits: bool = False, batch_size: int = 8, chunk_size: int = 64, backend: str = "auto",
-                  clip_spec=None, checkpoint: str | None = None, progress: bool = True, distributed: bool | None = None):
+                  clip_spec=None, checkpoint: str | None = None, progress: bool = True, distributed: bool | None = None,
+                  on_error: str = "skip"):
     """Encode every video of a list and return (and, with ``out``, write) the embeddings table.
 
     Args:
@@ -158,6 +168,8 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         checkpoint: the checkpoint the model came from (recorded, and part of the resume fingerprint).
         progress: a progress bar over chunks.
         distributed: split chunks across ``torchrun`` ranks (default: when ``WORLD_SIZE`` > 1).
+        on_error: an unreadable video is skipped and counted (``"skip"``, recorded as ``zsar.skipped``)
+            or stops the run naming the file (``"raise"``).
 
     Returns:
         The merged ``pyarrow.Table`` (every rank gets it, after the merge).
@@ -173,7 +185,9 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     if per_clip and spec.num_clips < 2:
         log.warning("per-clip rows need several clips per video; the clip spec takes %d (e.g. --clips 4)",
                     spec.num_clips)
-    work = _Work(videos, model, spec, per_clip, seen_logits, batch_size, backend)
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    work = _Work(videos, model, spec, per_clip, seen_logits, batch_size, backend, on_error)
     use_dist = int(os.environ.get("WORLD_SIZE", "1")) > 1 if distributed is None else distributed
     info = init_from_env(torch.device(model.device)) if use_dist else None
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
@@ -212,6 +226,7 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     todo = [c for c in mine if not (parts / f"part-{c:06d}.parquet").is_file()]
     if len(todo) < len(mine):
         log.info("%s: resuming, %d of %d chunks already encoded", out, len(mine) - len(todo), len(mine))
+    written, hold = 0, _hold_after_parts()
     for c in tqdm(todo, desc=f"encoding videos (rank {rank})" if world > 1 else "encoding videos", unit="chunk",
                   disable=not progress):
         table, skipped = _encode_chunk(work, c * chunk_size, (c + 1) * chunk_size)
@@ -219,6 +234,9 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
             schema_src, _ = _empty_schema(seen_logits)
             table = schema_src
         _write_atomic(table, parts / f"part-{c:06d}.parquet", {"zsar.skipped": str(skipped)})
+        written += 1
+        if written == hold:
+            _wait_to_be_killed(parts, written)
     if info is not None:
         barrier(info)
     if rank == 0:
@@ -240,6 +258,21 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
     if info is not None:
         barrier(info)
     return pq.read_table(out)
+
+
+def _hold_after_parts() -> int:
+    """``ZSAR_HOLD_AFTER_PARTS`` (0: unset), checked here rather than deep in the loop."""
+    value = os.environ.get(HOLD_ENV, "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{HOLD_ENV}={value!r}: expected a number of parts") from None
+
+
+def _wait_to_be_killed(parts: Path, written: int) -> None:
+    log.warning("%s: %s: holding after %d part(s) until killed", parts, HOLD_ENV, written)
+    while True:
+        time.sleep(60)
 
 
 def _empty_schema(seen_logits: bool):

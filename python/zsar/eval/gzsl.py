@@ -26,6 +26,7 @@ from numbers import Integral
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .._utils import as_numpy
 from ..zeroshot import cosine_similarity_matrix
@@ -65,8 +66,6 @@ def class_distances(x, class_embeddings, metric: str = "l2") -> np.ndarray:
     Raises:
         ValueError: unknown metric, shapes that are not ``(N, E)`` and ``(C, E)``, or NaN/inf inputs.
     """
-    import torch
-
     if metric not in DISTANCE_METRICS:
         raise ValueError(f"metric must be one of {DISTANCE_METRICS}, got {metric!r}")
     a = torch.as_tensor(as_numpy(x), dtype=torch.float64)

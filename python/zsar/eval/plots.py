@@ -20,6 +20,7 @@ __all__ = ["plot_transfer_matrices", "plot_tsne", "plot_bucket_accuracy", "plot_
 
 
 def _figure(width: float, height: float):
+    # deferred: matplotlib takes ~0.5 s to import
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -141,6 +142,7 @@ def plot_tsne(
     Raises:
         ValueError: empty or mismatched features, labels or prototypes.
     """
+    # deferred: scikit-learn takes ~7 s to import
     from sklearn.manifold import TSNE
 
     x = as_numpy(features).astype(np.float64)
@@ -172,6 +174,7 @@ def plot_tsne(
     emb = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
                random_state=seed).fit_transform(points)
 
+    # deferred: matplotlib takes ~0.5 s to import
     import matplotlib
 
     # Distinct qualitative colours up to 20 classes, a continuous map beyond (Fig. 4 shows 30).

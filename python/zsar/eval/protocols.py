@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
 from numbers import Integral
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .._registry import Registry
 from .._utils import as_numpy, write_atomic
 from ..zeroshot import composite_prototypes, cosine_similarity_matrix, transfer_assignment
 from .metrics import mean_class_accuracy, top_k_accuracy
@@ -97,18 +97,22 @@ class ZeroShotProtocol:
         return len(self.splits(n_classes, 1)[0])
 
 
-_PROTOCOLS: dict[str, ZeroShotProtocol] = {}
-#: The registered protocols by name (read-only view; add one with :func:`register_protocol`).
-PROTOCOLS = MappingProxyType(_PROTOCOLS)
+#: The registered protocols by name (add one with :func:`register_protocol`).
+PROTOCOLS: Registry[ZeroShotProtocol] = Registry("protocol", "protocol")
 
 
 def register_protocol(name: str, description: str = ""):
     """Decorator: registers ``splits(n_classes, n_splits) -> [class indices per split]`` as the
-    protocol ``name`` (replacing an earlier one of that name); :func:`evaluate_protocol`,
-    :func:`zsar.eval.runner.zero_shot_report` and ``zsar eval --protocol`` then offer it."""
+    protocol ``name``; :func:`evaluate_protocol`, :func:`zsar.eval.runner.zero_shot_report` and
+    ``zsar eval --protocol`` then offer it.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered (``PROTOCOLS.unregister(name)`` first to
+            replace it).
+    """
 
     def register(splits: Callable[[int, int], list[np.ndarray]]):
-        _PROTOCOLS[name] = ZeroShotProtocol(name, splits, description)
+        PROTOCOLS.register(name, ZeroShotProtocol(name, splits, description))
         return splits
 
     return register
@@ -116,9 +120,7 @@ def register_protocol(name: str, description: str = ""):
 
 def get_protocol(name: str) -> ZeroShotProtocol:
     """The registered protocol ``name``; ``ValueError`` listing the names otherwise."""
-    if name not in _PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(_PROTOCOLS)}, got {name!r}")
-    return _PROTOCOLS[name]
+    return PROTOCOLS.get(name)
 
 
 @register_protocol("0/50", "E2E's (Brattoli et al. 2020; ResT Table 2): 10 random splits of half the "

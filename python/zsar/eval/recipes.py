@@ -259,6 +259,15 @@ class _RegisteredModelRunner:
             self._classifier = self.pipeline.classifier(self._loader(self.videos), clip_spec=self.eval_spec)
         return self._classifier
 
+    def final_classifier(self):
+        """:meth:`classifier` with its open-set calibration, for the saved checkpoint: a head built
+        without the training videos (MZST's) is calibrated on a few of them per class here, once,
+        rather than at every epoch's evaluation."""
+        sample = self.pipeline.open_set_sample(self.videos)
+        if sample is None:
+            return self.classifier()
+        return self.pipeline.classifier(None, calibration=self._loader(sample), clip_spec=self.eval_spec)
+
     def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
         return self.classifier().set_labels(list(names)).class_matrix
 
@@ -305,6 +314,10 @@ class FeatureRunner(_RegisteredModelRunner):
     def classifier(self):
         with torch_threads(self.threads):
             return super().classifier()
+
+    def final_classifier(self):
+        with torch_threads(self.threads):
+            return super().final_classifier()
 
 
 def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
@@ -354,7 +367,7 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
                                    metric=metric, grid=config.beta_grid,
                                    dataset=config.dataset, split=config.avca_split, model=config.model)
         _add_uncalibrated(report)
-        saved = runner.pipeline.save(runner.classifier())
+        saved = runner.pipeline.save(runner.final_classifier())
         checkpoint = out / Path(saved).relative_to(work)
         spec = getattr(embedder, "spec", lambda: None)()
         report.update(checkpoint=str(checkpoint), embedder=spec, report=str(out / REPORT_FILE), plot=None,

@@ -12,14 +12,22 @@ import pkgutil
 
 from .base import AudioSpec, ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import CheckpointError, load_model, save_checkpoint
-from .registry import create_model, default_embedder_spec, list_models, needs_label_embeddings, register_model
+from .registry import (
+    Variant,
+    create_model,
+    default_embedder_spec,
+    list_models,
+    needs_label_embeddings,
+    register_model,
+    register_variants,
+)
 from .rest import ResT, ResTConfig  # noqa: F401  (importing registers the ResT variants)
-from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers mzst, mzst_tiny)
+from .mzst import MZST, MZSTConfig  # noqa: F401  (importing registers the MZST variants)
 from .feature_input import MZSTFeatures, MZSTFeaturesConfig  # noqa: F401  (registers mzst_features*, rest_features*)
 
 __all__ = ["AudioSpec", "CheckpointError", "ModelInputs", "MZST", "MZSTConfig", "ResT", "ResTConfig",
            "TrainingStage",
-           "ZeroShotModel", "create_model", "default_embedder_spec", "list_models", "load_model", "needs_label_embeddings", "register_model", "save_checkpoint"]
+           "ZeroShotModel", "create_model", "default_embedder_spec", "list_models", "load_model", "needs_label_embeddings", "register_model", "register_variants", "save_checkpoint", "Variant"]
 __all__ += ["MZSTFeatures", "MZSTFeaturesConfig"]
 
 

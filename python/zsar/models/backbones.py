@@ -30,6 +30,7 @@ class BackboneSpec:
 
 
 def _torchvision(name: str) -> nn.Module:
+    # deferred: torchvision.models takes ~5 s to import
     import torchvision.models as tvm
 
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
@@ -65,6 +66,7 @@ class _R2Plus1DTrunk(nn.Module):
 
     def __init__(self):
         super().__init__()
+        # deferred: torchvision.models takes ~5 s to import
         from torchvision.models.video import r2plus1d_18
 
         net = r2plus1d_18(weights=None)
@@ -111,6 +113,20 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
         self.spec = BACKBONES[backbone]
         self.trunk = self.spec.build()
+        self.channels_last = False
+
+    def configure_runtime(self, settings) -> None:
+        """Apply a :class:`zsar.runtime.RuntimeSettings` to a 2D trunk: NHWC weights and inputs when
+        ``settings.channels_last`` (cuDNN's fast layout for per-frame CNNs), and the trunk run
+        through ``torch.compile`` when ``settings.compile``. The compiled trunk is kept outside the
+        module tree, so parameter names and checkpoints are the same either way."""
+        if self.spec.kind != "2d":
+            return
+        self.channels_last = bool(settings.channels_last)
+        self.trunk.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        compiled = torch.compile(self.trunk, backend=settings.compile_backend, dynamic=False) \
+            if settings.compile else None
+        self.__dict__["_compiled_trunk"] = compiled  # not a submodule: state_dict keys stay unprefixed
 
     @property
     def feature_dim(self) -> int:
@@ -127,7 +143,12 @@ class FrameEncoder(nn.Module):
         B, T = clips.shape[:2]
         if self.spec.kind == "3d":
             return self.trunk(clips.transpose(1, 2))
-        return self.trunk(clips.flatten(0, 1)).view(B, T, -1)
+        frames = clips.flatten(0, 1)
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__.get("_compiled_trunk")
+        trunk = self.trunk if compiled is None else compiled
+        return trunk(frames).reshape(B, T, -1)
 
 
 
@@ -165,6 +186,7 @@ class MViTTokens(nn.Module):
 
 
 def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models.video import mvit_v2_s
 
     # torchvision builds MViTv2-S for 16 x 224^2 only (its relative position tables are sized for it).
@@ -176,6 +198,7 @@ def _mvit_v2_s(frames: int, image_size: int) -> MViTTokens:
 
 def _mvit_tiny(frames: int, image_size: int) -> MViTTokens:
     """Two MViTv2 blocks (widths 32 -> 64, one query pooling) over 2x8x8 patches: 64 tokens from 8x64x64."""
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models.video.mvit import MSBlockConfig, MViT
 
     # 2x8x8 patches, then a 2x spatial query pooling: the grid must divide and keep a token.
@@ -200,6 +223,7 @@ class ASTTokens(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        # deferred: transformers takes ~2 s to import
         from transformers import ASTModel
 
         self.net = ASTModel(config)
@@ -215,6 +239,7 @@ class ASTTokens(nn.Module):
 def _ast(audio_length: int, mel_bins: int, patch_stride: int, **sizes) -> ASTTokens:
     """Hugging Face's AST over ``(audio_length, mel_bins)`` log-mel input with 16 x 16 patches at
     ``patch_stride`` in both axes; its position embeddings are sized from the resulting grid."""
+    # deferred: transformers takes ~2 s to import
     from transformers import ASTConfig
 
     if audio_length < 16 or mel_bins < 16:  # AST's 16x16 patches

@@ -35,11 +35,7 @@ from torch import nn
 from ..data.audio import AudioSpec
 from ..data.transforms import ClipSpec
 
-__all__ = ["ModelInputs", "TrainingStage", "ZeroShotModel", "ZERO_SHOT_HEADS"]
-
-#: The zero-shot heads a model may name (implemented in :mod:`zsar.zeroshot.heads`): semantic transfer
-#: of seen-class visual prototypes (ResT), or nearest label embedding of a projected representation.
-ZERO_SHOT_HEADS = ("prototype_transfer", "semantic_embedding")
+__all__ = ["ModelInputs", "TrainingStage", "ZeroShotModel"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,8 @@ class ZeroShotModel(nn.Module):
 
     #: The name the model was created under (set by :func:`~zsar.models.create_model`).
     registry_name: str = ""
-    #: The zero-shot head (one of :data:`ZERO_SHOT_HEADS`).
+    #: The zero-shot head, a name in :data:`zsar.zeroshot.HEADS`: semantic transfer of seen-class
+    #: visual prototypes (ResT) or the nearest label embedding of a projected representation (MZST).
     zero_shot_head: str = "prototype_transfer"
     #: How :func:`zsar.models.complexity.count_flops` counts by default (the convention the model's
     #: paper reports in: ``"thop"`` for ResT, ``"macs"`` for MZST's torchvision/fvcore figures).

@@ -66,7 +66,7 @@ from ..data.batch import Batch
 from .base import ZeroShotModel
 from .registry import create_model
 
-__all__ = ["CONVENTIONS", "DEFAULT_CONVENTION", "count_flops", "count_params"]
+__all__ = ["CONVENTIONS", "count_flops", "count_params"]
 
 #: convention name -> one-line description (see the module docstring).
 CONVENTIONS: dict[str, str] = {
@@ -74,7 +74,6 @@ CONVENTIONS: dict[str, str] = {
             "reproduces the ResT paper's Table 4)",
     "macs": "multiply-adds of convolutions, matrix products and attention only (FlopCounterMode / 2)",
 }
-DEFAULT_CONVENTION = "thop"
 
 _aten = torch.ops.aten
 

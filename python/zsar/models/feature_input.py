@@ -24,16 +24,18 @@ stream: the papers give none for the feature setting. The data come from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import AudioSpec, ModelInputs
+from ..data.audio import AudioSpec
+from .base import ModelInputs
 from .backbones import AUDIO_BACKBONES, VIDEO_BACKBONES
 from .mzst import MZST, MZSTConfig, build_mzst
-from .registry import register_model
-from .rest import _create_rest
+from .registry import Variant, register_variants
+from .rest import build_rest
 
 __all__ = ["FEATURES", "FeatureTokens", "MZSTFeaturesConfig", "MZSTFeatures", "MZST_FEATURE_VARIANTS",
            "REST_FEATURE_VARIANTS"]
@@ -147,44 +149,28 @@ class MZSTFeatures(MZST):
         return tokens, present, B, 1
 
 
-#: name -> MZSTFeaturesConfig defaults. Fusion width 256 with 2 blocks for one token per stream; 50 epochs
-#: and lr 1e-4 with AdamW as AVCA trains on these features (its run scripts: 50 epochs).
+#: name -> the feature-input MZST variant. Fusion width 256 with 2 blocks for one token per stream; 50
+#: epochs and lr 1e-4 with AdamW as AVCA trains on these features (its run scripts: 50 epochs).
 _FEATURE_SIZES = dict(dim=256, fusion_blocks=2, heads=4, mlp_dim=1024, dropout=0.1, epochs=50,
                       loss_milestones=(20, 40))
-MZST_FEATURE_VARIANTS: dict[str, dict] = {
-    "mzst_features": dict(video_feature_dim=512, audio_feature_dim=512, **_FEATURE_SIZES),  # SeLaVi (main split)
-    "mzst_features_cls": dict(video_feature_dim=4096, audio_feature_dim=128, **_FEATURE_SIZES),  # C3D/VGGish (cls)
-    "mzst_features_tiny": dict(video_feature_dim=512, audio_feature_dim=512, dim=32, fusion_blocks=1, heads=2,
-                               mlp_dim=64, dropout=0.0, epochs=10),
+MZST_FEATURE_VARIANTS: dict[str, Variant] = {
+    "mzst_features": Variant("Feature-input MZST on AVCA's 512-d SeLaVi audio and video features (main split)",
+                             dict(video_feature_dim=512, audio_feature_dim=512, **_FEATURE_SIZES)),
+    "mzst_features_cls": Variant("Feature-input MZST on AVCA's 4096-d C3D video and 128-d VGGish audio (cls split)",
+                                 dict(video_feature_dim=4096, audio_feature_dim=128, **_FEATURE_SIZES)),
+    "mzst_features_tiny": Variant("A small feature-input MZST for tests",
+                                  dict(video_feature_dim=512, audio_feature_dim=512, dim=32, fusion_blocks=1,
+                                       heads=2, mlp_dim=64, dropout=0.0, epochs=10)),
 }
+register_variants(partial(build_mzst, model_cls=MZSTFeatures, config_cls=MZSTFeaturesConfig), MZST_FEATURE_VARIANTS,
+                  label_embeddings=True)
 
-#: name -> ResTConfig defaults of ResT's feature-input mode on the video features.
+#: name -> the variant of ResT's feature-input mode on the video features.
 _REST_FEATURE_SIZES = dict(feature_input=True, frames=1, dim=256, depth=4, heads=4, mlp_dim=1024, dropout=0.1)
-REST_FEATURE_VARIANTS: dict[str, dict] = {
-    "rest_features": dict(feature_dim=512, **_REST_FEATURE_SIZES),
-    "rest_features_cls": dict(feature_dim=4096, **_REST_FEATURE_SIZES),
+REST_FEATURE_VARIANTS: dict[str, Variant] = {
+    "rest_features": Variant("ResT's feature-input mode on AVCA's 512-d SeLaVi video features (main split)",
+                             dict(feature_dim=512, **_REST_FEATURE_SIZES)),
+    "rest_features_cls": Variant("ResT's feature-input mode on AVCA's 4096-d C3D video features (cls split)",
+                                 dict(feature_dim=4096, **_REST_FEATURE_SIZES)),
 }
-
-
-def _register_mzst(name: str, defaults: dict):
-    @register_model(name, label_embeddings=True)
-    def build(class_names=None, **kwargs):
-        return build_mzst(defaults, class_names, model_cls=MZSTFeatures, config_cls=MZSTFeaturesConfig, **kwargs)
-
-    build.__doc__ = f"Feature-input MZST {name}: {defaults} (arguments: see zsar.models.mzst.build_mzst)."
-
-
-for _name, _defaults in MZST_FEATURE_VARIANTS.items():
-    _register_mzst(_name, _defaults)
-
-
-@register_model("rest_features")
-def rest_features(class_names=None, **overrides):
-    """ResT's feature-input mode on AVCA's 512-d SeLaVi video features (``main_split``)."""
-    return _create_rest(class_names, overrides, **REST_FEATURE_VARIANTS["rest_features"])
-
-
-@register_model("rest_features_cls")
-def rest_features_cls(class_names=None, **overrides):
-    """ResT's feature-input mode on AVCA's 4096-d C3D video features (``cls_split``)."""
-    return _create_rest(class_names, overrides, **REST_FEATURE_VARIANTS["rest_features_cls"])
+register_variants(build_rest, REST_FEATURE_VARIANTS)

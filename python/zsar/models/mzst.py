@@ -19,10 +19,10 @@ import torch
 from ..text.vocab import WordVocab
 from .mzst_config import MZSTConfig
 from .mzst_model import MZST
-from .registry import register_model
+from .registry import Variant, register_variants
 from .weights import load_audio_weights, load_video_weights
 
-__all__ = ["MZST", "MZSTConfig", "build_mzst"]
+__all__ = ["MZST", "MZSTConfig", "MZST_VARIANTS", "build_mzst"]
 
 
 # ---- registration --------------------------------------------------------------------------------
@@ -81,18 +81,14 @@ def build_mzst(defaults: dict, class_names: Sequence[str] | None = None, class_e
 MZST_EMBEDDER = {"type": "sentence", "normalize": False}
 
 
-@register_model("mzst", label_embeddings=True, embedder=MZST_EMBEDDER)
-def mzst(class_names=None, **kwargs) -> MZST:
-    """MZST at the paper's sizes: MViTv2-S (16 x 224^2) and AST-Base, width 768, 4 fusion blocks
-    (arguments: :func:`build_mzst`)."""
-    return build_mzst({}, class_names, **kwargs)
-
-
-@register_model("mzst_tiny", label_embeddings=True, embedder=MZST_EMBEDDER)
-def mzst_tiny(class_names=None, **kwargs) -> MZST:
-    """A small MZST for CPU tests and the demo: a two-block MViT (8 x 64^2 video -> 64 tokens), a
-    two-layer AST (128 x 256 log-mel -> 128 tokens), width 64, 2 fusion blocks; a CPU training step
-    at batch 4 in well under a second (arguments: :func:`build_mzst`)."""
-    return build_mzst(dict(video_backbone="mvit_tiny", audio_backbone="ast_tiny", frames=8, image_size=64,
-                           audio_length=256, dim=64, fusion_blocks=2, heads=4, mlp_dim=128, dropout=0.0),
-                      class_names, **kwargs)
+#: name -> the MZST variant registered under it.
+MZST_VARIANTS: dict[str, Variant] = {
+    "mzst": Variant("MZST at the paper's sizes: MViTv2-S (16 x 224^2) and AST-Base, width 768, 4 fusion blocks"),
+    "mzst_tiny": Variant(
+        "A small MZST for CPU tests and the demo: a two-block MViT (8 x 64^2 video -> 64 tokens), a two-layer AST "
+        "(128 x 256 log-mel -> 128 tokens), width 64, 2 fusion blocks; a CPU training step at batch 4 in well "
+        "under a second",
+        dict(video_backbone="mvit_tiny", audio_backbone="ast_tiny", frames=8, image_size=64, audio_length=256,
+             dim=64, fusion_blocks=2, heads=4, mlp_dim=128, dropout=0.0)),
+}
+register_variants(build_mzst, MZST_VARIANTS, label_embeddings=True, embedder=MZST_EMBEDDER)

@@ -325,7 +325,7 @@ class MZST(ZeroShotModel):
         if (batch.clips.dim() == 6 and self.use_video) or (batch.audio is not None and batch.audio.dim() == 4):
             raise ValueError("training takes one clip per video: clips (B, T, 3, H, W), audio (B, frames, mel_bins)")
         labels = batch.labels.to(self.device)
-        text = masked = None
+        text = None
         if self.with_text:
             if batch.word_ids is None or batch.n_words is None:
                 raise ValueError("the text stream needs batch.word_ids and batch.n_words (model.tokenize_labels of "

@@ -1,15 +1,20 @@
-"""Model registry (in the style of timm): each model's file registers its builders with
-:func:`register_model`; :func:`create_model` builds any of them by name (checkpoints rebuild theirs
-through it: :func:`zsar.models.load_model`)."""
+"""Model registry (in the style of timm): each model's file registers its builders, one per variant,
+from a table of :class:`Variant` s (:func:`register_variants`) or one at a time
+(:func:`register_model`); :func:`create_model` builds any of them by name (checkpoints rebuild theirs
+through it: :func:`zsar.models.load_model`). :data:`MODELS` is the registry itself
+(:class:`zsar._registry.Registry`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from .._limits import check_model_args
+from .._registry import Registry
 from .base import ZeroShotModel
 
-_REGISTRY: dict[str, Callable[..., ZeroShotModel]] = {}
+#: Name -> builder of every registered model, in registration order (add one with :func:`register_model`).
+MODELS: Registry[Callable[..., ZeroShotModel]] = Registry("model", "model")
 _LABEL_EMBEDDINGS: set[str] = set()
 _EMBEDDERS: dict[str, dict[str, Any]] = {}
 #: The label embedder a model gets when its config names none (:func:`zsar.text.embedder_from_spec`).
@@ -32,9 +37,9 @@ def register_model(name: str, label_embeddings: bool = False, embedder: dict[str
     """
 
     def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
+        MODELS.register(name, fn)
+        _LABEL_EMBEDDINGS.discard(name)  # left from an unregistered model of that name
+        _EMBEDDERS.pop(name, None)
         if label_embeddings:
             _LABEL_EMBEDDINGS.add(name)
         if embedder is not None:
@@ -42,6 +47,39 @@ def register_model(name: str, label_embeddings: bool = False, embedder: dict[str
         return fn
 
     return wrap
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered size of a model: a line for ``help(builder)`` and the defaults its builder
+    starts from (fields of the model's config; the caller's overrides win)."""
+
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def register_variants(build: Callable[..., ZeroShotModel], variants: Mapping[str, Variant], **registration) -> None:
+    """Registers one builder per row of a variant table (timm's one ``@register_model`` function per
+    variant, written once): ``create_model(name, class_names=..., **overrides)`` calls
+    ``build(variants[name].defaults, class_names, **overrides)``.
+
+    Args:
+        build: ``build(defaults, class_names=None, **overrides) -> ZeroShotModel``.
+        variants: name -> :class:`Variant`.
+        **registration: :func:`register_model`'s options (``label_embeddings``, ``embedder``).
+    """
+    for name, variant in variants.items():
+        register_model(name, **registration)(_variant_builder(build, name, variant))
+
+
+def _variant_builder(build, name: str, variant: Variant):
+    def builder(class_names=None, **overrides) -> ZeroShotModel:
+        return build(dict(variant.defaults), class_names, **overrides)
+
+    target = getattr(build, "func", build)  # a functools.partial names its function
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"{variant.description} (arguments: {target.__module__}.{target.__name__})"
+    return builder
 
 
 def needs_label_embeddings(name: str) -> bool:
@@ -57,7 +95,7 @@ def default_embedder_spec(name: str) -> dict[str, Any]:
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(MODELS)
 
 
 def create_model(name: str, label_embedder=None, **overrides: Any) -> ZeroShotModel:
@@ -72,12 +110,11 @@ def create_model(name: str, label_embedder=None, **overrides: Any) -> ZeroShotMo
     Raises:
         ValueError: unknown name.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    build = MODELS.get(name)
     if label_embedder is not None and name in _LABEL_EMBEDDINGS and overrides.get("class_names") is not None:
         overrides.setdefault("class_embeddings", label_embedder.embed(list(overrides["class_names"])))
     check_model_args(overrides, f"model {name}")
-    model = _REGISTRY[name](**overrides)
+    model = build(**overrides)
     if not isinstance(model, ZeroShotModel):
         raise TypeError(f"the builder of {name!r} returned a {type(model).__name__}, not a ZeroShotModel")
     model.registry_name = name

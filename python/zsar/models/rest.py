@@ -24,7 +24,7 @@ from .backbones import BACKBONES, FrameEncoder
 from .base import ModelInputs, TrainingStage, ZeroShotModel
 from .checkpoint import register_legacy_config
 from .layers import MaskedTransformer, MaskedWordHead, init_transformer_weights
-from .registry import register_model
+from .registry import Variant, register_variants
 from .weights import load_backbone_weights
 
 OBJECTIVES = ("both", "cls", "mlm")  # Table 3(b): CLS + MTL, CLS only, MLM only
@@ -159,9 +159,12 @@ class ResT(ZeroShotModel):
         """Transformer outputs ``(B, n_visual + W, D)`` for frame features and (masked) word ids."""
         if word_ids.shape[1] > self.config.max_words:
             raise ValueError(f"at most max_words={self.config.max_words} word slots, got {word_ids.shape[1]}")
-        n_words = n_words.to(device=features.device, dtype=torch.int32)
-        if not torch.compiler.is_compiling():
+        # The range check reads the values: free for host tensors (the loader's word counts are made
+        # on the host), a device sync per step for device ones, which are therefore not read here
+        # (masked_attention's kernels never index past L whatever n_text holds).
+        if n_words.device.type == "cpu" and not torch.compiler.is_compiling():
             check_n_text_range(n_words, self.n_visual, self.n_visual + word_ids.shape[1])
+        n_words = n_words.to(device=features.device, dtype=torch.int32, non_blocking=True)
         return self.transformer(self._tokens(features, word_ids), self.n_visual, n_words)
 
     @torch.no_grad()
@@ -282,11 +285,16 @@ class ResT(ZeroShotModel):
 # ---- registration (paper §4.1 and Table 4; ``rest_tiny`` is for tests and CPU demos) -------------------
 
 
-def _create_rest(class_names, overrides: dict, **defaults) -> ResT:
-    """A ResT of ``defaults`` updated by ``overrides`` (fields of :class:`ResTConfig`, and
-    ``backbone_weights``: torchvision weights for the frame encoder, an enum name such as
-    ``"ResNet18_Weights.IMAGENET1K_V1"`` or a state-dict file; read once, not recorded in the config)."""
-    backbone_weights = overrides.pop("backbone_weights", None)
+def build_rest(defaults: dict, class_names=None, backbone_weights=None, **overrides) -> ResT:
+    """A ResT of a variant's ``defaults`` updated by ``overrides`` (fields of :class:`ResTConfig`).
+
+    Args:
+        class_names: the seen classes; set ``num_classes`` and the masked-token vocabulary unless
+            given. None when rebuilding from :meth:`ResT.model_args`.
+        backbone_weights: torchvision weights for the frame encoder, an enum name such as
+            ``"ResNet18_Weights.IMAGENET1K_V1"`` or a state-dict file; read once, not recorded in
+            the config.
+    """
     if class_names is not None:
         # The seen classes set the classifier's width and the masked-token vocabulary.
         overrides.setdefault("num_classes", len(class_names))
@@ -299,59 +307,31 @@ def _create_rest(class_names, overrides: dict, **defaults) -> ResT:
     return model
 
 
-@register_model("rest18")
-def rest18(class_names=None, **overrides) -> ResT:
-    """ResT with a ResNet-18 frame encoder over 16 frames (the paper's main model)."""
-    return _create_rest(class_names, overrides, backbone="resnet18", frames=16)
-
-
-@register_model("rest34")
-def rest34(class_names=None, **overrides) -> ResT:
-    """ResT with a ResNet-34 frame encoder over 8 frames (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="resnet34", frames=8)
-
-
-@register_model("rest101")
-def rest101(class_names=None, **overrides) -> ResT:
-    """ResT with a ResNet-101 frame encoder over 4 frames (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="resnet101", frames=4)
-
-
-@register_model("rest_vgg16")
-def rest_vgg16(class_names=None, **overrides) -> ResT:
-    """ResT with a VGG-16 frame encoder over 16 frames (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="vgg16", frames=16)
-
-
-@register_model("rest_mobilenet_v2")
-def rest_mobilenet_v2(class_names=None, **overrides) -> ResT:
-    """ResT with a MobileNet-v2 frame encoder over 16 frames (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="mobilenet_v2", frames=16)
-
-
-@register_model("rest_googlenet")
-def rest_googlenet(class_names=None, **overrides) -> ResT:
-    """ResT with a GoogLeNet frame encoder over 16 frames (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="googlenet", frames=16)
-
-
-@register_model("rest_r2plus1d")
-def rest_r2plus1d(class_names=None, **overrides) -> ResT:
-    """ResT with an R(2+1)D-18 clip encoder over 16 frames of 112 x 112 (Table 4)."""
-    return _create_rest(class_names, overrides, backbone="r2plus1d_18", frames=16, image_size=112)
-
-
-@register_model("rest_tiny")
-def rest_tiny(class_names=None, **overrides) -> ResT:
-    """A small ResT (a few-layer CNN, width 64, 2 blocks) for tests and the CPU demo."""
-    return _create_rest(class_names, overrides, backbone="tiny", frames=8, image_size=64, dim=64, depth=2, heads=4,
-                        mlp_dim=128, dropout=0.0)
+#: name -> the ResT variant registered under it (the paper's §4.1 and Table 4).
+REST_VARIANTS: dict[str, Variant] = {
+    "rest18": Variant("ResT with a ResNet-18 frame encoder over 16 frames (the paper's main model)",
+                      dict(backbone="resnet18", frames=16)),
+    "rest34": Variant("ResT with a ResNet-34 frame encoder over 8 frames (Table 4)",
+                      dict(backbone="resnet34", frames=8)),
+    "rest101": Variant("ResT with a ResNet-101 frame encoder over 4 frames (Table 4)",
+                       dict(backbone="resnet101", frames=4)),
+    "rest_vgg16": Variant("ResT with a VGG-16 frame encoder over 16 frames (Table 4)",
+                          dict(backbone="vgg16", frames=16)),
+    "rest_mobilenet_v2": Variant("ResT with a MobileNet-v2 frame encoder over 16 frames (Table 4)",
+                                 dict(backbone="mobilenet_v2", frames=16)),
+    "rest_googlenet": Variant("ResT with a GoogLeNet frame encoder over 16 frames (Table 4)",
+                              dict(backbone="googlenet", frames=16)),
+    "rest_r2plus1d": Variant("ResT with an R(2+1)D-18 clip encoder over 16 frames of 112 x 112 (Table 4)",
+                             dict(backbone="r2plus1d_18", frames=16, image_size=112)),
+    "rest_tiny": Variant("A small ResT (a few-layer CNN, width 64, 2 blocks) for tests and the CPU demo",
+                         dict(backbone="tiny", frames=8, image_size=64, dim=64, depth=2, heads=4, mlp_dim=128,
+                              dropout=0.0)),
+}
+register_variants(build_rest, REST_VARIANTS)
 
 
 #: The registered variant of each backbone, for checkpoints of the first format (which recorded no name).
-_VARIANT_OF_BACKBONE = {"resnet18": "rest18", "resnet34": "rest34", "resnet101": "rest101", "vgg16": "rest_vgg16",
-                        "mobilenet_v2": "rest_mobilenet_v2", "googlenet": "rest_googlenet",
-                        "r2plus1d_18": "rest_r2plus1d", "tiny": "rest_tiny"}
+_VARIANT_OF_BACKBONE = {variant.defaults["backbone"]: name for name, variant in REST_VARIANTS.items()}
 
 
 def _legacy_config(model_config: dict) -> tuple[str, dict]:

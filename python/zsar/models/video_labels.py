@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..data.batch import collate
 from ..data.loader import VideoClipDataset
@@ -27,6 +28,7 @@ __all__ = ["VideoLabeler", "label_videos"]
 
 def _arch_of(weights_name: str) -> str:
     """The torchvision model builder whose weights enum ``weights_name`` belongs to."""
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models import get_model_weights, get_weight, list_models
 
     enum = type(get_weight(weights_name))
@@ -58,6 +60,7 @@ class VideoLabeler:
                  categories: Sequence[str] | None = None, frames: int = 16, stride: int = 2,
                  size: int | None = None, short_side: int | None = None, mean=None, std=None,
                  device: str | torch.device = "cpu"):
+        # deferred: torchvision.models takes ~5 s to import
         from torchvision.models import get_model, get_weight
 
         meta, crop, resize = {}, None, None
@@ -91,11 +94,10 @@ class VideoLabeler:
         top = probs.view(-1, n, probs.shape[-1]).mean(1).argmax(-1)
         return [self.categories[i] for i in top.tolist()]
 
-    def label(self, videos: VideoList, batch_size: int = 4, backend: str = "pyav",
+    def label(self, videos: VideoList, batch_size: int = 4, backend: str | None = None,
               progress: bool = True) -> dict[str, str]:
-        """``{video_id: top-1 class name}`` for every readable video of ``videos`` (bad files are skipped)."""
-        from tqdm.auto import tqdm
-
+        """``{video_id: top-1 class name}`` for every readable video of ``videos`` (bad files are skipped);
+        ``backend`` as in :class:`~zsar.data.VideoClipDataset` (default: the registry's fallback decoder)."""
         data = VideoClipDataset(videos, self.spec, backend=backend, on_error="skip")
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
         out: dict[str, str] = {}

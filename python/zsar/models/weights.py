@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from .._utils import quiet_model_loading
 from .backbones import ASTTokens, FrameEncoder, MViTTokens
@@ -32,8 +33,6 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} is not a file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         try:
@@ -68,6 +67,7 @@ def torchvision_weights(name: str, what: str) -> tuple[dict[str, torch.Tensor], 
     it is downloaded, unless offline (:func:`offline`) or the download fails: then a one-line error
     names the file to place and where.
     """
+    # deferred: torchvision.models takes ~5 s to import
     from torchvision.models import get_weight
 
     try:
@@ -174,6 +174,7 @@ def load_audio_weights(encoder: ASTTokens, source) -> str:
 
 def _timm_state(model_name: str) -> dict[str, torch.Tensor]:
     """The ImageNet weights of the timm model ``model_name``, through timm (which downloads them when online)."""
+    # deferred: timm takes ~6 s to import
     import timm
 
     if offline():
@@ -188,6 +189,7 @@ def _timm_state(model_name: str) -> dict[str, torch.Tensor]:
 
 
 def _load_hf_ast(encoder: ASTTokens, folder_or_repo, state, name: str) -> None:
+    # deferred: transformers takes ~2 s to import
     from transformers import ASTModel
 
     own_cfg = encoder.net.config

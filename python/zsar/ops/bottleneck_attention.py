@@ -24,9 +24,7 @@ import torch
 
 from .attention import AttentionInputs, AttentionOp
 
-__all__ = ["BottleneckAttentionInputs", "bottleneck_attention", "check_n_valid_range", "dispatcher"]
-
-_OP = "bottleneck_attention"
+__all__ = ["BottleneckAttentionInputs", "bottleneck_attention", "dispatcher"]
 
 
 @dataclass
@@ -40,30 +38,8 @@ class BottleneckAttentionInputs(AttentionInputs):
     n_fusion: int
     scale: float
 
-    @property
-    def mask_kind(self) -> str:
-        return "bottleneck"
-
-    @property
-    def n_fixed(self) -> int:
-        return self.n_fusion
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.n_valid
-
-    def validate(self) -> None:
-        self.check_qkv(_OP)
-        self.check_fixed(_OP, "n_fusion", self.n_fusion, 0)
-        self.check_lengths(_OP, "n_valid", self.n_valid)
-
-
-#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
-BOTTLENECK_ATTENTION = AttentionOp(
-    _OP, BottleneckAttentionInputs, lengths_name="n_valid", n_fixed_name="n_fusion",
-    probe=lambda q, lengths: BottleneckAttentionInputs(q, q, q, lengths, 1, 0.125),
-    example=lambda batch, device, gen: _example(batch, device, gen),
-)
+    op, mask_kind = "bottleneck_attention", "bottleneck"
+    lengths_field, n_fixed_field, min_fixed = "n_valid", "n_fusion", 0
 
 
 def _example(batch: int | None, device, gen: torch.Generator) -> tuple[BottleneckAttentionInputs, str]:
@@ -75,13 +51,12 @@ def _example(batch: int | None, device, gen: torch.Generator) -> tuple[Bottlenec
     q, k, v = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(3))
     return (BottleneckAttentionInputs(q, k, v, n_valid.to(device), n_fusion, D**-0.5),
             f"B={B} H={H} L={L} Dh={D}, {n_fusion} fusion tokens, {B // 4} of {B} samples half padding")
+
+
+#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
+BOTTLENECK_ATTENTION = AttentionOp(BottleneckAttentionInputs, example=_example)
 #: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
 dispatcher = BOTTLENECK_ATTENTION.dispatcher
-
-
-def check_n_valid_range(n_valid: torch.Tensor, n_fusion: int, seq_len: int) -> None:
-    """Raises ValueError unless ``0 <= n_valid <= seq_len - n_fusion``; reads the values (a sync on CUDA)."""
-    BOTTLENECK_ATTENTION.check_range(n_valid, n_fusion, seq_len)
 
 
 def bottleneck_attention(
@@ -118,5 +93,5 @@ def bottleneck_attention(
         BackendUnavailableError: when ``backend`` (or every backend) cannot serve the inputs; the
             message lists each backend with its reason.
     """
-    return BOTTLENECK_ATTENTION(q, scale, backend, check_n_valid,
-                                lambda scale: BottleneckAttentionInputs(q, k, v, n_valid, n_fusion, scale))
+    return BOTTLENECK_ATTENTION(q, k, v, n_valid=n_valid, n_fusion=n_fusion, scale=scale, backend=backend,
+                                check_lengths=check_n_valid)

@@ -38,7 +38,6 @@ from .attention import AttentionInputs, AttentionOp, key_end
 __all__ = ["MaskedAttentionInputs", "check_n_text_range", "dispatcher", "key_end", "masked_attention"]
 
 MODES = ("rest", "full")
-_OP = "masked_attention"
 
 
 @dataclass
@@ -53,32 +52,16 @@ class MaskedAttentionInputs(AttentionInputs):
     full: bool
     scale: float
 
+    op = "masked_attention"
+    lengths_field, n_fixed_field, min_fixed = "n_text", "n_visual", 1
+
     @property
     def mask_kind(self) -> str:
         return "full" if self.full else "rest"
 
-    @property
-    def n_fixed(self) -> int:
-        return self.n_visual
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.n_text
-
-    def validate(self) -> None:
-        self.check_qkv(_OP)
-        self.check_fixed(_OP, "n_visual", self.n_visual, 1)
-        self.check_lengths(_OP, "n_text", self.n_text)
+    def check_params(self) -> None:
         if not isinstance(self.full, bool):
-            raise TypeError(f"{_OP}: full must be a bool, got {type(self.full).__name__}")
-
-
-#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
-MASKED_ATTENTION = AttentionOp(
-    _OP, MaskedAttentionInputs, lengths_name="n_text", n_fixed_name="n_visual",
-    probe=lambda q, lengths: MaskedAttentionInputs(q, q, q, lengths, 1, False, 0.125),
-    example=lambda batch, device, gen: _example(batch, device, gen),
-)
+            raise TypeError(f"{self.op}: full must be a bool, got {type(self.full).__name__}")
 
 
 def _example(batch: int | None, device, gen: torch.Generator) -> tuple[MaskedAttentionInputs, str]:
@@ -88,13 +71,15 @@ def _example(batch: int | None, device, gen: torch.Generator) -> tuple[MaskedAtt
     q, k, v = (torch.randn(B, H, L, D, generator=gen).to(device) for _ in range(3))
     return (MaskedAttentionInputs(q, k, v, n_text, n_visual, False, D**-0.5),
             f"B={B} H={H} L={L} (CLS + 16 frames + 1..8 words) Dh={D}, mode rest")
+
+
+#: The op: custom ops, autograd, fake implementations, FLOP formulas, eager path and dispatch.
+MASKED_ATTENTION = AttentionOp(MaskedAttentionInputs, example=_example, probe_args={"full": False})
 #: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
 dispatcher = MASKED_ATTENTION.dispatcher
-
-
-def check_n_text_range(n_text: torch.Tensor, n_visual: int, seq_len: int) -> None:
-    """Raises ValueError unless ``0 <= n_text <= seq_len - n_visual``; reads the values (a sync on CUDA)."""
-    MASKED_ATTENTION.check_range(n_text, n_visual, seq_len)
+#: ``check_n_text_range(n_text, n_visual, seq_len)``: ValueError unless ``0 <= n_text <= seq_len -
+#: n_visual``; reads the values (a sync on CUDA).
+check_n_text_range = MASKED_ATTENTION.check_range
 
 
 def masked_attention(
@@ -133,6 +118,6 @@ def masked_attention(
             message lists each backend with its reason.
     """
     if mode not in MODES:
-        raise ValueError(f"{_OP}: mode must be one of {MODES}, got {mode!r}")
-    return MASKED_ATTENTION(q, scale, backend, check_n_text,
-                            lambda scale: MaskedAttentionInputs(q, k, v, n_text, n_visual, mode == "full", scale))
+        raise ValueError(f"masked_attention: mode must be one of {MODES}, got {mode!r}")
+    return MASKED_ATTENTION(q, k, v, n_text=n_text, n_visual=n_visual, full=mode == "full", scale=scale,
+                            backend=backend, check_lengths=check_n_text)

@@ -16,7 +16,10 @@ from anywhere, a spec can only name these formats and packages, and never import
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -67,6 +70,7 @@ def _word2vec_header(path: Path) -> tuple[int, int] | None:
     Raises ValueError when the header promises more values than an uncompressed file can hold
     (each takes at least a byte), before gensim allocates room for them.
     """
+    # deferred: gensim takes ~4 s to import
     from gensim import utils
 
     with utils.open(str(path), "rb") as f:  # .gz/.bz2 too
@@ -84,6 +88,7 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
     """gensim ``KeyedVectors`` from a vectors file, by suffix: ``.bin`` is word2vec binary, else
     fastText's binary; gensim pickles (:data:`PICKLE_SUFFIXES`) only with ``trust_pickle``; anything
     else is text, word2vec/fastText ``.vec`` (with a header line) or GloVe (without one)."""
+    # deferred: gensim takes ~4 s to import
     from gensim.models import KeyedVectors
 
     if not path.is_file():
@@ -122,8 +127,6 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
 def _reason_without_content(exc: BaseException) -> str:
     """The first line of a parser's error with the text it quotes from the file cut out: a spec in
     a checkpoint can name any file, and its content must not reach the message."""
-    import re
-
     first = (str(exc).splitlines() or [""])[0]
     first = re.sub(r"(['\"]).*?\1", "<...>", first)
     first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
@@ -231,8 +234,6 @@ def _sentence_model_path(model: str | Path) -> Path:
         raise ValueError(
             f"sentence model {str(model)!r} is neither a model folder nor a known model package "
             f"({', '.join(sorted(SENTENCE_MODEL_PACKAGES))}); pass the folder of a sentence-transformers model")
-    import importlib
-
     try:
         package = importlib.import_module(module_name)
     except ImportError:
@@ -276,10 +277,9 @@ class SentenceEmbedder:
 
     def __init__(self, model: str | Path = DEFAULT_SENTENCE_MODEL, device: str | None = None,
                  name_map: Mapping[str, str] | None = None, batch_size: int = 64, normalize: bool | None = None):
-        import os
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # deferred: sentence-transformers takes ~16 s to import
         from sentence_transformers import SentenceTransformer
 
         self.model_name = str(model)
@@ -288,6 +288,7 @@ class SentenceEmbedder:
             self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True,
                                              trust_remote_code=False)
         if normalize is not None:
+            # deferred: sentence-transformers takes ~16 s to import
             from sentence_transformers.models import Normalize
 
             modules = [m for m in self.model if not isinstance(m, Normalize)]

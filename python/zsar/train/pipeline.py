@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from ..data import ClipSpec, VideoClipDataset, VideoList, evaluation_loader
 from ..data.decoders import fallback_decoder
+from ..data.formats import video_format
 from ..data.video_labels import WithVideoLabels, embed_video_labels, read_video_labels
 from ..models import load_model, save_checkpoint
 from ..models.checkpoint import replace_checkpoint, resolve
@@ -34,12 +35,15 @@ from ..zeroshot.classifier import SETTINGS_FILE as ZERO_SHOT_SETTINGS
 from .config import TrainConfig
 from .trainer import Trainer, build_model
 
-__all__ = ["Pipeline", "train_from_config"]
+__all__ = ["Pipeline", "first_per_class", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
 #: Where a run into a finished run's folder saves its best epochs until it is complete.
 STAGED_BEST = "best.next"
+#: Training videos per class that ``zsar train`` encodes for the open-set calibration of a head that
+#: needs no seen-class representations (MZST's); a head that does (ResT's) calibrates on all of them.
+OPEN_SET_VIDEOS_PER_CLASS = 10
 
 
 class Pipeline:
@@ -100,17 +104,24 @@ class Pipeline:
         return encode_loader(self.model, loader, self.config.progress, desc=desc, with_seen_logits=with_seen_logits)
 
     def classifier(self, seen: EncodedSet | Any | None, validation: EncodedSet | Any | None = None,
-                   **kwargs: Any) -> ZeroShotClassifier:
+                   calibration: EncodedSet | Any | None = None, **kwargs: Any) -> ZeroShotClassifier:
         """The zero-shot classifier of the model (:meth:`ZeroShotClassifier.fit`), with the config's
-        ``head_settings``, chosen on the ``head_selection`` grid when the config has one.
+        ``head_settings``, chosen on the ``head_selection`` grid when the config has one, and its
+        open-set calibration (:mod:`zsar.zeroshot.open_set`).
 
         Args:
             seen: the seen classes' videos (encoded, or a loader; encoded only when the head or the
                 selection needs them).
             validation: held-out videos of the seen classes to cross-validate on (default ``seen``).
+            calibration: videos of the seen classes (encoded, or a loader) to fit the open-set
+                calibration on (default: ``seen`` when it is encoded; a head that needs no seen
+                representations, such as MZST's, is calibrated only on these, see
+                :meth:`open_set_sample`).
             **kwargs: ``clip_spec``, ``temperature``.
         """
         selection = self.config.head_selection
+        if calibration is not None and not isinstance(calibration, EncodedSet):
+            calibration = self.encode(calibration, "seen-class videos for the open-set calibration")
         if seen is not None and not isinstance(seen, EncodedSet):
             needed = selection is not None or HEADS[self.model.zero_shot_head].needs_seen_representations
             seen = self.encode(seen, "seen-class representations") if needed else None
@@ -118,7 +129,15 @@ class Pipeline:
             validation = self.encode(validation, "held-out videos of the seen classes") if selection else None
         return ZeroShotClassifier.fit(self.model, seen, self.classes, self.embedder,
                                       head_settings=self.config.head_settings, selection=selection,
-                                      validation=validation, **kwargs)
+                                      validation=validation, calibration=calibration, **kwargs)
+
+    def open_set_sample(self, videos: VideoList) -> VideoList | None:
+        """The training videos to fit the open-set calibration on when :meth:`classifier` does not
+        encode them anyway: for a head that needs no seen representations (MZST's), the first
+        :data:`OPEN_SET_VIDEOS_PER_CLASS` of each class; None for one that does (ResT's: all of them)."""
+        if HEADS[self.model.zero_shot_head].needs_seen_representations or self.config.head_selection is not None:
+            return None
+        return first_per_class(videos, OPEN_SET_VIDEOS_PER_CLASS)[0]
 
     def save(self, clf: ZeroShotClassifier, directory: str | Path | None = None,
              metadata: dict[str, Any] | None = None) -> Path:
@@ -132,6 +151,16 @@ class Pipeline:
             target = save_checkpoint(directory, self.model, {"class_names": self.classes, **(metadata or {})})
         clf.save(target)
         return Path(target)
+
+
+def first_per_class(videos: VideoList, first: int) -> tuple[VideoList, VideoList]:
+    """(the first ``first`` videos of each class, the others), in list order."""
+    counts: dict[int, int] = {}
+    head, tail = [], []
+    for record in videos:
+        counts[record.label] = counts.get(record.label, 0) + 1
+        (head if counts[record.label] <= first else tail).append(record)
+    return VideoList(head, videos.classes), VideoList(tail, videos.classes)
 
 
 def with_video_labels(train_data, videos: VideoList, config: TrainConfig, embedder) -> WithVideoLabels:
@@ -163,6 +192,7 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
     """
     if config.data is None:
         raise ValueError("the config has no `data` section (format, annotations, root): nothing to train on")
+    video_format(config.data.format, "data.format", "zsar train")
     videos = config.data.read()
     if len(videos.classes) < 2:
         raise ValueError(f"{config.data.annotations}: need at least 2 classes to train, found {len(videos.classes)}")
@@ -189,9 +219,16 @@ def train_from_config(config: TrainConfig, resume: bool = True, trust_pickle: bo
         shutil.copytree(resolve(root / "best"), copy)
         os.replace(copy, root / STAGED_BEST)
     best = pipeline.use_checkpoint(STAGED_BEST if finished else "best")
-    seen = evaluation_loader(videos, eval_spec, config.batch_size, audio=audio, backend=data.backend,
-                             on_error=data.on_error, missing_audio=data.missing_audio)
-    clf = pipeline.classifier(seen, clip_spec=eval_spec)
+
+    def loader(subset: VideoList):
+        return evaluation_loader(subset, eval_spec, config.batch_size, audio=audio, backend=data.backend,
+                                 on_error=data.on_error, missing_audio=data.missing_audio)
+
+    sample = pipeline.open_set_sample(videos)
+    clf = pipeline.classifier(loader(videos), calibration=None if sample is None else loader(sample),
+                              clip_spec=eval_spec)
+    if clf.open_set is None and not clf.open_set_missing:
+        log.warning("the checkpoint has no open-set calibration: `zsar predict` will not answer 'none of these'")
     pipeline.save(clf)
     if finished:
         best = replace_checkpoint(best, root / "best")

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "zeroshot.json"
 _SETTINGS_KEYS = {"head", "head_settings", "temperature", "clip_spec", "embedder", "seen_labels", "selection",
-                  "open_set"}
+                  "open_set", "open_set_missing"}
 _LEGACY_KEYS = {"k", "theta", "rho", "temperature", "clip_spec", "embedder"}
 
 
@@ -77,6 +77,8 @@ class ZeroShotClassifier:
         self.selection: dict[str, Any] = {"method": "fixed"}
         #: Per-label probabilities and "none of these" (:mod:`zsar.zeroshot.open_set`); None: not calibrated.
         self.open_set: OpenSetCalibration | None = None
+        #: Why :meth:`fit` could not calibrate :attr:`open_set` (saved, so that ``zsar predict`` can say it).
+        self.open_set_missing: str | None = None
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -84,7 +86,7 @@ class ZeroShotClassifier:
     def fit(cls, model, seen: EncodedSet | None, seen_labels: Sequence[str], embedder, *,
             head_settings: dict[str, Any] | None = None, selection: HeadSelection | None = None,
             validation: EncodedSet | None = None, progress: bool = False, open_set: bool = True,
-            **kwargs) -> "ZeroShotClassifier":
+            calibration: EncodedSet | None = None, **kwargs) -> "ZeroShotClassifier":
         """The classifier of a trained model: the one place where its head is built and the head's
         parameters are chosen.
 
@@ -100,8 +102,13 @@ class ZeroShotClassifier:
                 ``head_settings``; None keeps them fixed. What the choice found is :attr:`selection`,
                 saved in ``zeroshot.json``.
             validation: held-out videos of the seen classes the folds are scored on (default ``seen``).
-            open_set: with ``seen``, also fit the open-set calibration on it, seen classes held out fold
-                by fold (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted).
+            open_set: also fit the open-set calibration, seen classes held out fold by fold
+                (:meth:`calibrate_open_set`; a warning instead when it cannot be fitted), on
+                ``calibration``, else on ``seen``; skipped when neither is given.
+            calibration: videos of the seen classes encoded with ``model`` (``labels`` index
+                ``seen_labels``) to fit the open-set calibration on, e.g. videos held out from
+                training (default ``seen``). Heads that need no seen representations (MZST's)
+                are calibrated only when one of the two is given.
             **kwargs: ``temperature``, ``clip_spec`` (see the class).
         """
         head_cls = HEADS[model.zero_shot_head]
@@ -116,11 +123,13 @@ class ZeroShotClassifier:
         head = head_cls.from_seen(x, labels, list(seen_labels), **settings)
         clf = cls(model, head, embedder, seen_labels=seen_labels, **kwargs)
         clf.selection = record
-        if open_set and seen is not None:
+        calibration = calibration if calibration is not None else seen
+        if open_set and calibration is not None:
             try:
-                clf.calibrate_open_set(seen.x, torch.as_tensor(seen.labels))
+                clf.calibrate_open_set(calibration.x, torch.as_tensor(calibration.labels))
             except ValueError as e:  # too few classes, or a representation that does not separate them
-                log.warning("no open-set calibration: %s", e)
+                log.warning("no open-set calibration (no 'none of these' answers): %s", e)
+                clf.open_set_missing = str(e)
         return clf
 
     def calibrate_open_set(self, x: torch.Tensor, labels: torch.Tensor, folds: int = 5,
@@ -133,6 +142,7 @@ class ZeroShotClassifier:
         with torch.no_grad():
             self.open_set = calibrate_open_set(self.head, self.embedder, self.model, x, labels, self.seen_labels,
                                                folds=folds, seed=seed)
+            self.open_set_missing = None
         return self.open_set
 
     @classmethod
@@ -154,6 +164,8 @@ class ZeroShotClassifier:
                     "selection": self.selection}
         if self.open_set is not None:
             settings["open_set"] = self.open_set.to_dict()
+        elif self.open_set_missing:
+            settings["open_set_missing"] = self.open_set_missing
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return directory
 
@@ -209,6 +221,8 @@ class ZeroShotClassifier:
         clf.selection = settings.get("selection") or {"method": "fixed"}
         if settings.get("open_set") is not None:
             clf.open_set = OpenSetCalibration.from_dict(settings["open_set"], where=f"{path} open_set")
+        missing = settings.get("open_set_missing")
+        clf.open_set_missing = missing if isinstance(missing, str) and clf.open_set is None else None
         return clf
 
     # ---- classification ----------------------------------------------------------------------------

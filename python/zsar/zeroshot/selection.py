@@ -27,6 +27,7 @@ from numbers import Integral
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .._utils import as_numpy
 from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
@@ -203,8 +204,6 @@ def select_transfer_params(
             fold without videos, or a fold class unrelated (cosine ≤ 0) to every remaining seen class, for
             which no composite prototype exists.
     """
-    from tqdm.auto import tqdm
-
     x = as_numpy(features).astype(np.float64, copy=False)
     y = as_numpy(labels)
     emb = as_numpy(label_embeddings).astype(np.float64, copy=False)

@@ -22,6 +22,7 @@ import torch
 from ..video import VideoError, VideoInfo, probe_video
 from . import dali, pyav  # noqa: F401  (registers the built-in decoders)
 from .base import (
+    DECODERS,
     DecodeRequest,
     Decoder,
     DecoderUnavailableError,
@@ -83,6 +84,6 @@ def read_frames(path: str | os.PathLike, indices, backend: str = "auto", *,
     return decoder.read_frames(info.path, indices, DecodeRequest.of(info, device).device, info)
 
 
-__all__ = ["BACKENDS", "DecodeRequest", "Decoder", "DecoderUnavailableError", "VideoError", "choose_backend",
+__all__ = ["DECODERS", "BACKENDS", "DecodeRequest", "Decoder", "DecoderUnavailableError", "VideoError", "choose_backend",
            "decoder_dispatcher", "decoder_names", "fallback_decoder", "get_decoder", "read_frames", "register_decoder",
            "select_decoder", "unavailable_reason"]

@@ -23,12 +23,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..._registry import Registry
 from ...ops import Dispatcher
 from ..video import VideoInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeRequest", "Decoder", "DecoderUnavailableError", "decoder_dispatcher", "decoder_names",
+__all__ = ["DECODERS", "DecodeRequest", "Decoder", "DecoderUnavailableError", "decoder_dispatcher", "decoder_names",
            "fallback_decoder", "get_decoder", "register_decoder", "select_decoder"]
 
 
@@ -133,30 +134,34 @@ class Decoder:
         return f"<decoder {self.name}>"
 
 
-_REGISTRY: dict[str, Decoder] = {}
-_dispatcher: Dispatcher[Decoder] | None = None
+#: Name -> the registered :class:`Decoder` instance (a read-only view; add one with :func:`register_decoder`).
+DECODERS: Registry[Decoder] = Registry("decoder", "backend")
+_dispatcher: tuple[int, Dispatcher[Decoder]] | None = None  # (DECODERS.version it was built at, dispatcher)
 
 
 def register_decoder(cls: type[Decoder]) -> type[Decoder]:
-    """Class decorator: registers one instance of ``cls`` under ``cls.name`` (replacing an earlier
-    decoder of that name)."""
-    global _dispatcher
+    """Class decorator: registers one instance of ``cls`` under ``cls.name``.
+
+    Raises:
+        TypeError / ValueError: not a named :class:`Decoder` subclass, a bad ``device_type``, or a
+            name already registered (``DECODERS.unregister(name)`` first to replace it).
+    """
     if not (isinstance(cls, type) and issubclass(cls, Decoder)) or not cls.name:
         raise TypeError(f"register_decoder: expected a Decoder subclass with a name, got {cls!r}")
     if cls.device_type not in ("cpu", "cuda"):
         raise ValueError(f"register_decoder: {cls.__name__}.device_type must be 'cpu' or 'cuda', "
                          f"got {cls.device_type!r}")
-    _REGISTRY[cls.name] = cls()
-    _dispatcher = None
+    DECODERS.register(cls.name, cls())
     return cls
 
 
 def decoder_dispatcher() -> Dispatcher[Decoder]:
     """The registered decoders in dispatch order, as an op :class:`~zsar.ops.Dispatcher`."""
     global _dispatcher
-    if _dispatcher is None:
-        _dispatcher = Dispatcher("read_frames", sorted(_REGISTRY.values(), key=lambda d: d.priority))
-    return _dispatcher
+    if _dispatcher is None or _dispatcher[0] != DECODERS.version:
+        _dispatcher = (DECODERS.version,
+                       Dispatcher("read_frames", sorted(DECODERS.values(), key=lambda d: d.priority)))
+    return _dispatcher[1]
 
 
 def decoder_names() -> tuple[str, ...]:
@@ -183,10 +188,8 @@ def fallback_decoder(backend: str = "auto") -> str:
 
 
 def get_decoder(name: str) -> Decoder:
-    """The registered decoder ``name``; ``ValueError`` listing the names otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"backend must be one of {('auto',) + decoder_names()}, got {name!r}")
-    return _REGISTRY[name]
+    """The registered decoder ``name``; ``ValueError`` listing the names (and ``auto``) otherwise."""
+    return DECODERS.get(name, extra=("auto",))
 
 
 _SAID: set[tuple] = set()  # the kinds of file (codec, device type, decoder) whose decoder was already said

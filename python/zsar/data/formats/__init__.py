@@ -38,7 +38,7 @@ from .common import (
 from .folder import read_video_folder
 from .hmdb51 import read_hmdb51
 from .kinetics import read_kinetics
-from .registry import FORMATS, DatasetFormat, get_format, register_format
+from .registry import FORMATS, DatasetFormat, get_format, register_format, video_format
 from .ucf101 import read_ucf101
 from .vggsound import read_vggsound
 from .video_list import read_video_list
@@ -67,5 +67,6 @@ __all__ = [
     "read_video_folder",
     "read_video_list",
     "register_format",
+    "video_format",
     "write_class_list",
 ]

@@ -155,6 +155,7 @@ def decode_video_urls(values, path: PathLike) -> list[str]:
 
 def _read_urls(path: Path) -> tuple[list[str], tuple[int, ...]]:
     """``video_urls`` and the shape of ``data`` of one class file (the features are not read)."""
+    # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
     import h5py
 
     try:
@@ -351,7 +352,9 @@ def avca_class_vectors(root: PathLike, split: str = "main", *, features: PathLik
 
 
 @register_format("avca_features", needs_root=False,
-                 annotations="the AVCA-GZSL dataset folder (class-split/ and features/); root: the features folder")
+                 annotations="the AVCA-GZSL dataset folder (class-split/ and features/); root: the features folder",
+                 features="run the AVCA GZSL protocol on them with `zsar gzsl` and a feature-input model "
+                          "(model: mzst_features or rest_features; see `zsar gzsl --help`)")
 def _read(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     if classes is not None:
         raise ValueError("data.classes is not used by format 'avca_features' (the stage files fix the classes)")

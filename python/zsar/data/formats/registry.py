@@ -16,12 +16,12 @@ training config and in ``zsar eval --format``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Callable, Protocol
 
+from ..._registry import Registry
 from ..records import VideoList
 
-__all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format"]
+__all__ = ["DatasetFormat", "FORMATS", "FormatReader", "get_format", "register_format", "video_format"]
 
 
 class FormatReader(Protocol):
@@ -40,33 +40,50 @@ class DatasetFormat:
         read: its reader (:class:`FormatReader`).
         annotations: what ``annotations`` names for this format, for messages and docs.
         needs_root: whether a video folder must be given (otherwise the reader has a default).
+        features: what to run instead when the records name feature files, not videos (None: videos).
     """
 
     name: str
     read: FormatReader
     annotations: str
     needs_root: bool = True
+    features: str | None = None
 
 
-_FORMATS: dict[str, DatasetFormat] = {}
-#: Name → :class:`DatasetFormat` of every registered format (a live, read-only view).
-FORMATS = MappingProxyType(_FORMATS)
+#: Name → :class:`DatasetFormat` of every registered format (add one with :func:`register_format`).
+FORMATS: Registry[DatasetFormat] = Registry("dataset format", "data.format")
 
 
-def register_format(name: str, *, annotations: str, needs_root: bool = True) -> Callable[[FormatReader], FormatReader]:
-    """Decorator registering a reader with the one signature under ``name`` (replacing an earlier one)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_format: the name must be a non-empty string, got {name!r}")
+def register_format(name: str, *, annotations: str, needs_root: bool = True,
+                    features: str | None = None) -> Callable[[FormatReader], FormatReader]:
+    """Decorator registering a reader with the one signature under ``name``; ``features``: its records
+    name feature files, not videos, and this says what reads them.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered (``FORMATS.unregister(name)`` first to
+            replace it).
+    """
 
     def register(read: FormatReader) -> FormatReader:
-        _FORMATS[name] = DatasetFormat(name, read, annotations, needs_root)
+        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root, features))
         return read
 
     return register
 
 
-def get_format(name: str) -> DatasetFormat:
-    """The registered format ``name``; ``ValueError`` listing the names otherwise."""
-    if name not in _FORMATS:
-        raise ValueError(f"data.format must be one of {tuple(_FORMATS)}, got {name!r}")
-    return _FORMATS[name]
+def get_format(name: str, where: str = "data.format") -> DatasetFormat:
+    """The registered format ``name``; ``ValueError`` naming ``where`` (the config key or option that
+    gave it) and listing the names otherwise."""
+    if name not in FORMATS:
+        raise ValueError(FORMATS.unknown(name, argument=where))
+    return FORMATS[name]
+
+
+def video_format(name: str, where: str, reader: str) -> DatasetFormat:
+    """:func:`get_format` for ``reader`` (e.g. "zsar train"), which decodes videos: a format whose
+    records name feature files is refused in one line saying what reads them instead."""
+    fmt = get_format(name, where)
+    if fmt.features is not None:
+        raise ValueError(f"{where} {name!r}: its records are feature files, not videos, which {reader} decodes; "
+                         f"{fmt.features}")
+    return fmt

@@ -1,16 +1,19 @@
 """What every attention backend is given: ``q, k, v``, a softmax scale and a mask descriptor.
 
-Each attention op (``masked_attention`` today) has its own :class:`AttentionInputs` dataclass,
-whose fields are the op's arguments; it maps them onto the mask descriptor (``mask_kind``,
-``n_fixed``, ``lengths``) that the backends read, and shares the checks, output shapes and FLOP
-counts defined here.
+Each attention op has its own :class:`AttentionInputs` dataclass, whose fields are the op's
+arguments. It states as data which of them form the mask descriptor that the backends read
+(``lengths_field``, ``n_fixed_field``, ``min_fixed`` and ``mask_kind``: flash-attention's varlen
+interface style, a mask is a kind plus integers); the checks, output shapes and FLOP counts are
+defined here once.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .._custom_op import OpInputs, TensorSpec
 from .masks import MASK_KINDS, MaskKind
@@ -25,11 +28,11 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class AttentionInputs(OpInputs):
-    """Base of an attention op's inputs. Subclasses are dataclasses with fields ``q``, ``k``, ``v``
-    and ``scale`` and define :attr:`mask_kind`, :attr:`n_fixed` and :attr:`lengths`.
+    """Base of an attention op's inputs. Subclasses are dataclasses with fields ``q``, ``k``, ``v``,
+    the mask arguments and ``scale``, and set the class attributes below.
 
     ``q, k, v``: contiguous ``(B, H, L, Dh)`` tensors of one floating dtype on one device;
-    ``lengths``: contiguous int32 ``(B,)`` on the same device.
+    the lengths: contiguous int32 ``(B,)`` on the same device.
     """
 
     q: torch.Tensor
@@ -37,17 +40,41 @@ class AttentionInputs(OpInputs):
     v: torch.Tensor
     scale: float
 
+    #: The op's name (``torch.ops.zsar.<op>``), used in error messages.
+    op: ClassVar[str]
+    #: The field holding the per-sample lengths of the mask (int32 ``(B,)``).
+    lengths_field: ClassVar[str]
+    #: The field holding the tokens every sample has (an int in ``[min_fixed, L]``).
+    n_fixed_field: ClassVar[str]
+    min_fixed: ClassVar[int] = 0
+
     @property
     def mask_kind(self) -> str:
+        """The :data:`~.masks.MASK_KINDS` name; a class attribute, or a property of the op's flags."""
         raise NotImplementedError
 
     @property
     def n_fixed(self) -> int:
-        raise NotImplementedError
+        return getattr(self, self.n_fixed_field)
 
     @property
     def lengths(self) -> torch.Tensor:
-        raise NotImplementedError
+        return getattr(self, self.lengths_field)
+
+    def validate(self) -> None:
+        """Checks ``q, k, v``, ``scale`` and the mask arguments (no tensor values are read), then the
+        op's own parameters (:meth:`check_params`).
+
+        Raises:
+            TypeError / ValueError: naming the argument.
+        """
+        self.check_qkv(self.op)
+        self.check_fixed(self.op, self.n_fixed_field, self.n_fixed, self.min_fixed)
+        self.check_lengths(self.op, self.lengths_field, self.lengths)
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Checks the op's parameters beyond the mask descriptor (none by default)."""
 
     @property
     def mask(self) -> MaskKind:
@@ -86,8 +113,6 @@ class AttentionInputs(OpInputs):
         Exact when ``lengths`` holds real values; for fake/meta tensors (under torch.compile or a
         meta-device FLOP count) every sample is assumed to have the maximum length.
         """
-        from torch._subclasses.fake_tensor import FakeTensor
-
         lengths, n_fixed, seq_len = self.lengths, self.n_fixed, self.seq_len
         if isinstance(lengths, FakeTensor) or lengths.device.type == "meta":
             counts = [seq_len - n_fixed] * lengths.shape[0]

@@ -3,9 +3,10 @@ declaration (outputs ``out`` and ``lse``, gradients for ``q, k, v``, every atten
 argument checks and the call, plus the registry of attention ops that ``zsar info`` and
 ``zsar bench`` list.
 
-An op is its :class:`~.inputs.AttentionInputs` dataclass (its arguments mapped onto a mask kind,
-``n_fixed`` and ``lengths``: the mask as data, as in flash-attention's varlen interface) and an
-:class:`AttentionOp`; its public function only turns keyword arguments into those inputs.
+An op is its :class:`~.inputs.AttentionInputs` dataclass (its arguments, and which of them are the
+mask kind, ``n_fixed`` and ``lengths``: the mask as data, as in flash-attention's varlen interface)
+and an :class:`AttentionOp`; its public function documents the arguments and passes them on by
+name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ..._registry import Registry
 from .._custom_op import FusedOp
 from .backend_cpu import CpuBackend
 from .backend_cuda import CudaBackend
@@ -31,61 +33,67 @@ def backends() -> list:
 
 
 #: name -> :class:`AttentionOp`, in registration order.
-ATTENTION_OPS: dict[str, "AttentionOp"] = {}
+ATTENTION_OPS: Registry["AttentionOp"] = Registry("attention op", "op")
 
 
 class AttentionOp:
-    """One registered attention op.
+    """One registered attention op: the front end its public function calls.
 
     Args:
-        name: the op's name (``torch.ops.zsar.<name>``).
-        inputs_type: its :class:`AttentionInputs` dataclass.
-        lengths_name, n_fixed_name: what the op calls ``lengths`` and ``n_fixed`` (error messages).
-        probe: ``probe(q, lengths)`` -> inputs of a small call on ``q``'s device and dtype, used to
-            ask every backend whether it could serve them (``zsar info``).
+        inputs_type: its :class:`AttentionInputs` dataclass; ``inputs_type.op`` is the op's name
+            (``torch.ops.zsar.<name>``).
         example: ``example(batch, device, generator)`` -> ``(inputs, description)``: float32 inputs
             at the shape the op is used at (``batch`` None: its usual batch), for ``zsar bench``.
+        probe_args: the op's arguments other than ``q, k, v``, the lengths and ``scale`` for
+            :meth:`probe` (e.g. a mode flag), when they have no default.
+
+    Raises:
+        ValueError: if an op of that name is already registered.
     """
 
-    def __init__(self, name: str, inputs_type: type[AttentionInputs], *, lengths_name: str, n_fixed_name: str,
-                 probe: Callable[[torch.Tensor, torch.Tensor], AttentionInputs],
-                 example: Callable[[int | None, torch.device, torch.Generator], tuple[AttentionInputs, str]]):
-        if name in ATTENTION_OPS:
-            raise ValueError(f"attention op {name!r} is already registered")
-        self.name = name
+    def __init__(self, inputs_type: type[AttentionInputs], *,
+                 example: Callable[[int | None, torch.device, torch.Generator], tuple[AttentionInputs, str]],
+                 probe_args: dict | None = None):
+        self.name = inputs_type.op
         self.inputs_type = inputs_type
-        self.lengths_name = lengths_name
-        self.n_fixed_name = n_fixed_name
-        self.probe = probe
         self.example = example
-        self.fused = FusedOp(name, inputs_type, outputs=("out", "lse"), differentiable_outputs=("out",),
+        self._probe_args = {inputs_type.n_fixed_field: max(1, inputs_type.min_fixed), **(probe_args or {})}
+        self.fused = FusedOp(self.name, inputs_type, outputs=("out", "lse"), differentiable_outputs=("out",),
                              differentiable_inputs=("q", "k", "v"), backends=backends())
         #: Backends in dispatch order (fastest first); ``backend=`` forces one by name.
         self.dispatcher = self.fused.dispatcher
-        ATTENTION_OPS[name] = self
+        ATTENTION_OPS.register(self.name, self)
+
+    def probe(self, q: torch.Tensor, lengths: torch.Tensor) -> AttentionInputs:
+        """Inputs of a small call on ``q``'s device and dtype, to ask every backend whether it could
+        serve them (``zsar info``)."""
+        return self.inputs_type(q=q, k=q, v=q, scale=0.125, **{self.inputs_type.lengths_field: lengths},
+                                **self._probe_args)
 
     def check_range(self, lengths: torch.Tensor, n_fixed: int, seq_len: int) -> None:
         """Raises ValueError unless ``0 <= lengths <= seq_len - n_fixed``; reads the values (a sync on CUDA)."""
         lo, hi = (int(x) for x in torch.aminmax(lengths))
         if lo < 0 or hi > seq_len - n_fixed:
+            lengths_name, n_fixed_name = self.inputs_type.lengths_field, self.inputs_type.n_fixed_field
             raise ValueError(
-                f"{self.name}: {self.lengths_name} values must be in [0, L - {self.n_fixed_name} = "
+                f"{self.name}: {lengths_name} values must be in [0, L - {n_fixed_name} = "
                 f"{seq_len - n_fixed}], got values in [{lo}, {hi}]"
             )
 
-    def __call__(self, q, scale: float | None, backend: str | None, check_range: bool,
-                 make_inputs: Callable[[float], AttentionInputs]) -> torch.Tensor:
-        """Checks ``scale`` and ``backend``, builds the inputs (``make_inputs(scale)``), validates them,
-        checks the lengths' range unless ``check_range`` is False (or under ``torch.compile``) and
-        runs the op; returns ``out``."""
+    def __call__(self, q, k, v, *, scale: float | None = None, backend: str | None = None,
+                 check_lengths: bool = True, **mask_args) -> torch.Tensor:
+        """The op's public call: checks ``scale`` (default ``1 / sqrt(Dh)``) and ``backend``, builds the
+        inputs from ``mask_args`` (the op's other fields, by name), validates them, checks the
+        lengths' range unless ``check_lengths`` is False (or under ``torch.compile``) and runs the
+        op; returns ``out``."""
         if scale is None:
             scale = 1.0 / math.sqrt(q.shape[-1]) if isinstance(q, torch.Tensor) and q.dim() > 0 else 1.0
         elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{self.name}: scale must be a finite number or None, got {scale!r}")
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"{self.name}: backend must be a str or None, got {type(backend).__name__}")
-        inputs = make_inputs(float(scale))
+        inputs = self.inputs_type(q=q, k=k, v=v, scale=float(scale), **mask_args)
         inputs.validate()
-        if check_range and not torch.compiler.is_compiling():
+        if check_lengths and not torch.compiler.is_compiling():
             self.check_range(inputs.lengths, inputs.n_fixed, inputs.seq_len)
         return self.fused(inputs, backend)[0]
