@@ -223,5 +223,82 @@ __device__ __forceinline__ float row_dot_pair(const T* dout_tile_row, const T* o
   return part + __shfl_xor_sync(kFullMask, part, 1);
 }
 
+// The online softmax of one 16-key block of scores s (n-blocks 0, 1; rows g and g + 8 as h = 0, 1):
+// entries with allowed(h, key) false are dropped, the rest scaled; updates the running maximum mx
+// and per-lane partial sums l, rescales the output accumulators o, and returns P as an A fragment.
+template <typename T, int NO, typename Allowed>
+__device__ __forceinline__ void online_softmax(float (&s)[2][4], float scale, int j0, Allowed allowed, float (&mx)[2],
+                                               float (&l)[2], float (&o)[NO][4], uint32_t (&pa)[4]) {
+  const int t = lane_id() & 3;
+  float block_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = e >> 1;
+      s[nb][e] = allowed(h, j0 + nb * 8 + 2 * t + (e & 1)) ? scaled(scale, s[nb][e]) : -INFINITY;
+      block_max[h] = fmaxf(block_max[h], s[nb][e]);
+    }
+  }
+  float shift[2], alpha[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float m_new = fmaxf(mx[h], quad_max(block_max[h]));
+    shift[h] = m_new == -INFINITY ? 0.f : m_new;  // no -inf - -inf
+    alpha[h] = __expf(mx[h] - shift[h]);
+    mx[h] = m_new;
+    l[h] *= alpha[h];
+  }
+#pragma unroll
+  for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nb][e] = __expf(s[nb][e] - shift[e >> 1]);  // dropped entries: exp(-inf) = 0
+      l[e >> 1] += s[nb][e];
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < NO; ++n) {
+    o[n][0] *= alpha[0];
+    o[n][1] *= alpha[0];
+    o[n][2] *= alpha[1];
+    o[n][3] *= alpha[1];
+  }
+  to_a<T>(pa, s[0], s[1]);
+}
+
+// s[nb] += A B^T over the first nkc 16-column chunks, A rows [a0, a0 + 16) of `a`, B^T rows
+// [b0, b0 + 16) of `b` (both row-major shared tiles of stride SD).
+template <typename T, int DP>
+__device__ __forceinline__ void mma_abt(float (&s)[2][4], const T* a, int a0, const T* b, int b0, int nkc) {
+  constexpr int SD = tile_stride(DP);
+#pragma unroll
+  for (int kc = 0; kc < DP / 16; ++kc) {
+    if (kc < nkc) {
+      uint32_t fa[4], fb[4];
+      load_a(fa, a, SD, a0, kc * 16);
+      load_b_nt(fb, b, SD, b0, kc * 16);
+      Tc<T>::mma(s[0], fa, fb[0], fb[1]);
+      Tc<T>::mma(s[1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+// acc += A X over the first nkc 16-column chunks of X, A a 16 x 16 fragment and X rows
+// [x0, x0 + 16) of a row-major shared tile.
+template <typename T, int DP>
+__device__ __forceinline__ void mma_ax(float (&acc)[DP / 8][4], const uint32_t (&a)[4], const T* x, int x0, int nkc) {
+  constexpr int SD = tile_stride(DP);
+#pragma unroll
+  for (int dc = 0; dc < DP / 16; ++dc) {
+    if (dc < nkc) {
+      uint32_t fb[4];
+      load_b_trans(fb, x, SD, x0, dc * 16);
+      Tc<T>::mma(acc[2 * dc], a, fb[0], fb[1]);
+      Tc<T>::mma(acc[2 * dc + 1], a, fb[2], fb[3]);
+    }
+  }
+}
+
 }  // namespace mma
 }  // namespace zsar

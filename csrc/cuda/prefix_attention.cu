@@ -639,83 +639,6 @@ __device__ __forceinline__ void load_slices(const MmaProblem& p, T* tiles, int* 
   __syncthreads();
 }
 
-// The online softmax of one 16-key block of scores s (n-blocks 0, 1; rows g and g + 8 as h = 0, 1):
-// entries with allowed(h, key) false are dropped, the rest scaled; updates the running maximum mx
-// and per-lane partial sums l, rescales the output accumulators o, and returns P as an A fragment.
-template <typename T, int NO, typename Allowed>
-__device__ __forceinline__ void online_softmax(float (&s)[2][4], float scale, int j0, Allowed allowed, float (&mx)[2],
-                                               float (&l)[2], float (&o)[NO][4], uint32_t (&pa)[4]) {
-  const int t = mma::lane_id() & 3;
-  float block_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-  for (int nb = 0; nb < 2; ++nb) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int h = e >> 1;
-      s[nb][e] = allowed(h, j0 + nb * 8 + 2 * t + (e & 1)) ? scaled(scale, s[nb][e]) : -INFINITY;
-      block_max[h] = fmaxf(block_max[h], s[nb][e]);
-    }
-  }
-  float shift[2], alpha[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float m_new = fmaxf(mx[h], mma::quad_max(block_max[h]));
-    shift[h] = m_new == -INFINITY ? 0.f : m_new;  // no -inf - -inf
-    alpha[h] = __expf(mx[h] - shift[h]);
-    mx[h] = m_new;
-    l[h] *= alpha[h];
-  }
-#pragma unroll
-  for (int nb = 0; nb < 2; ++nb) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[nb][e] = __expf(s[nb][e] - shift[e >> 1]);  // dropped entries: exp(-inf) = 0
-      l[e >> 1] += s[nb][e];
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < NO; ++n) {
-    o[n][0] *= alpha[0];
-    o[n][1] *= alpha[0];
-    o[n][2] *= alpha[1];
-    o[n][3] *= alpha[1];
-  }
-  mma::to_a<T>(pa, s[0], s[1]);
-}
-
-// s[nb] += A B^T over the first nkc 16-column chunks, A rows [a0, a0 + 16) of `a`, B^T rows
-// [b0, b0 + 16) of `b` (both row-major shared tiles of stride SD).
-template <typename T, int DP>
-__device__ __forceinline__ void mma_abt(float (&s)[2][4], const T* a, int a0, const T* b, int b0, int nkc) {
-  constexpr int SD = mma::tile_stride(DP);
-#pragma unroll
-  for (int kc = 0; kc < DP / 16; ++kc) {
-    if (kc < nkc) {
-      uint32_t fa[4], fb[4];
-      mma::load_a(fa, a, SD, a0, kc * 16);
-      mma::load_b_nt(fb, b, SD, b0, kc * 16);
-      mma::Tc<T>::mma(s[0], fa, fb[0], fb[1]);
-      mma::Tc<T>::mma(s[1], fa, fb[2], fb[3]);
-    }
-  }
-}
-
-// acc += A X over the first nkc 16-column chunks of X, A a 16 x 16 fragment and X rows
-// [x0, x0 + 16) of a row-major shared tile.
-template <typename T, int DP>
-__device__ __forceinline__ void mma_ax(float (&acc)[DP / 8][4], const uint32_t (&a)[4], const T* x, int x0, int nkc) {
-  constexpr int SD = mma::tile_stride(DP);
-#pragma unroll
-  for (int dc = 0; dc < DP / 16; ++dc) {
-    if (dc < nkc) {
-      uint32_t fb[4];
-      mma::load_b_trans(fb, x, SD, x0, dc * 16);
-      mma::Tc<T>::mma(acc[2 * dc], a, fb[0], fb[1]);
-      mma::Tc<T>::mma(acc[2 * dc + 1], a, fb[2], fb[3]);
-    }
-  }
-}
-
 // Writes accumulator rows r0 + g, r0 + g + 8 (columns < head_dim) of a (L, head_dim) slice times
 // `scale`; rows at or past n_valid get exact zeros, rows at or past L are left out. 4-byte stores.
 template <typename T, int DP>
@@ -767,10 +690,10 @@ __global__ void __launch_bounds__(kMmaMaxThreads)
   float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   for (int j0 = 0; j0 < kmax; j0 += 16) {
     float sc[2][4] = {};
-    mma_abt<T, DP>(sc, qs, q0, ks, j0, nkc);
+    mma::mma_abt<T, DP>(sc, qs, q0, ks, j0, nkc);
     uint32_t pa[4];
-    online_softmax<T>(sc, p.scale, j0, [&](int h, int key) { return key < kend[h]; }, mx, l, o, pa);
-    mma_ax<T, DP>(o, pa, vs, j0, nkc);
+    mma::online_softmax<T>(sc, p.scale, j0, [&](int h, int key) { return key < kend[h]; }, mx, l, o, pa);
+    mma::mma_ax<T, DP>(o, pa, vs, j0, nkc);
   }
 
   float inv[2];
@@ -847,8 +770,8 @@ __global__ void __launch_bounds__(kMmaMaxThreads)
         float pr[2][4] = {}, ds[2][4] = {};
         if (j0 < kmax) {
           float sc[2][4] = {}, dp[2][4] = {};
-          mma_abt<T, DP>(sc, qs, r0, ks, j0, nkc);
-          mma_abt<T, DP>(dp, gs, r0, vs, j0, nkc);
+          mma::mma_abt<T, DP>(sc, qs, r0, ks, j0, nkc);
+          mma::mma_abt<T, DP>(dp, gs, r0, vs, j0, nkc);
 #pragma unroll
           for (int nb = 0; nb < 2; ++nb) {
 #pragma unroll
@@ -861,7 +784,7 @@ __global__ void __launch_bounds__(kMmaMaxThreads)
           }
           uint32_t dsa[4];
           mma::to_a<T>(dsa, ds[0], ds[1]);
-          mma_ax<T, DP>(acc, dsa, ks, j0, nkc);
+          mma::mma_ax<T, DP>(acc, dsa, ks, j0, nkc);
         }
 #pragma unroll
         for (int nb = 0; nb < 2; ++nb) {
@@ -884,8 +807,8 @@ __global__ void __launch_bounds__(kMmaMaxThreads)
         uint32_t pa[4], dsa[4];
         mma::load_a_trans(pa, ps, SP, r0, i0);
         mma::load_a_trans(dsa, dss, SP, r0, i0);
-        mma_ax<T, DP>(acc_v, pa, gs, i0, nkc);
-        mma_ax<T, DP>(acc_k, dsa, qs, i0, nkc);
+        mma::mma_ax<T, DP>(acc_v, pa, gs, i0, nkc);
+        mma::mma_ax<T, DP>(acc_k, dsa, qs, i0, nkc);
       }
     }
     store_acc<T, DP>(dk + base, acc_k, r0, nv, L, dh, p.scale);
