@@ -59,6 +59,9 @@ constexpr size_t kSmemLimit = 48 * 1024;
 // Rows per warp: 8 while the accumulators of 8 rows fit in registers, else 4.
 constexpr int quads_per_warp(int nc) { return nc <= 2 ? 2 : 1; }
 constexpr int max_threads(int rb) { return kMaxBlockRows / (kGroups * rb) * kWarpSize; }
+// The dk/dv kernel holds two accumulator sets; with 8 rows per warp (head_dim <= 64) 128 registers
+// leave it spilling (ptxas -v: 4 bytes), so it asks for 3 blocks of 128 threads per SM (170 registers).
+constexpr int dkv_min_blocks(int rb) { return rb == 2 ? 3 : kMinThreadsPerSm / max_threads(rb); }
 
 // Dot layout of a lane (bits b4..b0): tile lane t = b3 b2 b1, row group g = b4 b0.
 __device__ __forceinline__ int tile_lane(int lane) { return (lane >> 1) & (kTileLanes - 1); }
@@ -488,7 +491,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 // Backward, per key row j: dv_j = sum_i p_ij dout_i and dk_j = scale * sum_i ds_ij q_i over the
 // queries i that attend j. Keys no query attends get dk = dv = 0.
 template <typename T, int NC, int RB = quads_per_warp(NC)>
-__global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
+__global__ void __launch_bounds__(max_threads(RB), dkv_min_blocks(RB))
     prefix_attention_bwd_dkv_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const float* __restrict__ lse,
                                     const float* __restrict__ delta, const T* __restrict__ dout,
