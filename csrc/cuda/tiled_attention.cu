@@ -341,8 +341,9 @@ __global__ void __launch_bounds__(kThreads) tiled_bwd_dkdv_kernel(Params p, cons
 //    the forward's, so P matches it), dV += P^T dO, dK += dS^T Q. No atomics.
 // Sizes at MZST's audio-video stream (B = 16, H = 12, L = 1609, Dh = 64, ~1609 valid tokens):
 // valid pairs 16 * 12 * 1609^2 = 497 M, forward 4 * 64 * 497 M = 127 GFLOP, backward 2.5x that;
-// the tensors are 16 * 12 * 1609 * 64 * 2 B = 19.8 MB each, so the kernels are bound by the tensor
-// cores: predicted 0.42 ms forward, 1.1 ms backward at 300 TFLOP/s (mma.sync on an H100/H200).
+// the tensors are 16 * 12 * 1609 * 64 * 2 B = 39.5 MB each (forward 158 MB, backward 316 MB of
+// traffic), so the kernels are bound by the tensor cores: predicted 0.42 ms forward, 1.1 ms
+// backward at 300 TFLOP/s (mma.sync on an H100/H200).
 
 constexpr int kMmaTile = 64;
 constexpr int kMmaThreads = 128;
