@@ -1,0 +1,61 @@
+"""Every tile shape the GPU autotuner may pick for the Triton attention kernels gives the float64
+reference's results, run here in the Triton interpreter with the tiles forced: query and key tiles
+of different lengths, several tiles per sequence and a tile longer than it, for each mask kind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zsar.ops import bottleneck_attention, masked_attention
+from zsar.ops.attention import backend_triton
+from zsar.ops.masked_attention import dispatcher
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+    pytest.mark.skipif(dispatcher.get("triton").usable_device(torch.float32) is None,
+                       reason="Triton cannot run here"),
+]
+
+# By default the shapes the heuristic config (16 x 16, covered by every Triton test) does not
+# exercise: unequal query and key tiles both ways and a tile longer than the sequence; all in -m slow.
+_DEFAULT = {(32, 64), (64, 32), (128, 64)}
+TILES = [pytest.param(m, n, marks=() if (m, n) in _DEFAULT else pytest.mark.slow)
+         for m, n in sorted({(m, n) for m, n, _, _ in
+                             backend_triton.FWD_CONFIGS + backend_triton.DKDV_CONFIGS + backend_triton.DQ_CONFIGS})]
+
+
+def _check(call, B, H, L, D, seed):
+    device = dispatcher.get("triton").usable_device(torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen, dtype=torch.float64) for _ in range(4))
+    results = []
+    for backend, dtype in (("triton", torch.float32), ("reference", torch.float64)):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+        out = call(*leaves, backend)
+        out.backward(dout.to(device, dtype))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for name, got, want in zip(("out", "dq", "dk", "dv"), *results):
+        torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=2e-4, msg=name)
+
+
+@pytest.mark.parametrize("block_m,block_n", TILES)
+def test_forced_tiles_match_reference(block_m, block_n, seed):
+    n_text = torch.tensor([23, 0, 11], dtype=torch.int32)
+    n_valid = torch.tensor([60, 0, 31], dtype=torch.int32)
+    with backend_triton.forced_tiles((block_m, block_n, 4, 2)):
+        for mode in ("rest", "full"):
+            _check(lambda q, k, v, b: masked_attention(q, k, v, 5, n_text.to(q.device), mode=mode, backend=b),
+                   3, 1, 40, 16, seed)
+        _check(lambda q, k, v, b: bottleneck_attention(q, k, v, n_valid.to(q.device), 3, backend=b),
+               3, 1, 70, 16, seed)
+
+
+def test_prune_keeps_tiles_within_the_sequence():
+    configs = [backend_triton.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in backend_triton.FWD_CONFIGS]
+    short = backend_triton._prune(configs, {"L": 25, "D": 64})
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in short} == {(16, 16), (32, 32)}
+    wide = backend_triton._prune(configs, {"L": 1609, "D": 128})
+    assert all(c.num_warps == 8 or max(c.kwargs.values()) < 64 for c in wide)
+    assert len(backend_triton._prune(configs[2:], {"L": 8, "D": 64})) == 1  # never empty
