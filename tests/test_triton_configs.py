@@ -52,10 +52,14 @@ def test_forced_tiles_match_reference(block_m, block_n, seed):
 
 
 def test_prune_keeps_tiles_within_the_sequence():
-    configs = [backend_triton.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-               for m, n, w, s in backend_triton.FWD_CONFIGS]
-    short = backend_triton._prune(configs, {"L": 25, "D": 64})
-    assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in short} == {(16, 16), (32, 32)}
-    wide = backend_triton._prune(configs, {"L": 1609, "D": 128})
-    assert all(c.num_warps == 8 or max(c.kwargs.values()) < 64 for c in wide)
-    assert len(backend_triton._prune(configs[2:], {"L": 8, "D": 64})) == 1  # never empty
+    def tiles(configs, L, D):
+        configs = [backend_triton.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                   for m, n, w, s in configs]
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in backend_triton._prune(configs, {"L": L, "D": D})}
+
+    for configs in (backend_triton.FWD_CONFIGS, backend_triton.DKDV_CONFIGS, backend_triton.DQ_CONFIGS):
+        assert {(m, n) for m, n, _ in tiles(configs, 25, 64)} == {(16, 16), (32, 32)}  # ResT
+        long = tiles(configs, 1609, 64)  # MZST: three FA2 tiles
+        assert len(long) == 3 and all(max(m, n) >= 64 for m, n, _ in long)
+        assert all(w == 8 for m, n, w in tiles(configs, 1609, 128) if max(m, n) >= 64)
+        assert len(tiles(configs[2:], 8, 64)) == 1  # never empty

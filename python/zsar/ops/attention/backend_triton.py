@@ -363,20 +363,25 @@ BFLOAT16_ON_GPU = Requirement("bfloat16 arithmetic in Triton", _bfloat16_error)
 # Autotuned tiles on the GPU (Hopper first): (BLOCK_M, BLOCK_N, num_warps, num_stages). The
 # interpreter runs the single heuristic config of _launch_config instead (autotuning there would
 # only time numpy); tests/test_triton_configs.py runs every config below in the interpreter.
-# Short sequences (ResT, L <= 32) keep 16- or 32-row tiles; long ones (MZST's streams) FA2 tiles.
-FWD_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (128, 32, 4, 3)]
-DKDV_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)]
-DQ_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2)]
+# Short sequences (ResT, L <= 32) try 16- and 32-row tiles; long ones (MZST's streams, L > 128)
+# three FA2 tiles each, so a new (L, D, dtype) costs at most 9 compilations.
+FWD_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3)]
+DKDV_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2)]
+DQ_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drops tiles longer than the sequence (rounded up to 16), and 4-warp tiles of 64 or more rows
-    at head dim 128 (they spill on sm_90); keeps at least the smallest config."""
+    """Keeps tiles no longer than the sequence (rounded up to a power of two >= 16), only tiles of
+    64 rows or more past L = 128, and no 4-warp tile of 64 rows or more at head dim > 64 (they
+    spill on sm_90); never returns an empty list."""
     L, D = named_args["L"], named_args["D"]
     longest = max(16, triton.next_power_of_2(L))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= longest and c.kwargs["BLOCK_N"] <= longest
-            and not (D > 64 and c.num_warps < 8 and max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64)]
-    return kept or configs[:1]
+
+    def keep(c):
+        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return (m <= longest and n <= longest and (L <= 128 or max(m, n) >= 64)
+                and not (D > 64 and c.num_warps < 8 and max(m, n) >= 64))
+    return [c for c in configs if keep(c)] or configs[:1]
 
 
 def _autotuned(kernel, tiles):
