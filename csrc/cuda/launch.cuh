@@ -107,20 +107,18 @@ bool mma_eligible(const AttentionProblem& s, const Ptrs*... ptrs) {
   return half && s.head_dim % 8 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
 }
 
-// Calls fn(std::integral_constant<int, DP>{}) with the padded head dim DP (32, 64 or 128) the
-// tensor-core kernels are compiled for; head_dim <= 128.
+// Calls fn(TypeTag<T>{}, std::integral_constant<int, DP>{}) with the 16-bit element type T of
+// `dtype` and the padded head dim DP (32, 64 or 128; head_dim <= 128) that the tensor-core kernels
+// are compiled for (mma_eligible calls only).
 template <typename Fn>
-void dispatch_mma_head_dim(int64_t head_dim, Fn&& fn) {
-  if (head_dim <= 32) return fn(std::integral_constant<int, 32>{});
-  if (head_dim <= 64) return fn(std::integral_constant<int, 64>{});
-  return fn(std::integral_constant<int, 128>{});
-}
-
-// Calls fn(TypeTag<T>{}) with the 16-bit element type of `dtype` (mma_eligible calls only).
-template <typename Fn>
-void dispatch_half_dtype(ScalarType dtype, Fn&& fn) {
-  if (dtype == ScalarType::BFloat16) return fn(TypeTag<__nv_bfloat16>{});
-  return fn(TypeTag<__half>{});
+void dispatch_mma(ScalarType dtype, int64_t head_dim, Fn&& fn) {
+  const auto with_dp = [&](auto type) {
+    if (head_dim <= 32) return fn(type, std::integral_constant<int, 32>{});
+    if (head_dim <= 64) return fn(type, std::integral_constant<int, 64>{});
+    return fn(type, std::integral_constant<int, 128>{});
+  };
+  if (dtype == ScalarType::BFloat16) return with_dp(TypeTag<__nv_bfloat16>{});
+  return with_dp(TypeTag<__half>{});
 }
 
 // Calls fn(TypeTag<T>{}) with the element type T of `dtype` (float, __half or __nv_bfloat16).

@@ -986,29 +986,25 @@ bool use_mma(const AttentionProblem& s, const Ptrs*... ptrs) {
 }
 
 void forward_mma(const AttentionForward& a, cudaStream_t stream) {
-  dispatch_half_dtype(a.problem.dtype, [&](auto type) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
     using T = typename decltype(type)::type;
-    dispatch_mma_head_dim(a.problem.head_dim, [&](auto dp) {
-      constexpr int DP = decltype(dp)::value;
-      const MmaLaunch<DP> l(a.problem, 3, false);
-      launch("prefix_attention_fwd_mma_kernel", prefix_attention_fwd_mma_kernel<T, DP>, l.config, stream, l.problem,
-             static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
-             static_cast<T*>(a.out), static_cast<float*>(a.lse));
-    });
+    constexpr int DP = decltype(dp)::value;
+    const MmaLaunch<DP> l(a.problem, 3, false);
+    launch("prefix_attention_fwd_mma_kernel", prefix_attention_fwd_mma_kernel<T, DP>, l.config, stream, l.problem,
+           static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+           static_cast<T*>(a.out), static_cast<float*>(a.lse));
   });
 }
 
 void backward_mma(const AttentionBackward& a, cudaStream_t stream) {
-  dispatch_half_dtype(a.problem.dtype, [&](auto type) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
     using T = typename decltype(type)::type;
-    dispatch_mma_head_dim(a.problem.head_dim, [&](auto dp) {
-      constexpr int DP = decltype(dp)::value;
-      const MmaLaunch<DP> l(a.problem, 4, true);
-      launch("prefix_attention_bwd_mma_kernel", prefix_attention_bwd_mma_kernel<T, DP>, l.config, stream, l.problem,
-             static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
-             static_cast<const T*>(a.out), static_cast<const float*>(a.lse), static_cast<const T*>(a.dout),
-             static_cast<T*>(a.dq), static_cast<T*>(a.dk), static_cast<T*>(a.dv));
-    });
+    constexpr int DP = decltype(dp)::value;
+    const MmaLaunch<DP> l(a.problem, 4, true);
+    launch("prefix_attention_bwd_mma_kernel", prefix_attention_bwd_mma_kernel<T, DP>, l.config, stream, l.problem,
+           static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+           static_cast<const T*>(a.out), static_cast<const float*>(a.lse), static_cast<const T*>(a.dout),
+           static_cast<T*>(a.dq), static_cast<T*>(a.dk), static_cast<T*>(a.dv));
   });
 }
 

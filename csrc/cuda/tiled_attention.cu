@@ -22,7 +22,6 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "convert.cuh"
 #include "launch.cuh"
@@ -363,6 +362,55 @@ __device__ __forceinline__ TileList tile_list(const SampleMask& m) {
   return {prefix_end / kMmaTile, tail_start, prefix_end / kMmaTile + n_tail};
 }
 
+// A CTA's own tile of kMmaTile rows of one (batch, head): where it is, the sample's mask and the
+// tiles of the other operand that hold valid tokens.
+struct MmaBlock {
+  int64_t bh, base;  // (batch, head) and the element offset of its (L, head_dim) slice
+  int r0;            // first row of the own tile
+  SampleMask m;
+  TileList tiles;
+  __device__ bool valid(int pos) const { return token_ok(m, pos); }
+  __device__ bool empty() const { return !tile_has_tokens(m, r0, kMmaTile); }  // padding only
+};
+
+__device__ __forceinline__ MmaBlock mma_block(const Params& p) {
+  MmaBlock b;
+  b.bh = blockIdx.x;
+  b.base = b.bh * p.seq_len * p.head_dim;
+  b.r0 = blockIdx.y * kMmaTile;
+  b.m = sample_mask(p.mask, b.bh / p.heads, p.seq_len);
+  b.tiles = tile_list(b.m);
+  return b;
+}
+
+// Starts the copies of rows [r0, r0 + kMmaTile) of the slices of `a` and `b` into the shared tiles
+// dst and dst + kMmaTile * tile_stride(DP) (rows that are not valid tokens become zeros).
+template <typename T, int DP>
+__device__ __forceinline__ void copy_pair(T* dst, const T* a, const T* b, const MmaBlock& blk, int r0, int dh) {
+  const auto valid = [&blk](int pos) { return blk.valid(pos); };
+  mma::copy_rows_async(dst, DP, a + blk.base, dh, r0, kMmaTile, threadIdx.x, blockDim.x, valid);
+  mma::copy_rows_async(dst + kMmaTile * mma::tile_stride(DP), DP, b + blk.base, dh, r0, kMmaTile, threadIdx.x,
+                       blockDim.x, valid);
+}
+
+// Runs body(i) for the tiles i < count, each once its copies have landed (cp.async groups, one per
+// tile, issue(0) already committed) and with the copies of tile i + 1 (issue(i + 1), into the other
+// buffer) in flight meanwhile. Block-wide barriers around each body: every thread must call this.
+template <typename Issue, typename Body>
+__device__ __forceinline__ void for_each_tile(int count, Issue issue, Body body) {
+  for (int i = 0; i < count; ++i) {
+    if (i + 1 < count) {
+      issue(i + 1);
+      mma::cp_async_wait<1>();
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(i);
+    __syncthreads();  // buffer i & 1 is refilled by the next iteration's issue
+  }
+}
+
 // Writes zeros to rows [r0, r0 + rows) (those < L) of a (L, head_dim) slice, by the whole CTA.
 template <typename T>
 __device__ __forceinline__ void zero_rows(T* dst, int dh, int r0, int rows, int L) {
@@ -401,39 +449,29 @@ __global__ void __launch_bounds__(kMmaThreads)
   extern __shared__ uint4 smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);  // then K, V of buffer 0, K, V of buffer 1
   const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
-  const int64_t bh = blockIdx.x;
-  const int m0 = blockIdx.y * kMmaTile;
-  const SampleMask m = sample_mask(p.mask, bh / p.heads, L);
-  const int64_t base = bh * L * dh;
-  if (!tile_has_tokens(m, m0, kMmaTile)) {  // padding only: zeros (block-uniform)
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int m0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {  // block-uniform: zeros
     zero_rows(out + base, dh, m0, kMmaTile, L);
     for (int r = threadIdx.x; r < kMmaTile && m0 + r < L; r += blockDim.x) lse[bh * L + m0 + r] = 0.f;
     return;
   }
-  const auto valid = [&m](int pos) { return token_ok(m, pos); };
-  const TileList tiles = tile_list(m);
   const auto issue = [&](int i) {
-    T* kv = qs + (1 + 2 * (i & 1)) * TILE;
-    const int n0 = tiles.start(i);
-    mma::copy_rows_async(kv, DP, k + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
-    mma::copy_rows_async(kv + TILE, DP, v + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
+    copy_pair<T, DP>(qs + (1 + 2 * (i & 1)) * TILE, k, v, blk, tiles.start(i), dh);
     mma::cp_async_commit();
   };
-  mma::copy_rows_async(qs, DP, q + base, dh, m0, kMmaTile, threadIdx.x, blockDim.x, valid);
-  issue(0);
+  mma::copy_rows_async(qs, DP, q + base, dh, m0, kMmaTile, threadIdx.x, blockDim.x,
+                       [&blk](int pos) { return blk.valid(pos); });
+  issue(0);  // one group with Q
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
   const int w0 = warp * 16;  // this warp's rows in the tile
   float o[DP / 8][4] = {};
   float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  for (int i = 0; i < tiles.count; ++i) {
-    if (i + 1 < tiles.count) {
-      issue(i + 1);
-      mma::cp_async_wait<1>();
-    } else {
-      mma::cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(tiles.count, issue, [&](int i) {
     const T* ks = qs + (1 + 2 * (i & 1)) * TILE;
     const T* vs = ks + TILE;
     const int n0 = tiles.start(i);
@@ -446,8 +484,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       mma::online_softmax<T>(sc, p.scale, n0 + j, [&m](int, int key) { return token_ok(m, key); }, mx, l, o, pa);
       mma::mma_ax<T, DP>(o, pa, vs, j, nkc);
     }
-    __syncthreads();  // buffer i & 1 is refilled by the next iteration's issue
-  }
+  });
 
   bool ok[2];
   float inv[2];
@@ -475,26 +512,21 @@ __global__ void __launch_bounds__(kMmaThreads)
   T* qs = reinterpret_cast<T*>(smem_raw);  // Q, dO, then K, V of buffer 0, K, V of buffer 1
   T* gs = qs + TILE;
   const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
-  const int64_t bh = blockIdx.x;
-  const int m0 = blockIdx.y * kMmaTile;
-  const SampleMask m = sample_mask(p.mask, bh / p.heads, L);
-  const int64_t base = bh * L * dh;
-  if (!tile_has_tokens(m, m0, kMmaTile)) {
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int m0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {
     zero_rows(dq + base, dh, m0, kMmaTile, L);
     for (int r = threadIdx.x; r < kMmaTile && m0 + r < L; r += blockDim.x) delta[bh * L + m0 + r] = 0.f;
     return;
   }
-  const auto valid = [&m](int pos) { return token_ok(m, pos); };
-  const TileList tiles = tile_list(m);
   const auto issue = [&](int i) {
-    T* kv = qs + (2 + 2 * (i & 1)) * TILE;
-    const int n0 = tiles.start(i);
-    mma::copy_rows_async(kv, DP, k + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
-    mma::copy_rows_async(kv + TILE, DP, v + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
+    copy_pair<T, DP>(qs + (2 + 2 * (i & 1)) * TILE, k, v, blk, tiles.start(i), dh);
     mma::cp_async_commit();
   };
-  mma::copy_rows_async(qs, DP, q + base, dh, m0, kMmaTile, threadIdx.x, blockDim.x, valid);
-  mma::copy_rows_async(gs, DP, dout + base, dh, m0, kMmaTile, threadIdx.x, blockDim.x, valid);
+  copy_pair<T, DP>(qs, q, dout, blk, m0, dh);  // Q, dO
   mma::cp_async_commit();
   issue(0);
 
@@ -520,14 +552,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 
   float acc[DP / 8][4] = {};
-  for (int i = 0; i < tiles.count; ++i) {
-    if (i + 1 < tiles.count) {
-      issue(i + 1);
-      mma::cp_async_wait<1>();
-    } else {
-      mma::cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(tiles.count, issue, [&](int i) {
     const T* ks = qs + (2 + 2 * (i & 1)) * TILE;
     const T* vs = ks + TILE;
     const int n0 = tiles.start(i);
@@ -552,8 +577,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       mma::to_a<T>(dsa, ds[0], ds[1]);
       mma::mma_ax<T, DP>(acc, dsa, ks, j, nkc);
     }
-    __syncthreads();
-  }
+  });
   const float f[2] = {p.scale, p.scale};
   store_block<T, DP>(dq + base, qs + w0 * SD, acc, m0 + w0, ok, f, dh, L);
 }
@@ -570,33 +594,29 @@ __global__ void __launch_bounds__(kMmaThreads)
   T* vs = ks + TILE;
   float* rows_f = reinterpret_cast<float*>(ks + 6 * TILE);  // per buffer: lse[64], delta[64]
   const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
-  const int64_t bh = blockIdx.x;
-  const int n0 = blockIdx.y * kMmaTile;
-  const SampleMask m = sample_mask(p.mask, bh / p.heads, L);
-  const int64_t base = bh * L * dh;
-  if (!tile_has_tokens(m, n0, kMmaTile)) {
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int n0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {
     zero_rows(dk + base, dh, n0, kMmaTile, L);
     zero_rows(dv + base, dh, n0, kMmaTile, L);
     return;
   }
-  const auto valid = [&m](int pos) { return token_ok(m, pos); };
-  const TileList tiles = tile_list(m);
   const auto issue = [&](int i) {
-    T* qg = ks + (2 + 2 * (i & 1)) * TILE;
-    float* lse_s = rows_f + (i & 1) * 2 * kMmaTile;
     const int i0 = tiles.start(i);
-    mma::copy_rows_async(qg, DP, q + base, dh, i0, kMmaTile, threadIdx.x, blockDim.x, valid);
-    mma::copy_rows_async(qg + TILE, DP, dout + base, dh, i0, kMmaTile, threadIdx.x, blockDim.x, valid);
+    copy_pair<T, DP>(ks + (2 + 2 * (i & 1)) * TILE, q, dout, blk, i0, dh);
+    float* lse_s = rows_f + (i & 1) * 2 * kMmaTile;
     for (int r = threadIdx.x; r < kMmaTile; r += blockDim.x) {
-      const bool ok = valid(i0 + r);
+      const bool ok = blk.valid(i0 + r);
       const int64_t at = bh * L + (ok ? i0 + r : 0);
       mma::cp_async4(lse_s + r, lse + at, ok);
       mma::cp_async4(lse_s + kMmaTile + r, delta + at, ok);
     }
     mma::cp_async_commit();
   };
-  mma::copy_rows_async(ks, DP, k + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
-  mma::copy_rows_async(vs, DP, v + base, dh, n0, kMmaTile, threadIdx.x, blockDim.x, valid);
+  copy_pair<T, DP>(ks, k, v, blk, n0, dh);  // K, V: one group with the first query tile
   issue(0);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -605,14 +625,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
   for (int h = 0; h < 2; ++h) ok[h] = token_ok(m, n0 + w0 + g + 8 * h);
   float acc_k[DP / 8][4] = {}, acc_v[DP / 8][4] = {};
-  for (int i = 0; i < tiles.count; ++i) {
-    if (i + 1 < tiles.count) {
-      issue(i + 1);
-      mma::cp_async_wait<1>();
-    } else {
-      mma::cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(tiles.count, issue, [&](int i) {
     const T* qs = ks + (2 + 2 * (i & 1)) * TILE;
     const T* gs = qs + TILE;
     const float* lse_s = rows_f + (i & 1) * 2 * kMmaTile;
@@ -641,8 +654,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       mma::mma_ax<T, DP>(acc_v, pa, gs, j, nkc);
       mma::mma_ax<T, DP>(acc_k, dsa, qs, j, nkc);
     }
-    __syncthreads();
-  }
+  });
   const float fk[2] = {p.scale, p.scale}, fv[2] = {1.f, 1.f};
   store_block<T, DP>(dk + base, ks + w0 * SD, acc_k, n0 + w0, ok, fk, dh, L);
   store_block<T, DP>(dv + base, vs + w0 * SD, acc_v, n0 + w0, ok, fv, dh, L);
@@ -672,9 +684,9 @@ LaunchConfig mma_grid(const Params& p, int64_t batch_heads, int tiles, int float
           dim3(kMmaThreads), smem};
 }
 
-template <typename T>
 void forward_mma(const AttentionForward& a, cudaStream_t stream) {
-  dispatch_mma_head_dim(a.problem.head_dim, [&](auto dp) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
     constexpr int DP = decltype(dp)::value;
     const Params p = kernel_problem(a.problem, mma::tile_stride(DP));
     launch("tiled_fwd_mma_kernel", tiled_fwd_mma_kernel<T, DP>,
@@ -683,9 +695,9 @@ void forward_mma(const AttentionForward& a, cudaStream_t stream) {
   });
 }
 
-template <typename T>
 void backward_mma(const AttentionBackward& a, cudaStream_t stream) {
-  dispatch_mma_head_dim(a.problem.head_dim, [&](auto dp) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
     constexpr int DP = decltype(dp)::value;
     const Params p = kernel_problem(a.problem, mma::tile_stride(DP));
     const auto q = static_cast<const T*>(a.q);
@@ -705,9 +717,6 @@ void backward_mma(const AttentionBackward& a, cudaStream_t stream) {
 
 template <typename T>
 void forward(const AttentionForward& a, cudaStream_t stream) {
-  if constexpr (!std::is_same_v<T, float>) {
-    if (mma_eligible(a.problem, a.q, a.k, a.v, a.out)) return forward_mma<T>(a, stream);
-  }
   const Params p = params(a.problem);
   launch("tiled_fwd_kernel", tiled_fwd_kernel<T>, tile_grid(p, a.problem.batch * a.problem.heads, smem_bytes(p, 3, 1, 3)),
          stream, p, static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
@@ -716,9 +725,6 @@ void forward(const AttentionForward& a, cudaStream_t stream) {
 
 template <typename T>
 void backward(const AttentionBackward& a, cudaStream_t stream) {
-  if constexpr (!std::is_same_v<T, float>) {
-    if (mma_eligible(a.problem, a.q, a.k, a.v, a.out, a.dout, a.dq, a.dk, a.dv)) return backward_mma<T>(a, stream);
-  }
   const Params p = params(a.problem);
   const auto q = static_cast<const T*>(a.q);
   const auto k = static_cast<const T*>(a.k);
@@ -738,6 +744,9 @@ void backward(const AttentionBackward& a, cudaStream_t stream) {
 }  // namespace
 
 void tiled_attention_fwd_cuda(const AttentionForward& args) {
+  if (mma_eligible(args.problem, args.q, args.k, args.v, args.out)) {
+    return forward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     forward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
   });
@@ -745,6 +754,9 @@ void tiled_attention_fwd_cuda(const AttentionForward& args) {
 
 void tiled_attention_bwd_cuda(const AttentionBackward& args) {
   if (args.workspace == nullptr) throw std::invalid_argument("bottleneck attention (cuda): workspace is null");
+  if (mma_eligible(args.problem, args.q, args.k, args.v, args.out, args.dout, args.dq, args.dk, args.dv)) {
+    return backward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     backward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
   });
