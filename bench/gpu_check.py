@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -614,6 +615,9 @@ OP_TESTS = ["test_bottleneck_attention.py", "test_masked_attention.py", "test_ma
 
 def run_op_tests(out: Path | None, timeout: float) -> dict:
     """Runs the attention op tests of this checkout against the installed zsar."""
+    if importlib.util.find_spec("pytest") is None:
+        print("op tests: pytest is not installed here, not run", flush=True)
+        return {"returncode": None, "summary": "pytest not installed", "ok": None}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            *(str(REPO / "tests" / name) for name in OP_TESTS)]
     if out is not None:
@@ -693,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.quick or args.no_tests):
         tests = run_op_tests(report.out, max(budget.left(), 0) + 60)
         report.stage("op_tests", tests)
-    checks = [r["ok"] for r in oracle + graphs if r["ok"] is not None] + ([tests["ok"]] if tests else [])
+    checks = [r["ok"] for r in oracle + graphs if r["ok"] is not None] + ([tests["ok"]] if tests and tests["ok"] is not None else [])
     report.stage("passed", all(checks))
     return 0 if all(checks) else 1
 
