@@ -662,9 +662,10 @@ __global__ void __launch_bounds__(kMmaThreads)
 
 Params params(const AttentionProblem& s) { return kernel_problem(s, s.head_dim + 1); }
 
-// A grid of one block per kRows-row tile of each (batch, head).
-LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem) {
-  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, kRows))), dim3(kThreads),
+// A grid of one block of `threads` per `rows`-row tile of each (batch, head): the CUDA-core kernels
+// (kRows, kThreads) and the tensor-core ones (kMmaTile, kMmaThreads).
+LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem, int rows = kRows, int threads = kThreads) {
+  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, rows))), dim3(threads),
           smem};
 }
 
@@ -675,13 +676,11 @@ size_t smem_bytes(const Params& p, int tiles, int squares, int vectors) {
                           static_cast<size_t>(squares) * kRows * (kRows + 1) + static_cast<size_t>(vectors) * kRows);
 }
 
-// Tensor-core launches: one CTA of kMmaThreads per kMmaTile rows of each (batch, head), with
-// `tiles` (kMmaTile, DP) shared tiles and `floats` floats of shared memory.
+// Tensor-core launches: `tiles` (kMmaTile, DP) 16-bit shared tiles and `floats` floats per CTA.
 template <int DP>
 LaunchConfig mma_grid(const Params& p, int64_t batch_heads, int tiles, int floats) {
   const size_t smem = sizeof(uint16_t) * tiles * kMmaTile * mma::tile_stride(DP) + sizeof(float) * floats;
-  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, kMmaTile))),
-          dim3(kMmaThreads), smem};
+  return tile_grid(p, batch_heads, smem, kMmaTile, kMmaThreads);
 }
 
 void forward_mma(const AttentionForward& a, cudaStream_t stream) {
