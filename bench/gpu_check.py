@@ -18,7 +18,8 @@ Run on the device (carry ``dist/``; the device has torch, Triton and pytest but 
 Stages (run in the order 1, 2 for CUDA, 3, 4, 2 for Triton, 5: the most telling results first):
  1. install: ``pip install --no-deps --no-index --force-reinstall <wheel>``, then zsar is imported
     from it (the source tree's ``python/`` is never on the path), and its build must have CUDA.
- 2. oracle: every backend that declares CUDA tensors (cuda, triton) x its dtypes x both ops
+ 2. oracle: every backend that declares CUDA tensors (cuda, triton; cuda twice for fp16/bf16: its
+    tensor-core kernels, and its CUDA-core kernels as "cuda-cores" with ZSAR_CUDA_MMA=0) x its dtypes x both ops
     (masked_attention rest/full, bottleneck_attention) x edge shapes, against the float64
     reference: fresh random inputs per case, the caching allocator's blocks filled with NaN before
     each call (outputs that a kernel leaves unwritten show up), padding rows exactly 0. The CUDA
@@ -27,7 +28,8 @@ Stages (run in the order 1, 2 for CUDA, 3, 4, 2 for Triton, 5: the most telling 
  3. graphs: CUDA-graph capture and replay, and ``torch.compile(fullgraph=True)``, of forward +
     backward for each (op, backend), against eager results on new inputs.
  4. timings (``triton.testing.do_bench`` medians): masked_attention at ResT's shape (H=12,
-    L=1+16+8, Dh=64, n_text 1..8) at B=4096 and B=256 for bf16 (and fp16, fp32 for zsar) against
+    L=1+16+8, Dh=64, n_text 1..8) at B=4096 and B=256 for bf16 (and fp16, fp32 for zsar; zsar cuda
+    also on its CUDA-core kernels) against
     SDPA with a dense mask, SDPA without a mask and compiled FlexAttention, with the forward
     bandwidth against the measured device copy rate; bottleneck_attention at MZST's shapes
     (B=16, H=12, Dh=64, n_fusion=4; L=1609 with n_valid 1000..1605, L=1609 with a quarter of the
@@ -168,6 +170,22 @@ def environment() -> dict:
 
 
 # ---- stage 2: oracle ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tensor_cores(enabled: bool):
+    """The CUDA backend's fp16/bf16 calls inside run on its tensor-core kernels (the default) or,
+    with ``enabled`` False, on its CUDA-core kernels (``ZSAR_CUDA_MMA=0``, read by the compiled core
+    on every call)."""
+    previous = os.environ.get("ZSAR_CUDA_MMA")
+    os.environ["ZSAR_CUDA_MMA"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["ZSAR_CUDA_MMA"]
+        else:
+            os.environ["ZSAR_CUDA_MMA"] = previous
+
 
 @contextlib.contextmanager
 def cuda_bottleneck_enabled():
@@ -429,15 +447,25 @@ def _time(name, fn, args, dout, budget: Budget, fwd_only: bool = False) -> dict:
     if budget.left() < 0:
         return {**row, "note": "skipped (budget)"}
     try:
-        with torch.no_grad():
-            row["forward_ms"] = _ms(lambda: fn(*args))
-        if not fwd_only:
-            leaves = [t.detach().clone().requires_grad_() for t in args]
-            row["forward_backward_ms"] = _ms(lambda: fn(*leaves).backward(dout), grad_to_none=leaves)
+        with getattr(fn, "context", contextlib.nullcontext)():
+            with torch.no_grad():
+                row["forward_ms"] = _ms(lambda: fn(*args))
+            if not fwd_only:
+                leaves = [t.detach().clone().requires_grad_() for t in args]
+                row["forward_backward_ms"] = _ms(lambda: fn(*leaves).backward(dout), grad_to_none=leaves)
     except Exception as exc:  # a contender that cannot run (e.g. out of memory) is reported
         row["note"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         torch.cuda.empty_cache()
     return row
+
+
+def _cuda_cores(fn):
+    """``fn`` timed with the CUDA backend's tensor-core kernels switched off (forward and backward:
+    :func:`_time` enters ``fn.context`` around both)."""
+    def call(*args):
+        return fn(*args)
+    call.context = lambda: tensor_cores(False)
+    return call
 
 
 def _flex(mask_mod, B, L, device):
@@ -471,12 +499,14 @@ def time_masked(device, report: Report, budget: Budget, copy_gbs: float, batches
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             args = [torch.randn(B, H, L, D, generator=gen).to(device, dtype) for _ in range(3)]
             dout = torch.randn(B, H, L, D, generator=gen).to(device, dtype)
+            cuda = lambda q, k, v: masked_attention(q, k, v, nv, n_text, backend="cuda", check_n_text=False)  # noqa: E731
             contenders = {
-                "zsar cuda": lambda q, k, v: masked_attention(q, k, v, nv, n_text, backend="cuda", check_n_text=False),
+                "zsar cuda": cuda,
                 "zsar triton": lambda q, k, v: masked_attention(q, k, v, nv, n_text, backend="triton",
                                                                 check_n_text=False),
             }
             if dtype != torch.float32:
+                contenders["zsar cuda, CUDA cores"] = _cuda_cores(cuda)
                 contenders["sdpa + dense mask"] = lambda q, k, v: sdpa(q, k, v, attn_mask=dense)
                 contenders["sdpa, no mask"] = lambda q, k, v: sdpa(q, k, v)
             if dtype == torch.bfloat16:
@@ -546,6 +576,7 @@ def time_bottleneck(device, report: Report, budget: Budget, cases=BOTTLENECK_TIM
             "sdpa + key mask": lambda q, k, v: sdpa(q, k, v, attn_mask=key_mask),
             "sdpa flash, no mask (floor)": lambda q, k, v: sdpa(q, k, v),
         }
+        contenders["zsar cuda, CUDA cores"] = _cuda_cores(contenders["zsar cuda"])
         with contextlib.suppress(Exception):
             contenders["flex (compiled)"] = _flex(mask_mod, B, L, device)
         for contender, fn in contenders.items():
@@ -671,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     # Most telling first, so that a budget overrun cuts the least: the CUDA kernels' oracle (no JIT),
     # graphs and compile, the timings, then the Triton oracle (JIT per shape) and the op tests.
     oracle = []
-    for part in ("cuda", "triton"):
+    for part in ("cuda", "cuda-cores", "triton"):
         if part == "triton" and not args.quick:
             graphs = check_graphs(device, backends, budget)
             report.stage("graphs", graphs)
@@ -684,9 +715,14 @@ def main(argv: list[str] | None = None) -> int:
                 report.stage("copy_GBps", copy_gbs)
                 report.stage("masked_timings", time_masked(device, report, budget, copy_gbs))
                 report.stage("bottleneck_timings", time_bottleneck(device, report, budget))
-        with cuda_bottleneck_enabled():
-            oracle += check_oracle(device, [b for b in backends if b[0] == part], quick=args.quick, budget=budget,
-                                   seed=seed)
+        # "cuda-cores": the CUDA backend with its tensor-core kernels switched off (ZSAR_CUDA_MMA=0),
+        # i.e. the CUDA-core kernels for fp16/bf16 too.
+        name = "cuda" if part == "cuda-cores" else part
+        with cuda_bottleneck_enabled(), tensor_cores(part != "cuda-cores"):
+            rows = check_oracle(device, [b for b in backends if b[0] == name and
+                                         (part != "cuda-cores" or b[1] != torch.float32)],
+                                quick=args.quick, budget=budget, seed=seed)
+        oracle += [{**r, "backend": part} for r in rows]
         report.stage("oracle", {"seed": seed, "cases": oracle})
     report.table("oracle against float64 (failures)", ["op", "backend", "dtype", "case", "note / max errors"],
                  [[r["op"], r["backend"], r["dtype"], r["case"],

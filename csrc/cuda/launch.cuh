@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -100,11 +101,15 @@ void launch(const char* name, void (*kernel)(Params...), const LaunchConfig& con
 }
 
 // Whether the tensor-core kernels (mma.cuh) can serve a call: fp16/bf16, rows of whole 16-byte
-// chunks (head_dim % 8 == 0) and 16-byte aligned buffers (cp.async and uint4 stores).
+// chunks (head_dim % 8 == 0) and 16-byte aligned buffers (cp.async and uint4 stores), unless the
+// environment variable ZSAR_CUDA_MMA is "0" (read on every call, so one process can check and time
+// both paths; the CUDA-core kernels then serve fp16/bf16 as before).
 template <typename... Ptrs>
 bool mma_eligible(const AttentionProblem& s, const Ptrs*... ptrs) {
   const bool half = s.dtype == ScalarType::Float16 || s.dtype == ScalarType::BFloat16;
-  return half && s.head_dim % 8 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
+  const char* env = std::getenv("ZSAR_CUDA_MMA");
+  const bool enabled = env == nullptr || std::string(env) != "0";
+  return enabled && half && s.head_dim % 8 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
 }
 
 // Calls fn(TypeTag<T>{}, std::integral_constant<int, DP>{}) with the 16-bit element type T of

@@ -3,6 +3,8 @@
 float16/bfloat16 with a head dim that is a multiple of 8 run on tensor cores (``mma.sync``,
 ``csrc/cuda/mma.cuh``): the rest/full masks with whole (batch, head) slices per CTA up to L = 128,
 the bottleneck mask with FlashAttention-2 tiles; float32 and other head dims on CUDA cores.
+``ZSAR_CUDA_MMA=0`` in the environment (read on every call) sends float16/bfloat16 to the CUDA-core
+kernels as well.
 
 Kernels run on torch's current stream; outputs and the backward workspace are allocated here
 through torch's caching allocator, so the op is safe under CUDA graphs.
