@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "zsar"
 #: Lowest first; a module may import its own layer and the layers before it. The foundation holds
 #: what every layer needs (the compiled core's loader, config files, packaged resources, helpers).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "_utils", "_limits", "_ext", "config", "resources"),
+    ("_version", "_utils", "_limits", "_ext", "config", "runtime", "resources"),
     ("ops",),
     ("text",),
     ("data",),

@@ -37,6 +37,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=positive_int, default=None, help="frames per clip for `model` (default: the model's)")
     parser.add_argument("--backend", default=None,
                         help="decode: one decoder backend (default: every usable one); model: attention backend")
+    parser.add_argument("--find-batch-size", action="store_true",
+                        help="model: double the batch from --batch while clips/s grows by at least 5%% and memory "
+                        "lasts, for inference and the training step, and record the best of each (what a training "
+                        "config's `batch_size: auto` reads; file: $ZSAR_BATCH_SIZES or ~/.cache/zsar/batch_sizes.json)")
+    parser.add_argument("--max-batch", type=int, default=512,
+                        help="model --find-batch-size: the largest batch tried (default 512)")
 
 
 def run(args) -> int:
@@ -159,56 +165,131 @@ def _attention_op(op, args, device, sync) -> None:
 def _model(args) -> int:
     import torch
 
-    from ..data.batch import Batch
-    from ..models import create_model
-    from ..models.registry import needs_label_embeddings
+    from ..runtime import RuntimeSettings
 
     device, sync = _device(args)
+    runtime = RuntimeSettings.for_device(device)
     labels = [f"{c} {m}" for c in ("red", "blue") for m in ("moving left", "spinning")]
     overrides = {}
     if args.frames:
         overrides["frames"] = args.frames
     if args.backend:
         overrides["attention_backend"] = args.backend
-    model = create_model(args.model, class_names=labels, **overrides).to(device)
+    model = runtime.prepare_model(bench_model(args.model, labels, **overrides))
     inputs, B = model.inputs, args.batch or 8
     gen = torch.Generator().manual_seed(0)
-    if needs_label_embeddings(args.model):  # its semantic loss trains towards them: any vectors do
-        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
-    shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
-        (inputs.frames, 3, inputs.image_size, inputs.image_size)
-    y = torch.randint(0, len(labels), (B,), generator=gen)
-    batch = Batch(clips=torch.randn(B, *shape, generator=gen), labels=y)
-    if inputs.audio is not None:
-        batch = batch.replace(audio=torch.randn(B, inputs.audio.target_length, inputs.audio.mel_bins, generator=gen),
-                              audio_present=torch.ones(B, dtype=torch.bool))
-    if inputs.label_words:
-        ids, n = model.tokenize_labels(labels)
-        batch = batch.replace(word_ids=ids[y], n_words=n[y].to(torch.int32))
-    batch = batch.to(device)
+
+    def make_batch(n: int):
+        return runtime.to_device(synthetic_batch(model, labels, n, gen))
+
     stage = model.training_stages()[-1]  # the last stage trains the whole model
     for name, p in model.named_parameters():
         p.requires_grad_(stage.trains(name))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    def infer():
-        with torch.no_grad(), autocast:
-            model.eval().encode(batch)
+    def step(mode: str, batch):
+        def infer():
+            with torch.no_grad(), runtime.autocast():
+                model.eval().encode(batch)
 
-    def train():
-        model.train()
-        with autocast:
-            loss = model.forward_train(batch, stage.name)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def train():
+            model.train()
+            with runtime.autocast():
+                loss = model.forward_train(batch, stage.name)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return infer if mode == "inference" else train
 
     size = f"{inputs.frames} frames of {inputs.image_size}x{inputs.image_size}"
-    print(f"{args.model} on {device}: batch {B}, {size}{', bf16 autocast' if device.type == 'cuda' else ', float32'}")
-    for name, fn in (("inference", infer), (f"training step ({stage.name})", train)):
-        t = _best_time(fn, args.repeats or 5, sync)
+    precision = "bf16" if runtime.autocast_dtype is not None else "fp32"
+    print(f"{args.model} on {device}: batch {B}, {size}, {precision}, {runtime.describe()}")
+    if args.find_batch_size:
+        return _find_batch_sizes(args, B, make_batch, step, sync, device, precision)
+    batch = make_batch(B)
+    for mode, name in (("inference", "inference"), ("train", f"training step ({stage.name})")):
+        t = _best_time(step(mode, batch), args.repeats or 5, sync)
         print(f"  {name:<22} {t * 1e3:9.1f} ms/batch  {B / t:9.1f} clips/s")
+    return 0
+
+
+def bench_model(name: str, labels: list[str], **overrides):
+    """The registered model ``name`` for ``labels``, with random class embeddings when its semantic
+    loss trains towards them (any vectors time the same); on the CPU."""
+    import torch
+
+    from ..models import create_model
+    from ..models.registry import needs_label_embeddings
+
+    model = create_model(name, class_names=labels, **overrides)
+    if needs_label_embeddings(name):
+        gen = torch.Generator().manual_seed(0)
+        model.set_class_embeddings(torch.randn(*model.class_embeddings.shape, generator=gen))
+    return model
+
+
+def synthetic_batch(model, labels: list[str], n: int, generator):
+    """A random ``Batch`` of ``n`` clips shaped as ``model.inputs`` describes (audio and label words
+    when it takes them), on the CPU."""
+    import torch
+
+    from ..data.batch import Batch
+
+    inputs, gen = model.inputs, generator
+    shape = (inputs.frames, inputs.feature_dim) if inputs.feature_dim else \
+        (inputs.frames, 3, inputs.image_size, inputs.image_size)
+    y = torch.randint(0, len(labels), (n,), generator=gen)
+    batch = Batch(clips=torch.randn(n, *shape, generator=gen), labels=y)
+    if inputs.audio is not None:
+        batch = batch.replace(audio=torch.randn(n, inputs.audio.target_length, inputs.audio.mel_bins, generator=gen),
+                              audio_present=torch.ones(n, dtype=torch.bool))
+    if inputs.label_words:
+        ids, words = model.tokenize_labels(labels)
+        batch = batch.replace(word_ids=ids[y], n_words=words[y].to(torch.int32))
+    return batch
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return "out of memory" in str(error).lower()
+
+
+def _find_batch_sizes(args, start: int, make_batch, step, sync, device, precision: str) -> int:
+    """For inference and the training step: clips/s at ``start``, ``2 start``, ... until the gain is
+    under 5%, memory runs out or ``--max-batch`` is passed; records the fastest batch of each
+    (:func:`zsar.runtime.record_batch_size`)."""
+    import torch
+
+    from ..runtime import device_name, record_batch_size
+    from . import CLIError
+
+    if args.max_batch < start:
+        raise CLIError(f"--max-batch ({args.max_batch}) is below the starting batch --batch ({start})")
+    for mode in ("inference", "train"):
+        measured: dict[int, float] = {}
+        B = start
+        while B <= args.max_batch:
+            try:
+                t = _best_time(step(mode, make_batch(B)), args.repeats or 3, sync)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                print(f"  {mode:<9} batch {B:>5}: out of memory")
+                break
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            measured[B] = B / t
+            print(f"  {mode:<9} batch {B:>5}: {measured[B]:9.1f} clips/s")
+            previous = measured.get(B // 2)
+            if previous is not None and measured[B] < 1.05 * previous:
+                break
+            B *= 2
+        if not measured:
+            raise CLIError(f"{args.model}: batch {start} does not fit in {device}'s memory for {mode}; "
+                           "try a smaller --batch")
+        best = max(measured, key=measured.get)
+        path = record_batch_size(args.model, device_name(device), mode, precision, best, measured)
+        print(f"  {mode}: batch {best} ({measured[best]:.1f} clips/s) recorded in {path}")
     return 0
 
 

@@ -15,8 +15,10 @@ CODECS = ("h264", "vp9")
 _DESCRIPTION = (
     "Transcode every video under SRC (by extension: mp4, avi, mkv, webm, mov, ...) into DST with the "
     "same folder tree, in a codec the fast decoding path reads: h264 (.mp4, decoded by DALI on the "
-    "GPU) or vp9 (.webm, decoded by DALI on the CPU). Every frame is kept at the source frame rate, "
-    "and so is the audio track. Runs in parallel with a progress bar and is resumable: outputs that "
+    "GPU) or vp9 (.webm, decoded by DALI on the CPU). Every frame is kept at the source frame rate "
+    "(--fps resamples), and so is the audio track; --gop sets the keyframe interval, which decides how "
+    "fast a clip is reached; each output records its settings in its comment tag, and one made with "
+    "other settings is converted again. Runs in parallel with a progress bar and is resumable: outputs that "
     "already hold every frame are skipped, so an interrupted run can simply be started again (on "
     "SIGTERM, Ctrl-C or a kill the workers stop and leave no half-written file). A truncated source "
     "is converted with the frames it holds, noted, and recorded in DST/.zsar-prepare.json so that the "
@@ -41,9 +43,16 @@ def add_arguments(parser) -> None:
                         "CPU (default: h264)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="parallel processes (default: all CPUs available to this process)")
-    parser.add_argument("--size", type=int, default=None, metavar="S",
+    parser.add_argument("--short-side", "--size", dest="size", type=int, default=None, metavar="S",
                         help="resize so that the short side is S pixels (even), keeping the aspect ratio "
                         "(default: keep the size)")
+    parser.add_argument("--gop", type=int, default=None, metavar="N",
+                        help="a keyframe exactly every N frames, so that a seek to any clip decodes fewer than N "
+                        "frames it does not need (random training clips, all-views evaluation); e.g. 16 "
+                        "(default: the encoder's, up to 250 for H.264)")
+    parser.add_argument("--fps", type=float, default=None, metavar="F",
+                        help="resample every video to F frames per second (frames repeated or dropped by time; "
+                        "default: keep each source's rate)")
     parser.add_argument("--skip-errors", action="store_true",
                         help="count and list unreadable videos instead of stopping at the first one")
     parser.add_argument("--follow-symlinks", action="store_true",
@@ -76,12 +85,16 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.size is not None and (args.size < 2 or args.size % 2):
-        raise CLIError(f"--size must be an even number of pixels >= 2, got {args.size}")
+        raise CLIError(f"--short-side (--size) must be an even number of pixels >= 2, got {args.size}")
+    if args.gop is not None and args.gop < 1:
+        raise CLIError(f"--gop must be a positive number of frames, got {args.gop}")
+    if args.fps is not None and not 0 < args.fps <= 1000:
+        raise CLIError(f"--fps must be a frame rate in (0, 1000], got {args.fps}")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = prepare_dataset(args.src, args.dst, codec=args.codec, workers=args.workers, size=args.size,
                                   progress=not args.no_progress, skip_errors=args.skip_errors,
-                                  follow_symlinks=args.follow_symlinks)
+                                  follow_symlinks=args.follow_symlinks, gop=args.gop, fps=args.fps)
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
             print("zsar prepare: stopped by SIGTERM; finished outputs are kept, run again to resume", file=sys.stderr)
@@ -93,5 +106,8 @@ def run(args) -> int:
     _print_notes(summary, args.src, args.dst)
     for _, reason in summary.failed:  # each reason names its file
         print(f"failed: {reason}", file=sys.stderr)
-    print(f"{args.src} -> {args.dst} ({args.codec}): {summary}")
+    settings = ", ".join(f"{k} {v}" for k, v in (("short side", args.size), ("gop", args.gop), ("fps", args.fps))
+                         if v is not None)
+    print(f"{args.src} -> {args.dst} ({args.codec}{', ' + settings if settings else ''}; recorded in each output's "
+          f"comment tag): {summary}")
     return 1 if summary.failed else 0

@@ -73,6 +73,13 @@ class Batch:
                  for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
         return Batch(**moved)
 
+    def pin_memory(self) -> "Batch":
+        """A copy with every CPU tensor in pinned (page-locked) memory: what a ``DataLoader`` with
+        ``pin_memory=True`` calls, so that the copy to the GPU can run without blocking."""
+        pinned = {f.name: (v.pin_memory() if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v)
+                  for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
+        return Batch(**pinned)
+
     def replace(self, **changes: Any) -> "Batch":
         """A copy with ``changes`` applied (e.g. ``word_ids=...``)."""
         return dataclasses.replace(self, **changes)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..runtime import RuntimeSettings
 from .audio import AudioSpec, MissingAudioError, audio_features
 from .batch import Batch, Sample, collate
 from .decoders import DecodeRequest, Decoder, dali, fallback_decoder, get_decoder, read_frames, select_decoder
@@ -49,6 +50,7 @@ from .video import VideoError, VideoInfo, probe_video
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+DALI_INPUTS = ("auto", "reader", "bytes")
 MISSING_AUDIO = ("zeros", "skip", "error")
 T = TypeVar("T")
 
@@ -284,6 +286,17 @@ class VideoLoader:
         device: where decoding may run (default: the current CUDA device when there is one).
         audio: the audio features each batch carries (:class:`zsar.data.AudioSpec`), or None.
         missing_audio: ``"zeros"`` (default), ``"skip"`` or ``"error"`` for files without audio.
+        pin_memory: worker batches arrive in pinned host memory, so that their copy to the GPU does not
+            block (default: :class:`zsar.runtime.RuntimeSettings`'s, on when ``device`` is CUDA).
+        dali_input: how a DALI decoder gets its clips: ``"reader"`` (DALI's video reader opens the
+            files itself from a list of files and frame ranges, one row per clip, and decodes a batch
+            of clips per run; one pipeline per epoch), ``"bytes"`` (each file's encoded bytes and
+            frame indices fed to DALI's in-memory decoder, which decodes the batch's files on
+            ``num_workers`` threads) or ``"auto"`` (default: the reader for ``dali-gpu``, the bytes
+            for ``dali-cpu``, where the reader measured 1.4-1.9x slower: 3.3-3.4 against 4.8-6.2
+            videos/s on 320x240 VP9, 2 threads, load 10; bench/RESULTS.md). After a file fails
+            inside a reader pipeline, the rest of the epoch goes through ``"bytes"``, which finds
+            the file and applies ``on_error``.
 
     Iterating runs one epoch; the next ``for`` runs the next epoch (or call :meth:`set_epoch`).
     """
@@ -292,7 +305,8 @@ class VideoLoader:
                  shuffle: bool | None = None, seed: int = 0, shard_id: int | None = None,
                  num_shards: int | None = None, num_workers: int | None = None, drop_last: bool = False,
                  on_error: str = "raise", device: str | torch.device | None = None, *,
-                 audio: AudioSpec | None = None, missing_audio: str = "zeros"):
+                 audio: AudioSpec | None = None, missing_audio: str = "zeros", pin_memory: bool | None = None,
+                 dali_input: str = "auto"):
         if not isinstance(videos, VideoList):
             raise TypeError(f"videos must be a zsar.data.VideoList, got {type(videos).__name__}")
         if len(videos) == 0:
@@ -300,6 +314,9 @@ class VideoLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         _check_backend(backend)
+        if dali_input not in DALI_INPUTS:
+            raise ValueError(f"dali_input must be one of {DALI_INPUTS}, got {dali_input!r}")
+        self._dali_input = dali_input
         policy = FilePolicy(on_error, missing_audio)
         self.videos, self.spec, self.batch_size, self.seed = videos, spec, batch_size, seed
         self.shuffle = spec.train if shuffle is None else shuffle
@@ -307,6 +324,7 @@ class VideoLoader:
         self.drop_last, self.on_error = drop_last, policy.on_error
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.device = DecodeRequest.of(None, device).device
+        self.pin_memory = RuntimeSettings.for_device(self.device).pin_memory if pin_memory is None else pin_memory
         self.decoder: Decoder = self._choose_decoder(backend)
         self.backend = self.decoder.name
         self.epoch = 0
@@ -330,6 +348,15 @@ class VideoLoader:
     def audio(self) -> AudioSpec | None:
         return self.dataset.audio
 
+    @property
+    def dali_input(self) -> str | None:
+        """How the DALI decoder gets its clips (``"reader"`` or ``"bytes"``); None for other decoders."""
+        if not self.decoder.has_clip_pipeline:
+            return None
+        if self._dali_input == "auto":
+            return "reader" if self.decoder.device_type == "cuda" else "bytes"
+        return self._dali_input
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration run ``epoch`` (shuffle order and random clips)."""
         self._next_epoch = epoch
@@ -345,7 +372,9 @@ class VideoLoader:
         positions = shard_positions(len(self.videos), self.epoch, self.seed, self.shuffle, self.shard_id,
                                     self.num_shards)
         before = self.skipped.count
-        if self.decoder.has_clip_pipeline:
+        if self.decoder.has_clip_pipeline and self.dali_input == "reader":
+            yield from self._iter_reader(positions)
+        elif self.decoder.has_clip_pipeline:
             yield from self._iter_pipeline(positions)
         else:
             yield from self._iter_workers(positions)
@@ -383,7 +412,8 @@ class VideoLoader:
                 context = "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
             self._workers = DataLoader(_Reporting(self.dataset), batch_sampler=self._batches,
                                        num_workers=self.num_workers, collate_fn=_collate_reporting,
-                                       persistent_workers=self.num_workers > 0, multiprocessing_context=context)
+                                       persistent_workers=self.num_workers > 0, multiprocessing_context=context,
+                                       pin_memory=self.pin_memory)
         for bad, error, batch in self._workers:
             for path, reason in bad:  # skips seen in worker processes, counted here
                 self.skipped.add(path, reason)
@@ -429,6 +459,119 @@ class VideoLoader:
                 continue
             yield self._pipeline_batch(clips, pos, feed)
         self._pipeline = it
+
+    def _reader_clips(self, positions: np.ndarray) -> list[tuple[int, VideoInfo, ClipPlan]]:
+        """The epoch's usable videos with their clip plans, probed in parallel; the file policy
+        applies to the others (the checks the bytes feed makes per file)."""
+        ds = self.dataset
+
+        def plan(i: int):
+            info = ds.info(i).require_complete()
+            select_decoder(info, self.decoder.name, self.device)  # DecoderUnavailableError naming the file
+            return info, ds.plan(i, self.epoch)
+
+        with ThreadPoolExecutor(max(1, self.num_workers), thread_name_prefix="zsar-probe") as pool:
+            results = list(pool.map(lambda i: ds.attempt(int(i), lambda: plan(int(i))), positions))
+        usable = []
+        for i, (planned, bad) in zip(positions, results):
+            if bad is not None:
+                self.skipped.add(*bad)
+            else:
+                usable.append((int(i), *planned))
+        return usable
+
+    def _iter_reader(self, positions: np.ndarray) -> Iterator[Batch]:
+        """One epoch through DALI's video reader: a file list with one row (file, frame range) per
+        clip, ``batch_size`` videos' rows decoded per pipeline run, rows regrouped into videos."""
+        import tempfile
+
+        spec, B = self.spec, self.batch_size
+        if not all(dali.list_safe(os.path.abspath(self.videos[int(i)].path)) for i in positions):
+            log.info("a video path holds white space, which DALI's file list cannot; this epoch feeds encoded bytes")
+            yield from self._iter_pipeline(positions)
+            return
+        usable = self._reader_clips(positions)
+        if self.drop_last:
+            usable = usable[:len(usable) // B * B]
+        if not usable:
+            return
+        per_video = 1 if spec.train else spec.num_clips
+        span = (spec.frames - 1) * spec.stride + 1
+        rows, geometry = [], []
+        for i, info, plan in usable:
+            anchors = [dali.crop_anchor(b, plan.resized, spec.size) for b in plan.boxes]
+            for c in range(per_video):
+                start = int(plan.indices[c, 0])
+                rows.append((os.path.abspath(info.path), len(rows), start, start + span))
+                geometry.append((np.array(plan.resized, np.int32), anchors))
+        per_run = B * per_video
+        n_runs = math.ceil(len(rows) / per_run)
+        rows += [rows[-1]] * (n_runs * per_run - len(rows))  # whole runs; the copies are dropped below
+        geometry += [geometry[-1]] * (len(rows) - len(geometry))
+        n_crops = len(geometry[0][1])
+
+        def geometry_of(info):  # the rows of run info.iteration, in the list's order
+            k = info.iteration % n_runs
+            chunk = geometry[k * per_run:(k + 1) * per_run]
+            return ([g[0] for g in chunk], *([g[1][j] for g in chunk] for j in range(n_crops)))
+
+        out_device = self.decoder.output_device(self.device)
+        with tempfile.TemporaryDirectory(prefix="zsar-clips-") as tmp:
+            list_file = os.path.join(tmp, "clips.txt")
+            dali.write_clip_list(list_file, rows)
+            pipe = dali.build_reader_pipeline(
+                list_file, geometry_of, spec, per_run, self.decoder.dali_device, max(1, self.num_workers),
+                out_device.index if out_device.type == "cuda" else None, self.seed + self.epoch, n_crops,
+                short_videos=any(info.num_frames < span for _, info, _ in usable))
+            pipe.build()
+            with ThreadPoolExecutor(max(1, self.num_workers), thread_name_prefix="zsar-audio") as pool:
+                for k in range(n_runs):
+                    videos = usable[k * B:(k + 1) * B]
+                    audio = [pool.submit(self.dataset.attempt, i, lambda i=i: self.dataset.load_audio(i, self.epoch))
+                             for i, _, _ in videos] if self.audio is not None else None
+                    try:
+                        clips, lines = pipe.run()
+                    except RuntimeError as e:  # a file failed inside DALI: the bytes feed finds it
+                        log.warning("%s reader pipeline failed (%s); the epoch's remaining %d videos go through "
+                                    "the bytes feed", self.decoder.name, dali.dali_reason(e), len(usable) - k * B)
+                        del pipe
+                        yield from self._iter_pipeline(np.array([i for i, _, _ in usable[k * B:]]))
+                        return
+                    lines = lines.as_cpu() if hasattr(lines, "as_cpu") else lines  # the GPU reader's labels
+                    lines = np.array(lines.as_tensor()).reshape(-1)
+                    expected = np.arange(k * per_run, (k + 1) * per_run)
+                    real = len(videos) * per_video
+                    if not np.array_equal(lines[:real], expected[:real]):
+                        raise RuntimeError(f"DALI's video reader returned rows {lines[:real].tolist()} for run {k}, "
+                                           f"expected {expected[:real].tolist()}")
+                    clips = dali.to_torch(clips, out_device)[:real]
+                    clips = clips.reshape(len(videos), *spec.output_shape())
+                    batch = self._reader_batch(clips, videos, audio)
+                    if batch is not None:
+                        yield batch
+
+    def _reader_batch(self, clips: torch.Tensor, videos, audio) -> Batch | None:
+        keep = list(range(len(videos)))
+        features = []
+        if audio is not None:
+            keep = []
+            for j, future in enumerate(audio):
+                pair, bad = future.result()
+                if bad is not None:
+                    self.skipped.add(*bad)
+                    continue
+                keep.append(j)
+                features.append(pair)
+            if not keep:
+                return None
+            if len(keep) < len(videos):
+                clips = clips[torch.tensor(keep, device=clips.device)]
+        pos = torch.tensor([videos[j][0] for j in keep], dtype=torch.int64)
+        records = [self.videos[int(p)] for p in pos]
+        return Batch(clips=clips, labels=torch.tensor([r.label for r in records], dtype=torch.int64),
+                     audio=torch.stack([a for a, _ in features]) if audio is not None else None,
+                     audio_present=torch.tensor([bool(ok) for _, ok in features]) if audio is not None else None,
+                     video_ids=[r.video_id for r in records], positions=pos)
 
     def _pipeline_batch(self, clips: torch.Tensor, pos: torch.Tensor, feed: "_PipelineFeed") -> Batch:
         records = [self.videos[int(p)] for p in pos]

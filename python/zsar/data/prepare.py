@@ -13,9 +13,11 @@ is gone: a killed ``zsar prepare`` leaves finished outputs and no process, no ha
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
+import math
 import multiprocessing
 import os
 import select
@@ -26,6 +28,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,91 @@ RECORD_FILE = ".zsar-prepare.json"
 TMP_PREFIX = ".zsar-prepare-tmp."
 
 
+#: Prefix of the ``comment`` tag in which every output records the settings it was prepared with.
+SETTINGS_TAG = "zsar-prepare "
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How :func:`prepare_dataset` encodes; each output records them in its ``comment`` tag, and an
+    output prepared with other settings is converted again.
+
+    Attributes:
+        codec: ``"h264"`` or ``"vp9"``.
+        short_side: resize so the short side has this many pixels (even); None keeps the size.
+        gop: a keyframe exactly every ``gop`` frames (a seek then decodes fewer than ``gop`` frames
+            it does not want: what random clips and all-views evaluation need); None: the encoder's
+            default (x264: up to 250).
+        fps: resample to this frame rate (frames repeated or dropped by time); None keeps the source's.
+    """
+
+    codec: str = "h264"
+    short_side: int | None = None
+    gop: int | None = None
+    fps: float | None = None
+
+    def __post_init__(self):
+        if self.codec not in OUTPUT_EXTENSIONS:
+            raise ValueError(f"prepare: codec must be one of {sorted(OUTPUT_EXTENSIONS)}, got {self.codec!r}")
+        ss = self.short_side
+        if ss is not None and (isinstance(ss, bool) or not isinstance(ss, int) or ss < 2 or ss % 2):
+            raise ValueError(f"prepare: short side must be an even number of pixels >= 2 (4:2:0 video), got {ss!r}")
+        if self.gop is not None and (isinstance(self.gop, bool) or not isinstance(self.gop, int) or self.gop < 1):
+            raise ValueError(f"prepare: gop must be a positive number of frames, got {self.gop!r}")
+        if self.fps is not None and not (isinstance(self.fps, (int, float)) and 0 < self.fps <= 1000):
+            raise ValueError(f"prepare: fps must be a frame rate in (0, 1000], got {self.fps!r}")
+
+    def comment(self) -> str:
+        """The ``comment`` tag of an output prepared with these settings."""
+        return SETTINGS_TAG + json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def of_output(cls, path) -> "PrepareSettings | None":
+        """The settings an output recorded, or None for a file without the tag (an output of an
+        earlier zsar, or any other video)."""
+        av = _require_av()
+        try:
+            with av.open(str(path)) as container:
+                tags = {k.lower(): v for k, v in container.metadata.items()}
+        except Exception:
+            return None
+        text = tags.get("comment", "")
+        if not text.startswith(SETTINGS_TAG):
+            return None
+        try:
+            return cls(**json.loads(text[len(SETTINGS_TAG):]))
+        except (ValueError, TypeError):
+            return None
+
+
+def output_frames(frames: int, src_fps: float, fps: float | None) -> int:
+    """Frames of an output at ``fps`` made from ``frames`` at ``src_fps``: every output frame whose
+    time lies inside the source (``ceil(frames * fps / src_fps)``); ``frames`` when the rate is kept."""
+    if fps is None or src_fps <= 0:
+        return frames
+    ratio = _rate(fps) / _rate(src_fps)
+    return max(1, math.ceil(frames * ratio))
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _resampled(frames, src_fps: float, fps: float | None):
+    """Source frames → output frames at ``fps``: output frame ``j`` (time ``j / fps``) is the source
+    frame shown then, ``floor(j * src_fps / fps)``; each source frame is repeated or dropped to match."""
+    if fps is None or src_fps <= 0:
+        yield from frames
+        return
+    ratio = _rate(fps) / _rate(src_fps)  # output frames per source frame
+    j = 0
+    for i, frame in enumerate(frames):
+        end = math.ceil((i + 1) * ratio)  # output frames j < end show source frame i or earlier
+        while j < end:
+            yield frame
+            j += 1
+
+
 class WorkerLost(RuntimeError):
     """A worker process of :func:`prepare_dataset` died (killed, or out of memory)."""
 
@@ -60,6 +148,8 @@ class PrepareSummary:
     truncated: list[tuple[str, int, int]] = field(default_factory=list)
     #: (folder, why) of folders under the source that were not searched (symbolic links, loops, unreadable)
     skipped_folders: list[tuple[str, str]] = field(default_factory=list)
+    #: what every output was prepared with (each records it in its comment tag)
+    settings: "PrepareSettings | None" = None
 
     @property
     def total(self) -> int:
@@ -140,16 +230,20 @@ def output_size(width: int, height: int, size: int | None) -> tuple[int, int]:
     return w, h
 
 
-def transcode_video(src, dst, codec: str = "h264", size: int | None = None) -> Path:
+def transcode_video(src, dst, codec: str = "h264", size: int | None = None, *, gop: int | None = None,
+                    fps: float | None = None) -> Path:
     """Re-encode the video file ``src`` into ``dst`` with ``codec`` (``"h264"`` or ``"vp9"``).
 
-    Every frame is kept at the source frame rate; ``size`` resizes the short side (aspect kept);
+    Every frame is kept at the source frame rate unless ``fps`` resamples it (see
+    :class:`PrepareSettings`, which ``gop`` and the output's recorded settings come from too);
+    ``size`` resizes the short side (aspect kept);
     odd sizes lose their last row/column. The first audio track is kept (mono or stereo, at its
     sample rate, or the nearest one the audio encoder takes; more channels are downmixed to
     stereo). Frames and audio are decoded and encoded a piece at a time, so memory does not grow
     with the video's or the audio track's length.
     Raises :class:`VideoError` naming ``src`` when it cannot be read; ``dst`` then does not exist.
     """
+    settings = PrepareSettings(codec, size, gop, fps)
     av = _require_av()
     info = probe_video(src)
     src = str(src)
@@ -177,8 +271,9 @@ def transcode_video(src, dst, codec: str = "h264", size: int | None = None) -> P
 
     with av.open(src) as container:
         try:
-            write_video(dst, frames(container), fps=info.fps if info.fps > 0 else 25, codec=codec, audio=audio,
-                        sample_rate=rate)
+            source_fps = info.fps if info.fps > 0 else 25
+            write_video(dst, _resampled(frames(container), source_fps, fps), fps=fps or source_fps, codec=codec,
+                        audio=audio, sample_rate=rate, gop=gop, comment=settings.comment())
         except ValueError as e:
             if decoded == 0 and not isinstance(e, VideoError):
                 raise VideoError(f"{src}: no frame could be decoded") from e
@@ -210,25 +305,37 @@ def _source_stamp(src) -> dict:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _expected_frames(src, header_frames: int, truncation: dict | None, codec: str, size: int | None) -> int:
-    """Frames a finished output of ``src`` holds: the header's count, or what a truncated source
-    gave when it was converted (its record), as long as the source and settings are unchanged."""
+def _truncation_record(src, settings: PrepareSettings, header_frames: int, frames: int) -> dict:
+    return {"source": _source_stamp(src), "codec": settings.codec, "size": settings.short_side, "gop": settings.gop,
+            "fps": settings.fps, "header_frames": header_frames, "frames": frames}
+
+
+def _expected_frames(src, header_frames: int, truncation: dict | None, settings: PrepareSettings,
+                     src_fps: float) -> int:
+    """Frames a finished output of ``src`` holds: the header's count (at the output's frame rate), or
+    what a truncated source gave when it was converted (its record), as long as the source and
+    settings are unchanged."""
     t = truncation
-    if t and t.get("source") == _source_stamp(src) and t.get("codec") == codec and t.get("size") == size \
+    if t and t.get("source") == _source_stamp(src) and t.get("codec") == settings.codec \
+            and t.get("size") == settings.short_side and t.get("gop") == settings.gop and t.get("fps") == settings.fps \
             and t.get("header_frames") == header_frames and isinstance(t.get("frames"), int):
         return t["frames"]
-    return header_frames
+    return output_frames(header_frames, src_fps, settings.fps)
 
 
-def _is_prepared(out: Path, codec: str, frames: int, width_height: tuple[int, int]) -> bool:
-    """True when ``out`` exists, decodes as ``codec`` at the expected size and has ``frames`` frames."""
+def _is_prepared(out: Path, settings: PrepareSettings, frames: int, width_height: tuple[int, int]) -> bool:
+    """True when ``out`` exists, decodes as the settings' codec at the expected size, has ``frames``
+    frames and was prepared with ``settings`` (an output without recorded settings counts as
+    prepared with the defaults, as earlier versions made them)."""
     if not out.exists():
         return False
     try:
         have = probe_video(out)
     except VideoError:
         return False  # half-written or damaged: convert again
-    return have.codec == codec and have.num_frames == frames and (have.width, have.height) == width_height
+    recorded = PrepareSettings.of_output(out) or PrepareSettings(settings.codec, settings.short_side)
+    return have.codec == settings.codec and have.num_frames == frames and (have.width, have.height) == width_height \
+        and recorded == settings
 
 
 # ---- in a pool worker: its parent, and the temporary folder of the job it is running
@@ -296,7 +403,7 @@ def _parent_alive() -> bool:
     return _parent is None or _parent.alive()
 
 
-def _transcode_into_place(src: str, out: Path, codec: str, size: int | None) -> int:
+def _transcode_into_place(src: str, out: Path, settings: PrepareSettings) -> int:
     """Transcodes into a temporary folder beside ``out`` and renames the result into place (only
     while the parent lives); returns the output's frame count. The folder's short name keeps the
     temporary file names short however long ``out``'s name is."""
@@ -308,7 +415,8 @@ def _transcode_into_place(src: str, out: Path, codec: str, size: int | None) -> 
     _job_tmp = tmp_dir
     try:
         tmp_dir.mkdir(exist_ok=True)
-        tmp_out = transcode_video(src, tmp_dir / f"video{out.suffix}", codec=codec, size=size)
+        tmp_out = transcode_video(src, tmp_dir / f"video{out.suffix}", codec=settings.codec, size=settings.short_side,
+                                  gop=settings.gop, fps=settings.fps)
         frames = probe_video(tmp_out).num_frames
         if not _parent_alive():
             _stop_worker(signal.SIGTERM, None)
@@ -319,7 +427,7 @@ def _transcode_into_place(src: str, out: Path, codec: str, size: int | None) -> 
         _job_tmp = None
 
 
-def _prepare_one(src: str, out: str, codec: str, size: int | None, truncation: dict | None = None):
+def _prepare_one(src: str, out: str, settings: PrepareSettings, truncation: dict | None = None):
     """One job of the pool: ``(status, reason, truncation)``; never raises.
 
     ``status`` is ``"skipped"``, ``"converted"`` or ``"failed"`` (``reason`` says why).
@@ -329,14 +437,14 @@ def _prepare_one(src: str, out: str, codec: str, size: int | None, truncation: d
     try:
         info = probe_video(src)
         header = info.stated_frames or info.num_frames  # a truncated source holds fewer than it states
-        expected = _expected_frames(src, header, truncation, codec, size)
-        if _is_prepared(Path(out), codec, expected, output_size(info.width, info.height, size)):
-            return "skipped", "", truncation if expected != header else None
-        frames = _transcode_into_place(src, Path(out), codec, size)
-        if frames >= header:
+        full = output_frames(header, info.fps, settings.fps)
+        expected = _expected_frames(src, header, truncation, settings, info.fps)
+        if _is_prepared(Path(out), settings, expected, output_size(info.width, info.height, settings.short_side)):
+            return "skipped", "", truncation if expected != full else None
+        frames = _transcode_into_place(src, Path(out), settings)
+        if frames >= full:
             return "converted", "", None
-        return "converted", "", {"source": _source_stamp(src), "codec": codec, "size": size,
-                                 "header_frames": header, "frames": frames}
+        return "converted", "", _truncation_record(src, settings, header, frames)
     except VideoError as e:
         return "failed", str(e), None
     except Exception as e:  # encoder or disk errors: name the source anyway
@@ -448,13 +556,17 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None = None, size: int | None = None,
                     progress: bool = True, skip_errors: bool = False,
-                    follow_symlinks: bool = False) -> PrepareSummary:
+                    follow_symlinks: bool = False, *, gop: int | None = None,
+                    fps: float | None = None) -> PrepareSummary:
     """Transcode every video under ``src_dir`` into ``dst_dir`` with the same relative tree.
 
     ``codec``: ``"h264"`` (``.mp4``; what DALI decodes on the GPU) or ``"vp9"`` (``.webm``; what
     DALI decodes on the CPU). ``workers``: processes (default: the CPUs this process may use; 1
     runs in this process). ``size``: resize the short side to this many pixels (even), keeping the
-    aspect ratio; default: keep the size (odd sizes lose a row/column). Audio tracks are kept.
+    aspect ratio; default: keep the size (odd sizes lose a row/column). ``gop``: a keyframe every
+    ``gop`` frames; ``fps``: resample to this frame rate (see :class:`PrepareSettings`; every output
+    records its settings, and an output made with other settings is converted again). Audio
+    tracks are kept.
     ``follow_symlinks``: search symbolically linked folders too (loops are left out); by default
     they are not searched, and the summary lists them.
 
@@ -480,6 +592,7 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
         raise ValueError(f"prepare_dataset: codec must be one of {sorted(OUTPUT_EXTENSIONS)}, got {codec!r}")
     if size is not None and (not isinstance(size, int) or size < 2 or size % 2):
         raise ValueError(f"prepare_dataset: size must be an even number of pixels >= 2 (4:2:0 video), got {size!r}")
+    settings = PrepareSettings(codec, size, gop, fps)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"prepare_dataset: workers must be a positive int, got {workers!r}")
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
@@ -498,7 +611,7 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
 
     from tqdm.auto import tqdm
 
-    summary = PrepareSummary(skipped_folders=skipped_folders)
+    summary = PrepareSummary(skipped_folders=skipped_folders, settings=settings)
     bar = tqdm(total=len(jobs), unit="video", desc=f"prepare -> {codec}", disable=not progress)
 
     def tally(rel: Path, status: str, reason: str, truncation: dict | None) -> None:
@@ -520,7 +633,7 @@ def prepare_dataset(src_dir, dst_dir, codec: str = "h264", workers: int | None =
         bar.update()
 
     def job_args(rel, src, out):
-        return str(src), str(out), codec, size, truncations.get(str(rel))
+        return str(src), str(out), settings, truncations.get(str(rel))
 
     try:
         if workers == 1:

@@ -115,12 +115,16 @@ def _frame_source(frames, path: Path):
 
 
 def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audio=None,
-                sample_rate: int = 16000, crf: int | None = None) -> Path:
+                sample_rate: int = 16000, crf: int | None = None, gop: int | None = None,
+                comment: str | None = None) -> Path:
     """Encode ``frames`` (uint8 RGB) into the video file ``path``.
 
     ``frames`` is one ``(T, H, W, 3)`` array or tensor, or any iterable of ``(H, W, 3)`` frames
     (e.g. a generator), which is encoded as it is consumed, so memory stays at one frame whatever
-    the video's length. ``codec`` defaults by extension (``.webm``/``.mkv`` → VP9, ``.mp4`` →
+    the video's length. ``gop``: a keyframe exactly every ``gop`` frames (H.264/VP9: no scene-cut
+    keyframes in between), so that a seek decodes at most ``gop - 1`` frames before the one it
+    wants; default: the encoder's. ``comment``: text stored in the container's ``comment`` tag.
+    ``codec`` defaults by extension (``.webm``/``.mkv`` → VP9, ``.mp4`` →
     H.264, ``.avi`` → MJPEG) and accepts short names (``"vp9"``, ``"h264"``, ...). Odd
     widths/heights are not allowed by the 4:2:0 codecs, so ask for even sizes. ``audio``: optional
     float waveform in [-1, 1], shape (samples,) or (channels, samples), at ``sample_rate`` Hz. The
@@ -154,6 +158,15 @@ def write_video(path, frames, fps: float = 25, codec: str | None = None, *, audi
                 stream.codec_context.qmin, stream.codec_context.qmax = 1, 4
             elif codec in ("libx264", "libx265"):
                 stream.options = {"preset": "veryfast"}
+            if gop is not None:
+                stream.codec_context.gop_size = gop
+                if codec in ("libx264", "libx265"):
+                    key = "x264-params" if codec == "libx264" else "x265-params"
+                    stream.options = {**dict(stream.options or {}), key: f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+                else:
+                    stream.options = {**dict(stream.options or {}), "keyint_min": str(gop)}
+            if comment is not None:
+                container.metadata["comment"] = comment
             astream = None
             if audio is not None:
                 acodec = AUDIO_CODECS.get(ext, "aac")

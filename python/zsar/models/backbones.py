@@ -111,6 +111,20 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
         self.spec = BACKBONES[backbone]
         self.trunk = self.spec.build()
+        self.channels_last = False
+
+    def configure_runtime(self, settings) -> None:
+        """Apply a :class:`zsar.runtime.RuntimeSettings` to a 2D trunk: NHWC weights and inputs when
+        ``settings.channels_last`` (cuDNN's fast layout for per-frame CNNs), and the trunk run
+        through ``torch.compile`` when ``settings.compile``. The compiled trunk is kept outside the
+        module tree, so parameter names and checkpoints are the same either way."""
+        if self.spec.kind != "2d":
+            return
+        self.channels_last = bool(settings.channels_last)
+        self.trunk.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        compiled = torch.compile(self.trunk, backend=settings.compile_backend, dynamic=False) \
+            if settings.compile else None
+        self.__dict__["_compiled_trunk"] = compiled  # not a submodule: state_dict keys stay unprefixed
 
     @property
     def feature_dim(self) -> int:
@@ -127,7 +141,12 @@ class FrameEncoder(nn.Module):
         B, T = clips.shape[:2]
         if self.spec.kind == "3d":
             return self.trunk(clips.transpose(1, 2))
-        return self.trunk(clips.flatten(0, 1)).view(B, T, -1)
+        frames = clips.flatten(0, 1)
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__.get("_compiled_trunk")
+        trunk = self.trunk if compiled is None else compiled
+        return trunk(frames).reshape(B, T, -1)
 
 
 

@@ -98,7 +98,10 @@ def mask_words(word_ids: torch.Tensor, n_words: torch.Tensor, mask_prob: float,
     device = word_ids.device
     n_words = n_words.to(device)
     valid = torch.arange(W, device=device)[None, :] < n_words[:, None]
-    draw = torch.rand(B, W, generator=generator, device="cpu").to(device)
+    draw = torch.rand(B, W, generator=generator, device="cpu")
+    # A copy from pageable memory makes the host wait for the GPU's queue every step; from pinned
+    # memory it is queued like a kernel (the caching host allocator keeps the buffer until it ran).
+    draw = draw.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else draw.to(device)
     masked = (draw < mask_prob) & valid
     forced = torch.where(valid, draw, torch.full_like(draw, 2.0)).argmin(1)
     need = (~masked.any(1)) & (n_words > 0)

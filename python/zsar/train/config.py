@@ -3,6 +3,7 @@ the model (ResT: paper §4.1)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,14 @@ from .. import config as _config
 from ..data.config import DataConfig
 from ..models.base import TrainingStage
 from ..models.registry import default_embedder_spec
+from ..runtime import (HOST_SYNC, PRECISIONS, SWITCHES, RuntimeSettings, batch_size_file, device_name,
+                       recorded_batch_size, resolve_device)
 from ..zeroshot.selection import HeadSelection
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")  # learning rate over a stage: cosine decay to 0, or fixed (the MZST paper)
-PRECISIONS = ("auto", "bf16", "fp32")
 NONFINITE = ("error", "skip")
 
 
@@ -72,9 +76,18 @@ class TrainConfig:
     model: str = "rest18"
     model_args: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     stages: dict[str, StageConfig] = field(default_factory=dict)  # stage name -> overrides
-    batch_size: int = 16  # clips per process per step (the paper: 16 per GPU)
+    # clips per process per step (the paper: 16 per GPU); "auto": the training batch size `zsar bench model
+    # --find-batch-size` recorded for this model, device and precision (zsar.runtime), else 16
+    batch_size: int | str = 16
     grad_accum: int = 1  # optimiser step every `grad_accum` batches
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # GPU defaults (zsar.runtime.RuntimeSettings), each "auto" (on for CUDA, off on the CPU), "on" or "off":
+    channels_last: str = "auto"  # NHWC 2D frame encoders (ResT's ResNets)
+    compile: str = "auto"  # torch.compile of the 2D frame encoders' trunks
+    pin_memory: str = "auto"  # pinned host batches, non-blocking copies
+    # when the trainer reads device values (non-finite-loss check, logged losses): "every_step" (the
+    # CPU's auto: a non-finite loss stops at its step), "log_steps" (CUDA's auto: no host sync between)
+    host_sync: str = "auto"
     grad_clip: float | None = None
     nonfinite_loss: str = "error"  # "error": stop at once, naming epoch and step; "skip": skip the step
     seed: int = 0
@@ -107,6 +120,10 @@ class TrainConfig:
         for name, value in self.stages.items():
             if not isinstance(value, StageConfig):
                 raise TypeError(f"config key 'stages.{name}': expected a mapping of stage settings, got {value!r}")
+        if self.batch_size == "auto":
+            self.batch_size = self._recorded_batch_size()
+        elif isinstance(self.batch_size, str):
+            raise TypeError(f"config key 'batch_size': expected int or 'auto', got {self.batch_size!r}")
         for key in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
@@ -114,6 +131,11 @@ class TrainConfig:
             raise ValueError(f"config key 'num_workers' must be >= 0, got {self.num_workers}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for key in ("channels_last", "compile", "pin_memory"):
+            if getattr(self, key) not in SWITCHES:
+                raise ValueError(f"config key {key!r} must be one of {SWITCHES}, got {getattr(self, key)!r}")
+        if self.host_sync not in HOST_SYNC:
+            raise ValueError(f"config key 'host_sync' must be one of {HOST_SYNC}, got {self.host_sync!r}")
         if self.nonfinite_loss not in NONFINITE:
             raise ValueError(f"nonfinite_loss must be one of {NONFINITE}, got {self.nonfinite_loss!r}")
         _check_number("grad_clip", self.grad_clip, 0.0, strict=True)
@@ -126,6 +148,23 @@ class TrainConfig:
                 raise ValueError(f"config key 'device' is {self.device!r} but this machine has no CUDA device")
             if device.type not in ("cpu", "cuda"):
                 raise ValueError(f"config key 'device' must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def runtime(self, device: torch.device | None = None) -> RuntimeSettings:
+        """The run's :class:`~zsar.runtime.RuntimeSettings` on ``device`` (default: ``device``'s)."""
+        return RuntimeSettings.for_device(device if device is not None else self.device, precision=self.precision,
+                                          channels_last=self.channels_last, compile=self.compile,
+                                          pin_memory=self.pin_memory, host_sync=self.host_sync)
+
+    def _recorded_batch_size(self) -> int:
+        device = resolve_device(self.device)
+        precision = "bf16" if self.runtime(device).autocast_dtype is not None else "fp32"
+        recorded = recorded_batch_size(self.model, device_name(device), "train", precision)
+        if recorded is None:
+            log.warning("batch_size: auto: no batch size recorded for %s on %s (%s, %s); using 16 (record one with "
+                        "`zsar bench model --model %s --find-batch-size`)", self.model, device_name(device),
+                        precision, batch_size_file(), self.model)
+            return 16
+        return recorded
 
     def stage_plan(self, stages: list[TrainingStage]) -> list[tuple[TrainingStage, StageConfig]]:
         """The model's stages with these overrides applied.

@@ -41,6 +41,46 @@ class NonFiniteLossError(FloatingPointError):
     """A training step produced a NaN or infinite loss (``nonfinite_loss="error"``)."""
 
 
+class _NonFiniteWatch:
+    """The non-finite-loss check of one epoch. Per step (:meth:`fail_now`) when the host reads every
+    loss; otherwise :meth:`note` records the first non-finite step in a device tensor without a host
+    sync, and :meth:`check` (at log steps and before the epoch's checkpoint) reads it once and raises
+    naming that step. Under ``nonfinite_loss="error"`` the run then stops before any checkpoint holds
+    the damaged weights, so resuming starts from the last good epoch."""
+
+    def __init__(self, policy: str, epoch: int, stage: str):
+        self.policy, self.epoch, self.stage = policy, epoch, stage
+        self.first_bad: torch.Tensor | None = None  # created on the first note: no work on the CPU path
+        self.bad_value: torch.Tensor | None = None
+
+    def _message(self, value, step: int) -> str:
+        return (f"non-finite training loss ({value}) at epoch {self.epoch + 1}, step {step + 1} (stage {self.stage}); "
+                "lower the learning rate, set grad_clip, or nonfinite_loss=skip")
+
+    def fail_now(self, loss: torch.Tensor, step: int) -> None:
+        """A step's loss was read and is non-finite: raise under "error" (else the caller skips it)."""
+        if self.policy == "error":
+            raise NonFiniteLossError(self._message(loss.item(), step))
+
+    def note(self, loss: torch.Tensor, step: int) -> None:
+        """Remember ``step`` on the device if its loss is the first non-finite one (no host sync)."""
+        loss = loss.detach().float()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.bad_value = torch.zeros((), dtype=torch.float32, device=loss.device)
+        newly = (~torch.isfinite(loss)) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly, step, self.first_bad)
+        self.bad_value = torch.where(newly, loss, self.bad_value)
+
+    def check(self) -> None:
+        """Raise when a noted step was non-finite (one host read)."""
+        if self.first_bad is None:
+            return
+        step = int(self.first_bad)
+        if step >= 0:
+            raise NonFiniteLossError(self._message(float(self.bad_value), step))
+
+
 def _step_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
@@ -144,7 +184,9 @@ class Trainer:
             model = build_model(config, self.class_names, embedder)
         else:
             torch.manual_seed(config.seed)  # the same global random state after this as with a model built here
-        self.model = model.to(self.device)
+        #: The GPU defaults this run trains with (bf16, channels_last, compile, pinned memory, host syncs).
+        self.runtime = config.runtime(self.device)
+        self.model = self.runtime.prepare_model(model)
         self.label_words = None
         if self.model.inputs.label_words:
             ids, n = self.model.tokenize_labels(self.class_names)
@@ -154,8 +196,7 @@ class Trainer:
         #: The folder under ``out_dir/checkpoints`` the best epoch is saved to. A caller keeping a
         #: finished run's ``best`` until the new run is complete points it elsewhere.
         self.best_name = "best"
-        self.autocast_dtype = torch.bfloat16 if (
-            config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")) else None
+        self.autocast_dtype = self.runtime.autocast_dtype
         self.stages: list[tuple[TrainingStage, StageConfig]] = config.stage_plan(self.model.training_stages())
 
     # ---- public -----------------------------------------------------------------------------------
@@ -189,13 +230,14 @@ class Trainer:
         None: the final model)."""
         self.model.eval()
         loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            sampler=self._sampler(dataset, shuffle=False), collate_fn=_collate_fn(dataset))
+                            sampler=self._sampler(dataset, shuffle=False), collate_fn=_collate_fn(dataset),
+                            pin_memory=self.runtime.pin_memory)
         correct = torch.zeros(2, device=self.device)
         for item in loader:
             batch = as_batch(item)
             if batch is None:  # every video of the batch was a skipped bad file
                 continue
-            batch = batch.to(self.device)
+            batch = self.runtime.to_device(batch)
             with self._autocast():
                 logits = self.model.seen_logits(batch, stage)
             correct[0] += (logits.argmax(1) == batch.labels).sum()
@@ -281,7 +323,7 @@ class Trainer:
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         loader = DataLoader(self.train_data, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
                             sampler=self._sampler(self.train_data, shuffle=True), drop_last=True,
-                            collate_fn=_collate_fn(self.train_data))
+                            collate_fn=_collate_fn(self.train_data), pin_memory=self.runtime.pin_memory)
         if len(loader) == 0:
             raise ValueError(f"the training set ({len(self.train_data)} samples over {self.dist.world_size} "
                              f"process(es)) is smaller than one batch of {self.config.batch_size}")
@@ -293,15 +335,13 @@ class Trainer:
         return opt, sched, ddp, loader
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return self.runtime.autocast()
 
     def _prepare(self, item) -> Batch | None:
         batch = as_batch(item)
         if batch is None:
             return None
-        batch = batch.to(self.device, non_blocking=True)
+        batch = self.runtime.to_device(batch)
         if self.label_words is not None:
             ids, n = self.label_words
             batch = batch.replace(word_ids=ids[batch.labels], n_words=n[batch.labels])
@@ -315,6 +355,9 @@ class Trainer:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         start, n_batches, n_steps, n_nonfinite = time.perf_counter(), len(loader), 0, 0
+        # The first non-finite step since the last check, kept on the device (-1: none) when the host
+        # reads device values at log steps only (runtime.sync_every_step False, CUDA's default).
+        watch = _NonFiniteWatch(cfg.nonfinite_loss, epoch, stage)
         progress = self._progress(loader, f"epoch {epoch + 1} ({stage})")
         opt.zero_grad(set_to_none=True)
         for step, item in enumerate(progress):
@@ -327,14 +370,15 @@ class Trainer:
             sync = ddp.no_sync() if (self.dist.enabled and not boundary) else nullcontext()
             with sync, self._autocast():
                 out = ddp(batch, stage, gen)
-            if not torch.isfinite(out["loss"].detach()).item():
-                if cfg.nonfinite_loss == "error":
-                    raise NonFiniteLossError(
-                        f"non-finite training loss ({out['loss'].item()}) at epoch {epoch + 1}, step {step + 1} "
-                        f"(stage {stage}); lower the learning rate, set grad_clip, or nonfinite_loss=skip")
-                opt.zero_grad(set_to_none=True)
-                n_nonfinite += 1
-                continue
+            if self.runtime.sync_every_step or cfg.nonfinite_loss == "skip":
+                # Skipping a step is decided on the host, so "skip" reads every step's loss.
+                if not torch.isfinite(out["loss"].detach()).item():
+                    watch.fail_now(out["loss"], step)
+                    opt.zero_grad(set_to_none=True)
+                    n_nonfinite += 1
+                    continue
+            else:
+                watch.note(out["loss"], step)
             with sync:
                 (out["loss"] / cfg.grad_accum).backward()
             if boundary:
@@ -349,10 +393,13 @@ class Trainer:
                     sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach().float()
             # Every log_every steps and at each epoch's last step, so that a run shorter than log_every
             # still writes metrics.csv.
+            if (step + 1) % cfg.log_every == 0 or step + 1 == n_batches:
+                watch.check()  # the host's one look at the device between log steps
             if self.dist.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == n_batches):
                 self._log_row(writer, epoch, stage, step, n_batches, out, opt)
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{out['loss'].item():.3f}")
+        watch.check()  # before the epoch's checkpoint: a non-finite step never reaches one
         if n_steps == 0 and n_nonfinite:  # the epoch trained nothing: its checkpoint would be no better
             raise NonFiniteLossError(f"every step of epoch {epoch + 1} (stage {stage}) had a non-finite loss "
                                      f"({n_nonfinite} skipped under nonfinite_loss=skip): nothing was trained; check "

@@ -78,8 +78,7 @@ class DaliDecoder(Decoder):
                 idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
                 return fn.decoders.video(enc, frames=idx, device="mixed" if self.device_type == "cuda" else "cpu")
 
-            pipe = reader()
-            _started()
+            pipe = _build(reader)
             pipe.build()
             _readers[key] = pipe
         return _readers[key]
@@ -146,9 +145,6 @@ def build_clip_pipeline(source, spec, batch_size: int, device: str, num_threads:
     from nvidia.dali import fn, pipeline_def, types
 
     n_crops = 3 if spec.crop_mode == "three" else 1
-    mean = [255 * m for m in spec.mean] if spec.output_dtype == "float32" else [0.0, 0.0, 0.0]
-    std = [255 * s for s in spec.std] if spec.output_dtype == "float32" else [1.0, 1.0, 1.0]
-    dtype = types.FLOAT if spec.output_dtype == "float32" else types.UINT8
     n_clips = 1 if spec.train else spec.num_clips
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
@@ -158,25 +154,119 @@ def build_clip_pipeline(source, spec, batch_size: int, device: str, num_threads:
             source=source, num_outputs=4 + n_crops, batch=True,
             dtype=[types.UINT8, types.INT32, types.INT32] + [types.FLOAT] * n_crops + [types.INT64])
         frames = fn.decoders.video(enc, frames=idx, device="mixed" if device == "gpu" else "cpu")
-        frames = fn.resize(frames, size=fn.cast(size, dtype=types.FLOAT), interp_type=types.INTERP_LINEAR,
-                           antialias=True)
-        views = [fn.crop_mirror_normalize(frames, crop=(spec.size, spec.size), crop_pos_y=a[0], crop_pos_x=a[1],
-                                          mean=mean, std=std, dtype=dtype, output_layout="FCHW")
-                 for a in anchors]
-        # (crops, clips*T, 3, S, S) → (clips*crops views, T, 3, S, S), clip-major like the torch path
-        clips = fn.stack(*views, axis=1) if n_crops > 1 else views[0]
-        shape = [n_clips * n_crops, spec.frames, 3, spec.size, spec.size] if spec.views > 1 else \
-            [spec.frames, 3, spec.size, spec.size]
-        if n_crops > 1:
-            clips = fn.reshape(fn.transpose(fn.reshape(clips, shape=[n_clips, spec.frames, n_crops, 3,
-                                                                      spec.size, spec.size]),
-                                            perm=[0, 2, 1, 3, 4, 5]), shape=shape, layout="")
-        else:
-            clips = fn.reshape(clips, shape=shape, layout="")
-        return clips, position
+        return _views(frames, size, anchors, spec, n_clips), position
 
+    return _build(clip_pipeline)
+
+
+def _views(frames, size, anchors, spec, n_clips: int):
+    """decoded ``(n_clips*T, H, W, 3)`` → resized to ``size`` → one crop per anchor → normalised, as
+    ``(n_clips*crops views, T, 3, S, S)`` clip-major like the torch path (``(T, 3, S, S)`` for one
+    view). One implementation for both pipelines."""
+    from nvidia.dali import fn, types
+
+    n_crops = len(anchors)
+    mean = [255 * m for m in spec.mean] if spec.output_dtype == "float32" else [0.0, 0.0, 0.0]
+    std = [255 * s for s in spec.std] if spec.output_dtype == "float32" else [1.0, 1.0, 1.0]
+    dtype = types.FLOAT if spec.output_dtype == "float32" else types.UINT8
+    frames = fn.resize(frames, size=fn.cast(size, dtype=types.FLOAT), interp_type=types.INTERP_LINEAR, antialias=True)
+    views = [fn.crop_mirror_normalize(frames, crop=(spec.size, spec.size), crop_pos_y=a[0], crop_pos_x=a[1],
+                                      mean=mean, std=std, dtype=dtype, output_layout="FCHW") for a in anchors]
+    # (crops, clips*T, 3, S, S) → (clips*crops views, T, 3, S, S)
+    clips = fn.stack(*views, axis=1) if n_crops > 1 else views[0]
+    shape = [n_clips * n_crops, spec.frames, 3, spec.size, spec.size] if n_clips * n_crops > 1 else \
+        [spec.frames, 3, spec.size, spec.size]
+    if n_crops > 1:
+        by_crop = fn.reshape(clips, shape=[n_clips, spec.frames, n_crops, 3, spec.size, spec.size])
+        return fn.reshape(fn.transpose(by_crop, perm=[0, 2, 1, 3, 4, 5]), shape=shape, layout="")
+    return fn.reshape(clips, shape=shape, layout="")
+
+
+_pipelines_built = 0
+
+
+def pipelines_built() -> int:
+    """How many DALI pipelines this process has built (the per-file reader, loader pipelines): a
+    loader builds one per epoch at most, never one per file or clip."""
+    return _pipelines_built
+
+
+def _build(pipeline_fn):
+    global _pipelines_built
     _started()
-    return clip_pipeline()
+    pipe = pipeline_fn()
+    _pipelines_built += 1
+    return pipe
+
+
+def write_clip_list(path, lines) -> None:
+    """The video reader's ``file_list``: one ``path line_id start end`` row per clip (frame numbers,
+    end exclusive), written to a new file and renamed into place."""
+    import os
+
+    bad = next((file for file, *_ in lines if not list_safe(file)), None)
+    if bad is not None:
+        raise ValueError(f"{bad!r}: a path with a space or a line break cannot go into DALI's file list")
+    tmp = f"{path}.{os.getpid()}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for file, line_id, start, end in lines:
+            f.write(f"{file} {int(line_id)} {int(start)} {int(end)}\n")
+    os.replace(tmp, path)
+
+
+def list_safe(path) -> bool:
+    """Whether ``path`` can be a row of DALI's file list (its fields are separated by white space)."""
+    return not any(c.isspace() for c in str(path))
+
+
+def build_reader_pipeline(list_file: str, geometry, spec, batch_size: int, device: str, num_threads: int,
+                          device_id: int | None, seed: int, n_crops: int, short_videos: bool = True):
+    """The loader's clip pipeline over DALI's video reader: ``list_file`` (:func:`write_clip_list`)
+    names each clip's file and frame range, the reader opens the files itself and decodes
+    ``batch_size`` clips per run (NVDEC for ``device="gpu"``), and the rows' order is kept.
+
+    Each row spans ``clip_span(T, stride)`` frames, read at the clip's stride. With
+    ``short_videos`` (some video is shorter than that span) they are read at stride 1 with the last
+    frame repeated past the end, and every ``stride``-th frame is kept: exactly the edge padding of
+    :func:`zsar.data.sampling.random_clip_indices` (a reader stride repeats the last frame *of the
+    stride* instead), at the cost of converting the frames in between (about 2x slower on DALI's
+    CPU decoder). ``geometry(info)`` returns, for the run
+    ``info.iteration``, the rows' resized sizes (int32 ``[H, W]``) and crop anchors (one float32
+    ``[y, x]`` list per crop), in row order. Outputs ``clips`` (per row ``(crops, T, 3, S, S)``, or
+    ``(T, 3, S, S)`` for one crop) and ``line`` (the row's id).
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    span = (spec.frames - 1) * spec.stride + 1
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  exec_dynamic=True, prefetch_queue_depth=2)
+    def reader_pipeline():
+        exact_edge = short_videos and spec.stride > 1
+        frames, line = fn.experimental.readers.video(
+            device="gpu" if device == "gpu" else "cpu", file_list=list_file, file_list_format="frames",
+            file_list_include_end=False, sequence_length=span if exact_edge else spec.frames,
+            stride=1 if exact_edge else spec.stride, step=span, pad_mode="edge", random_shuffle=False, name="clips")
+        if exact_edge:
+            frames = fn.sequence_rearrange(frames, new_order=list(range(0, span, spec.stride)))
+        size, *anchors = fn.external_source(source=geometry, num_outputs=1 + n_crops, batch=True, batch_info=True,
+                                            dtype=[types.INT32] + [types.FLOAT] * n_crops)
+        return _views(frames, size, anchors, spec, 1), line
+
+    return _build(reader_pipeline)
+
+
+def to_torch(tensors, device: torch.device) -> torch.Tensor:
+    """One DALI output batch (uniform shape) as a torch tensor on ``device`` (a GPU batch is copied
+    on the current stream, without a host round trip)."""
+    t = tensors.as_tensor()
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        dst = torch.empty(tuple(t.shape()), dtype=to_torch_type[t.dtype], device=device)
+        feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(device))
+        return dst
+    return torch.from_numpy(np.array(t))
 
 
 def crop_anchor(box, resized: tuple[int, int], size: int) -> np.ndarray:
