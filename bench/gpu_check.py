@@ -173,9 +173,9 @@ def environment() -> dict:
 
 @contextlib.contextmanager
 def tensor_cores(enabled: bool):
-    """The CUDA backend's fp16/bf16 calls inside run on its tensor-core kernels (the default) or,
-    with ``enabled`` False, on its CUDA-core kernels (``ZSAR_CUDA_MMA=0``, read by the compiled core
-    on every call)."""
+    """The CUDA backend's fp16/bf16 calls inside run on its tensor-core kernels (``ZSAR_CUDA_MMA=1``)
+    or, with ``enabled`` False, on its CUDA-core kernels (``ZSAR_CUDA_MMA=0``, the default until the
+    tensor-core kernels have passed here); the compiled core reads it on every call."""
     previous = os.environ.get("ZSAR_CUDA_MMA")
     os.environ["ZSAR_CUDA_MMA"] = "1" if enabled else "0"
     try:
@@ -702,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     device = torch.device("cuda")
+    # The tensor-core kernels are what this run is for: on for every stage (graphs, timings and the
+    # op tests' subprocess too) unless the caller set ZSAR_CUDA_MMA; "cuda-cores" rows switch them off.
+    os.environ.setdefault("ZSAR_CUDA_MMA", "1")
     backends = gpu_backends()
     # Most telling first, so that a budget overrun cuts the least: the CUDA kernels' oracle (no JIT),
     # graphs and compile, the timings, then the Triton oracle (JIT per shape) and the op tests.
