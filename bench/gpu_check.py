@@ -48,7 +48,6 @@ import contextlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import random
 import subprocess
