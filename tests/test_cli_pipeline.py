@@ -158,7 +158,7 @@ def test_train_config_errors(tmp_path, capsys):
 def test_format_errors_name_the_option(command, trained, tmp_path, capsys):
     root, ckpt = trained
     extra = ["--out", str(tmp_path / "e.parquet")] if command == "encode" else []
-    for fmt, message in (("avi", "--format must be one of ("),
+    for fmt, message in (("avi", "--format: unknown dataset format 'avi'; expected one of "),
                          ("avca_features", f"--format 'avca_features': its records are feature files, not videos, "
                                            f"which zsar {command} decodes; run the AVCA GZSL protocol on them with "
                                            "`zsar gzsl`")):

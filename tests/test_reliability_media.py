@@ -151,3 +151,28 @@ def test_clip_memory_of_a_large_video_is_checked_per_file(tmp_path, monkeypatch)
     monkeypatch.setenv("ZSAR_LIMIT_CLIP_BYTES", str(spec.memory_bytes(32, 32)))
     with pytest.raises(VideoError, match=r"v\.avi: memory of the clips of this 64×64 video"):
         plan_clip(spec, probe_video(path), None)
+
+
+def test_a_frame_size_change_mid_stream_is_an_error_naming_the_file(tmp_path):
+    """The header states the first frame's size (checked against the pixel limit); a later frame
+    of another size is refused by name, not stacked into a shape error or decoded at its size."""
+    import io
+
+    from PIL import Image
+
+    from zsar.data.decoders import get_decoder
+
+    path = tmp_path / "resized.mjpeg"  # a raw MJPEG stream: each frame a JPEG of its own size
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        for i in range(8):
+            h, w = (48, 64) if i < 5 else (80, 96)
+            jpeg = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+            f.write(jpeg.getvalue())
+    info = probe_video(path)
+    assert (info.width, info.height, info.num_frames) == (64, 48, 8)
+    pyav = get_decoder("pyav")
+    assert pyav.read_frames(path, np.arange(5), torch.device("cpu"), info).shape == (5, 48, 64, 3)
+    with pytest.raises(VideoError, match=r"resized\.mjpeg: frame 5 is 96×80 but the stream header says 64×48"):
+        pyav.read_frames(path, np.arange(8), torch.device("cpu"), info)

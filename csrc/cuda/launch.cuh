@@ -8,8 +8,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "zsar/attention.h"
@@ -44,6 +48,11 @@ inline KernelProblem kernel_problem(const AttentionProblem& s, int64_t stride) {
   return p;
 }
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
 // Grid, block and dynamic shared memory of one launch.
 struct LaunchConfig {
   dim3 grid;
@@ -60,18 +69,64 @@ inline void check_launch(const char* kernel) {
   }
 }
 
+// Dynamic shared memory a kernel may use without opting in.
+constexpr size_t kDefaultSmemLimit = 48 * 1024;
+
+// Raises the dynamic shared memory limit of `kernel` on the current device to `bytes` (needed above
+// 48 KB), once per kernel, device and size. No stream operation: safe under CUDA-graph capture.
+inline void allow_smem(const char* name, const void* kernel, size_t bytes) {
+  static std::mutex lock;
+  static std::map<std::pair<const void*, int>, size_t> allowed;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  std::lock_guard<std::mutex> guard(lock);
+  size_t& current = allowed[{kernel, device}];
+  if (err == cudaSuccess && bytes > current) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err == cudaSuccess) current = bytes;
+  }
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("attention (cuda): ") + name + " cannot use " + std::to_string(bytes) +
+                             " bytes of shared memory: " + cudaGetErrorString(err));
+  }
+}
+
 // Launches `kernel` with `config` on `stream` and checks the launch.
 template <typename... Params, typename... Args>
 void launch(const char* name, void (*kernel)(Params...), const LaunchConfig& config, cudaStream_t stream,
             Args&&... args) {
+  if (config.smem > kDefaultSmemLimit) allow_smem(name, reinterpret_cast<const void*>(kernel), config.smem);
   kernel<<<config.grid, config.block, config.smem, stream>>>(std::forward<Args>(args)...);
   check_launch(name);
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
+// Whether the tensor-core kernels (mma.cuh) can serve a call: fp16/bf16, rows of whole 16-byte
+// chunks (head_dim % 8 == 0), 16-byte aligned buffers (cp.async and uint4 stores), and the
+// environment variable ZSAR_CUDA_MMA is "1" (read on every call, so one process can check and time
+// both paths). Off by default: these kernels have not yet run on a GPU, so the CUDA-core kernels,
+// checked on a GPU against the float64 reference, serve fp16/bf16 until bench/gpu_check.py has
+// passed the tensor-core ones there; then the default flips.
+template <typename... Ptrs>
+bool mma_eligible(const AttentionProblem& s, const Ptrs*... ptrs) {
+  const bool half = s.dtype == ScalarType::Float16 || s.dtype == ScalarType::BFloat16;
+  const char* env = std::getenv("ZSAR_CUDA_MMA");
+  const bool enabled = env != nullptr && std::string(env) == "1";
+  return enabled && half && s.head_dim % 8 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
+}
+
+// Calls fn(TypeTag<T>{}, std::integral_constant<int, DP>{}) with the 16-bit element type T of
+// `dtype` and the padded head dim DP (32, 64 or 128; head_dim <= 128) that the tensor-core kernels
+// are compiled for (mma_eligible calls only).
+template <typename Fn>
+void dispatch_mma(ScalarType dtype, int64_t head_dim, Fn&& fn) {
+  const auto with_dp = [&](auto type) {
+    if (head_dim <= 32) return fn(type, std::integral_constant<int, 32>{});
+    if (head_dim <= 64) return fn(type, std::integral_constant<int, 64>{});
+    return fn(type, std::integral_constant<int, 128>{});
+  };
+  if (dtype == ScalarType::BFloat16) return with_dp(TypeTag<__nv_bfloat16>{});
+  return with_dp(TypeTag<__half>{});
+}
 
 // Calls fn(TypeTag<T>{}) with the element type T of `dtype` (float, __half or __nv_bfloat16).
 template <typename Fn>

@@ -24,12 +24,14 @@
 #include "zsar/attention.h"
 #include "convert.cuh"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "tiled_attention.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -57,6 +59,9 @@ constexpr size_t kSmemLimit = 48 * 1024;
 // Rows per warp: 8 while the accumulators of 8 rows fit in registers, else 4.
 constexpr int quads_per_warp(int nc) { return nc <= 2 ? 2 : 1; }
 constexpr int max_threads(int rb) { return kMaxBlockRows / (kGroups * rb) * kWarpSize; }
+// The dk/dv kernel holds two accumulator sets; with 8 rows per warp (head_dim <= 64) 128 registers
+// leave it spilling (ptxas -v: 4 bytes), so it asks for 3 blocks of 128 threads per SM (170 registers).
+constexpr int dkv_min_blocks(int rb) { return rb == 2 ? 3 : kMinThreadsPerSm / max_threads(rb); }
 
 // Dot layout of a lane (bits b4..b0): tile lane t = b3 b2 b1, row group g = b4 b0.
 __device__ __forceinline__ int tile_lane(int lane) { return (lane >> 1) & (kTileLanes - 1); }
@@ -486,7 +491,7 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 // Backward, per key row j: dv_j = sum_i p_ij dout_i and dk_j = scale * sum_i ds_ij q_i over the
 // queries i that attend j. Keys no query attends get dk = dv = 0.
 template <typename T, int NC, int RB = quads_per_warp(NC)>
-__global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_threads(RB))
+__global__ void __launch_bounds__(max_threads(RB), dkv_min_blocks(RB))
     prefix_attention_bwd_dkv_kernel(Problem p, const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const float* __restrict__ lse,
                                     const float* __restrict__ delta, const T* __restrict__ dout,
@@ -576,6 +581,242 @@ __global__ void __launch_bounds__(max_threads(RB), kMinThreadsPerSm / max_thread
 
   store_rows(dk + base, row0, L, n_valid, dh, p.scale, acc_k);
   store_rows(dv + base, row0, L, n_valid, dh, 1.f, acc_v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernels (fp16/bf16, head_dim % 8 == 0, L <= kMmaMaxSeq), csrc/cuda/mma.cuh.
+//
+// A whole (batch, head) slice fits in shared memory, so one CTA holds several slices
+// (kMmaTargetRows rows in all) with their rows padded to lp = L rounded up to 16 and their columns
+// to DP (32, 64 or 128; columns past head_dim and rows past the sample's valid tokens are zeros,
+// so a NaN or inf in a padding row is never read). Warp w owns the 16-row block w of the CTA's
+// rows: query rows in the forward and the first backward phase, key rows in the second.
+//  * forward: S = Q K^T and O = P V on tensor cores, 16 keys at a time with an online softmax
+//    (only as far as the block's prefix mask reaches), P rounded to T for the PV product;
+//  * backward, one kernel, no atomics: phase 1 (query blocks) recomputes S and dP = dO V^T,
+//    forms P and dS = P (dP - delta), accumulates dQ = dS K and stores P and dS (as T) in shared
+//    memory; phase 2 (key blocks) reads them transposed with ldmatrix.trans for
+//    dV = P^T dO and dK = dS^T Q. delta = rowsum(dO * O) is computed in phase 1 per row.
+// Sizes at ResT's shape (B = 4096, H = 12, L = 25 -> lp = 32, Dh = 64, bf16): forward reads q, k, v
+// and writes out: 4 x 157 MB + lse 4.9 MB = 634 MB; backward reads q, k, v, out, dout, lse and
+// writes dq, dk, dv: 8 x 157 MB + 4.9 MB = 1.26 GB; tensor-core work (padded 16 x 16 blocks) is
+// 13 GFLOP forward and 32 GFLOP backward, so both are bound by DRAM: predicted 0.21 ms and 0.42 ms
+// at 3.0 TB/s (70% of the 4.3 TB/s copy rate measured on an H200), 0.63 ms forward + backward.
+
+constexpr int kMmaMaxSeq = 128;      // the longest L the slice-per-CTA kernels take
+constexpr int kMmaTargetRows = 64;   // rows per CTA: several short slices per CTA
+constexpr int kMmaMaxThreads = 256;  // kMmaMaxSeq / 16 warps
+
+// Geometry of a tensor-core launch.
+struct MmaProblem : KernelProblem {
+  int64_t slices;  // batch * heads
+  int lp;          // seq_len rounded up to 16
+  int slices_per_cta;
+};
+
+// Loads the rows [0, lp) of `count` tensors of each of the CTA's slices into consecutive shared
+// tiles (tile (s, c) at (s * count + c) * lp * tile_stride(DP)); rows at or past the slice's n_valid
+// (and whole slices past the end) become zeros. Returns after the copies have landed and a
+// __syncthreads; n_valid of each slice is left in `n_valid` (shared, slices_per_cta ints).
+template <typename T, int DP, int N>
+__device__ __forceinline__ void load_slices(const MmaProblem& p, T* tiles, int* n_valid, const T* const (&src)[N]) {
+  const int64_t bh0 = static_cast<int64_t>(blockIdx.x) * p.slices_per_cta;
+  if (threadIdx.x < p.slices_per_cta) {
+    const int64_t bh = bh0 + threadIdx.x;
+    n_valid[threadIdx.x] = bh < p.slices ? static_cast<int>(sample_mask(p.mask, bh / p.heads, p.seq_len).n_valid) : 0;
+  }
+  __syncthreads();
+  const int tile = p.lp * mma::tile_stride(DP);
+  for (int s = 0; s < p.slices_per_cta; ++s) {
+    const int64_t bh = bh0 + s;
+    const int nv = n_valid[s];
+    const int64_t offset = (bh < p.slices ? bh : 0) * p.seq_len * p.head_dim;
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+      mma::copy_rows_async(tiles + (s * N + c) * tile, DP, src[c] + offset, p.head_dim, 0, p.lp, threadIdx.x,
+                           blockDim.x, [nv](int r) { return r < nv; });
+    }
+  }
+  mma::cp_async_commit();
+  mma::cp_async_wait<0>();
+  __syncthreads();
+}
+
+// Writes accumulator rows r0 + g, r0 + g + 8 (columns < head_dim) of a (L, head_dim) slice times
+// `scale`; rows at or past n_valid get exact zeros, rows at or past L are left out. 4-byte stores.
+template <typename T, int DP>
+__device__ __forceinline__ void store_acc(T* dst, const float (&acc)[DP / 8][4], int r0, int n_valid, int L, int dh,
+                                          float scale) {
+  const int lane = mma::lane_id();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + (lane >> 2) + 8 * h;
+    if (row >= L) continue;
+    const float f = row < n_valid ? scale : 0.f;
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {
+      const int col = n * 8 + 2 * (lane & 3);
+      if (col < dh) {
+        const float x = row < n_valid ? acc[n][2 * h] * f : 0.f;
+        const float y = row < n_valid ? acc[n][2 * h + 1] * f : 0.f;
+        *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row) * dh + col) = mma::Tc<T>::pack(x, y);
+      }
+    }
+  }
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaMaxThreads)
+    prefix_attention_fwd_mma_kernel(MmaProblem p, const T* __restrict__ q, const T* __restrict__ k,
+                                    const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse) {
+  constexpr int SD = mma::tile_stride(DP);
+  extern __shared__ uint4 smem_raw[];
+  T* tiles = reinterpret_cast<T*>(smem_raw);
+  const int tile = p.lp * SD;
+  int* n_valid = reinterpret_cast<int*>(tiles + 3 * p.slices_per_cta * tile);
+  load_slices<T, DP, 3>(p, tiles, n_valid, {q, k, v});
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane >> 2;
+  const int blocks = p.lp / 16;
+  const int s = warp / blocks, q0 = (warp % blocks) * 16;
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * p.slices_per_cta + s;
+  const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
+  if (bh >= p.slices || q0 >= L) return;  // warp-uniform; no block-wide barrier follows
+  const SampleMask m = sample_mask(p.mask, bh / p.heads, L);
+  T* qs = tiles + 3 * s * tile;
+  const T* ks = qs + tile;
+  const T* vs = ks + tile;
+  const int kend[2] = {static_cast<int>(m.key_end(q0 + g)), static_cast<int>(m.key_end(q0 + g + 8))};
+  const int kmax = __reduce_max_sync(mma::kFullMask, static_cast<int>(m.key_end(q0 + (lane & 15))));
+
+  float o[DP / 8][4] = {};
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int j0 = 0; j0 < kmax; j0 += 16) {
+    float sc[2][4] = {};
+    mma::mma_abt<T, DP>(sc, qs, q0, ks, j0, nkc);
+    uint32_t pa[4];
+    mma::online_softmax<T>(sc, p.scale, j0, [&](int h, int key) { return key < kend[h]; }, mx, l, o, pa);
+    mma::mma_ax<T, DP>(o, pa, vs, j0, nkc);
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = mma::quad_sum(l[h]);
+    const int row = q0 + g + 8 * h;
+    const bool ok = kend[h] > 0;
+    inv[h] = ok ? 1.f / l[h] : 0.f;
+    if ((lane & 3) == 0 && row < L) {
+      lse[bh * L + row] = !ok ? 0.f : (mx[h] == INFINITY ? mx[h] : mx[h] + logf(l[h]));
+    }
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {  // padding rows: exact zeros (0 * inf from a value could be NaN)
+      o[n][2 * h] = ok ? o[n][2 * h] * inv[h] : 0.f;
+      o[n][2 * h + 1] = ok ? o[n][2 * h + 1] * inv[h] : 0.f;
+    }
+  }
+  // Stage the rows in this warp's own query rows (no other warp reads them), then 16-byte stores.
+  __syncwarp();
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) mma::store_c(qs, SD, q0, n * 8, o[n], 1.f, 1.f);
+  __syncwarp();
+  mma::store_rows_warp(out + bh * L * dh, dh, qs + q0 * SD, DP, q0, 16, L);
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaMaxThreads)
+    prefix_attention_bwd_mma_kernel(MmaProblem p, const T* __restrict__ q, const T* __restrict__ k,
+                                    const T* __restrict__ v, const T* __restrict__ out,
+                                    const float* __restrict__ lse, const T* __restrict__ dout, T* __restrict__ dq,
+                                    T* __restrict__ dk, T* __restrict__ dv) {
+  constexpr int SD = mma::tile_stride(DP);
+  extern __shared__ uint4 smem_raw[];
+  T* tiles = reinterpret_cast<T*>(smem_raw);
+  const int tile = p.lp * SD;
+  const int SP = mma::tile_stride(p.lp);  // P and dS: (lp queries) x (lp keys)
+  const int ptile = p.lp * SP;
+  T* probs = tiles + 4 * p.slices_per_cta * tile;  // per slice: P, then dS
+  int* n_valid_s = reinterpret_cast<int*>(probs + 2 * p.slices_per_cta * ptile);
+  load_slices<T, DP, 4>(p, tiles, n_valid_s, {q, k, v, dout});
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane >> 2;
+  const int blocks = p.lp / 16;
+  const int s = warp / blocks, r0 = (warp % blocks) * 16;  // query block (phase 1), key block (phase 2)
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * p.slices_per_cta + s;
+  const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
+  const bool active = bh < p.slices && r0 < L;  // warp-uniform
+  const SampleMask m = sample_mask(p.mask, active ? bh / p.heads : 0, L);
+  const int nv = static_cast<int>(m.n_valid);
+  const int64_t base = active ? bh * L * dh : 0;
+  const T* qs = tiles + 4 * s * tile;
+  const T* ks = qs + tile;
+  const T* vs = ks + tile;
+  const T* gs = vs + tile;
+  T* ps = probs + 2 * s * ptile;
+  T* dss = ps + ptile;
+
+  // Phase 1: query rows [r0, r0 + 16).
+  if (active) {
+    const int kend[2] = {static_cast<int>(m.key_end(r0 + g)), static_cast<int>(m.key_end(r0 + g + 8))};
+    const int kmax = __reduce_max_sync(mma::kFullMask, static_cast<int>(m.key_end(r0 + (lane & 15))));
+    float lse_h[2], delta_h[2];
+    const int own = r0 + (lane >> 1);  // delta: lanes 2r, 2r + 1 share row r0 + r
+    const float delta_own = mma::row_dot_pair(gs + own * SD, out + base + static_cast<int64_t>(own) * dh, dh, own < nv);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      lse_h[h] = kend[h] > 0 ? lse[bh * L + r0 + g + 8 * h] : 0.f;
+      delta_h[h] = __shfl_sync(mma::kFullMask, delta_own, 2 * (g + 8 * h));
+    }
+    float acc[DP / 8][4] = {};
+    if (r0 < nv) {  // P and dS of every key block phase 2 reads: [0, nv) rounded up to 16
+      for (int j0 = 0; j0 < nv; j0 += 16) {
+        float pr[2][4] = {}, ds[2][4] = {};
+        if (j0 < kmax) {
+          float sc[2][4] = {}, dp[2][4] = {};
+          mma::mma_abt<T, DP>(sc, qs, r0, ks, j0, nkc);
+          mma::mma_abt<T, DP>(dp, gs, r0, vs, j0, nkc);
+#pragma unroll
+          for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int h = e >> 1;
+              const bool allowed = j0 + nb * 8 + 2 * (lane & 3) + (e & 1) < kend[h];
+              pr[nb][e] = allowed ? __expf(scaled(p.scale, sc[nb][e]) - lse_h[h]) : 0.f;
+              ds[nb][e] = allowed ? pr[nb][e] * (dp[nb][e] - delta_h[h]) : 0.f;
+            }
+          }
+          uint32_t dsa[4];
+          mma::to_a<T>(dsa, ds[0], ds[1]);
+          mma::mma_ax<T, DP>(acc, dsa, ks, j0, nkc);
+        }
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {
+          mma::store_c(ps, SP, r0, j0 + nb * 8, pr[nb], 1.f, 1.f);
+          mma::store_c(dss, SP, r0, j0 + nb * 8, ds[nb], 1.f, 1.f);
+        }
+      }
+    }
+    store_acc<T, DP>(dq + base, acc, r0, nv, L, dh, p.scale);
+  }
+  __syncthreads();  // P and dS of every query block are in shared memory
+
+  // Phase 2: key rows [r0, r0 + 16). Queries attending them: all valid ones, or for word keys of
+  // the rest mask only the words from r0 on (r0 is a multiple of 16: whole blocks).
+  if (active) {
+    float acc_k[DP / 8][4] = {}, acc_v[DP / 8][4] = {};
+    if (r0 < nv) {
+      const int i_begin = (m.full || r0 < m.n_fixed) ? 0 : r0;
+      for (int i0 = i_begin; i0 < nv; i0 += 16) {
+        uint32_t pa[4], dsa[4];
+        mma::load_a_trans(pa, ps, SP, r0, i0);
+        mma::load_a_trans(dsa, dss, SP, r0, i0);
+        mma::mma_ax<T, DP>(acc_v, pa, gs, i0, nkc);
+        mma::mma_ax<T, DP>(acc_k, dsa, qs, i0, nkc);
+      }
+    }
+    store_acc<T, DP>(dk + base, acc_k, r0, nv, L, dh, p.scale);
+    store_acc<T, DP>(dv + base, acc_v, r0, nv, L, dh, 1.f);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -712,11 +953,69 @@ void dispatch_head_dim(const Args& a, cudaStream_t stream) {
   }
 }
 
+// The tensor-core launch of an (L, head_dim) problem: slices_per_cta slices of lp rows per CTA, one
+// warp per 16 rows; shared memory for `tiles` (lp, DP) tiles per slice, plus P and dS (lp x lp)
+// with `probs`, plus one int per slice.
+template <int DP>
+struct MmaLaunch {
+  MmaProblem problem;
+  LaunchConfig config;
+  MmaLaunch(const AttentionProblem& s, int tiles, bool probs) {
+    static_cast<KernelProblem&>(problem) = kernel_problem(s, mma::tile_stride(DP));
+    const int lp = static_cast<int>(cdiv(s.seq_len, 16) * 16);
+    const int spc = std::max(1, kMmaTargetRows / lp);
+    problem.slices = s.batch * s.heads;
+    problem.lp = lp;
+    problem.slices_per_cta = spc;
+    const int64_t ctas = cdiv(problem.slices, spc);
+    if (ctas > std::numeric_limits<int32_t>::max()) {
+      throw std::invalid_argument("attention (cuda): batch * heads is too large for one launch");
+    }
+    const size_t per_slice = sizeof(uint16_t) * (static_cast<size_t>(tiles) * lp * mma::tile_stride(DP) +
+                                                 (probs ? 2 * static_cast<size_t>(lp) * mma::tile_stride(lp) : 0));
+    config.grid = dim3(static_cast<unsigned>(ctas));
+    config.block = dim3(static_cast<unsigned>(spc * lp / 16 * kWarpSize));
+    config.smem = spc * per_slice + spc * sizeof(int);
+  }
+};
+
+// The tensor-core kernels serve fp16/bf16 calls with L <= kMmaMaxSeq (whole slices in shared memory).
+template <typename... Ptrs>
+bool use_mma(const AttentionProblem& s, const Ptrs*... ptrs) {
+  return s.seq_len <= kMmaMaxSeq && mma_eligible(s, ptrs...);
+}
+
+void forward_mma(const AttentionForward& a, cudaStream_t stream) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
+    constexpr int DP = decltype(dp)::value;
+    const MmaLaunch<DP> l(a.problem, 3, false);
+    launch("prefix_attention_fwd_mma_kernel", prefix_attention_fwd_mma_kernel<T, DP>, l.config, stream, l.problem,
+           static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+           static_cast<T*>(a.out), static_cast<float*>(a.lse));
+  });
+}
+
+void backward_mma(const AttentionBackward& a, cudaStream_t stream) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
+    constexpr int DP = decltype(dp)::value;
+    const MmaLaunch<DP> l(a.problem, 4, true);
+    launch("prefix_attention_bwd_mma_kernel", prefix_attention_bwd_mma_kernel<T, DP>, l.config, stream, l.problem,
+           static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v),
+           static_cast<const T*>(a.out), static_cast<const float*>(a.lse), static_cast<const T*>(a.dout),
+           static_cast<T*>(a.dq), static_cast<T*>(a.dk), static_cast<T*>(a.dv));
+  });
+}
+
 }  // namespace
 
 void attention_forward_cuda(const AttentionForward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_fwd_cuda(args);
+  if (use_mma(args.problem, args.q, args.k, args.v, args.out)) {
+    return forward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     dispatch_head_dim<typename decltype(type)::type, Fwd>(args, static_cast<cudaStream_t>(args.exec.stream));
   });
@@ -725,6 +1024,9 @@ void attention_forward_cuda(const AttentionForward& args) {
 void attention_backward_cuda(const AttentionBackward& args) {
   if (!check_args(args.problem)) return;
   if (args.problem.mask.kind == MaskKind::Bottleneck) return tiled_attention_bwd_cuda(args);
+  if (use_mma(args.problem, args.q, args.k, args.v, args.out, args.dout, args.dq, args.dk, args.dv)) {
+    return backward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     dispatch_head_dim<typename decltype(type)::type, Bwd>(args, static_cast<cudaStream_t>(args.exec.stream));
   });

@@ -25,6 +25,7 @@
 
 #include "convert.cuh"
 #include "launch.cuh"
+#include "mma.cuh"
 
 namespace zsar {
 namespace {
@@ -51,9 +52,9 @@ __device__ __forceinline__ TileRanges tile_ranges(const SampleMask& m) {
   return {prefix_end, max(tail_tile, prefix_end)};
 }
 
-// Whether the tile of rows [r0, r0 + kRows) holds a valid token.
-__device__ __forceinline__ bool tile_has_tokens(const SampleMask& m, int r0) {
-  return r0 < m.n_valid || (r0 + kRows > m.tail_begin && r0 < m.seq_len);
+// Whether the rows [r0, r0 + rows) hold a valid token.
+__device__ __forceinline__ bool tile_has_tokens(const SampleMask& m, int r0, int rows = kRows) {
+  return r0 < m.n_valid || (r0 + rows > m.tail_begin && r0 < m.seq_len);
 }
 
 // Rows [r0, r0 + kRows) of a (L, head_dim) slice -> shared rows as float; padding rows become 0.
@@ -324,11 +325,347 @@ __global__ void __launch_bounds__(kThreads) tiled_bwd_dkdv_kernel(Params p, cons
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernels (fp16/bf16, head_dim % 8 == 0), csrc/cuda/mma.cuh: FlashAttention-2 tiles.
+//
+// A CTA of 4 warps owns kMmaTile = 64 query rows (forward, dq) or key rows (dk/dv) of one
+// (batch, head), warp w rows [16 w, 16 w + 16), and streams 64-row tiles of the other operand
+// through shared memory with cp.async, double buffered (the next tile is in flight while the
+// current one is used). Only the sample's prefix tiles [0, n_valid) and tail (fusion) tiles are
+// visited; rows that are not valid tokens are zero-filled on load and masked in the scores.
+//  * forward: S = Q K^T, online softmax, O += P V (P rounded to T), 16 keys per step;
+//  * dq kernel (query tiles): delta = rowsum(dO * O) into the workspace, then per key step
+//    S, dP = dO V^T, dS = P (dP - delta), dQ += dS K;
+//  * dk/dv kernel (key tiles): per query step S^T = K Q^T and dP^T = V dO^T (the same products as
+//    the forward's, so P matches it), dV += P^T dO, dK += dS^T Q. No atomics.
+// Sizes at MZST's audio-video stream (B = 16, H = 12, L = 1609, Dh = 64, ~1609 valid tokens):
+// valid pairs 16 * 12 * 1609^2 = 497 M, forward 4 * 64 * 497 M = 127 GFLOP, backward 2.5x that;
+// the tensors are 16 * 12 * 1609 * 64 * 2 B = 39.5 MB each (forward 158 MB, backward 316 MB of
+// traffic), so the kernels are bound by the tensor cores: predicted 0.42 ms forward, 1.1 ms
+// backward at 300 TFLOP/s (mma.sync on an H100/H200).
+
+constexpr int kMmaTile = 64;
+constexpr int kMmaThreads = 128;
+
+// The tiles of a sample that hold valid tokens: prefix tiles, then tail tiles.
+struct TileList {
+  int n_prefix, tail_start, count;
+  __device__ __forceinline__ int start(int i) const {
+    return i < n_prefix ? i * kMmaTile : tail_start + (i - n_prefix) * kMmaTile;
+  }
+};
+__device__ __forceinline__ TileList tile_list(const SampleMask& m) {
+  const int L = static_cast<int>(m.seq_len);
+  const int prefix_end = cdiv(static_cast<int>(m.n_valid), kMmaTile) * kMmaTile;
+  const int tail_start = max(static_cast<int>(m.tail_begin) / kMmaTile * kMmaTile, prefix_end);
+  const int n_tail = m.tail_begin < L && tail_start < L ? cdiv(L - tail_start, kMmaTile) : 0;
+  return {prefix_end / kMmaTile, tail_start, prefix_end / kMmaTile + n_tail};
+}
+
+// A CTA's own tile of kMmaTile rows of one (batch, head): where it is, the sample's mask and the
+// tiles of the other operand that hold valid tokens.
+struct MmaBlock {
+  int64_t bh, base;  // (batch, head) and the element offset of its (L, head_dim) slice
+  int r0;            // first row of the own tile
+  SampleMask m;
+  TileList tiles;
+  __device__ bool valid(int pos) const { return token_ok(m, pos); }
+  __device__ bool empty() const { return !tile_has_tokens(m, r0, kMmaTile); }  // padding only
+};
+
+__device__ __forceinline__ MmaBlock mma_block(const Params& p) {
+  MmaBlock b;
+  b.bh = blockIdx.x;
+  b.base = b.bh * p.seq_len * p.head_dim;
+  b.r0 = blockIdx.y * kMmaTile;
+  b.m = sample_mask(p.mask, b.bh / p.heads, p.seq_len);
+  b.tiles = tile_list(b.m);
+  return b;
+}
+
+// Starts the copies of rows [r0, r0 + kMmaTile) of the slices of `a` and `b` into the shared tiles
+// dst and dst + kMmaTile * tile_stride(DP) (rows that are not valid tokens become zeros).
+template <typename T, int DP>
+__device__ __forceinline__ void copy_pair(T* dst, const T* a, const T* b, const MmaBlock& blk, int r0, int dh) {
+  const auto valid = [&blk](int pos) { return blk.valid(pos); };
+  mma::copy_rows_async(dst, DP, a + blk.base, dh, r0, kMmaTile, threadIdx.x, blockDim.x, valid);
+  mma::copy_rows_async(dst + kMmaTile * mma::tile_stride(DP), DP, b + blk.base, dh, r0, kMmaTile, threadIdx.x,
+                       blockDim.x, valid);
+}
+
+// Runs body(i) for the tiles i < count, each once its copies have landed (cp.async groups, one per
+// tile, issue(0) already committed) and with the copies of tile i + 1 (issue(i + 1), into the other
+// buffer) in flight meanwhile. Block-wide barriers around each body: every thread must call this.
+template <typename Issue, typename Body>
+__device__ __forceinline__ void for_each_tile(int count, Issue issue, Body body) {
+  for (int i = 0; i < count; ++i) {
+    if (i + 1 < count) {
+      issue(i + 1);
+      mma::cp_async_wait<1>();
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(i);
+    __syncthreads();  // buffer i & 1 is refilled by the next iteration's issue
+  }
+}
+
+// Writes zeros to rows [r0, r0 + rows) (those < L) of a (L, head_dim) slice, by the whole CTA.
+template <typename T>
+__device__ __forceinline__ void zero_rows(T* dst, int dh, int r0, int rows, int L) {
+  const int chunks = dh / 8;
+  for (int e = threadIdx.x; e < rows * chunks; e += blockDim.x) {
+    const int r = e / chunks;
+    if (r0 + r < L) *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r0 + r) * dh + (e - r * chunks) * 8) = uint4{};
+  }
+}
+
+// Rows g, g + 8 of acc (rows of this warp's 16-row block at r0) times f[h], zeros where not ok[h],
+// staged in the warp's own rows of `stage` (no other warp reads them), then stored with 16-byte
+// stores to rows < L of the (L, head_dim) slice `dst`.
+template <typename T, int DP>
+__device__ __forceinline__ void store_block(T* dst, T* stage, float (&acc)[DP / 8][4], int r0, const bool (&ok)[2],
+                                            const float (&f)[2], int dh, int L) {
+  constexpr int SD = mma::tile_stride(DP);
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = ok[e >> 1] ? acc[n][e] * f[e >> 1] : 0.f;  // exact zeros
+  }
+  __syncwarp();
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) mma::store_c(stage, SD, 0, n * 8, acc[n], 1.f, 1.f);
+  __syncwarp();
+  mma::store_rows_warp(dst, dh, stage, DP, r0, 16, L);
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+    tiled_fwd_mma_kernel(Params p, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         T* __restrict__ out, float* __restrict__ lse) {
+  constexpr int SD = mma::tile_stride(DP);
+  constexpr int TILE = kMmaTile * SD;
+  extern __shared__ uint4 smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);  // then K, V of buffer 0, K, V of buffer 1
+  const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int m0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {  // block-uniform: zeros
+    zero_rows(out + base, dh, m0, kMmaTile, L);
+    for (int r = threadIdx.x; r < kMmaTile && m0 + r < L; r += blockDim.x) lse[bh * L + m0 + r] = 0.f;
+    return;
+  }
+  const auto issue = [&](int i) {
+    copy_pair<T, DP>(qs + (1 + 2 * (i & 1)) * TILE, k, v, blk, tiles.start(i), dh);
+    mma::cp_async_commit();
+  };
+  mma::copy_rows_async(qs, DP, q + base, dh, m0, kMmaTile, threadIdx.x, blockDim.x,
+                       [&blk](int pos) { return blk.valid(pos); });
+  issue(0);  // one group with Q
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int w0 = warp * 16;  // this warp's rows in the tile
+  float o[DP / 8][4] = {};
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for_each_tile(tiles.count, issue, [&](int i) {
+    const T* ks = qs + (1 + 2 * (i & 1)) * TILE;
+    const T* vs = ks + TILE;
+    const int n0 = tiles.start(i);
+#pragma unroll 1
+    for (int j = 0; j < kMmaTile; j += 16) {
+      if (!tile_has_tokens(m, n0 + j, 16)) continue;  // warp-uniform
+      float sc[2][4] = {};
+      mma::mma_abt<T, DP>(sc, qs, w0, ks, j, nkc);
+      uint32_t pa[4];
+      mma::online_softmax<T>(sc, p.scale, n0 + j, [&m](int, int key) { return token_ok(m, key); }, mx, l, o, pa);
+      mma::mma_ax<T, DP>(o, pa, vs, j, nkc);
+    }
+  });
+
+  bool ok[2];
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = mma::quad_sum(l[h]);
+    const int row = m0 + w0 + g + 8 * h;
+    ok[h] = token_ok(m, row);
+    inv[h] = ok[h] ? 1.f / l[h] : 0.f;
+    if ((lane & 3) == 0 && row < L) {
+      lse[bh * L + row] = !ok[h] ? 0.f : (mx[h] == INFINITY ? mx[h] : mx[h] + logf(l[h]));
+    }
+  }
+  store_block<T, DP>(out + base, qs + w0 * SD, o, m0 + w0, ok, inv, dh, L);
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+    tiled_bwd_dq_mma_kernel(Params p, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                            const T* __restrict__ out, const float* __restrict__ lse, const T* __restrict__ dout,
+                            T* __restrict__ dq, float* __restrict__ delta) {
+  constexpr int SD = mma::tile_stride(DP);
+  constexpr int TILE = kMmaTile * SD;
+  extern __shared__ uint4 smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);  // Q, dO, then K, V of buffer 0, K, V of buffer 1
+  T* gs = qs + TILE;
+  const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int m0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {
+    zero_rows(dq + base, dh, m0, kMmaTile, L);
+    for (int r = threadIdx.x; r < kMmaTile && m0 + r < L; r += blockDim.x) delta[bh * L + m0 + r] = 0.f;
+    return;
+  }
+  const auto issue = [&](int i) {
+    copy_pair<T, DP>(qs + (2 + 2 * (i & 1)) * TILE, k, v, blk, tiles.start(i), dh);
+    mma::cp_async_commit();
+  };
+  copy_pair<T, DP>(qs, q, dout, blk, m0, dh);  // Q, dO
+  mma::cp_async_commit();
+  issue(0);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int w0 = warp * 16;
+  mma::cp_async_wait<1>();  // Q and dO have landed
+  __syncthreads();
+  bool ok[2];
+  float lse_h[2], delta_h[2];
+  {
+    const int own = m0 + w0 + (lane >> 1);  // lanes 2r, 2r + 1 share row r
+    const bool own_ok = token_ok(m, own);
+    const float d = mma::row_dot_pair(gs + (w0 + (lane >> 1)) * SD, out + base + static_cast<int64_t>(own_ok ? own : 0) * dh,
+                                      dh, own_ok);
+    if ((lane & 1) == 0 && own < L) delta[bh * L + own] = d;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = m0 + w0 + g + 8 * h;
+      ok[h] = token_ok(m, row);
+      lse_h[h] = ok[h] ? lse[bh * L + row] : 0.f;
+      delta_h[h] = __shfl_sync(mma::kFullMask, d, 2 * (g + 8 * h));
+    }
+  }
+
+  float acc[DP / 8][4] = {};
+  for_each_tile(tiles.count, issue, [&](int i) {
+    const T* ks = qs + (2 + 2 * (i & 1)) * TILE;
+    const T* vs = ks + TILE;
+    const int n0 = tiles.start(i);
+#pragma unroll 1
+    for (int j = 0; j < kMmaTile; j += 16) {
+      if (!tile_has_tokens(m, n0 + j, 16)) continue;
+      float sc[2][4] = {}, dp[2][4] = {};
+      mma::mma_abt<T, DP>(sc, qs, w0, ks, j, nkc);
+      mma::mma_abt<T, DP>(dp, gs, w0, vs, j, nkc);
+      float ds[2][4];
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1;
+          const bool allowed = ok[h] && token_ok(m, n0 + j + nb * 8 + 2 * (lane & 3) + (e & 1));
+          const float pr = allowed ? __expf(scaled(p.scale, sc[nb][e]) - lse_h[h]) : 0.f;
+          ds[nb][e] = allowed ? pr * (dp[nb][e] - delta_h[h]) : 0.f;
+        }
+      }
+      uint32_t dsa[4];
+      mma::to_a<T>(dsa, ds[0], ds[1]);
+      mma::mma_ax<T, DP>(acc, dsa, ks, j, nkc);
+    }
+  });
+  const float f[2] = {p.scale, p.scale};
+  store_block<T, DP>(dq + base, qs + w0 * SD, acc, m0 + w0, ok, f, dh, L);
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+    tiled_bwd_dkdv_mma_kernel(Params p, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                              const float* __restrict__ lse, const float* __restrict__ delta,
+                              const T* __restrict__ dout, T* __restrict__ dk, T* __restrict__ dv) {
+  constexpr int SD = mma::tile_stride(DP);
+  constexpr int TILE = kMmaTile * SD;
+  extern __shared__ uint4 smem_raw[];
+  T* ks = reinterpret_cast<T*>(smem_raw);  // K, V, then Q, dO of buffer 0, Q, dO of buffer 1
+  T* vs = ks + TILE;
+  float* rows_f = reinterpret_cast<float*>(ks + 6 * TILE);  // per buffer: lse[64], delta[64]
+  const int L = p.seq_len, dh = p.head_dim, nkc = cdiv(dh, 16);
+  const MmaBlock blk = mma_block(p);
+  const int64_t bh = blk.bh, base = blk.base;
+  const int n0 = blk.r0;
+  const SampleMask& m = blk.m;
+  const TileList& tiles = blk.tiles;
+  if (blk.empty()) {
+    zero_rows(dk + base, dh, n0, kMmaTile, L);
+    zero_rows(dv + base, dh, n0, kMmaTile, L);
+    return;
+  }
+  const auto issue = [&](int i) {
+    const int i0 = tiles.start(i);
+    copy_pair<T, DP>(ks + (2 + 2 * (i & 1)) * TILE, q, dout, blk, i0, dh);
+    float* lse_s = rows_f + (i & 1) * 2 * kMmaTile;
+    for (int r = threadIdx.x; r < kMmaTile; r += blockDim.x) {
+      const bool ok = blk.valid(i0 + r);
+      const int64_t at = bh * L + (ok ? i0 + r : 0);
+      mma::cp_async4(lse_s + r, lse + at, ok);
+      mma::cp_async4(lse_s + kMmaTile + r, delta + at, ok);
+    }
+    mma::cp_async_commit();
+  };
+  copy_pair<T, DP>(ks, k, v, blk, n0, dh);  // K, V: one group with the first query tile
+  issue(0);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int w0 = warp * 16;  // this warp's key rows in the tile
+  bool ok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) ok[h] = token_ok(m, n0 + w0 + g + 8 * h);
+  float acc_k[DP / 8][4] = {}, acc_v[DP / 8][4] = {};
+  for_each_tile(tiles.count, issue, [&](int i) {
+    const T* qs = ks + (2 + 2 * (i & 1)) * TILE;
+    const T* gs = qs + TILE;
+    const float* lse_s = rows_f + (i & 1) * 2 * kMmaTile;
+    const float* delta_s = lse_s + kMmaTile;
+    const int i0 = tiles.start(i);
+#pragma unroll 1
+    for (int j = 0; j < kMmaTile; j += 16) {
+      if (!tile_has_tokens(m, i0 + j, 16)) continue;
+      float sc[2][4] = {}, dp[2][4] = {};  // rows: keys; columns: queries
+      mma::mma_abt<T, DP>(sc, ks, w0, qs, j, nkc);
+      mma::mma_abt<T, DP>(dp, vs, w0, gs, j, nkc);
+      float pr[2][4], ds[2][4];
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = j + nb * 8 + 2 * t + (e & 1);  // query row in the tile
+          const bool allowed = ok[e >> 1] && token_ok(m, i0 + c);
+          pr[nb][e] = allowed ? __expf(scaled(p.scale, sc[nb][e]) - lse_s[c]) : 0.f;
+          ds[nb][e] = allowed ? pr[nb][e] * (dp[nb][e] - delta_s[c]) : 0.f;
+        }
+      }
+      uint32_t pa[4], dsa[4];
+      mma::to_a<T>(pa, pr[0], pr[1]);
+      mma::to_a<T>(dsa, ds[0], ds[1]);
+      mma::mma_ax<T, DP>(acc_v, pa, gs, j, nkc);
+      mma::mma_ax<T, DP>(acc_k, dsa, qs, j, nkc);
+    }
+  });
+  const float fk[2] = {p.scale, p.scale}, fv[2] = {1.f, 1.f};
+  store_block<T, DP>(dk + base, ks + w0 * SD, acc_k, n0 + w0, ok, fk, dh, L);
+  store_block<T, DP>(dv + base, vs + w0 * SD, acc_v, n0 + w0, ok, fv, dh, L);
+}
+
 Params params(const AttentionProblem& s) { return kernel_problem(s, s.head_dim + 1); }
 
-// A grid of one block per kRows-row tile of each (batch, head).
-LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem) {
-  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, kRows))), dim3(kThreads),
+// A grid of one block of `threads` per `rows`-row tile of each (batch, head): the CUDA-core kernels
+// (kRows, kThreads) and the tensor-core ones (kMmaTile, kMmaThreads).
+LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem, int rows = kRows, int threads = kThreads) {
+  return {dim3(static_cast<unsigned>(batch_heads), static_cast<unsigned>(cdiv(p.seq_len, rows))), dim3(threads),
           smem};
 }
 
@@ -337,6 +674,44 @@ LaunchConfig tile_grid(const Params& p, int64_t batch_heads, size_t smem) {
 size_t smem_bytes(const Params& p, int tiles, int squares, int vectors) {
   return sizeof(float) * (static_cast<size_t>(tiles) * kRows * p.stride +
                           static_cast<size_t>(squares) * kRows * (kRows + 1) + static_cast<size_t>(vectors) * kRows);
+}
+
+// Tensor-core launches: `tiles` (kMmaTile, DP) 16-bit shared tiles and `floats` floats per CTA.
+template <int DP>
+LaunchConfig mma_grid(const Params& p, int64_t batch_heads, int tiles, int floats) {
+  const size_t smem = sizeof(uint16_t) * tiles * kMmaTile * mma::tile_stride(DP) + sizeof(float) * floats;
+  return tile_grid(p, batch_heads, smem, kMmaTile, kMmaThreads);
+}
+
+void forward_mma(const AttentionForward& a, cudaStream_t stream) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
+    constexpr int DP = decltype(dp)::value;
+    const Params p = kernel_problem(a.problem, mma::tile_stride(DP));
+    launch("tiled_fwd_mma_kernel", tiled_fwd_mma_kernel<T, DP>,
+           mma_grid<DP>(p, a.problem.batch * a.problem.heads, 5, 0), stream, p, static_cast<const T*>(a.q),
+           static_cast<const T*>(a.k), static_cast<const T*>(a.v), static_cast<T*>(a.out), static_cast<float*>(a.lse));
+  });
+}
+
+void backward_mma(const AttentionBackward& a, cudaStream_t stream) {
+  dispatch_mma(a.problem.dtype, a.problem.head_dim, [&](auto type, auto dp) {
+    using T = typename decltype(type)::type;
+    constexpr int DP = decltype(dp)::value;
+    const Params p = kernel_problem(a.problem, mma::tile_stride(DP));
+    const auto q = static_cast<const T*>(a.q);
+    const auto k = static_cast<const T*>(a.k);
+    const auto v = static_cast<const T*>(a.v);
+    const auto dout = static_cast<const T*>(a.dout);
+    const auto lse = static_cast<const float*>(a.lse);
+    const int64_t batch_heads = a.problem.batch * a.problem.heads;
+    launch("tiled_bwd_dq_mma_kernel", tiled_bwd_dq_mma_kernel<T, DP>, mma_grid<DP>(p, batch_heads, 6, 0), stream, p,
+           q, k, v, static_cast<const T*>(a.out), lse, dout, static_cast<T*>(a.dq), a.workspace);
+    // Same stream: runs after the dq kernel has written delta.
+    launch("tiled_bwd_dkdv_mma_kernel", tiled_bwd_dkdv_mma_kernel<T, DP>,
+           mma_grid<DP>(p, batch_heads, 6, 4 * kMmaTile), stream, p, q, k, v, lse, a.workspace, dout,
+           static_cast<T*>(a.dk), static_cast<T*>(a.dv));
+  });
 }
 
 template <typename T>
@@ -368,6 +743,9 @@ void backward(const AttentionBackward& a, cudaStream_t stream) {
 }  // namespace
 
 void tiled_attention_fwd_cuda(const AttentionForward& args) {
+  if (mma_eligible(args.problem, args.q, args.k, args.v, args.out)) {
+    return forward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     forward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
   });
@@ -375,6 +753,9 @@ void tiled_attention_fwd_cuda(const AttentionForward& args) {
 
 void tiled_attention_bwd_cuda(const AttentionBackward& args) {
   if (args.workspace == nullptr) throw std::invalid_argument("bottleneck attention (cuda): workspace is null");
+  if (mma_eligible(args.problem, args.q, args.k, args.v, args.out, args.dout, args.dq, args.dk, args.dv)) {
+    return backward_mma(args, static_cast<cudaStream_t>(args.exec.stream));
+  }
   dispatch_dtype(args.problem.dtype, [&](auto type) {
     backward<typename decltype(type)::type>(args, static_cast<cudaStream_t>(args.exec.stream));
   });

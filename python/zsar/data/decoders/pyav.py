@@ -32,10 +32,11 @@ class PyAVDecoder(Decoder):
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+                rgb = _RGB(path, info)
                 if int(wanted[0]) >= _SEEK_AFTER and info.fps > 0:
-                    frames = _decode_after_seek(container, stream, info, wanted)
+                    frames = _decode_after_seek(container, stream, info, wanted, rgb)
                 if not frames:
-                    frames, decoded, last = _decode_from_start(container, stream, wanted)
+                    frames, decoded, last = _decode_from_start(container, stream, wanted, rgb)
         except VideoError:
             raise
         except Exception as e:  # FFmpeg errors on truncated or corrupt data
@@ -54,7 +55,25 @@ class PyAVDecoder(Decoder):
         return torch.from_numpy(np.stack([frames[int(i)] for i in indices]))
 
 
-def _decode_from_start(container, stream, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int, np.ndarray | None]:
+class _RGB:
+    """A decoded frame as an RGB array, after checking its size against the stream header's, which
+    probe_video checked against the pixel limit: a stream can change size mid-file (a few header
+    bytes of a later frame can state gigapixels), and frames of another size would otherwise end in
+    a shape error far from the file, or in an allocation of that size."""
+
+    def __init__(self, path, info: VideoInfo):
+        self.path, self.size = path, (info.width, info.height)
+
+    def __call__(self, frame, n: int) -> np.ndarray:
+        if (frame.width, frame.height) != self.size:
+            raise VideoError(f"{self.path}: frame {n} is {frame.width}×{frame.height} but the stream header says "
+                             f"{self.size[0]}×{self.size[1]}; videos whose frame size changes are not supported "
+                             f"(re-encode them at one size, e.g. with `zsar prepare`)")
+        return frame.to_ndarray(format="rgb24")
+
+
+def _decode_from_start(container, stream, wanted: np.ndarray,
+                       rgb: _RGB) -> tuple[dict[int, np.ndarray], int, np.ndarray | None]:
     """The wanted frames, counting from the first; also how many frames decoded up to the last
     wanted one and, when the video ended before it, its real last frame."""
     want, stop = set(int(i) for i in wanted), int(wanted[-1])
@@ -62,13 +81,13 @@ def _decode_from_start(container, stream, wanted: np.ndarray) -> tuple[dict[int,
     for n, frame in enumerate(container.decode(stream)):
         decoded = n + 1
         if n in want:
-            out[n] = frame.to_ndarray(format="rgb24")
+            out[n] = rgb(frame, n)
         if n >= stop:
             return out, decoded, None
-    return out, decoded, None if frame is None else frame.to_ndarray(format="rgb24")
+    return out, decoded, None if frame is None else rgb(frame, decoded - 1)
 
 
-def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -> dict[int, np.ndarray]:
+def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray, rgb: _RGB) -> dict[int, np.ndarray]:
     """Seek near the first wanted frame and number frames by timestamp. Returns {} when the
     timestamps cannot be trusted (then the caller decodes from the start, counting frames)."""
     tb = float(stream.time_base)
@@ -84,7 +103,7 @@ def _decode_after_seek(container, stream, info: VideoInfo, wanted: np.ndarray) -
         if not out and n > first:  # landed after the first wanted frame: timestamps are off
             return {}
         if n in want:
-            out[n] = frame.to_ndarray(format="rgb24")
+            out[n] = rgb(frame, n)
         if n >= stop:
             break
     # A gap (variable frame rate, odd timestamps) is not evidence of a damaged file: count instead.

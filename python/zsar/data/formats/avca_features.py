@@ -275,7 +275,7 @@ def _check_problems(layout: AVCAFeatureLayout, stages: Sequence[str], problems: 
     what = f"AVCA features in {layout.features} disagree with the split {layout.split_dir} ({'+'.join(stages)})"
     if on_missing == "error":
         raise ValueError(f"{what}: {len(problems)} problem(s): " + " | ".join(problems) + ". Pass on_missing='skip' "
-                         f"to use only the videos present in every file and list.")
+                         "to use only the videos present in every file and list.")
     logger.warning("%s: %d problem(s); kept only the videos present everywhere: %s", what, len(problems),
                    " | ".join(problems))
 

@@ -1,5 +1,13 @@
 """Compiled CUDA backend (``zsar._C``): float32/float16/bfloat16, head dim <= 128.
 
+With ``ZSAR_CUDA_MMA=1`` in the environment (read on every call), float16/bfloat16 with a head dim
+that is a multiple of 8 run on tensor cores (``mma.sync``, ``csrc/cuda/mma.cuh``): the rest/full
+masks with whole (batch, head) slices per CTA up to L = 128, the bottleneck mask with
+FlashAttention-2 tiles. Off by default: those kernels compile for sm_80/sm_90 (no spills, HMMA in
+the SASS) but have not yet run on a GPU; ``bench/gpu_check.py`` checks and times both paths, and
+the default flips once they pass. float32, other head dims and (by default) float16/bfloat16 run
+on the CUDA-core kernels, checked on a GPU against the float64 reference.
+
 Kernels run on torch's current stream; outputs and the backward workspace are allocated here
 through torch's caching allocator, so the op is safe under CUDA graphs.
 """
@@ -29,9 +37,10 @@ class CudaBackend(Backend):
     max_head_dim = 128
     # The kernels index rows of a (batch, head) slice with 32-bit integers: seq_len * 128 < 2**31.
     max_seq_len = (2**31 - 1) // 128
-    # The bottleneck mask's tiled kernels (csrc/cuda/tiled_attention.cu) compile but have never run on
-    # a GPU: until bench/gpu_check.py has checked them against the float64 reference, dispatch leaves
-    # that mask to Triton. Add "bottleneck" here once they pass.
+    # The bottleneck mask's tiled kernels (csrc/cuda/tiled_attention.cu, tensor-core and CUDA-core)
+    # compile but have never run on a GPU: until bench/gpu_check.py (which checks them regardless)
+    # has passed them against the float64 reference, dispatch leaves that mask to Triton. Add
+    # "bottleneck" here once they pass.
     mask_kinds = ("rest", "full")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:

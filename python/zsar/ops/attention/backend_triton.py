@@ -360,6 +360,46 @@ TRITON_INTERPRETER = Requirement("the Triton interpreter", _interpreter_error)
 BFLOAT16_ON_GPU = Requirement("bfloat16 arithmetic in Triton", _bfloat16_error)
 
 
+# Autotuned tiles on the GPU (Hopper first): (BLOCK_M, BLOCK_N, num_warps, num_stages). The
+# interpreter runs the single heuristic config of _launch_config instead (autotuning there would
+# only time numpy); tests/test_triton_configs.py runs every config below in the interpreter.
+# Short sequences (ResT, L <= 32) try 16- and 32-row tiles; long ones (MZST's streams, L > 128)
+# three FA2 tiles each, so a new (L, D, dtype) costs at most 9 compilations.
+FWD_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3)]
+DKDV_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2)]
+DQ_CONFIGS = [(16, 16, 4, 1), (32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2)]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keeps tiles no longer than the sequence (rounded up to a power of two >= 16), only tiles of
+    64 rows or more past L = 128, and no 4-warp tile of 64 rows or more at head dim > 64 (they
+    spill on sm_90); never returns an empty list."""
+    L, D = named_args["L"], named_args["D"]
+    longest = max(16, triton.next_power_of_2(L))
+
+    def keep(c):
+        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return (m <= longest and n <= longest and (L <= 128 or max(m, n) >= 64)
+                and not (D > 64 and c.num_warps < 8 and max(m, n) >= 64))
+    return [c for c in configs if keep(c)] or configs[:1]
+
+
+def _autotuned(kernel, tiles):
+    """``kernel`` autotuned over ``tiles`` per (L, D, mask kind, dot precision, dtypes) on the GPU;
+    unchanged under the interpreter."""
+    if _INTERPRETED_AT_IMPORT:
+        return kernel
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
+    return triton.autotune(configs=configs, key=["L", "D", "MASK", "DOT_PREC"],
+                           prune_configs_by={"early_config_prune": _prune})(kernel)
+
+
+if _TRITON_IMPORT_ERROR is None:
+    _fwd = _autotuned(_fwd_kernel, FWD_CONFIGS)
+    _bwd_dkdv = _autotuned(_bwd_dkdv_kernel, DKDV_CONFIGS)
+    _bwd_dq = _autotuned(_bwd_dq_kernel, DQ_CONFIGS)
+
+
 def _launch_config(seq_len: int, head_dim: int) -> tuple[int, int, int]:
     """(rows per tile, padded head dim, warps). tl.dot needs every dimension >= 16 on the GPU.
 
@@ -397,10 +437,8 @@ class TritonBackend(Backend):
         B, H, L, D = inp.shape
         out = torch.empty_like(inp.q)
         lse = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
-        params = _kernel_params(inp)
-        grid = (B * H, triton.cdiv(L, params["BLOCK_M"]))  # B*H first: grid dim 1 is limited to 65535
         with _on_device(inp.device):
-            _fwd_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, out, lse, H, L, D, inp.n_fixed, inp.scale, **params)
+            _run(_fwd, "BLOCK_M", inp, (inp.q, inp.k, inp.v, inp.lengths, out, lse, H, L, D, inp.n_fixed, inp.scale))
         return out, lse
 
     def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
@@ -410,16 +448,48 @@ class TritonBackend(Backend):
         dk = torch.empty_like(inp.k)
         dv = torch.empty_like(inp.v)
         delta = torch.empty((B, H, L), dtype=torch.float32, device=inp.device)
-        params = _kernel_params(inp)
-        block = params["BLOCK_M"]
-        grid = (B * H, triton.cdiv(L, block))
+        block, block_d, num_warps = _launch_config(L, D)
         sizes = (H, L, D, inp.n_fixed, inp.scale)
         with _on_device(inp.device):
-            _bwd_delta_kernel[grid](out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=params["BLOCK_D"],
-                                    num_warps=params["num_warps"])
-            _bwd_dkdv_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv, *sizes, **params)
-            _bwd_dq_kernel[grid](inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq, *sizes, **params)
+            _bwd_delta_kernel[(B * H, triton.cdiv(L, block))](out, dout, delta, L, D, BLOCK_M=block, BLOCK_D=block_d,
+                                                              num_warps=num_warps)
+            _run(_bwd_dkdv, "BLOCK_N", inp, (inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dk, dv, *sizes))
+            _run(_bwd_dq, "BLOCK_M", inp, (inp.q, inp.k, inp.v, inp.lengths, lse, delta, dout, dq, *sizes))
         return dq, dk, dv
+
+
+#: Tiles forced on every launch (BLOCK_M, BLOCK_N, num_warps, num_stages), or None: autotuned on
+#: the GPU, _launch_config's under the interpreter. Set by :func:`forced_tiles` (tests, benches).
+_FORCED_TILES: tuple[int, int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def forced_tiles(tiles: tuple[int, int, int, int]):
+    """Runs every Triton attention kernel launched inside with these tiles (no autotuning)."""
+    global _FORCED_TILES
+    previous, _FORCED_TILES = _FORCED_TILES, tiles
+    try:
+        yield
+    finally:
+        _FORCED_TILES = previous
+
+
+def _run(kernel, grid_block: str, inp: AttentionInputs, args: tuple) -> None:
+    """Launches ``kernel`` (autotuned or plain) with one program per (batch * head, tile of
+    ``grid_block`` rows): B*H first, since grid dim 1 is limited to 65535."""
+    B, H, L, D = inp.shape
+    params = _kernel_params(inp)
+    tuned = isinstance(kernel, triton.runtime.Autotuner)
+    if _FORCED_TILES is not None:
+        kernel = kernel.fn if tuned else kernel  # the jit function under the Autotuner
+        m, n, w, st = _FORCED_TILES
+        params.update(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+    elif tuned:  # the Autotuner picks the tiles and warps
+        for name in ("BLOCK_M", "BLOCK_N", "num_warps"):
+            del params[name]
+        kernel[lambda meta: (B * H, triton.cdiv(L, meta[grid_block]))](*args, **params)
+        return
+    kernel[(B * H, triton.cdiv(L, params[grid_block]))](*args, **params)
 
 
 def _kernel_params(inp: AttentionInputs) -> dict:
