@@ -6,20 +6,20 @@
 // helpers, simd.h, these share). A sample's valid tokens (a prefix and a suffix of the sequence)
 // are seen as one dense block of n tokens ("compact" indices t -> position(t)), so padding is never
 // read and never computed, and every product is a dense gemm without masking.
-//   * K^T (and, for the backward, V^T) is packed once per (batch, head) slice into panels of
-//     kPanel keys, each a contiguous (Dh, kPanel) block: the score micro-kernel streams one 4 KiB
-//     panel (Dh = 64) from L1 while its query rows stay in registers, instead of striding by L
-//     through a transposed matrix (with L a multiple of 1024 every row of that hits the same L1
-//     set, and the tile thrashed the cache).
-//   * forward: one OpenMP task per (batch, head, block of kQueryRows queries), so one or two
+//   * forward: one OpenMP task per (batch, head, block of kQueryCols queries), so one or two
 //     samples still keep every core busy; per block, key tiles of kKeyTile keys with an online
 //     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows):
-//     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L.
+//     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L. Score tiles are
+//     computed transposed (see forward()), so K is read in place and nothing is packed per slice.
 //   * backward (FlashAttention-2 style): one task per (batch, head, chunk of key tiles), see
 //     backward() below; the probabilities of each (query block, key tile) are recomputed from the
-//     saved log-sum-exp.
+//     saved log-sum-exp. K^T and V^T are packed once per (batch, head) slice into panels of kPanel
+//     keys, each a contiguous (Dh, kPanel) block, which the score micro-kernel streams from L1
+//     while its query rows stay in registers (striding by L through a transposed matrix thrashed
+//     one L1 set when L is a multiple of 1024).
 //   * the avx512 variant (a build and a processor with AVX-512F) runs the same code with 16-float
-//     vectors in the products (kVecBytes); the softmax rows stay 8-wide.
+//     vectors and 12 x 2 register tiles in the products (kVecBytes) and 16-lane backward rows.
+//   * calls below ~4M multiply-adds run on one thread (team_size).
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>
