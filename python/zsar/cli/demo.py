@@ -22,7 +22,7 @@ _DESCRIPTION = (
     "motion are seen, the sound is heard), train mzst_tiny with audio + video, video only and audio only "
     "(same budget), and report zero-shot accuracy on the unseen classes and GZSL S, U and HM (beta "
     "calibrated on held-out videos). Both write figures, a JSON report and a checkpoint for `zsar predict`; "
-    "a few minutes (rest) or about ten (mzst) on a 2-core CPU with the defaults."
+    "about ten to twelve minutes each on a 2-core CPU with the defaults (--quick: under a minute)."
 )
 
 _EPILOG = """examples:
