@@ -65,7 +65,10 @@ def test_cls_representation_ignores_label_words(seed):
         cls_b = model.encode_tokens(features, ids_b, n_b)[:, 0]
         cls_mask = model.encode_video(clips)
     torch.testing.assert_close(cls_a, cls_b, rtol=0, atol=0)
-    torch.testing.assert_close(cls_a, cls_mask, rtol=0, atol=0)
+    # encode_video passes one word slot, not eight: the projections then run on another number of
+    # token rows, and a GEMM may block (and round) differently for it (torch's AVX2 kernels under
+    # OPENBLAS_CORETYPE=Zen: 1 float32 ulp). A word reaching the CLS token would move it by ~1e-2.
+    torch.testing.assert_close(cls_a, cls_mask, rtol=1e-5, atol=1e-6)
 
 
 def test_full_attention_ablation_lets_words_reach_cls(seed):
