@@ -58,6 +58,10 @@ def test_bench_attention_checks_backends_and_reports_speed():
     out = _zsar("bench", "attention", "--op", "masked_attention", "--batch", "4", "--repeats", "2").stdout
     assert "cpu" in out and "speed-up" in out and "median of 2 (interleaved)" in out
     assert "allocator: freed memory kept" in out
+
+
+@pytest.mark.slow
+def test_bench_attention_with_the_default_allocator():
     out = _zsar("bench", "attention", "--op", "masked_attention", "--batch", "2", "--repeats", "1",
                  "--malloc", "default").stdout
     assert "speed-up" in out and "allocator" not in out

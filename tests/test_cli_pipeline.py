@@ -58,6 +58,7 @@ def test_train_writes_a_zero_shot_checkpoint(trained):
     assert settings["head_settings"] == {"k": 5, "theta": 0.5, "rho": 3}
 
 
+@pytest.mark.slow  # ~9 s; test_transfer.py::test_solver_prints_nothing_on_stdout checks the solver's fd 1 by default
 def test_predict_json_stdout_parses_from_a_subprocess(trained, tmp_path):
     """C-level writes (HiGHS's banner) reach fd 1 unseen by capsys: only a subprocess sees them."""
     import subprocess
