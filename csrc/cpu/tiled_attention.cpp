@@ -32,8 +32,6 @@
 
 #include "cpu_kernels.h"
 #include "simd.h"
-#include "simd_avx2.h"
-#include "simd_avx512.h"
 #include "slices.h"
 
 namespace zsar {
@@ -63,13 +61,6 @@ template <bool ACC = false, bool TA = false, typename T>
 inline void product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc) {
   gemm<ACC, TA, kTileRows, kVecBytes>(m, n, k, A, lda, B, ldb, C, ldc);
-}
-
-// S[0:rows, 0:cols) = Q[0:rows, :] . K^T over the packed panels of keys [0, cols) (cols rounded up
-// to whole panels; the zero keys of a last partial panel give scores that are never read).
-template <typename T>
-inline void scores(int64_t rows, int64_t cols, int64_t D, const T* q, const T* panels, T* s, int64_t lds) {
-  for (int64_t p = 0; p < cols; p += kPanel) product(rows, kPanel, D, q, D, panels + p * D, kPanel, s + p, lds);
 }
 
 // Packs the slice's valid rows (compact order) as K^T panels: panel t0 / kPanel holds, at
@@ -124,18 +115,6 @@ void times_rows(int64_t rows, int64_t j0, int64_t cols, const T* p, int64_t ldp,
   }
 }
 
-// C[0:cols, 0:n) = (rows of the keys [j0, j0 + cols), read in place like times_rows) . B[0:D, 0:n).
-template <typename T>
-void rows_times(int64_t j0, int64_t cols, const T* x, const SampleMask& m, int64_t D, const T* b, int64_t n,
-                T* c) {
-  const int64_t j1 = j0 + cols;
-  if (j0 < m.n_valid) product(std::min(j1, m.n_valid) - j0, n, D, x + j0 * D, D, b, n, c, n);
-  if (j1 > m.n_valid) {
-    const int64_t first = std::max(j0, m.n_valid);
-    product(j1 - first, n, D, x + m.position(first) * D, D, b, n, c + (first - j0) * n, n);
-  }
-}
-
 // e^x on a vector, the formula of exp_inplace (simd.h) in vector operations (float), so that the
 // column-wise softmax below needs no intrinsics; double: std::exp per lane.
 template <int BYTES>
@@ -178,61 +157,80 @@ inline int team_size(double work, int num_threads) {
   return work < 4.0e6 ? 1 : resolve_threads(num_threads);
 }
 
-// Backward of one score row: p <- exp(scale * p - lse), ds <- scale * p * (ds - delta) on [0, cols).
-template <typename T>
-inline void backward_row(T* __restrict p, T* __restrict ds, int64_t cols, T scale, T lse, T delta) {
-#pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) p[j] *= scale;
-#pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) p[j] -= lse;
-  exp_inplace(p, cols);
-#pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) ds[j] = scale * p[j] * (ds[j] - delta);
-}
-
-#if defined(__AVX512F__)
-// The float rows of the avx512 variant: the AVX2 rows below on 16 lanes (the same values per lane).
-inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
-                         float delta) {
-  using namespace vec16;
-  const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(lse), vdelta = _mm512_set1_ps(delta);
-  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0, nvec = (cols + 15) / 16; c < nvec; ++c) {
-    const __mmask16 mask = lane_mask(cols, c);
-    const __m512 e = exp16(_mm512_mask_blend_ps(mask, ninf, _mm512_sub_ps(scaled(_mm512_loadu_ps(p + 16 * c), vscale), shift)));
-    const __m512 d = _mm512_maskz_mov_ps(
-        mask, _mm512_mul_ps(_mm512_mul_ps(e, vscale), _mm512_sub_ps(_mm512_loadu_ps(ds + 16 * c), vdelta)));
-    _mm512_storeu_ps(p + 16 * c, e);
-    _mm512_storeu_ps(ds + 16 * c, d);
-  }
-}
-#elif defined(__AVX2__) && defined(__FMA__)
-// The float rows in 8-lane vectors, one pass instead of four loops; the same values as the
-// generic rows (exp8 is exp_inplace's polynomial). Score tiles are
-// computed for whole 16-key panels, so whole vectors up to round_up(cols, 8) are readable; lanes
-// past cols are masked to -inf (exp gives 0).
-inline void backward_row(float* __restrict p, float* __restrict ds, int64_t cols, float scale, float lse,
-                         float delta) {
-  using namespace vec8;
-  const __m256 vscale = _mm256_set1_ps(scale), shift = _mm256_set1_ps(lse), vdelta = _mm256_set1_ps(delta);
-  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0, nvec = (cols + 7) / 8; c < nvec; ++c) {
-    const __m256 mask = lane_mask(cols, c);
-    const __m256 e = exp8(_mm256_blendv_ps(ninf, _mm256_sub_ps(scaled(_mm256_loadu_ps(p + 8 * c), vscale), shift), mask));
-    const __m256 d = _mm256_and_ps(
-        _mm256_mul_ps(_mm256_mul_ps(e, vscale), _mm256_sub_ps(_mm256_loadu_ps(ds + 8 * c), vdelta)), mask);
-    _mm256_storeu_ps(p + 8 * c, e);
-    _mm256_storeu_ps(ds + 8 * c, d);
-  }
-}
-#endif
-
 // The forward computes each score tile transposed, S^T = K . Q^T (keys x queries): K is read in
 // place (no packed panels, so no pass over the slice before the tasks and one parallel loop per
 // call), Q^T is packed once per task, and the online softmax runs down the key rows with one vector
 // lane per query (running maximum and sum in registers, no horizontal reductions, no lane masks).
 // O += P . V then reads P^T transposed. Queries per task: kQueryCols (whole vectors).
 constexpr int64_t kQueryCols = 64;
+
+// One register tile of the forward's transposed scores: rows [0, MR) of a run of keys (K rows read
+// in place, row stride D) against the kQueryCols packed queries qt (D x kQueryCols):
+// s[r, :] = scale * (K[r, :] . Q^T), stored (the scores the backward recomputes: rounded once, then
+// scaled and rounded), and the per-query running maxima tmax (one vector lane per query, NaN
+// ignored) updated from the registers. Fusing the scale and the maximum into the product's epilogue
+// saves a pass over the tile, and the inlined tile keeps the D-long (short) inner product free of
+// call overhead.
+template <int MR, typename T>
+__attribute__((always_inline)) inline void score_tile(int64_t D, const T* __restrict k, const T* __restrict qt,
+                                                       T scale, T* __restrict s,
+                                                       Vec<T, kVecBytes>* __restrict tmax) {
+  using V = Vec<T, kVecBytes>;
+  constexpr int64_t W = kWidth<T, kVecBytes>, NQ = kQueryCols / W;
+  static_assert(NQ % 2 == 0, "query blocks are pairs of vectors");
+  for (int64_t v0 = 0; v0 < NQ; v0 += 2) {
+    V acc0[MR], acc1[MR];
+    for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
+    const T* __restrict b = qt + v0 * W;
+    for (int64_t p = 0; p < D; ++p) {
+      const V b0 = loadu<kVecBytes>(b + p * kQueryCols), b1 = loadu<kVecBytes>(b + p * kQueryCols + W);
+      for (int r = 0; r < MR; ++r) {
+        const T a = k[r * D + p];
+        acc0[r] += a * b0;
+        acc1[r] += a * b1;
+      }
+    }
+    V m0 = tmax[v0], m1 = tmax[v0 + 1];
+    for (int r = 0; r < MR; ++r) {
+      const V x0 = acc0[r] * scale, x1 = acc1[r] * scale;
+      storeu<kVecBytes>(s + r * kQueryCols + v0 * W, x0);
+      storeu<kVecBytes>(s + r * kQueryCols + v0 * W + W, x1);
+      m0 = x0 > m0 ? x0 : m0;
+      m1 = x1 > m1 ? x1 : m1;
+    }
+    tmax[v0] = m0, tmax[v0 + 1] = m1;
+  }
+}
+
+// The last rows < R of a run, as one tile of exactly that many rows.
+template <int R, typename T>
+inline void score_last_rows(int64_t rows, int64_t D, const T* k, const T* qt, T scale, T* s,
+                            Vec<T, kVecBytes>* tmax) {
+  if constexpr (R > 1) {
+    if (rows == R - 1) return score_tile<R - 1>(D, k, qt, scale, s, tmax);
+    score_last_rows<R - 1>(rows, D, k, qt, scale, s, tmax);
+  }
+}
+
+// Scores of the keys [j0, j0 + cols) (compact; at most two runs of rows in place: the prefix and
+// the fusion tail) against the packed queries, into rows 0..cols of s (kQueryCols per row).
+template <typename T>
+void score_rows(int64_t j0, int64_t cols, const T* k, const SampleMask& m, int64_t D, const T* qt, T scale, T* s,
+                Vec<T, kVecBytes>* tmax) {
+  const auto run = [&](int64_t first, int64_t count, T* out) {
+    const T* rows = k + m.position(first) * D;
+    int64_t r = 0;
+    for (; r + kTileRows <= count; r += kTileRows)
+      score_tile<kTileRows>(D, rows + r * D, qt, scale, out + r * kQueryCols, tmax);
+    if (r < count) score_last_rows<kTileRows>(count - r, D, rows + r * D, qt, scale, out + r * kQueryCols, tmax);
+  };
+  const int64_t j1 = j0 + cols;
+  if (j0 < m.n_valid) run(j0, std::min(j1, m.n_valid) - j0, s);
+  if (j1 > m.n_valid) {
+    const int64_t first = std::max(j0, m.n_valid);
+    run(first, j1 - first, s + (first - j0) * kQueryCols);
+  }
+}
 
 template <typename T>
 void forward(const AttentionForward& a) {
@@ -283,17 +281,11 @@ void forward(const AttentionForward& a) {
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, n - j0);
         T* __restrict sc = st.data();
-        rows_times(j0, cols, k_all + off, m, D, qt.data(), kQueryCols, sc);  // S^T = K Q^T
-        // Scores scaled and rounded (stored) before any shift, as the backward sees them; the
-        // new running maximum per query ignores NaN (a NaN still reaches the output via exp).
+        // S^T = scale K Q^T, and the new running maximum per query (NaN ignored: a NaN still
+        // reaches the output via exp).
         V tile_max[NQ];
         for (int64_t v = 0; v < NQ; ++v) tile_max[v] = mx[v];
-        for (int64_t c = 0; c < cols; ++c)
-          for (int64_t v = 0; v < NQ; ++v) {
-            const V x = loadu<kVecBytes>(sc + c * kQueryCols + v * W) * scale;
-            storeu<kVecBytes>(sc + c * kQueryCols + v * W, x);
-            tile_max[v] = x > tile_max[v] ? x : tile_max[v];
-          }
+        score_rows(j0, cols, k_all + off, m, D, qt.data(), scale, sc, tile_max);
         V shift[NQ];
         bool grew = false;
         for (int64_t v = 0; v < NQ; ++v) {
@@ -335,6 +327,100 @@ void forward(const AttentionForward& a) {
       scatter_rows(o.data(), m, i0, rows, D, out_all + off);
       scatter_rows(lse, m, i0, rows, 1, lse_all + bh * L);
     }
+  }
+}
+
+// x rounded to T as a value in a register, so that a following subtraction cannot fuse with the
+// product that made it (an FMA would skip the rounding): the backward's scaled scores must be the
+// forward's stored ones. The baseline variant has no FMA to fuse into.
+template <typename V>
+__attribute__((always_inline)) inline V rounded(V x) {
+#if defined(__AVX512F__)
+  __asm__("" : "+v"(x));
+#elif defined(__AVX__)
+  __asm__("" : "+x"(x));
+#endif
+  return x;
+}
+
+// One register tile of the backward's probabilities and score gradients: query rows [0, MR) of a
+// block (q and dout gathered, row stride D) x two vectors of keys (2W) of one packed K^T / V^T
+// panel (kpanel, vpanel: the panels plus the tile's first column), of which the first `keys` are
+// valid:
+//   P = exp(scale (Q K^T) - lse),  dS = scale P (dO V^T - delta),
+// both zero past the valid keys; stored in p and ds (row stride ld). The products and the
+// elementwise step share the tile (no pass over p and ds of their own, no call per product).
+template <int MR, typename T>
+__attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restrict q, const T* __restrict dout,
+                                                      const T* __restrict kpanel, const T* __restrict vpanel,
+                                                      int64_t keys, T scale, const T* __restrict lse,
+                                                      const T* __restrict delta, T* __restrict p,
+                                                      T* __restrict ds, int64_t ld) {
+  using V = Vec<T, kVecBytes>;
+  constexpr int64_t W = kWidth<T, kVecBytes>;
+  static_assert(kPanel % (2 * W) == 0, "a panel is whole pairs of vectors");
+  V lane;
+  for (int64_t l = 0; l < W; ++l) lane[l] = static_cast<T>(l);
+  const auto valid0 = lane < static_cast<T>(keys), valid1 = lane + static_cast<T>(W) < static_cast<T>(keys);
+  V acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
+  for (int64_t d = 0; d < D; ++d) {  // S = Q K^T
+    const V b0 = loadu<kVecBytes>(kpanel + d * kPanel), b1 = loadu<kVecBytes>(kpanel + d * kPanel + W);
+    for (int r = 0; r < MR; ++r) {
+      const T a = q[r * D + d];
+      acc0[r] += a * b0;
+      acc1[r] += a * b1;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const V e0 = vexp<kVecBytes>(rounded(acc0[r] * scale) - lse[r]);
+    const V e1 = vexp<kVecBytes>(rounded(acc1[r] * scale) - lse[r]);
+    storeu<kVecBytes>(p + r * ld, valid0 ? e0 : V{});
+    storeu<kVecBytes>(p + r * ld + W, valid1 ? e1 : V{});
+    acc0[r] = V{}, acc1[r] = V{};
+  }
+  for (int64_t d = 0; d < D; ++d) {  // dP = dO V^T
+    const V b0 = loadu<kVecBytes>(vpanel + d * kPanel), b1 = loadu<kVecBytes>(vpanel + d * kPanel + W);
+    for (int r = 0; r < MR; ++r) {
+      const T a = dout[r * D + d];
+      acc0[r] += a * b0;
+      acc1[r] += a * b1;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const V p0 = loadu<kVecBytes>(p + r * ld), p1 = loadu<kVecBytes>(p + r * ld + W);
+    storeu<kVecBytes>(ds + r * ld, p0 * scale * (acc0[r] - delta[r]));
+    storeu<kVecBytes>(ds + r * ld + W, p1 * scale * (acc1[r] - delta[r]));
+  }
+}
+
+template <int R, typename T>
+inline void grad_last_rows(int64_t rows, int64_t D, const T* q, const T* dout, const T* kpanel, const T* vpanel,
+                           int64_t keys, T scale, const T* lse, const T* delta, T* p, T* ds, int64_t ld) {
+  if constexpr (R > 1) {
+    if (rows == R - 1) return grad_tile<R - 1>(D, q, dout, kpanel, vpanel, keys, scale, lse, delta, p, ds, ld);
+    grad_last_rows<R - 1>(rows, D, q, dout, kpanel, vpanel, keys, scale, lse, delta, p, ds, ld);
+  }
+}
+
+// P and dS (see grad_tile) of `rows` gathered queries x the keys [0, cols) of the packed panels,
+// into p and ds (row stride ld; whole vector pairs are written, zero past cols). Column tile by
+// column tile, so its part of the two panels stays in L1 while the rows stream.
+template <typename T>
+void grad_scores(int64_t rows, int64_t cols, int64_t D, const T* q, const T* dout, const T* kpanels,
+                 const T* vpanels, T scale, const T* lse, const T* delta, T* p, T* ds, int64_t ld) {
+  constexpr int64_t kPair = 2 * kWidth<T, kVecBytes>;  // keys per tile: the whole panel for float
+  for (int64_t c = 0; c < round_up(cols, kPair); c += kPair) {
+    const int64_t keys = std::min(kPair, cols - c);
+    const T* kp = kpanels + c / kPanel * kPanel * D + c % kPanel;
+    const T* vp = vpanels + c / kPanel * kPanel * D + c % kPanel;
+    int64_t r = 0;
+    for (; r + kTileRows <= rows; r += kTileRows)
+      grad_tile<kTileRows>(D, q + r * D, dout + r * D, kp, vp, keys, scale, lse + r, delta + r, p + r * ld + c,
+                           ds + r * ld + c, ld);
+    if (r < rows)
+      grad_last_rows<kTileRows>(rows - r, D, q + r * D, dout + r * D, kp, vp, keys, scale, lse + r, delta + r,
+                                p + r * ld + c, ds + r * ld + c, ld);
   }
 }
 
@@ -407,12 +493,8 @@ void backward(const AttentionBackward& a) {
           const int64_t rows = std::min(kQueryRows, n - i0);
           gather_rows(q_all + off, m, i0, rows, D, qb.data());
           gather_rows(do_all + off, m, i0, rows, D, dob.data());
-          scores(rows, cols, D, qb.data(), kp + j0 * D, p.data(), kKeyTile);   // S = Q K^T
-          scores(rows, cols, D, dob.data(), vp + j0 * D, ds.data(), kKeyTile);  // dP = dO V^T
-          const T* lse = lse_c.get() + bh * L + i0;
-          const T* delta = delta_c.get() + bh * L + i0;
-          for (int64_t r = 0; r < rows; ++r)  // P = exp(scale S - lse), dS = scale P (dP - delta)
-            backward_row(p.data() + r * kKeyTile, ds.data() + r * kKeyTile, cols, scale, lse[r], delta[r]);
+          grad_scores(rows, cols, D, qb.data(), dob.data(), kp + j0 * D, vp + j0 * D, scale,
+                      lse_c.get() + bh * L + i0, delta_c.get() + bh * L + i0, p.data(), ds.data(), kKeyTile);
           times_rows(rows, j0, cols, ds.data(), kKeyTile, k_all + off, m, D, dq + i0 * D);  // dQ += dS K
           // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
           product<true, true>(cols, D, rows, p.data(), kKeyTile, dob.data(), D, dv.data(), D);
