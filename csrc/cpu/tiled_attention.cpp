@@ -165,7 +165,8 @@ inline int team_size(double work, int num_threads) {
 constexpr int64_t kQueryCols = 64;
 
 // One register tile of the forward's transposed scores: rows [0, MR) of a run of keys (K rows read
-// in place, row stride D) against the kQueryCols packed queries qt (D x kQueryCols):
+// in place, row stride D) against the first nv vectors of packed queries qt (D x kQueryCols; nv
+// even, the block's queries rounded up to pairs of vectors):
 // s[r, :] = scale * (K[r, :] . Q^T), stored (the scores the backward recomputes: rounded once, then
 // scaled and rounded), and the per-query running maxima tmax (one vector lane per query, NaN
 // ignored) updated from the registers. Fusing the scale and the maximum into the product's epilogue
@@ -173,12 +174,12 @@ constexpr int64_t kQueryCols = 64;
 // call overhead.
 template <int MR, typename T>
 __attribute__((always_inline)) inline void score_tile(int64_t D, const T* __restrict k, const T* __restrict qt,
-                                                       T scale, T* __restrict s,
+                                                       int64_t nv, T scale, T* __restrict s,
                                                        Vec<T, kVecBytes>* __restrict tmax) {
   using V = Vec<T, kVecBytes>;
-  constexpr int64_t W = kWidth<T, kVecBytes>, NQ = kQueryCols / W;
-  static_assert(NQ % 2 == 0, "query blocks are pairs of vectors");
-  for (int64_t v0 = 0; v0 < NQ; v0 += 2) {
+  constexpr int64_t W = kWidth<T, kVecBytes>;
+  static_assert(kQueryCols / W % 2 == 0, "query blocks are pairs of vectors");
+  for (int64_t v0 = 0; v0 < nv; v0 += 2) {
     V acc0[MR], acc1[MR];
     for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
     const T* __restrict b = qt + v0 * W;
@@ -204,25 +205,25 @@ __attribute__((always_inline)) inline void score_tile(int64_t D, const T* __rest
 
 // The last rows < R of a run, as one tile of exactly that many rows.
 template <int R, typename T>
-inline void score_last_rows(int64_t rows, int64_t D, const T* k, const T* qt, T scale, T* s,
+inline void score_last_rows(int64_t rows, int64_t D, const T* k, const T* qt, int64_t nv, T scale, T* s,
                             Vec<T, kVecBytes>* tmax) {
   if constexpr (R > 1) {
-    if (rows == R - 1) return score_tile<R - 1>(D, k, qt, scale, s, tmax);
-    score_last_rows<R - 1>(rows, D, k, qt, scale, s, tmax);
+    if (rows == R - 1) return score_tile<R - 1>(D, k, qt, nv, scale, s, tmax);
+    score_last_rows<R - 1>(rows, D, k, qt, nv, scale, s, tmax);
   }
 }
 
 // Scores of the keys [j0, j0 + cols) (compact; at most two runs of rows in place: the prefix and
 // the fusion tail) against the packed queries, into rows 0..cols of s (kQueryCols per row).
 template <typename T>
-void score_rows(int64_t j0, int64_t cols, const T* k, const SampleMask& m, int64_t D, const T* qt, T scale, T* s,
-                Vec<T, kVecBytes>* tmax) {
+void score_rows(int64_t j0, int64_t cols, const T* k, const SampleMask& m, int64_t D, const T* qt, int64_t nv,
+                T scale, T* s, Vec<T, kVecBytes>* tmax) {
   const auto run = [&](int64_t first, int64_t count, T* out) {
     const T* rows = k + m.position(first) * D;
     int64_t r = 0;
     for (; r + kTileRows <= count; r += kTileRows)
-      score_tile<kTileRows>(D, rows + r * D, qt, scale, out + r * kQueryCols, tmax);
-    if (r < count) score_last_rows<kTileRows>(count - r, D, rows + r * D, qt, scale, out + r * kQueryCols, tmax);
+      score_tile<kTileRows>(D, rows + r * D, qt, nv, scale, out + r * kQueryCols, tmax);
+    if (r < count) score_last_rows<kTileRows>(count - r, D, rows + r * D, qt, nv, scale, out + r * kQueryCols, tmax);
   };
   const int64_t j1 = j0 + cols;
   if (j0 < m.n_valid) run(j0, std::min(j1, m.n_valid) - j0, s);
@@ -276,6 +277,9 @@ void forward(const AttentionForward& a) {
       std::fill(qt.begin(), qt.end(), T(0));  // queries past `rows` score 0: finite, never read
       transpose(qb.data(), rows, D, D, qt.data(), kQueryCols);
       std::fill(o.begin(), o.begin() + rows * D, T(0));
+      // Vectors of queries computed: the block's rows rounded up to a pair (a short last block of
+      // a slice does not pay for kQueryCols).
+      const int64_t nv = std::min(NQ, round_up(rows, 2 * W) / W);
       V mx[NQ], sum[NQ];
       for (int64_t v = 0; v < NQ; ++v) mx[v] = V{} + kNegInf, sum[v] = V{};
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
@@ -285,10 +289,10 @@ void forward(const AttentionForward& a) {
         // reaches the output via exp).
         V tile_max[NQ];
         for (int64_t v = 0; v < NQ; ++v) tile_max[v] = mx[v];
-        score_rows(j0, cols, k_all + off, m, D, qt.data(), scale, sc, tile_max);
+        score_rows(j0, cols, k_all + off, m, D, qt.data(), nv, scale, sc, tile_max);
         V shift[NQ];
         bool grew = false;
-        for (int64_t v = 0; v < NQ; ++v) {
+        for (int64_t v = 0; v < nv; ++v) {
           // alpha = e^(old max - new max) rescales what earlier tiles summed (1 where the maximum
           // stayed, including -inf -> -inf).
           const V al = mx[v] == tile_max[v] ? V{} + T(1) : vexp<kVecBytes>(mx[v] - tile_max[v]);
@@ -299,7 +303,7 @@ void forward(const AttentionForward& a) {
           shift[v] = mx[v] == kNegInf ? V{} : mx[v];
         }
         for (int64_t c = 0; c < cols; ++c)
-          for (int64_t v = 0; v < NQ; ++v) {
+          for (int64_t v = 0; v < nv; ++v) {
             const V e = vexp<kVecBytes>(loadu<kVecBytes>(sc + c * kQueryCols + v * W) - shift[v]);
             storeu<kVecBytes>(sc + c * kQueryCols + v * W, e);
             sum[v] += e;
