@@ -72,7 +72,13 @@ class AttentionOp:
 
     def check_range(self, lengths: torch.Tensor, n_fixed: int, seq_len: int) -> None:
         """Raises ValueError unless ``0 <= lengths <= seq_len - n_fixed``; reads the values (a sync on CUDA)."""
-        lo, hi = (int(x) for x in torch.aminmax(lengths))
+        if lengths.device.type == "cpu" and lengths.numel() <= 256:
+            # A small host tensor: a Python list is ~5 us cheaper than aminmax and two item() reads,
+            # which matters for the microsecond-sized calls of short sequences.
+            values = lengths.tolist()
+            lo, hi = (min(values), max(values)) if values else (0, 0)
+        else:
+            lo, hi = (int(x) for x in torch.aminmax(lengths))
         if lo < 0 or hi > seq_len - n_fixed:
             lengths_name, n_fixed_name = self.inputs_type.lengths_field, self.inputs_type.n_fixed_field
             raise ValueError(
