@@ -7,8 +7,9 @@ Shapes (MZST's streams; ``n_fusion`` = 4 fusion tokens at the end of each sample
 * ``av 400``: B=2, H=12, L=400, Dh=64, ``n_valid`` 392 for both;
 * ``av 1609``: B=2, H=12, L=1609, Dh=64, ``n_valid`` 1605 / 393 (one sample without audio);
 * ``long 4096``: B=1, H=8, L=4096, Dh=64, ``n_valid`` 4092;
-* ``dense quarter pad`` L in 64 / 1024 / 2048, Dh 32 / 64 / 128: a quarter of the batch (B=4) is
-  padding (one sample with ``n_valid`` = 0); the peer is SDPA with the dense (B, 1, L, L) mask.
+* ``dense quarter pad`` (L, Dh) in (64, 32), (1024, 64), (2048, 128), (4096, 32), (8192, 64) (H=4;
+  H=2 at L=8192): a quarter of the batch (B=4) is padding (one sample with ``n_valid`` = 0, one
+  half padding); the peer is SDPA with the dense (B, 1, L, L) mask.
 
 SDPA gets the equivalent boolean key mask (B, 1, 1, L) (precomputed, not timed); its padding rows
 attend every key so they stay finite, ours are exact zeros. Every ratio comes from one process:
@@ -54,8 +55,8 @@ CASES = pick({
     "av 400": (2, 12, 400, 64, [392, 392], False),
     "av 1609": (2, 12, 1609, 64, [1605, 393], False),
     "long 4096": (1, 8, 4096, 64, [4092], False),
-    **{f"dense quarter pad L={L} Dh={D}": (4, 4, L, D, [L - N_FUSION, L - N_FUSION, L // 2, 0], True)
-       for L, D in ((64, 32), (1024, 64), (2048, 128))},
+    **{f"dense quarter pad L={L} Dh={D}": (4, H, L, D, [L - N_FUSION, L - N_FUSION, L // 2, 0], True)
+       for L, D, H in ((64, 32, 4), (1024, 64, 4), (2048, 128, 4), (4096, 32, 4), (8192, 64, 2))},
 }, {
     "text": (2, 2, 40, 32, "random", False),
     "dense quarter pad": (4, 1, 24, 16, [20, 20, 10, 0], True),

@@ -10,15 +10,20 @@
 //     samples still keep every core busy; per block, key tiles of kKeyTile keys with an online
 //     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows):
 //     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L. Score tiles are
-//     computed transposed (see forward()), so K is read in place and nothing is packed per slice.
+//     computed transposed (see forward()), so K is read in place and nothing is packed per slice;
+//     the score product's epilogue scales the scores and updates the running maxima in registers
+//     (score_tile), and a slice's short last block computes only its queries rounded up to a vector
+//     pair.
 //   * backward (FlashAttention-2 style): one task per (batch, head, chunk of key tiles), see
 //     backward() below; the probabilities of each (query block, key tile) are recomputed from the
 //     saved log-sum-exp. K^T and V^T are packed once per (batch, head) slice into panels of kPanel
 //     keys, each a contiguous (Dh, kPanel) block, which the score micro-kernel streams from L1
 //     while its query rows stay in registers (striding by L through a transposed matrix thrashed
-//     one L1 set when L is a multiple of 1024).
+//     one L1 set when L is a multiple of 1024). One register tile computes S and dP and, in its
+//     epilogues, P and dS (grad_tile): no pass over the tiles of its own.
 //   * the avx512 variant (a build and a processor with AVX-512F) runs the same code with 16-float
-//     vectors and 12 x 2 register tiles in the products (kVecBytes) and 16-lane backward rows.
+//     vectors and 12 x 2 register tiles (kVecBytes, kTileRows); every variant computes the same
+//     formulas in the same order per lane.
 //   * calls below ~4M multiply-adds run on one thread (team_size).
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>

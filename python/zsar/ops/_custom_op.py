@@ -235,7 +235,11 @@ class FusedOp:
             chosen = self.dispatcher.select(inputs, backend)
             tensors = self._tensors(inputs)
             if _plain_eager(tensors):
-                return self._eager.apply(self, chosen, inputs, *tensors)
+                if torch.is_grad_enabled() and any(tensors[i].requires_grad for i in self._differentiable_inputs):
+                    return self._eager.apply(self, chosen, inputs, *tensors)
+                # Nothing to differentiate (inference, no_grad): the backend alone, without the
+                # autograd.Function's bookkeeping (~15 us, most of a short sequence's call).
+                return tuple(chosen.forward(inputs))
             backend = chosen.name
         # (plain getattr: torch.compile cannot trace operator.attrgetter)
         args = [getattr(inputs, name) for name in (*self._tensor_names, *self._param_names)]
