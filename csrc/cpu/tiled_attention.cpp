@@ -169,6 +169,25 @@ inline int team_size(double work, int num_threads) {
 // O += P . V then reads P^T transposed. Queries per task: kQueryCols (whole vectors).
 constexpr int64_t kQueryCols = 64;
 
+// acc0/acc1[r] += A[r, :] . B[:, 0:W) / B[:, W:2W) for rows r < MR: the register-tile product of
+// the fused kernels below, whose epilogues work on the accumulators in registers. A: MR rows of
+// length D (row stride D); B: D rows of two vectors (row stride ldb).
+template <int MR, typename T>
+__attribute__((always_inline)) inline void tile_product(int64_t D, const T* __restrict a, const T* __restrict b,
+                                                         int64_t ldb, Vec<T, kVecBytes>* __restrict acc0,
+                                                         Vec<T, kVecBytes>* __restrict acc1) {
+  using V = Vec<T, kVecBytes>;
+  constexpr int64_t W = kWidth<T, kVecBytes>;
+  for (int64_t d = 0; d < D; ++d) {
+    const V b0 = loadu<kVecBytes>(b + d * ldb), b1 = loadu<kVecBytes>(b + d * ldb + W);
+    for (int r = 0; r < MR; ++r) {
+      const T x = a[r * D + d];
+      acc0[r] += x * b0;
+      acc1[r] += x * b1;
+    }
+  }
+}
+
 // One register tile of the forward's transposed scores: rows [0, MR) of a run of keys (K rows read
 // in place, row stride D) against the first nv vectors of packed queries qt (D x kQueryCols; nv
 // even, the block's queries rounded up to pairs of vectors):
@@ -187,15 +206,7 @@ __attribute__((always_inline)) inline void score_tile(int64_t D, const T* __rest
   for (int64_t v0 = 0; v0 < nv; v0 += 2) {
     V acc0[MR], acc1[MR];
     for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
-    const T* __restrict b = qt + v0 * W;
-    for (int64_t p = 0; p < D; ++p) {
-      const V b0 = loadu<kVecBytes>(b + p * kQueryCols), b1 = loadu<kVecBytes>(b + p * kQueryCols + W);
-      for (int r = 0; r < MR; ++r) {
-        const T a = k[r * D + p];
-        acc0[r] += a * b0;
-        acc1[r] += a * b1;
-      }
-    }
+    tile_product<MR>(D, k, qt + v0 * W, kQueryCols, acc0, acc1);
     V m0 = tmax[v0], m1 = tmax[v0 + 1];
     for (int r = 0; r < MR; ++r) {
       const V x0 = acc0[r] * scale, x1 = acc1[r] * scale;
@@ -373,14 +384,7 @@ __attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restr
   const auto valid0 = lane < static_cast<T>(keys), valid1 = lane + static_cast<T>(W) < static_cast<T>(keys);
   V acc0[MR], acc1[MR];
   for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
-  for (int64_t d = 0; d < D; ++d) {  // S = Q K^T
-    const V b0 = loadu<kVecBytes>(kpanel + d * kPanel), b1 = loadu<kVecBytes>(kpanel + d * kPanel + W);
-    for (int r = 0; r < MR; ++r) {
-      const T a = q[r * D + d];
-      acc0[r] += a * b0;
-      acc1[r] += a * b1;
-    }
-  }
+  tile_product<MR>(D, q, kpanel, kPanel, acc0, acc1);  // S = Q K^T
   for (int r = 0; r < MR; ++r) {
     const V e0 = vexp<kVecBytes>(rounded(acc0[r] * scale) - lse[r]);
     const V e1 = vexp<kVecBytes>(rounded(acc1[r] * scale) - lse[r]);
@@ -388,14 +392,7 @@ __attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restr
     storeu<kVecBytes>(p + r * ld + W, valid1 ? e1 : V{});
     acc0[r] = V{}, acc1[r] = V{};
   }
-  for (int64_t d = 0; d < D; ++d) {  // dP = dO V^T
-    const V b0 = loadu<kVecBytes>(vpanel + d * kPanel), b1 = loadu<kVecBytes>(vpanel + d * kPanel + W);
-    for (int r = 0; r < MR; ++r) {
-      const T a = dout[r * D + d];
-      acc0[r] += a * b0;
-      acc1[r] += a * b1;
-    }
-  }
+  tile_product<MR>(D, dout, vpanel, kPanel, acc0, acc1);  // dP = dO V^T
   for (int r = 0; r < MR; ++r) {
     const V p0 = loadu<kVecBytes>(p + r * ld), p1 = loadu<kVecBytes>(p + r * ld + W);
     storeu<kVecBytes>(ds + r * ld, p0 * scale * (acc0[r] - delta[r]));
