@@ -8,11 +8,9 @@
 #include <string>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/thread_pool.h"
 #include "zsar/attention.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef ZSAR_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -37,15 +35,7 @@ py::dict build_info() {
   info["version"] = ZSAR_VERSION;
   info["compiler"] = ZSAR_COMPILER;
   info["cpu_isa"] = zsar::cpu::selected_isa();
-#ifdef _OPENMP
-  info["openmp"] = true;
-  info["openmp_version"] = static_cast<int>(_OPENMP);
-  info["openmp_max_threads"] = omp_get_max_threads();
-#else
-  info["openmp"] = false;
-  info["openmp_version"] = py::none();
-  info["openmp_max_threads"] = 1;
-#endif
+  info["cpu_threads"] = zsar::cpu::default_threads();  // zsar's own pool (cpu/thread_pool.h)
 #ifdef ZSAR_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = std::string(ZSAR_CUDA_ARCHS);
@@ -144,8 +134,8 @@ void def_entry_points(py::module_& m, const char* cpu_name, EntryPoint<Args> cpu
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "zsar compiled core: C++/OpenMP and CUDA kernels over raw pointers (no libtorch).";
-  m.def("build_info", &build_info, "How this extension was built (CUDA, archs, OpenMP, compiler).");
+  m.doc() = "zsar compiled core: C++ (own thread pool) and CUDA kernels over raw pointers (no libtorch).";
+  m.def("build_info", &build_info, "How this extension was built (CUDA, archs, CPU kernels and threads, compiler).");
 
   py::enum_<ScalarType>(m, "ScalarType")
       .value("float32", ScalarType::Float32)

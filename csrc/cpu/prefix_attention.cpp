@@ -30,10 +30,6 @@
 #include "simd_avx2.h"
 #include "slices.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace zsar {
 namespace cpu {
 namespace ZSAR_CPU_ISA {
@@ -419,9 +415,9 @@ void for_each_slice_fast(const AttentionProblem& s, int num_threads, bool backwa
         }
         body(bh, mask, w);
         w.pf.finish();
-      },
-      [&](Scratch&) {
-        if (streamed_outputs) _mm_sfence();  // streaming stores are weakly ordered: drain before the barrier
+        // Streaming stores are weakly ordered: drained before the slice counts as done (another
+        // thread, the caller, reads the outputs once every item is).
+        if (streamed_outputs) _mm_sfence();
       });
 }
 

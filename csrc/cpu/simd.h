@@ -9,10 +9,6 @@
 #include <cstring>
 #include <limits>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace zsar {
 namespace cpu {
 namespace ZSAR_CPU_ISA {
@@ -203,15 +199,6 @@ inline void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64
   }
   for (int64_t c = 0; c < cols; ++c)
     for (int64_t r = rows; r < padded; ++r) dst[c * ldd + r] = T(0);
-}
-
-inline int resolve_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
 }
 
 }  // namespace ZSAR_CPU_ISA

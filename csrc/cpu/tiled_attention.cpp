@@ -275,19 +275,25 @@ void forward(const AttentionForward& a) {
   }
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
 
-#pragma omp parallel num_threads(team_size(pairs * static_cast<double>(D), a.exec.num_threads))
-  {
-    std::vector<T> qb(kQueryCols * D), qt(D * kQueryCols), o(kQueryCols * D), st(kKeyTile * kQueryCols);
-    alignas(64) T row_max[kQueryCols], row_sum[kQueryCols], alpha[kQueryCols];
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < n_tasks; ++task) {
+  struct Scratch {
+    std::vector<T> qb, qt, o, st;
+  };
+  parallel_items(
+      team_size(pairs * static_cast<double>(D), a.exec.num_threads), n_tasks,
+      [&] {
+        return Scratch{std::vector<T>(kQueryCols * D), std::vector<T>(D * kQueryCols), std::vector<T>(kQueryCols * D),
+                       std::vector<T>(kKeyTile * kQueryCols)};
+      },
+      [&](int64_t task, Scratch& w) {
+      std::vector<T>&qb = w.qb, &qt = w.qt, &o = w.o, &st = w.st;
+      alignas(64) T row_max[kQueryCols], row_sum[kQueryCols], alpha[kQueryCols];
       const int64_t bh = tasks[task].first, i0 = tasks[task].second;
       const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
       const int64_t n = m.n_tokens(), rows = std::min(kQueryCols, n - i0), off = bh * L * D;
       if (i0 == 0) {  // the padding rows of the slice, once
         zero_padding(m, D, out_all + off);
         zero_padding(m, 1, lse_all + bh * L);
-        if (n == 0) continue;
+        if (n == 0) return;
       }
       gather_rows(q_all + off, m, i0, rows, D, qb.data());
       std::fill(qt.begin(), qt.end(), T(0));  // queries past `rows` score 0: finite, never read
@@ -346,8 +352,7 @@ void forward(const AttentionForward& a) {
       }
       scatter_rows(o.data(), m, i0, rows, D, out_all + off);
       scatter_rows(lse, m, i0, rows, 1, lse_all + bh * L);
-    }
-  }
+      });
 }
 
 // x rounded to T as a value in a register, so that a following subtraction cannot fuse with the
@@ -465,9 +470,9 @@ void backward(const AttentionBackward& a) {
   auto lse_c = uninitialised<T>(BH * L), delta_c = uninitialised<T>(BH * L);  // compact per slice
   auto dq_part = uninitialised<T>(BH * chunks * L * D);  // compact dQ of each (slice, chunk)
 
-#pragma omp parallel num_threads(threads)
-  {
-    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
+  struct NoScratch {};
+  const auto no_scratch = [] { return NoScratch{}; };
+  for_each_slice(s, threads, 1, no_scratch, [&](int64_t bh, const SampleMask& m, NoScratch&) {
       const int64_t off = bh * L * D, n = m.n_tokens();
       pack_panels(k_all + off, m, D, kpanels.get() + bh * Lp * D);
       pack_panels(v_all + off, m, D, vpanels.get() + bh * Lp * D);
@@ -479,10 +484,18 @@ void backward(const AttentionBackward& a) {
       zero_padding(m, D, dk_all + off);
       zero_padding(m, D, dv_all + off);
     });
-    std::vector<T> qb(kQueryRows * D), dob(kQueryRows * D), dk(kKeyTile * D), dv(kKeyTile * D);
-    std::vector<T> p(kQueryRows * kKeyTile), ds(kQueryRows * kKeyTile);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < n_tasks; ++task) {
+  struct Scratch {
+    std::vector<T> qb, dob, dk, dv, p, ds;
+  };
+  parallel_items(
+      threads, n_tasks,
+      [&] {
+        return Scratch{std::vector<T>(kQueryRows * D),       std::vector<T>(kQueryRows * D),
+                       std::vector<T>(kKeyTile * D),         std::vector<T>(kKeyTile * D),
+                       std::vector<T>(kQueryRows * kKeyTile), std::vector<T>(kQueryRows * kKeyTile)};
+      },
+      [&](int64_t task, Scratch& w) {
+      std::vector<T>&qb = w.qb, &dob = w.dob, &dk = w.dk, &dv = w.dv, &p = w.p, &ds = w.ds;
       const int64_t bh = task / chunks, chunk = task % chunks, off = bh * L * D;
       const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
       const int64_t n = m.n_tokens(), tiles = (n + kKeyTile - 1) / kKeyTile;
@@ -509,9 +522,9 @@ void backward(const AttentionBackward& a) {
         scatter_rows(dk.data(), m, j0, cols, D, dk_all + off);
         scatter_rows(dv.data(), m, j0, cols, D, dv_all + off);
       }
-    }
-    // dQ = the chunks' sums, in chunk order.
-    share_slices(s, 1, [&](int64_t bh, const SampleMask& m) {
+      });
+  // dQ = the chunks' sums, in chunk order.
+  for_each_slice(s, threads, 1, no_scratch, [&](int64_t bh, const SampleMask& m, NoScratch&) {
       const int64_t off = bh * L * D, n = m.n_tokens();
       T* dq0 = dq_part.get() + bh * chunks * L * D;
       for (int64_t c = 1; c < chunks; ++c) {
@@ -522,7 +535,6 @@ void backward(const AttentionBackward& a) {
       scatter_rows(dq0, m, 0, n, D, dq_all + off);
       zero_padding(m, D, dq_all + off);
     });
-  }
 }
 
 }  // namespace

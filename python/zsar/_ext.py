@@ -22,7 +22,7 @@ def compiled() -> ModuleType | None:
 @functools.lru_cache(maxsize=None)
 def _build_info() -> dict:
     if _compiled is None:
-        return {"available": False, "error": LOAD_ERROR, "cuda": False, "openmp": False}
+        return {"available": False, "error": LOAD_ERROR, "cuda": False}
     return {"available": True, **_compiled.build_info()}
 
 

@@ -66,7 +66,7 @@ def render(info: dict) -> str:
     else:
         lines += [
             f"  compiler: {b['compiler']}  (CPU kernels: {b['cpu_isa']})",
-            f"  OpenMP:   {'on (version %s, %s threads)' % (b['openmp_version'], b['openmp_max_threads']) if b['openmp'] else 'off'}",
+            f"  threads:  {b['cpu_threads']} by default (zsar's own pool; torch.set_num_threads caps a call)",
             f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
         ]
     for op in info["ops"]:

@@ -58,7 +58,7 @@ struct AttentionProblem {
 
 // Where a call runs.
 struct Execution {
-  int num_threads = 0;     // CPU: OpenMP threads; <= 0 uses the OpenMP default
+  int num_threads = 0;     // CPU: threads (the caller and zsar's pool helpers); <= 0: the processors the process may use
   int device = 0;          // CUDA: device ordinal
   void* stream = nullptr;  // CUDA: the cudaStream_t to launch on (torch's current stream)
 };
