@@ -35,7 +35,13 @@ py::dict build_info() {
   info["version"] = ZSAR_VERSION;
   info["compiler"] = ZSAR_COMPILER;
   info["cpu_isa"] = zsar::cpu::selected_isa();
-  info["cpu_threads"] = zsar::cpu::default_threads();  // zsar's own pool (cpu/thread_pool.h)
+  info["cpu_threads"] = zsar::cpu::default_threads();
+  info["cpu_threading"] = zsar::cpu::openmp_teams() ? "openmp" : "pool";  // cpu/thread_pool.h
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
 #ifdef ZSAR_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = std::string(ZSAR_CUDA_ARCHS);
@@ -134,7 +140,7 @@ void def_entry_points(py::module_& m, const char* cpu_name, EntryPoint<Args> cpu
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "zsar compiled core: C++ (own thread pool) and CUDA kernels over raw pointers (no libtorch).";
+  m.doc() = "zsar compiled core: C++ (OpenMP or its own thread pool) and CUDA kernels over raw pointers (no libtorch).";
   m.def("build_info", &build_info, "How this extension was built (CUDA, archs, CPU kernels and threads, compiler).");
 
   py::enum_<ScalarType>(m, "ScalarType")

@@ -1,4 +1,4 @@
-"""The CPU kernels' work sharing (csrc/cpu/thread_pool.h): zsar's own pool, not an OpenMP team.
+"""The CPU kernels' work sharing (csrc/cpu/thread_pool.h): an OpenMP team or zsar's own pool.
 
 Items are handed out dynamically to the caller and whichever helpers are scheduled, so these check
 what must not depend on that: bit-identical results for any thread count, calls from several Python
@@ -9,6 +9,9 @@ pool starts afresh: the parent's helper threads do not exist there).
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -57,6 +60,14 @@ def _assert_identical(actual, expected, what):
         assert torch.equal(a, e), f"{what}: {name} differs (max |diff| {(a - e).abs().max().item():.3g})"
 
 
+@pytest.fixture(params=["pool", "openmp"])
+def threading_mode(request, monkeypatch):
+    """Every test runs with zsar's pool and with an OpenMP team (read by the kernels at each call)."""
+    monkeypatch.setenv("ZSAR_THREADING", request.param)
+    return request.param
+
+
+@pytest.mark.usefixtures("threading_mode")
 @pytest.mark.parametrize("call", list(CALLS))
 def test_results_do_not_depend_on_which_thread_runs_what(call):
     """For a given thread count, every call gives the same bits however the items fell to the
@@ -77,6 +88,7 @@ def test_results_do_not_depend_on_which_thread_runs_what(call):
         torch.set_num_threads(before)
 
 
+@pytest.mark.usefixtures("threading_mode")
 def test_calls_from_several_python_threads_at_once():
     """The kernels run without the GIL: while one call's job holds the pool, the others run on their
     own threads; every result must be the one a lone call gives."""
@@ -137,7 +149,9 @@ def _child(queue, expected):
         queue.put(repr(e))
 
 
-def test_a_forked_child_runs_the_kernels_on_a_fresh_pool():
+def test_a_forked_child_runs_the_kernels_on_a_fresh_pool(monkeypatch):
+    # The pool's own fork handling (GNU OpenMP's team does not survive fork(), torch's ops included).
+    monkeypatch.setenv("ZSAR_THREADING", "pool")
     expected = _core_bottleneck(seed=5, num_threads=2)  # the parent's pool is started (a helper exists)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -153,7 +167,22 @@ def test_a_forked_child_runs_the_kernels_on_a_fresh_pool():
     assert child.exitcode == 0
 
 
-def test_build_info_reports_the_default_thread_count():
+def test_build_info_reports_threads_and_how_they_share_work(monkeypatch):
     info = _ext.build_info()
     assert info["cpu_threads"] >= 1
-    assert "openmp" not in info  # the kernels do not use an OpenMP runtime (see thread_pool.h)
+    for setting, expected in (("pool", "pool"), ("openmp", "openmp" if info["openmp"] else "pool")):
+        monkeypatch.setenv("ZSAR_THREADING", setting)
+        assert _ext.compiled().build_info()["cpu_threading"] == expected
+
+
+@pytest.mark.parametrize("given, expected", [(None, "passive"), ("active", "active")])
+def test_the_zsar_command_asks_torch_for_passive_openmp_waits(given, expected):
+    """torch's spinning OpenMP threads would take the cores zsar's helpers need; the command sets
+    passive waits before torch loads, unless the environment says otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys, zsar.cli as cli; cli._passive_openmp_waits(); "
+            "assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -1,11 +1,15 @@
-// zsar's thread pool for the CPU kernels (see thread_pool.h for why and how). Compiled once, without
+// zsar's thread pool for the CPU kernels and the choice between it and an OpenMP team (see
+// thread_pool.h for why and how). Compiled once, without
 // instruction-set flags: one pool per process, shared by every kernel variant.
 #include "thread_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
 
+#include <strings.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -203,6 +207,18 @@ void run_participants(int threads, int64_t n_items, Participant participant, voi
   (void)registered_atfork;
   if (n_items <= 0) return;
   pool().run(threads, n_items, participant, ctx);
+}
+
+bool openmp_teams() {
+#ifdef _OPENMP
+  const char* choice = std::getenv("ZSAR_THREADING");
+  if (choice && strcasecmp(choice, "pool") == 0) return false;
+  if (choice && strcasecmp(choice, "openmp") == 0) return true;
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  return !(policy && strcasecmp(policy, "passive") == 0);
+#else
+  return false;
+#endif
 }
 
 int default_threads() {

@@ -6,7 +6,7 @@
 // helpers, simd.h, these share). A sample's valid tokens (a prefix and a suffix of the sequence)
 // are seen as one dense block of n tokens ("compact" indices t -> position(t)), so padding is never
 // read and never computed, and every product is a dense gemm without masking.
-//   * forward: one OpenMP task per (batch, head, block of kQueryCols queries), so one or two
+//   * forward: one task per (batch, head, block of kQueryCols queries), so one or two
 //     samples still keep every core busy; per block, key tiles of kKeyTile keys with an online
 //     softmax (running maximum and normaliser, the accumulator rescaled when the maximum grows):
 //     memory stays O(L * Dh) and no L x L matrix (or mask) exists for any L. Score tiles are
@@ -24,7 +24,8 @@
 //   * the avx512 variant (a build and a processor with AVX-512F) runs the same code with 16-float
 //     vectors and 12 x 2 register tiles (kVecBytes, kTileRows); every variant computes the same
 //     formulas in the same order per lane.
-//   * calls below ~4M multiply-adds run on one thread (team_size).
+//   * tasks are shared by the caller and zsar's pool helpers (thread_pool.h); calls below ~4M
+//     multiply-adds run on the caller alone (team_size).
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>
@@ -155,9 +156,9 @@ std::unique_ptr<T[]> uninitialised(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// Threads for a call of ~`work` multiply-adds: one below ~4M (a few hundred microseconds or less:
-// waking and joining a team costs more than it saves, and far more when a team member is
-// descheduled on a busy machine), else the caller's setting.
+// Threads for a call of ~`work` multiply-adds: the caller alone below ~4M (a few hundred
+// microseconds or less: waking a helper and sharing the tasks costs more than it saves), else the
+// caller's setting.
 inline int team_size(double work, int num_threads) {
   return work < 4.0e6 ? 1 : resolve_threads(num_threads);
 }

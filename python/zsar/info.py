@@ -66,7 +66,8 @@ def render(info: dict) -> str:
     else:
         lines += [
             f"  compiler: {b['compiler']}  (CPU kernels: {b['cpu_isa']})",
-            f"  threads:  {b['cpu_threads']} by default (zsar's own pool; torch.set_num_threads caps a call)",
+            f"  threads:  {b['cpu_threads']} by default, shared through {'an OpenMP team' if b['cpu_threading'] == 'openmp' else 'its own pool'}"
+            f" (ZSAR_THREADING, OMP_WAIT_POLICY; torch.set_num_threads caps a call)",
             f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
         ]
     for op in info["ops"]:

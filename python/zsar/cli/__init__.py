@@ -179,7 +179,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _passive_openmp_waits() -> None:
+    """OMP_WAIT_POLICY=passive for torch's OpenMP threads unless the environment says otherwise.
+
+    OpenMP's default lets torch's idle threads spin for milliseconds after each parallel op, on the
+    cores zsar's CPU kernels (csrc/cpu/thread_pool.h) need for their helper threads next; passive
+    waiting costs torch nothing measurable (bench/RESULTS.md). OpenMP reads the variable once, when
+    torch loads it: the `zsar` command sets it before anything imports torch."""
+    import os
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _passive_openmp_waits()
     args = _parse(argv)
     _log_to_stderr()
     try:
