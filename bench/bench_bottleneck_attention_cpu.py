@@ -15,7 +15,9 @@ SDPA gets the equivalent boolean key mask (B, 1, 1, L) (precomputed, not timed);
 attend every key so they stay finite, ours are exact zeros. Every ratio comes from one process:
 the two contenders alternate call by call, the order flipped each pair, so both see the same load;
 ratio = SDPA time / zsar time per pair, median (min-max) over the pairs; ``uptime``'s load is
-printed beside each line. Results and the OpenMP settings measured are in ``RESULTS.md``.
+printed beside each line, with how zsar's threads share the call (an OpenMP team, or its own pool
+with ``OMP_WAIT_POLICY=passive``; ``ZSAR_THREADING`` overrides). Results and the settings measured
+are in ``RESULTS.md``.
 
 The zsar kernels run the best variant the processor has (``zsar info``: avx512 / avx2 /
 baseline). What an AVX2-only machine runs, on an AVX-512 one: ``ZSAR_CPU_ISA=avx2
@@ -36,6 +38,7 @@ import pytest
 import torch
 
 from benchmode import full, pick
+from zsar import _ext
 from zsar.ops import bottleneck_attention
 
 N_FUSION = 4
@@ -97,6 +100,12 @@ def summary(t_ours, t_peer) -> dict:
                 load=os.getloadavg()[0])
 
 
+def _threading() -> str:
+    """How zsar's kernels share a call here (csrc/cpu/thread_pool.h): an OpenMP team or its own pool."""
+    core = _ext.compiled()
+    return f"zsar {core.build_info()['cpu_threading']}" if core is not None else "zsar not built"
+
+
 def _step(attention, leaves, dout):
     """One forward+backward; gradients are dropped first so no contender pays for accumulating them."""
     for t in leaves:
@@ -124,6 +133,7 @@ def test_interleaved(benchmark, case):
         benchmark.extra_info[group] = s
         lines.append(f"{case} {group}: {peer} {s['peer_ms']:.2f} ms / zsar cpu {s['zsar_ms']:.2f} ms = "
                      f"{s['ratio']:.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}), load {s['load']:.1f}, "
-                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, threads {torch.get_num_threads()}")
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, threads {torch.get_num_threads()} "
+                     f"({_threading()})")
     benchmark.pedantic(lambda: None, rounds=1)
     print("\n" + "\n".join(lines))
