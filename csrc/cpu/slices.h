@@ -15,7 +15,7 @@ namespace cpu {
 namespace ZSAR_CPU_ISA {
 
 // Runs body(bh, sample mask, scratch) for every (batch, head) slice in parallel (parallel_items:
-// the caller and zsar's pool helpers), handed out in chunks of `chunk` consecutive slices (a slice
+// an OpenMP team or the caller and zsar's pool helpers), handed out in chunks of `chunk` consecutive slices (a slice
 // takes microseconds and a core may be busy with something else); each thread makes its own
 // scratch = make_scratch() before its first chunk.
 template <typename MakeScratch, typename Body>

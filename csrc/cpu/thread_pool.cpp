@@ -1,22 +1,20 @@
 // zsar's thread pool for the CPU kernels and the choice between it and an OpenMP team (see
-// thread_pool.h for why and how). Compiled once, without
-// instruction-set flags: one pool per process, shared by every kernel variant.
+// thread_pool.h for why and how). Compiled once, without instruction-set flags: one pool per
+// process, shared by every kernel variant.
 #include "thread_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
-
 #include <strings.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <system_error>
 #include <thread>
-#include <vector>
 
 namespace zsar {
 namespace cpu {
@@ -128,7 +126,8 @@ struct ThreadPool {
 
   void run(int threads, int64_t n_items, Participant fn, void* fn_ctx) {
     std::unique_lock<std::mutex> busy(submit, std::try_to_lock);
-    if (!busy.owns_lock() || n_items >= (int64_t{1} << 32)) {  // another thread's job is running
+    // Another thread's job is running (or more items than `state` can count): the caller alone.
+    if (!busy.owns_lock() || n_items >= (int64_t{1} << 32)) {
       ItemSource alone(nullptr, n_items);
       fn(fn_ctx, 0, alone);
       return;

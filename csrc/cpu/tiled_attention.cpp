@@ -24,8 +24,8 @@
 //   * the avx512 variant (a build and a processor with AVX-512F) runs the same code with 16-float
 //     vectors and 12 x 2 register tiles (kVecBytes, kTileRows); every variant computes the same
 //     formulas in the same order per lane.
-//   * tasks are shared by the caller and zsar's pool helpers (thread_pool.h); calls below ~4M
-//     multiply-adds run on the caller alone (team_size).
+//   * tasks are shared by an OpenMP team or by the caller and zsar's pool helpers (parallel_items,
+//     thread_pool.h); calls below ~4M multiply-adds run on the caller alone (team_size).
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>

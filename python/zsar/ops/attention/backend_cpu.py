@@ -1,4 +1,4 @@
-"""C++ backend (``zsar._C``, its own thread pool): float32 and float64 on the CPU, one task per (batch, head).
+"""C++ backend (``zsar._C``; threads shared by an OpenMP team or its own pool): float32 and float64 on the CPU, one task per (batch, head).
 
 Kinds rest and full run the prefix kernels of ``csrc/cpu/prefix_attention.cpp`` (tuned for ResT's
 short sequences: a whole (b, h) slice's L x L probabilities in per-thread scratch, four such
