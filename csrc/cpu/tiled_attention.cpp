@@ -25,7 +25,7 @@
 //     vectors and 12 x 2 register tiles (kVecBytes, kTileRows); every variant computes the same
 //     formulas in the same order per lane.
 //   * tasks are shared by an OpenMP team or by the caller and zsar's pool helpers (parallel_items,
-//     thread_pool.h); calls below ~4M multiply-adds run on the caller alone (team_size).
+//     thread_pool.h); calls below ~250k multiply-adds run on the caller alone (team_size).
 // Outputs are scattered back, with exact zeros in padding rows (output, lse and gradients).
 #include <algorithm>
 #include <cmath>
@@ -156,11 +156,11 @@ std::unique_ptr<T[]> uninitialised(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// Threads for a call of ~`work` multiply-adds: the caller alone below ~4M (a few hundred
-// microseconds or less: waking a helper and sharing the tasks costs more than it saves), else the
-// caller's setting.
+// Threads for a call of ~`work` multiply-adds: the caller alone below 250k (~10 us of work, about
+// what waking a helper and sharing the tasks costs), else the caller's setting. Measured on 2 cores
+// (bench/RESULTS.md): with the caller alone up to 4M, L=64 B=4 H=4 calls took 1.3x as long.
 inline int team_size(double work, int num_threads) {
-  return work < 4.0e6 ? 1 : resolve_threads(num_threads);
+  return work < 2.5e5 ? 1 : resolve_threads(num_threads);
 }
 
 // The forward computes each score tile transposed, S^T = K . Q^T (keys x queries): K is read in
@@ -169,6 +169,20 @@ inline int team_size(double work, int num_threads) {
 // lane per query (running maximum and sum in registers, no horizontal reductions, no lane masks).
 // O += P . V then reads P^T transposed. Queries per task: kQueryCols (whole vectors).
 constexpr int64_t kQueryCols = 64;
+
+// The forward's packed queries: the valid rows [i0, i0 + rows) (compact) of a slice, transposed
+// straight from their positions into qt (D x kQueryCols; no gathered copy first). Columns
+// [rows, cols) are zeroed: the padded lanes of the vectors the score tiles compute score 0 (finite,
+// never read); columns from cols on are not read.
+template <typename T>
+void pack_queries(const T* q, const SampleMask& m, int64_t i0, int64_t rows, int64_t D, int64_t cols, T* qt) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict in = q + m.position(i0 + r) * D;
+    for (int64_t d = 0; d < D; ++d) qt[d * kQueryCols + r] = in[d];
+  }
+  if (rows < cols)
+    for (int64_t d = 0; d < D; ++d) std::fill(qt + d * kQueryCols + rows, qt + d * kQueryCols + cols, T(0));
+}
 
 // acc0/acc1[r] += A[r, :] . B[:, 0:W) / B[:, W:2W) for rows r < MR: the register-tile product of
 // the fused kernels below, whose epilogues work on the accumulators in registers. A: MR rows of
@@ -277,16 +291,16 @@ void forward(const AttentionForward& a) {
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
 
   struct Scratch {
-    std::vector<T> qb, qt, o, st;
+    std::vector<T> qt, o, st;
   };
   parallel_items(
       team_size(pairs * static_cast<double>(D), a.exec.num_threads), n_tasks,
       [&] {
-        return Scratch{std::vector<T>(kQueryCols * D), std::vector<T>(D * kQueryCols), std::vector<T>(kQueryCols * D),
+        return Scratch{std::vector<T>(D * kQueryCols), std::vector<T>(kQueryCols * D),
                        std::vector<T>(kKeyTile * kQueryCols)};
       },
       [&](int64_t task, Scratch& w) {
-      std::vector<T>&qb = w.qb, &qt = w.qt, &o = w.o, &st = w.st;
+      std::vector<T>&qt = w.qt, &o = w.o, &st = w.st;
       alignas(64) T row_max[kQueryCols], row_sum[kQueryCols], alpha[kQueryCols];
       const int64_t bh = tasks[task].first, i0 = tasks[task].second;
       const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
@@ -296,13 +310,11 @@ void forward(const AttentionForward& a) {
         zero_padding(m, 1, lse_all + bh * L);
         if (n == 0) return;
       }
-      gather_rows(q_all + off, m, i0, rows, D, qb.data());
-      std::fill(qt.begin(), qt.end(), T(0));  // queries past `rows` score 0: finite, never read
-      transpose(qb.data(), rows, D, D, qt.data(), kQueryCols);
-      std::fill(o.begin(), o.begin() + rows * D, T(0));
       // Vectors of queries computed: the block's rows rounded up to a pair (a short last block of
       // a slice does not pay for kQueryCols).
       const int64_t nv = std::min(NQ, round_up(rows, 2 * W) / W);
+      pack_queries(q_all + off, m, i0, rows, D, nv * W, qt.data());
+      std::fill(o.begin(), o.begin() + rows * D, T(0));
       V mx[NQ], sum[NQ];
       for (int64_t v = 0; v < NQ; ++v) mx[v] = V{} + kNegInf, sum[v] = V{};
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
@@ -342,17 +354,18 @@ void forward(const AttentionForward& a) {
         times_rows<true>(rows, j0, cols, sc, kQueryCols, v_all + off, m, D, o.data());  // O += P V
       }
       for (int64_t v = 0; v < NQ; ++v) storeu<kVecBytes>(row_max + v * W, mx[v]), storeu<kVecBytes>(row_sum + v * W, sum[v]);
-      T lse[kQueryCols];
+      // O / l and the log-sum-exp, written straight to the slice's rows (the normalisation is the
+      // scatter's pass).
       for (int64_t r = 0; r < rows; ++r) {
         const T l = row_sum[r], inv_l = T(1) / l;
-        T* __restrict orow = o.data() + r * D;
+        const int64_t pos = m.position(i0 + r);
+        const T* __restrict orow = o.data() + r * D;
+        T* __restrict dst = out_all + off + pos * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) orow[d] *= inv_l;
+        for (int64_t d = 0; d < D; ++d) dst[d] = orow[d] * inv_l;
         // A +inf score makes the maximum +inf and l NaN: the log-sum-exp is +inf then (as torch.logsumexp).
-        lse[r] = row_max[r] == kInf ? row_max[r] : row_max[r] + std::log(l);
+        lse_all[bh * L + pos] = row_max[r] == kInf ? row_max[r] : row_max[r] + std::log(l);
       }
-      scatter_rows(o.data(), m, i0, rows, D, out_all + off);
-      scatter_rows(lse, m, i0, rows, 1, lse_all + bh * L);
       });
 }
 
