@@ -30,15 +30,10 @@ Run: ``pytest bench/bench_bottleneck_attention_cpu.py --benchmark-only -s`` (ful
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
-
 import pytest
 import torch
 
-from benchmode import full, pick
-from zsar import _ext
+from benchmode import full, interleaved, pick, report_line, summary
 from zsar.ops import bottleneck_attention
 
 N_FUSION = 4
@@ -80,32 +75,6 @@ def _inputs(B, H, L, D, n_valid_spec, dense):
     return q, k, v, dout, n_valid, mask
 
 
-def interleaved(ours, peer, pairs: int, warmup: int = 2) -> tuple[list[float], list[float]]:
-    """Seconds per call of ``ours`` and ``peer``, alternating, the order flipped each pair."""
-    for _ in range(warmup):
-        ours(), peer()
-    t_ours, t_peer = [], []
-    for i in range(pairs):
-        for fn, times in ((ours, t_ours), (peer, t_peer)) if i % 2 == 0 else ((peer, t_peer), (ours, t_ours)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return t_ours, t_peer
-
-
-def summary(t_ours, t_peer) -> dict:
-    ratios = [p / o for o, p in zip(t_ours, t_peer)]
-    return dict(zsar_ms=statistics.median(t_ours) * 1e3, peer_ms=statistics.median(t_peer) * 1e3,
-                ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-                load=os.getloadavg()[0])
-
-
-def _threading() -> str:
-    """How zsar's kernels share a call here (csrc/cpu/thread_pool.h): an OpenMP team or its own pool."""
-    core = _ext.compiled()
-    return f"zsar {core.build_info()['cpu_threading']}" if core is not None else "zsar not built"
-
-
 def _step(attention, leaves, dout):
     """One forward+backward; gradients are dropped first so no contender pays for accumulating them."""
     for t in leaves:
@@ -131,9 +100,6 @@ def test_interleaved(benchmark, case):
     fwd_bwd = summary(*interleaved(lambda: _step(fused, leaves, dout), lambda: _step(sdpa, leaves, dout), PAIRS))
     for group, s in (("forward", fwd), ("forward+backward", fwd_bwd)):
         benchmark.extra_info[group] = s
-        lines.append(f"{case} {group}: {peer} {s['peer_ms']:.2f} ms / zsar cpu {s['zsar_ms']:.2f} ms = "
-                     f"{s['ratio']:.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}), load {s['load']:.1f}, "
-                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, threads {torch.get_num_threads()} "
-                     f"({_threading()})")
+        lines.append(report_line(f"{case} {group}", peer, "zsar cpu", s))
     benchmark.pedantic(lambda: None, rounds=1)
     print("\n" + "\n".join(lines))

@@ -7,7 +7,11 @@ CPU groups (``mzst_tiny``: 8 x 64^2 video -> 64 tokens, 128 x 256 log-mel -> 128
 * training step (AdamW) with the default ``heads_from="av_pass"`` against ``"joint_pass"``: what the
   leak-free default (the heads read an AV pass without text, a second run of the AV fusion layers)
   costs over the paper read literally;
-* inference (``encode``, one clip per video) with audio against without audio (AST skipped).
+* inference (``encode``, one clip per video) with audio against without audio (AST skipped);
+* the fusion attention end to end: the same model (same weights) with its fusion layers on the
+  fused op (cpu backend) against SDPA with a boolean key mask (the layers swapped, as in
+  ``gpu_e2e.py``), a training step and inference, interleaved round by round (``benchmode``), the
+  ratio and its spread printed with the load and thread settings.
 
 GPU groups (skipped without CUDA): the full ``mzst`` (MViTv2-S + AST-base + 4 fusion blocks of
 768), batch 16, bf16 autocast: a training step and inference; peak memory in ``extra_info``.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmode import pick
+from benchmode import interleaved, pick, report_line, summary
 
 import zsar
 from zsar.data.batch import Batch
@@ -86,6 +90,34 @@ def test_tiny_inference(record, benchmark, audio):
                lambda: model.encode(batch), ours=audio, rounds=10)
     if median:
         benchmark.extra_info["clips_per_s"] = B / median
+
+
+@pytest.mark.parametrize("stage", ["training step", "inference"])
+def test_tiny_fused_vs_sdpa(benchmark, stage):
+    import gpu_e2e  # its SDPA swap of the fusion layers
+
+    model = _model("mzst_tiny")
+    batch = _batch(model)
+    if stage == "training step":
+        run = _train_step(model, batch)
+    else:
+        model.eval()
+
+        def run():
+            with torch.no_grad():
+                model.encode(batch)
+
+    def with_sdpa():
+        gpu_e2e.use_sdpa(model)
+        try:
+            run()
+        finally:
+            gpu_e2e.use_sdpa(model, on=False)
+
+    s = summary(*interleaved(run, with_sdpa, pick(9, 1), warmup=pick(2, 0)))
+    benchmark.extra_info[stage] = s
+    benchmark.pedantic(lambda: None, rounds=1)
+    print("\n" + report_line(f"mzst_tiny {stage} ({B} clips)", "SDPA key mask", "fused cpu", s))
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

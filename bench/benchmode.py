@@ -6,11 +6,17 @@
   none can rot unseen): tiny sizes and one round each; nothing is timed meaningfully.
 
 ``bench/conftest.py`` decides the mode before the benchmark modules are imported.
+
+Also the timing every peer comparison here uses (:func:`interleaved`, :func:`summary`): the two
+contenders alternate call by call in one process, the order flipped each pair, so both see the same
+machine load; ratios per pair, median (min-max).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 
 def full() -> bool:
@@ -21,3 +27,40 @@ def full() -> bool:
 def pick(full_value, quick_value):
     """``full_value`` in a full run, ``quick_value`` in the quick (default) one."""
     return full_value if full() else quick_value
+
+
+def interleaved(ours, peer, pairs: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``ours`` and ``peer``, alternating, the order flipped each pair."""
+    for _ in range(warmup):
+        ours(), peer()
+    t_ours, t_peer = [], []
+    for i in range(pairs):
+        for fn, times in ((ours, t_ours), (peer, t_peer)) if i % 2 == 0 else ((peer, t_peer), (ours, t_ours)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return t_ours, t_peer
+
+
+def summary(t_ours, t_peer) -> dict:
+    """Medians (ms) of both contenders, the ratio peer / ours per pair (median, min, max; > 1: zsar
+    faster) and the load average as the group ended."""
+    ratios = [p / o for o, p in zip(t_ours, t_peer)]
+    return dict(zsar_ms=statistics.median(t_ours) * 1e3, peer_ms=statistics.median(t_peer) * 1e3,
+                ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                load=os.getloadavg()[0])
+
+
+def report_line(group: str, peer: str, ours: str, s: dict) -> str:
+    """One printed result: the ratio with its spread, the load, and the settings that move it (OpenMP's
+    wait policy, torch's threads, how zsar's kernels share a call: csrc/cpu/thread_pool.h)."""
+    import torch
+
+    from zsar import _ext
+
+    core = _ext.compiled()
+    threading = f"zsar {core.build_info()['cpu_threading']}" if core is not None else "zsar not built"
+    return (f"{group}: {peer} {s['peer_ms']:.2f} ms / {ours} {s['zsar_ms']:.2f} ms = {s['ratio']:.2f}x "
+            f"({s['ratio_min']:.2f}-{s['ratio_max']:.2f}), load {s['load']:.1f}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, threads {torch.get_num_threads()} "
+            f"({threading})")

@@ -271,13 +271,17 @@ def _sdpa_attend(self, q, k, v, n_valid, n_fusion):
     return out * valid[:, None, :, None].to(out.dtype)
 
 
-def use_sdpa(model) -> int:
-    """Swap the fusion attention of ``model`` for :func:`_sdpa_attend` (same weights); returns how many layers."""
+def use_sdpa(model, on: bool = True) -> int:
+    """Swap the fusion attention of ``model`` for :func:`_sdpa_attend` (same weights), or back to the
+    fused op with ``on=False``; returns how many layers."""
     from zsar.models.layers import BottleneckSelfAttention
 
     layers = [m for m in model.modules() if isinstance(m, BottleneckSelfAttention)]
     for layer in layers:
-        layer.attend = types.MethodType(_sdpa_attend, layer)
+        if on:
+            layer.attend = types.MethodType(_sdpa_attend, layer)
+        else:
+            layer.__dict__.pop("attend", None)  # the class's attend: the fused op
     return len(layers)
 
 

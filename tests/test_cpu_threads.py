@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -175,14 +176,29 @@ def test_build_info_reports_threads_and_how_they_share_work(monkeypatch):
         assert _ext.compiled().build_info()["cpu_threading"] == expected
 
 
-@pytest.mark.parametrize("given, expected", [(None, "passive"), ("active", "active")])
-def test_the_zsar_command_asks_torch_for_passive_openmp_waits(given, expected):
-    """torch's spinning OpenMP threads would take the cores zsar's helpers need; the command sets
-    passive waits before torch loads, unless the environment says otherwise."""
+@pytest.mark.parametrize("given, busy, expected", [(None, 1.0, "passive"), (None, 0.1, "unset"),
+                                                   (None, None, "unset"), ("active", 1.0, "active")])
+def test_the_zsar_command_asks_for_passive_openmp_waits_on_a_busy_machine(given, busy, expected):
+    """Spinning OpenMP threads cost 2-2.8x beside other work and passive waits 1.4x idle (RESULTS.md):
+    the command sets passive before torch loads when the machine is busy, unless the environment says."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    code = ("import os, sys, zsar.cli as cli; cli._passive_openmp_waits(); "
-            "assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])")
+    code = (f"import os, sys, zsar.cli as cli; cli._openmp_waits({busy!r}); "
+            "assert 'torch' not in sys.modules; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_busy_cpus_sees_a_process_spinning_beside_it():
+    from zsar.cli import _cpus_busy
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = _cpus_busy(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.8, busy

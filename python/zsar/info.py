@@ -67,7 +67,8 @@ def render(info: dict) -> str:
         lines += [
             f"  compiler: {b['compiler']}  (CPU kernels: {b['cpu_isa']})",
             f"  threads:  {b['cpu_threads']} by default, shared through {'an OpenMP team' if b['cpu_threading'] == 'openmp' else 'its own pool'}"
-            f" (ZSAR_THREADING, OMP_WAIT_POLICY; torch.set_num_threads caps a call)",
+            f" (ZSAR_THREADING, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')};"
+            f" torch.set_num_threads caps a call)",
             f"  CUDA:     {'on (archs %s, runtime %s)' % (b['cuda_archs'], b['cuda_runtime_version']) if b['cuda'] else 'off'}",
         ]
     for op in info["ops"]:

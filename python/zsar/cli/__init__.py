@@ -179,21 +179,51 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _passive_openmp_waits() -> None:
-    """OMP_WAIT_POLICY=passive for torch's OpenMP threads unless the environment says otherwise.
+def _cpus_busy(seconds: float = 0.25) -> float | None:
+    """How many CPUs' worth of time the machine spent busy over the next ``seconds`` (all processes;
+    ``/proc/stat``, time stolen by a hypervisor counted as busy); None where that file is unreadable."""
+    import os
+    import time
 
-    OpenMP's default lets torch's idle threads spin for milliseconds after each parallel op, on the
-    cores zsar's CPU kernels (csrc/cpu/thread_pool.h) need for their helper threads next; passive
-    waiting costs torch nothing measurable (bench/RESULTS.md). OpenMP reads the variable once, when
-    torch loads it: the `zsar` command sets it before anything imports torch."""
+    def sample():
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        total = [int(x) for x in lines[0].split()[1:]]
+        idle = total[3] + (total[4] if len(total) > 4 else 0)  # idle + iowait
+        return sum(total[:8]), idle, sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+
+    try:
+        total0, idle0, n_cpus = sample()
+        time.sleep(seconds)
+        total1, idle1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    return n_cpus * (elapsed - (idle1 - idle0)) / elapsed if elapsed > 0 else None
+
+
+def _openmp_waits(busy: float | None) -> None:
+    """OMP_WAIT_POLICY=passive for torch's OpenMP threads when the machine is busy with other work as
+    the command starts (``busy``: CPUs' worth, see :func:`_cpus_busy`; >= 0.5), unless the environment
+    sets the policy. OpenMP reads it once, when torch loads: the command decides before anything
+    imports torch.
+
+    Why it depends (bench/RESULTS.md, mzst_tiny training step, batch 16, 2 cores): idle, OpenMP's
+    default (idle threads spin a while before sleeping) is 1.4x faster than passive (ResT small 1.3x);
+    beside one CPU-bound process, passive is 2-2.8x faster (spinning threads take the time slices
+    the working ones need; a shorter spin, GOMP_SPINCOUNT=10000, still lost 1.8x), beside two, 1.35x.
+    With passive waits zsar's CPU kernels share a call through their own pool (csrc/cpu/thread_pool.h),
+    which never waits at a barrier for a thread the machine has not run."""
     import os
 
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    if busy is not None and busy >= 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
 
 
 def main(argv: list[str] | None = None) -> int:
-    _passive_openmp_waits()
+    _openmp_waits(_cpus_busy())
     args = _parse(argv)
     _log_to_stderr()
     try:
