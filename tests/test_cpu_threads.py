@@ -184,7 +184,7 @@ def test_the_zsar_command_asks_for_passive_openmp_waits_on_a_busy_machine(given,
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    code = (f"import os, sys, zsar.cli as cli; cli._openmp_waits({busy!r}); "
+    code = (f"import os, sys, zsar.cli as cli; cli._openmp_waits(lambda: {busy!r}); "
             "assert 'torch' not in sys.modules; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Callable
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -182,7 +183,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _cpus_busy(seconds: float = 0.25) -> float | None:
     """How many CPUs' worth of time the machine spent busy over the next ``seconds`` (all processes;
     ``/proc/stat``, time stolen by a hypervisor counted as busy); None where that file is unreadable."""
-    import os
     import time
 
     def sample():
@@ -202,11 +202,11 @@ def _cpus_busy(seconds: float = 0.25) -> float | None:
     return n_cpus * (elapsed - (idle1 - idle0)) / elapsed if elapsed > 0 else None
 
 
-def _openmp_waits(busy: float | None) -> None:
+def _openmp_waits(cpus_busy: Callable[[], float | None] = _cpus_busy) -> None:
     """OMP_WAIT_POLICY=passive for torch's OpenMP threads when the machine is busy with other work as
-    the command starts (``busy``: CPUs' worth, see :func:`_cpus_busy`; >= 0.5), unless the environment
-    sets the policy. OpenMP reads it once, when torch loads: the command decides before anything
-    imports torch.
+    the command starts (``cpus_busy()``, CPUs' worth, >= 0.5), unless the environment sets the policy
+    (then nothing is sampled). OpenMP reads it once, when torch loads: the command decides before
+    anything imports torch.
 
     Why it depends (bench/RESULTS.md, mzst_tiny training step, batch 16, 2 cores): idle, OpenMP's
     default (idle threads spin a while before sleeping) is 1.4x faster than passive (ResT small 1.3x);
@@ -218,12 +218,13 @@ def _openmp_waits(busy: float | None) -> None:
 
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
+    busy = cpus_busy()
     if busy is not None and busy >= 0.5:
         os.environ["OMP_WAIT_POLICY"] = "passive"
 
 
 def main(argv: list[str] | None = None) -> int:
-    _openmp_waits(_cpus_busy())
+    _openmp_waits()
     args = _parse(argv)
     _log_to_stderr()
     try:
