@@ -303,7 +303,9 @@ class SentenceEmbedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        # newer sentence-transformers (6.3 here) renamed it and warn on the old name; older ones have only that
+        size = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(size())
 
     def spec(self) -> dict:
         """How to rebuild this embedder (:func:`embedder_from_spec`)."""
