@@ -210,8 +210,8 @@ def _openmp_waits(cpus_busy: Callable[[], float | None] = _cpus_busy) -> None:
 
     Why it depends (bench/RESULTS.md, mzst_tiny training step, batch 16, 2 cores): idle, OpenMP's
     default (idle threads spin a while before sleeping) is 1.4x faster than passive (ResT small 1.3x);
-    beside one CPU-bound process, passive is 2-2.8x faster (spinning threads take the time slices
-    the working ones need; a shorter spin, GOMP_SPINCOUNT=10000, still lost 1.8x), beside two, 1.35x.
+    beside one CPU-bound process, passive was 2.1-10x faster (spinning threads take the time slices
+    the working ones need; a shorter spin, GOMP_SPINCOUNT=10000, still lost 1.8x), beside two 1.0-1.4x.
     With passive waits zsar's CPU kernels share a call through their own pool (csrc/cpu/thread_pool.h),
     which never waits at a barrier for a thread the machine has not run."""
     import os
