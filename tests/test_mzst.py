@@ -523,3 +523,27 @@ def test_clear_errors():
     bare.set_class_embeddings(torch.randn(6, 12).tolist())
     assert torch.isfinite(bare.forward_train(random_batch(bare), "joint")["loss"])
     assert MZSTConfig.from_dict(json.loads(MZSTConfig().to_json())) == MZSTConfig()
+
+
+@pytest.mark.parametrize("fusion", ["bottleneck", "concat"])
+def test_attention_backend_forces_every_fusion_layers_backend(fusion):
+    """``attention_backend`` (as ResT's) reaches every bottleneck_attention call: the reference backend
+    gives the cpu backend's training loss and gradients (same weights), and a name no backend has is
+    refused with the op's list of backends."""
+    from zsar.models.layers import BottleneckSelfAttention
+
+    extra = {} if fusion == "bottleneck" else {"fusion": "concat", "losses": ("task", "se")}
+    auto, forced = tiny(**extra), tiny(attention_backend="reference", **extra)
+    forced.load_state_dict(auto.state_dict())
+    layers = [m for m in forced.modules() if isinstance(m, BottleneckSelfAttention)]
+    assert layers and {m.backend for m in layers} == {"reference"}
+    batch = random_batch(auto, present=[True, False, True, True])
+    losses = [m.forward_train(batch, "joint", torch.Generator().manual_seed(0))["loss"] for m in (auto, forced)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(auto.named_parameters(), forced.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="backend='nope' is not a backend"):
+        tiny(attention_backend="nope", **extra).encode(batch)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -13,10 +14,11 @@ from ..text.vocab import WordVocab
 from .layers import BottleneckSelfAttention, TransformerBlock
 
 
-def fusion_layer(dim: int, heads: int, mlp_dim: int, dropout: float = 0.0) -> TransformerBlock:
+def fusion_layer(dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, backend: str | None = None) -> TransformerBlock:
     """One fusion layer (the paper's Eq. 2): a pre-norm block attending with
-    :class:`~zsar.models.layers.BottleneckSelfAttention`; ``forward(x, n_valid, n_fusion)``."""
-    return TransformerBlock(dim, heads, mlp_dim, dropout, attn_layer=BottleneckSelfAttention)
+    :class:`~zsar.models.layers.BottleneckSelfAttention` (``backend``: a forced
+    ``bottleneck_attention`` backend, None: automatic); ``forward(x, n_valid, n_fusion)``."""
+    return TransformerBlock(dim, heads, mlp_dim, dropout, attn_layer=partial(BottleneckSelfAttention, backend=backend))
 
 
 class TextStream(nn.Module):
@@ -24,12 +26,12 @@ class TextStream(nn.Module):
     layer per fusion block (run by :class:`AVTFusion`) and a final norm."""
 
     def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, mlp_dim: int, max_words: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, backend: str | None = None):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=WordVocab.pad_id)
         self.word_pos = nn.Parameter(torch.zeros(1, max_words, dim))
-        self.layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout) for _ in range(depth))
+        self.layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def tokens(self, word_ids: torch.Tensor) -> torch.Tensor:
@@ -51,11 +53,11 @@ class AVTFusion(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, n_fusion: int, order: str,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, backend: str | None = None):
         super().__init__()
         self.n_fusion, self.order = n_fusion, order
         self.fusion_tokens = nn.Parameter(torch.randn(1, n_fusion, dim) * 0.02)  # N(0, 0.02), as in the paper
-        self.av_layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout) for _ in range(depth))
+        self.av_layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout, backend) for _ in range(depth))
         self.av_norm = nn.LayerNorm(dim)
 
     def _av_step(self, layer: TransformerBlock, av, f, av_valid):
@@ -86,9 +88,9 @@ class StreamEncoder(nn.Module):
     """One modality's own transformer over ``[CLS, tokens]`` (no fusion tokens); returns its
     normalised CLS output."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0, backend: str | None = None):
         super().__init__()
-        self.layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout) for _ in range(depth))
+        self.layers = nn.ModuleList(fusion_layer(dim, heads, mlp_dim, dropout, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
@@ -102,10 +104,10 @@ class LateFusion(nn.Module):
     with its own CLS token, and the CLS outputs concatenated ``(B, M x D)``."""
 
     def __init__(self, modalities: Sequence[str], dim: int, depth: int, heads: int, mlp_dim: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, backend: str | None = None):
         super().__init__()
         self.cls_tokens = nn.Parameter(torch.zeros(1, len(modalities), dim))
-        self.streams = nn.ModuleDict({m: StreamEncoder(dim, depth, heads, mlp_dim, dropout) for m in modalities})
+        self.streams = nn.ModuleDict({m: StreamEncoder(dim, depth, heads, mlp_dim, dropout, backend) for m in modalities})
 
     def forward(self, tokens: dict[str, torch.Tensor], n_valid: dict[str, torch.Tensor]) -> torch.Tensor:
         outs = []

@@ -74,10 +74,16 @@ class BottleneckSelfAttention(SelfAttention):
     """MZST's attention: :func:`zsar.ops.bottleneck_attention`, mask ``(n_valid, n_fusion)``: the valid
     positions of sample b are ``[0, n_valid[b])`` and the last ``n_fusion``; every valid query attends
     every valid key, padding rows are 0. The model builds ``n_valid`` itself, so its range is not
-    read back (no device sync per layer); the kernels clamp it either way."""
+    read back (no device sync per layer); the kernels clamp it either way. ``backend`` forces a
+    ``bottleneck_attention`` backend (None: automatic dispatch)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, backend: str | None = None):
+        super().__init__(dim, heads, dropout)
+        self.backend = backend
 
     def attend(self, q, k, v, n_valid: torch.Tensor, n_fusion: int) -> torch.Tensor:
-        return bottleneck_attention(q, k, v, n_valid.to(torch.int32), n_fusion, check_n_valid=False)
+        return bottleneck_attention(q, k, v, n_valid.to(torch.int32), n_fusion, backend=self.backend,
+                                    check_n_valid=False)
 
 
 class Mlp(nn.Module):

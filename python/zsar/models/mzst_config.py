@@ -45,6 +45,7 @@ class MZSTConfig:
     mlp_dim: int = 3072
     fusion_tokens: int = 4
     dropout: float = 0.1
+    attention_backend: str | None = None  # force a bottleneck_attention backend ("cpu", "cuda", ...); None: automatic
     fusion: str = "bottleneck"
     fusion_order: str = "sequential"
     heads_from: str = "av_pass"

@@ -80,13 +80,15 @@ class MZST(ZeroShotModel):
 
         if c.fusion == "bottleneck":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))  # CLS_V
-            self.fusion = AVTFusion(D, c.fusion_blocks, c.heads, c.mlp_dim, c.fusion_tokens, c.fusion_order, c.dropout)
+            self.fusion = AVTFusion(D, c.fusion_blocks, c.heads, c.mlp_dim, c.fusion_tokens, c.fusion_order, c.dropout,
+                                    c.attention_backend)
         else:
             self.cls_token = None
-            self.fusion = LateFusion(c.modalities, D, c.fusion_blocks, c.heads, c.mlp_dim, c.dropout)
+            self.fusion = LateFusion(c.modalities, D, c.fusion_blocks, c.heads, c.mlp_dim, c.dropout, c.attention_backend)
         self.text_stream = self.mlm_head = None
         if self.with_text:
-            self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout)
+            self.text_stream = TextStream(len(self.vocab), D, c.fusion_blocks, c.heads, c.mlp_dim, c.max_words, c.dropout,
+                                          c.attention_backend)
         if self.with_mlm:
             self.mlm_head = MaskedWordHead(D, len(self.vocab))
 
