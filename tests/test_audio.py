@@ -172,7 +172,11 @@ def test_load_audio_pcm_is_exact_and_features_follow(tmp_path, seed):
     assert has_audio and feats.shape == (1024, 128) and feats.dtype == torch.float32
     np.testing.assert_allclose(feats.numpy(), waveform_features(wav).numpy(), atol=1e-6)
     direct = waveform_features(x)
-    assert (feats[:98] - direct[:98]).abs().max() < 1e-2  # only quantisation noise between them
+    # Only quantisation noise between them: no more than noise of one 16-bit step does to the
+    # features (quiet mel bins amplify it in the log, by how much depends on the seed's tones).
+    step = np.random.default_rng(seed + 1).uniform(-1, 1, x.shape) / 32768
+    noise = (waveform_features((x + step).astype(np.float32))[:98] - direct[:98]).abs().max()
+    assert (feats[:98] - direct[:98]).abs().max() <= 2 * noise + 1e-3
     torch.testing.assert_close(feats[98:], torch.full_like(feats[98:], 4.2677393 / (4.5689974 * 2)))
 
 
