@@ -9,8 +9,9 @@
 // for milliseconds after each parallel op, on the very cores the pool's helpers need next (measured:
 // a 1 ms call ~20% slower right after an SDPA call); the same spinning threads, as an OpenMP team,
 // take zsar's work at once. So (openmp_teams()): OMP_WAIT_POLICY=passive -> the pool (robust
-// under load; the `zsar` command sets it), otherwise -> an OpenMP team (the process's runtime, the
-// one torch loaded); ZSAR_THREADING=pool / openmp overrides. Results are the same bits either way.
+// under load; the `zsar` command sets it on a busy machine), otherwise -> an OpenMP team (the
+// process's runtime, the one torch loaded); ZSAR_THREADING=pool / openmp overrides. Results are the
+// same bits either way.
 //
 // The pool: items are claimed one at a time from one atomic counter (dynamic scheduling). A
 // participant claims its next item before it marks the previous one done, so a job is never
@@ -25,7 +26,6 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
-#include <utility>
 
 namespace zsar {
 namespace cpu {
