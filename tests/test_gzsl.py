@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from zsar.eval import (
     gzsl_curve,
     gzsl_per_class_accuracy,
     gzsl_scores,
+    harmonic_mean,
+    mean_class_accuracy,
     per_class_accuracy,
 )
 
@@ -31,15 +34,17 @@ def ref_predict(row, candidates, bonus):
 
 
 def ref_mca(pairs):
+    # Exact fractions: the protocol's ties (equal HM at two betas) are ties of counts, not of how a
+    # sum of rounded recalls happens to round.
     classes = sorted({y for y, _ in pairs})
     recalls = []
     for c in classes:
         mine = [p for y, p in pairs if y == c]
-        recalls.append(sum(p == c for p in mine) / len(mine))
+        recalls.append(Fraction(sum(p == c for p in mine), len(mine)))
     return sum(recalls) / len(recalls)
 
 
-def ref_scores(dist, labels, seen, unseen, beta):
+def ref_scores(dist, labels, seen, unseen, beta, exact=False):
     dist, labels = np.asarray(dist).tolist(), np.asarray(labels).tolist()
     space = set(seen) | set(unseen)
     bonus = {c: beta for c in seen}
@@ -50,14 +55,15 @@ def ref_scores(dist, labels, seen, unseen, beta):
         if y in unseen:
             zsl_pairs.append((y, ref_predict(row, unseen, {})))
     s, u = ref_mca(seen_pairs), ref_mca(unseen_pairs)
-    hm = 0.0 if s + u == 0 else 2 * s * u / (s + u)
-    return {"S": s, "U": u, "HM": hm, "ZSL": ref_mca(zsl_pairs)}
+    hm = 0 if s + u == 0 else 2 * s * u / (s + u)
+    scores = {"S": s, "U": u, "HM": hm, "ZSL": ref_mca(zsl_pairs)}
+    return scores if exact else {k: float(v) for k, v in scores.items()}
 
 
 def ref_calibrate(dist, labels, seen, unseen, grid):
     best_beta, best_hm = None, -1.0
     for beta in grid:
-        hm = ref_scores(dist, labels, seen, unseen, beta)["HM"]
+        hm = ref_scores(dist, labels, seen, unseen, beta, exact=True)["HM"]
         if hm > best_hm or (hm == best_hm and beta < best_beta):
             best_beta, best_hm = beta, hm
     return best_beta
@@ -126,6 +132,36 @@ def test_calibration_ties_pick_the_smallest_beta():
     assert calibrate_beta(dist, [0, 1], [0], [1], grid=[2.0, 1.0, 3.0]) == 1.0
     curve = gzsl_curve(dist, [0, 1], [0], [1], grid=[2.0, 1.0, 3.0])
     assert curve["best"] == 1 and curve["HM"] == [1.0, 1.0, 1.0]
+
+
+def test_tied_counts_tie_however_floats_would_round():
+    # Classes 0-2 seen, 3-4 unseen. At beta 0: S = 1/2 (per-class recalls 1/3, 1/2, 2/3 of unequal
+    # class sizes), U = 1/2; at beta 0.2 the same HM from other counts. Summing the rounded recalls in
+    # floating point made beta 0's HM one bit lower and chose 0.2; exact fractions make it a tie.
+    labels = [0, 1, 2, 3, 4, 1, 0, 2, 1, 2]
+    dist = np.array([[0.3, 1.4, 0.5, 1.7, 0.3], [1.3, 0.3, 0.7, 1.5, 1.5], [0.1, 1.2, 0.7, 0.1, 1.6],
+                     [0.5, 1.7, 1.6, 0.5, 1.7], [1.3, 1.7, 1.0, 0.9, 0.3], [0.1, 1.0, 0.0, 0.7, 1.6],
+                     [1.3, 0.6, 0.2, 1.3, 0.2], [1.6, 1.5, 2.0, 0.1, 1.5], [1.4, 0.6, 1.1, 1.9, 1.0],
+                     [1.5, 0.8, 0.3, 1.0, 1.8]])
+    grid = [0.0, 0.2, 0.4]
+    exact = [ref_scores(dist, labels, [0, 1, 2], [3, 4], b, exact=True)["HM"] for b in grid]
+    assert exact[0] == max(exact)
+    curve = gzsl_curve(dist, labels, [0, 1, 2], [3, 4], grid=grid)
+    assert curve["best"] == 0 and curve["HM"] == [float(h) for h in exact]
+
+
+def test_mean_class_accuracy_is_the_nearest_float(seed):
+    # Summing rounded recalls (in any order) is off by a bit in about a third of such cases.
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        c = int(rng.integers(2, 9))
+        y = rng.integers(0, c, size=int(rng.integers(5, 40)))
+        p = np.where(rng.random(y.size) < 0.5, y, -1)
+        want = ref_mca(list(zip(y.tolist(), p.tolist())))
+        assert mean_class_accuracy(y, p) == float(want)
+        s, u = float(want), float(rng.integers(1, 7)) / 7
+        exact_hm = 2 * Fraction(s) * Fraction(u) / (Fraction(s) + Fraction(u))
+        assert harmonic_mean(s, u) == harmonic_mean(u, s) == float(exact_hm)
 
 
 def test_default_grid_is_avca():

@@ -12,7 +12,8 @@ their true classes and the disjoint ``seen`` and ``unseen`` class sets of the sp
   accuracy (``beta`` plays no part).
 * **Calibration**: ``beta`` is chosen on a validation split as the value of a grid (AVCA: 16 values
   evenly spaced in [0, 3]) with the highest HM, the smallest such value on ties, and then applied
-  unchanged to the test split.
+  unchanged to the test split. Accuracies are exact fractions rounded once
+  (:mod:`zsar.eval.metrics`), so which betas tie does not depend on floating-point summation order.
 
 Distances are L2 (Euclidean, AVCA's choice) or cosine (``1 − cos``) between predicted semantic
 vectors (or representations) and class embeddings: :func:`class_distances`. All numbers are
@@ -30,7 +31,7 @@ import torch
 
 from .._utils import as_numpy
 from ..zeroshot import cosine_similarity_matrix
-from .metrics import harmonic_mean, mean_class_accuracy
+from .metrics import exact_harmonic_mean, exact_mean_class_accuracy, mean_class_accuracy
 
 __all__ = [
     "DEFAULT_BETA_GRID",
@@ -134,11 +135,14 @@ class _Split:
         shifted = self.dist + np.where(self.is_seen_column, beta, 0.0)
         return self.space[np.argmin(shifted, axis=1)]
 
-    def accuracies(self, pred: np.ndarray) -> tuple[float, float, float]:
+    def exact_accuracies(self, pred: np.ndarray) -> tuple:
+        """S, U, HM as exact fractions (None where a group has no samples)."""
         s = _mca(self.labels[self.seen_rows], pred[self.seen_rows])
         u = _mca(self.labels[self.unseen_rows], pred[self.unseen_rows])
-        hm = harmonic_mean(s, u) if not (math.isnan(s) or math.isnan(u)) else math.nan
-        return s, u, hm
+        return s, u, (None if s is None or u is None else exact_harmonic_mean(s, u))
+
+    def accuracies(self, pred: np.ndarray) -> tuple[float, float, float]:
+        return tuple(_float(v) for v in self.exact_accuracies(pred))
 
     def zsl_predictions(self) -> np.ndarray:
         """Predictions of the unseen-class samples among the unseen classes only."""
@@ -151,8 +155,12 @@ class _Split:
         return mean_class_accuracy(self.labels[self.unseen_rows], self.zsl_predictions())
 
 
-def _mca(y: np.ndarray, pred: np.ndarray) -> float:
-    return mean_class_accuracy(y, pred) if y.size else math.nan
+def _mca(y: np.ndarray, pred: np.ndarray):
+    return exact_mean_class_accuracy(y, pred) if y.size else None
+
+
+def _float(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _beta(value) -> float:
@@ -222,10 +230,11 @@ def gzsl_curve(dist, labels, seen: Sequence[int], unseen: Sequence[int], grid=No
         which = "seen" if not split.seen_rows.any() else "unseen"
         raise ValueError(f"calibration needs samples of seen and unseen classes; no sample of an {which} class")
     g = _grid(grid)
-    rows = [split.accuracies(split.gzsl_predictions(float(b))) for b in g]
-    s, u, hm = (list(col) for col in zip(*rows))
-    top = max(hm)
-    best = min((i for i, h in enumerate(hm) if h == top), key=lambda i: g[i])
+    rows = [split.exact_accuracies(split.gzsl_predictions(float(b))) for b in g]
+    # HMs compared as exact fractions: equal counts are a tie however the floats would round.
+    top = max(hm for _, _, hm in rows)
+    best = min((i for i, (_, _, hm) in enumerate(rows) if hm == top), key=lambda i: g[i])
+    s, u, hm = ([float(v) for v in col] for col in zip(*rows))
     return {"beta": g.tolist(), "S": s, "U": u, "HM": hm, "ZSL": split.zsl(), "best": int(best)}
 
 

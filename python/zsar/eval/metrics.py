@@ -5,11 +5,19 @@
   zero-shot learning, the harmonic mean of seen and unseen accuracies (:func:`harmonic_mean`).
 
 Inputs may be lists, NumPy arrays or torch tensors (any device); results are Python floats in [0, 1].
+
+Mean class accuracy and the harmonic mean are computed in exact rational arithmetic and rounded
+once: the value is the float nearest the true fraction, whatever the order of summation. Calibration
+and epoch selection compare these numbers for equality (the smallest beta / earliest epoch among
+equal HMs), so a tie in the counts is a tie in the floats on every machine: summed in floating point,
+S = 7/30 from one set of per-class recalls and U = 7/30 from another differed in the last bit, and
+which of two mathematically equal betas won depended on the summation order.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from numbers import Integral
 
 import numpy as np
@@ -93,9 +101,23 @@ def mean_class_accuracy(y_true, y_pred) -> float:
     _check_labels("y_pred", p)
     if y.size != p.size:
         raise ValueError(f"y_true has {y.size} samples but y_pred has {p.size}")
+    return float(exact_mean_class_accuracy(y, p))
+
+
+def exact_mean_class_accuracy(y: np.ndarray, p: np.ndarray) -> Fraction:
+    """Mean per-class recall of checked 1-D label arrays as an exact fraction."""
     _, cls, count = np.unique(y, return_inverse=True, return_counts=True)
-    hits = np.bincount(cls, weights=(y == p), minlength=count.size)
-    return float(np.mean(hits / count))
+    hits = np.bincount(cls.reshape(-1), weights=(y == p), minlength=count.size).astype(np.int64)
+    # Classes of equal size share a denominator: one fraction per distinct size keeps this cheap.
+    sizes, group = np.unique(count, return_inverse=True)
+    hits_per_size = np.bincount(group, weights=hits, minlength=sizes.size)
+    total = sum((Fraction(int(h), int(n)) for h, n in zip(hits_per_size, sizes)), Fraction(0))
+    return total / count.size
+
+
+def exact_harmonic_mean(s: Fraction, u: Fraction) -> Fraction:
+    """``2SU / (S + U)`` of exact accuracies (0 when both are 0)."""
+    return Fraction(0) if s + u == 0 else 2 * s * u / (s + u)
 
 
 def harmonic_mean(seen_acc: float, unseen_acc: float) -> float:
@@ -115,4 +137,5 @@ def harmonic_mean(seen_acc: float, unseen_acc: float) -> float:
     for name, v in (("seen_acc", s), ("unseen_acc", u)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise ValueError(f"{name} must be in [0, 1], got {v}")
-    return 0.0 if s + u == 0 else 2.0 * s * u / (s + u)
+    # Exact from the two floats, rounded once: symmetric in S and U to the last bit.
+    return float(exact_harmonic_mean(Fraction(s), Fraction(u)))
