@@ -9,7 +9,10 @@ Shapes (MZST's streams; ``n_fusion`` = 4 fusion tokens at the end of each sample
 * ``long 4096``: B=1, H=8, L=4096, Dh=64, ``n_valid`` 4092;
 * ``dense quarter pad`` (L, Dh) in (64, 32), (1024, 64), (2048, 128), (4096, 32), (8192, 64) (H=4;
   H=2 at L=8192): a quarter of the batch (B=4) is padding (one sample with ``n_valid`` = 0, one
-  half padding); the peer is SDPA with the dense (B, 1, L, L) mask.
+  half padding); the peer is SDPA with the dense (B, 1, L, L) mask;
+* ``bf16``: ``av 400`` and ``dense quarter pad L=1024 Dh=64`` with bfloat16 inputs (as under CPU
+  autocast): zsar runs its float32 kernels on float32 copies, SDPA its own bfloat16 path (AMX or
+  AVX-512-BF16 where the CPU has them).
 
 SDPA gets the equivalent boolean key mask (B, 1, 1, L) (precomputed, not timed); its padding rows
 attend every key so they stay finite, ours are exact zeros. Every ratio comes from one process:
@@ -46,7 +49,7 @@ def _n_valid(spec, B, L, gen):
     return torch.tensor(spec, dtype=torch.int32)
 
 
-# name: (B, H, L, Dh, n_valid, dense peer mask)
+# name: (B, H, L, Dh, n_valid, dense peer mask[, dtype])
 CASES = pick({
     "text": (8, 4, 256, 32, "random", False),
     "av 1216": (2, 12, 1216, 64, [1212, 1200], False),
@@ -55,15 +58,20 @@ CASES = pick({
     "long 4096": (1, 8, 4096, 64, [4092], False),
     **{f"dense quarter pad L={L} Dh={D}": (4, H, L, D, [L - N_FUSION, L - N_FUSION, L // 2, 0], True)
        for L, D, H in ((64, 32, 4), (1024, 64, 4), (2048, 128, 4), (4096, 32, 4), (8192, 64, 2))},
+    "av 400 bf16": (2, 12, 400, 64, [392, 392], False, torch.bfloat16),
+    "dense quarter pad L=1024 Dh=64 bf16": (4, 4, 1024, 64, [1020, 1020, 512, 0], True, torch.bfloat16),
 }, {
     "text": (2, 2, 40, 32, "random", False),
     "dense quarter pad": (4, 1, 24, 16, [20, 20, 10, 0], True),
+    "text bf16": (2, 2, 40, 32, "random", False, torch.bfloat16),
 })
+# Agreement of the contenders in the quick run, per input dtype (bfloat16: both round their outputs).
+AGREEMENT = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 
-def _inputs(B, H, L, D, n_valid_spec, dense):
+def _inputs(B, H, L, D, n_valid_spec, dense, dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
-    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen) for _ in range(4))
+    q, k, v, dout = (torch.randn(B, H, L, D, generator=gen).to(dtype) for _ in range(4))
     n_valid = _n_valid(n_valid_spec, B, L, gen)
     pos = torch.arange(L)
     valid = (pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - N_FUSION)  # (B, L)
@@ -84,14 +92,15 @@ def _step(attention, leaves, dout):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_interleaved(benchmark, case):
-    B, H, L, D, spec, dense = CASES[case]
-    q, k, v, dout, n_valid, mask = _inputs(B, H, L, D, spec, dense)
+    B, H, L, D, spec, dense, *dtype = CASES[case]
+    q, k, v, dout, n_valid, mask = _inputs(B, H, L, D, spec, dense, *dtype)
     fused = lambda q, k, v: bottleneck_attention(q, k, v, n_valid, N_FUSION, backend="cpu")  # noqa: E731
     sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
     if not full():  # the quick run checks that the contenders agree on the valid rows
         pos = torch.arange(L)
         rows = ((pos[None, :] < n_valid[:, None]) | (pos[None, :] >= L - N_FUSION))[:, None, :, None]
-        torch.testing.assert_close(fused(q, k, v) * rows, sdpa(q, k, v) * rows, atol=1e-4, rtol=1e-4)
+        tol = AGREEMENT[q.dtype]
+        torch.testing.assert_close(fused(q, k, v) * rows, sdpa(q, k, v) * rows, atol=tol, rtol=tol)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     peer = "sdpa dense mask" if dense else "sdpa key mask"
     lines = []

@@ -410,3 +410,33 @@ def test_cpu_variant_setting_is_checked():
     got = subprocess.run([sys.executable, "-c", "import zsar._ext as e; e.build_info()"], env=env,
                          capture_output=True, text=True)
     assert got.returncode != 0 and "ZSAR_CPU_ISA='avx9': expected baseline, avx2 or avx512" in got.stderr
+
+
+def test_cpu_autocast_bfloat16_runs_the_fused_kernels(seed):
+    # Under CPU autocast a projection gives bfloat16 q, k, v: dispatch picks the cpu backend (its
+    # float32 kernels on float32 copies), not the dense reference, and the output and the gradients
+    # reaching the projection match the float64 computation on the same bfloat16 values.
+    from zsar.ops.bottleneck_attention import BottleneckAttentionInputs
+
+    gen = torch.Generator().manual_seed(seed)
+    B, H, L, D, n_fusion = 2, 2, 40, 16, 4
+    proj = torch.nn.Linear(32, 3 * H * D)
+    x = torch.randn(B, L, 32, generator=gen)
+    n_valid = [30, 11]
+    nv = torch.tensor(n_valid, dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = (t.reshape(B, L, H, D).transpose(1, 2).contiguous() for t in proj(x).chunk(3, dim=-1))
+        assert q.dtype == torch.bfloat16
+        inputs = BottleneckAttentionInputs(q, k, v, nv, n_fusion, D**-0.5)
+        assert dispatcher.select(inputs).name == "cpu"
+        out = bottleneck_attention(q, k, v, nv, n_fusion)
+    assert out.dtype == torch.bfloat16
+    dout = torch.randn(out.shape, generator=gen).to(torch.bfloat16)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = dense_bottleneck_attention(*leaves, n_valid, n_fusion)
+    _close(out.detach(), ref.detach(), torch.bfloat16, "output", seed)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert got.dtype == torch.bfloat16
+        _close(got, want, torch.bfloat16, f"d{name}", seed)
