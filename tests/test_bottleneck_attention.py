@@ -414,8 +414,8 @@ def test_cpu_variant_setting_is_checked():
 
 def test_cpu_autocast_bfloat16_runs_the_fused_kernels(seed):
     # Under CPU autocast a projection gives bfloat16 q, k, v: dispatch picks the cpu backend (its
-    # float32 kernels on float32 copies), not the dense reference, and the output and the gradients
-    # reaching the projection match the float64 computation on the same bfloat16 values.
+    # float32 kernels on float32 copies), not the dense reference, and the output and the bfloat16
+    # gradients of q, k, v match the float64 computation on the same bfloat16 values.
     from zsar.ops.bottleneck_attention import BottleneckAttentionInputs
 
     gen = torch.Generator().manual_seed(seed)

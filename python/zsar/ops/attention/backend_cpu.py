@@ -39,44 +39,47 @@ class CpuBackend(Backend):
         ld = -(-length // 8) * 8  # the kernels' padded row (csrc/cpu/prefix_attention.cpp, kPad)
         buffers = 4 if any(t.requires_grad for t in (inputs.q, inputs.k, inputs.v)) else 1
         threads = max(1, min(torch.get_num_threads(), b * h))
-        need = threads * buffers * length * ld * torch.finfo(_kernel_dtype(inputs.dtype)).bits // 8
+        need = threads * buffers * length * ld * (8 if inputs.dtype == torch.float64 else 4)  # 16-bit: float32 copies
         if need > limit("attention_scratch_bytes"):
             yield (f"its {inputs.mask_kind}-mask kernels keep L x L scratch per thread: {need / 2**30:.1f} GiB at "
                    f"L={length} ({threads} threads{', with gradients' if buffers > 1 else ''}), above "
                    f"ZSAR_LIMIT_ATTENTION_SCRATCH_BYTES={limit('attention_scratch_bytes')}")
 
     def forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = inp.q.dtype
-        inp = _in_kernel_dtype(inp)
+        if inp.q.dtype in _KERNEL_DTYPES:
+            return self._forward(inp)
+        out, lse = self._forward(_in_float32(inp))
+        return out.to(inp.q.dtype), lse
+
+    def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
+        if inp.q.dtype in _KERNEL_DTYPES:
+            return self._backward(inp, outputs, grads)
+        (out, lse), (dout,) = outputs, grads
+        input_grads = self._backward(_in_float32(inp), (out.float(), lse), (dout.float(),))
+        return tuple(g.to(inp.q.dtype) for g in input_grads)
+
+    # The kernels' calls. Every tensor they read is referenced by an argument until the call returns
+    # (the call structs hold bare pointers).
+    def _forward(self, inp: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(inp.q)
         lse = torch.empty(inp.q.shape[:3], dtype=accum_dtype(inp.q.dtype))
         _ext.compiled().attention_forward_cpu(
             compiled.forward_args(inp, out, lse, num_threads=torch.get_num_threads())
         )
-        return out.to(dtype), lse
+        return out, lse
 
-    def backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
-        dtype = inp.q.dtype
-        inp = _in_kernel_dtype(inp)
-        work = _kernel_dtype(dtype)
-        # Named, so they live until the kernel has run (the call struct holds bare pointers).
-        (out, lse), (dout,) = outputs, grads
-        out, dout = out.to(work), dout.to(work)
+    def _backward(self, inp: AttentionInputs, outputs, grads) -> tuple[torch.Tensor, ...]:
         input_grads = tuple(torch.empty_like(inp.q) for _ in range(3))
         _ext.compiled().attention_backward_cpu(
-            compiled.backward_args(inp, (out, lse), (dout,), input_grads, num_threads=torch.get_num_threads())
+            compiled.backward_args(inp, outputs, grads, input_grads, num_threads=torch.get_num_threads())
         )
-        return tuple(g.to(dtype) for g in input_grads)
+        return input_grads
 
 
-def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels compute in: float64 and float32 as given, 16-bit floats in float32."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+#: The dtypes the kernels compute in; other floats (bfloat16, float16) run in float32.
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _in_kernel_dtype(inp: AttentionInputs) -> AttentionInputs:
-    """``inp`` itself, or a copy whose q, k, v are float32 copies of 16-bit inputs."""
-    work = _kernel_dtype(inp.q.dtype)
-    if work == inp.q.dtype:
-        return inp
-    return dataclasses.replace(inp, q=inp.q.to(work), k=inp.k.to(work), v=inp.v.to(work))
+def _in_float32(inp: AttentionInputs) -> AttentionInputs:
+    """A copy of ``inp`` whose q, k, v are float32 copies (of 16-bit inputs)."""
+    return dataclasses.replace(inp, q=inp.q.float(), k=inp.k.float(), v=inp.v.float())
