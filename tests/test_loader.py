@@ -412,3 +412,14 @@ def test_two_process_distributed_shards(videos, tmp_path):
 def test_probe_reports_frames(videos):
     info = probe_video(videos[1].path)
     assert (info.num_frames, info.width, info.height, info.codec) == (20, 64, 48, "vp9")
+
+
+def test_worker_context_avoids_fork_once_dali_threads_run(monkeypatch):
+    # The start method VideoLoader and VideoClipDataset users give their DataLoader workers.
+    from zsar.data import VideoClipDataset, worker_context
+    from zsar.data.decoders import dali
+
+    monkeypatch.setattr(dali, "_threads_started", False)
+    assert worker_context() == ("fork" if os.name == "posix" else "forkserver")
+    monkeypatch.setattr(dali, "_threads_started", True)
+    assert worker_context() == VideoClipDataset.worker_context() == "forkserver"

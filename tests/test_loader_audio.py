@@ -116,7 +116,8 @@ def test_dataset_samples_carry_audio_and_collate(av_videos):
     sample = ds[3]
     assert isinstance(sample, Sample) and sample.video_id == "silent" and sample.position == 3
     assert sample.audio.shape == (10, 64) and not sample.audio_present and not sample.audio.any()
-    batch = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collate_fn, num_workers=2)
+    batch = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collate_fn, num_workers=2,
+                                        multiprocessing_context=ds.worker_context())
     first = next(iter(batch))
     assert isinstance(first, Batch) and first.audio_present.tolist() == [True, True, True, False]
     assert first.clips.shape == (4, *SPEC_TEST.output_shape()) and first.labels.tolist() == [0, 1, 0, 1]

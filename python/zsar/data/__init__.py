@@ -36,7 +36,7 @@ from .formats import avca_class_vectors, avca_feature_stages, read_avca_features
 from .decoders import BACKENDS as DECODER_BACKENDS
 from .decoders import Decoder, choose_backend, decoder_names, read_frames, register_decoder
 from .loader import (FilePolicy, VideoClipDataset, VideoLoader, clip_audio, evaluation_loader, load_clip,
-                     shard_positions)
+                     shard_positions, worker_context)
 from .cache import CachedClipDataset, MediaCache
 from .records import VideoList, VideoRecord
 from .sampling import random_clip_indices, sample_rng, uniform_clip_indices
@@ -56,5 +56,5 @@ __all__ = [
     "decoder_names", "media_file_problem", "register_decoder",
     "DECODER_BACKENDS", "AudioSpec", "ClipPlan", "ClipSpec", "VideoClipDataset", "VideoError", "VideoInfo",
     "VideoList", "VideoLoader", "VideoRecord", "apply_plan", "choose_backend", "plan_clip", "probe_video",
-    "load_clip", "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "write_video",
+    "load_clip", "random_clip_indices", "read_frames", "sample_rng", "shard_positions", "uniform_clip_indices", "worker_context", "write_video",
 ]

@@ -152,6 +152,17 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def worker_context() -> str:
+    """The start method for DataLoader workers that decode video (``multiprocessing_context=``).
+
+    ``"fork"`` (workers start at once, nothing re-imported) unless this process has built a DALI
+    pipeline: forking while DALI's threads run can deadlock or crash the child (in the test suite a
+    forked worker decoding with PyAV segfaulted once, after DALI pipelines had run in the same
+    process), so then ``"forkserver"``; ``"forkserver"`` also where there is no fork.
+    """
+    return "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
+
+
 class VideoClipDataset(Dataset):
     """Map-style dataset of :class:`~zsar.data.Sample` s from the videos of ``videos``.
 
@@ -169,9 +180,12 @@ class VideoClipDataset(Dataset):
         missing_audio: ``"zeros"``, ``"skip"`` or ``"error"`` for files without an audio track.
 
     :meth:`load` is the clip-only hook that subclasses override (e.g. to read frames from a cache).
+    In your own ``DataLoader`` with workers pass ``collate_fn=ds.collate_fn`` and
+    ``multiprocessing_context=ds.worker_context()`` (:func:`worker_context`).
     """
 
     collate_fn = staticmethod(collate)
+    worker_context = staticmethod(worker_context)
 
     def __init__(self, videos: VideoList, spec: ClipSpec, backend: str | None = None, seed: int = 0,
                  on_error: str = "raise", *, audio: AudioSpec | None = None, missing_audio: str = "zeros"):
@@ -405,11 +419,8 @@ class VideoLoader:
             batches.pop()
         self._batches.current = batches
         if self._workers is None:
-            # Workers persist across epochs (indices travel from this process per batch). Forking
-            # a process in which DALI's threads run can deadlock the child, so then use forkserver.
-            context = None
-            if self.num_workers:
-                context = "forkserver" if dali.threads_started() or os.name != "posix" else "fork"
+            # Workers persist across epochs (indices travel from this process per batch).
+            context = worker_context() if self.num_workers else None
             self._workers = DataLoader(_Reporting(self.dataset), batch_sampler=self._batches,
                                        num_workers=self.num_workers, collate_fn=_collate_reporting,
                                        persistent_workers=self.num_workers > 0, multiprocessing_context=context,
