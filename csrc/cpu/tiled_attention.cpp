@@ -33,6 +33,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -389,6 +390,25 @@ __attribute__((always_inline)) inline V rounded(V x) {
 //   P = exp(scale (Q K^T) - lse),  dS = scale P (dO V^T - delta),
 // both zero past the valid keys; stored in p and ds (row stride ld). The products and the
 // elementwise step share the tile (no pass over p and ds of their own, no call per product).
+// x as a value the compiler cannot know before this point, so nothing computed from it is hoisted
+// above (into or out of an enclosing loop). The register tiles below use it for what their
+// epilogues need: hoisted, the lane masks and the scale stayed in vector registers through the
+// products' loops, and AVX2's 16 registers did not hold them beside 12 accumulators (two
+// accumulators lived on the stack, a store-load round trip in their FMA chains).
+template <typename X>
+__attribute__((always_inline)) inline X opaque(X x) {
+  if constexpr (std::is_floating_point_v<X>) {
+#if defined(__SSE2__)
+    __asm__ volatile("" : "+x"(x));
+#else
+    __asm__ volatile("" : "+g"(x));
+#endif
+  } else {
+    __asm__ volatile("" : "+r"(x));
+  }
+  return x;
+}
+
 template <int MR, typename T>
 __attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restrict q, const T* __restrict dout,
                                                       const T* __restrict kpanel, const T* __restrict vpanel,
@@ -398,24 +418,28 @@ __attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restr
   using V = Vec<T, kVecBytes>;
   constexpr int64_t W = kWidth<T, kVecBytes>;
   static_assert(kPanel % (2 * W) == 0, "a panel is whole pairs of vectors");
-  V lane;
-  for (int64_t l = 0; l < W; ++l) lane[l] = static_cast<T>(l);
-  const auto valid0 = lane < static_cast<T>(keys), valid1 = lane + static_cast<T>(W) < static_cast<T>(keys);
   V acc0[MR], acc1[MR];
   for (int r = 0; r < MR; ++r) acc0[r] = V{}, acc1[r] = V{};
   tile_product<MR>(D, q, kpanel, kPanel, acc0, acc1);  // S = Q K^T
-  for (int r = 0; r < MR; ++r) {
-    const V e0 = vexp<kVecBytes>(rounded(acc0[r] * scale) - lse[r]);
-    const V e1 = vexp<kVecBytes>(rounded(acc1[r] * scale) - lse[r]);
-    storeu<kVecBytes>(p + r * ld, valid0 ? e0 : V{});
-    storeu<kVecBytes>(p + r * ld + W, valid1 ? e1 : V{});
-    acc0[r] = V{}, acc1[r] = V{};
+  {
+    const T sc = opaque(scale), n_keys = static_cast<T>(opaque(keys));
+    V lane;
+    for (int64_t l = 0; l < W; ++l) lane[l] = static_cast<T>(l);
+    const auto valid0 = lane < n_keys, valid1 = lane + static_cast<T>(W) < n_keys;
+    for (int r = 0; r < MR; ++r) {
+      const V e0 = vexp<kVecBytes>(rounded(acc0[r] * sc) - lse[r]);
+      const V e1 = vexp<kVecBytes>(rounded(acc1[r] * sc) - lse[r]);
+      storeu<kVecBytes>(p + r * ld, valid0 ? e0 : V{});
+      storeu<kVecBytes>(p + r * ld + W, valid1 ? e1 : V{});
+      acc0[r] = V{}, acc1[r] = V{};
+    }
   }
   tile_product<MR>(D, dout, vpanel, kPanel, acc0, acc1);  // dP = dO V^T
+  const T sc = opaque(scale);
   for (int r = 0; r < MR; ++r) {
     const V p0 = loadu<kVecBytes>(p + r * ld), p1 = loadu<kVecBytes>(p + r * ld + W);
-    storeu<kVecBytes>(ds + r * ld, p0 * scale * (acc0[r] - delta[r]));
-    storeu<kVecBytes>(ds + r * ld + W, p1 * scale * (acc1[r] - delta[r]));
+    storeu<kVecBytes>(ds + r * ld, p0 * sc * (acc0[r] - delta[r]));
+    storeu<kVecBytes>(ds + r * ld + W, p1 * sc * (acc1[r] - delta[r]));
   }
 }
 
