@@ -93,6 +93,16 @@ void gather_rows(const T* src, const SampleMask& m, int64_t t0, int64_t rows, in
   for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * D, src + m.position(t0 + r) * D, sizeof(T) * D);
 }
 
+// The valid rows [t0, t0 + rows) of a slice as `rows` consecutive rows of length D: in place when
+// they are one run (all in the prefix or all in the fusion tail: every block but the one that
+// straddles the two), else gathered into dst.
+template <typename T>
+const T* rows_of(const T* src, const SampleMask& m, int64_t t0, int64_t rows, int64_t D, T* dst) {
+  if (rows > 0 && m.position(t0 + rows - 1) - m.position(t0) == rows - 1) return src + m.position(t0) * D;
+  gather_rows(src, m, t0, rows, D, dst);
+  return dst;
+}
+
 // src rows 0..rows -> valid rows [t0, t0 + rows) of a slice.
 template <typename T>
 void scatter_rows(const T* src, const SampleMask& m, int64_t t0, int64_t rows, int64_t D, T* dst) {
@@ -384,7 +394,7 @@ __attribute__((always_inline)) inline V rounded(V x) {
 }
 
 // One register tile of the backward's probabilities and score gradients: query rows [0, MR) of a
-// block (q and dout gathered, row stride D) x two vectors of keys (2W) of one packed K^T / V^T
+// block (q and dout rows, row stride D; see rows_of) x two vectors of keys (2W) of one packed K^T / V^T
 // panel (kpanel, vpanel: the panels plus the tile's first column), of which the first `keys` are
 // valid:
 //   P = exp(scale (Q K^T) - lse),  dS = scale P (dO V^T - delta),
@@ -452,7 +462,7 @@ inline void grad_last_rows(int64_t rows, int64_t D, const T* q, const T* dout, c
   }
 }
 
-// P and dS (see grad_tile) of `rows` gathered queries x the keys [0, cols) of the packed panels,
+// P and dS (see grad_tile) of `rows` consecutive query rows x the keys [0, cols) of the packed panels,
 // into p and ds (row stride ld; whole vector pairs are written, zero past cols). Column tile by
 // column tile, so its part of the two panels stays in L1 while the rows stream.
 template <typename T>
@@ -548,14 +558,14 @@ void backward(const AttentionBackward& a) {
         std::fill(dv.begin(), dv.begin() + cols * D, T(0));
         for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
           const int64_t rows = std::min(kQueryRows, n - i0);
-          gather_rows(q_all + off, m, i0, rows, D, qb.data());
-          gather_rows(do_all + off, m, i0, rows, D, dob.data());
-          grad_scores(rows, cols, D, qb.data(), dob.data(), kp + j0 * D, vp + j0 * D, scale,
-                      lse_c.get() + bh * L + i0, delta_c.get() + bh * L + i0, p.data(), ds.data(), kKeyTile);
+          const T* qr = rows_of(q_all + off, m, i0, rows, D, qb.data());
+          const T* dor = rows_of(do_all + off, m, i0, rows, D, dob.data());
+          grad_scores(rows, cols, D, qr, dor, kp + j0 * D, vp + j0 * D, scale, lse_c.get() + bh * L + i0,
+                      delta_c.get() + bh * L + i0, p.data(), ds.data(), kKeyTile);
           times_rows(rows, j0, cols, ds.data(), kKeyTile, k_all + off, m, D, dq + i0 * D);  // dQ += dS K
           // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
-          product<true, true>(cols, D, rows, p.data(), kKeyTile, dob.data(), D, dv.data(), D);
-          product<true, true>(cols, D, rows, ds.data(), kKeyTile, qb.data(), D, dk.data(), D);
+          product<true, true>(cols, D, rows, p.data(), kKeyTile, dor, D, dv.data(), D);
+          product<true, true>(cols, D, rows, ds.data(), kKeyTile, qr, D, dk.data(), D);
         }
         scatter_rows(dk.data(), m, j0, cols, D, dk_all + off);
         scatter_rows(dv.data(), m, j0, cols, D, dv_all + off);
