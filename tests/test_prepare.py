@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -271,7 +272,19 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def _listing(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size if p.is_file() else -1 for p in folder.rglob("*")}
+    """Relative path -> size (-1 for a folder) of everything under ``folder``. Entries that vanish
+    during the walk are left out: a killed command's workers may still be removing their temporary
+    folders (rglob raised FileNotFoundError on one in a CI run)."""
+    found = {}
+    for root, dirs, files in os.walk(folder):  # os.walk skips folders it can no longer list
+        for name in (*dirs, *files):
+            path = Path(root) / name
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            found[str(path.relative_to(folder))] = info.st_size if stat.S_ISREG(info.st_mode) else -1
+    return found
 
 
 @pytest.fixture(scope="module")
