@@ -393,13 +393,6 @@ __attribute__((always_inline)) inline V rounded(V x) {
   return x;
 }
 
-// One register tile of the backward's probabilities and score gradients: query rows [0, MR) of a
-// block (q and dout rows, row stride D; see rows_of) x two vectors of keys (2W) of one packed K^T / V^T
-// panel (kpanel, vpanel: the panels plus the tile's first column), of which the first `keys` are
-// valid:
-//   P = exp(scale (Q K^T) - lse),  dS = scale P (dO V^T - delta),
-// both zero past the valid keys; stored in p and ds (row stride ld). The products and the
-// elementwise step share the tile (no pass over p and ds of their own, no call per product).
 // x as a value the compiler cannot know before this point, so nothing computed from it is hoisted
 // above (into or out of an enclosing loop). The register tiles below use it for what their
 // epilogues need: hoisted, the lane masks and the scale stayed in vector registers through the
@@ -419,6 +412,13 @@ __attribute__((always_inline)) inline X opaque(X x) {
   return x;
 }
 
+// One register tile of the backward's probabilities and score gradients: query rows [0, MR) of a
+// block (q and dout rows, row stride D; see rows_of) x two vectors of keys (2W) of one packed K^T / V^T
+// panel (kpanel, vpanel: the panels plus the tile's first column), of which the first `keys` are
+// valid:
+//   P = exp(scale (Q K^T) - lse),  dS = scale P (dO V^T - delta),
+// both zero past the valid keys; stored in p and ds (row stride ld). The products and the
+// elementwise step share the tile (no pass over p and ds of their own, no call per product).
 template <int MR, typename T>
 __attribute__((always_inline)) inline void grad_tile(int64_t D, const T* __restrict q, const T* __restrict dout,
                                                       const T* __restrict kpanel, const T* __restrict vpanel,
