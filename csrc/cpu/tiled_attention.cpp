@@ -78,12 +78,9 @@ void pack_panels(const T* src, const SampleMask& m, int64_t D, T* dst) {
   for (int64_t t0 = 0; t0 < n; t0 += kPanel) {
     T* __restrict panel = dst + t0 * D;
     const int64_t cnt = std::min(kPanel, n - t0);
-    for (int64_t j = 0; j < cnt; ++j) {
-      const T* __restrict row = src + m.position(t0 + j) * D;
-      for (int64_t d = 0; d < D; ++d) panel[d * kPanel + j] = row[d];
-    }
-    for (int64_t j = cnt; j < kPanel; ++j)
-      for (int64_t d = 0; d < D; ++d) panel[d * kPanel + j] = T(0);
+    transpose_rows(cnt, D, [&](int64_t j) { return src + m.position(t0 + j) * D; }, panel, kPanel);
+    if (cnt < kPanel)
+      for (int64_t d = 0; d < D; ++d) std::fill(panel + d * kPanel + cnt, panel + (d + 1) * kPanel, T(0));
   }
 }
 
@@ -187,10 +184,7 @@ constexpr int64_t kQueryCols = 64;
 // never read); columns from cols on are not read.
 template <typename T>
 void pack_queries(const T* q, const SampleMask& m, int64_t i0, int64_t rows, int64_t D, int64_t cols, T* qt) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict in = q + m.position(i0 + r) * D;
-    for (int64_t d = 0; d < D; ++d) qt[d * kQueryCols + r] = in[d];
-  }
+  transpose_rows(rows, D, [&](int64_t r) { return q + m.position(i0 + r) * D; }, qt, kQueryCols);
   if (rows < cols)
     for (int64_t d = 0; d < D; ++d) std::fill(qt + d * kQueryCols + rows, qt + d * kQueryCols + cols, T(0));
 }
@@ -301,17 +295,17 @@ void forward(const AttentionForward& a) {
   }
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
 
-  struct Scratch {
-    std::vector<T> qt, o, st;
+  struct Scratch {  // packed queries, the output block, a score tile (each element read is written first)
+    std::unique_ptr<T[]> qt, o, st;
   };
   parallel_items(
       team_size(pairs * static_cast<double>(D), a.exec.num_threads), n_tasks,
       [&] {
-        return Scratch{std::vector<T>(D * kQueryCols), std::vector<T>(kQueryCols * D),
-                       std::vector<T>(kKeyTile * kQueryCols)};
+        return Scratch{uninitialised<T>(D * kQueryCols), uninitialised<T>(kQueryCols * D),
+                       uninitialised<T>(kKeyTile * kQueryCols)};
       },
       [&](int64_t task, Scratch& w) {
-      std::vector<T>&qt = w.qt, &o = w.o, &st = w.st;
+      T *qt = w.qt.get(), *o = w.o.get(), *st = w.st.get();
       alignas(64) T row_max[kQueryCols], row_sum[kQueryCols], alpha[kQueryCols];
       const int64_t bh = tasks[task].first, i0 = tasks[task].second;
       const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
@@ -324,18 +318,18 @@ void forward(const AttentionForward& a) {
       // Vectors of queries computed: the block's rows rounded up to a pair (a short last block of
       // a slice does not pay for kQueryCols).
       const int64_t nv = std::min(NQ, round_up(rows, 2 * W) / W);
-      pack_queries(q_all + off, m, i0, rows, D, nv * W, qt.data());
-      std::fill(o.begin(), o.begin() + rows * D, T(0));
+      pack_queries(q_all + off, m, i0, rows, D, nv * W, qt);
+      std::fill(o, o + rows * D, T(0));
       V mx[NQ], sum[NQ];
       for (int64_t v = 0; v < NQ; ++v) mx[v] = V{} + kNegInf, sum[v] = V{};
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, n - j0);
-        T* __restrict sc = st.data();
+        T* __restrict sc = st;
         // S^T = scale K Q^T, and the new running maximum per query (NaN ignored: a NaN still
         // reaches the output via exp).
         V tile_max[NQ];
         for (int64_t v = 0; v < NQ; ++v) tile_max[v] = mx[v];
-        score_rows(j0, cols, k_all + off, m, D, qt.data(), nv, scale, sc, tile_max);
+        score_rows(j0, cols, k_all + off, m, D, qt, nv, scale, sc, tile_max);
         V shift[NQ];
         bool grew = false;
         for (int64_t v = 0; v < nv; ++v) {
@@ -357,12 +351,12 @@ void forward(const AttentionForward& a) {
         if (j0 > 0 && grew) {
           for (int64_t r = 0; r < rows; ++r) {
             const T al = alpha[r];
-            T* __restrict orow = o.data() + r * D;
+            T* __restrict orow = o + r * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) orow[d] *= al;
           }
         }
-        times_rows<true>(rows, j0, cols, sc, kQueryCols, v_all + off, m, D, o.data());  // O += P V
+        times_rows<true>(rows, j0, cols, sc, kQueryCols, v_all + off, m, D, o);  // O += P V
       }
       for (int64_t v = 0; v < NQ; ++v) storeu<kVecBytes>(row_max + v * W, mx[v]), storeu<kVecBytes>(row_sum + v * W, sum[v]);
       // O / l and the log-sum-exp, written straight to the slice's rows (the normalisation is the
@@ -370,7 +364,7 @@ void forward(const AttentionForward& a) {
       for (int64_t r = 0; r < rows; ++r) {
         const T l = row_sum[r], inv_l = T(1) / l;
         const int64_t pos = m.position(i0 + r);
-        const T* __restrict orow = o.data() + r * D;
+        const T* __restrict orow = o + r * D;
         T* __restrict dst = out_all + off + pos * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) dst[d] = orow[d] * inv_l;
@@ -489,6 +483,11 @@ void grad_scores(int64_t rows, int64_t cols, int64_t D, const T* q, const T* dou
 // probabilities from the saved log-sum-exp, and accumulates dQ of the whole slice into its chunk's
 // own compact buffer; the chunks' dQ are added in chunk order afterwards, so the result does not
 // depend on which thread ran what (deterministic for any thread count and schedule).
+// With one chunk per slice (enough slices for every thread: most calls) a task is a whole slice,
+// from packing its panels to writing dQ, in one parallel loop over the thread's own buffers: its
+// panels are read while still in cache, and no B x H x L x Dh buffer is allocated per call (the
+// three passes over such buffers spent a fifth of a B=8 H=12 L=64 Dh=64 backward in page faults,
+// memset and memmove). Both ways run the same sweep in the same order: the results are identical.
 template <typename T>
 void backward(const AttentionBackward& a) {
   const auto& s = a.problem;
@@ -512,77 +511,115 @@ void backward(const AttentionBackward& a) {
   // Chunks of key tiles per slice: at least ~4 tasks per thread in all (load balance on a busy
   // machine), never more chunks than a slice has key tiles.
   const int64_t chunks = std::max<int64_t>(1, std::min((4 * threads + BH - 1) / BH, (L + kKeyTile - 1) / kKeyTile));
-  const int64_t n_tasks = BH * chunks;
+
+  // What a slice's tasks read besides q and dO: its K^T / V^T panels, its log-sum-exp and
+  // delta = rowsum(dO * O) (compact); the padding rows of dK and dV are zeroed on the way.
+  const auto prepare = [&](int64_t bh, const SampleMask& m, T* kp, T* vp, T* lse_c, T* delta_c) {
+    const int64_t off = bh * L * D, n = m.n_tokens();
+    pack_panels(k_all + off, m, D, kp);
+    pack_panels(v_all + off, m, D, vp);
+    gather_rows(lse_in + bh * L, m, 0, n, 1, lse_c);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t row = m.position(t) * D;
+      delta_c[t] = dot(do_all + off + row, o_all + off + row, D);
+    }
+    zero_padding(m, D, dk_all + off);
+    zero_padding(m, D, dv_all + off);
+  };
+  // A task's tile buffers: gathered q / dO rows, dK / dV of one key tile, P and dS (every element
+  // read is written first, so they are not initialised).
+  struct Tiles {
+    std::unique_ptr<T[]> qb, dob, dk, dv, p, ds;
+  };
+  const auto make_tiles = [&] {
+    return Tiles{uninitialised<T>(kQueryRows * D), uninitialised<T>(kQueryRows * D), uninitialised<T>(kKeyTile * D),
+                 uninitialised<T>(kKeyTile * D),   uninitialised<T>(kQueryRows * kKeyTile),
+                 uninitialised<T>(kQueryRows * kKeyTile)};
+  };
+  // dK and dV of the slice's keys [j_begin, j_end) (compact), written to their rows, and their part
+  // of dQ added into dq (compact, the slice's n rows).
+  const auto sweep = [&](int64_t bh, const SampleMask& m, int64_t j_begin, int64_t j_end, const T* kp, const T* vp,
+                         const T* lse_c, const T* delta_c, T* dq, Tiles& w) {
+    const int64_t off = bh * L * D, n = m.n_tokens();
+    T *dk = w.dk.get(), *dv = w.dv.get(), *p = w.p.get(), *ds = w.ds.get();
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeyTile) {
+      const int64_t cols = std::min(kKeyTile, j_end - j0);
+      std::fill(dk, dk + cols * D, T(0));
+      std::fill(dv, dv + cols * D, T(0));
+      for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
+        const int64_t rows = std::min(kQueryRows, n - i0);
+        const T* qr = rows_of(q_all + off, m, i0, rows, D, w.qb.get());
+        const T* dor = rows_of(do_all + off, m, i0, rows, D, w.dob.get());
+        grad_scores(rows, cols, D, qr, dor, kp + j0 * D, vp + j0 * D, scale, lse_c + i0, delta_c + i0, p, ds,
+                    kKeyTile);
+        times_rows(rows, j0, cols, ds, kKeyTile, k_all + off, m, D, dq + i0 * D);  // dQ += dS K
+        // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
+        product<true, true>(cols, D, rows, p, kKeyTile, dor, D, dv, D);
+        product<true, true>(cols, D, rows, ds, kKeyTile, qr, D, dk, D);
+      }
+      scatter_rows(dk, m, j0, cols, D, dk_all + off);
+      scatter_rows(dv, m, j0, cols, D, dv_all + off);
+    }
+  };
+  // dQ of a slice from its compact sum.
+  const auto write_dq = [&](int64_t bh, const SampleMask& m, const T* dq) {
+    scatter_rows(dq, m, 0, m.n_tokens(), D, dq_all + bh * L * D);
+    zero_padding(m, D, dq_all + bh * L * D);
+  };
+
+  if (chunks == 1) {
+    struct Slice {
+      Tiles tiles;
+      std::unique_ptr<T[]> kp, vp, lse, delta, dq;
+    };
+    parallel_items(
+        threads, BH,
+        [&] {
+          return Slice{make_tiles(), uninitialised<T>(Lp * D), uninitialised<T>(Lp * D), uninitialised<T>(L),
+                       uninitialised<T>(L), uninitialised<T>(L * D)};
+        },
+        [&](int64_t bh, Slice& w) {
+          const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+          const int64_t n = m.n_tokens();
+          prepare(bh, m, w.kp.get(), w.vp.get(), w.lse.get(), w.delta.get());
+          std::fill(w.dq.get(), w.dq.get() + n * D, T(0));
+          sweep(bh, m, 0, n, w.kp.get(), w.vp.get(), w.lse.get(), w.delta.get(), w.dq.get(), w.tiles);
+          write_dq(bh, m, w.dq.get());
+        });
+    return;
+  }
+
   auto kpanels = uninitialised<T>(BH * Lp * D);
   auto vpanels = uninitialised<T>(BH * Lp * D);
   auto lse_c = uninitialised<T>(BH * L), delta_c = uninitialised<T>(BH * L);  // compact per slice
   auto dq_part = uninitialised<T>(BH * chunks * L * D);  // compact dQ of each (slice, chunk)
-
   struct NoScratch {};
   const auto no_scratch = [] { return NoScratch{}; };
   for_each_slice(s, threads, 1, no_scratch, [&](int64_t bh, const SampleMask& m, NoScratch&) {
-      const int64_t off = bh * L * D, n = m.n_tokens();
-      pack_panels(k_all + off, m, D, kpanels.get() + bh * Lp * D);
-      pack_panels(v_all + off, m, D, vpanels.get() + bh * Lp * D);
-      gather_rows(lse_in + bh * L, m, 0, n, 1, lse_c.get() + bh * L);
-      for (int64_t t = 0; t < n; ++t) {
-        const int64_t row = m.position(t) * D;
-        delta_c[bh * L + t] = dot(do_all + off + row, o_all + off + row, D);
-      }
-      zero_padding(m, D, dk_all + off);
-      zero_padding(m, D, dv_all + off);
-    });
-  struct Scratch {
-    std::vector<T> qb, dob, dk, dv, p, ds;
-  };
-  parallel_items(
-      threads, n_tasks,
-      [&] {
-        return Scratch{std::vector<T>(kQueryRows * D),       std::vector<T>(kQueryRows * D),
-                       std::vector<T>(kKeyTile * D),         std::vector<T>(kKeyTile * D),
-                       std::vector<T>(kQueryRows * kKeyTile), std::vector<T>(kQueryRows * kKeyTile)};
-      },
-      [&](int64_t task, Scratch& w) {
-      std::vector<T>&qb = w.qb, &dob = w.dob, &dk = w.dk, &dv = w.dv, &p = w.p, &ds = w.ds;
-      const int64_t bh = task / chunks, chunk = task % chunks, off = bh * L * D;
-      const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
-      const int64_t n = m.n_tokens(), tiles = (n + kKeyTile - 1) / kKeyTile;
-      const int64_t j_begin = tiles * chunk / chunks * kKeyTile, j_end = std::min(n, tiles * (chunk + 1) / chunks * kKeyTile);
-      T* dq = dq_part.get() + (bh * chunks + chunk) * L * D;
-      std::fill(dq, dq + n * D, T(0));
-      const T* kp = kpanels.get() + bh * Lp * D;
-      const T* vp = vpanels.get() + bh * Lp * D;
-      for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeyTile) {
-        const int64_t cols = std::min(kKeyTile, j_end - j0);
-        std::fill(dk.begin(), dk.begin() + cols * D, T(0));
-        std::fill(dv.begin(), dv.begin() + cols * D, T(0));
-        for (int64_t i0 = 0; i0 < n; i0 += kQueryRows) {
-          const int64_t rows = std::min(kQueryRows, n - i0);
-          const T* qr = rows_of(q_all + off, m, i0, rows, D, qb.data());
-          const T* dor = rows_of(do_all + off, m, i0, rows, D, dob.data());
-          grad_scores(rows, cols, D, qr, dor, kp + j0 * D, vp + j0 * D, scale, lse_c.get() + bh * L + i0,
-                      delta_c.get() + bh * L + i0, p.data(), ds.data(), kKeyTile);
-          times_rows(rows, j0, cols, ds.data(), kKeyTile, k_all + off, m, D, dq + i0 * D);  // dQ += dS K
-          // dV += P^T dO and dK += dS^T Q over this tile's keys (P and dS read transposed).
-          product<true, true>(cols, D, rows, p.data(), kKeyTile, dor, D, dv.data(), D);
-          product<true, true>(cols, D, rows, ds.data(), kKeyTile, qr, D, dk.data(), D);
-        }
-        scatter_rows(dk.data(), m, j0, cols, D, dk_all + off);
-        scatter_rows(dv.data(), m, j0, cols, D, dv_all + off);
-      }
-      });
+    prepare(bh, m, kpanels.get() + bh * Lp * D, vpanels.get() + bh * Lp * D, lse_c.get() + bh * L,
+            delta_c.get() + bh * L);
+  });
+  parallel_items(threads, BH * chunks, make_tiles, [&](int64_t task, Tiles& w) {
+    const int64_t bh = task / chunks, chunk = task % chunks;
+    const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
+    const int64_t n = m.n_tokens(), tiles = (n + kKeyTile - 1) / kKeyTile;
+    const int64_t j_begin = tiles * chunk / chunks * kKeyTile, j_end = std::min(n, tiles * (chunk + 1) / chunks * kKeyTile);
+    T* dq = dq_part.get() + (bh * chunks + chunk) * L * D;
+    std::fill(dq, dq + n * D, T(0));
+    sweep(bh, m, j_begin, j_end, kpanels.get() + bh * Lp * D, vpanels.get() + bh * Lp * D, lse_c.get() + bh * L,
+          delta_c.get() + bh * L, dq, w);
+  });
   // dQ = the chunks' sums, in chunk order.
   for_each_slice(s, threads, 1, no_scratch, [&](int64_t bh, const SampleMask& m, NoScratch&) {
-      const int64_t off = bh * L * D, n = m.n_tokens();
-      T* dq0 = dq_part.get() + bh * chunks * L * D;
-      for (int64_t c = 1; c < chunks; ++c) {
-        const T* __restrict part = dq0 + c * L * D;
+    const int64_t n = m.n_tokens();
+    T* dq0 = dq_part.get() + bh * chunks * L * D;
+    for (int64_t c = 1; c < chunks; ++c) {
+      const T* __restrict part = dq0 + c * L * D;
 #pragma omp simd
-        for (int64_t e = 0; e < n * D; ++e) dq0[e] += part[e];
-      }
-      scatter_rows(dq0, m, 0, n, D, dq_all + off);
-      zero_padding(m, D, dq_all + off);
-    });
+      for (int64_t e = 0; e < n * D; ++e) dq0[e] += part[e];
+    }
+    write_dq(bh, m, dq0);
+  });
 }
 
 }  // namespace
