@@ -121,8 +121,18 @@ class _EagerFusedOp(torch.autograd.Function):
         return outputs
 
     @staticmethod
-    @once_differentiable  # the backend backward records no graph: a second order would be silently wrong
     def backward(ctx, *grads):
+        # The backend backward records no graph, so under create_graph=True (the only time the
+        # engine runs a backward with grad mode on) it goes through once_differentiable, which makes
+        # a second order raise instead of being silently wrong. Otherwise it is called directly:
+        # once_differentiable's no_grad block cost ~10 us of a ~420 us forward+backward step at
+        # L=64 interleaved with SDPA (bench/RESULTS.md, session 12).
+        if torch.is_grad_enabled():
+            return _once_differentiable_backward(ctx, *grads)
+        return _EagerFusedOp._backend_backward(ctx, *grads)
+
+    @staticmethod
+    def _backend_backward(ctx, *grads):
         op: FusedOp = ctx.op
         saved = ctx.saved_tensors
         n = len(op._tensor_names)
@@ -130,6 +140,9 @@ class _EagerFusedOp(torch.autograd.Function):
         grads = tuple(grads[i].contiguous() for i in op._differentiable_outputs)
         input_grads = ctx.backend.backward(inputs, saved[n:], grads)
         return (None, None, None, *op._place_input_grads(input_grads))
+
+
+_once_differentiable_backward = once_differentiable(_EagerFusedOp._backend_backward)
 
 
 class FusedOp:
