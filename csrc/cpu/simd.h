@@ -217,8 +217,8 @@ inline void transpose8x8(Vec<float> (&r)[8]) {
 // dst[c * ldd + r] = row(r)[c] for r < rows, c < cols: the transpose of `rows` rows of length
 // `cols`, row r at the pointer row(r) (rows need not be evenly spaced: a slice's valid tokens are
 // a prefix and a suffix). float: 8 x 8 blocks go through registers, eight vector loads and stores
-// for what took 64 strided scalar stores (a third of the packing kernels' time at L = 64); the
-// edges and double go element by element, reading rows and storing strided.
+// for what took 64 strided scalar stores (the packing that held ~15% of an L=64 backward's kernel
+// time; bench/RESULTS.md, session 12); the edges and double go element by element.
 template <typename T, typename RowPtr>
 inline void transpose_rows(int64_t rows, int64_t cols, RowPtr&& row, T* __restrict dst, int64_t ldd) {
   int64_t r0 = 0, c_vec = 0;

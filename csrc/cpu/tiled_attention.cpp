@@ -486,7 +486,7 @@ void grad_scores(int64_t rows, int64_t cols, int64_t D, const T* q, const T* dou
 // With one chunk per slice (enough slices for every thread: most calls) a task is a whole slice,
 // from packing its panels to writing dQ, in one parallel loop over the thread's own buffers: its
 // panels are read while still in cache, and no B x H x L x Dh buffer is allocated per call (the
-// three passes over such buffers spent a fifth of a B=8 H=12 L=64 Dh=64 backward in page faults,
+// three passes over such buffers put a fifth of a B=8 H=12 L=64 Dh=64 backward profile in page faults,
 // memset and memmove). Both ways run the same sweep in the same order: the results are identical.
 template <typename T>
 void backward(const AttentionBackward& a) {
