@@ -537,11 +537,12 @@ void backward(const AttentionBackward& a) {
                  uninitialised<T>(kQueryRows * kKeyTile)};
   };
   // dK and dV of the slice's keys [j_begin, j_end) (compact), written to their rows, and their part
-  // of dQ added into dq (compact, the slice's n rows).
+  // of dQ, written to dq (compact, the slice's n rows).
   const auto sweep = [&](int64_t bh, const SampleMask& m, int64_t j_begin, int64_t j_end, const T* kp, const T* vp,
                          const T* lse_c, const T* delta_c, T* dq, Tiles& w) {
     const int64_t off = bh * L * D, n = m.n_tokens();
     T *dk = w.dk.get(), *dv = w.dv.get(), *p = w.p.get(), *ds = w.ds.get();
+    std::fill(dq, dq + n * D, T(0));
     for (int64_t j0 = j_begin; j0 < j_end; j0 += kKeyTile) {
       const int64_t cols = std::min(kKeyTile, j_end - j0);
       std::fill(dk, dk + cols * D, T(0));
@@ -580,10 +581,8 @@ void backward(const AttentionBackward& a) {
         },
         [&](int64_t bh, Slice& w) {
           const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
-          const int64_t n = m.n_tokens();
           prepare(bh, m, w.kp.get(), w.vp.get(), w.lse.get(), w.delta.get());
-          std::fill(w.dq.get(), w.dq.get() + n * D, T(0));
-          sweep(bh, m, 0, n, w.kp.get(), w.vp.get(), w.lse.get(), w.delta.get(), w.dq.get(), w.tiles);
+          sweep(bh, m, 0, m.n_tokens(), w.kp.get(), w.vp.get(), w.lse.get(), w.delta.get(), w.dq.get(), w.tiles);
           write_dq(bh, m, w.dq.get());
         });
     return;
@@ -604,10 +603,8 @@ void backward(const AttentionBackward& a) {
     const SampleMask m = sample_mask(s.mask, bh / s.heads, L);
     const int64_t n = m.n_tokens(), tiles = (n + kKeyTile - 1) / kKeyTile;
     const int64_t j_begin = tiles * chunk / chunks * kKeyTile, j_end = std::min(n, tiles * (chunk + 1) / chunks * kKeyTile);
-    T* dq = dq_part.get() + (bh * chunks + chunk) * L * D;
-    std::fill(dq, dq + n * D, T(0));
     sweep(bh, m, j_begin, j_end, kpanels.get() + bh * Lp * D, vpanels.get() + bh * Lp * D, lse_c.get() + bh * L,
-          delta_c.get() + bh * L, dq, w);
+          delta_c.get() + bh * L, dq_part.get() + (bh * chunks + chunk) * L * D, w);
   });
   // dQ = the chunks' sums, in chunk order.
   for_each_slice(s, threads, 1, no_scratch, [&](int64_t bh, const SampleMask& m, NoScratch&) {
