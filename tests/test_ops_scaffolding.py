@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from zsar.ops import BackendUnavailableError
 from zsar.ops._backend import Backend, Requirement, Support
 from zsar.ops._custom_op import FusedOp, OpInputs, TensorSpec
+from zsar.ops._dispatch import Dispatcher
 from zsar.ops.masked_attention import MaskedAttentionInputs, dispatcher
 
 # ---- reasons derived from declarations -----------------------------------------------------------
@@ -77,6 +78,30 @@ def test_declarations_drive_test_generation_and_devices():
 def test_a_device_dtype_pair_is_declared_once():
     with pytest.raises(TypeError, match="cpu/float32 appears in two Support entries"):
         type("Twice", (Backend,), {"name": "twice", "supports": (Support("cpu", (torch.float32,)),) * 2})
+
+
+def test_automatic_dispatch_asks_only_backends_of_the_inputs_device():
+    """A backend that declares no support on the inputs' device type is not asked (its reasons are
+    known from its declarations), yet the error still explains it; forcing it by name asks it."""
+    asked = []
+
+    class Counting(_Toy):
+        def _reasons(self, inputs):
+            asked.append(self.name)
+            yield from super()._reasons(inputs)
+
+    gpu_only = type("GpuOnly", (Counting,), {"name": "gpu_only", "supports": (Support("cuda", (torch.float32,)),)})
+    cpu_too = type("CpuToo", (Counting,), {"name": "cpu_too"})
+    chooser = Dispatcher("toy_op", [gpu_only(), cpu_too()])
+    assert chooser.select(_probe()).name == "cpu_too" and asked == ["cpu_too"]
+    with pytest.raises(BackendUnavailableError, match=r"(?s)gpu_only: runs on cuda tensors, got cpu.*"
+                                                      r"cpu_too: head dim 64 is over the maximum 32"):
+        chooser.select(_probe(head_dim=64))
+    asked.clear()
+    with pytest.raises(BackendUnavailableError, match="backend 'gpu_only' cannot run"):
+        chooser.select(_probe(), "gpu_only")
+    assert asked[0] == "gpu_only"
+    assert chooser.select(_probe(device="cuda", dtype=torch.float16)).name == "cpu_too"  # _Toy declares cuda float16
 
 
 @pytest.mark.parametrize("backend", dispatcher.backends, ids=lambda b: b.name)

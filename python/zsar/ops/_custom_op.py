@@ -116,6 +116,9 @@ class _EagerFusedOp(torch.autograd.Function):
         # ctx-style forward: a separate setup_context makes apply() bind arguments with inspect
         outputs = backend.forward(inputs)
         ctx.mark_non_differentiable(*(outputs[i] for i in op._non_differentiable_outputs))
+        # The backward reads only the differentiable outputs' gradients: autograd need not make a
+        # zero tensor for the others' (its default), which _backend_backward would not read.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors, *outputs)
         ctx.op, ctx.backend, ctx.params = op, backend, op._params(inputs)
         return outputs
@@ -137,8 +140,10 @@ class _EagerFusedOp(torch.autograd.Function):
         saved = ctx.saved_tensors
         n = len(op._tensor_names)
         inputs = op.inputs_type(*saved[:n], *ctx.params)
-        grads = tuple(grads[i].contiguous() for i in op._differentiable_outputs)
-        input_grads = ctx.backend.backward(inputs, saved[n:], grads)
+        outputs = saved[n:]
+        grads = tuple(torch.zeros_like(outputs[i]) if grads[i] is None else grads[i].contiguous()
+                      for i in op._differentiable_outputs)
+        input_grads = ctx.backend.backward(inputs, outputs, grads)
         return (None, None, None, *op._place_input_grads(input_grads))
 
 

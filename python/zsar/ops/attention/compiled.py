@@ -1,7 +1,7 @@
 """The argument structs of the compiled core (``csrc/include/zsar/attention.h``), filled from
 :class:`~zsar.ops.attention.inputs.AttentionInputs` and the buffers a backend allocated. Shared by
 the ``cpu`` and ``cuda`` backends; ``execution`` is ``num_threads=`` (CPU) or ``device=, stream=``
-(CUDA)."""
+(CUDA), both passed on positionally."""
 
 from __future__ import annotations
 
@@ -37,21 +37,24 @@ def problem(inp: AttentionInputs):
     return _problem(B, H, L, D, inp.scale, inp.q.dtype, inp.mask.code, inp.n_fixed)
 
 
-def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, **execution):
-    """``zsar._C.AttentionForward`` of one call."""
+def forward_args(inp: AttentionInputs, out: torch.Tensor, lse: torch.Tensor, num_threads: int = 0, device: int = 0,
+                 stream: int = 0):
+    """``zsar._C.AttentionForward`` of one call; ``num_threads`` for the CPU, ``device, stream`` for CUDA."""
+    # Positional: pybind11 matches keyword arguments by name on every call (~1 us of a short
+    # sequence's ~50 us forward).
     return _ext.compiled().AttentionForward(
-        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-        out=out.data_ptr(), lse=lse.data_ptr(), **execution,
+        problem(inp), inp.lengths.data_ptr(), inp.q.data_ptr(), inp.k.data_ptr(), inp.v.data_ptr(), out.data_ptr(),
+        lse.data_ptr(), num_threads, device, stream,
     )
 
 
 def backward_args(inp: AttentionInputs, outputs, grads, input_grads, workspace: torch.Tensor | None = None,
-                  **execution):
+                  num_threads: int = 0, device: int = 0, stream: int = 0):
     """``zsar._C.AttentionBackward`` of one call: ``outputs = (out, lse)``, ``grads = (dout,)``,
-    ``input_grads = (dq, dk, dv)`` (written by the kernels)."""
+    ``input_grads = (dq, dk, dv)`` (written by the kernels); execution as :func:`forward_args`."""
     (out, lse), (dout,), (dq, dk, dv) = outputs, grads, input_grads
     return _ext.compiled().AttentionBackward(
-        problem(inp), lengths=inp.lengths.data_ptr(), q=inp.q.data_ptr(), k=inp.k.data_ptr(), v=inp.v.data_ptr(),
-        out=out.data_ptr(), lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(),
-        dv=dv.data_ptr(), workspace=0 if workspace is None else workspace.data_ptr(), **execution,
+        problem(inp), inp.lengths.data_ptr(), inp.q.data_ptr(), inp.k.data_ptr(), inp.v.data_ptr(), out.data_ptr(),
+        lse.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+        0 if workspace is None else workspace.data_ptr(), num_threads, device, stream,
     )

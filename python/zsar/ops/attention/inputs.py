@@ -68,9 +68,20 @@ class AttentionInputs(OpInputs):
         Raises:
             TypeError / ValueError: naming the argument.
         """
+        q, lengths, n_fixed = self.q, self.lengths, self.n_fixed
+        # One combined test for the usual, valid call (this runs on every call; the checks one by
+        # one cost ~8 us of a short sequence's ~100 us forward, bench/RESULTS.md session 13); the
+        # checks below find what is wrong when it fails.
+        if (
+            self._usual_qkv() and type(lengths) is torch.Tensor and lengths.dtype == torch.int32
+            and lengths.dim() == 1 and lengths.shape[0] == q.shape[0] and lengths.device == q.device
+            and lengths.is_contiguous() and type(n_fixed) is int and self.min_fixed <= n_fixed <= q.shape[2]
+        ):
+            self.check_params()
+            return
         self.check_qkv(self.op)
-        self.check_fixed(self.op, self.n_fixed_field, self.n_fixed, self.min_fixed)
-        self.check_lengths(self.op, self.lengths_field, self.lengths)
+        self.check_fixed(self.op, self.n_fixed_field, n_fixed, self.min_fixed)
+        self.check_lengths(self.op, self.lengths_field, lengths)
         self.check_params()
 
     def check_params(self) -> None:
@@ -128,23 +139,26 @@ class AttentionInputs(OpInputs):
         _, H, _, D = self.q.shape
         return 5 * 2 * H * D * self.attended_pairs()  # recompute QK^T, dV, dP, dQ, dK
 
+    def _usual_qkv(self) -> bool:
+        """``q, k, v`` and ``scale`` pass :meth:`check_qkv`, in one combined test (the usual call)."""
+        q, k, v, scale = self.q, self.k, self.v, self.scale
+        return (
+            isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and q.is_floating_point() and k.shape == q.shape and v.shape == q.shape
+            and k.dtype == q.dtype and v.dtype == q.dtype and k.device == q.device and v.device == q.device
+            and q.numel() > 0 and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+            and type(scale) is float and math.isfinite(scale)
+        )
+
     def check_qkv(self, op: str) -> None:
         """Checks ``q, k, v`` and ``scale`` (no tensor values are read).
 
         Raises:
             TypeError / ValueError: naming the argument.
         """
-        q, k, v, scale = self.q, self.k, self.v, self.scale
-        # One combined test for the usual, valid call (this runs on every call); the checks below
-        # find what is wrong when it fails.
-        if (
-            isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
-            and q.dim() == 4 and q.is_floating_point() and k.shape == q.shape and v.shape == q.shape
-            and k.dtype == q.dtype and v.dtype == q.dtype and k.device == q.device and v.device == q.device
-            and q.numel() > 0 and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
-            and type(scale) is float and math.isfinite(scale)
-        ):
+        if self._usual_qkv():
             return
+        q, k, v, scale = self.q, self.k, self.v, self.scale
         for name, t in (("q", q), ("k", self.k), ("v", self.v)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
