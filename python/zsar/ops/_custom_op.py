@@ -141,6 +141,7 @@ class _EagerFusedOp(torch.autograd.Function):
         n = len(op._tensor_names)
         inputs = op.inputs_type(*saved[:n], *ctx.params)
         outputs = saved[n:]
+        # (None: the output was not used; autograd does not materialise zeros here, see forward)
         grads = tuple(torch.zeros_like(outputs[i]) if grads[i] is None else grads[i].contiguous()
                       for i in op._differentiable_outputs)
         input_grads = ctx.backend.backward(inputs, outputs, grads)
