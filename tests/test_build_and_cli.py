@@ -82,3 +82,12 @@ def test_cli_errors_are_one_line():
 def test_help_for_each_command():
     for cmd in ("info", "demo", "bench"):
         assert "usage: zsar " + cmd in _zsar(cmd, "--help").stdout
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    # `zsar list | head -1`: the reader is gone before the command writes; that is a normal end.
+    proc = subprocess.Popen([sys.executable, "-m", "zsar.cli", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 0, stderr
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr

@@ -230,18 +230,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "device", None) is not None:
             args.device = check_device(args.device)
-        return importlib.import_module(args._module).run(args)
+        code = importlib.import_module(args._module).run(args)
+        sys.stdout.flush()  # a closed pipe shows here, in the handlers below, not at interpreter exit
+        return code
     except (CLIError, FileNotFoundError, ValueError, *_run_errors()) as exc:
         print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like (an OSError: caught before those)
+        # Python would report the pipe again when it flushes stdout at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a full disk, an output path that is a folder or a file, permissions
         print(f"zsar {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as exc:  # an allocation torch could not make, a kernel refusing
         print(f"zsar {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into `head` and the like
-        return 0
     except KeyboardInterrupt:
         print(f"zsar {args.command}: interrupted", file=sys.stderr)
         return 130

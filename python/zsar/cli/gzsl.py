@@ -33,7 +33,7 @@ other keys: split_dir (own <stage>.txt class files, or the AVCA per-video <stage
 `data` is the whole dataset and test_data is left out), val_fraction (0.2: share of each seen class held
 out for stage-1 validation), metric (l2 or cosine; default the model's zero-shot head's), beta_grid
 (default 16 values evenly in [0, 3]), head_settings (e.g. {k: 5, theta: 0.5, rho: 3}) or head_selection (a
-cross-validation grid, {} for the default one), eval_clips (1),
+cross-validation grid, {} for the default one), eval_clips (default: the model's own views),
 plot (true). With word vectors and a packaged split, labels are embedded through the packaged
 *_w2v_class_names.csv maps.
 

@@ -2,10 +2,12 @@
 
 With ``ZSAR_CUDA_MMA=1`` in the environment (read on every call), float16/bfloat16 with a head dim
 that is a multiple of 8 run on tensor cores (``mma.sync``, ``csrc/cuda/mma.cuh``): the rest/full
-masks with whole (batch, head) slices per CTA up to L = 128, the bottleneck mask with
-FlashAttention-2 tiles. Off by default: those kernels compile for sm_80/sm_90 (no spills, HMMA in
-the SASS) but have not yet run on a GPU; ``bench/gpu_check.py`` checks and times both paths, and
-the default flips once they pass. float32, other head dims and (by default) float16/bfloat16 run
+masks with whole (batch, head) slices per CTA up to L = 128. Off by default: those kernels compile
+for sm_80/sm_90 (no spills, HMMA in the SASS) but have not yet run on a GPU; ``bench/gpu_check.py``
+checks and times both paths, and the default flips once they pass. The bottleneck mask's tiled
+kernels (FlashAttention-2 tiles, tensor-core and CUDA-core) are compiled too, but dispatch does not
+send that mask here until ``bench/gpu_check.py`` (which runs them regardless) has passed them: it
+goes to the Triton backend (see ``mask_kinds``). float32, other head dims and (by default) float16/bfloat16 run
 on the CUDA-core kernels, checked on a GPU against the float64 reference.
 
 Kernels run on torch's current stream; outputs and the backward workspace are allocated here

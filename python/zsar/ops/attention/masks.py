@@ -20,7 +20,8 @@ __all__ = ["MASK_KINDS", "MaskKind", "key_end"]
 
 
 class MaskKind:
-    """One mask kind. Subclasses define :meth:`key_range` or override :meth:`allowed`."""
+    """One mask kind. Subclasses set ``name`` and ``code`` and implement :meth:`valid`, :meth:`allowed`
+    and :meth:`pairs`."""
 
     name: str
     code: int  # the zsar::MaskKind value in csrc/include/zsar/attention.h
