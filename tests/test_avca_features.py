@@ -221,6 +221,45 @@ def test_feature_dataset_reads_rows_on_demand(corpus, tmp_path):
     assert batch.clips.shape == (2, 1, 512) and batch.audio.shape == (2, 1, 512)
 
 
+_READ_CRAFTED = """
+import sys, h5py, numpy as np
+from zsar.data import AVCAFeatureDataset
+from zsar.data.formats.common import AnnotationError
+from zsar.data.records import VideoList, VideoRecord
+path = sys.argv[1]
+with h5py.File(path, "w") as hf:  # contiguous (no chunks): the dataset would map these bytes as objects
+    data = hf.create_dataset("data", shape=(4,), dtype=h5py.vlen_dtype(np.float32))
+    for i in range(4):
+        data[i] = np.arange(3, dtype=np.float32) + i
+    hf.create_dataset("video_urls", data=np.array([b"v%d" % i for i in range(4)], dtype="S80"))
+dataset = AVCAFeatureDataset(VideoList([VideoRecord(path, 0, "v1")], ["Run"]), ("video",), cache_bytes=0)
+try:
+    dataset[0]
+except AnnotationError as e:
+    print("refused:", e)
+"""
+
+
+def test_feature_data_that_is_not_plain_numbers_is_refused(tmp_path):
+    # Read in a child process: before the check, this file's bytes became object pointers and the
+    # read crashed the interpreter (SIGSEGV).
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _READ_CRAFTED, str(tmp_path / "Run.h5")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout and "'data' has dtype object" in result.stdout
+    with h5py.File(tmp_path / "compound.h5", "w") as hf:
+        hf.create_dataset("data", data=np.zeros(2, dtype=[("a", "f4"), ("b", "f4")]))
+        hf.create_dataset("video_urls", data=np.array([b"a", b"b"], dtype="S80"))
+    from zsar.data.formats.avca_features import _read_urls
+    from zsar.data.formats.common import AnnotationError
+
+    with pytest.raises(AnnotationError, match="plain numeric"):
+        _read_urls(tmp_path / "compound.h5")
+
+
 def test_per_segment_features_become_tokens(tmp_path):
     root = write_synthetic_avca_features(tmp_path / "VGGSound", dataset="vggsound", n_seen=3, n_val_unseen=2,
                                          n_test_unseen=2, videos_per_class=2, video_dim=4096, audio_dim=128,

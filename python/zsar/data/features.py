@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batch import Sample, collate
-from .formats.avca_features import FEATURE_MODALITIES, check_feature_modalities, decode_video_urls
+from .formats.avca_features import FEATURE_MODALITIES, check_feature_data, check_feature_modalities, decode_video_urls
 from .records import VideoList
 
 __all__ = ["AVCAFeatureDataset"]
@@ -103,6 +103,7 @@ class AVCAFeatureDataset(Dataset):
         if path not in self._files:
             self._files[path] = h5py.File(path, "r")
         data = self._files[path]["data"]
+        check_feature_data(data, path)  # before any byte of it is mapped as that dtype
         size = data.size * data.dtype.itemsize
         if self._cached + size <= self.cache_bytes:
             self._cache[path] = data[()]

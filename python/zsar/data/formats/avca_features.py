@@ -45,7 +45,7 @@ from .registry import register_format
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVCAFeatureLayout", "FEATURE_MODALITIES", "avca_feature_layout", "read_avca_features",
+__all__ = ["AVCAFeatureLayout", "FEATURE_MODALITIES", "avca_feature_layout", "check_feature_data", "read_avca_features",
            "avca_feature_stages", "avca_class_vectors", "decode_video_urls"]
 
 #: Split -> the features folder the AVCA release pairs with it (SeLaVi with main, C3D/VGGish with cls).
@@ -153,6 +153,18 @@ def decode_video_urls(values, path: PathLike) -> list[str]:
     return out
 
 
+def check_feature_data(data, path) -> None:
+    """Raises :class:`AnnotationError` unless the h5py dataset ``data`` holds plain numbers (float, int).
+
+    Why: the rows are read through a memory map of the file's bytes when ``data`` is contiguous, and
+    an object dtype (h5py variable-length arrays, references) or a compound one would then turn bytes
+    of the file into Python object pointers (a crafted file crashed the process that way)."""
+    dtype = data.dtype
+    if dtype.kind not in "fiu" or dtype.fields is not None or dtype.subdtype is not None:
+        raise AnnotationError(path, None, f"'data' has dtype {dtype}; expected a plain numeric array (the release "
+                                          f"stores float32 features)")
+
+
 def _read_urls(path: Path) -> tuple[list[str], tuple[int, ...]]:
     """``video_urls`` and the shape of ``data`` of one class file (the features are not read)."""
     # deferred: h5py (~0.1 s) is needed only for HDF5 feature files
@@ -165,6 +177,7 @@ def _read_urls(path: Path) -> tuple[list[str], tuple[int, ...]]:
                 raise AnnotationError(path, None, f"missing HDF5 dataset(s) {missing}; the AVCA release has 'data' "
                                                   f"and 'video_urls'")
             urls = decode_video_urls(f["video_urls"][()], path)
+            check_feature_data(f["data"], path)
             shape = tuple(f["data"].shape)
     except OSError as e:
         raise AnnotationError(path, None, f"not a readable HDF5 file ({e})") from None
