@@ -380,6 +380,22 @@ def test_sizes_recorded_in_a_checkpoint_are_bounded(run, tmp_path):
         load_model(ckpt)
 
 
+@pytest.mark.parametrize("arg,source", [("backbone_weights", "{tmp}/elsewhere.safetensors"),
+                                        ("audio_weights", "timm/vit_tiny_patch16_224")])
+def test_a_checkpoint_config_cannot_load_other_weights(run, tmp_path, arg, source):
+    """Loading a checkpoint reads its own weights only: a config.json naming pretrained weights (a
+    file elsewhere, a hub name) is refused before the model is built, so nothing is read or fetched."""
+    from zsar.models import CheckpointError, load_model
+
+    _, _, best = run
+    ckpt = _copy(best, tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model_args"][arg] = source.format(tmp=tmp_path)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"model_args may not name pretrained weights to load \({arg}\)"):
+        load_model(ckpt)
+
+
 def test_predict_clips_beyond_the_limit(run, capsys):
     root, _, best = run
     video = next((root / "videos").iterdir())

@@ -30,6 +30,7 @@ from torch import nn
 
 from .._utils import read_json_object
 from .registry import create_model, list_models
+from .weights import EXTERNAL_WEIGHTS_ARGS
 
 __all__ = ["CheckpointError", "save_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
@@ -219,8 +220,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", verify
     name = config["model"]
     if name not in list_models():
         raise CheckpointError(f"{path / CONFIG}: unknown model {name!r}; registered: {', '.join(list_models())}")
+    model_args = config.get("model_args", {})
+    external = sorted(set(model_args) & set(EXTERNAL_WEIGHTS_ARGS)) if isinstance(model_args, dict) else []
+    if external:
+        raise CheckpointError(f"{path / CONFIG}: model_args may not name pretrained weights to load ({', '.join(external)}); "
+                              f"a checkpoint's weights are its {WEIGHTS}")
     try:
-        model = create_model(name, **config.get("model_args", {}))
+        model = create_model(name, **model_args)
     except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing a shape
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild {name!r} from model_args "
                               f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None

@@ -27,6 +27,13 @@ from .._utils import quiet_model_loading
 from .backbones import ASTTokens, FrameEncoder, MViTTokens
 
 
+#: The model builders' arguments that load pretrained weights from outside (a file, a folder, a hub
+#: name): ``backbone_weights`` (ResT), ``video_weights`` and ``audio_weights`` (MZST). A checkpoint's
+#: ``config.json`` may not set them: its weights are its own ``model.safetensors``, and loading it must
+#: neither read other files nor go online (:func:`zsar.models.load_model`).
+EXTERNAL_WEIGHTS_ARGS = ("backbone_weights", "video_weights", "audio_weights")
+
+
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Tensors of a local weights file: safetensors, or a PyTorch file read with ``weights_only=True``."""
     path = Path(path)
