@@ -129,3 +129,29 @@ def test_unknown_keys_are_named_even_when_not_strings():
         cfg.from_dict(Config, {1: 2, "stage": {"bogus": 1}})
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stage.bogus'\]"):
         cfg.from_dict(Config, {"stage": {"bogus": 1}})
+
+
+_SAVE_ON_A_FULL_DISK = """
+import resource, signal, sys
+from zsar.train.config import TrainConfig
+path = sys.argv[1]
+TrainConfig(seed=7, out_dir="runs/exp42", head_settings={"k": 5}).save(path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+try:
+    TrainConfig(seed=8, out_dir="runs/exp43").save(path)
+except OSError as e:
+    print("failed:", e.strerror)
+"""
+
+
+def test_a_config_save_that_fails_leaves_the_previous_file_whole(tmp_path):
+    from zsar.train.config import TrainConfig
+
+    path = tmp_path / "train_config.yaml"
+    result = subprocess.run([sys.executable, "-c", _SAVE_ON_A_FULL_DISK, str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert "failed:" in result.stdout, result.stderr[-2000:]
+    back = TrainConfig.load(path)
+    assert (back.seed, back.out_dir, back.head_settings) == (7, "runs/exp42", {"k": 5})
+    assert [p.name for p in tmp_path.iterdir()] == ["train_config.yaml"]  # and no temporary file left

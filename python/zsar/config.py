@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ._utils import parse_json
+from ._utils import parse_json, write_atomic
 
 T = TypeVar("T")
 
@@ -32,6 +32,7 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def to_dict(obj) -> dict[str, Any]:
+    """A config dataclass as plain nested dicts, lists and scalars (what :func:`save` writes)."""
     return dataclasses.asdict(obj)
 
 
@@ -203,7 +204,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def save(obj, path: str | Path) -> None:
-    """Writes a dataclass as JSON (``.json``) or YAML (any other suffix)."""
+    """Writes a dataclass as JSON (``.json``) or YAML (any other suffix), atomically: a run rewrites
+    its config on every start and resume, and a file cut short would still load, with defaults in
+    place of the lost keys."""
     path = Path(path)
     data = to_dict(obj)
-    path.write_text(json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False))
+    write_atomic(path, json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False))
