@@ -37,6 +37,14 @@ def backend_table(op: str = "masked_attention") -> list[dict]:
 
 
 def collect() -> dict:
+    """What ``zsar info`` reports, as JSON-serialisable data: versions, GPUs, build and backends.
+
+    Returns:
+        A dict with the zsar, python, torch and torch CUDA versions, the platform, the CUDA device
+        names, whether ``TRITON_INTERPRET=1`` is set, the compiled core's :func:`zsar._ext.build_info`
+        under ``"build"``, the op names under ``"ops"``, and each op's :func:`backend_table` under
+        its name (``zsar info --json`` prints it as is).
+    """
     return {
         "zsar": __version__,
         "python": sys.version.split()[0],
@@ -53,6 +61,16 @@ def collect() -> dict:
 
 
 def render(info: dict) -> str:
+    """Formats :func:`collect`'s dict as the ``zsar info`` table.
+
+    Args:
+        info: the dict :func:`collect` returns.
+
+    Returns:
+        Versions and GPUs, the compiled core (compiler, CPU kernels' instruction set, threading,
+        CUDA architectures, or why it is unavailable), then per op, device and dtype the usable
+        backends in dispatch order and why each other one is not.
+    """
     b = info["build"]
     lines = [
         f"zsar {info['zsar']}  (python {info['python']}, torch {info['torch']}, torch CUDA {info['torch_cuda']})",

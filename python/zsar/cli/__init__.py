@@ -65,6 +65,11 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``zsar`` parser: ``--version`` and one subcommand per :data:`COMMANDS` entry.
+
+    Imports each subcommand's module for its ``add_arguments``; the module's name is stored as
+    ``args._module``, whose ``run`` :func:`main` calls.
+    """
     parser = _Parser(prog="zsar", description="Zero-shot action recognition in video.")
     from .._version import __version__
 
@@ -224,6 +229,18 @@ def _openmp_waits(cpus_busy: Callable[[], float | None] = _cpus_busy) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``zsar`` command: parses ``argv``, checks ``--device``, runs the subcommand.
+
+    Errors print as one line on stderr, without a traceback (the user's to fix, or the machine's).
+
+    Args:
+        argv: the arguments after ``zsar``; None reads ``sys.argv``.
+
+    Returns:
+        The exit status: the subcommand's own; 2 for errors the user fixes (:class:`CLIError`, a
+        missing file, a bad value, a locked run folder, a diverged loss); 1 for an OS, memory or
+        runtime error; 130 when interrupted; 0 when stdout's reader closed the pipe.
+    """
     _openmp_waits()
     args = _parse(argv)
     _log_to_stderr()

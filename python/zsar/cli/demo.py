@@ -125,8 +125,10 @@ def add_arguments(parser) -> None:
                        help="processes rendering and threads decoding videos (default: CPU count)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--native-cpu-kernels", action="store_true",
-                        help="let torch, MKL and oneDNN use this CPU's widest vector instructions (e.g. AVX-512) "
-                             "instead of AVX2 kernels; faster on some CPUs, but the numbers then depend on the CPU")
+                        help="let torch, MKL, oneDNN and zsar's own CPU kernels use this CPU's widest vector "
+                             "instructions (e.g. AVX-512) instead of AVX2 kernels: ATEN_CPU_CAPABILITY, MKL_CBWR, "
+                             "ONEDNN_MAX_CPU_ISA and ZSAR_CPU_ISA are not set to AVX2; faster on some CPUs, but the "
+                             "numbers then depend on the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 unless the targets are met (rest: unseen top-1 >= 3x chance and "
@@ -186,9 +188,10 @@ REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "
 
 
 def pin_cpu_kernels() -> dict[str, str]:
-    """Ask torch, MKL and oneDNN for AVX2 kernels (unless the environment already says otherwise), so that a
-    seed gives the same numbers on any AVX2 CPU. Takes effect only before torch is imported (the `zsar`
-    command parses its options without importing it); returns the settings in force."""
+    """Ask torch, MKL, oneDNN and zsar's own CPU kernels for AVX2 code (:data:`REPRODUCIBLE_CPU_KERNELS`,
+    ``ZSAR_CPU_ISA=avx2`` included; a variable the environment already sets is kept), so that a seed gives
+    the same numbers on any AVX2 CPU. Takes effect only before torch is imported (the `zsar` command parses
+    its options without importing it); returns the settings in force."""
     import os
     import sys
 

@@ -21,7 +21,8 @@ _CONVENTION_HELP = (
 
 _DESCRIPTION = (
     "Print per-clip multiply-adds in the papers' 'GFLOPs' (10^9 multiply-adds, not 2x) and parameter "
-    "counts of a registered model, counting the custom ops (masked_attention). The inference setting "
+    "counts of a registered model, counting zsar's custom attention ops (ResT's masked_attention, MZST's "
+    "bottleneck_attention). The inference setting "
     "of the ResT paper: tokens [CLS, frame tokens, [MASK]], one clip at batch 1; clips multiply the "
     "total. Fast: the backbones are only traced on the meta device."
 )

@@ -15,7 +15,8 @@ import sys
 
 _DESCRIPTION = (
     "Zero-shot classification of video files against any labels. The checkpoint is a directory "
-    "written by `zsar train` or `zsar demo` (model weights and the zero-shot head's settings). Labels "
+    "written by `zsar train`, `zsar demo` or `zsar gzsl` (model weights and the zero-shot head's "
+    "settings). Labels "
     "need not be classes the model was trained on: ResT composes a visual prototype for each from "
     "related seen classes, MZST compares the video with the label's embedding."
 )
@@ -46,6 +47,20 @@ def add_arguments(parser) -> None:
 
 
 def read_labels(args) -> list[str]:
+    """The candidate labels of ``--labels`` (comma-separated) or ``--labels-file`` (one per line, UTF-8).
+
+    Labels are stripped and blank ones dropped, then checked by :func:`zsar.text.check_labels`.
+
+    Args:
+        args: the parsed options; exactly one of ``args.labels`` and ``args.labels_file`` is set.
+
+    Returns:
+        The labels, in the order given.
+
+    Raises:
+        CLIError: the file is missing or not UTF-8, no label is left, or the check fails (a repeat,
+            a control character).
+    """
     from ..text import check_labels
     from . import CLIError
 

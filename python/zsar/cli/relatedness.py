@@ -107,6 +107,19 @@ def _percent(v: float) -> str:
 
 
 def render(rows: list[dict], score: dict | None, embedder: str, n_references: int) -> str:
+    """The ``zsar relatedness`` tables: each class's SR, bucket and nearest reference, the bucket
+    counts and, with predictions, the per-bucket accuracies and the MZSL-50 score.
+
+    Args:
+        rows: :func:`zsar.eval.relatedness.class_relatedness`'s dicts, one per class.
+        score: :func:`zsar.eval.relatedness.mzsl50_score`'s dict, or None without predictions.
+        embedder: how the labels were embedded, for the header (e.g. ``"word vectors PATH"``).
+        n_references: the number of reference classes, for the header.
+
+    Returns:
+        The tables as one string; SR is shown clamped at 0 (float rounding can make a distance
+        slightly negative), an empty bucket's accuracy as ``-``.
+    """
     from ..eval.relatedness import MZSL50_BUCKETS, bucket_counts
 
     w = max(len("class"), *(len(r["class"]) for r in rows))

@@ -1,7 +1,7 @@
 """The MZST demo: audio-visual zero-shot action recognition end to end on a benchmark zsar renders.
 
 :func:`run_mzst_demo` (``zsar demo --model mzst``) runs the MZST pipeline on the audio-visual
-synthetic benchmark (:meth:`zsar.data.SyntheticConfig.audio_visual`), on a CPU in minutes:
+synthetic benchmark (:meth:`zsar.data.synthetic.SyntheticConfig.audio_visual`), on a CPU in minutes:
 
 1. render the benchmark to real video files with sound: labels "<shape> <motion> <sound>", where
    the shape and motion are drawn and never heard and the sound is heard and never drawn; the

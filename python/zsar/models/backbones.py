@@ -22,6 +22,17 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """A ResT frame-encoder trunk in :data:`BACKBONES`: how to build it and the tokens it gives.
+
+    Attributes:
+        name: its key in :data:`BACKBONES`.
+        feature_dim: p, the size of each token.
+        kind: ``"2d"`` (each frame encoded alone: one token per frame) or ``"3d"`` (the clip at
+            once: one token per ``temporal_stride`` frames).
+        build: makes the trunk, randomly initialised and without its classifier.
+        temporal_stride: 3D only: input frames per output token (see :meth:`FrameEncoder.num_tokens`).
+    """
+
     name: str
     feature_dim: int  # p
     kind: str  # "2d" (per frame) or "3d" (per clip)

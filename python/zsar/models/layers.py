@@ -87,6 +87,16 @@ class BottleneckSelfAttention(SelfAttention):
 
 
 class Mlp(nn.Module):
+    """A transformer block's feed-forward network: Linear, GELU, Linear, back to ``dim``.
+
+    Dropout follows the GELU and the output (ViT's placement).
+
+    Args:
+        dim: input and output size.
+        hidden: the hidden layer's size (``mlp_dim`` of :class:`TransformerBlock`).
+        dropout: probability of both dropouts.
+    """
+
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)

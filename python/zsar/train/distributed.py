@@ -11,6 +11,14 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a ``torchrun`` job; the defaults are a single process.
+
+    Attributes:
+        rank: this process's global rank (0 writes checkpoints, logs and merged outputs).
+        world_size: the number of processes; collectives run only when it is above 1.
+        local_rank: this process's rank on its machine (``LOCAL_RANK``), i.e. which GPU it uses.
+    """
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -35,6 +43,18 @@ def init_from_env(device: torch.device) -> DistInfo:
 
 
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The element-wise mean of ``values`` over all ranks (every rank gets it).
+
+    Every rank must call it with a tensor of the same shape, on the process group's device
+    (CUDA under NCCL).
+
+    Args:
+        values: this rank's tensor; left unchanged (the reduction runs on a copy).
+        info: from :func:`init_from_env`; a single process returns ``values`` itself.
+
+    Returns:
+        The mean over ranks. A ratio of two such means is the global ratio (e.g. correct / total).
+    """
     if info.enabled:
         values = values.clone()
         dist.all_reduce(values)
@@ -43,5 +63,11 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def barrier(info: DistInfo) -> None:
+    """Waits until every rank gets here (e.g. before rank 0 writes what the others produced);
+    nothing for a single process.
+
+    Args:
+        info: from :func:`init_from_env`.
+    """
     if info.enabled:
         dist.barrier()

@@ -181,7 +181,7 @@ class ZeroShotClassifier:
             trust_pickle: let the recorded embedder be a gensim pickle (``.kv``), which can run code
                 when loaded; only for checkpoints you trust.
             verify: refuse weights whose hash the checkpoint does not record (False: load them
-                unchecked, see :func:`zsar.models.load_weights`).
+                unchecked, see :func:`zsar.models.checkpoint.load_weights`).
             **overrides: ``temperature`` or ``clip_spec``, or the head's settings (e.g. ``k``).
 
         Raises:

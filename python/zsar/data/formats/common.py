@@ -78,6 +78,21 @@ def read_lines(path: PathLike, what: str) -> list[tuple[int, str]]:
 
 
 def open_csv(path: PathLike, what: str):
+    """Opens an annotation CSV for ``csv.reader`` / ``csv.DictReader``.
+
+    ``newline=""`` as the csv module requires (quoted fields may hold line breaks), ``utf-8-sig``
+    so a BOM does not become part of the first header name.
+
+    Args:
+        path: the CSV file.
+        what: what the file is, for the error (e.g. ``"Kinetics CSV"``).
+
+    Returns:
+        The open text file; use it as a context manager.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file; the message names ``what``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -120,6 +135,21 @@ def write_class_list(path: PathLike, classes: Sequence[str]) -> Path:
 
 
 def as_classes(classes: ClassesArg, argname: str = "classes") -> list[str] | None:
+    """A reader's ``classes`` argument as a list of names in label order.
+
+    Args:
+        classes: class names, a class-list file (read by :func:`read_class_list`), or None.
+        argname: the argument's name, for the errors.
+
+    Returns:
+        The names; None when ``classes`` is None, so that a reader can fall back to the classes
+        its annotations name (``as_classes(classes) or sorted(labels)``).
+
+    Raises:
+        TypeError: an item is not a string.
+        ValueError: a name repeats (:class:`AnnotationError` for a file, naming the line).
+        FileNotFoundError: the class-list file does not exist.
+    """
     if classes is None:
         return None
     if isinstance(classes, (str, os.PathLike)):
@@ -151,11 +181,30 @@ class ClassLookup:
 
 
 def check_on_missing(on_missing: str) -> None:
+    """Refuses an ``on_missing`` policy other than :data:`ON_MISSING` (``"error"``, ``"skip"``)
+    before any file is read. :func:`resolve` calls it; a reader that locates files without it
+    calls it first.
+
+    Raises:
+        ValueError: ``on_missing`` is not one of them.
+    """
     if on_missing not in ON_MISSING:
         raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
 
 
 def norm_exts(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
+    """A reader's ``extensions`` argument as lower-case suffixes with their dot, in preference order.
+
+    Args:
+        extensions: ``"mp4"``, ``".MP4"`` or several of them (first preferred when a video exists
+            under several); None accepts any video extension (:class:`FileFinder`).
+
+    Returns:
+        E.g. ``(".mp4", ".webm")``, or None.
+
+    Raises:
+        ValueError: an empty collection (it would match no file; None means any).
+    """
     if extensions is None:
         return None
     if isinstance(extensions, str):
@@ -348,12 +397,28 @@ def resolve(pending: list[Pending], root: PathLike, classes: list[str], *, sourc
 
 
 def unique_id(seen: dict[str, str], video_id: str, where: str, path) -> None:
+    """Records ``video_id`` in ``seen``, refusing one already there: records are keyed by video id.
+
+    Args:
+        seen: video id -> where it was first listed; shared across a reader's files.
+        video_id: the entry's id (usually the file stem).
+        where: where this entry is (e.g. ``"trainlist01.txt:12"``), stored and quoted in the error.
+        path: the annotation file, for the error.
+
+    Raises:
+        AnnotationError: the id was listed before; both places are named.
+    """
     if video_id in seen:
         raise AnnotationError(path, None, f"video {video_id!r} is listed twice ({seen[video_id]} "
                                           f"and {where}); video ids must be unique")
     seen[video_id] = where
 
 def check_split(split: int) -> int:
+    """``split`` when it is one of UCF101's and HMDB51's three official splits (1, 2, 3).
+
+    Raises:
+        ValueError: any other value.
+    """
     if split not in (1, 2, 3):
         raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
     return split
@@ -364,6 +429,10 @@ SPLIT_ALIASES = {"validate": "val", "validation": "val", "valid": "val", "traini
 
 
 def norm_split(s: str | None) -> str | None:
+    """A split name as the CSV readers compare it: stripped, lower-case, the :data:`SPLIT_ALIASES`
+    spelled ``"train"``, ``"val"`` or ``"test"`` (so ``"validate"`` in a CSV matches ``split="val"``);
+    None stays None. Apply it to both the wanted split and each row's.
+    """
     if s is None:
         return None
     s = s.strip().lower()
@@ -371,6 +440,21 @@ def norm_split(s: str | None) -> str | None:
 
 
 def keyed_label(lookup: ClassLookup | None, label: str | None, path, lineno: int) -> int:
+    """The class index of an annotation row's label (exact spelling first, then normalised:
+    :class:`ClassLookup`).
+
+    Args:
+        lookup: the dataset's classes, or None when labels are not wanted.
+        label: the row's label, or None for an unlabelled row.
+        path: the annotation file, for the error.
+        lineno: the row's line, for the error.
+
+    Returns:
+        The index, or -1 (unlabelled) when ``label`` or ``lookup`` is None.
+
+    Raises:
+        AnnotationError: the label is not among the classes.
+    """
     if label is None or lookup is None:
         return -1
     index = lookup.get(label)

@@ -1,4 +1,9 @@
-"""C++ backend (``zsar._C``; threads shared by an OpenMP team or its own pool): float32 and float64 on the CPU, one task per (batch, head).
+"""C++ backend (``zsar._C``; threads shared by an OpenMP team or its own pool): float32 and float64 on the CPU.
+
+The prefix kernels (rest, full) run one task per (batch, head); the tiled kernels (bottleneck) run
+the forward per (batch, head, block of queries) and the backward per (batch, head, chunk of key
+tiles), a chunk being the whole slice when there are enough slices for every thread, so one or two
+samples still keep every core busy.
 
 bfloat16 and float16 inputs (e.g. under ``torch.autocast("cpu", torch.bfloat16)``) run the float32
 kernels on float32 copies: products and softmax in float32, each output rounded once to the input
@@ -27,6 +32,12 @@ from .inputs import AttentionInputs, accum_dtype
 
 
 class CpuBackend(Backend):
+    """The compiled CPU kernels: float32/float64 (16-bit inputs through float32 copies), every mask kind.
+
+    Refuses rest/full calls whose L x L scratch (per thread, summed) exceeds ``attention_scratch_bytes``;
+    bottleneck has no such limit (O(L) memory). See the module docstring.
+    """
+
     name = "cpu"
     supports = (Support("cpu", (torch.float32, torch.float64, torch.bfloat16, torch.float16), requires=(COMPILED_CORE,)),)
     mask_kinds = ("rest", "full", "bottleneck")

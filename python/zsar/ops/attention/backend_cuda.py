@@ -31,6 +31,12 @@ def _execution(inp: AttentionInputs) -> dict:
 
 
 class CudaBackend(Backend):
+    """The compiled CUDA kernels: float32/float16/bfloat16 on a CUDA device, head dim <= 128.
+
+    Serves the rest and full masks only (bottleneck goes to Triton until its tiled kernels pass
+    ``bench/gpu_check.py``); tensor cores only with ``ZSAR_CUDA_MMA=1``. See the module docstring.
+    """
+
     name = "cuda"
     supports = (
         # CUDA_KERNELS also says why when the compiled core is missing altogether.

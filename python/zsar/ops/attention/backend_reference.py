@@ -41,6 +41,12 @@ def _probabilities(inp: AttentionInputs, q, k, lse: torch.Tensor | None = None):
 
 
 class ReferenceBackend(Backend):
+    """Dense-mask attention in plain torch ops: every float dtype and mask kind, on cpu and cuda.
+
+    The dispatch's fallback and the kernels' statement of the math; it materialises (B, H, L, L)
+    scores, so it refuses calls above ``attention_dense_bytes``. See the module docstring.
+    """
+
     name = "reference"
     supports = (Support("cpu", _ALL_FLOATS), Support("cuda", _ALL_FLOATS, requires=(CUDA_DEVICE,)))
     mask_kinds = tuple(MASK_KINDS)

@@ -422,6 +422,13 @@ def _on_device(device: torch.device):
 
 
 class TritonBackend(Backend):
+    """FlashAttention-2 style Triton kernels: every mask kind, head dim <= 128.
+
+    float32/float16 (and bfloat16 at compute capability >= 8.0) on CUDA; float32/float16 on cpu
+    tensors under the Triton interpreter (``TRITON_INTERPRET=1`` before importing zsar). See the
+    module docstring.
+    """
+
     name = "triton"
     # cuda first: the device tests prefer when both are usable.
     supports = (
