@@ -260,6 +260,21 @@ def test_feature_data_that_is_not_plain_numbers_is_refused(tmp_path):
         _read_urls(tmp_path / "compound.h5")
 
 
+def test_a_class_name_cannot_name_a_file_outside_the_features(tmp_path):
+    root = tmp_path / "UCF"
+    (root / "class-split" / "main_split").mkdir(parents=True)
+    (root / "features" / "main_features" / "video" / "stage_1_train").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    with h5py.File(tmp_path / "secret" / "private.h5", "w") as hf:
+        hf["data"] = np.ones((1, 4), np.float32)
+        hf["video_urls"] = np.array([b"x"], "S80")
+    (root / "class-split" / "main_split" / "stage_1_train.txt").write_text("../../../../secret/private\n")
+    from zsar.data.formats.common import AnnotationError
+
+    with pytest.raises(AnnotationError, match=r"stage_1_train.txt: class name '../../../../secret/private' cannot name"):
+        read_avca_features(root, "main", "stage_1_train", modalities=("video",))
+
+
 def test_per_segment_features_become_tokens(tmp_path):
     root = write_synthetic_avca_features(tmp_path / "VGGSound", dataset="vggsound", n_seen=3, n_val_unseen=2,
                                          n_test_unseen=2, videos_per_class=2, video_dim=4096, audio_dim=128,

@@ -61,3 +61,32 @@ def test_two_runs_into_one_folder(dataset, capsys):  # noqa: F811
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("fail_at", range(1, 8))
+def test_an_interrupted_swap_never_leaves_a_report_over_a_mix(tmp_path, monkeypatch, fail_at):
+    """Replacing a finished run's entries stops at any rename: the folder then holds either no report
+    (unfinished: the next run redoes it) or the old report with all the old entries."""
+    import zsar.eval.recipes as recipes
+
+    out, work = tmp_path / "out", tmp_path / "out" / ".gzsl-next"
+    names = ["stage_1", "stage_2", "plot.png", "gzsl_report.json"]
+    for folder, tag in ((out, "old"), (work, "new")):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).write_text(tag)
+    calls = []
+    replace = os.replace
+
+    def dies(src, dst):
+        calls.append(src)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(recipes.os, "replace", dies)
+    with pytest.raises(KeyboardInterrupt):
+        recipes._move_into_place(work, out, names)
+    if (out / "gzsl_report.json").exists():
+        tags = {(out / name).read_text() for name in names if (out / name).exists()}
+        assert tags == {"old"} and all((out / name).exists() for name in names)

@@ -146,3 +146,64 @@ def test_fit_chooses_the_head_settings_by_cross_validation_and_records_them(tmp_
                                  head_settings={"k": 2, "theta": 0.0, "rho": 1}, selection=grid)
     assert few.head.settings() == {"k": 2, "theta": 0.0, "rho": 1}
     assert few.selection["method"] == "fixed" and "fold" in few.selection["reason"]
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_saving_a_classifier_changes_the_checkpoint_at_once(setup, tmp_path, monkeypatch):
+    """A save that fails half-way (here: writing zeroshot.json after the prototypes) leaves the earlier
+    classifier whole, never new prototypes beside old settings; a save that completes replaces both
+    and keeps the model's files."""
+    import zsar.zeroshot.classifier as classifier_module
+    from zsar.models import save_checkpoint
+
+    clf, _ = setup
+    ckpt = save_checkpoint(tmp_path / "ckpt", clf.model)
+    clf.save(ckpt)
+    before = _files(ckpt)
+    clf.head.seen_prototypes = clf.head.seen_prototypes + 1.0
+    clf.head.k = 2
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(classifier_module.json, "dumps", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            clf.save(ckpt)
+    assert _files(ckpt) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left
+    clf.save(ckpt)
+    after = _files(ckpt)
+    assert after["model.safetensors"] == before["model.safetensors"] and after["config.json"] == before["config.json"]
+    loaded = ZeroShotClassifier.load(ckpt, embedder=clf.embedder, device="cpu")
+    assert loaded.head.k == 2 and torch.equal(loaded.head.seen_prototypes, clf.head.seen_prototypes)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):  # never replaces a folder that is not one
+        clf.save(tmp_path)
+
+
+def test_a_pipeline_saves_model_and_classifier_together(setup, tmp_path, monkeypatch):
+    """Pipeline.save(clf, folder) replaces the model and the classifier in one step: a failure while
+    writing the classifier leaves the previous checkpoint (model and classifier) as it was."""
+    from zsar.train.config import TrainConfig
+    from zsar.train.pipeline import Pipeline
+
+    clf, _ = setup
+    pipeline = Pipeline(TrainConfig(), SEEN, clf.embedder, model=clf.model)
+    ckpt = pipeline.save(clf, tmp_path / "ckpt")
+    before = _files(ckpt)
+    assert {"model.safetensors", "config.json", "zeroshot.json"} <= set(before)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with torch.no_grad():
+        next(clf.model.parameters()).add_(1.0)
+    with monkeypatch.context() as m:
+        m.setattr(clf.head, "save_state", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            pipeline.save(clf, ckpt)
+    assert _files(ckpt) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

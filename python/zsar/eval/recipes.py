@@ -400,12 +400,17 @@ _STAGING = ".gzsl-next"
 
 
 def _move_into_place(work: Path, out: Path, names: list[str]) -> None:
-    """Moves ``names`` from ``work`` to ``out``, replacing the old ones, the report last (its
-    presence marks a finished run); the old entries are kept aside until all new ones are in."""
+    """Moves ``names`` from ``work`` to ``out``, replacing the old ones; the last name is the report,
+    whose presence marks a finished run. The old report goes aside first and the new one comes in
+    last, so a kill in between leaves a run marked unfinished (the next run redoes it), never old and
+    new entries under a report; the old entries are kept aside until all new ones are in."""
     old = out / ".gzsl-old"
     shutil.rmtree(old, ignore_errors=True)
     old.mkdir()
-    for name in names:
+    *entries, report = names
+    if (out / report).exists():
+        os.replace(out / report, old / report)
+    for name in (*entries, report):
         if (out / name).exists():
             os.replace(out / name, old / name)
         if (work / name).exists():

@@ -32,7 +32,7 @@ from .._utils import read_json_object
 from .registry import create_model, list_models
 from .weights import EXTERNAL_WEIGHTS_ARGS
 
-__all__ = ["CheckpointError", "save_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
+__all__ = ["CheckpointError", "save_checkpoint", "update_checkpoint", "replace_checkpoint", "resolve", "read_config", "load_weights", "load_model",
            "load_trainer_state", "register_legacy_config"]
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "trainer_state.pt"
@@ -65,7 +65,8 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
+                    trainer_state: dict[str, Any] | None = None,
+                    add_files: Callable[[Path], Any] | None = None) -> Path:
     """Writes a registered model's weights and config (and optional trainer state) to ``directory``.
 
     Args:
@@ -73,6 +74,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
         model: a model made by :func:`~zsar.models.create_model`.
         extra: JSON-able entries added to ``config.json`` (e.g. ``class_names``).
         trainer_state: tensors and plain Python values only (saved as ``trainer_state.pt``).
+        add_files: ``add_files(folder)`` writes more files into the new checkpoint before it is put
+            in place (e.g. a zero-shot classifier's), so that they are replaced together.
 
     Returns:
         The folder written.
@@ -95,6 +98,39 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE)
+        if add_files is not None:
+            add_files(tmp)
+        replace_checkpoint(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def update_checkpoint(directory: str | Path, add_files: Callable[[Path], Any]) -> Path:
+    """Writes files into the checkpoint folder ``directory`` as one atomic change: ``add_files(folder)``
+    writes them into a new folder that holds the model's files (hard links, or copies where the file
+    system has none), which then replaces ``directory``. A kill or a failure leaves the checkpoint as
+    it was. Files of the folder other than the model's (:data:`WEIGHTS`, :data:`CONFIG`, the trainer
+    state) are not carried over: ``add_files`` writes the whole rest.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no checkpoint (no other folder is ever replaced).
+    """
+    directory = Path(directory)
+    source = resolve(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for name in (WEIGHTS, CONFIG, STATE):  # never written through the link: add_files writes new files
+            if (source / name).is_file():
+                try:
+                    os.link(source / name, tmp / name)
+                except OSError:
+                    shutil.copy2(source / name, tmp / name)
+        add_files(tmp)
         replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -146,11 +146,10 @@ class Pipeline:
         if directory is None:
             if self.checkpoint is None:
                 raise ValueError("the model has no checkpoint yet (fit first) and no directory was given")
-            target = self.checkpoint
-        else:
-            target = save_checkpoint(directory, self.model, {"class_names": self.classes, **(metadata or {})})
-        clf.save(target)
-        return Path(target)
+            return Path(clf.save(self.checkpoint))
+        # the model and the classifier replace the folder together
+        return Path(save_checkpoint(directory, self.model, {"class_names": self.classes, **(metadata or {})},
+                                    add_files=clf.write_files))
 
 
 def first_per_class(videos: VideoList, first: int) -> tuple[VideoList, VideoList]:

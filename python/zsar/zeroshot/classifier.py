@@ -28,7 +28,7 @@ import torch
 from .._utils import read_json_object
 from ..data import ClipSpec, VideoClipDataset, VideoList, VideoRecord, collate
 from ..data.batch import Batch
-from ..models.checkpoint import load_model, resolve
+from ..models.checkpoint import load_model, resolve, update_checkpoint
 from ..text import embedder_from_spec
 from ..text.labels import check_label_texts, check_labels
 from ..text.vocab import split_label
@@ -155,7 +155,14 @@ class ZeroShotClassifier:
 
     def save(self, directory: str | Path) -> Path:
         """Stores everything but the model beside its checkpoint: the head's state and settings, the
-        temperature, the clip spec and how to rebuild the embedder (``zeroshot.json``)."""
+        temperature, the clip spec and how to rebuild the embedder (``zeroshot.json``). The folder
+        changes at once (:func:`~zsar.models.checkpoint.update_checkpoint`): a kill mid-way leaves the
+        earlier classifier whole, never new prototypes beside old settings."""
+        return update_checkpoint(directory, self.write_files)
+
+    def write_files(self, directory: str | Path) -> Path:
+        """Writes the files of :meth:`save` into ``directory`` as they are (no atomic swap: for a
+        folder about to become a checkpoint, e.g. through ``save_checkpoint(..., add_files=...)``)."""
         directory = Path(directory)
         self.head.save_state(directory)
         spec = getattr(self.embedder, "spec", lambda: None)()

@@ -91,7 +91,15 @@ class AVCAFeatureLayout:
     features: Path
 
     def h5(self, modality: str, stage: str, class_name: str) -> Path:
-        """``features/<modality>/<stage>/<class_name>.h5``."""
+        """``features/<modality>/<stage>/<class_name>.h5``.
+
+        Raises:
+            AnnotationError: the class name (read from ``<stage>.txt``) would name a file elsewhere.
+        """
+        if "/" in class_name or "\\" in class_name or class_name in ("", ".", ".."):
+            raise AnnotationError(self.split_dir / f"{stage}.txt", None,
+                                  f"class name {class_name!r} cannot name a feature file in {self.features / modality / stage} "
+                                  f"(no '/', '\\', '.' or '..')")
         return self.features / modality / stage / f"{class_name}.h5"
 
     def word_vectors_file(self) -> Path:
