@@ -65,3 +65,27 @@ def test_tsne_errors(tmp_path):
         plot_tsne(x, np.array([0, 1, 1, 2]), tmp_path / "x.png", prototypes=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="at least 3 points"):
         plot_tsne(x[:2], np.array([0, 0]), tmp_path / "x.png")
+
+
+def test_a_figure_that_fails_half_written_leaves_the_previous_one(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    m, a, _ = _transfer(rng, 6, 10)
+    out = plot_transfer_matrices(torch.as_tensor(m), a, tmp_path / "fig3.png")
+    before = out.read_bytes()
+    savefig = Figure.savefig
+
+    def dies_half_way(self, fname, *args, **kwargs):  # like a kill or a full disk while writing
+        if hasattr(fname, "write"):
+            fname.write(before[:100])
+        else:
+            with open(fname, "wb") as f:
+                f.write(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        plot_transfer_matrices(torch.as_tensor(m), a, tmp_path / "fig3.png")
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["fig3.png"]

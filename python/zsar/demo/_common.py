@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._utils import write_atomic
 from ..data.decoders import fallback_decoder
 from ..data.synthetic import SyntheticConfig
 
@@ -101,7 +102,7 @@ def finish_report(report: dict[str, Any], config: DemoSettings, steps: Steps, st
     report["seconds"] = round(time.perf_counter() - start, 2)
     path = config.report_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
     if verbose:
         print(table(report), flush=True)
     return report

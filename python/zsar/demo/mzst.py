@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._utils import torch_threads
+from .._utils import torch_threads, write_atomic
 from ..data import CachedClipDataset, MediaCache, evaluation_loader
 from ..data.records import VideoList
 from ..data.synthetic import SyntheticBenchmark, SyntheticConfig, generate_benchmark
@@ -187,8 +187,8 @@ def _write_list(path: Path, root: Path, videos: VideoList) -> str:
     """A list file of the ``list`` format with class names (``relative/path<TAB>label``), so that
     each list names its own classes: ``zsar eval`` reads it without a class file, for ZSL
     (``--annotations``) and GZSL (``--test-seen``, ``--val-unseen``, ...) alike."""
-    path.write_text("".join(f"{Path(r.path).relative_to(root).as_posix()}\t{videos.classes[r.label]}\n"
-                            for r in videos))
+    write_atomic(path, "".join(f"{Path(r.path).relative_to(root).as_posix()}\t{videos.classes[r.label]}\n"
+                               for r in videos))
     return str(path)
 
 

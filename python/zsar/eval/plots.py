@@ -8,6 +8,8 @@ and never touches pyplot's global state or needs a display; each function return
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -27,9 +29,18 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path) -> Path:
+    """Writes the figure to ``path`` (its format from the suffix) through a temporary file renamed
+    over it once complete: a failure or a kill leaves the previous figure whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=150, format=path.suffix.lstrip(".").lower() or "png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
