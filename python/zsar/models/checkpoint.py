@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,8 +87,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
                          "(it has no registry name to rebuild it from)")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with _replacement(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         try:
             save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
@@ -100,10 +100,6 @@ def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, An
             torch.save(trainer_state, tmp / STATE)
         if add_files is not None:
             add_files(tmp)
-        replace_checkpoint(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -122,8 +118,7 @@ def update_checkpoint(directory: str | Path, add_files: Callable[[Path], Any]) -
     """
     directory = Path(directory)
     source = resolve(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with _replacement(directory) as tmp:
         for name in (WEIGHTS, CONFIG, STATE):  # never written through the link: add_files writes new files
             if (source / name).is_file():
                 try:
@@ -131,11 +126,20 @@ def update_checkpoint(directory: str | Path, add_files: Callable[[Path], Any]) -
                 except OSError:
                     shutil.copy2(source / name, tmp / name)
         add_files(tmp)
+    return directory
+
+
+@contextmanager
+def _replacement(directory: Path):
+    """A new folder beside ``directory`` to fill; it replaces ``directory`` (:func:`replace_checkpoint`)
+    when the block completes, and is deleted when the block fails or is interrupted."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
         replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 def replace_checkpoint(new: str | Path, directory: str | Path) -> Path:
