@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -124,6 +125,21 @@ def test_resuming_into_a_run_over_other_classes_is_refused(run, tmp_path, capsys
     config.write_text(config.read_text().replace("short_side: 36}", f"short_side: 36, classes: {tmp_path / 'two.txt'}}}"))
     assert main(["train", str(config)]) == 2
     assert "holds a run over other classes" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("head_settings.bogus=3", r"config key 'head_settings': unknown head settings \['bogus'\]"),
+    ("head_settings.k=-3", r"config key 'head_settings': k must be >= 0, got -3"),
+    ("head_settings.theta=abc", r"config key 'head_settings': theta must be a number, got 'abc'"),
+])
+def test_head_settings_are_checked_before_training(run, tmp_path, capsys, override, message):
+    """A misspelt or invalid zero-shot head setting fails at once, not after the training (where it
+    ended in a traceback, or in a checkpoint that `zsar predict` could not use)."""
+    root, _, _ = run
+    config = _config(root, f"head-{override.split('=')[0].split('.')[1]}")
+    assert main(["train", str(config), override]) == 2
+    assert re.search(message, _one_line_error(capsys))
+    assert not (root / f"head-{override.split('=')[0].split('.')[1]}" / "checkpoints").exists()  # nothing trained
 
 
 def _limited(limit_bytes):

@@ -66,6 +66,8 @@ class Pipeline:
     def __init__(self, config: TrainConfig, classes: Sequence[str], embedder, model=None):
         self.config, self.classes, self.embedder = config, list(classes), embedder
         self.model = model if model is not None else build_model(config, self.classes, embedder)
+        # before any training: a misspelt or invalid setting would otherwise fail only at the end
+        HEADS[self.model.zero_shot_head].check_settings(config.head_settings, "config key 'head_settings'")
         self.trainer: Trainer | None = None
         self.checkpoint: Path | None = None
 

@@ -115,7 +115,7 @@ class ZeroShotClassifier:
         if head_cls.needs_seen_representations and seen is None:
             raise ValueError(f"the {head_cls.name} head of {model.registry_name or type(model).__name__} is built "
                              "from representations of the seen classes' videos; pass seen=")
-        settings, record = dict(head_settings or {}), {"method": "fixed"}
+        settings, record = head_cls.check_settings(dict(head_settings or {}), "head_settings"), {"method": "fixed"}
         if selection is not None:
             settings, record = head_cls.select_settings(seen, validation if validation is not None else seen,
                                                         seen_labels, embedder, settings, selection, progress)

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from .encoding import EncodedSet
 from .selection import HeadSelection, select_transfer_params
-from .transfer import composite_prototypes, cosine_similarity_matrix, transfer_assignment
+from .transfer import check_transfer_params, composite_prototypes, cosine_similarity_matrix, transfer_assignment
 
 __all__ = ["ZeroShotHead", "PrototypeTransferHead", "SemanticEmbeddingHead", "HEADS", "class_means"]
 
@@ -70,6 +70,16 @@ class ZeroShotHead:
 
     def save_state(self, directory: Path) -> None:
         """Writes the head's tensors beside a checkpoint (none by default)."""
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
+        """``settings`` if the head takes them (known names, valid values), so that a run's
+        ``head_settings`` fail before its training rather than after it.
+
+        Raises:
+            ValueError: naming ``where`` (e.g. the config key or file) and the setting.
+        """
+        return _known(settings, (), where)
 
     @classmethod
     def from_seen(cls, x: torch.Tensor | None, labels: torch.Tensor | None, seen_labels: Sequence[str],
@@ -118,7 +128,7 @@ class PrototypeTransferHead(ZeroShotHead):
             raise ValueError("seen prototypes contain NaN or infinite values")
         self.seen_prototypes = seen_prototypes
         self.seen_labels = list(seen_labels)
-        self.k, self.theta, self.rho = k, theta, rho
+        self.k, self.theta, self.rho = check_transfer_params(k, theta, rho)
         self.assignment: np.ndarray | None = None  # of the last class_matrix call (ResT Fig. 3)
 
     def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:
@@ -137,6 +147,15 @@ class PrototypeTransferHead(ZeroShotHead):
     def settings(self) -> dict[str, Any]:
         return {"k": self.k, "theta": self.theta, "rho": self.rho}
 
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
+        settings = _known(settings, ("k", "theta", "rho"), where)
+        try:
+            check_transfer_params(**{"k": 5, "theta": 0.5, "rho": 3, **settings})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        return settings
+
     def holding_out(self, seen_classes: Sequence[int]) -> "PrototypeTransferHead":
         keep = [i for i in range(len(self.seen_labels)) if i not in set(seen_classes)]
         return PrototypeTransferHead(self.seen_prototypes[keep], [self.seen_labels[i] for i in keep], k=self.k,
@@ -153,7 +172,7 @@ class PrototypeTransferHead(ZeroShotHead):
     @classmethod
     def load(cls, directory: Path, settings: dict[str, Any]) -> "PrototypeTransferHead":
         prototypes, labels = load_prototypes(directory)
-        return cls(prototypes, labels, **_known(settings, ("k", "theta", "rho"), directory))
+        return cls(prototypes, labels, **cls.check_settings(settings, str(directory)))
 
     @classmethod
     def select_settings(cls, seen, validation, seen_labels, embedder, settings, selection, progress=False):
@@ -188,6 +207,13 @@ class SemanticEmbeddingHead(ZeroShotHead):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.metric = metric
 
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
+        settings = _known(settings, ("metric",), where)
+        if settings.get("metric", "l2") not in METRICS:
+            raise ValueError(f"{where}: metric must be one of {METRICS}, got {settings['metric']!r}")
+        return settings
+
     def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:
         embeddings = torch.as_tensor(np.asarray(embedder.embed(list(labels))), dtype=torch.float32)
         # The model may place its classes at transformed embeddings (normalised or scaled targets).
@@ -199,7 +225,7 @@ class SemanticEmbeddingHead(ZeroShotHead):
 
     @classmethod
     def load(cls, directory: Path, settings: dict[str, Any]) -> "SemanticEmbeddingHead":
-        return cls(**_known(settings, ("metric",), directory))
+        return cls(**cls.check_settings(settings, str(directory)))
 
 
 #: Head name -> class (what :attr:`zsar.models.ZeroShotModel.zero_shot_head` names).

@@ -108,9 +108,13 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
-def _check_params(k, theta, rho, fallback) -> tuple[int, float, int]:
+def check_transfer_params(k, theta, rho, fallback: str = "nearest") -> tuple[int, float, int]:
+    """``(k, theta, rho)`` as :func:`transfer_assignment` takes them; raises TypeError / ValueError naming
+    the parameter otherwise (also for a ``fallback`` it does not know)."""
     k = _check_count("k", k)
     rho = _check_count("rho", rho)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float, np.integer, np.floating)):
+        raise TypeError(f"theta must be a number, got {theta!r}")
     theta = float(theta)
     if not math.isfinite(theta):
         raise ValueError(f"theta must be finite, got {theta}")
@@ -204,7 +208,7 @@ def transfer_assignment_closed_form(
             Invalid inputs (see the module docstring for the conventions).
     """
     m = _check_relatedness(relatedness)
-    k, theta, rho = _check_params(k, theta, rho, fallback)
+    k, theta, rho = check_transfer_params(k, theta, rho, fallback)
     edges = _allowed_edges(m, k, theta)
     # Edges are grouped by row in decreasing m, so an edge's rank in its row is its offset from
     # the row's first edge.
@@ -260,7 +264,7 @@ def transfer_assignment(
             HiGHS did not prove optimality (e.g. the time limit was reached); the status is named.
     """
     m = _check_relatedness(relatedness)
-    k, theta, rho = _check_params(k, theta, rho, fallback)
+    k, theta, rho = check_transfer_params(k, theta, rho, fallback)
     if capacity is not None:
         capacity = _check_count("capacity", capacity)
         if capacity < 1:
