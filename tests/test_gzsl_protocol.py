@@ -94,6 +94,8 @@ def test_avca_stages_with_per_video_lists(tmp_path):
     (tmp_path / "stage_1_val_seen.csv").write_text(f"filename\n{ids['Alpha'][0]}\n")
     with pytest.raises(ValueError, match="stage 1 evaluates 1 of its training videos"):
         avca_stages(videos, "ucf", split_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"split_dir .*nope is not a folder"):
+        avca_stages(videos, "ucf", split_dir=tmp_path / "nope")
 
 
 def test_avca_stages_errors():

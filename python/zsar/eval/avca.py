@@ -143,6 +143,9 @@ def avca_stages(
     """
     key = _dataset_key(dataset)
     directory = _packaged_split_dir(key, split) if split_dir is None else Path(split_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"split_dir {directory} is not a folder (expected the AVCA <stage>.txt class "
+                                f"lists, and optionally the per-video <stage>.csv lists)")
     per_video = all((directory / f"{s}.csv").is_file() for s in AVCA_STAGES)
     if per_video:
         if test_videos is not None:
@@ -153,7 +156,8 @@ def avca_stages(
         if test_videos is None:
             raise ValueError(f"{directory} lists classes only (no per-video <stage>.csv lists), so "
                              f"seen-class videos cannot be split by it: pass test_videos (the dataset's "
-                             f"test part) or a split_dir with the AVCA per-video lists")
+                             f"test part; in a `zsar gzsl` config: test_data) or a split_dir with the AVCA "
+                             f"per-video lists")
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 

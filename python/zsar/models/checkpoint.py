@@ -288,8 +288,10 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "unreadable"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: unreadable trainer state ({first})") from None
+        # torch's message for a damaged file is a paragraph about weights_only, which is no help here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: unreadable trainer state ({first}): damaged, or not only tensors and plain "
+                              f"values; to train again from the start, do not resume (zsar train: --no-resume)") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
     return state
