@@ -203,3 +203,32 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "usage: zsar " + name in capsys.readouterr().out
+
+
+def test_eval_names_an_empty_or_folder_list_file(trained, tmp_path, capsys):
+    """An empty --classes file used to blame the annotations ("label 0 out of range: expected 0..-1"), an empty
+    --annotations file the loader ("videos is empty: nothing to load"), a folder "not found"."""
+    root, ckpt = trained
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "folder").mkdir()
+    base = ["eval", "--checkpoint", str(ckpt), "--root", str(root)]
+    for argv, message in (
+            (["--annotations", str(root / "train.txt"), "--classes", str(tmp_path / "empty.txt")],
+             f"{tmp_path / 'empty.txt'}: holds no class names"),
+            (["--annotations", str(tmp_path / "empty.txt"), "--classes", str(root / "classes.txt")],
+             f"{tmp_path / 'empty.txt'}: lists no videos"),
+            (["--annotations", str(tmp_path / "folder")],
+             f"{tmp_path / 'folder'}: is a folder, expected a video list file (for a class-per-subfolder tree use "
+             f"the 'folder' format: --format folder)"),
+            (["--annotations", str(root / "train.txt"), "--classes", str(tmp_path / "folder")],
+             f"{tmp_path / 'folder'}: is a folder, expected a class list file")):
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"zsar eval: error: {message}" or (err.startswith(f"zsar eval: error: {message}")
+                                                         and "\n" not in err), err
+
+
+def test_predict_labels_file_that_is_a_folder(tmp_path, capsys):
+    assert main(["predict", __file__, "--checkpoint", ".", "--labels-file", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"zsar predict: error: --labels-file {tmp_path}: is a folder, expected a labels file (one label per line)"

@@ -696,3 +696,58 @@ def test_a_registered_format_is_usable_from_configs(own_formats, tmp_path, place
     assert "folders" in FORMATS and FORMATS["folders"].annotations == "unused"
     videos = DataConfig(format="folders", annotations="-", root=str(tmp_path / "v")).read()
     assert videos.classes == ["jump", "sit"] and [r.video_id for r in videos] == ["a", "b"]
+
+
+# ------------------------------------------------------- empty lists and folders given for files
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_an_empty_class_list_is_refused_naming_the_file(tmp_path, text):
+    """An empty class list used to pass, and the list file was blamed ("label 0 out of range: expected
+    0..-1 (0 classes")."""
+    path = _write(tmp_path / "classes.txt", text)
+    with pytest.raises(AnnotationError, match=r"classes.txt: holds no class names") as info:
+        read_class_list(path)
+    assert "\n" not in str(info.value)
+    lst = _write(tmp_path / "list.txt", "a.mp4 0\n")
+    with pytest.raises(AnnotationError, match=r"classes.txt: holds no class names"):
+        read_video_list(lst, classes=path, check_files=False)
+
+
+@pytest.mark.parametrize("text, labelled, expected", [
+    ("", True, "'<path> <label>' lines"),
+    ("\n  \n\n", True, "'<path> <label>' lines"),
+    ("# a comment\n\n", True, "'<path> <label>' lines"),
+    ("", False, "one video path per line"),
+])
+def test_an_empty_video_list_is_refused_naming_the_file(tmp_path, text, labelled, expected):
+    lst = _write(tmp_path / "test.txt", text)
+    with pytest.raises(AnnotationError, match=r"test.txt: lists no videos") as info:
+        read_video_list(lst, classes=["jump", "run"], labelled=labelled, check_files=False)
+    assert str(info.value).endswith(f"expected {expected}") and "\n" not in str(info.value)
+
+
+def test_an_empty_ucf101_list_or_class_index_is_refused(ucf_tree):
+    root, splits = ucf_tree
+    _write(splits / "testlist01.txt", "\r\n")
+    with pytest.raises(AnnotationError, match=r"testlist01.txt: lists no videos"):
+        read_ucf101(splits, root, split=1, subset="test")
+    _write(splits / "classInd.txt", "")
+    with pytest.raises(AnnotationError, match=r"classInd.txt: holds no classes"):
+        read_ucf101(splits, root, split=2, subset="test")
+
+
+def test_a_folder_given_for_a_list_file_is_named_as_such(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    with pytest.raises(AnnotationError) as info:
+        read_video_list(folder)
+    assert str(info.value) == (f"{folder}: is a folder, expected a video list file (for a class-per-subfolder "
+                               f"tree use the 'folder' format: --format folder)")
+    with pytest.raises(AnnotationError, match=r"videos: is a folder, expected a class list file$"):
+        read_class_list(folder)
+    with pytest.raises(AnnotationError, match=r"videos: is a folder, expected a Kinetics CSV file$"):
+        read_kinetics(folder, tmp_path, check_files=False)
+    # Missing files keep their message.
+    with pytest.raises(FileNotFoundError, match=r"class list not found: .*nope.txt"):
+        read_class_list(tmp_path / "nope.txt")

@@ -162,3 +162,45 @@ def test_demo_on_a_composition_split_it_has_not_seen(tmp_path):
     assert set(report["unseen_classes"]) != set(default_unseen)
     assert report["unseen_top1"] >= 3 * report["chance"]
     assert report["unseen_top1"] > report["semantic_baseline_top1"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--transfer", "0.5,-1,3"], "--transfer '0.5,-1,3': k must be >= 0, got -1"),
+    (["--transfer", "0.5,3,-2"], "--transfer '0.5,3,-2': rho must be >= 0, got -2"),
+    (["--transfer", "inf,3,2"], "--transfer 'inf,3,2': theta must be finite, got inf"),
+    (["--transfer", "0.5,1.5,2"], "--transfer '0.5,1.5,2': k must be a whole number, got '1.5'"),
+    (["--transfer", "0.5,3"], "--transfer '0.5,3': expected THETA,K,RHO such as 0.5,10,6"),
+    (["--workers", "-1"], "--workers must be at least 0, got -1"),
+    (["--out", "{tmp}/a_file"], "--out {tmp}/a_file: is a file, not a folder"),
+    (["--out", "{tmp}/a_file/demo"], "--out {tmp}/a_file/demo: {tmp}/a_file is a file, not a folder"),
+    (["--report", "{tmp}/a_folder"], "--report {tmp}/a_folder: is a folder; give a file name"),
+    (["--report", "{tmp}/a_file/r.json"], "--report {tmp}/a_file/r.json: {tmp}/a_file is a file, not a folder"),
+])
+def test_bad_options_and_outputs_are_refused_before_the_demo_runs(argv, message, tmp_path, capsys, monkeypatch):
+    """Checked up front, as one line naming the option: the demo (here replaced by one that fails) never starts."""
+    from zsar import demo
+
+    def must_not_run(config, *args, **kwargs):
+        raise AssertionError("the demo started")
+
+    for model, entry in list(demo.DEMOS.items()):
+        monkeypatch.setitem(demo.DEMOS, model, (*entry[:2], must_not_run, *entry[3:]))
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "demo")]
+    assert main(["demo", "--quick", "--no-progress", *out, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"zsar demo: error: {message.replace('{tmp}', str(tmp_path))}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
+
+
+def test_workers_0_renders_and_decodes_in_this_process(tmp_path, monkeypatch):
+    """--workers 0 is accepted (like 1: no worker processes or threads); only negative counts are refused."""
+    import argparse
+
+    from zsar.cli.demo import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_config(parser.parse_args(["--quick", "--workers", "0", "--out", str(tmp_path)])).workers == 0

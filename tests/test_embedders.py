@@ -192,3 +192,42 @@ def test_a_lying_header_is_refused_before_allocating(tmp_path, name, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"word-vector file {path} could not be read"):
         WordVectorEmbedder(path)
+
+
+def test_name_map_that_is_not_utf8_or_a_folder_is_named(tmp_path):
+    path = tmp_path / "names.csv"
+    path.write_bytes(b"original,manual\n\xeb\x9f secret,x\n")
+    with pytest.raises(ValueError) as info:
+        load_name_map(path)
+    assert str(info.value) == f"name map {path} is not UTF-8 text; expected an 'original,manual' CSV file"
+    with pytest.raises(ValueError, match=f"name map {tmp_path} is a folder"):
+        load_name_map(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_name_map(tmp_path / "none.csv")
+
+
+def test_parser_reasons_keep_apostrophes_and_drop_quoted_content():
+    from zsar.text.embedders import _reason_without_content
+
+    assert _reason_without_content(UnicodeDecodeError("utf-8", b"\xeb", 0, 1, "invalid continuation byte")) == (
+        "UnicodeDecodeError: <...> codec can't decode byte 0xeb in position 0: invalid continuation byte")
+    for exc, want in (
+            (ValueError("could not convert string to float: 'secret'"), "could not convert string to float: <...>"),
+            (ValueError("invalid literal for int() with base 10: b'\\xebsecret'"),
+             "invalid literal for int() with base 10: <...>"),
+            (ValueError(repr("it's \"secret\"") + " can't parse"), "<...> can't parse"),
+            (ValueError("unterminated 'secret"), "unterminated <...>")):
+        got = _reason_without_content(exc)
+        assert got == f"ValueError: {want}" and "secret" not in got
+
+
+def test_binary_vectors_named_txt_say_not_utf8(tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_bytes(bytes([0xEB, 0x9F, 0x00, 0xFF, 0x41]) * 50)
+    with pytest.raises(ValueError) as info:
+        WordVectorEmbedder(path)
+    assert str(info.value) == (f"word-vector file {path} could not be read as word2vec, fastText or GloVe vectors: "
+                               "not UTF-8 text (word2vec binary vectors are read from a file named *.bin)")
+    spec = {"type": "word_vectors", "path": str(path), "binary": None, "name_map": {}, "stop_words": []}
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        embedder_from_spec(spec)

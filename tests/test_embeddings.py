@@ -174,3 +174,45 @@ def test_only_rank_0_says_info_under_torchrun():
                                  text=True, timeout=120).stderr for rank in ("0", "1")}
     assert said["0"].splitlines() == ["zsar: decoding vp9 videos with pyav", "zsar: a warning"]
     assert said["1"].splitlines() == ["zsar (rank 1): a warning"]
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "encode"])
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_an_embeddings_path_that_cannot_be_written_is_refused_before_encoding(setup, tmp_path, capsys, command,
+                                                                              where):
+    """--embeddings (predict, eval) and --out (encode) naming a folder, or a path under a regular file, are
+    one-line errors naming the option before any video is encoded, and leave no temporary file or parts."""
+    from zsar.cli import main
+
+    _, ckpt, folder = setup
+    video = sorted(folder.glob("*/*.webm"))[0]
+    if where == "folder":
+        target = tmp_path / "e.parquet"
+        target.mkdir()
+    else:
+        (tmp_path / "a.webm").write_bytes(b"")
+        target = tmp_path / "a.webm" / "e.parquet"
+    option = "--out" if command == "encode" else "--embeddings"
+    argv = {"predict": ["predict", str(video), "--checkpoint", str(ckpt), "--labels", "red light,dark room"],
+            "eval": ["eval", "--checkpoint", str(ckpt), "--format", "folder", "--annotations", str(folder),
+                     "--subset", "all"],
+            "encode": ["encode", str(video), "--checkpoint", str(ckpt), "--no-progress"]}[command]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([*argv, option, str(target), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsar {command}: error: {option} {target}") and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .tmpNNN, no .parts-*/
+
+
+def test_atomic_parquet_write_removes_its_temporary_file_when_it_fails(tmp_path):
+    import pyarrow as pa
+
+    from zsar.eval.embeddings import _write_atomic
+
+    target = tmp_path / "e.parquet"
+    target.mkdir()  # the rename over it fails
+    with pytest.raises(OSError):
+        _write_atomic(pa.table({"x": [1, 2]}), target, {"zsar.skipped": "0"})
+    assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]
+    _write_atomic(pa.table({"x": [1, 2]}), tmp_path / "ok.parquet", {"zsar.skipped": "0"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "ok.parquet"]

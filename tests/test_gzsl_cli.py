@@ -384,3 +384,22 @@ def test_recipe_with_rest_tiny_and_its_prototype_head(dataset):
     code, out = _eval(dataset, ckpt, "--beta", str(report["stage_2"]["beta"]))
     assert code == 0, out
     assert out.splitlines()[3].split()[1:] == [f"{100 * report['test'][k]:.2f}" for k in ("S", "U", "HM", "ZSL")]
+
+
+@pytest.mark.parametrize("option,name,message", [
+    ("--plot", "tradeoff.xyz", "matplotlib cannot write .xyz files; use one of"),
+    ("--plot", "a_folder", "is a folder"),
+    ("--report", "a_folder", "is a folder"),
+    ("--report", "a_file/r.json", "is a file, not a folder"),
+])
+def test_eval_gzsl_outputs_are_checked_before_the_run(option, name, message, tmp_path, capsys):
+    """--plot and --report are checked before the checkpoint is loaded (here it is no checkpoint at all), as
+    one line naming the option: not after the evaluation, naming a temporary file."""
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "list.txt").write_text("")
+    path = tmp_path / name
+    assert main(["eval", "--protocol", "gzsl", "--checkpoint", str(tmp_path), "--test-seen", str(tmp_path / "list.txt"),
+                 "--test-unseen", str(tmp_path / "list.txt"), "--beta", "1", option, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsar eval: error: {option} {path}: ") and message in err and "\n" not in err, err

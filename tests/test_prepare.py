@@ -431,3 +431,26 @@ def test_temporary_folders_of_dead_workers_are_removed(tmp_path):
     finally:
         other_run.kill()
         other_run.wait()
+
+
+@pytest.mark.parametrize("dst", ["a_file", "a_file/out"])
+def test_cli_refuses_a_dst_that_is_or_lies_under_a_file_before_converting(src, tmp_path, capsys, dst):
+    """A DST that cannot be a folder is one line naming DST, before any video is converted (not an error
+    against the first source video)."""
+    (tmp_path / "a_file").write_text("")
+    target = tmp_path / dst
+    assert main(["prepare", str(src), str(target), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsar prepare: error: DST {target}: ") and "\n" not in err, err
+    assert "is a file, not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_cli_refuses_a_src_without_videos(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no videos here")
+    assert main(["prepare", str(empty), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsar prepare: error: no videos found in SRC {empty} (extensions: .mp4, ") and "\n" not in err
+    assert not (tmp_path / "out").exists()

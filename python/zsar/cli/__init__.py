@@ -119,6 +119,18 @@ def check_output_file(path: str | None, option: str) -> None:
         raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
 
 
+def check_output_folder(path: str, option: str) -> None:
+    """Refuses an output folder path that names a file, or lies under one (before the work that would
+    fill it); the folder itself is made by that work."""
+    import os
+
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise CLIError(f"{option} {path}: is a file, not a folder")
+    else:
+        check_output_file(path, option)  # a file above the folder to make
+
+
 def _run_errors() -> tuple[type[Exception], ...]:
     """Errors of a run that are the user's to fix (a locked run folder, a diverged loss): one line."""
     from ..train import NonFiniteLossError, RunLockedError

@@ -122,7 +122,8 @@ def add_arguments(parser) -> None:
                             "cross-validation over the seen classes (rest)")
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--workers", type=int, default=None,
-                       help="processes rendering and threads decoding videos (default: CPU count)")
+                       help="processes rendering and threads decoding videos (0 or 1: in this process; "
+                            "default: CPU count)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--native-cpu-kernels", action="store_true",
                         help="let torch, MKL, oneDNN and zsar's own CPU kernels use this CPU's widest vector "
@@ -163,20 +164,49 @@ def build_config(args):
         "distractors": args.distractors, "ext": args.format}.items() if v is not None}
     data = dataclasses.replace(cfg.data, **data_changes)
 
-    if args.transfer is not None:
-        try:
-            theta, k, rho = args.transfer.split(",")
-            fixed = {"select": False, "theta": float(theta), "k": int(k), "rho": int(rho)}
-        except ValueError:
-            raise CLIError(f"--transfer expects THETA,K,RHO such as 0.5,10,6; got {args.transfer!r}") from None
-    else:
-        fixed = {}
+    if args.workers is not None and args.workers < 0:  # 0 and 1: render and decode in this process
+        raise CLIError(f"--workers must be at least 0, got {args.workers}")
+    fixed = {} if args.transfer is None else _transfer(args.transfer)
     changes = {k: v for k, v in {
         "out_dir": args.out, "report": args.report, "seed": args.seed, "split_seed": args.split_seed,
         "warmup_epochs": args.warmup_epochs, "joint_epochs": args.joint_epochs, "epochs": args.epochs,
         "batch_size": args.batch_size, "device": args.device, "workers": args.workers}.items() if v is not None}
     changes.update(fixed)
     return dataclasses.replace(cfg, data=data, plots=not args.no_plots, progress=not args.no_progress, **changes)
+
+
+def _transfer(text: str) -> dict:
+    """The fixed transfer settings of ``--transfer THETA,K,RHO``, checked as the transfer program
+    checks them (:func:`zsar.zeroshot.transfer.check_transfer_params`) before the training that would
+    use them."""
+    from ..zeroshot.transfer import check_transfer_params
+    from . import CLIError
+
+    def number(part: str, kind: type, name: str):
+        try:
+            return kind(part)
+        except ValueError:
+            raise ValueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {part!r}") from None
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) != 3:
+            raise ValueError("expected THETA,K,RHO such as 0.5,10,6")
+        theta, k, rho = number(parts[0], float, "theta"), number(parts[1], int, "k"), number(parts[2], int, "rho")
+        k, theta, rho = check_transfer_params(k, theta, rho)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--transfer {text!r}: {e}") from None
+    return {"select": False, "theta": theta, "k": k, "rho": rho}
+
+
+def check_outputs(config) -> None:
+    """Refuses an output folder (``--out``) that is a file or lies under one, and a report path
+    (``--report``, default ``OUT/report.json``) that is a folder or lies under a file, before the demo
+    renders and trains."""
+    from . import check_output_file, check_output_folder
+
+    check_output_folder(str(config.out_dir), "--out")
+    check_output_file(str(config.report_path), "--report" if config.report else "report (--report)")
 
 
 #: Kernels every x86-64 CPU with AVX2 runs alike: torch's vectorised ops, MKL's BLAS (conditional numerical
@@ -206,7 +236,9 @@ def run(args) -> int:
         pin_cpu_kernels()
     from ..demo import DEMOS
 
-    report = DEMOS[getattr(args, "model", "rest")][2](build_config(args))
+    config = build_config(args)
+    check_outputs(config)
+    report = DEMOS[getattr(args, "model", "rest")][2](config)
     if args.check and not all(report["targets"].values()):
         return 1
     return 0

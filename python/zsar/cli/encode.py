@@ -107,10 +107,11 @@ def load_classifier(args):
 
 
 def run(args) -> int:
-    from . import CLIError
+    from . import CLIError, check_output_file
 
     if not args.out.endswith(".parquet"):
         raise CLIError(f"--out {args.out}: expected a .parquet file name")
+    check_output_file(args.out, "--out")  # before the encoding that would write it
     if args.batch < 1 or args.chunk_size < 1:
         raise CLIError(f"--batch and --chunk-size must be at least 1, got {args.batch} and {args.chunk_size}")
     videos = read_videos(args)

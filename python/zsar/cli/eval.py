@@ -119,6 +119,25 @@ def _check_options(args) -> None:
             raise CLIError(f"{flag} {path}: no such file or folder")
     check_output_file(args.report, "--report")
     check_output_file(args.plot, "--plot")
+    check_output_file(args.embeddings, "--embeddings")
+    if args.plot is not None:
+        _check_plot_format(args.plot)
+
+
+def _check_plot_format(path: str) -> None:
+    """Refuses a ``--plot`` file whose suffix matplotlib cannot write (as :mod:`zsar.eval.plots` picks the
+    format: the suffix, png without one), before the run rather than after it."""
+    import os
+
+    from matplotlib.backend_bases import FigureCanvasBase  # deferred: matplotlib, only with --plot
+
+    from . import CLIError
+
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise CLIError(f"--plot {path}: matplotlib cannot write .{suffix} files; use one of "
+                       + ", ".join(f".{f}" for f in sorted(formats)))
 
 
 def _name_classes(annotations: str, videos, classes_file: str | None, clf):

@@ -58,7 +58,7 @@ def read_labels(args) -> list[str]:
         The labels, in the order given.
 
     Raises:
-        CLIError: the file is missing or not UTF-8, no label is left, or the check fails (a repeat,
+        CLIError: the file is missing, a folder or not UTF-8, no label is left, or the check fails (a repeat,
             a control character).
     """
     from ..text import check_labels
@@ -68,8 +68,10 @@ def read_labels(args) -> list[str]:
         labels, where = [s.strip() for s in args.labels.split(",")], "--labels"
     else:
         where = f"--labels-file {args.labels_file}"
+        if os.path.isdir(args.labels_file):
+            raise CLIError(f"{where}: is a folder, expected a labels file (one label per line)")
         if not os.path.isfile(args.labels_file):
-            raise CLIError(f"{where}: no such file")
+            raise CLIError(f"{where}: " + ("not a regular file" if os.path.exists(args.labels_file) else "no such file"))
         try:
             with open(args.labels_file, encoding="utf-8") as f:
                 labels = [line.strip() for line in f]
@@ -85,7 +87,7 @@ def read_labels(args) -> list[str]:
 
 
 def run(args) -> int:
-    from . import CLIError
+    from . import CLIError, check_output_file
 
     labels = read_labels(args)
     from ..data import media_file_problem
@@ -98,6 +100,7 @@ def run(args) -> int:
         raise CLIError(f"--checkpoint {args.checkpoint}: no such directory")
     if args.top_k < 1:
         raise CLIError("--top-k must be at least 1")
+    check_output_file(args.embeddings, "--embeddings")  # before the encoding that would write it
 
     from dataclasses import replace
 

@@ -80,7 +80,7 @@ def _print_notes(summary, src: str, dst: str) -> None:
 
 def run(args) -> int:
     from ..data.prepare import WorkerLost, prepare_dataset
-    from . import CLIError
+    from . import CLIError, check_output_folder
 
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
@@ -90,6 +90,9 @@ def run(args) -> int:
         raise CLIError(f"--gop must be a positive number of frames, got {args.gop}")
     if args.fps is not None and not 0 < args.fps <= 1000:
         raise CLIError(f"--fps must be a frame rate in (0, 1000], got {args.fps}")
+    # before any video is converted (the error would otherwise name the first source video); the folder
+    # itself is made by the conversion, after its checks that DST does not overlap SRC
+    check_output_folder(args.dst, "DST")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = prepare_dataset(args.src, args.dst, codec=args.codec, workers=args.workers, size=args.size,
@@ -104,6 +107,12 @@ def run(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_notes(summary, args.src, args.dst)
+    if not summary.total:
+        from ..data.video import VIDEO_EXTENSIONS
+
+        unsearched = (f"; {len(summary.skipped_folders)} folder(s) not searched, noted above"
+                      if summary.skipped_folders else "")
+        raise CLIError(f"no videos found in SRC {args.src} (extensions: {', '.join(VIDEO_EXTENSIONS)}{unsearched})")
     for _, reason in summary.failed:  # each reason names its file
         print(f"failed: {reason}", file=sys.stderr)
     settings = ", ".join(f"{k} {v}" for k, v in (("short side", args.size), ("gop", args.gop), ("fps", args.fps))

@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
                         help="per-video predictions: a CSV with 'label' and 'prediction' columns (class "
                              "names), or a JSON object {class: accuracy} (or {'per_class_accuracy': {...}})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow --word-vectors to be a gensim pickle (.kv, .model), which can run code when "
+                             "loaded: only for a file you trust")
 
 
 def _embedder(args):
@@ -48,9 +51,14 @@ def _embedder(args):
 
     name_map = load_name_map(args.name_map) if args.name_map else None
     if args.word_vectors:
-        return WordVectorEmbedder(args.word_vectors, name_map=name_map), f"word vectors {args.word_vectors}"
+        return (WordVectorEmbedder(args.word_vectors, name_map=name_map, trust_pickle=args.trust_pickle),
+                f"word vectors {args.word_vectors}")
     model = args.sentence_model or DEFAULT_SENTENCE_MODEL
     return SentenceEmbedder(model, name_map=name_map), f"sentence model {model}"
+
+
+_PREDICTIONS_EXPECTED = ("expected a CSV with 'label' and 'prediction' columns, or a .json file of per-class "
+                         "accuracies")
 
 
 def _csv_accuracy(path: str, classes: list[str]) -> dict[str, float]:
@@ -59,16 +67,22 @@ def _csv_accuracy(path: str, classes: list[str]) -> dict[str, float]:
     hits: dict[str, list[int]] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        fields = [h.strip() for h in (reader.fieldnames or [])]
-        if "label" not in fields or "prediction" not in fields:
-            raise CLIError(f"--predictions {path}: expected a CSV header with 'label' and 'prediction' "
-                           f"columns, got {fields}")
-        reader.fieldnames = fields
-        for row in reader:
-            label, pred = (row.get("label") or "").strip(), (row.get("prediction") or "").strip()
-            if not label:
-                raise CLIError(f"--predictions {path} line {reader.line_num}: empty label")
-            hits.setdefault(label, []).append(int(pred == label))
+        try:
+            fields = [h.strip() for h in (reader.fieldnames or [])]
+            if "label" not in fields or "prediction" not in fields:
+                raise CLIError(f"--predictions {path}: expected a CSV header with 'label' and 'prediction' "
+                               f"columns, got {fields}")
+            reader.fieldnames = fields
+            for row in reader:
+                label, pred = (row.get("label") or "").strip(), (row.get("prediction") or "").strip()
+                if not label:
+                    raise CLIError(f"--predictions {path} line {reader.line_num}: empty label")
+                hits.setdefault(label, []).append(int(pred == label))
+        except UnicodeDecodeError:
+            raise CLIError(f"--predictions {path}: not UTF-8 text; {_PREDICTIONS_EXPECTED}") from None
+        except csv.Error as e:  # e.g. a field over the csv module's size limit
+            raise CLIError(f"--predictions {path}: not a CSV file ({e}); "
+                           f"{_PREDICTIONS_EXPECTED}") from None
     unknown = sorted(set(hits) - set(classes))
     if unknown:
         raise CLIError(f"--predictions {path}: labels not in the classes file: {', '.join(unknown[:5])}")
@@ -93,8 +107,10 @@ def read_class_accuracy(path: str, classes: list[str]) -> list[float]:
     """Per-class accuracy of ``classes`` from a predictions file (CSV per video, or JSON per class)."""
     from . import CLIError
 
+    if os.path.isdir(path):
+        raise CLIError(f"--predictions {path}: is a folder; {_PREDICTIONS_EXPECTED}")
     if not os.path.isfile(path):
-        raise CLIError(f"--predictions {path}: no such file")
+        raise CLIError(f"--predictions {path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
     acc = _json_accuracy(path) if path.lower().endswith(".json") else _csv_accuracy(path, classes)
     absent = [c for c in classes if c not in acc]
     if absent:
@@ -140,14 +156,9 @@ def render(rows: list[dict], score: dict | None, embedder: str, n_references: in
 def run(args) -> int:
     from ..data.formats import read_class_list
     from ..eval.relatedness import bucket_counts, class_relatedness, default_reference_classes, mzsl50_score
-    from . import CLIError
 
-    classes = read_class_list(args.classes_file)
-    if not classes:
-        raise CLIError(f"{args.classes_file}: no class names")
+    classes = read_class_list(args.classes_file)  # (refuses a list without names, naming the file)
     references = read_class_list(args.references) if args.references else default_reference_classes()
-    if not references:
-        raise CLIError(f"--references {args.references}: no class names")
     accuracy = read_class_accuracy(args.predictions, classes) if args.predictions else None
     embedder, described = _embedder(args)
     rows = class_relatedness(classes, embedder, references)

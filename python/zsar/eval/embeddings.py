@@ -139,8 +139,12 @@ def _write_atomic(table, path: Path, metadata: dict[str, str]) -> None:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
                                                                               for k, v in metadata.items()}})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a folder where the file goes, a kill: no temporary file left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _model_id(model) -> str:

@@ -19,6 +19,7 @@ import csv
 import importlib
 import logging
 import os
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -38,15 +39,29 @@ STOP_WORDS = frozenset({"a", "an", "the", "of", "and", "or", "to", "with", "for"
 
 
 def load_name_map(path: str | Path) -> dict[str, str]:
-    """Reads an ``original,manual`` CSV (as in the AVCA splits) into {original label: words to embed}."""
+    """Reads an ``original,manual`` CSV (UTF-8, as in the AVCA splits) into {original label: words to embed}.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        ValueError: ``path`` is a folder, not UTF-8 text, not a CSV, or lacks the two columns; the
+            message names the file (and never quotes its content).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"name map {path} is a folder, expected an 'original,manual' CSV file")
     if not path.is_file():
         raise FileNotFoundError(f"name map {path} does not exist")
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"original", "manual"} <= set(reader.fieldnames):
-            raise ValueError(f"name map {path} must have the columns 'original,manual', got {reader.fieldnames}")
-        return {row["original"]: row["manual"] for row in reader}
+        try:
+            if reader.fieldnames is None or not {"original", "manual"} <= set(reader.fieldnames):
+                raise ValueError(f"name map {path} must have the columns 'original,manual', got {reader.fieldnames}")
+            return {row["original"]: row["manual"] for row in reader}
+        except UnicodeDecodeError:
+            raise ValueError(f"name map {path} is not UTF-8 text; expected an 'original,manual' CSV file") from None
+        except csv.Error as e:  # e.g. a field over the csv module's size limit
+            raise ValueError(f"name map {path}: not a CSV file ({e}); expected an "
+                             f"'original,manual' CSV file") from None
 
 
 #: gensim's own save format: a pickle (plus .npy arrays), which can run code when it is loaded.
@@ -99,7 +114,11 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
                 f"word-vector file {path} is a gensim pickle ({path.suffix}), which can run code when "
                 f"loaded; pass trust_pickle=True (zsar: --trust-pickle) only for a file you trust, or convert "
                 f"it once to word2vec format: KeyedVectors.load(path).save_word2vec_format('vectors.bin', binary=True)")
-        loaded = KeyedVectors.load(str(path))
+        try:
+            loaded = KeyedVectors.load(str(path))
+        except (pickle.UnpicklingError, *_PARSE_ERRORS) as exc:
+            raise ValueError(f"word-vector file {path} could not be read as a gensim pickle: "
+                             f"{_reason_without_content(exc)}") from exc
         if not isinstance(loaded, KeyedVectors):
             loaded = getattr(loaded, "wv", loaded)  # a whole Word2Vec/FastText model
         if not isinstance(loaded, KeyedVectors):
@@ -120,16 +139,30 @@ def _load_keyed_vectors(path: Path, binary: bool | None, trust_pickle: bool = Fa
             raise ValueError("a word2vec binary file starts with a '<count> <dim>' line")
         return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
     except _PARSE_ERRORS as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            # Its message quotes the bytes it could not decode: say what it means instead.
+            hint = ("" if binary or path.suffix.lower() == ".bin"
+                    else " (word2vec binary vectors are read from a file named *.bin)")
+            reason = f"not UTF-8 text{hint}"
+        else:
+            reason = _reason_without_content(exc)
         raise ValueError(f"word-vector file {path} could not be read as word2vec, fastText or GloVe "
-                         f"vectors: {_reason_without_content(exc)}") from exc
+                         f"vectors: {reason}") from exc
+
+
+#: A quoted stretch of a message: a quote that opens a word (not an apostrophe inside one, as in
+#: "can't"), with a bytes/raw prefix (``b'...'``), up to the same quote, unescaped, where a word ends.
+_QUOTED = re.compile(r"""(?<!\w)[bBrR]{0,2}(['"])(?:\\.|[^\\])*?\1(?!\w)""")
+_OPEN_QUOTE = re.compile(r"""(?<!\w)[bBrR]{0,2}['"].*$""")
 
 
 def _reason_without_content(exc: BaseException) -> str:
     """The first line of a parser's error with the text it quotes from the file cut out: a spec in
-    a checkpoint can name any file, and its content must not reach the message."""
+    a checkpoint can name any file, and its content must not reach the message. Apostrophes inside
+    words ("can't") are not quotes, so the rest of the message stays readable."""
     first = (str(exc).splitlines() or [""])[0]
-    first = re.sub(r"(['\"]).*?\1", "<...>", first)
-    first = re.sub(r"(['\"]).*$", "<...>", first)  # an unterminated quote
+    first = _QUOTED.sub("<...>", first)
+    first = _OPEN_QUOTE.sub("<...>", first)  # an unterminated quote
     return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 

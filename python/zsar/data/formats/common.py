@@ -63,12 +63,35 @@ def normalize_class_name(name: str) -> str:
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
-def read_lines(path: PathLike, what: str) -> list[tuple[int, str]]:
+def check_is_file(path: Path, what: str, folder_hint: str = "") -> None:
+    """Refuses a ``path`` that is not a regular file, saying which kind of file was expected.
+
+    Args:
+        path: the annotation file.
+        what: what the file is (e.g. ``"video list"``, ``"HMDB51 split file"``).
+        folder_hint: appended to the message when ``path`` is a folder (e.g. which format reads one).
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        AnnotationError: ``path`` is a folder or another non-file (a ``ValueError``).
+    """
+    if path.is_file():
+        return
+    kind = what if what.endswith("file") else f"{what} file"
+    article = "an" if kind[:1].lower() in "aeio" else "a"
+    if path.is_dir():
+        raise AnnotationError(path, None, f"is a folder, expected {article} {kind}{folder_hint}")
+    if path.exists():
+        raise AnnotationError(path, None, f"is not a regular file, expected {article} {kind}")
+    raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def read_lines(path: PathLike, what: str, *, folder_hint: str = "") -> list[tuple[int, str]]:
     """(1-based line number, line without its newline) of a text file; a missing file is a
-    ``FileNotFoundError`` that says which annotation was expected there."""
+    ``FileNotFoundError`` that says which annotation was expected there, a folder an
+    :class:`AnnotationError` saying the same (with ``folder_hint`` appended)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+    check_is_file(path, what, folder_hint)
     try:
         # utf-8-sig drops a BOM; universal newlines cope with the CRLF files UCF101 ships.
         text = path.read_text(encoding="utf-8-sig")
@@ -91,17 +114,18 @@ def open_csv(path: PathLike, what: str):
         The open text file; use it as a context manager.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file; the message names ``what``.
+        FileNotFoundError: nothing is at ``path``; the message names ``what``.
+        AnnotationError: ``path`` is a folder (or another non-file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+    check_is_file(path, what)
     return open(path, newline="", encoding="utf-8-sig")
 
 
 def read_class_list(path: PathLike) -> list[str]:
     """Read a class-list file: one class name per line, in label order; surrounding
-    whitespace and blank lines are ignored. Duplicates are an :class:`AnnotationError`."""
+    whitespace and blank lines are ignored. Duplicates, and a file without any name (empty, or
+    only blank lines), are an :class:`AnnotationError`."""
     classes: list[str] = []
     seen: dict[str, int] = {}
     for lineno, line in read_lines(path, "class list"):
@@ -112,6 +136,8 @@ def read_class_list(path: PathLike) -> list[str]:
             raise AnnotationError(path, lineno, f"class {name!r} repeats line {seen[name]}")
         seen[name] = lineno
         classes.append(name)
+    if not classes:
+        raise AnnotationError(path, None, "holds no class names (expected one class name per line)")
     return classes
 
 
@@ -147,7 +173,8 @@ def as_classes(classes: ClassesArg, argname: str = "classes") -> list[str] | Non
 
     Raises:
         TypeError: an item is not a string.
-        ValueError: a name repeats (:class:`AnnotationError` for a file, naming the line).
+        ValueError: a name repeats (:class:`AnnotationError` for a file, naming the line); the
+            class-list file holds no name or is a folder (:class:`AnnotationError`).
         FileNotFoundError: the class-list file does not exist.
     """
     if classes is None:

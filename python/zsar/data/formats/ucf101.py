@@ -40,6 +40,8 @@ def read_ucf101(splits_dir: PathLike, root: PathLike, split: int = 1, subset: st
         if k in numbered:
             raise AnnotationError(ind_file, lineno, f"index {k} repeats line {numbered[k][1]}")
         numbered[k] = (parts[1], lineno)
+    if not numbered:
+        raise AnnotationError(ind_file, None, "holds no classes (expected '<index> <ClassName>' lines)")
     if sorted(numbered) != list(range(1, len(numbered) + 1)):
         raise AnnotationError(ind_file, None, f"indices must be 1..{len(numbered)} without gaps, "
                                               f"got {sorted(numbered)[:MAX_SHOWN]}...")
@@ -77,6 +79,8 @@ def read_ucf101(splits_dir: PathLike, root: PathLike, split: int = 1, subset: st
         video_id = os.path.splitext(os.path.basename(rel))[0]
         unique_id(seen, video_id, f"line {lineno}", list_file)
         pending.append(Pending(label, video_id, f"{list_file}:{lineno}", rel=rel))
+    if not pending:
+        raise AnnotationError(list_file, None, "lists no videos (the file is empty or holds only blank lines)")
     return resolve(pending, root, classes, source=str(list_file), check_files=check_files,
                    on_missing=on_missing, extensions=extensions)
 

@@ -11,6 +11,10 @@ from .common import (AnnotationError, ClassesArg, ClassLookup, PathLike, Pending
 from .registry import register_format
 
 
+#: Said when the list file given is a folder: a folder of class subfolders is the ``folder`` format.
+FOLDER_HINT = " (for a class-per-subfolder tree use the 'folder' format: --format folder)"
+
+
 def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
                     classes: ClassesArg = None, sep: str | None = None, index_base: int = 0,
                     labelled: bool = True, check_files: bool = True, on_missing: str = "error",
@@ -26,12 +30,14 @@ def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
     without it the classes are the sorted distinct names, or, when every label is an integer,
     the integers themselves as strings. ``labelled=False`` reads one path per line (label -1).
     The ``video_id`` is the path as written. The file options: :mod:`zsar.data.formats.common`.
+    A file that lists no video (empty, or only blank lines and comments) is an
+    :class:`AnnotationError` naming it, as is a folder given for the file.
     """
     class_list = as_classes(classes)
     root = Path(list_file).parent if root is None else Path(root)
     entries: list[tuple[int, str, str | None]] = []
     seen: dict[str, str] = {}
-    for lineno, line in read_lines(list_file, "video list"):
+    for lineno, line in read_lines(list_file, "video list", folder_hint=FOLDER_HINT):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -49,6 +55,10 @@ def read_video_list(list_file: PathLike, root: PathLike | None = None, *,
             rel, label = parts[0].strip(), parts[1].strip()
         unique_id(seen, rel, f"line {lineno}", list_file)
         entries.append((lineno, rel, label))
+    if not entries:
+        expected = "'<path> <label>' lines" if labelled else "one video path per line"
+        raise AnnotationError(list_file, None, f"lists no videos (the file is empty, or holds only blank lines and "
+                                               f"comments); expected {expected}")
 
     def as_int(s):
         try:
