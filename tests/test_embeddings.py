@@ -216,3 +216,37 @@ def test_atomic_parquet_write_removes_its_temporary_file_when_it_fails(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]
     _write_atomic(pa.table({"x": [1, 2]}), tmp_path / "ok.parquet", {"zsar.skipped": "0"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "ok.parquet"]
+
+
+def test_a_file_is_reused_only_for_the_same_weights_and_the_same_video_files(setup, tmp_path):
+    """The finished file (and an interrupted run's parts) stand for these videos as they are and this
+    model's weights: another model of the same architecture, or a video fixed since, is encoded again."""
+    import shutil
+
+    import torch
+
+    from zsar.eval.embeddings import encode_videos, read_embeddings
+    from zsar.zeroshot import ZeroShotClassifier
+
+    _, ckpt, folder = setup
+    videos = _videos(shutil.copytree(folder, tmp_path / "videos"))
+    clf = ZeroShotClassifier.load(ckpt, device="cpu")
+    out = tmp_path / "e.parquet"
+
+    def encoded():
+        encode_videos(clf, videos, out, chunk_size=2, progress=False)
+        return read_embeddings(out)["embedding"]
+
+    first = encoded()
+    np.testing.assert_array_equal(encoded(), first)  # nothing changed: the file is reused
+    with torch.no_grad():
+        for p in clf.model.parameters():
+            p.mul_(1.5)
+    scaled = encoded()
+    assert not np.allclose(scaled, first)  # the same architecture with other weights: encoded again
+    target = Path(videos.records[0].path)  # a video replaced by another under the same name
+    shutil.copyfile(videos.records[-1].path, target)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    again = encoded()
+    np.testing.assert_allclose(again[0], again[-1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(again[0], scaled[0])

@@ -14,8 +14,10 @@ the parts are merged into ``OUT`` at the end. A killed run resumes: chunks whose
 not encoded again. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` of ``W`` encodes chunks
 ``r, r + W, r + 2W, ...`` (a deterministic split that does not depend on timing), and rank 0
 merges after a barrier, so every rank/node count gives the same single file (rows in list order).
-The fingerprint covers the video paths, the model checkpoint, the clip settings and the options,
-so a changed run never reuses another run's parts.
+The fingerprint covers the video paths with each file's size and modification time, the model's
+weights (a digest of its parameters and buffers, so the same checkpoint path retrained, or another
+model of the same architecture, counts as another model), the clip settings and the options, so a
+changed run never reuses another run's parts or file.
 
 ``ZSAR_HOLD_AFTER_PARTS=N`` (for testing the resume): after writing its N-th part a process stops
 and waits to be killed, so that a kill lands at a known point whatever the machine's speed.
@@ -69,11 +71,38 @@ class _Work:
     on_error: str = "skip"
 
 
+def _file_state(path: str) -> list[int] | None:
+    """``[size, mtime_ns]`` of a video file (None if it cannot be read): a video fixed or replaced
+    since an interrupted run is encoded again, not taken from that run's parts."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _weights_digest(model) -> str:
+    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes, values): a model trained
+    further, or another of the same architecture, never reuses an earlier model's file."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # a module's extra state
+            digest.update(f"{name}={tensor!r};".encode())
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(work: _Work, chunk_size: int, model_id: str) -> str:
     spec = asdict(work.spec) if is_dataclass(work.spec) else repr(work.spec)
-    blob = json.dumps({"paths": [r.path for r in work.videos.records], "labels": [r.label for r in work.videos.records],
-                       "model": model_id, "spec": spec, "per_clip": work.per_clip, "seen_logits": work.seen_logits,
-                       "chunk_size": chunk_size}, sort_keys=True, default=str)
+    records = work.videos.records
+    blob = json.dumps({"paths": [r.path for r in records], "labels": [r.label for r in records],
+                       "files": [_file_state(r.path) for r in records],
+                       "model": model_id, "weights": _weights_digest(work.model), "spec": spec,
+                       "per_clip": work.per_clip, "seen_logits": work.seen_logits, "chunk_size": chunk_size},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
