@@ -91,3 +91,18 @@ def test_output_into_a_closed_pipe_is_not_an_error():
     stderr = proc.stderr.read().decode()
     assert proc.wait() == 0, stderr
     assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_an_output_where_the_user_may_not_write_is_refused_up_front(tmp_path, monkeypatch):
+    from zsar.cli import CLIError, check_output_file, check_output_folder
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    # (as root every folder is writable, so the permission is taken away here rather than with chmod)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: os.fspath(p) != str(locked) and access(p, mode, **kw))
+    with pytest.raises(CLIError, match=rf"--report {locked}/r.json: no permission to write in {locked}"):
+        check_output_file(str(locked / "r.json"), "--report")
+    with pytest.raises(CLIError, match="no permission to write in"):
+        check_output_folder(str(locked / "new" / "out"), "--out")
+    check_output_file(str(tmp_path / "r.json"), "--report")  # writable: fine

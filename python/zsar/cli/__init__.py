@@ -104,8 +104,8 @@ def load_run_config(config_cls, args):
 
 
 def check_output_file(path: str | None, option: str) -> None:
-    """Refuses an output file path that names a folder, or whose parent is a file (before the work
-    that would write it)."""
+    """Refuses an output file path that names a folder, whose parent is a file, or where this user
+    may not write (before the work that would write it)."""
     import os
 
     if path is None:
@@ -117,6 +117,8 @@ def check_output_file(path: str | None, option: str) -> None:
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
+    if parent and not os.access(parent, os.W_OK | os.X_OK):  # (files are written beside, then renamed)
+        raise CLIError(f"{option} {path}: no permission to write in {parent}")
 
 
 def check_output_folder(path: str, option: str) -> None:

@@ -417,8 +417,8 @@ def resolve(pending: list[Pending], root: PathLike, classes: list[str], *, sourc
         msg = (f"{len(missing)} of {len(pending)} videos listed in {source} were not found "
                f"under {root}: {shown}{more}")
         if on_missing == "error":
-            raise FileNotFoundError(msg + ". Pass on_missing='skip' to drop them, or "
-                                          "check_files=False to not look for the files.")
+            raise FileNotFoundError(msg + ". Drop them with on_missing='skip' (in a config: data.on_missing: skip), "
+                                          "or do not look for the files with check_files=False")
         logger.warning("%s; skipped them (on_missing='skip')", msg)
     return VideoList(records, list(classes))
 
