@@ -36,7 +36,7 @@ Stages (run in the order 1, 2 for CUDA, 3, 4, 2 for Triton, 5: the most telling 
     tokens padding, L=400 and L=1216 streams) against SDPA with a key mask, SDPA without a mask
     (flash: the floor) and FlexAttention, and the peak memory at L=8192.
  5. op tests: pytest on the attention op tests of this checkout (they use the installed zsar).
-Targets (the issue's): see the ``target`` column of the tables.
+Targets: the ``target`` column of each table states the speed each row must reach.
 
 Exit status: 0 when every check passed, 1 when one failed, 2 when the run could not start.
 """
