@@ -403,3 +403,19 @@ def test_eval_gzsl_outputs_are_checked_before_the_run(option, name, message, tmp
                  "--test-unseen", str(tmp_path / "list.txt"), "--beta", "1", option, str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"zsar eval: error: {option} {path}: ") and message in err and "\n" not in err, err
+
+
+def test_a_gensim_pickle_embedder_needs_trust_pickle(dataset, capsys):
+    """`zsar gzsl` offers --trust-pickle as `zsar train` does: without it a .kv (pickle) embedder is
+    refused at once, naming the option; with it the run reads the vectors."""
+    from gensim.models import KeyedVectors
+
+    kv = dataset / "vectors.kv"
+    KeyedVectors.load_word2vec_format(str(dataset / "vectors.txt")).save(str(kv))
+    config = _config(dataset, "pickled", "model: test_gzsl_mean_colour\nstages: {fit: {epochs: 1}}\n")
+    config.write_text(config.read_text().replace(str(dataset / "vectors.txt"), str(kv)))
+    assert _run(["gzsl", str(config)])[0] == 2
+    err = capsys.readouterr().err.strip()
+    assert "--trust-pickle" in err and "vectors.kv" in err and "\n" not in err
+    assert not (dataset / "pickled" / "stage_1").exists()
+    assert _run(["gzsl", str(config), "--trust-pickle"])[0] == 0

@@ -58,6 +58,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", help="YAML or JSON recipe config")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow `embedder` to name a gensim pickle (.kv), which can run code when loaded")
 
 
 def run(args) -> int:
@@ -70,7 +72,7 @@ def run(args) -> int:
     from ..eval import format_gzsl_table
     from ..eval.recipes import run_gzsl_recipe
 
-    report = run_gzsl_recipe(config)
+    report = run_gzsl_recipe(config, trust_pickle=args.trust_pickle)
     published = report.get("published") or []
     print(format_gzsl_table([report, *published]))
     for row in published:

@@ -168,13 +168,14 @@ class GZSLConfig(TrainConfig):
 
 # ---- the recipe ------------------------------------------------------------------------------------
 
-def recipe_embedder(config: GZSLConfig, classes: Sequence[str]):
+def recipe_embedder(config: GZSLConfig, classes: Sequence[str], trust_pickle: bool = False):
     """The label embedder of ``config.embedder``; word vectors with a packaged split get the packaged
-    ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win)."""
+    ``*_w2v_class_names.csv`` label text of ``classes`` (entries of the spec's own ``name_map`` win).
+    ``trust_pickle``: let the spec name a gensim pickle (see :func:`zsar.text.embedder_from_spec`)."""
     spec = config.embedder_spec()
     if spec.get("type") == "word_vectors" and config.split_dir is None:
         spec["name_map"] = {**avca_label_names(config.dataset, classes), **(spec.get("name_map") or {})}
-    return embedder_from_spec(spec)
+    return embedder_from_spec(spec, trust_pickle=trust_pickle, where="config key 'embedder'")
 
 
 class _RegisteredModelRunner:
@@ -320,8 +321,9 @@ class FeatureRunner(_RegisteredModelRunner):
             return super().final_classifier()
 
 
-def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
-    """Runs the AVCA two-stage protocol for ``config.model`` on ``config``'s videos.
+def run_gzsl_recipe(config: GZSLConfig, trust_pickle: bool = False) -> dict[str, Any]:
+    """Runs the AVCA two-stage protocol for ``config.model`` on ``config``'s videos; ``trust_pickle``
+    lets ``config.embedder`` name a gensim pickle (``zsar gzsl --trust-pickle``).
 
     Writes into ``config.out_dir``: ``stage_1/`` and ``stage_2/`` (each a training run, as
     ``zsar train`` writes it), ``gzsl_report.json``, ``gzsl_tradeoff.png`` (``plot``), and the
@@ -352,7 +354,8 @@ def run_gzsl_recipe(config: GZSLConfig) -> dict[str, Any]:
         stages = avca_stages(videos, config.dataset, config.avca_split, split_dir=config.split_dir,
                              test_videos=None if test_config is None else test_config.read(),
                              val_fraction=config.val_fraction, seed=config.seed)
-        embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)))
+        embedder = recipe_embedder(config, list(dict.fromkeys(c for s in AVCA_STAGES for c in stages[s].classes)),
+                                   trust_pickle)
         make_runner = _RegisteredModelRunner
     out = Path(config.out_dir)
     with RunLock(out):
