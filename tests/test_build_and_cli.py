@@ -105,4 +105,6 @@ def test_an_output_where_the_user_may_not_write_is_refused_up_front(tmp_path, mo
         check_output_file(str(locked / "r.json"), "--report")
     with pytest.raises(CLIError, match="no permission to write in"):
         check_output_folder(str(locked / "new" / "out"), "--out")
+    with pytest.raises(CLIError, match=rf"--out {locked}: no permission to write in it"):
+        check_output_folder(str(locked), "--out")
     check_output_file(str(tmp_path / "r.json"), "--report")  # writable: fine

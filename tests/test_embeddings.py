@@ -207,20 +207,43 @@ def test_an_embeddings_path_that_cannot_be_written_is_refused_before_encoding(se
 def test_atomic_parquet_write_removes_its_temporary_file_when_it_fails(tmp_path):
     import pyarrow as pa
 
-    from zsar.eval.embeddings import _write_atomic
+    from zsar.eval.embeddings import _write_table
 
     target = tmp_path / "e.parquet"
     target.mkdir()  # the rename over it fails
     with pytest.raises(OSError):
-        _write_atomic(pa.table({"x": [1, 2]}), target, {"zsar.skipped": "0"})
+        _write_table(pa.table({"x": [1, 2]}), target, {"zsar.skipped": "0"})
     assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]
-    _write_atomic(pa.table({"x": [1, 2]}), tmp_path / "ok.parquet", {"zsar.skipped": "0"})
+    _write_table(pa.table({"x": [1, 2]}), tmp_path / "ok.parquet", {"zsar.skipped": "0"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "ok.parquet"]
+    assert pq.read_table(tmp_path / "ok.parquet").schema.metadata[b"zsar.skipped"] == b"0"
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    """A result renamed from a private temporary file (0600) is readable as a plain write would make it."""
+    from zsar._utils import write_atomic
+    from zsar.models import save_checkpoint
+    from zsar.zeroshot import ZeroShotClassifier
+
+    old = os.umask(0o022)
+    try:
+        for data in ("text", b"bytes", lambda f: f.write(b"callable")):
+            path = write_atomic(tmp_path / "f", data)
+            assert path.stat().st_mode & 0o777 == 0o644
+        ckpt = make_checkpoint(tmp_path / "made")
+        clf = ZeroShotClassifier.load(ckpt, device="cpu")
+        saved = save_checkpoint(tmp_path / "ckpt", clf.model, add_files=clf.write_files)
+        assert saved.stat().st_mode & 0o777 == 0o755
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in saved.iterdir()), [oct(p.stat().st_mode) for p in saved.iterdir()]
+        assert clf.save(saved).stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
 
 
 def test_a_file_is_reused_only_for_the_same_weights_and_the_same_video_files(setup, tmp_path):
-    """The finished file (and an interrupted run's parts) stand for these videos as they are and this
-    model's weights: another model of the same architecture, or a video fixed since, is encoded again."""
+    """A finished file stands for these videos as they are and this model's weights (the fingerprint
+    that also names an interrupted run's parts): another model of the same architecture, or a video
+    fixed since, is encoded again."""
     import shutil
 
     import torch

@@ -207,3 +207,27 @@ def test_a_pipeline_saves_model_and_classifier_together(setup, tmp_path, monkeyp
             pipeline.save(clf, ckpt)
     assert _files(ckpt) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_head_settings_as_configs_give_them(setup, tmp_path):
+    """theta as YAML 1.1 reads `1e-1` (a string) still works; a head of one's own that does not check
+    its settings gets them as given (it is checked when built)."""
+    from zsar.zeroshot.heads import HEADS, PrototypeTransferHead, SemanticEmbeddingHead, ZeroShotHead
+
+    assert PrototypeTransferHead.check_settings({"theta": "1e-1", "k": np.int64(3)}, "x") == {"theta": "1e-1",
+                                                                                            "k": np.int64(3)}
+    clf, _ = setup
+    assert PrototypeTransferHead(clf.head.seen_prototypes, SEEN, theta="1e-1").theta == 0.1
+    with pytest.raises(ValueError, match="x: theta must be a number, got 'abc'"):
+        PrototypeTransferHead.check_settings({"theta": "abc"}, "x")
+    with pytest.raises(ValueError, match="x: metric must be one of"):
+        SemanticEmbeddingHead.check_settings({"metric": "manhattan"}, "x")
+
+    class OwnHead(ZeroShotHead):
+        name = "own_head_for_test"
+
+        def __init__(self, alpha=1.0):
+            self.alpha = alpha
+
+    assert OwnHead.check_settings({"alpha": 2.0}, "x") == {"alpha": 2.0}
+    assert "own_head_for_test" not in HEADS

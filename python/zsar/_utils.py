@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -40,14 +40,33 @@ def keep_freed_memory() -> str:
     return "glibc defaults (mallopt refused)"
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Writes ``text`` (UTF-8) to ``path`` through a temporary file beside it, renamed over ``path``
-    once complete: a full disk or a kill leaves the previous file whole (and no temporary one)."""
+def default_mode(folder: bool = False) -> int:
+    """The permissions a new file (or folder) gets from this process's umask, as ``open`` would give
+    it: temporary files and folders (``mkstemp``, ``mkdtemp``) are made private (0600 / 0700), and a
+    result renamed from one must not stay unreadable to the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
+def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], Any]) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file beside it, renamed over ``path`` once
+    complete: a full disk or a kill leaves the previous file whole (and no temporary one).
+
+    Args:
+        path: the file to write.
+        data: text (written as UTF-8), bytes, or ``writer(f)`` that writes into the open binary file
+            ``f`` (e.g. ``lambda f: fig.savefig(f, format="png")``).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.fchmod(fd, default_mode())
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +74,17 @@ def write_atomic(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_problem(path: str | Path) -> str | None:
+    """What keeps ``path`` from being read as a file: ``"is a folder"``, ``"is not a regular file"``,
+    ``"no such file"``, or None when it is a regular file (callers word the rest of the message)."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder"
+    return "is not a regular file" if path.exists() else "no such file"
 
 
 def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueError) -> Any:

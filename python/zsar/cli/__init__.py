@@ -129,6 +129,8 @@ def check_output_folder(path: str, option: str) -> None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise CLIError(f"{option} {path}: is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CLIError(f"{option} {path}: no permission to write in it")
     else:
         check_output_file(path, option)  # a file above the folder to make
 

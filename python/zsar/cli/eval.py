@@ -125,19 +125,14 @@ def _check_options(args) -> None:
 
 
 def _check_plot_format(path: str) -> None:
-    """Refuses a ``--plot`` file whose suffix matplotlib cannot write (as :mod:`zsar.eval.plots` picks the
-    format: the suffix, png without one), before the run rather than after it."""
-    import os
-
-    from matplotlib.backend_bases import FigureCanvasBase  # deferred: matplotlib, only with --plot
-
+    """Refuses a ``--plot`` file in a format the figure cannot be written in, before the run."""
+    from ..eval.plots import figure_format
     from . import CLIError
 
-    suffix = os.path.splitext(path)[1].lstrip(".").lower()
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if suffix and suffix not in formats:
-        raise CLIError(f"--plot {path}: matplotlib cannot write .{suffix} files; use one of "
-                       + ", ".join(f".{f}" for f in sorted(formats)))
+    try:
+        figure_format(path)
+    except ValueError as e:
+        raise CLIError(f"--plot {e}") from None
 
 
 def _name_classes(annotations: str, videos, classes_file: str | None, clf):

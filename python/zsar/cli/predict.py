@@ -61,6 +61,7 @@ def read_labels(args) -> list[str]:
         CLIError: the file is missing, a folder or not UTF-8, no label is left, or the check fails (a repeat,
             a control character).
     """
+    from .._utils import file_problem
     from ..text import check_labels
     from . import CLIError
 
@@ -68,10 +69,9 @@ def read_labels(args) -> list[str]:
         labels, where = [s.strip() for s in args.labels.split(",")], "--labels"
     else:
         where = f"--labels-file {args.labels_file}"
-        if os.path.isdir(args.labels_file):
-            raise CLIError(f"{where}: is a folder, expected a labels file (one label per line)")
-        if not os.path.isfile(args.labels_file):
-            raise CLIError(f"{where}: " + ("not a regular file" if os.path.exists(args.labels_file) else "no such file"))
+        problem = file_problem(args.labels_file)
+        if problem:
+            raise CLIError(f"{where}: {problem}, expected a labels file (one label per line)")
         try:
             with open(args.labels_file, encoding="utf-8") as f:
                 labels = [line.strip() for line in f]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 
 
@@ -105,12 +104,12 @@ def _json_accuracy(path: str) -> dict[str, float]:
 
 def read_class_accuracy(path: str, classes: list[str]) -> list[float]:
     """Per-class accuracy of ``classes`` from a predictions file (CSV per video, or JSON per class)."""
+    from .._utils import file_problem
     from . import CLIError
 
-    if os.path.isdir(path):
-        raise CLIError(f"--predictions {path}: is a folder; {_PREDICTIONS_EXPECTED}")
-    if not os.path.isfile(path):
-        raise CLIError(f"--predictions {path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
+    problem = file_problem(path)
+    if problem:
+        raise CLIError(f"--predictions {path}: {problem}; {_PREDICTIONS_EXPECTED}")
     acc = _json_accuracy(path) if path.lower().endswith(".json") else _csv_accuracy(path, classes)
     absent = [c for c in classes if c not in acc]
     if absent:

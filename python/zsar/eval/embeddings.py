@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from .._utils import write_atomic
 from ..data import VideoList, VideoLoader
 from ..data.batch import as_batch
 from ..train.distributed import barrier, init_from_env
@@ -163,17 +164,11 @@ def _encode_chunk(work: _Work, start: int, stop: int):
     return pa.table(columns), skipped
 
 
-def _write_atomic(table, path: Path, metadata: dict[str, str]) -> None:
-
+def _write_table(table, path: Path, metadata: dict[str, str]) -> None:
+    """``table`` with ``metadata`` added, written to ``path`` atomically (a Parquet part or the file)."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
                                                                               for k, v in metadata.items()}})
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a folder where the file goes, a kill: no temporary file left
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def _model_id(model) -> str:
@@ -244,7 +239,13 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         return merged.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
 
     out = Path(out)
-    fingerprint = _fingerprint(work, chunk_size, metadata["zsar.checkpoint"] or metadata["zsar.model"])
+    # Rank 0's, for every rank: the files' times may differ between nodes' copies of a dataset (and
+    # one rank's stat calls over a network file system are enough).
+    fingerprint = [_fingerprint(work, chunk_size, metadata["zsar.checkpoint"] or metadata["zsar.model"])
+                   if rank == 0 else None]
+    if info is not None:
+        torch.distributed.broadcast_object_list(fingerprint, src=0)
+    fingerprint = fingerprint[0]
     metadata["zsar.fingerprint"] = fingerprint
     if out.is_file():
         done = pq.read_table(out)
@@ -266,7 +267,7 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         if table is None:  # every video of the chunk unreadable: an empty part keeps the count
             schema_src, _ = _empty_schema(seen_logits)
             table = schema_src
-        _write_atomic(table, parts / f"part-{c:06d}.parquet", {"zsar.skipped": str(skipped)})
+        _write_table(table, parts / f"part-{c:06d}.parquet", {"zsar.skipped": str(skipped)})
         written += 1
         if written == hold:
             _wait_to_be_killed(parts, written)
@@ -284,7 +285,7 @@ def encode_videos(model_or_classifier, videos, out: str | os.PathLike | None = N
         merged = pa.concat_tables(tables)
         metadata["zsar.skipped"] = str(skipped)
         metadata["zsar.dim"] = str(merged.schema.field("embedding").type.list_size)
-        _write_atomic(merged, out, metadata)
+        _write_table(merged, out, metadata)
         shutil.rmtree(parts, ignore_errors=True)
         if skipped:
             log.warning("%s: skipped %d unreadable video(s)", out, skipped)

@@ -8,14 +8,12 @@ and never touches pyplot's global state or needs a display; each function return
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .._utils import as_numpy
+from .._utils import as_numpy, write_atomic
 from .relatedness import MZSL50_BUCKETS
 
 __all__ = ["plot_transfer_matrices", "plot_tsne", "plot_bucket_accuracy", "plot_gzsl_tradeoff"]
@@ -28,20 +26,30 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def figure_format(path) -> str:
+    """The image format of a figure file: its suffix (png without one).
+
+    Raises:
+        ValueError: matplotlib cannot write that format (naming the ones it can).
+    """
+    # deferred: matplotlib takes ~0.5 s to import
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        raise ValueError(f"{path}: matplotlib cannot write .{fmt} files; use one of "
+                         + ", ".join(f".{f}" for f in sorted(formats)))
+    return fmt
+
+
 def _save(fig, path) -> Path:
-    """Writes the figure to ``path`` (its format from the suffix) through a temporary file renamed
-    over it once complete: a failure or a kill leaves the previous figure whole."""
+    """Writes the figure to ``path`` (:func:`figure_format`) atomically: a failure or a kill leaves the
+    previous figure whole."""
     path = Path(path)
+    fmt = figure_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=150, format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, dpi=150, format=fmt))
 
 
 def _check_labels(name: str, labels, n: int) -> list[str] | None:

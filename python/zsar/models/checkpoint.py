@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._utils import read_json_object
+from .._utils import default_mode, read_json_object
 from .registry import create_model, list_models
 from .weights import EXTERNAL_WEIGHTS_ARGS
 
@@ -136,6 +136,12 @@ def _replacement(directory: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         yield tmp
+        # mkdtemp's folder is private, and so are safetensors' files (0600): a checkpoint gets the
+        # permissions a plain write gives, so that a group can share it
+        os.chmod(tmp, default_mode(folder=True))
+        for file in tmp.iterdir():
+            if file.is_file():
+                os.chmod(file, default_mode())
         replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._utils import quiet_model_loading, read_json
+from .._utils import file_problem, quiet_model_loading, read_json
 from .class_vectors import ClassVectorEmbedder
 from .vocab import split_label
 
@@ -47,10 +47,11 @@ def load_name_map(path: str | Path) -> dict[str, str]:
             message names the file (and never quotes its content).
     """
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"name map {path} is a folder, expected an 'original,manual' CSV file")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "no such file":
         raise FileNotFoundError(f"name map {path} does not exist")
+    if problem:
+        raise ValueError(f"name map {path} {problem}, expected an 'original,manual' CSV file")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         try:

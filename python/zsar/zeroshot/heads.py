@@ -74,12 +74,13 @@ class ZeroShotHead:
     @classmethod
     def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
         """``settings`` if the head takes them (known names, valid values), so that a run's
-        ``head_settings`` fail before its training rather than after it.
+        ``head_settings`` fail before its training rather than after it. The base class takes them
+        as they are (a head without this check fails when it is built).
 
         Raises:
             ValueError: naming ``where`` (e.g. the config key or file) and the setting.
         """
-        return _known(settings, (), where)
+        return dict(settings)
 
     @classmethod
     def from_seen(cls, x: torch.Tensor | None, labels: torch.Tensor | None, seen_labels: Sequence[str],
@@ -150,8 +151,8 @@ class PrototypeTransferHead(ZeroShotHead):
     @classmethod
     def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
         settings = _known(settings, ("k", "theta", "rho"), where)
-        try:
-            check_transfer_params(**{"k": 5, "theta": 0.5, "rho": 3, **settings})
+        try:  # (valid stand-ins for the settings not given: only the given ones are checked)
+            check_transfer_params(settings.get("k", 0), settings.get("theta", 0.0), settings.get("rho", 0))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
         return settings
@@ -210,8 +211,10 @@ class SemanticEmbeddingHead(ZeroShotHead):
     @classmethod
     def check_settings(cls, settings: dict[str, Any], where: str) -> dict[str, Any]:
         settings = _known(settings, ("metric",), where)
-        if settings.get("metric", "l2") not in METRICS:
-            raise ValueError(f"{where}: metric must be one of {METRICS}, got {settings['metric']!r}")
+        try:
+            cls(**settings)  # (the constructor's check: nothing to build)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         return settings
 
     def class_matrix(self, labels: Sequence[str], embedder, model=None) -> torch.Tensor:

@@ -113,9 +113,13 @@ def check_transfer_params(k, theta, rho, fallback: str = "nearest") -> tuple[int
     the parameter otherwise (also for a ``fallback`` it does not know)."""
     k = _check_count("k", k)
     rho = _check_count("rho", rho)
-    if isinstance(theta, bool) or not isinstance(theta, (int, float, np.integer, np.floating)):
+    # (a string that reads as a number is one: YAML 1.1 reads `theta: 1e-1` as the string '1e-1')
+    if isinstance(theta, bool) or not isinstance(theta, (int, float, str, np.integer, np.floating)):
         raise TypeError(f"theta must be a number, got {theta!r}")
-    theta = float(theta)
+    try:
+        theta = float(theta)
+    except ValueError:
+        raise TypeError(f"theta must be a number, got {theta!r}") from None
     if not math.isfinite(theta):
         raise ValueError(f"theta must be finite, got {theta}")
     if fallback not in _FALLBACKS:

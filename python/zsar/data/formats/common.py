@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..._utils import file_problem
 from ..records import VideoList, VideoRecord
 from ..video import VIDEO_EXTENSIONS
 
@@ -75,15 +76,15 @@ def check_is_file(path: Path, what: str, folder_hint: str = "") -> None:
         FileNotFoundError: nothing is at ``path``.
         AnnotationError: ``path`` is a folder or another non-file (a ``ValueError``).
     """
-    if path.is_file():
+    problem = file_problem(path)
+    if problem is None:
         return
+    if problem == "no such file":
+        raise FileNotFoundError(f"{what} not found: {path}")
     kind = what if what.endswith("file") else f"{what} file"
     article = "an" if kind[:1].lower() in "aeio" else "a"
-    if path.is_dir():
-        raise AnnotationError(path, None, f"is a folder, expected {article} {kind}{folder_hint}")
-    if path.exists():
-        raise AnnotationError(path, None, f"is not a regular file, expected {article} {kind}")
-    raise FileNotFoundError(f"{what} not found: {path}")
+    hint = folder_hint if problem == "is a folder" else ""
+    raise AnnotationError(path, None, f"{problem}, expected {article} {kind}{hint}")
 
 
 def read_lines(path: PathLike, what: str, *, folder_hint: str = "") -> list[tuple[int, str]]:
