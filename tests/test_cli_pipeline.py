@@ -232,3 +232,27 @@ def test_predict_labels_file_that_is_a_folder(tmp_path, capsys):
     assert main(["predict", __file__, "--checkpoint", ".", "--labels-file", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"zsar predict: error: --labels-file {tmp_path}: is a folder, expected a labels file (one label per line)"
+
+
+@pytest.mark.parametrize("command", ["eval", "encode"])
+@pytest.mark.parametrize("option,value,what", [("--split", "7", "splits"), ("--subset", "bogus", "subsets")])
+def test_a_split_or_subset_the_format_does_not_have_is_refused(tmp_path, capsys, command, option, value, what):
+    """A list file has neither: the value used to be ignored in silence (reading other videos than meant)."""
+    from zsar.cli import main
+
+    listed = tmp_path / "list.txt"
+    listed.write_text("a.webm 0\n")
+    args = {"eval": ["--checkpoint", str(tmp_path)], "encode": ["--checkpoint", str(tmp_path), "--out",
+                                                              str(tmp_path / "e.parquet")]}[command]
+    assert main([command, *args, "--format", "list", "--annotations", str(listed), option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{option} '{value}': the 'list' format has no {what}" in err and "\n" not in err
+
+
+def test_a_config_split_for_a_format_without_splits_is_refused(tmp_path):
+    from zsar.data.config import DataConfig
+
+    listed = tmp_path / "list.txt"
+    listed.write_text("a.webm 0\n")
+    with pytest.raises(ValueError, match=r"data.split 2: the 'list' format has no splits \(formats with splits: "):
+        DataConfig(format="list", annotations=str(listed), split=2).read()

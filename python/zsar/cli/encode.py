@@ -54,7 +54,8 @@ def add_dataset_arguments(parser, subset: str) -> None:
     group.add_argument("--root", default=None, help="video folder (default: paths as written)")
     group.add_argument("--classes", default=None, metavar="FILE", help="class names, one per line")
     group.add_argument("--split", default=None, help="split number/name or spec where the format has one")
-    group.add_argument("--subset", default=subset, help=f"subset where the format has them (default {subset})")
+    group.add_argument("--subset", default=None, help=f"subset where the format has them (default {subset})")
+    parser.set_defaults(default_subset=subset)
 
 
 def read_videos(args):
@@ -82,11 +83,12 @@ def read_videos(args):
     from ..data.config import DataConfig
     from ..data.formats import video_format
 
-    video_format(args.format, "--format", f"zsar {args.command}")  # one line naming the option, not data.format
+    fmt = video_format(args.format, "--format", f"zsar {args.command}")  # one line naming the option
+    fmt.check_options(args.split, args.subset, split_name="--split", subset_name="--subset")
     if not os.path.exists(args.annotations):
         raise CLIError(f"--annotations {args.annotations}: no such file or folder")
     return DataConfig(format=args.format, annotations=args.annotations, root=args.root, split=args.split,
-                      subset=args.subset, classes=args.classes, backend=args.backend).read()
+                      subset=args.subset or args.default_subset, classes=args.classes, backend=args.backend).read()
 
 
 def load_classifier(args):

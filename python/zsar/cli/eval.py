@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="class names, one per line, that integer labels index (list format)")
     parser.add_argument("--split", default=None, help="split number/name where the format has splits")
-    parser.add_argument("--subset", default="test", help="subset where the format has them (default test)")
+    parser.add_argument("--subset", default=None, help="subset where the format has them (default test)")
     parser.add_argument("--protocol", default="0/100",
                         help="a registered class-split protocol (0/100, 0/50, ...: `zsar list protocols`), or gzsl "
                              "(seen and unseen test lists; default 0/100)")
@@ -93,7 +93,8 @@ def _check_options(args) -> None:
         raise CLIError(PROTOCOLS.unknown(args.protocol, extra=("gzsl",), argument="--protocol"))
     from ..data.formats import video_format
 
-    video_format(args.format, "--format", "zsar eval")  # one line naming the option, not data.format
+    fmt = video_format(args.format, "--format", "zsar eval")  # one line naming the option, not data.format
+    fmt.check_options(args.split, args.subset, split_name="--split", subset_name="--subset")
     given = [name for name in _GZSL_LISTS if getattr(args, name) is not None]
     if args.protocol != "gzsl":
         if given or args.beta is not None or args.plot is not None:
@@ -172,7 +173,7 @@ def run(args) -> int:
 
     def read(annotations):
         videos = DataConfig(format=args.format, annotations=annotations, root=args.root, split=args.split,
-                            subset=args.subset, classes=args.classes, backend=args.backend,
+                            subset=args.subset or "test", classes=args.classes, backend=args.backend,
                             allow_outside_root=args.allow_outside_root).read()
         return _name_classes(annotations, videos, args.classes, clf)
 

@@ -50,6 +50,7 @@ class DataConfig:
             raise ValueError(f"data.annotations is not set ({fmt.annotations} for format {self.format!r})")
         if self.root is None and fmt.needs_root:
             raise ValueError(f"data.root (the video folder) is required for format {self.format!r}")
+        fmt.check_options(self.split)  # (subset always has a value: a format without subsets reads all)
         with outside_root_allowed(self.allow_outside_root):
             return fmt.read(self.annotations, self.root, split=self.split, subset=subset or self.subset,
                             classes=self.classes, on_missing=self.on_missing)

@@ -103,6 +103,6 @@ def read_activitynet(json_path: PathLike, root: PathLike, subset: str | None = "
                    on_missing=on_missing, extensions=exts)
 
 
-@register_format("activitynet", annotations="the ActivityNet JSON", needs_root=True)
+@register_format("activitynet", subsets=True, annotations="the ActivityNet JSON", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_activitynet(annotations, root, subset, classes=classes, on_missing=on_missing)

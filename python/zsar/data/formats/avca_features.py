@@ -372,7 +372,7 @@ def avca_class_vectors(root: PathLike, split: str = "main", *, features: PathLik
     return ClassVectorEmbedder(layout.word_vectors_file(), name_map)
 
 
-@register_format("avca_features", needs_root=False,
+@register_format("avca_features", splits=True, subsets=True, needs_root=False,
                  annotations="the AVCA-GZSL dataset folder (class-split/ and features/); root: the features folder",
                  features="run the AVCA GZSL protocol on them with `zsar gzsl` and a feature-input model "
                           "(model: mzst_features or rest_features; see `zsar gzsl --help`)")

@@ -209,7 +209,7 @@ def read_video_folder(folder: PathLike, subset: str = "all", *, split: str | Fol
     return VideoList(records, list(class_list))
 
 
-@register_format("folder", annotations="the folder of <class>/<video> sub-folders (or train/ val/ test/ of them); "
+@register_format("folder", splits=True, subsets=True, annotations="the folder of <class>/<video> sub-folders (or train/ val/ test/ of them); "
                                        "split: 'test=0.2,val=0.1,seed=0,by=video|class,ext=mp4|webm'",
                  needs_root=False)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:

@@ -63,6 +63,6 @@ def read_hmdb51(splits_dir: PathLike, root: PathLike, split: int = 1, subset: st
                    check_files=check_files, on_missing=on_missing, extensions=extensions)
 
 
-@register_format("hmdb51", annotations="the folder with the <class>_test_splitN.txt files", needs_root=True)
+@register_format("hmdb51", splits=True, subsets=True, annotations="the folder with the <class>_test_splitN.txt files", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_hmdb51(annotations, root, int(split or 1), subset, classes=classes, on_missing=on_missing)

@@ -69,7 +69,7 @@ def read_kinetics(csv_path: PathLike, root: PathLike, *, split: str | None = Non
                              on_missing=on_missing, extensions=extensions)
 
 
-@register_format("kinetics", annotations="the Kinetics CSV", needs_root=True)
+@register_format("kinetics", splits=True, annotations="the Kinetics CSV", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_kinetics(annotations, root, split=None if split is None else str(split), classes=classes,
                          on_missing=on_missing)

@@ -41,6 +41,8 @@ class DatasetFormat:
         annotations: what ``annotations`` names for this format, for messages and docs.
         needs_root: whether a video folder must be given (otherwise the reader has a default).
         features: what to run instead when the records name feature files, not videos (None: videos).
+        splits: whether the reader uses ``split`` (others would ignore it).
+        subsets: whether the reader uses ``subset``.
     """
 
     name: str
@@ -48,16 +50,30 @@ class DatasetFormat:
     annotations: str
     needs_root: bool = True
     features: str | None = None
+    splits: bool = False
+    subsets: bool = False
+
+    def check_options(self, split=None, subset=None, *, split_name: str = "data.split",
+                      subset_name: str = "data.subset") -> None:
+        """Raises ``ValueError`` for a ``split`` or ``subset`` given (not None) to a format that has
+        none, naming the option: silently ignoring it would read other videos than the user meant."""
+        for value, used, option, what in ((split, self.splits, split_name, "splits"),
+                                          (subset, self.subsets, subset_name, "subsets")):
+            if value is not None and not used:
+                having = [f.name for f in FORMATS.values() if getattr(f, what)]
+                raise ValueError(f"{option} {value!r}: the {self.name!r} format has no {what} "
+                                 f"(formats with {what}: {', '.join(having)})")
 
 
 #: Name → :class:`DatasetFormat` of every registered format (add one with :func:`register_format`).
 FORMATS: Registry[DatasetFormat] = Registry("dataset format", "data.format")
 
 
-def register_format(name: str, *, annotations: str, needs_root: bool = True,
-                    features: str | None = None) -> Callable[[FormatReader], FormatReader]:
+def register_format(name: str, *, annotations: str, needs_root: bool = True, features: str | None = None,
+                    splits: bool = False, subsets: bool = False) -> Callable[[FormatReader], FormatReader]:
     """Decorator registering a reader with the one signature under ``name``; ``features``: its records
-    name feature files, not videos, and this says what reads them.
+    name feature files, not videos, and this says what reads them; ``splits`` / ``subsets``: the
+    reader uses ``split`` / ``subset`` (a value given to a format without them is refused).
 
     Raises:
         ValueError: ``name`` is empty or already registered (``FORMATS.unregister(name)`` first to
@@ -65,7 +81,7 @@ def register_format(name: str, *, annotations: str, needs_root: bool = True,
     """
 
     def register(read: FormatReader) -> FormatReader:
-        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root, features))
+        FORMATS.register(name, DatasetFormat(name, read, annotations, needs_root, features, splits, subsets))
         return read
 
     return register

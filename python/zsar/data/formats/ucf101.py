@@ -85,7 +85,7 @@ def read_ucf101(splits_dir: PathLike, root: PathLike, split: int = 1, subset: st
                    on_missing=on_missing, extensions=extensions)
 
 
-@register_format("ucf101", annotations="the folder with classInd.txt and trainlist0N.txt / testlist0N.txt",
+@register_format("ucf101", splits=True, subsets=True, annotations="the folder with classInd.txt and trainlist0N.txt / testlist0N.txt",
                  needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_ucf101(annotations, root, int(split or 1), subset, on_missing=on_missing)

@@ -66,7 +66,7 @@ def read_vggsound(csv_path: PathLike, root: PathLike, split: str | None = None, 
                              on_missing=on_missing, extensions=extensions)
 
 
-@register_format("vggsound", annotations="the VGGSound CSV", needs_root=True)
+@register_format("vggsound", splits=True, annotations="the VGGSound CSV", needs_root=True)
 def _read_config(annotations, root, *, split, subset, classes, on_missing) -> VideoList:
     return read_vggsound(annotations, root, None if split is None else str(split), classes=classes,
                          on_missing=on_missing)
