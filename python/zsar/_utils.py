@@ -44,9 +44,22 @@ def default_mode(folder: bool = False) -> int:
     """The permissions a new file (or folder) gets from this process's umask, as ``open`` would give
     it: temporary files and folders (``mkstemp``, ``mkdtemp``) are made private (0600 / 0700), and a
     result renamed from one must not stay unreadable to the user's group."""
-    umask = os.umask(0)
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    # Read, not set and restored, where the kernel says it (Linux >= 4.7): os.umask(0) would leave a
+    # moment in which another thread's new files get no mask at all.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # (the fallback's moment gives new files the strictest mask, never none)
     os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
+    return umask
 
 
 def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], Any]) -> Path:
