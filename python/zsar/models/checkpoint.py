@@ -139,9 +139,10 @@ def _replacement(directory: Path):
         # mkdtemp's folder is private, and so are safetensors' files (0600): a checkpoint gets the
         # permissions a plain write gives, so that a group can share it
         os.chmod(tmp, default_mode(folder=True))
+        mode = default_mode()
         for file in tmp.iterdir():
             if file.is_file():
-                os.chmod(file, default_mode())
+                os.chmod(file, mode)
         replace_checkpoint(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
